@@ -1,0 +1,120 @@
+"""The Backbone contract shared by every kind of frozen network.
+
+A Backbone is cheap to create: it knows its preprocessing and which layer it will read.
+:meth:`Backbone.load` builds the network (the expensive part) and is called only when
+there is an image to featurize. Calling a loaded backbone maps a uint8 RGB batch of shape
+(N, H, W, 3) to float32 features (N, D); spatial layers are global-average-pooled.
+"""
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..preprocess import Preprocess
+
+LAYER_ALIASES = ("logits", "penultimate")
+
+
+@lru_cache(maxsize=32)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file (a model or weights file), cached per (path, size, mtime)."""
+    st = Path(path).stat()
+    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+class Backbone:
+    """Base class. Subclasses set the attributes below and implement `_load` and `_forward`."""
+
+    kind: str = "?"
+
+    def __init__(self, name: str, layer: str, preprocess: Preprocess, source: dict,
+                 batch_size: int = 32):
+        self.name = name
+        self.layer = layer or "penultimate"
+        self.preprocess = preprocess
+        self.source = source  # where the network comes from: paths, hashes, weights
+        self.batch_size = batch_size
+        self.tensor: str | None = None  # the resolved layer/tensor name, set by _load
+        self.dim: int | None = None
+        self.num_classes: int | None = None  # classifier width when the layer is 'logits'
+        self._loaded = False
+
+    def load(self) -> "Backbone":
+        if not self._loaded:
+            self._load()
+            self._loaded = True
+        return self
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        h, w = self.preprocess.size
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, 3):
+            raise ValueError(f"{self.name} takes uint8 RGB batches of shape (N, {h}, {w}, 3), "
+                             f"got {images.dtype} {images.shape}; decode with pipeline.images.decode")
+        self.load()
+        out = np.asarray(self._forward(images), dtype=np.float32)
+        return out.reshape(len(images), -1)
+
+    def request(self) -> dict:
+        """What was asked for, known without loading the network (enough to match a cache)."""
+        return {
+            "backbone": self.name,
+            "kind": self.kind,
+            "model": self.source.get("sha256") or self.name,
+            "weights": self.source.get("weights_sha256") or self.source.get("weights"),
+            "layer": self.layer,
+            "preprocess": self.preprocess.to_dict(),
+            "source": dict(self.source),
+        }
+
+    def spec(self) -> dict:
+        """The exact description of the features this backbone produces (stored everywhere)."""
+        self.load()
+        return {**self.request(), "tensor": self.tensor, "dim": self.dim}
+
+    def _load(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _forward(self, images: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name} layer={self.layer}>"
+
+
+def identity(spec: dict, full: bool = True) -> dict:
+    """The parts of a feature spec that must agree for features to be interchangeable.
+
+    File locations may differ (a model copied elsewhere); contents, weights, layer and
+    preprocessing may not. full=False leaves out what is only known after loading the network.
+    """
+    keys = ("kind", "model", "weights", "layer", "preprocess") + (("tensor", "dim") if full else ())
+    return {k: spec.get(k) for k in keys}
+
+
+def describe(spec: dict) -> str:
+    """One line naming a feature spec for error messages."""
+    pre = spec.get("preprocess", {})
+    size = "x".join(str(v) for v in pre.get("size", []))
+    return (f"{spec.get('backbone')} [{spec.get('kind')}] layer={spec.get('layer')} "
+            f"({spec.get('tensor')}, D={spec.get('dim')}, {size} {pre.get('scaling')}, "
+            f"crop {pre.get('crop_fraction')})")
+
+
+def pool(x: np.ndarray) -> np.ndarray:
+    """Global-average-pool a (N, H, W, C) map to (N, C); flatten anything else to (N, -1)."""
+    x = np.asarray(x)
+    if x.ndim == 4:
+        return x.mean(axis=(1, 2))
+    return x.reshape(len(x), -1)

@@ -1,0 +1,214 @@
+"""TensorFlow graphs as backbones: frozen TF1 GraphDefs (.pb), TF2 SavedModels and TF-Hub handles.
+
+Every kind becomes one frozen GraphDef (SavedModels are frozen with
+``convert_variables_to_constants_v2``) that is imported once with ``wrap_function`` and pruned
+to (input tensor -> feature tensor): a compiled TF2 function, not a Session per image. Layers:
+``logits`` is the input of the final Softmax (or the output when there is none); ``penultimate``
+the data input of the last MatMul/Conv2D before it; any other name is a tensor name.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BackboneError
+from ..preprocess import Preprocess, normalize
+from .base import LAYER_ALIASES, Backbone, file_sha256
+
+
+@dataclass(frozen=True)
+class GraphPreset:
+    """Tensor names and preprocessing of a well-known frozen graph file."""
+
+    input: str
+    logits: str
+    penultimate: str
+    size: int
+    scaling: str
+    fixed_batch: bool = False
+
+
+GRAPH_PRESETS: dict[str, GraphPreset] = {
+    # Inception v3, 2015 (the "retrain.py" graph): 1008 logits, pool_3 is the 2048-d bottleneck.
+    "classify_image_graph_def.pb": GraphPreset("Mul:0", "softmax/logits:0", "pool_3:0", 299,
+                                               "inception_graph", fixed_batch=True),
+    # Inception v1 / GoogLeNet (the DeepDream graph): 1008 logits, avgpool0 is 1024-d.
+    "tensorflow_inception_graph.pb": GraphPreset("input:0", "softmax2_pre_activation:0", "avgpool0:0",
+                                                 224, "googlenet_graph"),
+}
+
+_PASS_THROUGH = {"Identity", "Reshape", "Squeeze", "BiasAdd", "Add", "AddV2", "Cast"}
+_CLASSIFIER_OPS = {"MatMul", "Conv2D"}
+
+
+def _tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    return tf
+
+
+def _node(name: str) -> str:
+    return name.lstrip("^").split(":")[0]
+
+
+def _tensor(name: str) -> str:
+    return name if ":" in name else f"{name}:0"
+
+
+def find_layers(graph_def, output: str) -> dict:
+    """{'logits': tensor|None, 'penultimate': tensor|None} by walking back from `output`."""
+    nodes = {n.name: n for n in graph_def.node}
+    logits, name = None, _node(output)
+    while name in nodes:
+        n = nodes[name]
+        if n.op == "Softmax":
+            logits = _tensor(n.input[0])
+        elif n.op in _CLASSIFIER_OPS:
+            return {"logits": logits or _tensor(output), "penultimate": _tensor(n.input[0])}
+        elif n.op not in _PASS_THROUGH:
+            break
+        if not n.input:
+            break
+        name = _node(n.input[0])
+    return {"logits": logits, "penultimate": None if logits else _tensor(output)}
+
+
+def _placeholders(graph_def) -> list[str]:
+    return [_tensor(n.name) for n in graph_def.node if n.op == "Placeholder"]
+
+
+def _read_graph_def(path: Path):
+    tf = _tf()
+    gd = tf.compat.v1.GraphDef()
+    try:
+        gd.ParseFromString(path.read_bytes())
+    except Exception as e:  # protobuf DecodeError
+        raise BackboneError(f"{path} is not a frozen TensorFlow GraphDef: {e}") from e
+    return gd
+
+
+def _freeze_saved_model(path: Path):
+    """(graph_def, input tensor, output tensor) of a SavedModel's serving signature."""
+    tf = _tf()
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as e:
+        raise BackboneError(f"could not load the SavedModel in {path}: {e}") from e
+    sigs = dict(loaded.signatures)
+    if not sigs:
+        raise BackboneError(f"SavedModel {path} has no signatures to call; export it with a serving signature")
+    fn = sigs.get("serving_default") or sigs.get("serve") or next(iter(sigs.values()))
+    frozen = convert_variables_to_constants_v2(fn)
+    inputs = [t for t in frozen.inputs if t.dtype != tf.resource]
+    if len(inputs) != 1 or len(frozen.outputs) < 1:
+        raise BackboneError(f"SavedModel {path}: expected one image input, found {len(inputs)} inputs")
+    return frozen.graph.as_graph_def(), inputs[0].name, frozen.outputs[0].name
+
+
+class GraphBackbone(Backbone):
+    """A frozen GraphDef file, a SavedModel directory, or ``hub:HANDLE``."""
+
+    def __init__(self, spec: str, layer: str = "penultimate", preprocess: Preprocess | None = None,
+                 input_tensor: str | None = None, batch_size: int = 32):
+        self.kind, path, source = self._locate(spec)
+        self.path = path
+        self.preset = GRAPH_PRESETS.get(path.name) if self.kind == "graphdef" else None
+        self.input_tensor = input_tensor or (self.preset.input if self.preset else None)
+        if preprocess is None:
+            if self.preset:
+                preprocess = Preprocess(size=(self.preset.size,) * 2, scaling=self.preset.scaling)
+            else:  # TF-Hub image convention: float [0, 1]; declare others with --scaling/--input-size
+                preprocess = Preprocess(size=(224, 224), scaling="unit")
+        super().__init__(spec, layer, preprocess, source, batch_size)
+
+    @staticmethod
+    def _locate(spec: str):
+        if spec.startswith("hub:"):
+            handle = spec[4:]
+            try:
+                import tensorflow_hub as hub
+
+                path = Path(hub.resolve(handle))
+            except Exception as e:
+                raise BackboneError(f"could not fetch TF-Hub model {handle!r} ({type(e).__name__}: {e}); "
+                                    f"offline, download it elsewhere and pass the SavedModel folder") from e
+            return "savedmodel", path, {"handle": handle, "path": str(path), "sha256": _dir_sha(path)}
+        path = Path(spec)
+        if path.is_dir():
+            if not (path / "saved_model.pb").is_file():
+                raise BackboneError(f"{spec} is a folder without saved_model.pb; a SavedModel folder is expected")
+            return "savedmodel", path.resolve(), {"path": str(path.resolve()), "sha256": _dir_sha(path)}
+        if path.is_file():
+            return "graphdef", path.resolve(), {"path": str(path.resolve()), "sha256": file_sha256(path)}
+        raise BackboneError(f"model {spec!r} does not exist")
+
+    def _graph(self):
+        if self.kind == "savedmodel":
+            return _freeze_saved_model(self.path)
+        gd = _read_graph_def(self.path)
+        inp = self.input_tensor
+        if inp is None:
+            ph = _placeholders(gd)
+            if len(ph) != 1:
+                raise BackboneError(f"{self.path}: cannot tell the image input among placeholders {ph}; "
+                                    f"pass --input-tensor NAME")
+            inp = ph[0]
+        return gd, _tensor(inp), None
+
+    def _resolve_layer(self, gd, output):
+        if self.preset and self.layer in LAYER_ALIASES:
+            return getattr(self.preset, self.layer)
+        if self.layer not in LAYER_ALIASES:
+            return _tensor(self.layer)
+        if output is None:
+            raise BackboneError(f"{self.path}: a frozen graph without a preset needs a tensor name "
+                                f"for --layer (e.g. the pooled features feeding the classifier)")
+        tensor = find_layers(gd, output)[self.layer]
+        if tensor is None:
+            raise BackboneError(f"{self.path} has no classifier, so no {self.layer!r} layer; "
+                                f"use --layer penultimate or a tensor name")
+        return tensor
+
+    def _load(self):
+        tf = _tf()
+        gd, inp, output = self._graph()
+        self.tensor = self._resolve_layer(gd, output)
+        wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(gd, name=""), [])
+        try:
+            pruned = wrapped.prune(wrapped.graph.get_tensor_by_name(inp),
+                                   wrapped.graph.get_tensor_by_name(self.tensor))
+        except (KeyError, ValueError) as e:
+            raise BackboneError(f"{self.path}: cannot read tensor {self.tensor!r} from input {inp!r}: {e}") from e
+        h, w = self.preprocess.size
+        pre = self.preprocess
+        fixed = bool(self.preset and self.preset.fixed_batch)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.uint8)])
+        def forward(images):
+            x = normalize(images, pre)
+            y = tf.map_fn(lambda im: pruned(im[None])[0], x) if fixed else pruned(x)
+            if len(y.shape) == 4:
+                y = tf.reduce_mean(y, axis=[1, 2])
+            return tf.reshape(y, [tf.shape(x)[0], -1])
+
+        self._fn = forward
+        self.dim = int(forward(tf.zeros([1, h, w, 3], tf.uint8)).shape[-1])
+        if self.layer == "logits":
+            self.num_classes = self.dim
+
+    def _forward(self, images):
+        return self._fn(images).numpy()
+
+
+def _dir_sha(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode())
+        h.update(file_sha256(f).encode())
+    return h.hexdigest()

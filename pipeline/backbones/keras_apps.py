@@ -1,0 +1,125 @@
+"""Keras applications (ImageNet-pretrained CNNs) as backbones.
+
+One row per model in :data:`KERAS_APPS`: the constructor, input size and the Keras
+``preprocess_input`` mode it was trained with. Weights are "imagenet" (Keras downloads
+and caches them when online) or a local weights file of the full model with its top.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BackboneError
+from ..preprocess import Preprocess
+from .base import LAYER_ALIASES, Backbone, file_sha256
+
+
+@dataclass(frozen=True)
+class KerasApp:
+    constructor: str  # attribute of keras.applications
+    size: int
+    scaling: str  # Keras preprocess_input mode
+    module: str  # keras.applications sub-module holding preprocess_input (used by tests)
+
+
+KERAS_APPS: dict[str, KerasApp] = {
+    "inception_v3": KerasApp("InceptionV3", 299, "tf", "inception_v3"),
+    "inception_resnet_v2": KerasApp("InceptionResNetV2", 299, "tf", "inception_resnet_v2"),
+    "xception": KerasApp("Xception", 299, "tf", "xception"),
+    "vgg16": KerasApp("VGG16", 224, "caffe", "vgg16"),
+    "vgg19": KerasApp("VGG19", 224, "caffe", "vgg19"),
+    "resnet50": KerasApp("ResNet50", 224, "caffe", "resnet50"),
+    "resnet101": KerasApp("ResNet101", 224, "caffe", "resnet"),
+    "resnet152": KerasApp("ResNet152", 224, "caffe", "resnet"),
+    "resnet50_v2": KerasApp("ResNet50V2", 224, "tf", "resnet_v2"),
+    "mobilenet": KerasApp("MobileNet", 224, "tf", "mobilenet"),
+    "mobilenet_v2": KerasApp("MobileNetV2", 224, "tf", "mobilenet_v2"),
+    "densenet121": KerasApp("DenseNet121", 224, "torch", "densenet"),
+    "efficientnet_b0": KerasApp("EfficientNetB0", 224, "raw", "efficientnet"),
+    "efficientnet_b3": KerasApp("EfficientNetB3", 300, "raw", "efficientnet"),
+}
+
+
+def _keras():
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    return keras
+
+
+class KerasBackbone(Backbone):
+    kind = "keras"
+
+    def __init__(self, name: str, layer: str = "penultimate", weights: str | None = None,
+                 preprocess: Preprocess | None = None, batch_size: int = 32):
+        app = KERAS_APPS[name]
+        pre = preprocess or Preprocess(size=(app.size, app.size), scaling=app.scaling)
+        source = {"constructor": f"keras.applications.{app.constructor}", "weights": "imagenet"}
+        if weights and weights != "imagenet":
+            path = Path(weights)
+            if not path.is_file():
+                raise BackboneError(f"weights file {weights!r} for {name} does not exist")
+            source.update(weights=str(path.resolve()), weights_sha256=file_sha256(path))
+        super().__init__(name, layer, pre, source, batch_size)
+        self.app = app
+
+    def _build(self):
+        keras = _keras()
+        ctor = getattr(keras.applications, self.app.constructor)
+        weights = self.source["weights"]
+        try:
+            return ctor(weights=weights, include_top=True, classifier_activation=None)
+        except Exception as e:  # Keras raises a bare Exception for download failures
+            if weights == "imagenet":
+                raise BackboneError(
+                    f"could not get the ImageNet weights of {self.name} ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0][:200]}). Keras downloads them on first use, which needs "
+                    f"network access; offline, pass --weights FILE with the model's weights file "
+                    f"(.weights.h5, or the legacy .h5 Keras downloads, with the top), or use the "
+                    f"bundled backbone 'mobilenet_v2_quant'") from e
+            raise BackboneError(f"could not load weights file {weights} into {self.name}: {e}. "
+                                f"It must hold the weights of the full {self.app.constructor} "
+                                f"with its classifier (include_top=True)") from e
+
+    def _feature_output(self, model):
+        keras = _keras()
+        if self.layer == "logits":
+            return model.output, model.layers[-1].name
+        if self.layer == "penultimate":
+            dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)][-1]
+            return dense.input, f"{dense.name}:input"
+        try:
+            return model.get_layer(self.layer).output, self.layer
+        except ValueError as e:
+            names = ", ".join(l.name for l in model.layers[-8:])
+            raise BackboneError(f"{self.name} has no layer {self.layer!r}; use one of "
+                                f"{', '.join(LAYER_ALIASES)} or a layer name such as {names}") from e
+
+    def _load(self):
+        import tensorflow as tf
+
+        from ..preprocess import normalize
+
+        keras = _keras()
+        model = self._build()
+        output, self.tensor = self._feature_output(model)
+        feature_model = keras.Model(model.inputs, output)
+        if self.layer == "logits":
+            self.num_classes = int(output.shape[-1])
+        h, w = self.preprocess.size
+        pre = self.preprocess
+
+        @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.uint8)])
+        def forward(images):
+            y = feature_model(normalize(images, pre), training=False)
+            if len(y.shape) == 4:
+                y = tf.reduce_mean(y, axis=[1, 2])
+            return tf.reshape(y, [tf.shape(y)[0], -1])
+
+        self._fn = forward
+        self.dim = int(forward.get_concrete_function().structured_outputs.shape[-1])
+
+    def _forward(self, images):
+        return self._fn(images).numpy()

@@ -1,0 +1,153 @@
+"""TFLite flatbuffers (quantized uint8/int8 or float) as backbones.
+
+The model's op graph is read once to find its layers: ``logits`` is the tensor feeding the
+final SOFTMAX (or the output when there is none), ``penultimate`` the data input of the last
+FULLY_CONNECTED / CONV_2D before it. Intermediate tensors are read through
+``experimental_preserve_all_tensors``. Quantized inputs take raw uint8 pixels (that is what the
+quantization parameters of ImageNet TFLite models encode); outputs are dequantized.
+
+Models with a fixed batch of 1 run one interpreter per worker thread, so all cores are used.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackboneError
+from ..preprocess import Preprocess, normalize
+from .base import LAYER_ALIASES, Backbone, file_sha256
+
+_PASS_THROUGH = {"RESHAPE", "SQUEEZE", "DEQUANTIZE", "QUANTIZE", "ADD"}
+_CLASSIFIER_OPS = {"FULLY_CONNECTED", "CONV_2D"}
+
+
+def _interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError:  # pragma: no cover - fallback for environments without LiteRT
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+        OpResolverType = tf.lite.experimental.OpResolverType
+    return Interpreter, OpResolverType
+
+
+def _open_interpreter(path: str, **kw):
+    Interpreter, _ = _interpreter_class()
+    try:
+        it = Interpreter(model_path=path, experimental_preserve_all_tensors=True, **kw)
+        it.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise BackboneError(f"{path} is not a usable TFLite model: {e}") from e
+    return it
+
+
+def find_layers(path: str) -> dict:
+    """{'logits': name|None, 'penultimate': name|None, 'output': name} from the op graph."""
+    _, OpResolverType = _interpreter_class()
+    it = _open_interpreter(path, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    names = {t["index"]: t["name"] for t in it.get_tensor_details()}
+    producer = {}
+    for op in it._get_ops_details():
+        for o in op["outputs"]:
+            producer[o] = op
+    out = it.get_output_details()[0]["index"]
+    logits, t = None, out
+    while t in producer:
+        op = producer[t]
+        kind = op["op_name"]
+        if kind == "SOFTMAX":
+            logits = op["inputs"][0]
+        elif kind in _CLASSIFIER_OPS:
+            logits = logits if logits is not None else out
+            return {"logits": names[logits], "penultimate": names[op["inputs"][0]], "output": names[out]}
+        elif kind not in _PASS_THROUGH:
+            break
+        t = op["inputs"][0]
+    # no classifier found: an embedding extractor; its output is the penultimate layer
+    return {"logits": names[logits] if logits is not None else None, "penultimate": names[out],
+            "output": names[out]}
+
+
+class TFLiteBackbone(Backbone):
+    kind = "tflite"
+
+    def __init__(self, path, layer: str = "penultimate", name: str | None = None,
+                 preprocess: Preprocess | None = None, threads: int | None = None):
+        path = Path(path)
+        if not path.is_file():
+            raise BackboneError(f"TFLite model {str(path)!r} does not exist")
+        self.path = str(path.resolve())
+        probe = _open_interpreter(self.path)
+        inp = probe.get_input_details()[0]
+        shape = [int(v) for v in inp["shape"]]
+        if len(shape) != 4 or shape[3] != 3:
+            raise BackboneError(f"{path}: expects input of shape {shape}; only (N, H, W, 3) images are supported")
+        self._in_dtype = np.dtype(inp["dtype"])
+        self._in_quant = inp["quantization"]
+        # quantized uint8 models take pixels; float/int8 models take the declared scaling
+        default = "raw" if self._in_dtype == np.uint8 else "tf"
+        pre = preprocess or Preprocess(size=(shape[1], shape[2]), scaling=default)
+        if tuple(pre.size) != (shape[1], shape[2]):
+            raise BackboneError(f"{path} takes {shape[1]}x{shape[2]} images, but "
+                                f"{pre.size[0]}x{pre.size[1]} was requested")
+        source = {"path": self.path, "sha256": file_sha256(self.path),
+                  "input_dtype": self._in_dtype.name, "input_quantization": list(self._in_quant)}
+        super().__init__(name or path.name, layer, pre, source, batch_size=32)
+        self.threads = threads or os.cpu_count() or 1
+        self._local = threading.local()
+
+    def _load(self):
+        layers = find_layers(self.path)
+        if self.layer in LAYER_ALIASES:
+            self.tensor = layers[self.layer]
+            if self.tensor is None:
+                raise BackboneError(f"{self.path} has no classifier, so no 'logits' layer; "
+                                    f"use --layer penultimate")
+        else:
+            self.tensor = self.layer
+        it = self._interpreter()
+        details = {t["name"]: t for t in it.get_tensor_details()}
+        if self.tensor not in details:
+            raise BackboneError(f"{self.path} has no tensor {self.tensor!r}; use "
+                                f"{', '.join(LAYER_ALIASES)} or a tensor name such as {layers['penultimate']!r}")
+        t = details[self.tensor]
+        self._tensor_index, self._out_quant = t["index"], t["quantization"]
+        shape = [int(v) for v in t["shape"]]
+        self.dim = shape[-1] if len(shape) == 4 else int(np.prod(shape[1:]))
+        if self.layer == "logits":
+            self.num_classes = self.dim
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tflite")
+
+    def _interpreter(self):
+        it = getattr(self._local, "it", None)
+        if it is None:
+            it = self._local.it = _open_interpreter(self.path, num_threads=1)
+        return it
+
+    def _quantize(self, image: np.ndarray) -> np.ndarray:
+        if self._in_dtype == np.uint8:
+            return image[None]
+        x = normalize(image[None], self.preprocess)
+        if self._in_dtype == np.float32:
+            return x
+        scale, zero = self._in_quant
+        info = np.iinfo(self._in_dtype)
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(self._in_dtype)
+
+    def _one(self, image: np.ndarray) -> np.ndarray:
+        it = self._interpreter()
+        it.set_tensor(it.get_input_details()[0]["index"], self._quantize(image))
+        it.invoke()
+        y = it.get_tensor(self._tensor_index).astype(np.float32)
+        scale, zero = self._out_quant
+        if scale:
+            y = (y - np.float32(zero)) * np.float32(scale)
+        return y.mean(axis=(1, 2)) if y.ndim == 4 else y.reshape(1, -1)
+
+    def _forward(self, images):
+        return np.concatenate(list(self._pool.map(self._one, images)), axis=0)

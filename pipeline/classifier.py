@@ -1,0 +1,137 @@
+"""A trained head bound to the exact features it was trained on; persisted with joblib.
+
+The joblib file holds a plain dict: the fitted sklearn pipeline, class names, the full
+feature spec (backbone, source, weights, layer, tensor, preprocessing, D), library versions
+and training metrics. Loading refuses a file written by another scikit-learn version, and
+scoring refuses features whose spec differs from the head's.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import joblib
+import numpy as np
+
+from .backbones import backbone_from_spec, describe, identity
+from .errors import ModelFileError, SpecMismatchError
+from .images import load_image
+
+FORMAT = "tf-feature-pipeline/head-1"
+
+
+class Classifier:
+    """A fitted head. ``predict``/``predict_proba`` take image paths or a feature matrix."""
+
+    def __init__(self, model, classes, spec: dict, metrics: dict | None = None, versions: dict | None = None):
+        self.model = model
+        self.classes_ = np.asarray(classes, dtype=object)
+        self.spec = spec
+        self.metrics = metrics or {}
+        self.versions = versions or {}
+        self._backbone = None
+        if list(model.classes_) != list(self.classes_):
+            raise ModelFileError("class order of the fitted model and the recorded class names differ")
+
+    @property
+    def n_features_in_(self) -> int:
+        return int(self.spec["dim"])
+
+    # ---- feature compatibility -------------------------------------------------------------
+    def check_spec(self, spec: dict, where: str = "the features") -> None:
+        """Refuse features made by another backbone, layer or preprocessing."""
+        if identity(spec) != identity(self.spec):
+            diff = [k for k, v in identity(self.spec).items() if identity(spec).get(k) != v]
+            raise SpecMismatchError(
+                f"this head was trained on {describe(self.spec)}, but {where} come from {describe(spec)} "
+                f"(different {', '.join(diff)}); featurize with the head's backbone and layer")
+
+    def _matrix(self, X) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise SpecMismatchError(f"X has {X.shape[-1] if X.ndim else 0} features, but this head is expecting "
+                                    f"{self.n_features_in_} features from {describe(self.spec)}")
+        return X
+
+    def features(self, paths) -> np.ndarray:
+        """Featurize image files with the head's own backbone spec (errors name the file)."""
+        if self._backbone is None:
+            bb = backbone_from_spec(self.spec)
+            self.check_spec(bb.spec(), "the rebuilt backbone's features")
+            self._backbone = bb
+        bb = self._backbone
+        out = []
+        for start in range(0, len(paths), bb.batch_size):
+            batch = [load_image(p, bb.preprocess) for p in paths[start:start + bb.batch_size]]
+            out.append(bb(np.stack(batch)))
+        return np.concatenate(out) if out else np.zeros((0, self.n_features_in_), np.float32)
+
+    def _as_features(self, X):
+        if isinstance(X, (str, os.PathLike)):
+            X = [X]
+        if isinstance(X, (list, tuple)) and (not X or isinstance(X[0], (str, os.PathLike))):
+            return self.features(list(X))
+        if hasattr(X, "features") and hasattr(X, "spec"):  # a FeatureStore
+            self.check_spec(X.spec, str(getattr(X, "root", "the store")))
+            return X.features
+        return self._matrix(X)
+
+    # ---- prediction --------------------------------------------------------------------------
+    def predict_proba(self, X) -> np.ndarray:
+        """(N, n_classes) probabilities, columns in the order of ``classes_``."""
+        return self.model.predict_proba(self._as_features(X))
+
+    def predict(self, X) -> np.ndarray:
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    # ---- persistence -------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        """Write atomically (temp file, fsync, rename): an interrupted save keeps the old file."""
+        from .store import versions
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"format": FORMAT, "model": self.model, "classes": [str(c) for c in self.classes_],
+                   "spec": self.spec, "metrics": self.metrics, "versions": self.versions or versions()}
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                joblib.dump(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "Classifier":
+        from sklearn.exceptions import InconsistentVersionWarning
+
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFileError(f"model file {str(path)!r} does not exist; train one with `python -m pipeline train`")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", InconsistentVersionWarning)
+                payload = joblib.load(path)
+        except InconsistentVersionWarning as w:
+            raise ModelFileError(f"{path} was saved with scikit-learn {w.original_sklearn_version}, this is "
+                                 f"{w.current_sklearn_version}; retrain the head from its features") from None
+        except Exception as e:
+            raise ModelFileError(f"{path} is not a readable model file ({type(e).__name__}: {e}); "
+                                 f"it may be truncated: retrain or restore it") from e
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise ModelFileError(f"{path} is not a tf-feature-pipeline head (format {FORMAT} expected)")
+        return cls(payload["model"], payload["classes"], payload["spec"], payload.get("metrics"),
+                   payload.get("versions"))
+
+    def __repr__(self):
+        return f"<Classifier {self.metrics.get('head')} classes={list(self.classes_)} on {describe(self.spec)}>"
+
+
+def load(path) -> Classifier:
+    """Load a head saved with :meth:`Classifier.save`. Only load files you trust (joblib is pickle)."""
+    return Classifier.load(path)

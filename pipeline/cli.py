@@ -1,0 +1,230 @@
+"""Command line: parse arguments and forward to the library functions a Python user imports.
+
+Exit status: 0 success, 2 bad usage, 1 failure; errors are one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .errors import PipelineError, UsageError
+
+log = logging.getLogger("pipeline")
+
+
+def _C(value: str):
+    if value == "auto":
+        return value
+    try:
+        c = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--C must be 'auto' or a positive number, got {value!r}") from None
+    if c <= 0:
+        raise argparse.ArgumentTypeError(f"--C must be positive, got {value!r}")
+    return c
+
+
+def _folds(value: str):
+    if value == "loo":
+        return value
+    try:
+        k = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--folds must be an integer >= 2 or 'loo', got {value!r}") from None
+    if k < 2:
+        raise argparse.ArgumentTypeError(f"--folds must be at least 2, got {k}")
+    return k
+
+
+def _backbone_options(p: argparse.ArgumentParser, with_layer: bool = True) -> None:
+    p.add_argument("--backbone", default="mobilenet_v2_quant",
+                   help="registry name, .tflite/.pb file, SavedModel folder or hub:HANDLE (default: %(default)s)")
+    if with_layer:
+        p.add_argument("--layer", default="penultimate", help="logits, penultimate (default) or a layer/tensor name")
+    p.add_argument("--weights", help="local weights file for a Keras application (.weights.h5 or legacy .h5)")
+    p.add_argument("--input-size", type=int, help="override the backbone's input size (square)")
+    p.add_argument("--scaling", help="override the pixel scaling: caffe, tf, torch, unit, raw, ...")
+    p.add_argument("--crop-fraction", type=float, help="centre crop fraction (1.0: largest centre square)")
+    p.add_argument("--input-tensor", help="input tensor name of a frozen GraphDef without a preset")
+
+
+def _backbone_kwargs(a) -> dict:
+    return dict(input_size=a.input_size, scaling=a.scaling, crop_fraction=a.crop_fraction,
+                input_tensor=a.input_tensor)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="log more (and show tracebacks)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("featurize", help="images below DATA_DIR -> a feature store")
+    f.add_argument("data_dir")
+    _backbone_options(f)
+    f.add_argument("--out", help="feature store folder (default: features/<folder>-<backbone>-<layer>)")
+    f.add_argument("--batch-size", type=int)
+    f.add_argument("--workers", type=int, help="decoding threads (default: all cores)")
+    f.add_argument("--unlabelled", action="store_true", help="ignore sub-folders as classes")
+    f.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
+    f.add_argument("--strict", action="store_true", help="fail if any image had to be skipped")
+    f.add_argument("--no-progress", action="store_true")
+
+    t = sub.add_parser("train", help="fit a head on a feature store")
+    t.add_argument("features_dir")
+    t.add_argument("--head", default="linear_svm", choices=["linear_svm", "svm", "logreg"])
+    t.add_argument("--C", type=_C, default="auto", help="'auto' (cross-validated, default) or a number")
+    t.add_argument("--folds", type=_folds, default=5, help="CV folds for --C auto (default 5)")
+    t.add_argument("--out", required=True, help="model file to write (.joblib)")
+
+    s = sub.add_parser("score", help="predict every image below DATA_DIR into a CSV")
+    s.add_argument("model")
+    s.add_argument("data_dir")
+    s.add_argument("--out", required=True, help="CSV to write")
+    s.add_argument("--cache", help="feature store to reuse/extend (default: features/<folder>-...)")
+    s.add_argument("--kaggle", metavar="CLASS", help="write id,label with the probability of CLASS")
+    s.add_argument("--clip", type=float, help="clip Kaggle probabilities to [CLIP, 1-CLIP], e.g. 0.02")
+    s.add_argument("--no-progress", action="store_true")
+
+    e = sub.add_parser("evaluate", help="metrics of a head on a labelled feature store")
+    e.add_argument("model")
+    e.add_argument("features_dir")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+
+    c = sub.add_parser("compare", help="cross-validated accuracy of heads on feature stores")
+    c.add_argument("features_dirs", nargs="+")
+    c.add_argument("--heads", default="linear_svm,logreg")
+    c.add_argument("--C", type=_C, default="auto")
+    c.add_argument("--folds", type=_folds, default=5, help="integer or 'loo' (default 5)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", action="store_true")
+
+    i = sub.add_parser("predict-imagenet", help="top-k ImageNet classes of images")
+    i.add_argument("images", nargs="+")
+    _backbone_options(i, with_layer=False)
+    i.add_argument("--top", type=int, default=5)
+
+    sub.add_parser("backbones", help="list the registered backbones")
+
+    d = sub.add_parser("demo", help="the whole flow offline on the bundled cars sample")
+    d.add_argument("--features", default="features")
+    d.add_argument("--models", default="models")
+    d.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def cmd_featurize(a):
+    from .runner import featurize
+
+    run = featurize(a.data_dir, a.backbone, a.layer, a.out, a.weights, labelled=False if a.unlabelled else None,
+                    overwrite=a.overwrite, batch_size=a.batch_size, workers=a.workers,
+                    progress=not a.no_progress, strict=a.strict, report=True, **_backbone_kwargs(a))
+    print(run.summary())
+
+
+def cmd_train(a):
+    from .training import train
+
+    clf = train(a.features_dir, head=a.head, C=a.C, folds=a.folds)
+    path = clf.save(a.out)
+    m = clf.metrics
+    cv = f", {m['cv_folds']}-fold CV accuracy {m['cv_accuracy']:.4f}" if "cv_accuracy" in m else ""
+    print(f"{a.head} C={m['C']:g} on {m['n_train']} images, {len(clf.classes_)} classes{cv} -> {path}")
+
+
+def cmd_score(a):
+    from .scoring import score
+
+    run = score(a.model, a.data_dir, a.out, cache=a.cache, kaggle=a.kaggle, clip=a.clip, progress=not a.no_progress)
+    print(run.summary())
+    print(f"predictions -> {a.out}")
+
+
+def cmd_evaluate(a):
+    from .classifier import load
+    from .evaluation import evaluate, format_metrics
+    from .store import FeatureStore
+
+    m = evaluate(load(a.model), FeatureStore.open(a.features_dir))
+    print(json.dumps(m) if a.json else format_metrics(m))
+
+
+def cmd_compare(a):
+    from .heads import cross_val_accuracy, select_C
+    from .store import FeatureStore
+
+    rows = []
+    for d in a.features_dirs:
+        store = FeatureStore.open(d)
+        X, y = store.labelled()
+        for head in a.heads.split(","):
+            C = a.C if a.C != "auto" else select_C(head, X, y, 5 if a.folds == "loo" else a.folds, a.seed)[0]
+            acc = cross_val_accuracy(head, X, y, C, a.folds, a.seed)
+            rows.append({"features": d, "layer": store.spec["layer"], "dim": store.spec["dim"], "head": head,
+                         "C": C, "folds": a.folds, "accuracy": acc, "n": int(len(y))})
+    if a.json:
+        print(json.dumps(rows))
+        return
+    print(f"{'features':<40} {'layer':<12} {'D':>5} {'head':<10} {'C':>8} {'n':>6} {'accuracy':>9}")
+    for r in rows:
+        print(f"{r['features']:<40} {r['layer']:<12} {r['dim']:>5} {r['head']:<10} {r['C']:>8g} {r['n']:>6} "
+              f"{r['accuracy']:>9.4f}")
+
+
+def cmd_predict_imagenet(a):
+    from .imagenet import predict_imagenet
+
+    for path, top in predict_imagenet(a.images, a.backbone, a.top, a.weights, **_backbone_kwargs(a)):
+        print(f"{path}: " + ", ".join(f"{label.split(',')[0]} ({p:.3f})" for label, p in top))
+
+
+def cmd_backbones(a):
+    from .backbones import list_backbones
+
+    print(f"{'name':<36} {'kind':<9} {'size':>4}  {'scaling':<16} weights")
+    for r in list_backbones():
+        print(f"{r['name']:<36} {r['kind']:<9} {r['input_size']:>4}  {r['scaling']:<16} {r['weights']}")
+    print("Also: any .tflite file, frozen .pb GraphDef, SavedModel folder, or hub:HANDLE.")
+
+
+def cmd_demo(a):
+    from .demo import run_demo
+
+    r = run_demo(a.features, a.models, progress=not a.no_progress)
+    print(f"leave-one-out accuracy on the 20 training cars: {r['loo_accuracy']:.2%} (linear SVM, C={r['C']:g})")
+    print(f"features:    {r['features']}")
+    print(f"model:       {r['model']}")
+    print(f"report:      {r['report']}")
+    print(f"predictions: {r['predictions']}")
+
+
+COMMANDS = {"featurize": cmd_featurize, "train": cmd_train, "score": cmd_score, "evaluate": cmd_evaluate,
+            "compare": cmd_compare, "predict-imagenet": cmd_predict_imagenet, "backbones": cmd_backbones,
+            "demo": cmd_demo}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        COMMANDS[args.command](args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # a one-line reason, the traceback with -v
+        if args.verbose:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(f"error: {type(e).__name__}: {msg} (run with -v for details)", file=sys.stderr)
+        return 1
+    return 0

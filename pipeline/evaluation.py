@@ -1,0 +1,53 @@
+"""Metrics of a head on labelled features, computed with scikit-learn's own functions."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def classification_metrics(y_true, proba: np.ndarray, classes) -> dict:
+    """accuracy, balanced_accuracy, log_loss, top-k, per_class P/R/F1/support, confusion_matrix, classes."""
+    classes = [str(c) for c in classes]
+    y_true = np.asarray(y_true, dtype=str)
+    unknown = sorted(set(y_true) - set(classes))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not classes of this head ({classes})")
+    y_pred = np.asarray(classes, dtype=object)[np.argmax(proba, axis=1)].astype(str)
+    p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
+    out = {
+        "n": int(len(y_true)),
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, y_pred)),
+        "log_loss": float(skm.log_loss(y_true, proba, labels=classes)),
+        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                          "support": int(s[i])} for i, c in enumerate(classes)},
+        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=classes).tolist(),
+        "classes": classes,
+    }
+    if len(classes) > 5:
+        out["top_5_accuracy"] = float(skm.top_k_accuracy_score(y_true, proba, k=5, labels=classes))
+    return out
+
+
+def format_metrics(m: dict) -> str:
+    """A short human-readable table."""
+    lines = [f"n={m['n']}  accuracy {m['accuracy']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  "
+             f"log loss {m['log_loss']:.4f}"]
+    if "top_5_accuracy" in m:
+        lines[0] += f"  top-5 {m['top_5_accuracy']:.4f}"
+    width = max(len(c) for c in m["classes"])
+    lines.append(f"{'class':<{width}}  precision  recall     f1  support")
+    for c, v in m["per_class"].items():
+        lines.append(f"{c:<{width}}  {v['precision']:9.3f}  {v['recall']:6.3f}  {v['f1']:5.3f}  {v['support']:7d}")
+    lines.append("confusion matrix (rows: true, columns: predicted, order as above):")
+    lines += ["  " + " ".join(f"{v:5d}" for v in row) for row in m["confusion_matrix"]]
+    return "\n".join(lines)
+
+
+def evaluate(model, store) -> dict:
+    """Metrics of `model` (a Classifier) on the labelled rows of `store` (a FeatureStore)."""
+    model.check_spec(store.spec, str(store.root))
+    X, y = store.labelled()
+    if len(y) == 0:
+        raise ValueError(f"{store.root} has no labelled images to evaluate on")
+    return classification_metrics(y, model.predict_proba(X), model.classes_)

@@ -1,0 +1,121 @@
+"""scikit-learn heads: a StandardScaler and a classifier in one Pipeline, C chosen by CV.
+
+Heads: ``linear_svm`` (LinearSVC), ``svm`` (SVC, RBF kernel), ``logreg`` (LogisticRegression).
+Every fitted head gives probabilities: the SVMs are wrapped in a sigmoid
+CalibratedClassifierCV, logistic regression has its own.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, LeaveOneOut, StratifiedKFold, cross_val_predict
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, LinearSVC
+
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+HEADS = {
+    "linear_svm": lambda C: LinearSVC(C=C, max_iter=20000),
+    "svm": lambda C: SVC(C=C, kernel="rbf", gamma="scale"),
+    "logreg": lambda C: LogisticRegression(C=C, max_iter=5000),
+}
+NEEDS_CALIBRATION = {"linear_svm", "svm"}
+C_GRID = {
+    "linear_svm": (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+    "svm": (0.1, 1.0, 10.0, 100.0),
+    "logreg": (1e-3, 1e-2, 1e-1, 1.0, 10.0),
+}
+
+
+def _check_head(head: str) -> None:
+    if head not in HEADS:
+        raise UsageError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+
+
+def make_head(head: str, C: float = 1.0, calibrate: bool = False, calibration_folds: int = 5) -> Pipeline:
+    """An unfitted StandardScaler + classifier pipeline."""
+    _check_head(head)
+    clf = HEADS[head](float(C))
+    if calibrate and head in NEEDS_CALIBRATION:
+        clf = CalibratedClassifierCV(clf, cv=calibration_folds, method="sigmoid")
+    return Pipeline([("scale", StandardScaler()), ("clf", clf)])
+
+
+def check_labels(y: np.ndarray, min_per_class: int = 2) -> dict[str, int]:
+    """Per-class counts; a clear error when there are fewer than 2 classes or too few images."""
+    classes, counts = np.unique(np.asarray(y, dtype=str), return_counts=True)
+    table = dict(zip(classes.tolist(), counts.tolist()))
+    if len(classes) < 2:
+        raise UsageError(f"training needs at least 2 classes with images, found {table or 'none'}; "
+                         f"put each class's images in its own sub-folder")
+    small = {c: n for c, n in table.items() if n < min_per_class}
+    if small:
+        raise UsageError(f"every class needs at least {min_per_class} images, these have fewer: {small}")
+    return table
+
+
+def cv_splitter(y, folds: int | str = 5, seed: int = 0):
+    """Stratified K-fold (shuffled, seeded), K capped by the smallest class; 'loo' for leave-one-out."""
+    if folds == "loo":
+        return LeaveOneOut()
+    k = min(int(folds), int(np.unique(y, return_counts=True)[1].min()))
+    if k < 2:
+        raise UsageError("cross-validation needs at least 2 images per class")
+    return StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+
+
+def select_C(head: str, X, y, folds: int | str = 5, seed: int = 0) -> tuple[float, float, dict]:
+    """Pick C from the head's grid by cross-validated accuracy: (C, CV accuracy, {C: accuracy})."""
+    search = GridSearchCV(make_head(head), {"clf__C": list(C_GRID[head])}, cv=cv_splitter(y, folds, seed),
+                          scoring="accuracy", refit=False)
+    search.fit(X, y)
+    scores = dict(zip(C_GRID[head], search.cv_results_["mean_test_score"].tolist()))
+    return float(search.best_params_["clf__C"]), float(search.best_score_), scores
+
+
+def cross_val_proba(head: str, X, y, C: float, folds: int | str = 5, seed: int = 0) -> np.ndarray:
+    """Out-of-fold class probabilities (columns in sorted class order)."""
+    cv = cv_splitter(y, folds, seed)
+    return cross_val_predict(make_head(head, C, calibrate=True, calibration_folds=_cal_folds(y, cv)),
+                             X, y, cv=cv, method="predict_proba")
+
+
+def cross_val_accuracy(head: str, X, y, C: float, folds: int | str = 5, seed: int = 0) -> float:
+    """Accuracy of out-of-fold predictions of the plain (uncalibrated) head."""
+    pred = cross_val_predict(make_head(head, C), X, y, cv=cv_splitter(y, folds, seed))
+    return float(np.mean(pred == np.asarray(y)))
+
+
+def _cal_folds(y, outer_cv=None) -> int:
+    """Calibration folds: up to 5, fewer when the smallest class (inside an outer fold) is small."""
+    smallest = int(np.unique(y, return_counts=True)[1].min())
+    if outer_cv is not None and not isinstance(outer_cv, LeaveOneOut):
+        smallest -= -(-smallest // outer_cv.get_n_splits())
+    elif isinstance(outer_cv, LeaveOneOut):
+        smallest -= 1
+    return max(2, min(5, smallest))
+
+
+def fit_head(head: str, X, y, C: float | str = "auto", folds: int = 5, seed: int = 0):
+    """Fit the head on all rows; return (fitted pipeline, metrics dict)."""
+    X = np.asarray(X, dtype=np.float32)
+    y = np.asarray(y, dtype=str)
+    counts = check_labels(y)
+    metrics = {"head": head, "n_train": int(len(y)), "class_counts": counts}
+    if C == "auto":
+        C, cv_acc, table = select_C(head, X, y, folds, seed)
+        metrics.update(C=C, cv_accuracy=cv_acc, cv_folds=cv_splitter(y, folds).get_n_splits(),
+                       cv_scores={str(k): v for k, v in table.items()})
+        log.info("%s: C=%g chosen by %d-fold CV (accuracy %.4f)", head, C, metrics["cv_folds"], cv_acc)
+    else:
+        metrics["C"] = float(C)
+    model = make_head(head, float(C), calibrate=True, calibration_folds=_cal_folds(y))
+    model.fit(X, y)
+    metrics["train_accuracy"] = float(np.mean(model.predict(X) == y))
+    return model, metrics

@@ -1,0 +1,218 @@
+"""Find images in a folder and decode them into network-sized uint8 RGB arrays.
+
+Decoding is by content (never by extension) through an allowlist of Pillow formats, with
+EXIF orientation applied, transparency composited on white, 16-bit images scaled (not
+clipped), and JPEGs decoded at reduced scale (DCT scaling) when much larger than needed.
+Every failure is an :class:`ImageError` naming the file and a reason code.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError, UsageError
+from .preprocess import Preprocess
+
+log = logging.getLogger(__name__)
+Image.init()  # register every plugin so the format allowlist below resolves
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+MAX_PIXELS = 80_000_000  # refuse larger images before decoding (a 57-byte PNG can claim 40000x40000)
+JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
+ALPHA_BACKGROUND = (255, 255, 255)
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+             "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError,
+                  ZeroDivisionError, MemoryError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image found below a data folder."""
+
+    path: Path  # absolute
+    relpath: str  # relative to the data folder, forward slashes
+    label: str | None
+
+
+@dataclass
+class Listing:
+    """What a folder walk found: images, plus what it ignored and why."""
+
+    records: list[ImageRecord]
+    ignored: list[tuple[str, str]]  # (relpath, reason)
+    classes: list[str]
+    labelled: bool
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".") or name.lower() in JUNK_NAMES
+
+
+def _walk_files(root: Path):
+    """Yield (relpath parts, Path) for files below root; skip hidden dirs, never loop on links."""
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            yield p.relative_to(root).as_posix(), p
+
+
+def _image_or_reason(rel: str, p: Path) -> str | None:
+    """None when `p` looks like an image file to featurize, else the reason it is ignored."""
+    name = p.name
+    if _is_hidden(name):
+        return "ignored_hidden"
+    if p.suffix.lower() not in IMAGE_EXTENSIONS:
+        return "ignored_extension"
+    if not p.is_file():
+        return "not_a_file"
+    return None
+
+
+def list_images(root, labelled: bool | None = None) -> Listing:
+    """List images below `root` in a stable sorted order.
+
+    labelled=True: each top-level sub-folder is a class; images at any depth below it belong
+    to it; images directly in `root` are reported as ``unlabelled_ignored``.
+    labelled=False: every image at any depth, no labels.
+    labelled=None: True when `root` has sub-folders holding images, else False.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UsageError(f"data folder {str(root)!r} does not exist or is not a folder")
+    found, ignored = [], []
+    for rel, p in _walk_files(root):
+        reason = _image_or_reason(rel, p)
+        if reason:
+            ignored.append((rel, reason))
+        else:
+            found.append((rel, p))
+    if labelled is None:
+        labelled = any("/" in rel for rel, _ in found)
+    records = []
+    for rel, p in found:
+        if not labelled:
+            records.append(ImageRecord(p.resolve(), rel, None))
+        elif "/" not in rel:
+            ignored.append((rel, "unlabelled_ignored"))
+        else:
+            records.append(ImageRecord(p.resolve(), rel, rel.split("/", 1)[0]))
+    classes = sorted({r.label for r in records if r.label is not None})
+    if labelled:
+        _warn_empty_classes(root, classes)
+    return Listing(records, ignored, classes, labelled)
+
+
+def _warn_empty_classes(root: Path, classes: list[str]) -> None:
+    for d in sorted(root.iterdir()):
+        if d.is_dir() and not _is_hidden(d.name) and d.name not in classes:
+            log.warning("class folder %s holds no images; it is not a class", d)
+
+
+def read_bytes(path) -> tuple[bytes, str]:
+    """The file's bytes and their sha256 (hex)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ImageError(path, f"io_error:{type(e).__name__}", e.strerror or str(e)) from e
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def crop_box(width: int, height: int, pre: Preprocess) -> tuple[int, int, int, int]:
+    """Centre box (whole pixels) of the target aspect ratio covering `crop_fraction` of the largest that fits."""
+    th, tw = pre.size
+    scale = min(width / tw, height / th) * pre.crop_fraction
+    bw, bh = max(1, min(width, round(tw * scale))), max(1, min(height, round(th * scale)))
+    left, top = (width - bw) // 2, (height - bh) // 2
+    return left, top, left + bw, top + bh
+
+
+def _open(data: bytes, path) -> Image.Image:
+    if not data:
+        raise ImageError(path, "empty_file", "0 bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(path, "too_many_pixels", str(e)) from e
+    except UnidentifiedImageError as e:
+        raise ImageError(path, "not_an_image", f"unrecognised content starting with {data[:8].hex()}") from e
+    except _DECODE_ERRORS as e:
+        raise ImageError(path, "unreadable", f"{type(e).__name__}: {e}") from e
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise ImageError(path, "empty_image", f"{w}x{h} pixels")
+    if w * h > MAX_PIXELS:
+        raise ImageError(path, "too_many_pixels", f"{w}x{h} pixels exceeds the limit of {MAX_PIXELS}")
+    return im
+
+
+def _draft(im: Image.Image, pre: Preprocess) -> None:
+    """Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers the crop."""
+    if im.format not in ("JPEG", "MPO"):
+        return
+    w, h = im.size
+    if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+        w, h = h, w
+    left, top, right, bottom = crop_box(w, h, pre)
+    need = max(pre.size[1] / (right - left), pre.size[0] / (bottom - top))
+    if need < 0.5:
+        im.draft("RGB", (math.ceil(im.size[0] * need), math.ceil(im.size[1] * need)))
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(im, dtype=np.uint32)
+        top = 65535 if im.mode.startswith("I;16") or arr.max() > 255 else 255
+        im = Image.fromarray((arr * 255 // top).astype(np.uint8), "L")
+    elif im.mode == "F":
+        raise ImageError("", "unsupported_mode", "floating-point images have no defined pixel range")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, ALPHA_BACKGROUND + (255,))
+        return Image.alpha_composite(background, im).convert("RGB")
+    return im.convert("RGB")
+
+
+def decode(data: bytes, pre: Preprocess, path="<bytes>") -> np.ndarray:
+    """Encoded image bytes -> uint8 (H, W, 3) RGB array of the size `pre` asks for."""
+    im = _open(data, path)
+    try:
+        _draft(im, pre)
+        im.load()  # force the decode here, inside the per-file error boundary
+        im = ImageOps.exif_transpose(im)
+        im = _to_rgb(im)
+        box = crop_box(im.width, im.height, pre)
+        im = im.resize((pre.size[1], pre.size[0]), _RESAMPLE[pre.resample], box=box)
+    except ImageError as e:
+        raise ImageError(path, e.reason, e.detail) from e
+    except _DECODE_ERRORS as e:
+        msg = str(e)
+        reason = "truncated" if "truncated" in msg else "corrupt"
+        raise ImageError(path, reason, f"{type(e).__name__}: {msg}") from e
+    arr = np.asarray(im, dtype=np.uint8)
+    return arr
+
+
+def load_image(path, pre: Preprocess) -> np.ndarray:
+    """A file -> uint8 (H, W, 3) RGB array ready for the backbone."""
+    data, _ = read_bytes(path)
+    return decode(data, pre, path)
