@@ -61,10 +61,10 @@ def _is_hidden(name: str) -> bool:
 
 def _walk_files(root: Path):
     """Yield (relpath parts, Path) for files below root; skip hidden dirs, never loop on links."""
-    seen = set()
+    seen, real_root = set(), root.resolve()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         st = os.stat(dirpath)
-        if (st.st_dev, st.st_ino) in seen:
+        if (st.st_dev, st.st_ino) in seen or not Path(dirpath).resolve().is_relative_to(real_root):
             dirnames[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
@@ -104,6 +104,7 @@ def list_images(root, labelled: bool | None = None) -> Listing:
             ignored.append((rel, reason))
         else:
             found.append((rel, p))
+    found.sort(key=lambda item: item[0])
     if labelled is None:
         labelled = any("/" in rel for rel, _ in found)
     records = []

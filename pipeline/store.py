@@ -215,7 +215,7 @@ class StoreWriter:
 
     def close(self) -> FeatureStore:
         self.meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.meta["rows"] = len(self.rows)
+        self.meta["rows"] = len({r["path"] for r in self.rows})
         _atomic_write(self.root / "meta.json", json.dumps(self.meta, indent=1))
         self._rows_file.close()
         os.close(self._lock_fd)

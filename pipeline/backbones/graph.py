@@ -79,6 +79,13 @@ def _placeholders(graph_def) -> list[str]:
     return [_tensor(n.name) for n in graph_def.node if n.op == "Placeholder"]
 
 
+def _sinks(graph_def) -> list[str]:
+    """Tensors nothing else consumes: the graph's outputs."""
+    used = {_node(i) for n in graph_def.node for i in n.input}
+    return [_tensor(n.name) for n in graph_def.node
+            if n.name not in used and n.op not in ("Const", "NoOp", "Placeholder", "Assert")]
+
+
 def _read_graph_def(path: Path):
     tf = _tf()
     gd = tf.compat.v1.GraphDef()
@@ -157,7 +164,8 @@ class GraphBackbone(Backbone):
                 raise BackboneError(f"{self.path}: cannot tell the image input among placeholders {ph}; "
                                     f"pass --input-tensor NAME")
             inp = ph[0]
-        return gd, _tensor(inp), None
+        sinks = _sinks(gd)
+        return gd, _tensor(inp), sinks[0] if len(sinks) == 1 else None
 
     def _resolve_layer(self, gd, output):
         if self.preset and self.layer in LAYER_ALIASES:
@@ -165,8 +173,8 @@ class GraphBackbone(Backbone):
         if self.layer not in LAYER_ALIASES:
             return _tensor(self.layer)
         if output is None:
-            raise BackboneError(f"{self.path}: a frozen graph without a preset needs a tensor name "
-                                f"for --layer (e.g. the pooled features feeding the classifier)")
+            raise BackboneError(f"{self.path}: cannot tell the output among {_sinks(gd)[:5]}; "
+                                f"pass --layer TENSOR (e.g. the pooled features feeding the classifier)")
         tensor = find_layers(gd, output)[self.layer]
         if tensor is None:
             raise BackboneError(f"{self.path} has no classifier, so no {self.layer!r} layer; "

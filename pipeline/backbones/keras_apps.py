@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import BackboneError
 from ..preprocess import Preprocess
 from .base import LAYER_ALIASES, Backbone, file_sha256
@@ -116,10 +118,10 @@ class KerasBackbone(Backbone):
             y = feature_model(normalize(images, pre), training=False)
             if len(y.shape) == 4:
                 y = tf.reduce_mean(y, axis=[1, 2])
-            return tf.reshape(y, [tf.shape(y)[0], -1])
+            return y if len(y.shape) == 2 else tf.reshape(y, [tf.shape(y)[0], -1])
 
         self._fn = forward
-        self.dim = int(forward.get_concrete_function().structured_outputs.shape[-1])
+        self.dim = int(np.prod(output.shape[1:] if len(output.shape) != 4 else output.shape[-1:]))
 
     def _forward(self, images):
         return self._fn(images).numpy()

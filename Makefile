@@ -1,0 +1,55 @@
+# tf-feature-pipeline — every target runs inside .venv, created on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BACKBONE ?= mobilenet_v2_quant
+LAYER    ?= penultimate
+HEAD     ?= linear_svm
+C        ?= auto
+DATA     ?=
+FEATURES ?=
+MODEL    ?=
+OUT      ?=
+
+.PHONY: install demo test test-fast features train score evaluate backbones reference clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: install  ## the whole flow offline on the bundled cars sample
+	$(PY) -m pipeline demo
+
+test: install  ## the full test suite (tests needing ../shared skip without it)
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not shared"
+
+features: install  ## make features DATA=path/to/images [BACKBONE=...] [LAYER=...] [OUT=features/...]
+	@test -n "$(DATA)" || { echo "usage: make features DATA=folder [BACKBONE=$(BACKBONE)] [LAYER=$(LAYER)] [OUT=dir]"; exit 2; }
+	$(PY) -m pipeline featurize "$(DATA)" --backbone "$(BACKBONE)" --layer "$(LAYER)" $(if $(OUT),--out "$(OUT)")
+
+train: install  ## make train FEATURES=features/... [HEAD=linear_svm] [C=auto] [MODEL=models/x.joblib]
+	@test -n "$(FEATURES)" || { echo "usage: make train FEATURES=dir [HEAD=$(HEAD)] [C=$(C)] [MODEL=models/NAME.joblib]"; exit 2; }
+	$(PY) -m pipeline train "$(FEATURES)" --head "$(HEAD)" --C "$(C)" --out "$(or $(MODEL),models/$(notdir $(FEATURES))-$(HEAD).joblib)"
+
+score: install  ## make score MODEL=models/x.joblib DATA=path/to/images [OUT=predictions.csv]
+	@test -n "$(MODEL)" -a -n "$(DATA)" || { echo "usage: make score MODEL=file.joblib DATA=folder [OUT=predictions.csv]"; exit 2; }
+	$(PY) -m pipeline score "$(MODEL)" "$(DATA)" --out "$(or $(OUT),predictions.csv)"
+
+evaluate: install  ## make evaluate MODEL=models/x.joblib FEATURES=features/...
+	$(PY) -m pipeline evaluate "$(MODEL)" "$(FEATURES)"
+
+backbones: install
+	$(PY) -m pipeline backbones
+
+reference: install  ## reproduce the reference accuracies on ../shared (catsdogs, cars)
+	$(PY) -m pytest -q -m shared -p no:randomly tests/test_reference.py -s
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny image folders built on the fly, and the ../shared material (skipped when absent)."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TFP_SHARED", REPO.parent / "shared"))
+
+
+def needs_shared(*parts: str) -> Path:
+    """Path inside ../shared, or skip the test with the reason."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} is absent: real models and data live in ../shared (set TFP_SHARED to point elsewhere)")
+    return p
+
+
+def img_bytes(mode="RGB", size=(64, 48), fmt="JPEG", color=None, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def noise_image(seed: int, size=(80, 60), base=None) -> Image.Image:
+    """A random RGB image; `base` tints it so classes are separable."""
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 3)).astype(np.float32)
+    if base is not None:
+        arr = 0.4 * arr + 0.6 * np.asarray(base, np.float32)
+    return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+
+
+def make_class_tree(root: Path, per_class: int = 6, classes=("red", "blue"), size=(80, 60)) -> Path:
+    colours = {"red": (230, 30, 30), "blue": (30, 30, 230), "green": (30, 200, 30)}
+    for ci, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            noise_image(100 * ci + i, size, colours[c]).save(root / c / f"{c}_{i}.jpg", quality=92)
+    return root
+
+
+@pytest.fixture
+def class_tree(tmp_path) -> Path:
+    return make_class_tree(tmp_path / "data")

@@ -1,0 +1,77 @@
+"""Tiny Keras models the tests build and save themselves, in every format a backbone can come in."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+
+SIZE = 32
+CLASSES = 5
+
+
+def tiny_keras_model(seed: int = 0):
+    """conv(8) -> relu -> GAP -> dense(5) logits -> softmax; layer names fixed for the tests."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((SIZE, SIZE, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inp)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    logits = keras.layers.Dense(CLASSES, name="logits")(x)
+    out = keras.layers.Softmax(name="predictions")(logits)
+    return keras.Model(inp, out)
+
+
+def submodel_outputs(model, x: np.ndarray) -> dict:
+    """The model's own logits, pooled features and pooled conv map for float input x."""
+    import keras
+
+    sub = keras.Model(model.inputs, [model.get_layer("logits").output, model.get_layer("pool").output,
+                                     model.get_layer("conv").output])
+    logits, pooled, conv = (np.asarray(v) for v in sub(x, training=False))
+    return {"logits": logits, "penultimate": pooled, "conv": conv.mean(axis=(1, 2))}
+
+
+def export_saved_model(model, path) -> str:
+    model.export(str(path), verbose=False)
+    return str(path)
+
+
+def frozen_graph_def(model, path) -> tuple[str, str, dict]:
+    """Freeze the model into a .pb; returns (path, input tensor, {layer: tensor name})."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+        tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, name="input"))
+    frozen = convert_variables_to_constants_v2(fn)
+    gd = frozen.graph.as_graph_def()
+    tf.io.write_graph(gd, os.path.dirname(str(path)), os.path.basename(str(path)), as_text=False)
+    names = [n.name for n in gd.node]
+    conv = next(n for n in names if n.endswith("conv_1/Relu") or n.endswith("conv/Relu"))
+    return str(path), frozen.inputs[0].name, {"conv": conv + ":0"}
+
+
+def tflite_model(model, path, quantized: bool) -> str:
+    import tensorflow as tf
+
+    saved = str(path) + ".savedmodel"
+    model.export(saved, verbose=False)
+    conv = tf.lite.TFLiteConverter.from_saved_model(saved)
+    if quantized:
+        rng = np.random.default_rng(0)
+
+        def rep():
+            for _ in range(20):
+                yield [rng.uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32)]
+
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = rep
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.uint8
+        conv.inference_output_type = tf.uint8
+    with open(path, "wb") as f:
+        f.write(conv.convert())
+    return str(path)

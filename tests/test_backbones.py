@@ -1,0 +1,130 @@
+"""Every backbone kind gives the network's own outputs for logits, penultimate and a named layer."""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+from models_for_tests import SIZE, export_saved_model, frozen_graph_def, submodel_outputs, tflite_model, tiny_keras_model
+from pipeline.backbones import create_backbone
+from pipeline.backbones.keras_apps import KERAS_APPS
+from pipeline.errors import BackboneError
+from pipeline.preprocess import Preprocess, normalize
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_keras_model()
+
+
+@pytest.fixture(scope="module")
+def expected(tiny):
+    return submodel_outputs(tiny, normalize(IMAGES, Preprocess(size=(SIZE, SIZE), scaling="tf")))
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_APPS))
+def test_keras_scaling_equals_keras_preprocess_input(name):
+    # our in-graph scaling must equal Keras' own preprocess_input for that family
+    app = KERAS_APPS[name]
+    keras_pre = importlib.import_module(f"keras.applications.{app.module}").preprocess_input
+    img = np.random.default_rng(1).integers(0, 256, (2, 40, 30, 3)).astype(np.uint8)
+    ours = normalize(img, Preprocess(size=(app.size, app.size), scaling=app.scaling))
+    np.testing.assert_allclose(ours, keras_pre(img.astype(np.float32).copy()), rtol=1e-5, atol=1e-4)
+
+
+def test_savedmodel_layers_equal_model_outputs(tiny, expected, tmp_path):
+    path = export_saved_model(tiny, tmp_path / "sm")
+    for layer in ("logits", "penultimate"):
+        bb = create_backbone(path, layer, input_size=SIZE, scaling="tf")
+        np.testing.assert_allclose(bb(IMAGES), expected[layer], rtol=1e-4, atol=1e-5)
+    assert bb.spec()["kind"] == "savedmodel" and bb.dim == 8
+
+
+def test_frozen_graphdef_layers_equal_model_outputs(tiny, expected, tmp_path):
+    path, inp, names = frozen_graph_def(tiny, tmp_path / "frozen.pb")
+    for layer, key in (("logits", "logits"), ("penultimate", "penultimate"), (names["conv"], "conv")):
+        bb = create_backbone(path, layer, input_size=SIZE, scaling="tf", input_tensor=inp)
+        np.testing.assert_allclose(bb(IMAGES), expected[key], rtol=1e-4, atol=1e-5)
+
+
+def test_graphdef_unknown_tensor_is_a_clear_error(tiny, tmp_path):
+    path, inp, _ = frozen_graph_def(tiny, tmp_path / "frozen.pb")
+    bb = create_backbone(path, "no_such_tensor", input_size=SIZE, scaling="tf", input_tensor=inp)
+    with pytest.raises(BackboneError, match="no_such_tensor"):
+        bb.load()
+
+
+def test_float_tflite_layers_equal_model_outputs(tiny, expected, tmp_path):
+    path = tflite_model(tiny, tmp_path / "tiny.tflite", quantized=False)
+    for layer in ("logits", "penultimate"):
+        bb = create_backbone(path, layer, scaling="tf")
+        np.testing.assert_allclose(bb(IMAGES), expected[layer], rtol=1e-4, atol=1e-4)
+    conv = _tensor_with_shape(path, [1, SIZE - 2, SIZE - 2, 8])  # the ReLU'd conv map
+    bb = create_backbone(path, conv, scaling="tf")
+    np.testing.assert_allclose(bb(IMAGES), expected["conv"], rtol=1e-4, atol=1e-4)
+
+
+def test_quantized_tflite_dequantizes_and_finds_presoftmax_logits(tiny, expected, tmp_path):
+    path = tflite_model(tiny, tmp_path / "tinyq.tflite", quantized=True)
+    bb = create_backbone(path, "logits", scaling="tf")
+    assert bb.preprocess.scaling == "tf"  # a uint8 model whose input is not pixel-quantized keeps the declared scaling
+    logits = bb(IMAGES)
+    # the tensor feeding the softmax, dequantized: close to the float model's logits
+    assert np.corrcoef(logits.ravel(), expected["logits"].ravel())[0, 1] > 0.98
+    pen = create_backbone(path, "penultimate", scaling="tf")(IMAGES)
+    assert pen.shape == expected["penultimate"].shape
+    assert np.corrcoef(pen.ravel(), expected["penultimate"].ravel())[0, 1] > 0.98
+
+
+def _tensor_with_shape(path, shape):
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_path=str(path)).get_tensor_details()
+    return [t["name"] for t in details if list(t["shape"]) == shape][-1]
+
+
+@pytest.mark.slow
+def test_keras_application_with_local_weights_file(tmp_path):
+    # a Keras application with a local weights file gives the network's own outputs
+    import keras
+
+    model = keras.applications.MobileNetV2(weights=None, classifier_activation=None)
+    weights = tmp_path / "mnv2.weights.h5"
+    model.save_weights(weights)
+    img = RNG.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    x = keras.applications.mobilenet_v2.preprocess_input(img.astype(np.float32))
+    own = {"logits": model.output, "penultimate": model.get_layer("global_average_pooling2d").output,
+           "Conv_1": model.get_layer("Conv_1").output}
+    for layer, tensor in own.items():
+        want = np.asarray(keras.Model(model.inputs, tensor)(x, training=False))
+        want = want.mean(axis=(1, 2)) if want.ndim == 4 else want
+        bb = create_backbone("mobilenet_v2", layer, weights=str(weights))
+        np.testing.assert_allclose(bb(img), want, rtol=1e-3, atol=1e-4)
+    assert bb.spec()["source"]["weights_sha256"]
+
+
+def test_keras_offline_without_weights_says_what_to_pass(monkeypatch):
+    import keras
+
+    def offline(*a, **k):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3] name resolution")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    monkeypatch.setattr("keras.src.utils.file_utils.get_file", offline)
+    bb = create_backbone("vgg16", "penultimate")
+    with pytest.raises(BackboneError, match="--weights FILE"):
+        bb.load()
+
+
+def test_unknown_backbone_lists_choices():
+    with pytest.raises(BackboneError, match="mobilenet_v2_quant"):
+        create_backbone("resnet9000")
+
+
+def test_weights_only_for_keras_apps():
+    with pytest.raises(ValueError, match="--weights"):
+        create_backbone("mobilenet_v2_quant", weights="x.h5")

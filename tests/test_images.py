@@ -1,0 +1,134 @@
+"""Folder walking and decoding: content sniffing, orientation, colour modes, bad files."""
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import img_bytes, noise_image
+from pipeline.errors import ImageError
+from pipeline.images import crop_box, decode, list_images
+from pipeline.preprocess import Preprocess
+
+PRE = Preprocess(size=(32, 32), scaling="tf")
+
+
+def png_chunk(t: bytes, d: bytes) -> bytes:
+    return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+
+def png_header_only(w, h) -> bytes:
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + png_chunk(b"IEND", b""))
+
+
+def encode(im: Image.Image, fmt="PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_listing_labels_nested_hidden_and_junk(tmp_path):
+    for rel in ["cat/a.jpg", "cat/2021/b.JPG", "dog/c.png", "dog/notes.txt", "dog/.DS_Store", "cat/._a.jpg",
+                ".ipynb_checkpoints/x.jpg", "loose.jpg", "dog/Thumbs.db"]:
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(img_bytes())
+    (tmp_path / "empty_class").mkdir()
+    os.symlink(tmp_path, tmp_path / "cat" / "loop")  # a symlink loop must not hang the walk
+    listing = list_images(tmp_path)
+    assert listing.classes == ["cat", "dog"]
+    assert [(r.relpath, r.label) for r in listing.records] == [
+        ("cat/2021/b.JPG", "cat"), ("cat/a.jpg", "cat"), ("dog/c.png", "dog")]
+    reasons = dict(listing.ignored)
+    assert reasons["loose.jpg"] == "unlabelled_ignored"
+    assert reasons["dog/notes.txt"] == "ignored_extension"
+    assert reasons["cat/._a.jpg"] == "ignored_hidden"
+
+
+def test_flat_folder_is_unlabelled(tmp_path):
+    (tmp_path / "x.jpg").write_bytes(img_bytes())
+    listing = list_images(tmp_path)
+    assert not listing.labelled and listing.records[0].label is None
+
+
+@pytest.mark.parametrize("size,box", [((640, 480), (80, 0, 560, 480)), ((480, 640), (0, 80, 480, 560)),
+                                      ((1, 1), (0, 0, 1, 1)), ((1, 2000), (0, 999, 1, 1000))])
+def test_crop_box_is_centre_square(size, box):
+    assert crop_box(*size, PRE) == box
+
+
+def test_png_named_jpg_decodes_like_the_png(tmp_path):
+    im = noise_image(3, (50, 40))
+    assert np.array_equal(decode(encode(im, "PNG"), PRE, "x.jpg"), decode(encode(im, "PNG"), PRE, "x.png"))
+
+
+def test_exif_rotated_equals_physically_rotated():
+    im = noise_image(4, (60, 30))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90 clockwise on display
+    tagged = decode(encode(im, "PNG", exif=exif), PRE)
+    rotated = decode(encode(im.transpose(Image.Transpose.ROTATE_270), "PNG"), PRE)
+    assert np.array_equal(tagged, rotated)
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "RGBA", "LA", "P", "1", "I;16"])
+def test_colour_modes_give_rgb(mode):
+    fmt = "JPEG" if mode in ("L", "CMYK") else "PNG"
+    out = decode(img_bytes(mode, (40, 40), fmt), PRE)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+
+
+def test_transparent_pixels_composite_on_white_not_hidden_colour():
+    out = decode(img_bytes("RGBA", (16, 16), "PNG", color=(255, 0, 0, 0)), PRE)
+    assert (out == 255).all()
+
+
+def test_16bit_is_scaled_not_clipped():
+    arr = (np.arange(4096, dtype=np.uint16).reshape(64, 64) * 16)
+    out = decode(encode(Image.fromarray(arr)), PRE)
+    assert (out == 255).mean() < 0.5
+
+
+def test_animated_gif_first_frame():
+    frames = [Image.new("RGB", (16, 16), (200 - 80 * i, 0, 0)) for i in range(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    out = decode(buf.getvalue(), PRE)
+    assert abs(int(out[..., 0].mean()) - 200) < 8
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "WEBP", "TIFF"])
+def test_other_formats(fmt):
+    assert decode(img_bytes("RGB", (40, 30), fmt), PRE).shape == (32, 32, 3)
+
+
+def test_large_jpeg_decoded_at_reduced_scale_stays_close():
+    im = noise_image(5, (2000, 1500)).resize((200, 150)).resize((2000, 1500))  # smooth content
+    full = decode(encode(im, "PNG"), PRE).astype(int)
+    jpeg = decode(encode(im, "JPEG", quality=95), PRE).astype(int)
+    assert np.abs(full - jpeg).mean() < 6
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"", "empty_file"),
+    (b"<html><body>403 Forbidden</body></html>", "not_an_image"),
+    (bytes(range(256)) * 4, "not_an_image"),
+    (png_header_only(40000, 40000), "too_many_pixels"),
+    (png_header_only(0, 0), "not_an_image"),
+])
+def test_bad_bytes_are_named_errors(data, reason):
+    with pytest.raises(ImageError, match=reason) as e:
+        decode(data, PRE, "cats/bad.jpg")
+    assert e.value.path == "cats/bad.jpg" and e.value.reason == reason
+
+
+def test_truncated_jpeg_is_reported_not_padded():
+    j = img_bytes(size=(256, 256), quality=90)
+    with pytest.raises(ImageError, match="truncated|corrupt"):
+        decode(j[: len(j) // 2], PRE, "t.jpg")
