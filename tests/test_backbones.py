@@ -42,6 +42,10 @@ def test_savedmodel_layers_equal_model_outputs(tiny, expected, tmp_path):
         bb = create_backbone(path, layer, input_size=SIZE, scaling="tf")
         np.testing.assert_allclose(bb(IMAGES), expected[layer], rtol=1e-4, atol=1e-5)
     assert bb.spec()["kind"] == "savedmodel" and bb.dim == 8
+    gd, _, _ = bb._graph()
+    relu = next(n.name for n in gd.node if n.op == "Relu")  # the conv map, named as in the graph
+    bb = create_backbone(path, relu, input_size=SIZE, scaling="tf")
+    np.testing.assert_allclose(bb(IMAGES), expected["conv"], rtol=1e-4, atol=1e-5)
 
 
 def test_frozen_graphdef_layers_equal_model_outputs(tiny, expected, tmp_path):
@@ -128,3 +132,28 @@ def test_unknown_backbone_lists_choices():
 def test_weights_only_for_keras_apps():
     with pytest.raises(ValueError, match="--weights"):
         create_backbone("mobilenet_v2_quant", weights="x.h5")
+
+
+def test_hub_handle_to_a_local_savedmodel(tiny, expected, tmp_path):
+    # hub:HANDLE goes through tensorflow_hub.resolve (a URL downloads; a local folder is used as is)
+    path = export_saved_model(tiny, tmp_path / "hubmodel")
+    bb = create_backbone(f"hub:{path}", "penultimate", input_size=SIZE, scaling="tf")
+    np.testing.assert_allclose(bb(IMAGES), expected["penultimate"], rtol=1e-4, atol=1e-5)
+    assert bb.spec()["source"]["handle"] == path
+
+
+@pytest.mark.slow
+def test_keras_application_with_legacy_h5_weights(tmp_path):
+    # the legacy .h5 files Keras downloads (e.g. ..._weights_tf_dim_ordering_tf_kernels.h5) load too
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    model = keras.applications.MobileNetV2(weights=None, classifier_activation=None)
+    path = tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    img = RNG.integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+    want = np.asarray(model(keras.applications.mobilenet_v2.preprocess_input(img.astype(np.float32))))
+    np.testing.assert_allclose(create_backbone("mobilenet_v2", "logits", weights=str(path))(img), want,
+                               rtol=1e-3, atol=1e-4)

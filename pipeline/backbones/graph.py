@@ -42,10 +42,22 @@ _PASS_THROUGH = {"Identity", "Reshape", "Squeeze", "BiasAdd", "Add", "AddV2", "C
 _CLASSIFIER_OPS = {"MatMul", "Conv2D"}
 
 
+_GPU_READY = False
+
+
 def _tf():
+    """Import TensorFlow once, letting GPU memory grow on demand (TF places ops on the GPU itself)."""
+    global _GPU_READY
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
+    if not _GPU_READY:
+        for gpu in tf.config.list_physical_devices("GPU"):
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:  # already initialized by the caller: keep their settings
+                pass
+        _GPU_READY = True
     return tf
 
 

@@ -45,7 +45,9 @@ KERAS_APPS: dict[str, KerasApp] = {
 
 def _keras():
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .graph import _tf
+
+    _tf()  # configures GPUs before Keras touches them
     import keras
 
     return keras

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def _interpreter_class():
 def _open_interpreter(path: str, **kw):
     Interpreter, _ = _interpreter_class()
     try:
-        it = Interpreter(model_path=path, experimental_preserve_all_tensors=True, **kw)
+        with warnings.catch_warnings():  # preserving tensors is how intermediate layers are read
+            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+            it = Interpreter(model_path=path, experimental_preserve_all_tensors=True, **kw)
         it.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise BackboneError(f"{path} is not a usable TFLite model: {e}") from e
