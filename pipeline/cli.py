@@ -44,7 +44,7 @@ def _backbone_options(p: argparse.ArgumentParser, with_layer: bool = True) -> No
                    help="registry name, .tflite/.pb file, SavedModel folder or hub:HANDLE (default: %(default)s)")
     if with_layer:
         p.add_argument("--layer", default="penultimate", help="logits, penultimate (default) or a layer/tensor name")
-    p.add_argument("--weights", help="local weights file for a Keras application (.weights.h5 or legacy .h5)")
+    p.add_argument("--weights", help="Keras application weights: imagenet (default), a local .weights.h5/.h5 file, or random")
     p.add_argument("--input-size", type=int, help="override the backbone's input size (square)")
     p.add_argument("--scaling", help="override the pixel scaling: caffe, tf, torch, unit, raw, ...")
     p.add_argument("--crop-fraction", type=float, help="centre crop fraction (1.0: largest centre square)")

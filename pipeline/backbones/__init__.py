@@ -40,7 +40,7 @@ def create_backbone(spec: str = DEFAULT_BACKBONE, layer: str = "penultimate", we
     """Resolve SPEC to a (not yet loaded) backbone reading `layer`."""
     spec = str(spec)
     pre_kw = dict(input_size=input_size, scaling=scaling, crop_fraction=crop_fraction, resample=resample)
-    if weights and spec not in KERAS_APPS:
+    if weights and weights != "imagenet" and spec not in KERAS_APPS:
         raise UsageError(f"--weights applies to Keras applications ({', '.join(KERAS_APPS)}), not to {spec!r}")
     if spec in KERAS_APPS:
         app = KERAS_APPS[spec]
@@ -76,8 +76,7 @@ def backbone_from_spec(spec: dict) -> Backbone:
               resample=pre["resample"])
     name = spec["backbone"]
     if spec["kind"] == "keras":
-        weights = src.get("weights")
-        return create_backbone(name, spec["layer"], None if weights == "imagenet" else weights, **kw)
+        return create_backbone(name, spec["layer"], src.get("weights"), **kw)
     if name in BUNDLED or name.startswith("hub:"):
         return create_backbone(name, spec["layer"], **kw)
     path = src.get("path")

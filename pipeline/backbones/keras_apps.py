@@ -61,7 +61,9 @@ class KerasBackbone(Backbone):
         app = KERAS_APPS[name]
         pre = preprocess or Preprocess(size=(app.size, app.size), scaling=app.scaling)
         source = {"constructor": f"keras.applications.{app.constructor}", "weights": "imagenet"}
-        if weights and weights != "imagenet":
+        if weights == "random":  # untrained: for benchmarks and tests (same cost as ImageNet weights)
+            source["weights"] = "random"
+        elif weights and weights != "imagenet":
             path = Path(weights)
             if not path.is_file():
                 raise BackboneError(f"weights file {weights!r} for {name} does not exist")
@@ -74,7 +76,8 @@ class KerasBackbone(Backbone):
         ctor = getattr(keras.applications, self.app.constructor)
         weights = self.source["weights"]
         try:
-            return ctor(weights=weights, include_top=True, classifier_activation=None)
+            return ctor(weights=None if weights == "random" else weights, include_top=True,
+                        classifier_activation=None)
         except Exception as e:  # Keras raises a bare Exception for download failures
             if weights == "imagenet":
                 raise BackboneError(
@@ -91,9 +94,9 @@ class KerasBackbone(Backbone):
         keras = _keras()
         if self.layer == "logits":
             return model.output, model.layers[-1].name
-        if self.layer == "penultimate":
-            dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)][-1]
-            return dense.input, f"{dense.name}:input"
+        if self.layer == "penultimate":  # the input of the classifier (Dense, or MobileNet's 1x1 Conv2D)
+            top = [l for l in model.layers if isinstance(l, (keras.layers.Dense, keras.layers.Conv2D))][-1]
+            return top.input, f"{top.name}:input"
         try:
             return model.get_layer(self.layer).output, self.layer
         except ValueError as e:
