@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     _backbone_options(i, with_layer=False)
     i.add_argument("--top", type=int, default=5)
 
+    v = sub.add_parser("verify", help="check a feature store's integrity")
+    v.add_argument("features_dir")
+
     sub.add_parser("backbones", help="list the registered backbones")
 
     d = sub.add_parser("demo", help="the whole flow offline on the bundled cars sample")
@@ -180,6 +183,17 @@ def cmd_predict_imagenet(a):
         print(f"{path}: " + ", ".join(f"{label.split(',')[0]} ({p:.3f})" for label, p in top))
 
 
+def cmd_verify(a):
+    from .store import FeatureStore, verify
+
+    problems = verify(a.features_dir)
+    if problems:
+        raise PipelineError("; ".join(problems))
+    store = FeatureStore.open(a.features_dir)
+    print(f"OK: {a.features_dir} holds {len(store)} rows of D={store.spec['dim']} ({store.spec['backbone']}, "
+          f"layer {store.spec['layer']}), {len(store.skipped)} files skipped by the last run")
+
+
 def cmd_backbones(a):
     from .backbones import list_backbones
 
@@ -201,7 +215,7 @@ def cmd_demo(a):
 
 
 COMMANDS = {"featurize": cmd_featurize, "train": cmd_train, "score": cmd_score, "evaluate": cmd_evaluate,
-            "compare": cmd_compare, "predict-imagenet": cmd_predict_imagenet, "backbones": cmd_backbones,
+            "compare": cmd_compare, "predict-imagenet": cmd_predict_imagenet, "backbones": cmd_backbones, "verify": cmd_verify,
             "demo": cmd_demo}
 
 

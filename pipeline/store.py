@@ -159,6 +159,33 @@ class FeatureStore:
         return f"<FeatureStore {self.root} n={len(self)} {describe(self.spec)}>"
 
 
+def verify(root) -> list[str]:
+    """Problems found in a store (empty when it is sound): meta, commit log, array shape and values."""
+    root = Path(root)
+    try:
+        store = FeatureStore.open(root)
+        raw = (root / "rows.jsonl").read_bytes() if (root / "rows.jsonl").exists() else b""
+    except (StoreError, ValueError) as e:
+        return [str(e)]
+    problems = []
+    if raw and not raw.endswith(b"\n"):
+        problems.append(f"{root / 'rows.jsonl'} ends with a partial line (a run was killed mid-commit; "
+                        f"the next featurize run trims it)")
+    bad = [r for r in store._rows if not {"path", "sha256"} <= set(r)]
+    if bad:
+        problems.append(f"{len(bad)} rows of {root / 'rows.jsonl'} lack a path or sha256, e.g. {bad[0]}")
+    if len(store) and not store.spec.get("dim"):
+        problems.append(f"{root / 'meta.json'} records no feature dimension")
+        return problems
+    try:
+        x = store.features
+    except StoreError as e:
+        return problems + [str(e)]
+    if not np.isfinite(x).all():
+        problems.append(f"{int((~np.isfinite(x)).any(axis=1).sum())} feature rows in {root} hold NaN or infinity")
+    return problems
+
+
 class StoreWriter:
     """Appends committed batches of rows to a store; created by :func:`open_writer`."""
 
@@ -259,8 +286,11 @@ def open_writer(root, request: dict, overwrite: bool = False) -> StoreWriter:
     except PermissionError as e:
         raise StoreError(f"cannot write the feature store {root}: {e.strerror}") from e
     meta_path = root / "meta.json"
-    if meta_path.exists() and not overwrite:
-        old = FeatureStore.open(root).meta
+    existing = FeatureStore.open(root) if meta_path.exists() and not overwrite else None
+    if existing is not None and len(existing) == 0 and not (root / "features.bcolz").exists():
+        existing = None  # an empty store (a run that failed before its first batch) holds nothing to keep
+    if existing is not None:
+        old = existing.meta
         if identity(old["spec"], full=False) != identity(request, full=False):
             os.close(fd)
             raise StoreError(f"{root} holds features of {describe(old['spec'])}, not of {describe(request)}; "

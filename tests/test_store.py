@@ -97,3 +97,23 @@ def test_changed_file_row_supersedes_old_one(tmp_path):
     s = w.close()
     assert s.paths == ["c/1.jpg", "c/0.jpg"] and s.features.tolist() == [[2, 2], [9, 9]]
     assert json.loads((tmp_path / "s" / "meta.json").read_text())["rows"] == 2
+
+
+def test_empty_store_from_a_failed_run_does_not_block_other_settings(tmp_path):
+    open_writer(tmp_path / "s", REQ).abort()  # e.g. the weights download failed before any batch
+    w = open_writer(tmp_path / "s", dict(REQ, weights="sha-of-local-file"))
+    w.abort()
+    assert FeatureStore.open(tmp_path / "s").spec["weights"] == "sha-of-local-file"
+
+
+def test_verify_finds_a_missing_chunk_file(tmp_path):
+    from pipeline.store import verify
+
+    w = open_writer(tmp_path / "s", REQ)
+    w.set_spec(spec(1280))
+    w.append(np.ones((chunklen_for(1280) * 2, 1280), np.float32), rows(0, chunklen_for(1280) * 2))
+    w.close()
+    assert verify(tmp_path / "s") == []
+    (tmp_path / "s" / "features.bcolz" / "data" / "__0.blp").unlink()
+    problems = verify(tmp_path / "s")
+    assert len(problems) == 1 and "damaged" in problems[0] and "--overwrite" in problems[0]
