@@ -60,7 +60,7 @@ def _is_hidden(name: str) -> bool:
 
 
 def _walk_files(root: Path):
-    """Yield (relpath parts, Path) for files below root; skip hidden dirs, never loop on links."""
+    """Yield (relpath, Path) for files below root; skip hidden dirs, never loop on links or leave root."""
     seen, real_root = set(), root.resolve()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         st = os.stat(dirpath)
@@ -71,12 +71,14 @@ def _walk_files(root: Path):
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
         for name in sorted(filenames):
             p = Path(dirpath) / name
-            yield p.relative_to(root).as_posix(), p
+            yield p.relative_to(root).as_posix(), p, p.resolve().is_relative_to(real_root)
 
 
-def _image_or_reason(rel: str, p: Path) -> str | None:
+def _image_or_reason(rel: str, p: Path, inside: bool) -> str | None:
     """None when `p` looks like an image file to featurize, else the reason it is ignored."""
     name = p.name
+    if not inside:
+        return "link_outside_root"
     if _is_hidden(name):
         return "ignored_hidden"
     if p.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -98,8 +100,8 @@ def list_images(root, labelled: bool | None = None) -> Listing:
     if not root.is_dir():
         raise UsageError(f"data folder {str(root)!r} does not exist or is not a folder")
     found, ignored = [], []
-    for rel, p in _walk_files(root):
-        reason = _image_or_reason(rel, p)
+    for rel, p, inside in _walk_files(root):
+        reason = _image_or_reason(rel, p, inside)
         if reason:
             ignored.append((rel, reason))
         else:

@@ -41,6 +41,9 @@ def test_listing_labels_nested_hidden_and_junk(tmp_path):
         p.write_bytes(img_bytes())
     (tmp_path / "empty_class").mkdir()
     os.symlink(tmp_path, tmp_path / "cat" / "loop")  # a symlink loop must not hang the walk
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.jpg"
+    outside.write_bytes(img_bytes())
+    os.symlink(outside, tmp_path / "dog" / "elsewhere.jpg")  # nothing outside the root is read
     listing = list_images(tmp_path)
     assert listing.classes == ["cat", "dog"]
     assert [(r.relpath, r.label) for r in listing.records] == [
@@ -49,6 +52,7 @@ def test_listing_labels_nested_hidden_and_junk(tmp_path):
     assert reasons["loose.jpg"] == "unlabelled_ignored"
     assert reasons["dog/notes.txt"] == "ignored_extension"
     assert reasons["cat/._a.jpg"] == "ignored_hidden"
+    assert reasons["dog/elsewhere.jpg"] == "link_outside_root"
 
 
 def test_flat_folder_is_unlabelled(tmp_path):
