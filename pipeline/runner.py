@@ -18,7 +18,7 @@ import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from .errors import ImageError, PipelineError
-from .images import ImageRecord, decode, list_images, read_bytes
+from .images import IMAGE_EXTENSIONS, ImageRecord, decode, list_images, read_bytes
 from .store import FeatureStore, open_writer
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class RunReport:
     reused: int = 0
     skipped: list[dict] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)
+    listed: list[str] = field(default_factory=list)  # relative paths of the images this run was given
 
     def summary(self) -> str:
         lines = [f"{self.discovered} images: {self.computed} featurized, {self.reused} reused from the cache, "
@@ -112,7 +113,7 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     out = Path(out) if out is not None else default_store_path(data_dir, bb)
     listing = list_images(data_dir, labelled)
     if not listing.records:
-        raise PipelineError(f"no images found in {data_dir} (looked for {', '.join(sorted(_exts()))})")
+        raise PipelineError(f"no images found in {data_dir} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     writer = open_writer(out, bb.request(), overwrite=overwrite)
     try:
         run = _run(listing.records, bb, writer, workers, progress)
@@ -122,6 +123,7 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     writer.write_skipped(run.skipped)
     run.store = writer.close()
     run.discovered, run.ignored = len(listing.records), listing.ignored
+    run.listed = [r.relpath for r in listing.records]
     for s in run.skipped:
         log.warning("skipped %s: %s %s", s["path"], s["reason"], s.get("detail", ""))
     if strict and run.skipped:
@@ -149,12 +151,6 @@ def _run(records, bb: Backbone, writer, workers, progress) -> RunReport:
         batcher.flush()
     run.computed = batcher.computed
     return run
-
-
-def _exts():
-    from .images import IMAGE_EXTENSIONS
-
-    return IMAGE_EXTENSIONS
 
 
 def default_store_path(data_dir, bb: Backbone, root: str | os.PathLike | None = None) -> Path:

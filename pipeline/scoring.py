@@ -27,7 +27,7 @@ def score(model, data_dir, out, *, cache=None, kaggle: str | None = None, clip: 
     run = featurize(data_dir, bb, out=cache, labelled=False, progress=progress, workers=workers, report=True)
     store = run.store
     clf.check_spec(store.spec, str(store.root))
-    wanted = {r.relpath for r in _listing(data_dir)}
+    wanted = set(run.listed)  # the store may also hold rows of images since removed
     keep = [i for i, p in enumerate(store.paths) if p in wanted]
     paths = [store.paths[i] for i in keep]
     proba = clf.predict_proba(store.features[keep]) if keep else np.zeros((0, len(clf.classes_)))
@@ -36,12 +36,6 @@ def score(model, data_dir, out, *, cache=None, kaggle: str | None = None, clip: 
     else:
         _write_predictions(out, paths, proba, clf.classes_)
     return run
-
-
-def _listing(data_dir):
-    from .images import list_images
-
-    return list_images(data_dir, labelled=False).records
 
 
 def _write_predictions(out, paths, proba, classes):

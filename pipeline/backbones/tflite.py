@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import BackboneError
 from ..preprocess import Preprocess, normalize
-from .base import LAYER_ALIASES, Backbone, file_sha256
+from .base import LAYER_ALIASES, Backbone, file_sha256, pool
 
 _PASS_THROUGH = {"RESHAPE", "SQUEEZE", "DEQUANTIZE", "QUANTIZE", "ADD"}
 _CLASSIFIER_OPS = {"FULLY_CONNECTED", "CONV_2D"}
@@ -150,7 +150,7 @@ class TFLiteBackbone(Backbone):
         scale, zero = self._out_quant
         if scale:
             y = (y - np.float32(zero)) * np.float32(scale)
-        return y.mean(axis=(1, 2)) if y.ndim == 4 else y.reshape(1, -1)
+        return pool(y)
 
     def _forward(self, images):
         return np.concatenate(list(self._pool.map(self._one, images)), axis=0)
