@@ -31,6 +31,7 @@ class Classifier:
         self.metrics = metrics or {}
         self.versions = versions or {}
         self._backbone = None
+        self.train_hashes: list[str] = []  # sha256 prefixes (16 hex) of the training images, for leakage checks
         if list(model.classes_) != list(self.classes_):
             raise ModelFileError("class order of the fitted model and the recorded class names differ")
 
@@ -94,7 +95,8 @@ class Classifier:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": FORMAT, "model": self.model, "classes": [str(c) for c in self.classes_],
-                   "spec": self.spec, "metrics": self.metrics, "versions": self.versions or versions()}
+                   "spec": self.spec, "metrics": self.metrics, "versions": self.versions or versions(),
+                   "train_hashes": list(self.train_hashes)}
         tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
         try:
             with open(tmp, "wb") as f:
@@ -125,8 +127,10 @@ class Classifier:
                                  f"it may be truncated: retrain or restore it") from e
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ModelFileError(f"{path} is not a tf-feature-pipeline head (format {FORMAT} expected)")
-        return cls(payload["model"], payload["classes"], payload["spec"], payload.get("metrics"),
-                   payload.get("versions"))
+        clf = cls(payload["model"], payload["classes"], payload["spec"], payload.get("metrics"),
+                  payload.get("versions"))
+        clf.train_hashes = list(payload.get("train_hashes", []))
+        return clf
 
     def __repr__(self):
         return f"<Classifier {self.metrics.get('head')} classes={list(self.classes_)} on {describe(self.spec)}>"

@@ -15,28 +15,34 @@ from .errors import PipelineError, UsageError
 log = logging.getLogger("pipeline")
 
 
-def _C(value: str):
-    if value == "auto":
-        return value
-    try:
-        c = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--C must be 'auto' or a positive number, got {value!r}") from None
-    if c <= 0:
-        raise argparse.ArgumentTypeError(f"--C must be positive, got {value!r}")
-    return c
+def _word_or_number(word: str, cast, low, option: str):
+    """An argparse type accepting `word` or a number: a float above `low`, or an int of at least `low`."""
+    def parse(value: str):
+        if value == word:
+            return value
+        try:
+            v = cast(value)
+        except ValueError:
+            v = None
+        if v is None or (v <= low if cast is float else v < low):
+            kind = "a positive number" if cast is float else f"an integer >= {low}"
+            raise argparse.ArgumentTypeError(f"{option} must be {word!r} or {kind}, got {value!r}")
+        return v
+    return parse
 
 
-def _folds(value: str):
-    if value == "loo":
-        return value
+_C = _word_or_number("auto", float, 0, "--C")
+_folds = _word_or_number("loo", int, 2, "--folds")
+
+
+def _sample(value: str):
     try:
-        k = int(value)
+        v = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--folds must be an integer >= 2 or 'loo', got {value!r}") from None
-    if k < 2:
-        raise argparse.ArgumentTypeError(f"--folds must be at least 2, got {k}")
-    return k
+        v = -1
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"--sample must be a number of images per class or a fraction, got {value!r}")
+    return v if v < 1 else int(v)
 
 
 def _backbone_options(p: argparse.ArgumentParser, with_layer: bool = True) -> None:
@@ -68,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=int)
     f.add_argument("--workers", type=int, help="decoding threads (default: all cores)")
     f.add_argument("--unlabelled", action="store_true", help="ignore sub-folders as classes")
+    f.add_argument("--labels", metavar="CSV", help="labels from a CSV (id,label) instead of sub-folders")
+    f.add_argument("--id-column", help="the CSV column of image ids (default: 'id', else the first)")
+    f.add_argument("--label-column", help="the CSV column of labels (default: 'label', else the second)")
+    f.add_argument("--prune", action="store_true", help="drop the rows of files no longer in DATA_DIR")
     f.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
     f.add_argument("--strict", action="store_true", help="fail if any image had to be skipped")
     f.add_argument("--no-progress", action="store_true")
@@ -78,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--C", type=_C, default="auto", help="'auto' (cross-validated, default) or a number")
     t.add_argument("--folds", type=_folds, default=5, help="CV folds for --C auto (default 5)")
     t.add_argument("--out", required=True, help="model file to write (.joblib)")
+    t.add_argument("--holdout", type=float, default=0.0, help="fraction held out for validation, e.g. 0.2")
+    t.add_argument("--split", default="hash", choices=["hash", "stratified"],
+                   help="hash: stable as files are added; stratified: exact class proportions")
+    t.add_argument("--group-by", metavar="REGEX", help="keep images whose file names share this match together")
+    t.add_argument("--groups", metavar="CSV", help="a CSV giving each image a group (with --group-column)")
+    t.add_argument("--group-column", help="the --groups CSV column holding the group")
+    t.add_argument("--sample", type=_sample, help="train on N images per class (or a fraction, e.g. 0.1)")
+    t.add_argument("--seed", type=int, default=0)
 
     s = sub.add_parser("score", help="predict every image below DATA_DIR into a CSV")
     s.add_argument("model")
@@ -106,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     _backbone_options(i, with_layer=False)
     i.add_argument("--top", type=int, default=5)
 
+    q = sub.add_parser("suspects", help="images whose label the cross-validated head doubts most")
+    q.add_argument("features_dir")
+    q.add_argument("--head", default="logreg", choices=["linear_svm", "svm", "logreg"])
+    q.add_argument("--C", type=_C, default="auto")
+    q.add_argument("--folds", type=_folds, default=5)
+    q.add_argument("--top", type=int, default=20, help="how many to list (0: all)")
+    q.add_argument("--csv", help="also write the full ranked list to this CSV")
+
     v = sub.add_parser("verify", help="check a feature store's integrity")
     v.add_argument("features_dir")
 
@@ -122,19 +148,27 @@ def cmd_featurize(a):
     from .runner import featurize
 
     run = featurize(a.data_dir, a.backbone, a.layer, a.out, a.weights, labelled=False if a.unlabelled else None,
+                    labels=a.labels, id_column=a.id_column, label_column=a.label_column, prune=a.prune,
                     overwrite=a.overwrite, batch_size=a.batch_size, workers=a.workers,
                     progress=not a.no_progress, strict=a.strict, report=True, **_backbone_kwargs(a))
     print(run.summary())
 
 
 def cmd_train(a):
+    from .evaluation import format_metrics
     from .training import train
 
-    clf = train(a.features_dir, head=a.head, C=a.C, folds=a.folds)
+    clf = train(a.features_dir, head=a.head, C=a.C, folds=a.folds, seed=a.seed, holdout=a.holdout, split=a.split,
+                group_by=a.group_by, groups=a.groups, group_column=a.group_column, sample=a.sample)
     path = clf.save(a.out)
     m = clf.metrics
     cv = f", {m['cv_folds']}-fold CV accuracy {m['cv_accuracy']:.4f}" if "cv_accuracy" in m else ""
     print(f"{a.head} C={m['C']:g} on {m['n_train']} images, {len(clf.classes_)} classes{cv} -> {path}")
+    if "validation" in m:
+        v = m["validation"]
+        print(f"validation ({v['n']} held-out images):\n{format_metrics(v)}")
+        if v["leakage"]:
+            print(f"warning: {len(v['leakage'])} validation images are identical to training images")
 
 
 def cmd_score(a):
@@ -183,6 +217,27 @@ def cmd_predict_imagenet(a):
         print(f"{path}: " + ", ".join(f"{label.split(',')[0]} ({p:.3f})" for label, p in top))
 
 
+def cmd_suspects(a):
+    import csv
+
+    from .quality import suspects
+    from .store import FeatureStore
+
+    store = FeatureStore.open(a.features_dir)
+    found = suspects(store, a.head, a.C, a.folds, top=None)
+    if a.csv:
+        with open(a.csv, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, ["path", "label", "predicted", "p_label", "p_predicted"])
+            w.writeheader()
+            w.writerows(found)
+    shown = found[:a.top] if a.top else found
+    print(f"{len(found)} of {len(store.labelled()[1])} labelled images are predicted as another class by a "
+          f"held-out {a.head}; the {len(shown)} most doubtful:")
+    print(f"{'p(label)':>8} {'label':<16} {'predicted':<16} path")
+    for r in shown:
+        print(f"{r['p_label']:8.3f} {r['label']:<16} {r['predicted']:<16} {r['path']}")
+
+
 def cmd_verify(a):
     from .store import FeatureStore, verify
 
@@ -190,8 +245,13 @@ def cmd_verify(a):
     if problems:
         raise PipelineError("; ".join(problems))
     store = FeatureStore.open(a.features_dir)
+    r = store.report
     print(f"OK: {a.features_dir} holds {len(store)} rows of D={store.spec['dim']} ({store.spec['backbone']}, "
           f"layer {store.spec['layer']}), {len(store.skipped)} files skipped by the last run")
+    for c in r.get("label_conflicts", []):
+        print(f"label_conflict: {', '.join(c['paths'])} are the same image labelled {' and '.join(c['labels'])}")
+    if r.get("duplicates"):
+        print(f"{len(r['duplicates'])} groups of identical images (see {store.root / 'report.json'})")
 
 
 def cmd_backbones(a):
@@ -215,7 +275,7 @@ def cmd_demo(a):
 
 
 COMMANDS = {"featurize": cmd_featurize, "train": cmd_train, "score": cmd_score, "evaluate": cmd_evaluate,
-            "compare": cmd_compare, "predict-imagenet": cmd_predict_imagenet, "backbones": cmd_backbones, "verify": cmd_verify,
+            "compare": cmd_compare, "suspects": cmd_suspects, "predict-imagenet": cmd_predict_imagenet, "backbones": cmd_backbones, "verify": cmd_verify,
             "demo": cmd_demo}
 
 

@@ -35,6 +35,9 @@ def format_metrics(m: dict) -> str:
              f"log loss {m['log_loss']:.4f}"]
     if "top_5_accuracy" in m:
         lines[0] += f"  top-5 {m['top_5_accuracy']:.4f}"
+    if m.get("seen_in_training"):
+        lines.append(f"warning: {len(m['seen_in_training'])} of these images were in the training set "
+                     f"(identical content), e.g. {m['seen_in_training'][0]}: these figures are optimistic")
     width = max(len(c) for c in m["classes"])
     lines.append(f"{'class':<{width}}  precision  recall     f1  support")
     for c, v in m["per_class"].items():
@@ -45,9 +48,33 @@ def format_metrics(m: dict) -> str:
 
 
 def evaluate(model, store) -> dict:
-    """Metrics of `model` (a Classifier) on the labelled rows of `store` (a FeatureStore)."""
+    """Metrics of `model` (a Classifier) on the labelled rows of `store` (a FeatureStore).
+
+    ``seen_in_training`` counts evaluation images identical to training images (leakage).
+    """
     model.check_spec(store.spec, str(store.root))
-    X, y = store.labelled()
+    X, y, rows = store.labelled(with_rows=True)
     if len(y) == 0:
         raise ValueError(f"{store.root} has no labelled images to evaluate on")
-    return classification_metrics(y, model.predict_proba(X), model.classes_)
+    m = classification_metrics(y, model.predict_proba(X), model.classes_)
+    trained = set(getattr(model, "train_hashes", []))
+    m["seen_in_training"] = [r["path"] for r in rows if r["sha256"][:16] in trained]
+    return m
+
+
+CLIP_CANDIDATES = (0.0, 0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
+
+
+def clip_suggestion(y_true, proba: np.ndarray, classes, candidates=CLIP_CANDIDATES) -> dict:
+    """Log loss of the probabilities clipped to [c, 1-c] (rows renormalised) for each c; the best c.
+
+    Computed on cross-validated predictions, this is the bound to give ``score --clip``.
+    """
+    classes = [str(c) for c in classes]
+    table = []
+    for c in candidates:
+        p = np.clip(proba, c, 1 - c) if c else proba
+        p = p / p.sum(axis=1, keepdims=True)
+        table.append((float(c), float(skm.log_loss(np.asarray(y_true, dtype=str), p, labels=classes))))
+    best = min(table, key=lambda t: (round(t[1], 6), t[0]))[0]
+    return {"best": best, "table": table}

@@ -13,13 +13,14 @@ import logging
 import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError, UsageError
+from .labels import check_class_names, match_labels
 from .preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class Listing:
     ignored: list[tuple[str, str]]  # (relpath, reason)
     classes: list[str]
     labelled: bool
+    unlabelled: list[str] = field(default_factory=list)  # images a labels CSV gives no label
+    unused_label_ids: list[str] = field(default_factory=list)  # CSV ids that match no image
 
 
 def _is_hidden(name: str) -> bool:
@@ -88,13 +91,15 @@ def _image_or_reason(rel: str, p: Path, inside: bool) -> str | None:
     return None
 
 
-def list_images(root, labelled: bool | None = None) -> Listing:
+def list_images(root, labelled: bool | None = None, labels=None) -> Listing:
     """List images below `root` in a stable sorted order.
 
     labelled=True: each top-level sub-folder is a class; images at any depth below it belong
     to it; images directly in `root` are reported as ``unlabelled_ignored``.
     labelled=False: every image at any depth, no labels.
     labelled=None: True when `root` has sub-folders holding images, else False.
+    labels (a :class:`pipeline.labels.CsvLabels`): every image at any depth, labelled from the CSV;
+    images it does not label are kept (label None) and listed in ``unlabelled``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -107,6 +112,8 @@ def list_images(root, labelled: bool | None = None) -> Listing:
         else:
             found.append((rel, p))
     found.sort(key=lambda item: item[0])
+    if labels is not None:
+        return _csv_listing(found, ignored, labels)
     if labelled is None:
         labelled = any("/" in rel for rel, _ in found)
     records = []
@@ -119,8 +126,22 @@ def list_images(root, labelled: bool | None = None) -> Listing:
             records.append(ImageRecord(p.resolve(), rel, rel.split("/", 1)[0]))
     classes = sorted({r.label for r in records if r.label is not None})
     if labelled:
+        check_class_names(classes, str(root))
         _warn_empty_classes(root, classes)
     return Listing(records, ignored, classes, labelled)
+
+
+def _csv_listing(found, ignored, labels) -> Listing:
+    match = match_labels([rel for rel, _ in found], labels)
+    records = [ImageRecord(p.resolve(), rel, match.labels[rel]) for rel, p in found]
+    if match.unlabelled:
+        log.warning("%d image(s) have no label in %s, e.g. %s", len(match.unlabelled), labels.path,
+                    ", ".join(match.unlabelled[:3]))
+    if match.unused_ids:
+        log.warning("%d id(s) of %s match no image, e.g. %s", len(match.unused_ids), labels.path,
+                    ", ".join(match.unused_ids[:3]))
+    classes = sorted({r.label for r in records if r.label is not None})
+    return Listing(records, ignored, classes, True, match.unlabelled, match.unused_ids)
 
 
 def _warn_empty_classes(root: Path, classes: list[str]) -> None:
@@ -195,13 +216,26 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode(data: bytes, pre: Preprocess, path="<bytes>") -> np.ndarray:
-    """Encoded image bytes -> uint8 (H, W, 3) RGB array of the size `pre` asks for."""
+def _exif_transpose(im: Image.Image, notes: list | None) -> Image.Image:
+    """Apply the EXIF orientation; a damaged EXIF block means no rotation, and a note."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception as e:  # noqa: BLE001 - any EXIF parsing failure leaves the pixels usable
+        if notes is not None:
+            notes.append(f"exif_ignored: {type(e).__name__}: {e}")
+        return im
+
+
+def decode(data: bytes, pre: Preprocess, path="<bytes>", notes: list | None = None) -> np.ndarray:
+    """Encoded image bytes -> uint8 (H, W, 3) RGB array of the size `pre` asks for.
+
+    Problems that leave the image usable (a damaged EXIF block) are appended to `notes`.
+    """
     im = _open(data, path)
     try:
         _draft(im, pre)
         im.load()  # force the decode here, inside the per-file error boundary
-        im = ImageOps.exif_transpose(im)
+        im = _exif_transpose(im, notes)
         im = _to_rgb(im)
         box = crop_box(im.width, im.height, pre)
         im = im.resize((pre.size[1], pre.size[0]), _RESAMPLE[pre.resample], box=box)
@@ -209,7 +243,8 @@ def decode(data: bytes, pre: Preprocess, path="<bytes>") -> np.ndarray:
         raise ImageError(path, e.reason, e.detail) from e
     except _DECODE_ERRORS as e:
         msg = str(e)
-        reason = "truncated" if "truncated" in msg else "corrupt"
+        reason = ("truncated" if "truncated" in msg else
+                  "metadata_too_large" if "Decompressed data too large" in msg else "corrupt")
         raise ImageError(path, reason, f"{type(e).__name__}: {msg}") from e
     arr = np.asarray(im, dtype=np.uint8)
     return arr

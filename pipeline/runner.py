@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,40 +19,74 @@ import numpy as np
 from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from .errors import ImageError, PipelineError
 from .images import IMAGE_EXTENSIONS, ImageRecord, decode, list_images, read_bytes
-from .store import FeatureStore, open_writer
+from .labels import CsvLabels, read_labels_csv
+from .quality import duplicate_groups, label_conflicts
+from .store import FeatureStore, open_writer, write_report
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class RunReport:
-    """What a featurize run did."""
+    """What a featurize run did; written to ``report.json`` in the store."""
 
-    store: FeatureStore
+    store: FeatureStore | None
     discovered: int = 0
     computed: int = 0
     reused: int = 0
-    skipped: list[dict] = field(default_factory=list)
-    ignored: list[tuple[str, str]] = field(default_factory=list)
+    pruned: int = 0
+    skipped: list[dict] = field(default_factory=list)  # {path, reason, detail}
+    notes: list[dict] = field(default_factory=list)  # {path, note}: used, with a remark (e.g. EXIF ignored)
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not images, hidden...
     listed: list[str] = field(default_factory=list)  # relative paths of the images this run was given
+    unlabelled: list[str] = field(default_factory=list)  # images a labels CSV has no row for
+    unused_label_ids: list[str] = field(default_factory=list)
+    duplicates: list[list[str]] = field(default_factory=list)
+    label_conflicts: list[dict] = field(default_factory=list)
+    complete: bool = False
+
+    def to_dict(self) -> dict:
+        return {"complete": self.complete, "discovered": self.discovered, "featurized": self.computed,
+                "reused": self.reused, "pruned": self.pruned, "skipped": self.skipped, "notes": self.notes,
+                "ignored": [{"path": p, "reason": r} for p, r in self.ignored],
+                "unlabelled": self.unlabelled, "labels_without_image": len(self.unused_label_ids),
+                "unused_label_ids": self.unused_label_ids[:1000], "duplicates": self.duplicates,
+                "label_conflicts": self.label_conflicts}
 
     def summary(self) -> str:
+        n = f"{len(self.store)} rows, D={self.store.spec['dim']}" if self.store is not None else "not written"
         lines = [f"{self.discovered} images: {self.computed} featurized, {self.reused} reused from the cache, "
-                 f"{len(self.skipped)} skipped -> {self.store.root} ({len(self.store)} rows, "
-                 f"D={self.store.spec['dim']})"]
+                 f"{len(self.skipped)} skipped -> {self.store.root if self.store is not None else '?'} ({n})"]
         lines += [f"  skipped {s['path']}: {s['reason']} {s.get('detail', '')}".rstrip() for s in self.skipped]
+        lines += [f"  note {n['path']}: {n['note']}" for n in self.notes]
+        if self.pruned:
+            lines.append(f"  pruned {self.pruned} rows of files no longer in the folder")
+        counts = Counter(reason for _, reason in self.ignored)
+        if counts:
+            lines.append("  ignored (not images to featurize): " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+        if self.unlabelled:
+            lines.append(f"  {len(self.unlabelled)} images have no label in the CSV (featurized, not used for "
+                         f"training): {', '.join(self.unlabelled[:5])}{' ...' if len(self.unlabelled) > 5 else ''}")
+        if self.unused_label_ids:
+            lines.append(f"  {len(self.unused_label_ids)} labels in the CSV match no image")
+        if self.duplicates:
+            lines.append(f"  {len(self.duplicates)} groups of identical images, e.g. {', '.join(self.duplicates[0])}")
+        for c in self.label_conflicts:
+            lines.append(f"  label_conflict: {', '.join(c['paths'])} are the same image labelled "
+                         f"{' and '.join(c['labels'])} (left out of training)")
         return "\n".join(lines)
 
 
 def _prepare(record: ImageRecord, pre, known: dict):
-    """(record, sha256, image or None when cached) or (record, None, ImageError)."""
+    """(record, sha256, image or None when cached, notes) or (record, None, ImageError, [])."""
+    notes = []
     try:
         data, sha = read_bytes(record.path)
         if known.get(record.relpath) == sha:
-            return record, sha, None
-        return record, sha, decode(data, pre, record.path)
+            return record, sha, None, notes
+        return record, sha, decode(data, pre, record.path, notes), notes
     except ImageError as e:
-        return record, None, e
+        return record, None, e, notes
 
 
 def bounded_map(fn, items, workers: int, window: int):
@@ -76,8 +110,8 @@ def _progress(total: int, enabled: bool, desc: str):
 class _Batcher:
     """Collects decoded images and commits full batches through the backbone to the store."""
 
-    def __init__(self, backbone: Backbone, writer):
-        self.backbone, self.writer = backbone, writer
+    def __init__(self, backbone: Backbone, writer, skipped: list):
+        self.backbone, self.writer, self.skipped = backbone, writer, skipped
         self.images, self.rows = [], []
         self.computed = 0
 
@@ -90,58 +124,80 @@ class _Batcher:
     def flush(self):
         if not self.images:
             return
-        if not self.backbone._loaded:
+        if not self.backbone.loaded:
             self.backbone.load()
             self.writer.set_spec(self.backbone.spec())
         feats = self.backbone(np.stack(self.images))
-        self.writer.append(feats, self.rows)
-        self.computed += len(self.rows)
+        finite = np.isfinite(feats).all(axis=1)
+        for row in (r for r, ok in zip(self.rows, finite) if not ok):
+            self.skipped.append({"path": row["path"], "reason": "nonfinite_features",
+                                 "detail": "the network gave NaN or infinity for this image"})
+        self.writer.append(feats[finite], [r for r, ok in zip(self.rows, finite) if ok])
+        self.computed += int(finite.sum())
         self.images, self.rows = [], []
 
 
 def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str = "penultimate",
-              out=None, weights: str | None = None, *, labelled: bool | None = None, overwrite: bool = False,
-              batch_size: int | None = None, workers: int | None = None, progress: bool = True,
-              strict: bool = False, report: bool = False, **backbone_options):
+              out=None, weights: str | None = None, *, labelled: bool | None = None, labels=None,
+              id_column: str | None = None, label_column: str | None = None, prune: bool = False,
+              overwrite: bool = False, batch_size: int | None = None, workers: int | None = None,
+              progress: bool = True, strict: bool = False, report: bool = False, **backbone_options):
     """Featurize every image below `data_dir` into the store `out`; return the FeatureStore.
 
     Sub-folders of `data_dir` are classes (images at any depth below one belong to it); a flat
-    folder gives unlabelled images. With report=True, returns a RunReport instead.
+    folder gives unlabelled images. `labels`: a CSV (``id,label``) that labels the images
+    instead of sub-folders. `prune`: drop rows of files no longer in the folder. With
+    report=True, returns a RunReport (also written to ``report.json`` in the store).
     """
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(
         backbone, layer, weights, batch_size=batch_size, **backbone_options)
     out = Path(out) if out is not None else default_store_path(data_dir, bb)
-    listing = list_images(data_dir, labelled)
+    if labels is not None and not isinstance(labels, CsvLabels):
+        labels = read_labels_csv(labels, id_column, label_column)
+    listing = list_images(data_dir, labelled, labels=labels)
     if not listing.records:
         raise PipelineError(f"no images found in {data_dir} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    run = RunReport(store=None, discovered=len(listing.records), ignored=listing.ignored,
+                    listed=[r.relpath for r in listing.records], unlabelled=listing.unlabelled,
+                    unused_label_ids=listing.unused_label_ids)
     writer = open_writer(out, bb.request(), overwrite=overwrite)
     try:
-        run = _run(listing.records, bb, writer, workers, progress)
+        _run(listing.records, bb, writer, workers, progress, run)
+        if prune:
+            run.pruned = writer.prune(set(run.listed))
     except BaseException:
+        writer.write_report(run.to_dict())  # what was skipped so far, even when the run fails
         writer.abort()
         raise
-    writer.write_skipped(run.skipped)
-    run.store = writer.close()
-    run.discovered, run.ignored = len(listing.records), listing.ignored
-    run.listed = [r.relpath for r in listing.records]
+    _finish(run, writer)
     for s in run.skipped:
         log.warning("skipped %s: %s %s", s["path"], s["reason"], s.get("detail", ""))
     if strict and run.skipped:
         raise PipelineError(f"{len(run.skipped)} image(s) could not be used (--strict); "
-                            f"see {out / 'skipped.json'}")
+                            f"see {out / 'report.json'}")
     return run if report else run.store
 
 
-def _run(records, bb: Backbone, writer, workers, progress) -> RunReport:
+def _finish(run: RunReport, writer) -> None:
+    """Close the store and record the duplicates and label conflicts among this run's images."""
+    run.store = writer.close()
+    listed = set(run.listed)
+    rows = [r for r in run.store.rows if r["path"] in listed]
+    run.duplicates, run.label_conflicts = duplicate_groups(rows), label_conflicts(rows)
+    run.complete = True
+    write_report(run.store.root, run.to_dict())
+
+
+def _run(records, bb: Backbone, writer, workers, progress, run: RunReport) -> None:
     known = {r["path"]: r["sha256"] for r in writer.rows}
-    batcher = _Batcher(bb, writer)
-    run = RunReport(store=None)
+    batcher = _Batcher(bb, writer, run.skipped)
     workers = workers or os.cpu_count() or 1
     window = max(2 * bb.batch_size, 4 * workers)
     with _progress(len(records), progress, f"featurize {bb.name}") as bar:
-        for record, sha, result in bounded_map(lambda r: _prepare(r, bb.preprocess, known), records,
-                                               workers, window):
+        for record, sha, result, notes in bounded_map(lambda r: _prepare(r, bb.preprocess, known), records,
+                                                      workers, window):
             bar.update(1)
+            run.notes += [{"path": record.relpath, "note": n} for n in notes]
             if isinstance(result, ImageError):
                 run.skipped.append({"path": record.relpath, "reason": result.reason, "detail": result.detail})
             elif result is None:
@@ -150,7 +206,6 @@ def _run(records, bb: Backbone, writer, workers, progress) -> RunReport:
                 batcher.add(result, {"path": record.relpath, "label": record.label, "sha256": sha})
         batcher.flush()
     run.computed = batcher.computed
-    return run
 
 
 def default_store_path(data_dir, bb: Backbone, root: str | os.PathLike | None = None) -> Path:

@@ -1,21 +1,76 @@
-"""Train a head on a feature store: ``pipeline.train(store, head=...) -> Classifier``."""
+"""Train a head on a feature store: ``pipeline.train(store, head=...) -> Classifier``.
+
+Optionally on a stable sample, and with a validation split held out (grouped so identical or
+related images never straddle it) and reported on.
+"""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+import numpy as np
 
 from .classifier import Classifier
 from .errors import UsageError
+from .evaluation import classification_metrics
 from .heads import fit_head
+from .splits import leaked, sample_mask, validation_mask
 from .store import FeatureStore, versions
 
+log = logging.getLogger(__name__)
 
-def train(store, head: str = "linear_svm", C: float | str = "auto", folds: int = 5, seed: int = 0) -> Classifier:
-    """Fit `head` (linear_svm, svm, logreg) on the labelled rows of `store` (a FeatureStore or its path)."""
+
+def train(store, head: str = "linear_svm", C: float | str = "auto", folds: int | str = 5, seed: int = 0, *,
+          holdout: float = 0.0, split: str = "hash", group_by: str | None = None, groups=None,
+          group_column: str | None = None, sample: int | float | None = None) -> Classifier:
+    """Fit `head` (linear_svm, svm, logreg) on the labelled rows of `store` (a FeatureStore or its path).
+
+    holdout: fraction of images kept out for validation (split 'hash' or 'stratified', grouped by
+    content, by the `group_by` regex on file names, or by `groups`: a {path: group} dict or a CSV
+    with an id column and `group_column`). sample: train on N images per class (or a fraction).
+    The validation metrics land in ``clf.metrics['validation']``.
+    """
     if not isinstance(store, FeatureStore):
         store = FeatureStore.open(Path(store))
-    X, y = store.labelled()
+    X, y, rows = store.labelled(with_rows=True)
     if len(y) == 0:
-        raise UsageError(f"{store.root} has no labelled images; featurize a folder with one sub-folder per class")
-    model, metrics = fit_head(head, X, y, C=C, folds=folds, seed=seed)
+        raise UsageError(f"{store.root} has no labelled images; featurize a folder with one sub-folder per "
+                         f"class, or give --labels FILE.csv")
+    valid = np.zeros(len(y), dtype=bool)
+    if holdout:
+        valid = validation_mask(rows, y, holdout, split, group_by, _groups(groups, group_column, rows), seed)
+    train_idx = np.flatnonzero(~valid)
+    if sample is not None:
+        sub = sample_mask([rows[i] for i in train_idx], y[train_idx], sample, seed)
+        train_idx = train_idx[sub]
+    model, metrics = fit_head(head, X[train_idx], y[train_idx], C=C, folds=folds, seed=seed)
     metrics["features"] = str(store.root)
-    return Classifier(model, list(model.classes_), store.spec, metrics, versions())
+    if valid.any():
+        metrics["validation"] = _validate(model, X, y, rows, train_idx, np.flatnonzero(valid))
+    clf = Classifier(model, list(model.classes_), store.spec, metrics, versions())
+    clf.train_hashes = sorted({rows[i]["sha256"][:16] for i in train_idx})
+    return clf
+
+
+def _validate(model, X, y, rows, train_idx, valid_idx) -> dict:
+    unseen = ~np.isin(y[valid_idx], np.unique(y[train_idx]))
+    if unseen.any():
+        log.warning("%d validation images belong to classes absent from training; left out", int(unseen.sum()))
+        valid_idx = valid_idx[~unseen]
+    m = classification_metrics(y[valid_idx], model.predict_proba(X[valid_idx]), model.classes_)
+    pairs = leaked([rows[i] for i in train_idx], [rows[i] for i in valid_idx])
+    m["leakage"] = [{"train": t, "validation": v} for t, v in pairs]
+    if pairs:
+        log.warning("%d validation images are identical to training images, e.g. %s and %s",
+                    len(pairs), *pairs[0])
+    return m
+
+
+def _groups(groups, group_column, rows) -> dict | None:
+    """{path: group} from a dict, or from a CSV (id column + `group_column`)."""
+    if groups is None or isinstance(groups, dict):
+        return groups
+    from .labels import read_labels_csv
+
+    table = read_labels_csv(groups, label_column=group_column, class_names=False)
+    return {r["path"]: g for r in rows if (g := table.lookup(r["path"])) is not None}

@@ -66,3 +66,26 @@ def test_other_shared_tflite_models_featurize(name, tmp_path):
     X, y = store.labelled()
     assert X.shape[1] in (1280, 1024) and np.isfinite(X).all()
     assert cross_val_accuracy("linear_svm", X, y, 0.01, folds="loo") >= 0.9
+
+
+def test_catbreeds_csv_labels_featurize_train_and_cross_validate(tmp_path, capsys):
+    """The 1000-image cat-breed set: CSV labels, mixed extensions, 5 files without a label."""
+    from pipeline.cli import main
+
+    root = needs_shared("data", "catbreeds")
+    out = tmp_path / "breeds"
+    assert main(["featurize", str(root / "images"), "--labels", str(root / "labels.csv"), "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "5 images have no label in the CSV" in capsys.readouterr().out
+    store = pipeline.FeatureStore.open(out)
+    assert len(store) == 1000 and not store.skipped and len(store.report["unlabelled"]) == 5
+    X, y = store.labelled()
+    assert len(y) == 995 and len(set(y)) == 5
+    for head, C, reference in (("linear_svm", 0.01, 0.596), ("logreg", 0.1, 0.628)):
+        acc = cross_val_accuracy(head, X, y, C, folds=5, seed=0)
+        print(f"catbreeds penultimate {head} C={C}: 5-fold CV accuracy {acc:.4f} (reference {reference})")
+        assert acc >= reference - 0.01
+    assert main(["train", str(out), "--head", "logreg", "--holdout", "0.2", "--split", "stratified",
+                 "--out", str(tmp_path / "breeds.joblib")]) == 0
+    printed = capsys.readouterr().out
+    assert "validation (" in printed and "identical to training" not in printed

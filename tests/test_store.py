@@ -40,21 +40,129 @@ def test_appends_across_chunk_boundaries_roundtrip(tmp_path):
     assert store.paths[:2] == ["c/0.jpg", "c/1.jpg"] and len(FeatureStore.open(tmp_path / "s")) == len(store)
 
 
-def test_uncommitted_rows_are_invisible_and_trimmed_on_reopen(tmp_path):
-    w = open_writer(tmp_path / "s", REQ)
+def test_uncommitted_part_and_staging_leftovers_are_invisible_and_cleaned(tmp_path):
+    from pipeline.store import _write_piece
+
+    root = tmp_path / "s"
+    w = open_writer(root, REQ)
     w.set_spec(spec(4))
     w.append(np.ones((3, 4), np.float32), rows(0, 3))
-    w._carray.append(np.full((2, 4), 7, np.float32))  # rows written but never committed (killed run)
-    w._carray.flush()
-    with open(tmp_path / "s" / "rows.jsonl", "ab") as f:
-        f.write(b'{"path": "half')  # a half-written commit line
+    # a killed run: a part renamed into place whose lines never reached the log, a half line,
+    # and a staging folder that was never renamed
+    _write_piece(root / "parts" / f"{3:012d}.bcolz", [np.full((2, 4), 7, np.float32)], 4, 2)
+    (root / "parts" / ".staging-000000000005.bcolz-999").mkdir()
+    with open(root / "rows.jsonl", "ab") as f:
+        f.write(b'{"path": "half')
     w.abort()
-    s = FeatureStore.open(tmp_path / "s")
+    s = FeatureStore.open(root)
     assert len(s) == 3 and s.features.shape == (3, 4) and (s.features == 1).all()
-    w = open_writer(tmp_path / "s", REQ)
+    w = open_writer(root, REQ)
     w.append(np.zeros((1, 4), np.float32), rows(3, 1))
     s = w.close()
     assert len(s) == 4 and s.features[3].tolist() == [0, 0, 0, 0]
+    assert not list(root.rglob(".staging-*")) and not list((root / "parts").iterdir())
+
+
+def test_part_with_only_some_lines_committed_is_trimmed(tmp_path):
+    root = tmp_path / "s"
+    w = open_writer(root, REQ)
+    w.set_spec(spec(2))
+    w.append(np.array([[1, 1], [2, 2], [3, 3]], np.float32), rows(0, 3))
+    w.abort()
+    log = (root / "rows.jsonl").read_bytes().splitlines(keepends=True)
+    (root / "rows.jsonl").write_bytes(b"".join(log[:2]))  # the kill came mid-append of the lines
+    assert FeatureStore.open(root).features.tolist() == [[1, 1], [2, 2]]
+    w = open_writer(root, REQ)
+    w.append(np.array([[9, 9]], np.float32), rows(2, 1))
+    assert w.close().features.tolist() == [[1, 1], [2, 2], [9, 9]]
+
+
+class Crash(BaseException):
+    """Stands in for kill -9: raised at a chosen point, leaving the files as they are."""
+
+
+@pytest.mark.parametrize("point", ["after_segment_rename", "after_meta_write"])
+def test_kill_while_merging_parts_loses_nothing(tmp_path, monkeypatch, point):
+    import pipeline.store as st
+
+    root = tmp_path / "s"
+    w = open_writer(root, REQ)
+    w.set_spec(spec(2))
+    x = np.arange(20, dtype=np.float32).reshape(10, 2)
+    for i in range(0, 10, 3):
+        w.append(x[i:i + 3], rows(i, len(x[i:i + 3])))
+    real_write, real_meta = st._write_piece, st.StoreWriter._write_meta
+
+    def write_then_die(final, *a, **k):
+        n = real_write(final, *a, **k)
+        if final.parent.name == "segments":
+            raise Crash
+        return n
+
+    def meta_then_die(self):
+        real_meta(self)
+        raise Crash
+    if point == "after_segment_rename":
+        monkeypatch.setattr(st, "_write_piece", write_then_die)
+    else:
+        monkeypatch.setattr(st.StoreWriter, "_write_meta", meta_then_die)
+    with pytest.raises(Crash):
+        w.close()
+    monkeypatch.undo()
+    w.abort()
+    np.testing.assert_array_equal(FeatureStore.open(root).features, x)
+    w = open_writer(root, REQ)
+    w.append(np.full((1, 2), 5, np.float32), rows(10, 1))
+    s = w.close()
+    np.testing.assert_array_equal(s.features, np.concatenate([x, np.full((1, 2), 5, np.float32)]))
+    segments = 1 if point == "after_segment_rename" else 2  # the orphan segment was rebuilt with the new row
+    assert len(list((root / "segments").iterdir())) == segments and not list((root / "parts").iterdir())
+
+
+def test_corrupt_segment_is_refused_before_decompressing(tmp_path):
+    from pipeline.store import verify
+
+    root = tmp_path / "s"
+    w = open_writer(root, REQ)
+    w.set_spec(spec(64))
+    w.append(np.random.default_rng(0).random((50, 64), dtype=np.float32), rows(0, 50))
+    w.close()
+    chunk = next((root / "segments").rglob("__0.blp"))
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="checksum"):
+        FeatureStore.open(root).features
+    assert "checksum" in verify(root)[0] and "__0.blp" in verify(root)[0]
+
+
+def test_prune_drops_rows_of_removed_files(tmp_path):
+    root = tmp_path / "s"
+    w = open_writer(root, REQ)
+    w.set_spec(spec(2))
+    w.append(np.array([[0, 0], [1, 1], [2, 2]], np.float32), rows(0, 3))
+    w.append(np.array([[7, 7]], np.float32), [{"path": "c/1.jpg", "label": "c", "sha256": "changed"}])
+    assert w.prune({"c/1.jpg", "c/2.jpg"}) == 2  # c/0.jpg removed, the superseded c/1.jpg row
+    s = w.close()
+    assert s.paths == ["c/2.jpg", "c/1.jpg"] and s.features.tolist() == [[2, 2], [7, 7]]
+    assert [f.name for f in root.glob("rows*.jsonl")] == ["rows-1.jsonl"]
+    w = open_writer(root, REQ)
+    w.append(np.array([[3, 3]], np.float32), rows(3, 1))
+    assert w.close().features.tolist() == [[2, 2], [7, 7], [3, 3]]
+
+
+def test_reads_a_store_of_the_previous_format(tmp_path):
+    import bcolz
+
+    root = tmp_path / "s"
+    root.mkdir()
+    bcolz.carray(np.ones((3, 2), np.float32), rootdir=str(root / "features.bcolz"), mode="w").flush()
+    (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(0, 2)))
+    (root / "meta.json").write_text(json.dumps({"format": "tf-feature-pipeline/store-1", "spec": spec(2)}))
+    assert FeatureStore.open(root).features.shape == (2, 2)
+    w = open_writer(root, REQ)
+    w.append(np.zeros((1, 2), np.float32), rows(2, 1))
+    assert w.close().features.tolist() == [[1, 1], [1, 1], [0, 0]]
 
 
 def test_store_refuses_other_backbone_or_layer(tmp_path):
@@ -114,6 +222,6 @@ def test_verify_finds_a_missing_chunk_file(tmp_path):
     w.append(np.ones((chunklen_for(1280) * 2, 1280), np.float32), rows(0, chunklen_for(1280) * 2))
     w.close()
     assert verify(tmp_path / "s") == []
-    (tmp_path / "s" / "features.bcolz" / "data" / "__0.blp").unlink()
+    next((tmp_path / "s" / "segments").rglob("__0.blp")).unlink()
     problems = verify(tmp_path / "s")
     assert len(problems) == 1 and "damaged" in problems[0] and "--overwrite" in problems[0]

@@ -50,6 +50,11 @@ class Backbone:
         self.num_classes: int | None = None  # classifier width when the layer is 'logits'
         self._loaded = False
 
+    @property
+    def loaded(self) -> bool:
+        """True once the network is built (a fully cached run never builds it)."""
+        return self._loaded
+
     def load(self) -> "Backbone":
         if not self._loaded:
             self._load()

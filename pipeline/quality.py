@@ -1,0 +1,64 @@
+"""Data quality: duplicate images, the same image under two labels, likely mislabelled images.
+
+"Clean data matters more than a good model": these read a feature store's rows (path, label,
+sha256) and features, and say which images to look at.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+
+def duplicate_groups(rows: list[dict]) -> list[list[str]]:
+    """Groups of paths with identical content (same sha256), largest first."""
+    by_sha = defaultdict(list)
+    for r in rows:
+        by_sha[r["sha256"]].append(r["path"])
+    groups = [sorted(paths) for paths in by_sha.values() if len(paths) > 1]
+    return sorted(groups, key=lambda g: (-len(g), g[0]))
+
+
+def label_conflicts(rows: list[dict]) -> list[dict]:
+    """Identical images given different labels: [{sha256, paths, labels}]."""
+    by_sha = defaultdict(list)
+    for r in rows:
+        if r.get("label") is not None:
+            by_sha[r["sha256"]].append(r)
+    out = []
+    for sha, group in by_sha.items():
+        labels = sorted({r["label"] for r in group})
+        if len(labels) > 1:
+            out.append({"sha256": sha, "paths": sorted(r["path"] for r in group), "labels": labels})
+    return sorted(out, key=lambda c: c["paths"][0])
+
+
+def conflict_mask(rows: list[dict]) -> np.ndarray:
+    """True for rows whose image also appears under another label (never train on both)."""
+    bad = {c["sha256"] for c in label_conflicts(rows)}
+    return np.array([r["sha256"] in bad for r in rows], dtype=bool)
+
+
+def suspects(store, head: str = "logreg", C: float | str = "auto", folds: int = 5, seed: int = 0,
+             top: int | None = 20) -> list[dict]:
+    """Likely mislabelled images, most suspicious first, from out-of-fold predicted probabilities.
+
+    Each entry: path, label (given), predicted, p_label (the probability the held-out head gives
+    the given label), p_predicted. Only images the held-out head assigns to another class are
+    listed, ranked by p_label, lowest first; `top` caps the list (None: all).
+    """
+    from .heads import cross_val_proba, select_C
+
+    X, y, rows = store.labelled(with_rows=True)
+    if C == "auto":
+        C = select_C(head, X, y, folds, seed)[0]
+    proba = cross_val_proba(head, X, y, C, folds, seed)
+    classes = np.unique(y)
+    given = np.searchsorted(classes, y)
+    p_label = proba[np.arange(len(y)), given]
+    best = np.argmax(proba, axis=1)
+    order = np.argsort(p_label, kind="stable")
+    out = [{"path": rows[i]["path"], "label": str(y[i]), "predicted": str(classes[best[i]]),
+            "p_label": float(p_label[i]), "p_predicted": float(proba[i, best[i]])}
+           for i in order if best[i] != given[i]]
+    return out[:top] if top else out
