@@ -10,8 +10,9 @@ DATA     ?=
 FEATURES ?=
 MODEL    ?=
 OUT      ?=
+REPORT   ?= models/demo-cars-report
 
-.PHONY: install demo test test-fast features train score evaluate backbones reference clean
+.PHONY: install demo test test-fast features train score evaluate report screenshot suspects backbones reference bench clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +45,19 @@ score: install  ## make score MODEL=models/x.joblib DATA=path/to/images [OUT=pre
 
 evaluate: install  ## make evaluate MODEL=models/x.joblib FEATURES=features/...
 	$(PY) -m pipeline evaluate "$(MODEL)" "$(FEATURES)"
+
+report: install  ## make report MODEL=models/x.joblib FEATURES=features/... REPORT=reports/x  (index.html + PNGs)
+	$(PY) -m pipeline evaluate "$(MODEL)" "$(FEATURES)" --report "$(REPORT)"
+
+screenshot:  ## open REPORT/index.html in headless Chromium (apt-get install chromium); writes REPORT/screenshot.png
+	@command -v chromium >/dev/null || { echo "needs Debian's chromium: apt-get install chromium"; exit 2; }
+	@test -f "$(REPORT)/index.html" || { echo "no $(REPORT)/index.html: run make demo, or make report REPORT=dir"; exit 2; }
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,3000 \
+		--screenshot="$(abspath $(REPORT))/screenshot.png" "file://$(abspath $(REPORT))/index.html" 2>/dev/null
+	@echo "screenshot -> $(REPORT)/screenshot.png"
+
+suspects: install  ## make suspects FEATURES=features/...: likely mislabelled images
+	$(PY) -m pipeline suspects "$(FEATURES)"
 
 backbones: install
 	$(PY) -m pipeline backbones

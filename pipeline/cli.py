@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 
+from .backbones.base import describe
 from .errors import PipelineError, UsageError
 
 log = logging.getLogger("pipeline")
@@ -33,6 +34,17 @@ def _word_or_number(word: str, cast, low, option: str):
 
 _C = _word_or_number("auto", float, 0, "--C")
 _folds = _word_or_number("loo", int, 2, "--folds")
+
+
+def _C_per_head(value: str):
+    """--C for compare: 'auto', a number, or per head: 'linear_svm=0.01,logreg=0.1'."""
+    if "=" not in value:
+        return _C(value)
+    out = {}
+    for item in value.split(","):
+        head, _, c = item.partition("=")
+        out[head.strip()] = _C(c.strip())
+    return out
 
 
 def _sample(value: str):
@@ -96,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--group-column", help="the --groups CSV column holding the group")
     t.add_argument("--sample", type=_sample, help="train on N images per class (or a fraction, e.g. 0.1)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--pca", type=int, help="reduce the standardised features to N principal components first")
+    t.add_argument("--report", metavar="DIR", help="write an HTML report of the cross-validated predictions")
+    t.add_argument("--learning-curve", action="store_true",
+                   help="accuracy against training images per class (printed, and plotted in --report)")
 
     s = sub.add_parser("score", help="predict every image below DATA_DIR into a CSV")
     s.add_argument("model")
@@ -110,13 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model")
     e.add_argument("features_dir")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--report", metavar="DIR", help="also write an HTML report (index.html + PNGs) to DIR")
 
     c = sub.add_parser("compare", help="cross-validated accuracy of heads on feature stores")
     c.add_argument("features_dirs", nargs="+")
     c.add_argument("--heads", default="linear_svm,logreg")
-    c.add_argument("--C", type=_C, default="auto")
+    c.add_argument("--C", type=_C_per_head, default="auto",
+                   help="'auto' (CV, default), a number, or per head: linear_svm=0.01,logreg=0.1")
     c.add_argument("--folds", type=_folds, default=5, help="integer or 'loo' (default 5)")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--pca", type=int, help="reduce the standardised features to N principal components first")
     c.add_argument("--json", action="store_true")
 
     i = sub.add_parser("predict-imagenet", help="top-k ImageNet classes of images")
@@ -159,7 +178,7 @@ def cmd_train(a):
     from .training import train
 
     clf = train(a.features_dir, head=a.head, C=a.C, folds=a.folds, seed=a.seed, holdout=a.holdout, split=a.split,
-                group_by=a.group_by, groups=a.groups, group_column=a.group_column, sample=a.sample)
+                group_by=a.group_by, groups=a.groups, group_column=a.group_column, sample=a.sample, pca=a.pca)
     path = clf.save(a.out)
     m = clf.metrics
     cv = f", {m['cv_folds']}-fold CV accuracy {m['cv_accuracy']:.4f}" if "cv_accuracy" in m else ""
@@ -169,6 +188,30 @@ def cmd_train(a):
         print(f"validation ({v['n']} held-out images):\n{format_metrics(v)}")
         if v["leakage"]:
             print(f"warning: {len(v['leakage'])} validation images are identical to training images")
+    if a.report or a.learning_curve:
+        _train_report(a, m)
+
+
+def _train_report(a, m: dict) -> None:
+    from .evaluation import cross_validated
+    from .heads import learning_curve
+    from .report import report_predictions
+    from .store import FeatureStore
+
+    store = FeatureStore.open(a.features_dir)
+    curve = None
+    if a.learning_curve:
+        X, y = store.labelled()
+        curve = learning_curve(a.head, X, y, m["C"], 5 if a.folds == "loo" else a.folds, a.seed, pca=a.pca)
+        print("learning curve (held-out accuracy by training images per class): " +
+              ", ".join(f"{k}: {v:.3f}" for k, v in zip(curve["per_class"], curve["valid_mean"])))
+    if a.report:
+        metrics, y, proba, rows = cross_validated(store, a.head, m["C"], a.folds, a.seed, a.pca)
+        page = report_predictions(a.report, metrics, y, proba, rows, store, curve=curve,
+                                  title=f"{a.head} on {store.root.name}: cross-validated predictions",
+                                  extra={"head": a.head, "C": m["C"], "folds": a.folds, "PCA": a.pca or "none",
+                                         "features": f"{store.root} ({describe(store.spec)})"})
+        print(f"report -> {page}")
 
 
 def cmd_score(a):
@@ -181,33 +224,39 @@ def cmd_score(a):
 
 def cmd_evaluate(a):
     from .classifier import load
-    from .evaluation import evaluate, format_metrics
+    from .evaluation import format_metrics, predictions
     from .store import FeatureStore
 
-    m = evaluate(load(a.model), FeatureStore.open(a.features_dir))
+    model, store = load(a.model), FeatureStore.open(a.features_dir)
+    m, y, proba, rows = predictions(model, store)
     print(json.dumps(m) if a.json else format_metrics(m))
+    if a.report:
+        from .report import report_predictions
+
+        page = report_predictions(a.report, m, y, proba, rows, store,
+                                  title=f"{os.path.basename(a.model)} on {store.root.name}",
+                                  extra={"model": a.model, "features": f"{store.root} ({describe(store.spec)})"})
+        print(f"report -> {page}", file=sys.stderr if a.json else sys.stdout)
 
 
 def cmd_compare(a):
-    from .heads import cross_val_accuracy, select_C
-    from .store import FeatureStore
+    from .evaluation import compare
 
-    rows = []
-    for d in a.features_dirs:
-        store = FeatureStore.open(d)
-        X, y = store.labelled()
-        for head in a.heads.split(","):
-            C = a.C if a.C != "auto" else select_C(head, X, y, 5 if a.folds == "loo" else a.folds, a.seed)[0]
-            acc = cross_val_accuracy(head, X, y, C, a.folds, a.seed)
-            rows.append({"features": d, "layer": store.spec["layer"], "dim": store.spec["dim"], "head": head,
-                         "C": C, "folds": a.folds, "accuracy": acc, "n": int(len(y))})
+    rows = compare(a.features_dirs, a.heads.split(","), a.C, a.folds, a.seed, a.pca)
     if a.json:
         print(json.dumps(rows))
         return
-    print(f"{'features':<40} {'layer':<12} {'D':>5} {'head':<10} {'C':>8} {'n':>6} {'accuracy':>9}")
-    for r in rows:
-        print(f"{r['features']:<40} {r['layer']:<12} {r['dim']:>5} {r['head']:<10} {r['C']:>8g} {r['n']:>6} "
-              f"{r['accuracy']:>9.4f}")
+    heads = list(dict.fromkeys(r["head"] for r in rows))
+    sets = list(dict.fromkeys((r["features"], r["backbone"], r["layer"], r["dim"], r["n"]) for r in rows))
+    cell = {(r["features"], r["head"]): f"{r['accuracy']:.4f} (C={r['C']:g})" for r in rows}
+    width = max(len("features"), *(len(f) for f, *_ in sets))
+    folds = "leave-one-out" if a.folds == "loo" else f"{a.folds}-fold"
+    print(f"cross-validated accuracy ({folds}, seed {a.seed}{f', PCA {a.pca}' if a.pca else ''})")
+    print(f"{'features':<{width}}  {'backbone':<20} {'layer':<12} {'D':>5} {'n':>6}  " +
+          "  ".join(f"{h:<18}" for h in heads))
+    for f, backbone, layer, dim, n in sets:
+        print(f"{f:<{width}}  {backbone:<20} {layer:<12} {dim:>5} {n:>6}  " +
+              "  ".join(f"{cell.get((f, h), ''):<18}" for h in heads))
 
 
 def cmd_predict_imagenet(a):
@@ -271,6 +320,7 @@ def cmd_demo(a):
     print(f"features:    {r['features']}")
     print(f"model:       {r['model']}")
     print(f"report:      {r['report']}")
+    print(f"html report: {r['report_html']}")
     print(f"predictions: {r['predictions']}")
 
 

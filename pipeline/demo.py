@@ -5,8 +5,9 @@ import json
 from pathlib import Path
 
 from .backbones import DEFAULT_BACKBONE
-from .evaluation import classification_metrics, format_metrics
-from .heads import cross_val_proba
+from .evaluation import cross_validated, format_metrics
+from .heads import learning_curve
+from .report import report_predictions
 from .runner import featurize
 from .scoring import score
 from .training import train
@@ -22,9 +23,12 @@ def run_demo(features_dir="features", models_dir="models", progress: bool = True
                       progress=progress)
     clf = train(store, head="linear_svm")
     model_path = clf.save(models_dir / "demo-cars.joblib")
-    X, y = store.labelled()
-    loo = classification_metrics(y, cross_val_proba("linear_svm", X, y, clf.metrics["C"], folds="loo"),
-                                 clf.classes_)
+    loo, y, proba, rows = cross_validated(store, "linear_svm", clf.metrics["C"], folds="loo")
+    X, _ = store.labelled()
+    html = report_predictions(models_dir / "demo-cars-report", loo, y, proba, rows, store,
+                              title="Classic vs modern sports cars: leave-one-out predictions",
+                              curve=learning_curve("linear_svm", X, y, clf.metrics["C"], folds=5),
+                              extra={"head": "linear_svm", "C": clf.metrics["C"], "protocol": "leave-one-out"})
     report = {"features": str(store.root), "model": str(model_path), "head": clf.metrics,
               "leave_one_out": loo}
     report_path = models_dir / "demo-cars-report.json"
@@ -35,5 +39,6 @@ def run_demo(features_dir="features", models_dir="models", progress: bool = True
     predictions = models_dir / "demo-cars-predictions.csv"
     score(clf, CARS / "test", predictions, cache=features_dir / "demo-cars-test", progress=progress)
     return {"features": store.root, "model": model_path, "report": text_path, "report_json": report_path,
+            "report_html": html,
             "predictions": predictions, "loo_accuracy": loo["accuracy"], "C": clf.metrics["C"],
             "cv_accuracy": clf.metrics.get("cv_accuracy")}

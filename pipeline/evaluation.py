@@ -50,16 +50,31 @@ def format_metrics(m: dict) -> str:
 def evaluate(model, store) -> dict:
     """Metrics of `model` (a Classifier) on the labelled rows of `store` (a FeatureStore).
 
-    ``seen_in_training`` counts evaluation images identical to training images (leakage).
+    ``seen_in_training`` lists evaluation images identical to training images (leakage).
     """
+    return predictions(model, store)[0]
+
+
+def predictions(model, store) -> tuple[dict, np.ndarray, np.ndarray, list[dict]]:
+    """(metrics, y_true, probabilities, rows) of `model` on the labelled rows of `store`."""
     model.check_spec(store.spec, str(store.root))
     X, y, rows = store.labelled(with_rows=True)
     if len(y) == 0:
         raise ValueError(f"{store.root} has no labelled images to evaluate on")
-    m = classification_metrics(y, model.predict_proba(X), model.classes_)
+    proba = model.predict_proba(X)
+    m = classification_metrics(y, proba, model.classes_)
     trained = set(getattr(model, "train_hashes", []))
     m["seen_in_training"] = [r["path"] for r in rows if r["sha256"][:16] in trained]
-    return m
+    return m, y, proba, rows
+
+
+def cross_validated(store, head: str, C: float, folds: int | str = 5, seed: int = 0, pca: int | None = None):
+    """(metrics, y_true, out-of-fold probabilities, rows): how the head does on images it did not see."""
+    from .heads import cross_val_proba
+
+    X, y, rows = store.labelled(with_rows=True)
+    proba = cross_val_proba(head, X, y, C, folds, seed, pca)
+    return classification_metrics(y, proba, np.unique(y)), y, proba, rows
 
 
 CLIP_CANDIDATES = (0.0, 0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
@@ -78,3 +93,27 @@ def clip_suggestion(y_true, proba: np.ndarray, classes, candidates=CLIP_CANDIDAT
         table.append((float(c), float(skm.log_loss(np.asarray(y_true, dtype=str), p, labels=classes))))
     best = min(table, key=lambda t: (round(t[1], 6), t[0]))[0]
     return {"best": best, "table": table}
+
+
+def compare(stores, heads=("linear_svm", "logreg"), C: float | str = "auto", folds: int | str = 5, seed: int = 0,
+            pca: int | None = None) -> list[dict]:
+    """Cross-validated accuracy of each head on each feature store (paths or FeatureStores): one row per pair.
+
+    C: 'auto' (chosen by CV per head and store), a number, or {head: C or 'auto'}.
+    """
+    from .heads import check_labels, cross_val_accuracy, select_C
+    from .store import FeatureStore
+
+    out = []
+    for s in stores:
+        store = s if isinstance(s, FeatureStore) else FeatureStore.open(s)
+        X, y = store.labelled()
+        check_labels(y)
+        for head in heads:
+            c = C.get(head, "auto") if isinstance(C, dict) else C
+            if c == "auto":
+                c = select_C(head, X, y, 5 if folds == "loo" else folds, seed, pca)[0]
+            out.append({"features": str(store.root), "backbone": store.spec["backbone"], "layer": store.spec["layer"],
+                        "dim": pca or store.spec["dim"], "head": head, "C": c, "folds": folds, "pca": pca,
+                        "accuracy": cross_val_accuracy(head, X, y, c, folds, seed, pca), "n": int(len(y))})
+    return out

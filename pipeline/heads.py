@@ -10,6 +10,7 @@ import logging
 
 import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, LeaveOneOut, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
@@ -38,13 +39,17 @@ def _check_head(head: str) -> None:
         raise UsageError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
 
 
-def make_head(head: str, C: float = 1.0, calibrate: bool = False, calibration_folds: int = 5) -> Pipeline:
-    """An unfitted StandardScaler + classifier pipeline."""
+def make_head(head: str, C: float = 1.0, calibrate: bool = False, calibration_folds: int = 5,
+              pca: int | None = None) -> Pipeline:
+    """An unfitted StandardScaler (+ PCA to `pca` components) + classifier pipeline."""
     _check_head(head)
     clf = HEADS[head](float(C))
     if calibrate and head in NEEDS_CALIBRATION:
         clf = CalibratedClassifierCV(clf, cv=calibration_folds, method="sigmoid")
-    return Pipeline([("scale", StandardScaler()), ("clf", clf)])
+    steps = [("scale", StandardScaler())]
+    if pca:
+        steps.append(("pca", PCA(n_components=int(pca), random_state=0)))
+    return Pipeline(steps + [("clf", clf)])
 
 
 def check_labels(y: np.ndarray, min_per_class: int = 2) -> dict[str, int]:
@@ -70,26 +75,57 @@ def cv_splitter(y, folds: int | str = 5, seed: int = 0):
     return StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
 
 
-def select_C(head: str, X, y, folds: int | str = 5, seed: int = 0) -> tuple[float, float, dict]:
-    """Pick C from the head's grid by cross-validated accuracy: (C, CV accuracy, {C: accuracy})."""
-    search = GridSearchCV(make_head(head), {"clf__C": list(C_GRID[head])}, cv=cv_splitter(y, folds, seed),
-                          scoring="accuracy", refit=False)
+def select_C(head: str, X, y, folds: int | str = 5, seed: int = 0, pca: int | None = None):
+    """Pick C from the head's grid by cross-validated accuracy: (C, CV accuracy, {C: accuracy}).
+
+    When several C tie (small sets often score 100% for all), the middle one of the tie is taken.
+    """
+    search = GridSearchCV(make_head(head, pca=pca), {"clf__C": list(C_GRID[head])},
+                          cv=cv_splitter(y, folds, seed), scoring="accuracy", refit=False)
     search.fit(X, y)
     scores = dict(zip(C_GRID[head], search.cv_results_["mean_test_score"].tolist()))
-    return float(search.best_params_["clf__C"]), float(search.best_score_), scores
+    best = max(scores.values())
+    tied = [c for c, v in scores.items() if v >= best - 1e-12]
+    return float(tied[len(tied) // 2]), float(best), scores  # the middle of a plateau of equal scores
 
 
-def cross_val_proba(head: str, X, y, C: float, folds: int | str = 5, seed: int = 0) -> np.ndarray:
-    """Out-of-fold class probabilities (columns in sorted class order)."""
+def cross_val_proba(head: str, X, y, C: float, folds: int | str = 5, seed: int = 0, pca: int | None = None):
+    """Out-of-fold class probabilities (columns in sorted class order) of the calibrated head."""
     cv = cv_splitter(y, folds, seed)
-    return cross_val_predict(make_head(head, C, calibrate=True, calibration_folds=_cal_folds(y, cv)),
+    return cross_val_predict(make_head(head, C, calibrate=True, calibration_folds=_cal_folds(y, cv), pca=pca),
                              X, y, cv=cv, method="predict_proba")
 
 
-def cross_val_accuracy(head: str, X, y, C: float, folds: int | str = 5, seed: int = 0) -> float:
+def cross_val_accuracy(head: str, X, y, C: float, folds: int | str = 5, seed: int = 0,
+                       pca: int | None = None) -> float:
     """Accuracy of out-of-fold predictions of the plain (uncalibrated) head."""
-    pred = cross_val_predict(make_head(head, C), X, y, cv=cv_splitter(y, folds, seed))
+    pred = cross_val_predict(make_head(head, C, pca=pca), X, y, cv=cv_splitter(y, folds, seed))
     return float(np.mean(pred == np.asarray(y)))
+
+
+def learning_curve(head: str, X, y, C: float, folds: int = 5, seed: int = 0, points: int = 6,
+                   pca: int | None = None) -> dict:
+    """Accuracy against training images per class: for each fold, stratified subsets of its training part.
+
+    Returns per_class (the counts), train_mean/std and valid_mean/std (held-out accuracy).
+    """
+    y = np.asarray(y, dtype=str)
+    classes = np.unique(y)
+    cv = cv_splitter(y, folds, seed)
+    rng = np.random.default_rng(seed)
+    splits = list(cv.split(X, y))
+    most = min(int(np.sum(y[tr] == c)) for tr, _ in splits for c in classes)
+    ks = sorted({int(round(k)) for k in np.geomspace(1, most, points)})
+    train_acc, valid_acc = np.zeros((len(ks), len(splits))), np.zeros((len(ks), len(splits)))
+    for f, (tr, te) in enumerate(splits):
+        order = rng.permutation(tr)
+        for i, k in enumerate(ks):
+            sub = np.concatenate([order[y[order] == c][:k] for c in classes])
+            model = make_head(head, C, pca=min(pca, len(sub) - 1) if pca else None).fit(X[sub], y[sub])
+            train_acc[i, f] = np.mean(model.predict(X[sub]) == y[sub])
+            valid_acc[i, f] = np.mean(model.predict(X[te]) == y[te])
+    return {"per_class": ks, "train_mean": train_acc.mean(1).tolist(), "train_std": train_acc.std(1).tolist(),
+            "valid_mean": valid_acc.mean(1).tolist(), "valid_std": valid_acc.std(1).tolist(), "folds": len(splits)}
 
 
 def _cal_folds(y, outer_cv=None) -> int:
@@ -102,20 +138,22 @@ def _cal_folds(y, outer_cv=None) -> int:
     return max(2, min(5, smallest))
 
 
-def fit_head(head: str, X, y, C: float | str = "auto", folds: int = 5, seed: int = 0):
+def fit_head(head: str, X, y, C: float | str = "auto", folds: int | str = 5, seed: int = 0, pca: int | None = None):
     """Fit the head on all rows; return (fitted pipeline, metrics dict)."""
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y, dtype=str)
     counts = check_labels(y)
-    metrics = {"head": head, "n_train": int(len(y)), "class_counts": counts}
+    if pca and pca >= min(X.shape):
+        raise UsageError(f"--pca {pca} must be below the number of images ({len(X)}) and of features ({X.shape[1]})")
+    metrics = {"head": head, "n_train": int(len(y)), "class_counts": counts, "pca": pca}
     if C == "auto":
-        C, cv_acc, table = select_C(head, X, y, folds, seed)
-        metrics.update(C=C, cv_accuracy=cv_acc, cv_folds=cv_splitter(y, folds).get_n_splits(),
+        C, cv_acc, table = select_C(head, X, y, folds, seed, pca)
+        metrics.update(C=C, cv_accuracy=cv_acc, cv_folds=cv_splitter(y, folds).get_n_splits(X, y),
                        cv_scores={str(k): v for k, v in table.items()})
         log.info("%s: C=%g chosen by %d-fold CV (accuracy %.4f)", head, C, metrics["cv_folds"], cv_acc)
     else:
         metrics["C"] = float(C)
-    model = make_head(head, float(C), calibrate=True, calibration_folds=_cal_folds(y))
+    model = make_head(head, float(C), calibrate=True, calibration_folds=_cal_folds(y), pca=pca)
     model.fit(X, y)
     metrics["train_accuracy"] = float(np.mean(model.predict(X) == y))
     return model, metrics

@@ -161,6 +161,7 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
                     listed=[r.relpath for r in listing.records], unlabelled=listing.unlabelled,
                     unused_label_ids=listing.unused_label_ids)
     writer = open_writer(out, bb.request(), overwrite=overwrite)
+    writer.meta["data_dir"] = str(Path(data_dir).resolve())  # where report thumbnails come from
     try:
         _run(listing.records, bb, writer, workers, progress, run)
         if prune:

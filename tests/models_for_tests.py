@@ -31,7 +31,9 @@ def submodel_outputs(model, x: np.ndarray) -> dict:
     sub = keras.Model(model.inputs, [model.get_layer("logits").output, model.get_layer("pool").output,
                                      model.get_layer("conv").output])
     logits, pooled, conv = (np.asarray(v) for v in sub(x, training=False))
-    return {"logits": logits, "penultimate": pooled, "conv": conv.mean(axis=(1, 2))}
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return {"logits": logits, "penultimate": pooled, "conv": conv.mean(axis=(1, 2)),
+            "predictions": e / e.sum(axis=1, keepdims=True)}
 
 
 def export_saved_model(model, path) -> str:

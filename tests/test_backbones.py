@@ -38,7 +38,7 @@ def test_keras_scaling_equals_keras_preprocess_input(name):
 
 def test_savedmodel_layers_equal_model_outputs(tiny, expected, tmp_path):
     path = export_saved_model(tiny, tmp_path / "sm")
-    for layer in ("logits", "penultimate"):
+    for layer in ("predictions", "logits", "penultimate"):
         bb = create_backbone(path, layer, input_size=SIZE, scaling="tf")
         np.testing.assert_allclose(bb(IMAGES), expected[layer], rtol=1e-4, atol=1e-5)
     assert bb.spec()["kind"] == "savedmodel" and bb.dim == 8
@@ -50,7 +50,8 @@ def test_savedmodel_layers_equal_model_outputs(tiny, expected, tmp_path):
 
 def test_frozen_graphdef_layers_equal_model_outputs(tiny, expected, tmp_path):
     path, inp, names = frozen_graph_def(tiny, tmp_path / "frozen.pb")
-    for layer, key in (("logits", "logits"), ("penultimate", "penultimate"), (names["conv"], "conv")):
+    for layer, key in (("logits", "logits"), ("penultimate", "penultimate"), ("predictions", "predictions"),
+                       (names["conv"], "conv")):
         bb = create_backbone(path, layer, input_size=SIZE, scaling="tf", input_tensor=inp)
         np.testing.assert_allclose(bb(IMAGES), expected[key], rtol=1e-4, atol=1e-5)
 
@@ -64,7 +65,7 @@ def test_graphdef_unknown_tensor_is_a_clear_error(tiny, tmp_path):
 
 def test_float_tflite_layers_equal_model_outputs(tiny, expected, tmp_path):
     path = tflite_model(tiny, tmp_path / "tiny.tflite", quantized=False)
-    for layer in ("logits", "penultimate"):
+    for layer in ("logits", "penultimate", "predictions"):
         bb = create_backbone(path, layer, scaling="tf")
         np.testing.assert_allclose(bb(IMAGES), expected[layer], rtol=1e-4, atol=1e-4)
     conv = _tensor_with_shape(path, [1, SIZE - 2, SIZE - 2, 8])  # the ReLU'd conv map

@@ -16,7 +16,7 @@ def stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("ref")
     data = needs_shared("data", "catsdogs", "train")
     return {layer: pipeline.featurize(data, "mobilenet_v2_quant", layer, out=root / layer, progress=False)
-            for layer in ("penultimate", "logits")}
+            for layer in ("penultimate", "logits", "predictions")}
 
 
 @pytest.mark.parametrize("layer,head,floor", [("penultimate", "linear_svm", 0.98), ("penultimate", "logreg", 0.98),
@@ -89,3 +89,24 @@ def test_catbreeds_csv_labels_featurize_train_and_cross_validate(tmp_path, capsy
                  "--out", str(tmp_path / "breeds.joblib")]) == 0
     printed = capsys.readouterr().out
     assert "validation (" in printed and "identical to training" not in printed
+
+
+REFERENCE = {("predictions", "linear_svm"): 0.954, ("predictions", "logreg"): 0.958,
+             ("penultimate", "linear_svm"): 0.984, ("penultimate", "logreg"): 0.987}
+
+
+def test_compare_reproduces_the_reference_table(stores, capsys):
+    """../shared/README.md's 'logits' column is the model's output: the softmax probabilities ('predictions')."""
+    import json
+
+    from pipeline.cli import main
+
+    dirs = [str(stores[layer].root) for layer in ("predictions", "penultimate")]
+    assert main(["compare", *dirs, "--heads", "linear_svm,logreg", "--C", "linear_svm=0.01,logreg=0.1",
+                 "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    got = {(r["layer"], r["head"]): r["accuracy"] for r in rows}
+    print("compare vs reference:", {k: (round(v, 4), REFERENCE[k]) for k, v in got.items()})
+    assert set(got) == set(REFERENCE)
+    for key, ref in REFERENCE.items():
+        assert abs(got[key] - ref) <= 0.01, (key, got[key], ref)

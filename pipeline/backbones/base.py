@@ -15,7 +15,7 @@ import numpy as np
 
 from ..preprocess import Preprocess
 
-LAYER_ALIASES = ("logits", "penultimate")
+LAYER_ALIASES = ("logits", "penultimate", "predictions")  # predictions: class probabilities (softmax)
 
 
 @lru_cache(maxsize=32)

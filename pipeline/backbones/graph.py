@@ -180,14 +180,15 @@ class GraphBackbone(Backbone):
         return gd, _tensor(inp), sinks[0] if len(sinks) == 1 else None
 
     def _resolve_layer(self, gd, output):
-        if self.preset and self.layer in LAYER_ALIASES:
-            return getattr(self.preset, self.layer)
-        if self.layer not in LAYER_ALIASES:
-            return _tensor(self.layer)
+        layer = "logits" if self.layer == "predictions" else self.layer  # softmax applied in forward()
+        if self.preset and layer in LAYER_ALIASES:
+            return getattr(self.preset, layer)
+        if layer not in LAYER_ALIASES:
+            return _tensor(layer)
         if output is None:
             raise BackboneError(f"{self.path}: cannot tell the output among {_sinks(gd)[:5]}; "
                                 f"pass --layer TENSOR (e.g. the pooled features feeding the classifier)")
-        tensor = find_layers(gd, output)[self.layer]
+        tensor = find_layers(gd, output)[layer]
         if tensor is None:
             raise BackboneError(f"{self.path} has no classifier, so no {self.layer!r} layer; "
                                 f"use --layer penultimate or a tensor name")
@@ -213,11 +214,13 @@ class GraphBackbone(Backbone):
             y = tf.map_fn(lambda im: pruned(im[None])[0], x) if fixed else pruned(x)
             if len(y.shape) == 4:
                 y = tf.reduce_mean(y, axis=[1, 2])
-            return tf.reshape(y, [tf.shape(x)[0], -1])
+            y = tf.reshape(y, [tf.shape(x)[0], -1])
+            return tf.nn.softmax(y) if softmax else y
 
+        softmax = self.layer == "predictions"
         self._fn = forward
         self.dim = int(forward(tf.zeros([1, h, w, 3], tf.uint8)).shape[-1])
-        if self.layer == "logits":
+        if self.layer in ("logits", "predictions"):
             self.num_classes = self.dim
 
     def _forward(self, images):

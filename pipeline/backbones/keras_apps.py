@@ -94,6 +94,8 @@ class KerasBackbone(Backbone):
         keras = _keras()
         if self.layer == "logits":
             return model.output, model.layers[-1].name
+        if self.layer == "predictions":
+            return keras.layers.Softmax()(model.output), f"softmax({model.layers[-1].name})"
         if self.layer == "penultimate":  # the input of the classifier (Dense, or MobileNet's 1x1 Conv2D)
             top = [l for l in model.layers if isinstance(l, (keras.layers.Dense, keras.layers.Conv2D))][-1]
             return top.input, f"{top.name}:input"
@@ -113,7 +115,7 @@ class KerasBackbone(Backbone):
         model = self._build()
         output, self.tensor = self._feature_output(model)
         feature_model = keras.Model(model.inputs, output)
-        if self.layer == "logits":
+        if self.layer in ("logits", "predictions"):
             self.num_classes = int(output.shape[-1])
         h, w = self.preprocess.size
         pre = self.preprocess

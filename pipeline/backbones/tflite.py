@@ -107,10 +107,10 @@ class TFLiteBackbone(Backbone):
     def _load(self):
         layers = find_layers(self.path)
         if self.layer in LAYER_ALIASES:
-            self.tensor = layers[self.layer]
-            if self.tensor is None:
-                raise BackboneError(f"{self.path} has no classifier, so no 'logits' layer; "
+            if self.layer != "penultimate" and layers["logits"] is None:
+                raise BackboneError(f"{self.path} has no classifier, so no {self.layer!r} layer; "
                                     f"use --layer penultimate")
+            self.tensor = layers["output"] if self.layer == "predictions" else layers[self.layer]
         else:
             self.tensor = self.layer
         it = self._interpreter()
@@ -122,7 +122,7 @@ class TFLiteBackbone(Backbone):
         self._tensor_index, self._out_quant = t["index"], t["quantization"]
         shape = [int(v) for v in t["shape"]]
         self.dim = shape[-1] if len(shape) == 4 else int(np.prod(shape[1:]))
-        if self.layer == "logits":
+        if self.layer in ("logits", "predictions"):
             self.num_classes = self.dim
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tflite")
 

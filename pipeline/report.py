@@ -1,0 +1,233 @@
+"""A self-contained HTML report of a head's predictions: ``DIR/index.html`` plus PNGs beside it.
+
+Summary table, confusion-matrix heat map, per-class table, the learning curve when given, the
+suggested clipping bound for log loss, and thumbnail galleries of the most confident mistakes,
+the most uncertain images and a sample of correct ones. Galleries are capped and thumbnails
+are made once (named by the image's content hash), so large sets stay fast.
+"""
+from __future__ import annotations
+
+import hashlib
+import html
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+GALLERY_SIZE = 24
+THUMB_PX = 160
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.row{display:flex;gap:2em;align-items:flex-start;flex-wrap:wrap}nav{margin-bottom:1em}
+.gallery{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:170px;font-size:12px}
+figure img{width:160px;height:160px;object-fit:cover;border:3px solid #ccc}
+figure.wrong img{border-color:#d33}figure.right img{border-color:#3a3}
+figcaption{word-break:break-all}.warning{background:#fff3cd;padding:8px;border:1px solid #e0c36c}.missing{width:160px;height:160px;background:#eee;display:flex;
+align-items:center;justify-content:center;color:#888}
+"""
+
+
+def _plots():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_png(cm, classes, path: Path) -> Path:
+    """Heat map of the confusion matrix (rows: true, columns: predicted), counts annotated."""
+    plt = _plots()
+    cm = np.asarray(cm)
+    n = len(classes)
+    size = min(4 + 0.45 * n, 16)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), labels=classes, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
+    ax.set_yticks(range(n), labels=classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                        color="white" if norm[i, j] > 0.5 else "black", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def learning_curve_png(curve: dict, path: Path) -> Path:
+    """Accuracy against training images per class, mean and spread over the folds."""
+    plt = _plots()
+    x = np.asarray(curve["per_class"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("train", "training"), ("valid", "held-out")):
+        mean, std = np.asarray(curve[key + "_mean"]), np.asarray(curve[key + "_std"])
+        ax.plot(x, mean, marker="o", label=label)
+        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xticks(x, labels=[str(k) for k in x])
+    ax.minorticks_off()
+    ax.set_xlabel("training images per class")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def thumbnail(src: Path, key: str, folder: Path) -> str | None:
+    """Make (once) a JPEG thumbnail of `src` in `folder`; its name relative to the report, or None."""
+    from PIL import Image, ImageOps
+
+    name = f"{key[:24]}.jpg"
+    out = folder / name
+    if not out.exists():
+        try:
+            with Image.open(src) as im:
+                im.draft("RGB", (THUMB_PX * 2, THUMB_PX * 2))
+                im = ImageOps.exif_transpose(im).convert("RGB")
+                im.thumbnail((THUMB_PX, THUMB_PX))
+                im.save(out, "JPEG", quality=80)
+        except Exception as e:  # noqa: BLE001 - a report never fails on one image
+            log.info("no thumbnail for %s: %s", src, e)
+            return None
+    return f"{folder.name}/{name}"
+
+
+def gallery_indices(y_true, proba, classes, size: int = GALLERY_SIZE, seed: int = 0) -> dict[str, list[int]]:
+    """Rows to show: the most confident mistakes, the most uncertain, a stable sample of correct ones."""
+    y_true = np.asarray(y_true, dtype=str)
+    pred = np.asarray(classes, dtype=str)[np.argmax(proba, axis=1)]
+    p_pred = proba.max(axis=1)
+    wrong = np.flatnonzero(pred != y_true)
+    right = np.flatnonzero(pred == y_true)
+    top2 = np.sort(proba, axis=1)[:, -2:] if proba.shape[1] > 1 else np.zeros((len(proba), 2))
+    margin = top2[:, 1] - top2[:, 0]
+    rng = np.random.default_rng(seed)
+    return {
+        "mistakes": wrong[np.argsort(-p_pred[wrong], kind="stable")][:size].tolist(),
+        "uncertain": np.argsort(margin, kind="stable")[:size].tolist(),
+        "correct": sorted(rng.choice(right, min(size, len(right)), replace=False).tolist()) if len(right) else [],
+    }
+
+
+def _table(header, rows) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _summary(m: dict, extra: dict) -> str:
+    rows = [("images", m["n"]), ("accuracy", f"{m['accuracy']:.4f}"),
+            ("balanced accuracy", f"{m['balanced_accuracy']:.4f}"), ("log loss", f"{m['log_loss']:.4f}")]
+    if "top_5_accuracy" in m:
+        rows.append(("top-5 accuracy", f"{m['top_5_accuracy']:.4f}"))
+    rows += [(k, v) for k, v in extra.items()]
+    return _table(("", "value"), rows)
+
+
+def _per_class(m: dict) -> str:
+    return _table(("class", "precision", "recall", "F1", "support"),
+                  [(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"])
+                   for c, v in m["per_class"].items()])
+
+
+def _figure(thumb: str | None, path: str, true: str, pred: str, p: float) -> str:
+    cls = "right" if true == pred else "wrong"
+    img = (f'<img src="{html.escape(thumb)}" alt="{html.escape(path)}" loading="lazy">' if thumb
+           else '<div class="missing">no image</div>')
+    return (f'<figure class="{cls}">{img}<figcaption>{html.escape(path)}<br>true: <b>{html.escape(true)}</b>'
+            f"<br>predicted: <b>{html.escape(pred)}</b> ({p:.3f})</figcaption></figure>")
+
+
+def _leakage(m: dict) -> str:
+    seen = m.get("seen_in_training") or []
+    if not seen:
+        return ""
+    return (f'<p class="warning"><b>Warning:</b> {len(seen)} of these images were in the training set '
+            f"(identical content), e.g. {html.escape(seen[0])}: these figures are optimistic.</p>")
+
+
+def _clipping(clip: dict) -> str:
+    rows = [(f"{c:g}" if c else "none", f"{loss:.4f}") for c, loss in clip["table"]]
+    best = clip["best"]
+    advice = (f"Clipping probabilities to [{best:g}, {1 - best:g}] gives the lowest cross-validated log loss: "
+              f"<code>score ... --kaggle CLASS --clip {best:g}</code>." if best else
+              "Clipping does not lower the log loss of these predictions.")
+    return f"<p>{advice}</p>" + _table(("clip", "log loss"), rows)
+
+
+def write_report(out_dir, metrics: dict, y_true, proba, paths, *, title: str, image_root=None, hashes=None,
+                 extra: dict | None = None, curve: dict | None = None, clip: dict | None = None,
+                 gallery_size: int = GALLERY_SIZE) -> Path:
+    """Write ``out_dir/index.html`` and its PNGs; return the HTML path."""
+    out = Path(out_dir)
+    thumbs = out / "thumbs"
+    thumbs.mkdir(parents=True, exist_ok=True)
+    classes = metrics["classes"]
+    proba = np.asarray(proba)
+    confusion_png(metrics["confusion_matrix"], classes, out / "confusion.png")
+    galleries = _galleries(y_true, proba, classes, paths, hashes, image_root, thumbs, gallery_size)
+    sections = [("summary", "Summary", _summary(metrics, extra or {}) + _leakage(metrics)),
+                ("confusion", "Confusion matrix and per-class scores",
+                 '<div class="row"><img src="confusion.png" alt="confusion matrix heat map">'
+                 f"<div>{_per_class(metrics)}</div></div>"),
+                ("mistakes", *galleries["mistakes"]), ("uncertain", *galleries["uncertain"])]
+    if curve is not None:
+        learning_curve_png(curve, out / "learning_curve.png")
+        sections.append(("learning-curve", "Learning curve: will more images help?",
+                         '<div class="row"><img src="learning_curve.png" alt="learning curve">' +
+                         _table(("images per class", "held-out accuracy"),
+                                [(n, f"{a:.4f}") for n, a in zip(curve["per_class"], curve["valid_mean"])]) +
+                         "</div>"))
+    if clip is not None:
+        sections.append(("clipping", "Log loss and clipping", _clipping(clip)))
+    sections.append(("correct", *galleries["correct"]))
+    nav = " · ".join(f'<a href="#{k}">{html.escape(t)}</a>' for k, t, _ in sections)
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><nav>{nav}</nav>"]
+    parts += [f'<section id="{k}"><h2>{html.escape(t)}</h2>{body}</section>' for k, t, body in sections]
+    parts.append("</body></html>\n")
+    page = out / "index.html"
+    page.write_text("\n".join(parts), encoding="utf-8")
+    return page
+
+
+def _galleries(y_true, proba, classes, paths, hashes, image_root, thumbs: Path, size: int) -> dict:
+    """{key: (title, html)} for the mistakes, uncertain and correct galleries."""
+    pred = np.asarray(classes, dtype=str)[np.argmax(proba, axis=1)]
+    titles = {"mistakes": "Most confident mistakes", "uncertain": "Most uncertain images",
+              "correct": "A sample of correct predictions"}
+    out = {}
+    for key, idx in gallery_indices(y_true, proba, classes, size).items():
+        figs = []
+        for i in idx:
+            src = Path(image_root) / paths[i] if image_root else None
+            key_i = hashes[i] if hashes else hashlib.sha256(paths[i].encode("utf-8")).hexdigest()
+            thumb = thumbnail(src, key_i, thumbs) if src is not None and src.is_file() else None
+            figs.append(_figure(thumb, paths[i], str(y_true[i]), pred[i], float(proba[i].max())))
+        body = f'<div class="gallery">{"".join(figs)}</div>' if figs else "<p>None.</p>"
+        out[key] = (f"{titles[key]} ({len(idx)})", body)
+    return out
+
+
+def report_predictions(out_dir, metrics, y_true, proba, rows, store, *, title: str, extra: dict | None = None,
+                       curve: dict | None = None) -> Path:
+    """The report of predictions on a store's labelled rows, thumbnails from the store's data folder."""
+    from .evaluation import clip_suggestion
+
+    root = store.meta.get("data_dir")
+    return write_report(out_dir, metrics, y_true, proba, [r["path"] for r in rows], title=title,
+                        image_root=root if root and Path(root).is_dir() else None,
+                        hashes=[r["sha256"] for r in rows], extra=extra, curve=curve,
+                        clip=clip_suggestion(y_true, proba, metrics["classes"]))
