@@ -67,11 +67,14 @@ def _backbone_options(p: argparse.ArgumentParser, with_layer: bool = True) -> No
     p.add_argument("--scaling", help="override the pixel scaling: caffe, tf, torch, unit, raw, ...")
     p.add_argument("--crop-fraction", type=float, help="centre crop fraction (1.0: largest centre square)")
     p.add_argument("--input-tensor", help="input tensor name of a frozen GraphDef without a preset")
+    p.add_argument("--precision", choices=["float32", "bfloat16", "float16"],
+                   help="compute precision of Keras applications (default float32; bfloat16 on CPUs with "
+                        "AVX-512 BF16/AMX, float16 on GPUs)")
 
 
 def _backbone_kwargs(a) -> dict:
     return dict(input_size=a.input_size, scaling=a.scaling, crop_fraction=a.crop_fraction,
-                input_tensor=a.input_tensor)
+                input_tensor=a.input_tensor, precision=a.precision)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,8 @@ import pytest
 from models_for_tests import SIZE, export_saved_model, frozen_graph_def, submodel_outputs, tflite_model, tiny_keras_model
 from pipeline.backbones import create_backbone
 from pipeline.backbones.keras_apps import KERAS_APPS
-from pipeline.errors import BackboneError
+from pipeline.backbones.base import identity
+from pipeline.errors import BackboneError, UsageError
 from pipeline.preprocess import Preprocess, normalize
 
 RNG = np.random.default_rng(0)
@@ -178,3 +179,17 @@ def test_registry_widths_match_a_real_forward_pass(name):
     assert out.shape == (1, WIDTHS[name]) and np.isfinite(out).all()
     assert bb.spec()["source"]["weights"] == "random"
     keras.backend.clear_session()
+
+
+def test_bfloat16_precision_is_close_to_float32_and_part_of_the_spec():
+    images = np.random.default_rng(3).integers(0, 256, (2, 224, 224, 3)).astype(np.uint8)
+    fp32 = create_backbone("mobilenet", "penultimate", weights="random")
+    again = create_backbone("mobilenet", "penultimate", weights="random")
+    bf16 = create_backbone("mobilenet", "penultimate", weights="random", precision="bfloat16")
+    a, b = fp32(images), bf16(images)
+    np.testing.assert_array_equal(a, again(images))  # "random" weights are seeded: the same network each time
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert b.dtype == np.float32 and cos.min() > 0.99
+    assert bf16.spec()["precision"] == "bfloat16" and identity(bf16.spec()) != identity(fp32.spec())
+    with pytest.raises(UsageError, match="precision bfloat16 applies to Keras"):
+        create_backbone("mobilenet_v2_quant", precision="bfloat16")

@@ -36,16 +36,22 @@ def _overrides(base: Preprocess, input_size=None, scaling=None, crop_fraction=No
 
 def create_backbone(spec: str = DEFAULT_BACKBONE, layer: str = "penultimate", weights: str | None = None,
                     *, input_size=None, scaling=None, crop_fraction=None, resample=None,
-                    input_tensor=None, batch_size: int | None = None) -> Backbone:
-    """Resolve SPEC to a (not yet loaded) backbone reading `layer`."""
+                    input_tensor=None, batch_size: int | None = None, precision: str | None = None) -> Backbone:
+    """Resolve SPEC to a (not yet loaded) backbone reading `layer`.
+
+    precision: float32 (default), bfloat16 or float16 compute for Keras applications.
+    """
     spec = str(spec)
     pre_kw = dict(input_size=input_size, scaling=scaling, crop_fraction=crop_fraction, resample=resample)
     if weights and weights != "imagenet" and spec not in KERAS_APPS:
         raise UsageError(f"--weights applies to Keras applications ({', '.join(KERAS_APPS)}), not to {spec!r}")
+    if precision not in (None, "float32") and spec not in KERAS_APPS:
+        raise UsageError(f"--precision {precision} applies to Keras applications ({', '.join(KERAS_APPS)}), "
+                         f"not to {spec!r}")
     if spec in KERAS_APPS:
         app = KERAS_APPS[spec]
         pre = _overrides(Preprocess(size=(app.size, app.size), scaling=app.scaling), **pre_kw)
-        bb = KerasBackbone(spec, layer, weights, pre)
+        bb = KerasBackbone(spec, layer, weights, pre, precision=precision or "float32")
     elif spec in BUNDLED:
         bb = _tflite(BUNDLED[spec], layer, spec, pre_kw)
     elif spec.lower().endswith(".tflite"):
@@ -76,7 +82,7 @@ def backbone_from_spec(spec: dict) -> Backbone:
               resample=pre["resample"])
     name = spec["backbone"]
     if spec["kind"] == "keras":
-        return create_backbone(name, spec["layer"], src.get("weights"), **kw)
+        return create_backbone(name, spec["layer"], src.get("weights"), precision=spec.get("precision"), **kw)
     if name in BUNDLED or name.startswith("hub:"):
         return create_backbone(name, spec["layer"], **kw)
     path = src.get("path")

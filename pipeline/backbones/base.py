@@ -80,6 +80,7 @@ class Backbone:
             "weights": self.source.get("weights_sha256") or self.source.get("weights"),
             "layer": self.layer,
             "preprocess": self.preprocess.to_dict(),
+            "precision": getattr(self, "precision", "float32"),
             "source": dict(self.source),
         }
 
@@ -105,7 +106,9 @@ def identity(spec: dict, full: bool = True) -> dict:
     preprocessing may not. full=False leaves out what is only known after loading the network.
     """
     keys = ("kind", "model", "weights", "layer", "preprocess") + (("tensor", "dim") if full else ())
-    return {k: spec.get(k) for k in keys}
+    out = {k: spec.get(k) for k in keys}
+    out["precision"] = spec.get("precision", "float32")  # stores made before precision existed are float32
+    return out
 
 
 def describe(spec: dict) -> str:
@@ -114,7 +117,8 @@ def describe(spec: dict) -> str:
     size = "x".join(str(v) for v in pre.get("size", []))
     return (f"{spec.get('backbone')} [{spec.get('kind')}] layer={spec.get('layer')} "
             f"({spec.get('tensor')}, D={spec.get('dim')}, {size} {pre.get('scaling')}, "
-            f"crop {pre.get('crop_fraction')})")
+            f"crop {pre.get('crop_fraction')}"
+            + (f", {spec['precision']}" if spec.get("precision", "float32") != "float32" else "") + ")")
 
 
 def pool(x: np.ndarray) -> np.ndarray:

@@ -53,13 +53,41 @@ def _keras():
     return keras
 
 
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX-512 BF16 or AMX); elsewhere it is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def warn_precision(precision: str) -> None:
+    import logging
+
+    import tensorflow as tf
+
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    if precision == "bfloat16" and not gpu and not cpu_has_bf16():
+        logging.getLogger(__name__).warning(
+            "--precision bfloat16: this CPU has no native bfloat16 (no avx512_bf16/amx_bf16 flag), so it is "
+            "emulated and slower than float32 (about 3x on the benchmark machine); use float32")
+    if precision == "float16" and not gpu:
+        logging.getLogger(__name__).warning("--precision float16 is meant for GPUs; on a CPU it is slow")
+
+
 class KerasBackbone(Backbone):
     kind = "keras"
 
     def __init__(self, name: str, layer: str = "penultimate", weights: str | None = None,
-                 preprocess: Preprocess | None = None, batch_size: int = 32):
+                 preprocess: Preprocess | None = None, batch_size: int = 32, precision: str = "float32"):
         app = KERAS_APPS[name]
         pre = preprocess or Preprocess(size=(app.size, app.size), scaling=app.scaling)
+        if precision not in PRECISIONS:
+            raise BackboneError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         source = {"constructor": f"keras.applications.{app.constructor}", "weights": "imagenet"}
         if weights == "random":  # untrained: for benchmarks and tests (same cost as ImageNet weights)
             source["weights"] = "random"
@@ -70,12 +98,17 @@ class KerasBackbone(Backbone):
             source.update(weights=str(path.resolve()), weights_sha256=file_sha256(path))
         super().__init__(name, layer, pre, source, batch_size)
         self.app = app
+        self.precision = precision
 
     def _build(self):
         keras = _keras()
         ctor = getattr(keras.applications, self.app.constructor)
         weights = self.source["weights"]
+        if weights == "random":
+            keras.utils.set_random_seed(0)  # the same "random" network every time, so its features cache
+        policy = keras.mixed_precision.dtype_policy()
         try:
+            keras.mixed_precision.set_dtype_policy(PRECISIONS[self.precision])
             return ctor(weights=None if weights == "random" else weights, include_top=True,
                         classifier_activation=None)
         except Exception as e:  # Keras raises a bare Exception for download failures
@@ -89,6 +122,8 @@ class KerasBackbone(Backbone):
             raise BackboneError(f"could not load weights file {weights} into {self.name}: {e}. "
                                 f"It must hold the weights of the full {self.app.constructor} "
                                 f"with its classifier (include_top=True)") from e
+        finally:
+            keras.mixed_precision.set_dtype_policy(policy)
 
     def _feature_output(self, model):
         keras = _keras()
@@ -112,6 +147,7 @@ class KerasBackbone(Backbone):
         from ..preprocess import normalize
 
         keras = _keras()
+        warn_precision(self.precision)
         model = self._build()
         output, self.tensor = self._feature_output(model)
         feature_model = keras.Model(model.inputs, output)
@@ -123,6 +159,7 @@ class KerasBackbone(Backbone):
         @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.uint8)])
         def forward(images):
             y = feature_model(normalize(images, pre), training=False)
+            y = tf.cast(y, tf.float32)
             if len(y.shape) == 4:
                 y = tf.reduce_mean(y, axis=[1, 2])
             return y if len(y.shape) == 2 else tf.reshape(y, [tf.shape(y)[0], -1])

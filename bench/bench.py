@@ -1,0 +1,285 @@
+"""Featurization benchmark: every way of turning catsdogs into features, side by side in one run.
+
+    make bench                      # inception_v3, vgg16 (random weights) and the bundled TFLite model
+    .venv/bin/python bench/bench.py --models tflite --n 400
+
+For each model it times, on the same images and batch size:
+  bound       the forward-only bound: the compiled tf.function (or TFLite interpreters, one per
+              core) on images already decoded and in memory; no I/O, no decoding
+  e2e         the project end to end: pipeline.featurize on the folder into a fresh store
+              (model already built; the one-time build is reported apart as `build_s`)
+  warm        pipeline.featurize again on the same store: everything is cached
+  predict     Keras model.predict on the in-memory batches (Keras models)
+  keras_ds    keras.utils.image_dataset_from_directory + model.predict (Keras models)
+  one_image   the transfer-learning talk's loop: load one image, preprocess, one predict call each
+  plain_loop  (TFLite) one thread: Pillow decode, crop, resize, one invoke per image
+  bf16_bound  (--precision bfloat16 models) the bound with bfloat16 compute, and the cosine
+              similarity of its features to fp32
+and, for the TFLite model, the peak memory (max RSS of a `featurize` subprocess) for 1000 and
+4000 images. Ratios are computed within this one run: machines are noisy, absolute figures vary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import pipeline  # noqa: E402
+from pipeline.backbones import create_backbone  # noqa: E402
+from pipeline.images import decode, list_images, read_bytes  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "catsdogs" / "train"
+
+
+def subset(data: Path, n: int, dest: Path) -> Path:
+    """A folder with the first n/2 images of each class of `data` (symlinks), for every method to share."""
+    records = list_images(data).records
+    by_class: dict[str, list] = {}
+    for r in records:
+        by_class.setdefault(r.label, []).append(r)
+    per = max(1, n // len(by_class))
+    for label, rs in by_class.items():
+        (dest / label).mkdir(parents=True, exist_ok=True)
+        for r in rs[:per]:
+            os.symlink(r.path, dest / label / r.path.name)
+    return dest
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def decoded(folder: Path, pre) -> np.ndarray:
+    return np.stack([decode(read_bytes(r.path)[0], pre, r.path) for r in list_images(folder).records])
+
+
+def bound(bb, images: np.ndarray) -> float:
+    """img/s of the backbone's own batched call on in-memory uint8 images (after one warm-up batch)."""
+    bs = bb.batch_size
+    bb(images[:bs])
+    t, _ = timed(lambda: [bb(images[i:i + bs]) for i in range(0, len(images), bs)])
+    return rate(len(images), t)
+
+
+def e2e(bb, folder: Path, store: Path) -> tuple[float, float]:
+    """(cold img/s, warm img/s) of pipeline.featurize with an already built backbone."""
+    n = len(list_images(folder).records)
+    cold, _ = timed(lambda: pipeline.featurize(folder, bb, out=store, progress=False))
+    warm, _ = timed(lambda: pipeline.featurize(folder, bb, out=store, progress=False))
+    return rate(n, cold), rate(n, warm)
+
+
+def keras_methods(name: str, folder: Path, images: np.ndarray, one_n: int) -> dict:
+    """model.predict, image_dataset_from_directory + predict, and the one-image-per-call loop."""
+    import keras
+    import tensorflow as tf
+
+    from pipeline.backbones.keras_apps import KERAS_APPS
+
+    app = KERAS_APPS[name]
+    model = getattr(keras.applications, app.constructor)(weights=None, include_top=False, pooling="avg")
+    prep = __import__(f"keras.applications.{app.module}", fromlist=["preprocess_input"]).preprocess_input
+    x = prep(images.astype(np.float32))
+    model.predict(x[:32], batch_size=32, verbose=0)
+    out = {}
+    t, _ = timed(lambda: model.predict(x, batch_size=32, verbose=0))
+    out["predict"] = rate(len(x), t)
+    size = (app.size, app.size)
+
+    def from_directory():
+        ds = keras.utils.image_dataset_from_directory(folder, labels=None, image_size=size, batch_size=32,
+                                                      shuffle=False, crop_to_aspect_ratio=True, verbose=False)
+        return model.predict(ds.map(lambda b: prep(b)), verbose=0)
+    t, feats = timed(from_directory)
+    out["keras_ds"] = rate(len(feats), t)
+    paths = [r.path for r in list_images(folder).records][:one_n]
+
+    def one_by_one():
+        for p in paths:
+            img = keras.utils.img_to_array(keras.utils.load_img(p, target_size=size))
+            model.predict(prep(img[None]), verbose=0)
+    t, _ = timed(one_by_one)
+    out["one_image"] = rate(len(paths), t)
+    del model
+    tf.keras.backend.clear_session()
+    return out
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+def bench_keras(name: str, data: Path, n: int, one_n: int, work: Path, bf16: bool) -> dict:
+    folder = subset(data, n, work / f"{name}-data")
+    bb = create_backbone(name, "penultimate", weights="random")
+    build, _ = timed(bb.load)
+    images = decoded(folder, bb.preprocess)
+    res = {"model": name, "n": len(images), "batch": bb.batch_size, "build_s": build, "bound": bound(bb, images)}
+    res["e2e"], res["warm"] = e2e(bb, folder, work / f"{name}-store")
+    if bf16:
+        ref = bb(images[:64])
+        fast = create_backbone(name, "penultimate", weights="random", precision="bfloat16")  # same seeded weights
+        fast.load()
+        res["bf16_bound"] = bound(fast, images)
+        res["bf16_cosine_min"] = cosine(ref, fast(images[:64]))
+    res.update(keras_methods(name, folder, images, one_n))
+    return res
+
+
+def plain_tflite_loop(path: Path, folder: Path) -> float:
+    """One thread: decode, centre-crop, resize and one invoke per image (the usual script)."""
+    from ai_edge_litert.interpreter import Interpreter
+    from PIL import Image
+
+    it = Interpreter(str(path), num_threads=1)
+    it.allocate_tensors()
+    inp, outp = it.get_input_details()[0], it.get_output_details()[0]
+    paths = [r.path for r in list_images(folder).records]
+
+    def loop():
+        for p in paths:
+            im = Image.open(p).convert("RGB")
+            s = min(im.size)
+            left, top = (im.width - s) // 2, (im.height - s) // 2
+            im = im.resize((224, 224), Image.BILINEAR, box=(left, top, left + s, top + s))
+            it.set_tensor(inp["index"], np.asarray(im, np.uint8)[None])
+            it.invoke()
+            it.get_tensor(outp["index"])
+    loop()  # warm the page cache like every other method
+    t, _ = timed(loop)
+    return rate(len(paths), t)
+
+
+def peak_rss_mb(folder: Path, store: Path) -> float:
+    """Max RSS (MiB) of a featurize subprocess."""
+    cmd = [sys.executable, "-m", "pipeline", "featurize", str(folder), "--out", str(store), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({status})")
+    return usage.ru_maxrss / 1024
+
+
+def replicate(data: Path, copies: int, dest: Path) -> Path:
+    """`copies` x the images of `data` under distinct names (symlinks)."""
+    for r in list_images(data).records:
+        d = dest / r.label
+        d.mkdir(parents=True, exist_ok=True)
+        for k in range(copies):
+            os.symlink(r.path, d / f"{k}-{r.path.name}")
+    return dest
+
+
+def bench_tflite(data: Path, n: int, work: Path, memory: bool) -> dict:
+    folder = subset(data, n, work / "tflite-data")
+    bb = create_backbone("mobilenet_v2_quant", "penultimate")
+    build, _ = timed(bb.load)
+    images = decoded(folder, bb.preprocess)
+    res = {"model": "mobilenet_v2_quant (TFLite)", "n": len(images), "batch": bb.batch_size, "build_s": build,
+           "bound": bound(bb, images)}
+    res["e2e"], res["warm"] = e2e(bb, folder, work / "tflite-store")
+    res["plain_loop"] = plain_tflite_loop(bb.path, folder)
+    if memory:
+        one = replicate(data, 1, work / "mem1")
+        four = replicate(data, 4, work / "mem4")
+        res["rss_1000_mb"] = peak_rss_mb(one, work / "mem1-store")
+        res["rss_4000_mb"] = peak_rss_mb(four, work / "mem4-store")
+    return res
+
+
+def cold_cli_vs_cached(data: Path, work: Path) -> dict:
+    """Wall time of the CLI, cold (empty store) and fully cached, as a user runs it."""
+    store = work / "cli-store"
+    cmd = [sys.executable, "-m", "pipeline", "featurize", str(data), "--out", str(store), "--no-progress"]
+    cold, _ = timed(lambda: subprocess.run(cmd, cwd=REPO, check=True, capture_output=True))
+    warm, _ = timed(lambda: subprocess.run(cmd, cwd=REPO, check=True, capture_output=True))
+    return {"cli_cold_s": cold, "cli_cached_s": warm}
+
+
+def report(results: list[dict], extra: dict) -> str:
+    lines = []
+    for r in results:
+        b = r["bound"]
+        lines.append(f"\n{r['model']}  ({r['n']} images, batch {r['batch']}, model build {r['build_s']:.1f} s)")
+        lines.append(f"  {'method':<44} {'img/s':>8} {'x bound':>8}")
+        for key, label in (("bound", "forward-only bound (in memory, compiled call)"),
+                           ("e2e", "project end to end (featurize)"), ("warm", "warm re-run (all cached)"),
+                           ("predict", "Keras model.predict (in memory)"),
+                           ("keras_ds", "image_dataset_from_directory + predict"),
+                           ("one_image", "one image per predict call (the talk)"),
+                           ("plain_loop", "plain TFLite loop, 1 thread"), ("bf16_bound", "bound, bfloat16")):
+            if key in r:
+                lines.append(f"  {label:<44} {r[key]:8.1f} {r[key] / b:8.2f}")
+        if "plain_loop" in r:
+            lines.append(f"  end to end / plain loop: {r['e2e'] / r['plain_loop']:.2f}x")
+        if "one_image" in r:
+            lines.append(f"  end to end / one-image loop: {r['e2e'] / r['one_image']:.1f}x; "
+                         f"/ image_dataset_from_directory: {r['e2e'] / r['keras_ds']:.2f}x")
+        if "bf16_bound" in r:
+            lines.append(f"  bfloat16 / fp32 bound: {r['bf16_bound'] / b:.2f}x, min cosine to fp32 "
+                         f"{r['bf16_cosine_min']:.5f}")
+        if "rss_1000_mb" in r:
+            lines.append(f"  peak RSS featurizing 1000 images {r['rss_1000_mb']:.0f} MiB, 4000 images "
+                         f"{r['rss_4000_mb']:.0f} MiB ({r['rss_4000_mb'] / r['rss_1000_mb']:.3f}x)")
+    if extra:
+        lines.append(f"\nCLI on the whole folder: cold {extra['cli_cold_s']:.1f} s, fully cached "
+                     f"{extra['cli_cached_s']:.2f} s ({extra['cli_cold_s'] / extra['cli_cached_s']:.1f}x faster)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=Path(os.environ.get("TFP_BENCH_DATA", DEFAULT_DATA)))
+    p.add_argument("--models", default="inception_v3,vgg16,tflite")
+    p.add_argument("--n", type=int, default=256, help="images per Keras model (TFLite: 4x)")
+    p.add_argument("--one-image-n", type=int, default=32, help="images for the one-image-per-call loop")
+    p.add_argument("--no-memory", action="store_true", help="skip the 1000 vs 4000 images memory runs")
+    p.add_argument("--bf16", default="inception_v3", help="Keras models to also time with bfloat16")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    a = p.parse_args(argv)
+    if not a.data.is_dir():
+        print(f"benchmark data {a.data} is absent (it lives in ../shared; set TFP_BENCH_DATA)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="tfp-bench-"))
+    results, extra = [], {}
+    try:
+        for m in a.models.split(","):
+            if m == "tflite":
+                results.append(bench_tflite(a.data, 4 * a.n, work, not a.no_memory))
+                extra = cold_cli_vs_cached(a.data, work)
+            else:
+                results.append(bench_keras(m, a.data, a.n, a.one_image_n, work, m in a.bf16.split(",")))
+            print(report(results[-1:], {}), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    header = (f"{time.strftime('%Y-%m-%d')} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+              f"python {platform.python_version()}, max RSS of this process "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print("\n==== summary: " + header + report(results, extra))
+    if a.json:
+        a.json.write_text(json.dumps({"header": header, "results": results, **extra}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
