@@ -11,6 +11,7 @@ FEATURES ?=
 MODEL    ?=
 OUT      ?=
 REPORT   ?= models/demo-cars-report
+BENCH_ARGS ?=
 
 .PHONY: install demo test test-fast features train score evaluate report screenshot suspects backbones reference bench clean
 
@@ -58,6 +59,9 @@ screenshot:  ## open REPORT/index.html in headless Chromium (apt-get install chr
 
 suspects: install  ## make suspects FEATURES=features/...: likely mislabelled images
 	$(PY) -m pipeline suspects "$(FEATURES)"
+
+bench: install  ## side-by-side featurization benchmark on ../shared/data/catsdogs (figures in BENCHMARKS.md)
+	$(PY) bench/bench.py $(BENCH_ARGS)
 
 backbones: install
 	$(PY) -m pipeline backbones

@@ -44,8 +44,16 @@ from pipeline.images import decode, list_images, read_bytes  # noqa: E402
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "catsdogs" / "train"
 
 
+def place(src: Path, dst: Path) -> None:
+    """A hard link (or a copy): symlinks leaving the data folder are, rightly, not followed by the walk."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def subset(data: Path, n: int, dest: Path) -> Path:
-    """A folder with the first n/2 images of each class of `data` (symlinks), for every method to share."""
+    """A folder with the first n/2 images of each class of `data`, for every method to share."""
     records = list_images(data).records
     by_class: dict[str, list] = {}
     for r in records:
@@ -54,7 +62,7 @@ def subset(data: Path, n: int, dest: Path) -> Path:
     for label, rs in by_class.items():
         (dest / label).mkdir(parents=True, exist_ok=True)
         for r in rs[:per]:
-            os.symlink(r.path, dest / label / r.path.name)
+            place(r.path, dest / label / r.path.name)
     return dest
 
 
@@ -83,9 +91,24 @@ def bound(bb, images: np.ndarray) -> float:
 def e2e(bb, folder: Path, store: Path) -> tuple[float, float]:
     """(cold img/s, warm img/s) of pipeline.featurize with an already built backbone."""
     n = len(list_images(folder).records)
+    shutil.rmtree(store, ignore_errors=True)
     cold, _ = timed(lambda: pipeline.featurize(folder, bb, out=store, progress=False))
     warm, _ = timed(lambda: pipeline.featurize(folder, bb, out=store, progress=False))
     return rate(n, cold), rate(n, warm)
+
+
+def interleaved(methods: dict, repeat: int) -> dict:
+    """Run every method once per round, `repeat` rounds, and keep each one's median img/s.
+
+    Interleaving spreads the machine's slow and fast moments over all methods alike.
+    """
+    runs: dict[str, list[float]] = {}
+    for _ in range(repeat):
+        for name, fn in methods.items():
+            out = fn()
+            for k, v in (out.items() if isinstance(out, dict) else [(name, out)]):
+                runs.setdefault(k, []).append(v)
+    return {k: float(np.median(v)) for k, v in runs.items()}
 
 
 def keras_methods(name: str, folder: Path, images: np.ndarray, one_n: int) -> dict:
@@ -129,13 +152,15 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
 
-def bench_keras(name: str, data: Path, n: int, one_n: int, work: Path, bf16: bool) -> dict:
+def bench_keras(name: str, data: Path, n: int, one_n: int, work: Path, bf16: bool, repeat: int) -> dict:
     folder = subset(data, n, work / f"{name}-data")
     bb = create_backbone(name, "penultimate", weights="random")
     build, _ = timed(bb.load)
     images = decoded(folder, bb.preprocess)
-    res = {"model": name, "n": len(images), "batch": bb.batch_size, "build_s": build, "bound": bound(bb, images)}
-    res["e2e"], res["warm"] = e2e(bb, folder, work / f"{name}-store")
+    res = {"model": name, "n": len(images), "batch": bb.batch_size, "build_s": build, "repeat": repeat}
+    store = work / f"{name}-store"
+    res.update(interleaved({"bound": lambda: bound(bb, images),
+                            "e2e": lambda: dict(zip(("e2e", "warm"), e2e(bb, folder, store)))}, repeat))
     if bf16:
         ref = bb(images[:64])
         fast = create_backbone(name, "penultimate", weights="random", precision="bfloat16")  # same seeded weights
@@ -165,40 +190,50 @@ def plain_tflite_loop(path: Path, folder: Path) -> float:
             it.set_tensor(inp["index"], np.asarray(im, np.uint8)[None])
             it.invoke()
             it.get_tensor(outp["index"])
-    loop()  # warm the page cache like every other method
     t, _ = timed(loop)
     return rate(len(paths), t)
 
 
+_RSS_CHILD = """
+import sys
+from pipeline.cli import main
+rc = main(sys.argv[1:])
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
+print("VmHWM_KB", hwm)
+sys.exit(rc)
+"""
+
+
 def peak_rss_mb(folder: Path, store: Path) -> float:
-    """Max RSS (MiB) of a featurize subprocess."""
-    cmd = [sys.executable, "-m", "pipeline", "featurize", str(folder), "--out", str(store), "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({status})")
-    return usage.ru_maxrss / 1024
+    """Peak RSS (MiB, VmHWM) of a fresh process featurizing `folder` (measured inside it: a forked
+    child's getrusage would inherit this process's high-water mark)."""
+    args = ["featurize", str(folder), "--out", str(store), "--no-progress"]
+    out = subprocess.run([sys.executable, "-c", _RSS_CHILD, *args], cwd=REPO, check=True, capture_output=True,
+                         text=True).stdout
+    return int(out.split("VmHWM_KB")[-1].split()[0]) / 1024
 
 
 def replicate(data: Path, copies: int, dest: Path) -> Path:
-    """`copies` x the images of `data` under distinct names (symlinks)."""
+    """`copies` x the images of `data` under distinct names."""
     for r in list_images(data).records:
         d = dest / r.label
         d.mkdir(parents=True, exist_ok=True)
         for k in range(copies):
-            os.symlink(r.path, d / f"{k}-{r.path.name}")
+            place(r.path, d / f"{k}-{r.path.name}")
     return dest
 
 
-def bench_tflite(data: Path, n: int, work: Path, memory: bool) -> dict:
+def bench_tflite(data: Path, n: int, work: Path, memory: bool, repeat: int) -> dict:
     folder = subset(data, n, work / "tflite-data")
     bb = create_backbone("mobilenet_v2_quant", "penultimate")
     build, _ = timed(bb.load)
     images = decoded(folder, bb.preprocess)
     res = {"model": "mobilenet_v2_quant (TFLite)", "n": len(images), "batch": bb.batch_size, "build_s": build,
-           "bound": bound(bb, images)}
-    res["e2e"], res["warm"] = e2e(bb, folder, work / "tflite-store")
-    res["plain_loop"] = plain_tflite_loop(bb.path, folder)
+           "repeat": repeat}
+    store = work / "tflite-store"
+    res.update(interleaved({"bound": lambda: bound(bb, images),
+                            "e2e": lambda: dict(zip(("e2e", "warm"), e2e(bb, folder, store))),
+                            "plain_loop": lambda: plain_tflite_loop(bb.path, folder)}, repeat))
     if memory:
         one = replicate(data, 1, work / "mem1")
         four = replicate(data, 4, work / "mem4")
@@ -207,20 +242,24 @@ def bench_tflite(data: Path, n: int, work: Path, memory: bool) -> dict:
     return res
 
 
-def cold_cli_vs_cached(data: Path, work: Path) -> dict:
-    """Wall time of the CLI, cold (empty store) and fully cached, as a user runs it."""
+def cold_cli_vs_cached(data: Path, work: Path, repeat: int) -> dict:
+    """Wall time (median) of the CLI, cold (empty store) and fully cached, as a user runs it."""
     store = work / "cli-store"
     cmd = [sys.executable, "-m", "pipeline", "featurize", str(data), "--out", str(store), "--no-progress"]
-    cold, _ = timed(lambda: subprocess.run(cmd, cwd=REPO, check=True, capture_output=True))
-    warm, _ = timed(lambda: subprocess.run(cmd, cwd=REPO, check=True, capture_output=True))
-    return {"cli_cold_s": cold, "cli_cached_s": warm}
+    colds, warms = [], []
+    for _ in range(repeat):
+        shutil.rmtree(store, ignore_errors=True)
+        colds.append(timed(lambda: subprocess.run(cmd, cwd=REPO, check=True, capture_output=True))[0])
+        warms.append(timed(lambda: subprocess.run(cmd, cwd=REPO, check=True, capture_output=True))[0])
+    return {"cli_cold_s": float(np.median(colds)), "cli_cached_s": float(np.median(warms))}
 
 
 def report(results: list[dict], extra: dict) -> str:
     lines = []
     for r in results:
         b = r["bound"]
-        lines.append(f"\n{r['model']}  ({r['n']} images, batch {r['batch']}, model build {r['build_s']:.1f} s)")
+        lines.append(f"\n{r['model']}  ({r['n']} images, batch {r['batch']}, model build {r['build_s']:.1f} s, "
+                     f"median of {r['repeat']} interleaved rounds)")
         lines.append(f"  {'method':<44} {'img/s':>8} {'x bound':>8}")
         for key, label in (("bound", "forward-only bound (in memory, compiled call)"),
                            ("e2e", "project end to end (featurize)"), ("warm", "warm re-run (all cached)"),
@@ -255,6 +294,7 @@ def main(argv=None) -> int:
     p.add_argument("--one-image-n", type=int, default=32, help="images for the one-image-per-call loop")
     p.add_argument("--no-memory", action="store_true", help="skip the 1000 vs 4000 images memory runs")
     p.add_argument("--bf16", default="inception_v3", help="Keras models to also time with bfloat16")
+    p.add_argument("--repeat", type=int, default=3, help="interleaved rounds per method; medians are reported")
     p.add_argument("--json", type=Path, help="also write the figures here")
     a = p.parse_args(argv)
     if not a.data.is_dir():
@@ -265,10 +305,10 @@ def main(argv=None) -> int:
     try:
         for m in a.models.split(","):
             if m == "tflite":
-                results.append(bench_tflite(a.data, 4 * a.n, work, not a.no_memory))
-                extra = cold_cli_vs_cached(a.data, work)
+                results.append(bench_tflite(a.data, 4 * a.n, work, not a.no_memory, a.repeat))
+                extra = cold_cli_vs_cached(a.data, work, a.repeat)
             else:
-                results.append(bench_keras(m, a.data, a.n, a.one_image_n, work, m in a.bf16.split(",")))
+                results.append(bench_keras(m, a.data, a.n, a.one_image_n, work, m in a.bf16.split(","), a.repeat))
             print(report(results[-1:], {}), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

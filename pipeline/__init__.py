@@ -6,25 +6,35 @@
     clf = pipeline.train(store, head="linear_svm")
     clf.save("models/cars.joblib")
     pipeline.load("models/cars.joblib").predict(["photo.jpg"])
+
+Names are imported on first use, so a fully cached featurize run never imports
+scikit-learn or TensorFlow.
 """
+import importlib as _importlib
 import os as _os
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from .backbones import create_backbone, list_backbones  # noqa: E402
-from .classifier import Classifier, load  # noqa: E402
-from .errors import (BackboneError, ImageError, ModelFileError, PipelineError, SpecMismatchError,  # noqa: E402
-                     StoreError, UsageError)
-from .evaluation import evaluate  # noqa: E402
-from .imagenet import predict_imagenet  # noqa: E402
-from .preprocess import Preprocess  # noqa: E402
-from .runner import featurize  # noqa: E402
-from .scoring import score  # noqa: E402
-from .store import FeatureStore  # noqa: E402
-from .training import train  # noqa: E402
+_EXPORTS = {
+    "featurize": "runner", "train": "training", "load": "classifier", "Classifier": "classifier",
+    "score": "scoring", "evaluate": "evaluation", "compare": "evaluation", "predict_imagenet": "imagenet",
+    "create_backbone": "backbones", "list_backbones": "backbones", "FeatureStore": "store",
+    "Preprocess": "preprocess", "PipelineError": "errors", "UsageError": "errors", "BackboneError": "errors",
+    "StoreError": "errors", "SpecMismatchError": "errors", "ModelFileError": "errors", "ImageError": "errors",
+}
 
 __version__ = "0.1.0"
-__all__ = ["featurize", "train", "load", "score", "evaluate", "predict_imagenet", "create_backbone",
-           "list_backbones", "FeatureStore", "Classifier", "Preprocess", "PipelineError", "UsageError",
-           "BackboneError", "StoreError", "SpecMismatchError", "ModelFileError", "ImageError"]
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(_importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -63,28 +63,38 @@ def _is_hidden(name: str) -> bool:
 
 
 def _walk_files(root: Path):
-    """Yield (relpath, Path) for files below root; skip hidden dirs, never loop on links or leave root."""
+    """Yield (relpath, real path, inside root) for files below root.
+
+    Hidden folders are skipped, a folder reached twice (a symlink loop) is walked once, and
+    folders or file links leading outside the root are not followed.
+    """
     seen, real_root = set(), root.resolve()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         st = os.stat(dirpath)
-        if (st.st_dev, st.st_ino) in seen or not Path(dirpath).resolve().is_relative_to(real_root):
+        real_dir = Path(dirpath).resolve()
+        if (st.st_dev, st.st_ino) in seen or not real_dir.is_relative_to(real_root):
             dirnames[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        rel_dir = Path(dirpath).relative_to(root)
         for name in sorted(filenames):
-            p = Path(dirpath) / name
-            yield p.relative_to(root).as_posix(), p, p.resolve().is_relative_to(real_root)
+            rel = (rel_dir / name).as_posix()
+            if os.path.islink(os.path.join(dirpath, name)):
+                real = (real_dir / name).resolve()
+                yield rel, real, real.is_relative_to(real_root)
+            else:
+                yield rel, real_dir / name, True
 
 
 def _image_or_reason(rel: str, p: Path, inside: bool) -> str | None:
-    """None when `p` looks like an image file to featurize, else the reason it is ignored."""
-    name = p.name
+    """None when `rel` names an image file to featurize (`p`: where it really is), else why it is ignored."""
+    name = rel.rsplit("/", 1)[-1]
     if not inside:
         return "link_outside_root"
     if _is_hidden(name):
         return "ignored_hidden"
-    if p.suffix.lower() not in IMAGE_EXTENSIONS:
+    if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
         return "ignored_extension"
     if not p.is_file():
         return "not_a_file"
@@ -119,11 +129,11 @@ def list_images(root, labelled: bool | None = None, labels=None) -> Listing:
     records = []
     for rel, p in found:
         if not labelled:
-            records.append(ImageRecord(p.resolve(), rel, None))
+            records.append(ImageRecord(p, rel, None))
         elif "/" not in rel:
             ignored.append((rel, "unlabelled_ignored"))
         else:
-            records.append(ImageRecord(p.resolve(), rel, rel.split("/", 1)[0]))
+            records.append(ImageRecord(p, rel, rel.split("/", 1)[0]))
     classes = sorted({r.label for r in records if r.label is not None})
     if labelled:
         check_class_names(classes, str(root))
@@ -133,7 +143,7 @@ def list_images(root, labelled: bool | None = None, labels=None) -> Listing:
 
 def _csv_listing(found, ignored, labels) -> Listing:
     match = match_labels([rel for rel, _ in found], labels)
-    records = [ImageRecord(p.resolve(), rel, match.labels[rel]) for rel, p in found]
+    records = [ImageRecord(p, rel, match.labels[rel]) for rel, p in found]
     if match.unlabelled:
         log.warning("%d image(s) have no label in %s, e.g. %s", len(match.unlabelled), labels.path,
                     ", ".join(match.unlabelled[:3]))

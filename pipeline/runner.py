@@ -77,16 +77,42 @@ class RunReport:
         return "\n".join(lines)
 
 
-def _prepare(record: ImageRecord, pre, known: dict):
-    """(record, sha256, image or None when cached, notes) or (record, None, ImageError, [])."""
+def file_stat(path) -> list[int]:
+    """[size, mtime_ns, ctime_ns, inode]: ctime changes on every write, and no tool can set it back."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _prepare(record: ImageRecord, bb: Backbone, known: dict):
+    """(record, sha256, stat, image or None when cached, notes) or (record, None, None, ImageError, []).
+
+    A file whose stat (size, mtime, ctime, inode) is unchanged since its row was stored has not
+    been written since: it is reused without reading it. Any other file is read and hashed, and
+    its content decides (a touched but identical file is reused too). For a backbone that runs
+    one image at a time in the calling thread (TFLite), the image is featurized here too.
+    """
     notes = []
     try:
+        old = known.get(record.relpath)
+        stat = file_stat(record.path)
+        if old is not None and old[1] == stat:
+            return record, old[0], stat, None, notes
         data, sha = read_bytes(record.path)
-        if known.get(record.relpath) == sha:
-            return record, sha, None, notes
-        return record, sha, decode(data, pre, record.path, notes), notes
+        if old is not None and old[0] == sha:
+            return record, sha, stat, None, notes
+        image = decode(data, bb.preprocess, record.path, notes)
+        return record, sha, stat, (_Features(bb.featurize_one(image)) if bb.per_image else image), notes
+    except OSError as e:
+        return record, None, None, ImageError(record.path, f"io_error:{type(e).__name__}", e.strerror or str(e)), notes
     except ImageError as e:
-        return record, None, e, notes
+        return record, None, None, e, notes
+
+
+class _Features(np.ndarray):
+    """A feature row computed while decoding (marks it apart from a decoded image)."""
+
+    def __new__(cls, row):
+        return np.asarray(row, dtype=np.float32).view(cls)
 
 
 def bounded_map(fn, items, workers: int, window: int):
@@ -101,10 +127,23 @@ def bounded_map(fn, items, workers: int, window: int):
             yield pending.popleft().result()
 
 
+class _NoProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n=1):
+        pass
+
+
 def _progress(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return _NoProgress()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="img", dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
 
 
 class _Batcher:
@@ -114,6 +153,7 @@ class _Batcher:
         self.backbone, self.writer, self.skipped = backbone, writer, skipped
         self.images, self.rows = [], []
         self.computed = 0
+        self.spec_recorded = False
 
     def add(self, image, row):
         self.images.append(image)
@@ -124,10 +164,11 @@ class _Batcher:
     def flush(self):
         if not self.images:
             return
-        if not self.backbone.loaded:
-            self.backbone.load()
+        if not self.spec_recorded:  # builds the network on the first batch that needs it
             self.writer.set_spec(self.backbone.spec())
-        feats = self.backbone(np.stack(self.images))
+            self.spec_recorded = True
+        batch = np.stack(self.images)
+        feats = batch.view(np.ndarray) if isinstance(self.images[0], _Features) else self.backbone(batch)
         finite = np.isfinite(feats).all(axis=1)
         for row in (r for r, ok in zip(self.rows, finite) if not ok):
             self.skipped.append({"path": row["path"], "reason": "nonfinite_features",
@@ -190,13 +231,13 @@ def _finish(run: RunReport, writer) -> None:
 
 
 def _run(records, bb: Backbone, writer, workers, progress, run: RunReport) -> None:
-    known = {r["path"]: r["sha256"] for r in writer.rows}
+    known = {r["path"]: (r["sha256"], r.get("stat")) for r in writer.rows}
     batcher = _Batcher(bb, writer, run.skipped)
     workers = workers or os.cpu_count() or 1
     window = max(2 * bb.batch_size, 4 * workers)
     with _progress(len(records), progress, f"featurize {bb.name}") as bar:
-        for record, sha, result, notes in bounded_map(lambda r: _prepare(r, bb.preprocess, known), records,
-                                                      workers, window):
+        for record, sha, stat, result, notes in bounded_map(lambda r: _prepare(r, bb, known), records, workers,
+                                                            window):
             bar.update(1)
             run.notes += [{"path": record.relpath, "note": n} for n in notes]
             if isinstance(result, ImageError):
@@ -204,7 +245,7 @@ def _run(records, bb: Backbone, writer, workers, progress, run: RunReport) -> No
             elif result is None:
                 run.reused += 1
             else:
-                batcher.add(result, {"path": record.relpath, "label": record.label, "sha256": sha})
+                batcher.add(result, {"path": record.relpath, "label": record.label, "sha256": sha, "stat": stat})
         batcher.flush()
     run.computed = batcher.computed
 

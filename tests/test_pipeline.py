@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import json
 
 import numpy as np
@@ -126,3 +127,22 @@ def test_truncated_model_file_is_a_clear_error(trained, tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(pipeline.ModelFileError, match="m.joblib"):
         pipeline.load(path)
+
+
+def test_featurize_accepts_an_already_loaded_backbone(tmp_path):
+    bb = pipeline.create_backbone("mobilenet_v2_quant", "logits").load()
+    data = make_class_tree(tmp_path / "data", per_class=2)
+    store = pipeline.featurize(data, bb, out=tmp_path / "s", progress=False)
+    assert store.features.shape == (4, 1001) and store.spec["dim"] == 1001
+
+
+def test_rewritten_file_with_restored_mtime_is_featurized_again_and_touched_one_reused(tmp_path):
+    data = make_class_tree(tmp_path / "data", per_class=2)
+    pipeline.featurize(data, out=tmp_path / "s", progress=False)
+    target = data / "red" / "red_0.jpg"
+    st = target.stat()
+    noise_image(999).save(target, quality=92)  # new content...
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # ...behind the old mtime (as cp -p or rsync -t do)
+    os.utime(data / "blue" / "blue_0.jpg")  # touched, same content
+    run = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
+    assert run.computed == 1 and run.reused == 3

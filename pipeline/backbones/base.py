@@ -8,6 +8,7 @@ there is an image to featurize. Calling a loaded backbone maps a uint8 RGB batch
 from __future__ import annotations
 
 import hashlib
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from ..preprocess import Preprocess
 
+_LOAD_LOCK = threading.RLock()
 LAYER_ALIASES = ("logits", "penultimate", "predictions")  # predictions: class probabilities (softmax)
 
 
@@ -50,6 +52,12 @@ class Backbone:
         self.num_classes: int | None = None  # classifier width when the layer is 'logits'
         self._loaded = False
 
+    per_image = False  # True: featurize_one() is the fast path (runs in the decoding threads)
+
+    def featurize_one(self, image: np.ndarray) -> np.ndarray:
+        """Features (D,) of one decoded uint8 image; thread-safe where ``per_image`` is True."""
+        return self(image[None])[0]
+
     @property
     def loaded(self) -> bool:
         """True once the network is built (a fully cached run never builds it)."""
@@ -57,8 +65,10 @@ class Backbone:
 
     def load(self) -> "Backbone":
         if not self._loaded:
-            self._load()
-            self._loaded = True
+            with _LOAD_LOCK:
+                if not self._loaded:
+                    self._load()
+                    self._loaded = True
         return self
 
     def __call__(self, images: np.ndarray) -> np.ndarray:

@@ -37,16 +37,50 @@ def _interpreter_class():
     return Interpreter, OpResolverType
 
 
-def _open_interpreter(path: str, **kw):
+def _input_details(path: str) -> dict:
+    """The model's input tensor details, from an interpreter without delegates (cheap: nothing is prepared)."""
+    Interpreter, OpResolverType = _interpreter_class()
+    try:
+        it = Interpreter(model_path=path, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        return it.get_input_details()[0]
+    except (ValueError, RuntimeError) as e:
+        raise BackboneError(f"{path} is not a usable TFLite model: {e}") from e
+
+
+def _open_interpreter(path: str, content: bytes | None = None, **kw):
+    """An allocated interpreter; from `content` (a model rewritten to output the layer) when given,
+    else from the file with every tensor preserved (how intermediate layers are read without it)."""
     Interpreter, _ = _interpreter_class()
     try:
-        with warnings.catch_warnings():  # preserving tensors is how intermediate layers are read
-            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
-            it = Interpreter(model_path=path, experimental_preserve_all_tensors=True, **kw)
+        if content is not None:
+            it = Interpreter(model_content=content, **kw)
+        else:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+                it = Interpreter(model_path=path, experimental_preserve_all_tensors=True, **kw)
         it.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise BackboneError(f"{path} is not a usable TFLite model: {e}") from e
     return it
+
+
+def with_output(path: str, tensor: str) -> bytes | None:
+    """The model with `tensor` added to its outputs, so reading it needs no preserved tensors
+    (about 15% faster inference); None when the model cannot be rewritten."""
+    try:
+        from ai_edge_litert.tools import flatbuffer_utils as fb
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        model = fb.read_model_from_bytearray(bytearray(Path(path).read_bytes()))
+        graph = model.subgraphs[0]
+        names = [t.name.decode("utf-8", "replace") for t in graph.tensors]
+        index = names.index(tensor)
+        if index not in list(graph.outputs):
+            graph.outputs = np.append(np.asarray(graph.outputs, np.int32), np.int32(index))
+        return bytes(fb.convert_object_to_bytearray(model))
+    except Exception:  # noqa: BLE001 - fall back to preserving every tensor
+        return None
 
 
 def find_layers(path: str) -> dict:
@@ -85,8 +119,7 @@ class TFLiteBackbone(Backbone):
         if not path.is_file():
             raise BackboneError(f"TFLite model {str(path)!r} does not exist")
         self.path = str(path.resolve())
-        probe = _open_interpreter(self.path)
-        inp = probe.get_input_details()[0]
+        inp = _input_details(self.path)
         shape = [int(v) for v in inp["shape"]]
         if len(shape) != 4 or shape[3] != 3:
             raise BackboneError(f"{path}: expects input of shape {shape}; only (N, H, W, 3) images are supported")
@@ -103,6 +136,7 @@ class TFLiteBackbone(Backbone):
         super().__init__(name or path.name, layer, pre, source, batch_size=32)
         self.threads = threads or os.cpu_count() or 1
         self._local = threading.local()
+        self._content = None
 
     def _load(self):
         layers = find_layers(self.path)
@@ -113,6 +147,7 @@ class TFLiteBackbone(Backbone):
             self.tensor = layers["output"] if self.layer == "predictions" else layers[self.layer]
         else:
             self.tensor = self.layer
+        self._content = with_output(self.path, self.tensor) if self.tensor != layers["output"] else None
         it = self._interpreter()
         details = {t["name"]: t for t in it.get_tensor_details()}
         if self.tensor not in details:
@@ -129,7 +164,7 @@ class TFLiteBackbone(Backbone):
     def _interpreter(self):
         it = getattr(self._local, "it", None)
         if it is None:
-            it = self._local.it = _open_interpreter(self.path, num_threads=1)
+            it = self._local.it = _open_interpreter(self.path, self._content, num_threads=1)
         return it
 
     def _quantize(self, image: np.ndarray) -> np.ndarray:
@@ -151,6 +186,12 @@ class TFLiteBackbone(Backbone):
         if scale:
             y = (y - np.float32(zero)) * np.float32(scale)
         return pool(y)
+
+    per_image = True  # fixed batch of 1 on most models: one interpreter per thread, fed by the decoders
+
+    def featurize_one(self, image: np.ndarray) -> np.ndarray:
+        self.load()
+        return self._one(image)[0]
 
     def _forward(self, images):
         return np.concatenate(list(self._pool.map(self._one, images)), axis=0)
