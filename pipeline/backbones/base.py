@@ -137,3 +137,18 @@ def pool(x: np.ndarray) -> np.ndarray:
     if x.ndim == 4:
         return x.mean(axis=(1, 2))
     return x.reshape(len(x), -1)
+
+
+def padded_call(fn, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """fn on a short batch padded to the next power of two (at most `batch_size`), padding dropped.
+
+    The compiled graph then sees at most log2(batch) + 1 batch shapes in a whole run, so nothing
+    is re-planned per batch (XLA and GPU kernels are shape-specialised), while one image still
+    costs at most as much as two.
+    """
+    n = len(images)
+    target = min(batch_size, 1 << max(0, n - 1).bit_length()) if n else 0
+    if n < target:
+        pad = np.zeros((target - n, *images.shape[1:]), images.dtype)
+        return np.asarray(fn(np.concatenate([images, pad])))[:n]
+    return np.asarray(fn(images))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import BackboneError
 from ..preprocess import Preprocess, normalize
-from .base import LAYER_ALIASES, Backbone, file_sha256
+from .base import LAYER_ALIASES, Backbone, file_sha256, padded_call
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,9 @@ class GraphBackbone(Backbone):
             self.num_classes = self.dim
 
     def _forward(self, images):
-        return self._fn(images).numpy()
+        if self.preset and self.preset.fixed_batch:  # one image per call inside the graph: padding costs
+            return self._fn(images).numpy()
+        return padded_call(self._fn, images, self.batch_size)
 
 
 def _dir_sha(path: Path) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import BackboneError
 from ..preprocess import Preprocess
-from .base import LAYER_ALIASES, Backbone, file_sha256
+from .base import LAYER_ALIASES, Backbone, file_sha256, padded_call
 
 
 @dataclass(frozen=True)
@@ -168,4 +168,4 @@ class KerasBackbone(Backbone):
         self.dim = int(np.prod(output.shape[1:] if len(output.shape) != 4 else output.shape[-1:]))
 
     def _forward(self, images):
-        return self._fn(images).numpy()
+        return padded_call(self._fn, images, self.batch_size)
