@@ -137,16 +137,22 @@ def test_weird_file_names_stay_valid_in_the_scoring_csv(poisoned, tmp_path):
 
 
 def test_image_that_makes_the_network_produce_nan_is_skipped_not_stored(tmp_path, monkeypatch):
+    import itertools
+    import threading
+
     from pipeline.backbones.tflite import TFLiteBackbone
 
     data = make_class_tree(tmp_path / "data", per_class=2)
-    real = TFLiteBackbone.__call__
+    real, counter, lock = TFLiteBackbone.featurize_one, itertools.count(), threading.Lock()
 
-    def poisoned_call(self, images):
-        out = real(self, images)
-        out[0, 3] = np.nan
+    def poisoned(self, image):
+        out = real(self, image).copy()
+        with lock:
+            k = next(counter)
+        if k % 2 == 0:  # two of the four images
+            out[3] = np.nan
         return out
-    monkeypatch.setattr(TFLiteBackbone, "__call__", poisoned_call)
+    monkeypatch.setattr(TFLiteBackbone, "featurize_one", poisoned)
     run = pipeline.featurize(data, out=tmp_path / "feat", progress=False, report=True, batch_size=2)
     assert sorted(s["reason"] for s in run.skipped) == ["nonfinite_features"] * 2
     assert len(run.store) == 2 and np.isfinite(run.store.features).all()
