@@ -199,12 +199,20 @@ def _open(data: bytes, path) -> Image.Image:
     return im
 
 
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1 when absent or unreadable)."""
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a damaged EXIF block is handled (and noted) by _exif_transpose
+        return 1
+
+
 def _draft(im: Image.Image, pre: Preprocess) -> None:
     """Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers the crop."""
     if im.format not in ("JPEG", "MPO"):
         return
     w, h = im.size
-    if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+    if _orientation(im) in (5, 6, 7, 8):
         w, h = h, w
     left, top, right, bottom = crop_box(w, h, pre)
     need = max(pre.size[1] / (right - left), pre.size[0] / (bottom - top))

@@ -136,3 +136,38 @@ def test_truncated_jpeg_is_reported_not_padded():
     j = img_bytes(size=(256, 256), quality=90)
     with pytest.raises(ImageError, match="truncated|corrupt"):
         decode(j[: len(j) // 2], PRE, "t.jpg")
+
+
+def test_damaged_exif_block_keeps_the_pixels_and_notes_it(monkeypatch):
+    from PIL import ImageOps
+
+    im = noise_image(3, (64, 48))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    data = encode(im, "JPEG", exif=exif)
+
+    def damaged(image):  # what Pillow raises on an EXIF block it cannot parse
+        raise SyntaxError("not a TIFF file (header b'\\xff\\xff' not valid)")
+    monkeypatch.setattr(ImageOps, "exif_transpose", damaged)
+    notes = []
+    arr = decode(data, PRE, "x.jpg", notes)
+    np.testing.assert_array_equal(arr, decode(encode(im, "JPEG"), PRE))  # unrotated, otherwise intact
+    assert len(notes) == 1 and notes[0].startswith("exif_ignored: SyntaxError")
+
+
+def test_file_vanishing_between_listing_and_reading_is_reported(tmp_path, monkeypatch):
+    import pipeline
+    import pipeline.runner as runner
+    from conftest import make_class_tree
+
+    data = make_class_tree(tmp_path / "data", per_class=2)
+    real = runner.file_stat
+
+    def vanish(path):
+        if str(path).endswith("red_1.jpg"):
+            raise FileNotFoundError(2, "No such file or directory")
+        return real(path)
+    monkeypatch.setattr(runner, "file_stat", vanish)
+    run = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
+    assert [(s["path"], s["reason"]) for s in run.skipped] == [("red/red_1.jpg", "io_error:FileNotFoundError")]
+    assert len(run.store) == 3
