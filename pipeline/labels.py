@@ -22,11 +22,22 @@ class CsvLabels:
     id_column: str
     label_column: str
 
+    def __post_init__(self):
+        # ids given as paths ("train/Cat1.jpg") also match by file name and stem, unless ambiguous
+        short: dict[str, set] = {}
+        for key, label in self.by_id.items():
+            p = PurePosixPath(key)
+            for k in {p.name, p.stem} - {key}:
+                short.setdefault(k, set()).add(label)
+        self._short = {k: next(iter(v)) for k, v in short.items() if len(v) == 1}
+
     def lookup(self, relpath: str) -> str | None:
         p = PurePosixPath(relpath)
-        for key in (relpath, str(p.with_suffix("")), p.name, p.stem):
-            if key in self.by_id:
-                return self.by_id[key]
+        keys = (relpath, str(p.with_suffix("")), p.name, p.stem)
+        for table in (self.by_id, self._short):
+            for key in keys:
+                if key in table:
+                    return table[key]
         return None
 
 
@@ -37,6 +48,16 @@ class LabelMatch:
     labels: dict[str, str | None]  # relpath -> label (None: the CSV has no row for it)
     unlabelled: list[str] = field(default_factory=list)
     unused_ids: list[str] = field(default_factory=list)  # CSV ids that match no image
+
+
+def _dialect(f):
+    """Comma by default; semicolon- or tab-separated files are recognised from their header."""
+    head = f.readline()
+    f.seek(0)
+    for sep in (",", ";", "\t"):
+        if sep in head:
+            return csv.excel_tab if sep == "\t" else type("sep", (csv.excel,), {"delimiter": sep})
+    return csv.excel
 
 
 def _norm_id(value: str) -> str:
@@ -65,7 +86,7 @@ def read_labels_csv(path, id_column: str | None = None, label_column: str | None
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
+            reader = csv.DictReader(f, dialect=_dialect(f))
             header = [h.strip() for h in (reader.fieldnames or [])]
             reader.fieldnames = header
             id_col = _pick(header, id_column, "id", 0, "id", path)

@@ -303,3 +303,13 @@ def test_prune_removes_rows_of_deleted_files(tmp_path):
     run = pipeline.featurize(data, out=tmp_path / "feat", progress=False, prune=True, report=True)
     assert run.pruned == 1 and "red/red_0.jpg" not in run.store.paths and len(run.store) == 5
     assert run.computed == 0
+
+
+def test_csv_ids_given_as_paths_or_with_semicolons_still_match(tmp_path):
+    from pipeline.labels import read_labels_csv
+
+    (tmp_path / "l.csv").write_text("image;label\ntrain/Cat1.jpg;tabby\n./train/Cat2.png;siamese\nCat3;tabby\n")
+    labels = read_labels_csv(tmp_path / "l.csv")
+    assert labels.id_column == "image" and labels.label_column == "label"
+    assert [labels.lookup(p) for p in ("Cat1.jpg", "sub/Cat2.png", "Cat3.jpeg", "Cat4.jpg")] == \
+        ["tabby", "siamese", "tabby", None]
