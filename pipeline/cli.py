@@ -146,6 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     _backbone_options(i, with_layer=False)
     i.add_argument("--top", type=int, default=5)
 
+    sp = sub.add_parser("split", help="write the train/validation split of a store's labelled images to a CSV")
+    sp.add_argument("features_dir")
+    sp.add_argument("--holdout", type=float, default=0.2, help="validation fraction (default 0.2)")
+    sp.add_argument("--split", default="hash", choices=["hash", "stratified"])
+    sp.add_argument("--group-by", metavar="REGEX")
+    sp.add_argument("--groups", metavar="CSV")
+    sp.add_argument("--group-column")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", required=True, help="CSV to write: path,label,split")
+
     q = sub.add_parser("suspects", help="images whose label the cross-validated head doubts most")
     q.add_argument("features_dir")
     q.add_argument("--head", default="logreg", choices=["linear_svm", "svm", "logreg"])
@@ -269,6 +279,27 @@ def cmd_predict_imagenet(a):
         print(f"{path}: " + ", ".join(f"{label.split(',')[0]} ({p:.3f})" for label, p in top))
 
 
+def cmd_split(a):
+    import csv
+    from collections import Counter
+
+    from .splits import validation_mask
+    from .store import FeatureStore
+    from .training import groups_by_path
+
+    store = FeatureStore.open(a.features_dir)
+    _, y, rows = store.labelled(with_rows=True)
+    valid = validation_mask(rows, y, a.holdout, a.split, a.group_by, groups_by_path(a.groups, a.group_column, rows), a.seed)
+    with open(a.out, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split"])
+        w.writerows((r["path"], label, "valid" if v else "train") for r, label, v in zip(rows, y, valid))
+    counts = Counter(zip(y, valid))
+    print(f"{int(valid.sum())} of {len(y)} labelled images in validation -> {a.out}")
+    for c in sorted(set(y)):
+        print(f"  {c}: {counts[(c, False)]} train, {counts[(c, True)]} valid")
+
+
 def cmd_suspects(a):
     import csv
 
@@ -328,7 +359,7 @@ def cmd_demo(a):
 
 
 COMMANDS = {"featurize": cmd_featurize, "train": cmd_train, "score": cmd_score, "evaluate": cmd_evaluate,
-            "compare": cmd_compare, "suspects": cmd_suspects, "predict-imagenet": cmd_predict_imagenet, "backbones": cmd_backbones, "verify": cmd_verify,
+            "compare": cmd_compare, "split": cmd_split, "suspects": cmd_suspects, "predict-imagenet": cmd_predict_imagenet, "backbones": cmd_backbones, "verify": cmd_verify,
             "demo": cmd_demo}
 
 

@@ -39,7 +39,7 @@ def train(store, head: str = "linear_svm", C: float | str = "auto", folds: int |
                          f"class, or give --labels FILE.csv")
     valid = np.zeros(len(y), dtype=bool)
     if holdout:
-        valid = validation_mask(rows, y, holdout, split, group_by, _groups(groups, group_column, rows), seed)
+        valid = validation_mask(rows, y, holdout, split, group_by, groups_by_path(groups, group_column, rows), seed)
     train_idx = np.flatnonzero(~valid)
     if sample is not None:
         sub = sample_mask([rows[i] for i in train_idx], y[train_idx], sample, seed)
@@ -67,7 +67,7 @@ def _validate(model, X, y, rows, train_idx, valid_idx) -> dict:
     return m
 
 
-def _groups(groups, group_column, rows) -> dict | None:
+def groups_by_path(groups, group_column, rows) -> dict | None:
     """{path: group} from a dict, or from a CSV (id column + `group_column`)."""
     if groups is None or isinstance(groups, dict):
         return groups

@@ -313,3 +313,14 @@ def test_csv_ids_given_as_paths_or_with_semicolons_still_match(tmp_path):
     assert labels.id_column == "image" and labels.label_column == "label"
     assert [labels.lookup(p) for p in ("Cat1.jpg", "sub/Cat2.png", "Cat3.jpeg", "Cat4.jpg")] == \
         ["tabby", "siamese", "tabby", None]
+
+
+def test_split_command_writes_a_grouped_split_without_moving_files(dup_store, tmp_path, capsys):
+    root = dup_store.store.root
+    assert main(["split", str(root), "--holdout", "0.3", "--split", "stratified", "--out", str(tmp_path / "s.csv")]) == 0
+    with open(tmp_path / "s.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    side = {r["path"]: r["split"] for r in rows}
+    assert side["red/red_0.jpg"] == side["red/red_0_copy.jpg"]  # identical images share a side
+    assert {r["split"] for r in rows} == {"train", "valid"} and len(rows) == len(dup_store.store) - 2
+    assert "in validation" in capsys.readouterr().out
