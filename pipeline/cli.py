@@ -78,7 +78,8 @@ def _backbone_kwargs(a) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m pipeline", description="tf-feature-pipeline: frozen ImageNet "
+                                "CNN features of image folders, cached with bcolz, classified by scikit-learn heads")
     p.add_argument("-v", "--verbose", action="store_true", help="log more (and show tracebacks)")
     sub = p.add_subparsers(dest="command", required=True)
 
