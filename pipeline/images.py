@@ -56,6 +56,7 @@ class Listing:
     labelled: bool
     unlabelled: list[str] = field(default_factory=list)  # images a labels CSV gives no label
     unused_label_ids: list[str] = field(default_factory=list)  # CSV ids that match no image
+    unusable: list[dict] = field(default_factory=list)  # images that cannot be used: {path, reason, detail}
 
 
 def _is_hidden(name: str) -> bool:
@@ -87,6 +88,15 @@ def _walk_files(root: Path):
                 yield rel, real_dir / name, True
 
 
+def displayable(name: str) -> str:
+    """`name` with bytes that are not UTF-8 (kept by Python as surrogates) shown as U+FFFD."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _image_or_reason(rel: str, p: Path, inside: bool) -> str | None:
     """None when `rel` names an image file to featurize (`p`: where it really is), else why it is ignored."""
     name = rel.rsplit("/", 1)[-1]
@@ -115,15 +125,21 @@ def list_images(root, labelled: bool | None = None, labels=None) -> Listing:
     if not root.is_dir():
         raise UsageError(f"data folder {str(root)!r} does not exist or is not a folder")
     found, ignored = [], []
+    unusable = []
     for rel, p, inside in _walk_files(root):
         reason = _image_or_reason(rel, p, inside)
         if reason:
-            ignored.append((rel, reason))
+            ignored.append((displayable(rel), reason))
+        elif displayable(rel) != rel:  # not valid UTF-8: could not be written to the store, CSVs or reports
+            unusable.append({"path": displayable(rel), "reason": "undecodable_name",
+                             "detail": "the file name is not valid UTF-8; rename the file"})
         else:
             found.append((rel, p))
     found.sort(key=lambda item: item[0])
     if labels is not None:
-        return _csv_listing(found, ignored, labels)
+        listing = _csv_listing(found, ignored, labels)
+        listing.unusable = unusable
+        return listing
     if labelled is None:
         labelled = any("/" in rel for rel, _ in found)
     records = []
@@ -138,7 +154,7 @@ def list_images(root, labelled: bool | None = None, labels=None) -> Listing:
     if labelled:
         check_class_names(classes, str(root))
         _warn_empty_classes(root, classes)
-    return Listing(records, ignored, classes, labelled)
+    return Listing(records, ignored, classes, labelled, unusable=unusable)
 
 
 def _csv_listing(found, ignored, labels) -> Listing:

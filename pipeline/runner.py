@@ -195,7 +195,8 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     listing = list_images(data_dir, labelled, labels=labels)
     if not listing.records:
         raise PipelineError(f"no images found in {data_dir} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    run = RunReport(store=None, discovered=len(listing.records), ignored=listing.ignored,
+    run = RunReport(store=None, discovered=len(listing.records) + len(listing.unusable), ignored=listing.ignored,
+                    skipped=list(listing.unusable),
                     listed=[r.relpath for r in listing.records], unlabelled=listing.unlabelled,
                     unused_label_ids=listing.unused_label_ids)
     writer = open_writer(out, bb.request(), overwrite=overwrite)

@@ -324,3 +324,18 @@ def test_split_command_writes_a_grouped_split_without_moving_files(dup_store, tm
     assert side["red/red_0.jpg"] == side["red/red_0_copy.jpg"]  # identical images share a side
     assert {r["split"] for r in rows} == {"train", "valid"} and len(rows) == len(dup_store.store) - 2
     assert "in validation" in capsys.readouterr().out
+
+
+def test_file_name_that_is_not_utf8_is_skipped_and_every_artifact_stays_valid(tmp_path, capsys):
+    data = make_class_tree(tmp_path / "data", per_class=2)
+    try:
+        odd = os.fsencode(data / "red") + b"/caf\xe9.jpg"  # a Latin-1 name, as old zips leave them
+        with open(odd, "wb") as f:
+            f.write((data / "red" / "red_0.jpg").read_bytes())
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    out = tmp_path / "feat"
+    assert main(["featurize", str(data), "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_bytes().decode("utf-8"))
+    assert report["skipped"][0]["reason"] == "undecodable_name" and report["skipped"][0]["path"] == "red/caf\ufffd.jpg"
+    assert len(pipeline.FeatureStore.open(out)) == 4 and "undecodable_name" in capsys.readouterr().out
