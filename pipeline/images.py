@@ -29,6 +29,7 @@ Image.init()  # register every plugin so the format allowlist below resolves
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 MAX_PIXELS = 80_000_000  # refuse larger images before decoding (a 57-byte PNG can claim 40000x40000)
+MAX_FILE_BYTES = 256 << 20  # refuse larger files before reading them (no photo is that big)
 JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
 ALPHA_BACKGROUND = (255, 255, 255)
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
@@ -177,9 +178,13 @@ def _warn_empty_classes(root: Path, classes: list[str]) -> None:
 
 
 def read_bytes(path) -> tuple[bytes, str]:
-    """The file's bytes and their sha256 (hex)."""
+    """The file's bytes and their sha256 (hex); files over MAX_FILE_BYTES are refused unread."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise ImageError(path, "file_too_large", f"{size} bytes exceeds the limit of {MAX_FILE_BYTES}")
+            data = f.read()
     except OSError as e:
         raise ImageError(path, f"io_error:{type(e).__name__}", e.strerror or str(e)) from e
     return data, hashlib.sha256(data).hexdigest()

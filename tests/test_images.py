@@ -171,3 +171,15 @@ def test_file_vanishing_between_listing_and_reading_is_reported(tmp_path, monkey
     run = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
     assert [(s["path"], s["reason"]) for s in run.skipped] == [("red/red_1.jpg", "io_error:FileNotFoundError")]
     assert len(run.store) == 3
+
+
+def test_oversized_file_is_refused_before_reading(tmp_path, monkeypatch):
+    import pipeline.images as images
+    from pipeline.images import read_bytes
+
+    path = tmp_path / "big.jpg"
+    path.write_bytes(img_bytes() + b"\x00" * 5000)
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", 4096)
+    with pytest.raises(ImageError, match="file_too_large") as e:
+        read_bytes(path)
+    assert e.value.path == str(path)
