@@ -250,17 +250,15 @@ class FeatureStore:
         return self._features
 
     def _load_features(self) -> np.ndarray:
-        for attempt in range(3):  # a writer may merge its parts while we read: read again
+        for attempt in range(3):
             try:
                 return self._read_all()
             except StoreError:
-                if attempt == 2 or not (self.root / ".lock").exists():
+                fresh = _read_meta(self.root)
+                same_log = fresh.get("rows_file", "rows.jsonl") == self.meta.get("rows_file", "rows.jsonl")
+                if attempt == 2 or not same_log or fresh.get("segments") == self.meta.get("segments"):
                     raise
-                fresh = FeatureStore.open(self.root)
-                if fresh._committed < self._committed:
-                    raise
-                self.meta = fresh.meta
-                time.sleep(0.2)
+                self.meta = fresh  # a run merged its parts into a new segment while we read: read again
 
     def _read_all(self) -> np.ndarray:
         n, dim = self._committed, self.spec["dim"] or 0

@@ -225,3 +225,13 @@ def test_verify_finds_a_missing_chunk_file(tmp_path):
     next((tmp_path / "s" / "segments").rglob("__0.blp")).unlink()
     problems = verify(tmp_path / "s")
     assert len(problems) == 1 and "damaged" in problems[0] and "--overwrite" in problems[0]
+
+
+def test_reader_opened_before_a_merge_still_reads_the_rows(tmp_path):
+    root = tmp_path / "s"
+    w = open_writer(root, REQ)
+    w.set_spec(spec(2))
+    w.append(np.array([[1, 1], [2, 2]], np.float32), rows(0, 2))
+    reader = FeatureStore.open(root)  # sees the rows as parts of a run in progress
+    w.close()  # the parts become a segment and are deleted
+    assert reader.features.tolist() == [[1, 1], [2, 2]]
