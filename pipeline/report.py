@@ -136,6 +136,24 @@ def _summary(m: dict, extra: dict) -> str:
     return _table(("", "value"), rows)
 
 
+def confused_pairs(cm, classes, top: int = 10) -> list[tuple[str, str, int, float]]:
+    """The largest off-diagonal cells: (true class, predicted class, count, share of the true class)."""
+    cm = np.asarray(cm)
+    support = np.maximum(cm.sum(axis=1), 1)
+    cells = [(classes[i], classes[j], int(cm[i, j]), float(cm[i, j] / support[i]))
+             for i in range(len(classes)) for j in range(len(classes)) if i != j and cm[i, j]]
+    return sorted(cells, key=lambda c: (-c[2], -c[3], c[0], c[1]))[:top]
+
+
+def _confused(m: dict) -> str:
+    pairs = confused_pairs(m["confusion_matrix"], m["classes"])
+    if not pairs:
+        return "<p>No class is confused with another.</p>"
+    return "<h3>Most confused classes</h3>" + _table(
+        ("true class", "predicted as", "images", "share of the true class"),
+        [(t, p, n, f"{share:.1%}") for t, p, n, share in pairs])
+
+
 def _per_class(m: dict) -> str:
     return _table(("class", "precision", "recall", "F1", "support"),
                   [(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", v["support"])
@@ -181,7 +199,7 @@ def write_report(out_dir, metrics: dict, y_true, proba, paths, *, title: str, im
     sections = [("summary", "Summary", _summary(metrics, extra or {}) + _leakage(metrics)),
                 ("confusion", "Confusion matrix and per-class scores",
                  '<div class="row"><img src="confusion.png" alt="confusion matrix heat map">'
-                 f"<div>{_per_class(metrics)}</div></div>"),
+                 f"<div>{_per_class(metrics)}{_confused(metrics)}</div></div>"),
                 ("mistakes", *galleries["mistakes"]), ("uncertain", *galleries["uncertain"])]
     if curve is not None:
         learning_curve_png(curve, out / "learning_curve.png")

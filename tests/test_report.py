@@ -157,3 +157,10 @@ def test_compare_table_and_pca(evaluated, tmp_path, capsys):
     assert "PCA 5" in table[0] and "linear_svm" in table[1] and "logreg" in table[1] and len(table) == 4
     clf = pipeline.train(store, head="logreg", C=1.0, pca=5)
     assert clf.model.named_steps["pca"].n_components_ == 5
+
+
+def test_most_confused_pairs_come_from_the_confusion_matrix():
+    from pipeline.report import confused_pairs
+
+    cm = [[50, 3, 0], [10, 40, 0], [1, 0, 9]]
+    assert confused_pairs(cm, ["a", "b", "c"]) == [("b", "a", 10, 0.2), ("a", "b", 3, 3 / 53), ("c", "a", 1, 0.1)]
