@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--id-column", help="the CSV column of image ids (default: 'id', else the first)")
     f.add_argument("--label-column", help="the CSV column of labels (default: 'label', else the second)")
     f.add_argument("--prune", action="store_true", help="drop the rows of files no longer in DATA_DIR")
+    f.add_argument("--sample", type=_sample, help="featurize only N images per class (or a fraction), for a quick try")
     f.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
     f.add_argument("--strict", action="store_true", help="fail if any image had to be skipped")
     f.add_argument("--no-progress", action="store_true")
@@ -182,6 +183,7 @@ def cmd_featurize(a):
 
     run = featurize(a.data_dir, a.backbone, a.layer, a.out, a.weights, labelled=False if a.unlabelled else None,
                     labels=a.labels, id_column=a.id_column, label_column=a.label_column, prune=a.prune,
+                    sample=a.sample,
                     overwrite=a.overwrite, batch_size=a.batch_size, workers=a.workers,
                     progress=not a.no_progress, strict=a.strict, report=True, **_backbone_kwargs(a))
     print(run.summary())

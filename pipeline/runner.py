@@ -24,6 +24,7 @@ from .errors import ImageError, PipelineError
 from .images import IMAGE_EXTENSIONS, ImageRecord, decode, list_images, read_bytes
 from .labels import CsvLabels, read_labels_csv
 from .quality import duplicate_groups, label_conflicts
+from .splits import sample_mask
 from .store import FeatureStore, open_writer, write_report
 
 log = logging.getLogger(__name__)
@@ -178,13 +179,15 @@ class _Batcher:
 def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str = "penultimate",
               out=None, weights: str | None = None, *, labelled: bool | None = None, labels=None,
               id_column: str | None = None, label_column: str | None = None, prune: bool = False,
+              sample: int | float | None = None,
               overwrite: bool = False, batch_size: int | None = None, workers: int | None = None,
               progress: bool = True, strict: bool = False, report: bool = False, **backbone_options):
     """Featurize every image below `data_dir` into the store `out`; return the FeatureStore.
 
     Sub-folders of `data_dir` are classes (images at any depth below one belong to it); a flat
     folder gives unlabelled images. `labels`: a CSV (``id,label``) that labels the images
-    instead of sub-folders. `prune`: drop rows of files no longer in the folder. With
+    instead of sub-folders. `prune`: drop rows of files no longer in the folder. `sample`: only
+    N images per class (or a fraction), a stable choice for quick experiments. With
     report=True, returns a RunReport (also written to ``report.json`` in the store).
     """
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(
@@ -193,6 +196,10 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     if labels is not None and not isinstance(labels, CsvLabels):
         labels = read_labels_csv(labels, id_column, label_column)
     listing = list_images(data_dir, labelled, labels=labels)
+    present = {r.relpath for r in listing.records}  # what --prune keeps, sampled or not
+    if sample is not None:
+        keep = sample_mask([r.relpath for r in listing.records], [r.label for r in listing.records], sample)
+        listing.records = [r for r, k in zip(listing.records, keep) if k]
     if not listing.records:
         raise PipelineError(f"no images found in {data_dir} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     run = RunReport(store=None, discovered=len(listing.records) + len(listing.unusable), ignored=listing.ignored,
@@ -204,7 +211,7 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     try:
         _run(listing.records, bb, writer, workers, progress, run)
         if prune:
-            run.pruned = writer.prune(set(run.listed))
+            run.pruned = writer.prune(present)
     except BaseException:
         writer.write_report(run.to_dict())  # what was skipped so far, even when the run fails
         writer.abort()

@@ -105,11 +105,15 @@ def validation_mask(rows: list[dict], labels, fraction: float = 0.2, method: str
     return np.array([k in valid_groups for k in keys], dtype=bool)
 
 
-def sample_mask(rows: list[dict], labels, per_class: int | float, seed: int = 0) -> np.ndarray:
-    """A stable sample: `per_class` images per class (an int), or that fraction of each class (a float < 1)."""
+def sample_mask(paths: list[str], labels, per_class: int | float, seed: int = 0) -> np.ndarray:
+    """A stable sample: `per_class` images per class (an int), or that fraction of each class (a float < 1).
+
+    Chosen by a hash of each relative path: the same files whether the sample is taken when
+    featurizing or when training, and mostly the same ones after files are added.
+    """
     labels = np.asarray(labels, dtype=str)
-    h = np.array([stable_fraction(r["sha256"] + r["path"], seed + 1) for r in rows])
-    keep = np.zeros(len(rows), dtype=bool)
+    h = np.array([stable_fraction(p, seed + 1) for p in paths])
+    keep = np.zeros(len(paths), dtype=bool)
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         n = int(round(per_class * len(idx))) if isinstance(per_class, float) and per_class < 1 else int(per_class)

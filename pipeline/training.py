@@ -42,7 +42,7 @@ def train(store, head: str = "linear_svm", C: float | str = "auto", folds: int |
         valid = validation_mask(rows, y, holdout, split, group_by, groups_by_path(groups, group_column, rows), seed)
     train_idx = np.flatnonzero(~valid)
     if sample is not None:
-        sub = sample_mask([rows[i] for i in train_idx], y[train_idx], sample, seed)
+        sub = sample_mask([rows[i]["path"] for i in train_idx], y[train_idx], sample, seed)
         train_idx = train_idx[sub]
     model, metrics = fit_head(head, X[train_idx], y[train_idx], C=C, folds=folds, seed=seed, pca=pca)
     metrics["features"] = str(store.root)

@@ -339,3 +339,13 @@ def test_file_name_that_is_not_utf8_is_skipped_and_every_artifact_stays_valid(tm
     report = json.loads((out / "report.json").read_bytes().decode("utf-8"))
     assert report["skipped"][0]["reason"] == "undecodable_name" and report["skipped"][0]["path"] == "red/caf\ufffd.jpg"
     assert len(pipeline.FeatureStore.open(out)) == 4 and "undecodable_name" in capsys.readouterr().out
+
+
+def test_featurize_sample_takes_a_stable_sample_per_class_and_train_sample_agrees(tmp_path, capsys):
+    data = make_class_tree(tmp_path / "data", per_class=10)
+    assert main(["featurize", str(data), "--sample", "3", "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    store = pipeline.FeatureStore.open(tmp_path / "s")
+    assert sorted(store.labels) == ["blue"] * 3 + ["red"] * 3
+    full = pipeline.featurize(data, out=tmp_path / "full", progress=False)
+    clf = pipeline.train(full, head="logreg", C=1.0, sample=3)
+    assert set(clf.train_hashes) == {h[:16] for h in store.sha256}  # the same 6 files
