@@ -25,7 +25,7 @@ from .images import IMAGE_EXTENSIONS, ImageRecord, decode, list_images, read_byt
 from .labels import CsvLabels, read_labels_csv
 from .quality import duplicate_groups, label_conflicts
 from .splits import sample_mask
-from .store import FeatureStore, open_writer, write_report
+from .store import FeatureStore, open_writer, read_report, write_report
 
 log = logging.getLogger(__name__)
 
@@ -87,30 +87,50 @@ def file_stat(path) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
+def _cached(record: ImageRecord, stat, known: dict):
+    """(sha256, None) to reuse the stored row, (None, ImageError) to skip the file again as before,
+    or None: the file's stat (size, mtime, ctime, inode) is not what the store recorded."""
+    old = known["rows"].get(record.relpath)
+    if old is not None and old[1] == stat:
+        return old[0], None
+    bad = known["bad"].get(record.relpath)
+    if bad is not None and bad["stat"] == stat:
+        return None, ImageError(record.path, bad["reason"], bad.get("detail", ""))
+    return None
+
+
+def known_files(writer, previous_report: dict) -> dict:
+    """What the store knows: rows (path -> (sha256, stat)) and files skipped last time (path -> entry)."""
+    return {"rows": {r["path"]: (r["sha256"], r.get("stat")) for r in writer.rows},
+            "bad": {b["path"]: b for b in previous_report.get("skipped", []) if b.get("stat")}}
+
+
 def _prepare(record: ImageRecord, bb: Backbone, known: dict):
     """(record, sha256, stat, result, notes). result: None when cached, an ImageError, the decoded
     uint8 image (H, W, 3), or, for a backbone that featurizes one image at a time in the calling
     thread (TFLite), the feature row (D,) itself.
 
     A file whose stat (size, mtime, ctime, inode) is unchanged since its row was stored has not
-    been written since: it is reused without reading it. Any other file is read and hashed, and
-    its content decides (a touched but identical file is reused too).
+    been written since: it is reused without reading it (and one skipped before is skipped again).
+    Any other file is read and hashed, and its content decides (a touched but identical file is
+    reused too).
     """
-    notes = []
+    notes, stat = [], None
     try:
-        old = known.get(record.relpath)
         stat = file_stat(record.path)
-        if old is not None and old[1] == stat:
-            return record, old[0], stat, None, notes
+        hit = _cached(record, stat, known)
+        if hit is not None:
+            return record, hit[0], stat, hit[1], notes
         data, sha = read_bytes(record.path)
+        old = known["rows"].get(record.relpath)
         if old is not None and old[0] == sha:
             return record, sha, stat, None, notes
         image = decode(data, bb.preprocess, record.path, notes)
         return record, sha, stat, (bb.featurize_one(image) if bb.per_image else image), notes
     except OSError as e:
-        return record, None, None, ImageError(record.path, f"io_error:{type(e).__name__}", e.strerror or str(e)), notes
+        return record, None, stat, ImageError(record.path, f"io_error:{type(e).__name__}", e.strerror or str(e)), notes
     except ImageError as e:
-        return record, None, None, e, notes
+        return record, None, stat, e, notes
 
 
 def bounded_map(fn, items, workers: int, window: int):
@@ -160,20 +180,23 @@ class _Batcher:
             self.flush()
 
     def flush(self):
-        if not self.images:
-            return
+        if self.images:
+            batch, rows = np.stack(self.images), self.rows
+            self.images, self.rows = [], []
+            self.commit(batch, rows)
+
+    def commit(self, batch: np.ndarray, rows: list[dict]) -> None:
+        """Featurize a batch of images (or take rows already featurized) and append it to the store."""
         if not self.spec_recorded:  # builds the network on the first batch that needs it
             self.writer.set_spec(self.backbone.spec())
             self.spec_recorded = True
-        batch = np.stack(self.images)
-        feats = batch if batch.ndim == 2 else self.backbone(batch)  # rows already featurized, or images
+        feats = batch if batch.ndim == 2 else self.backbone(batch)
         finite = np.isfinite(feats).all(axis=1)
-        for row in (r for r, ok in zip(self.rows, finite) if not ok):
+        for row in (r for r, ok in zip(rows, finite) if not ok):
             self.skipped.append({"path": row["path"], "reason": "nonfinite_features",
                                  "detail": "the network gave NaN or infinity for this image"})
-        self.writer.append(feats[finite], [r for r, ok in zip(self.rows, finite) if ok])
+        self.writer.append(feats[finite], [r for r, ok in zip(rows, finite) if ok])
         self.computed += int(finite.sum())
-        self.images, self.rows = [], []
 
 
 def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str = "penultimate",
@@ -209,7 +232,7 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     writer = open_writer(out, bb.request(), overwrite=overwrite)
     writer.meta["data_dir"] = str(Path(data_dir).resolve())  # where report thumbnails come from
     try:
-        _run(listing.records, bb, writer, workers, progress, run)
+        _run(listing.records, bb, writer, workers, progress, run, read_report(out))
         if prune:
             run.pruned = writer.prune(present)
     except BaseException:
@@ -235,24 +258,138 @@ def _finish(run: RunReport, writer) -> None:
     write_report(run.store.root, run.to_dict())
 
 
-def _run(records, bb: Backbone, writer, workers, progress, run: RunReport) -> None:
-    known = {r["path"]: (r["sha256"], r.get("stat")) for r in writer.rows}
+def _run(records, bb: Backbone, writer, workers, progress, run: RunReport, previous_report: dict) -> None:
+    known = known_files(writer, previous_report)
     batcher = _Batcher(bb, writer, run.skipped)
     workers = workers or os.cpu_count() or 1
-    window = max(2 * bb.batch_size, 4 * workers)
     with _progress(len(records), progress, f"featurize {bb.name}") as bar:
-        for record, sha, stat, result, notes in bounded_map(lambda r: _prepare(r, bb, known), records, workers,
-                                                            window):
-            bar.update(1)
-            run.notes += [{"path": record.relpath, "note": n} for n in notes]
-            if isinstance(result, ImageError):
-                run.skipped.append({"path": record.relpath, "reason": result.reason, "detail": result.detail})
-            elif result is None:
-                run.reused += 1
-            else:
-                batcher.add(result, {"path": record.relpath, "label": record.label, "sha256": sha, "stat": stat})
+        if bb.streams_tf:
+            _run_tf_data(records, bb, known, batcher, workers, bar, run)
+        else:
+            window = max(2 * bb.batch_size, 4 * workers)
+            for item in bounded_map(lambda r: _prepare(r, bb, known), records, workers, window):
+                bar.update(1)
+                _account(item, batcher, run)
         batcher.flush()
     run.computed = batcher.computed
+
+
+def _account(item, batcher: _Batcher, run: RunReport) -> None:
+    """Book one prepared file: skipped, reused, or added to the batch."""
+    record, sha, stat, result, notes = item
+    run.notes += [{"path": record.relpath, "note": n} for n in notes]
+    if isinstance(result, ImageError):
+        run.skipped.append(_skip(record, result, stat))
+    elif result is None:
+        run.reused += 1
+    else:
+        batcher.add(result, _row(record, sha, stat))
+
+
+def _skip(record: ImageRecord, error: ImageError, stat) -> dict:
+    """A skip-report entry; with the file's stat, the next run skips the same file unread."""
+    entry = {"path": record.relpath, "reason": error.reason, "detail": error.detail}
+    return {**entry, "stat": stat} if stat is not None else entry
+
+
+def _row(record: ImageRecord, sha: str, stat) -> dict:
+    return {"path": record.relpath, "label": record.label, "sha256": sha, "stat": stat}
+
+
+def _check(record: ImageRecord, known: dict):
+    """Like _prepare without decoding: result None (reuse), ImageError, or True (to featurize).
+
+    A path the store has never seen is not even read here: the decoding pass reads it once.
+    """
+    if record.relpath not in known["rows"] and record.relpath not in known["bad"]:
+        return record, None, None, True, []
+    stat = None
+    try:
+        stat = file_stat(record.path)
+        hit = _cached(record, stat, known)
+        if hit is not None:
+            return record, hit[0], stat, hit[1], []
+        if record.relpath not in known["rows"]:
+            return record, None, stat, True, []
+        _, sha = read_bytes(record.path)
+    except OSError as e:
+        return record, None, stat, ImageError(record.path, f"io_error:{type(e).__name__}", e.strerror or str(e)), []
+    except ImageError as e:
+        return record, None, stat, e, []
+    return record, sha, stat, (None if sha == known["rows"][record.relpath][0] else True), []
+
+
+def _run_tf_data(records, bb: Backbone, known: dict, batcher: _Batcher, workers: int, bar, run) -> None:
+    """TensorFlow backbones: a tf.data pipeline reads and decodes new images in parallel, batches
+    and prefetches them while the network runs on the previous batch."""
+    todo = []
+    for item in bounded_map(lambda r: _check(r, known), records, workers, 8 * workers):
+        if item[3] is True:
+            todo.append(item[0])
+        else:
+            bar.update(1)
+            _account(item, batcher, run)
+    if not todo:
+        return  # everything cached: TensorFlow is not even imported
+    side: dict[int, tuple] = {}  # index -> (sha, stat, error, notes), filled by the decoding threads
+    for images, idx in tf_data_batches(todo, bb, workers, side):
+        rows = [_row(todo[i], side[i][0], side[i][1]) for i in idx]
+        batcher.commit(images, rows)
+        bar.update(len(idx))
+    for i, record in enumerate(todo):
+        sha, stat, error, notes = side[i]
+        run.notes += [{"path": record.relpath, "note": n} for n in notes]
+        if error is not None:
+            run.skipped.append(_skip(record, error, stat))
+            bar.update(1)
+
+
+def _stat_or_none(path):
+    try:
+        return file_stat(path)
+    except OSError:
+        return None
+
+
+def tf_data_batches(records: list[ImageRecord], bb: Backbone, workers: int, side: dict):
+    """Yield (uint8 images (B, H, W, 3), indices into `records`) from a tf.data pipeline.
+
+    Decoding is the same Pillow function as everywhere (one decoder for training and serving:
+    allowlist, bomb check, EXIF, alpha, 16-bit), run by tf.data's parallel map; files that fail
+    are recorded in `side` and filtered out, so one bad file never stops the stream.
+    """
+    import tensorflow as tf
+
+    h, w = bb.preprocess.size
+    blank = np.zeros((h, w, 3), np.uint8)
+
+    def load(i):
+        i = int(i)
+        notes = []
+        try:
+            data, sha = read_bytes(records[i].path)
+            image = decode(data, bb.preprocess, records[i].path, notes)
+            side[i] = (sha, file_stat(records[i].path), None, notes)
+            return image, True
+        except ImageError as e:
+            side[i] = (None, _stat_or_none(records[i].path), e, notes)
+        except Exception as e:  # noqa: BLE001 - an exception would end the whole tf.data stream
+            error = ImageError(records[i].path, "unreadable", f"{type(e).__name__}: {e}")
+            side[i] = (None, _stat_or_none(records[i].path), error, notes)
+        return blank, False
+
+    def tf_load(i):
+        image, ok = tf.numpy_function(load, [i], (tf.uint8, tf.bool))
+        return tf.ensure_shape(image, (h, w, 3)), ok, i
+
+    ds = (tf.data.Dataset.range(len(records))
+          .map(tf_load, num_parallel_calls=workers, deterministic=True)
+          .filter(lambda image, ok, i: ok)
+          .map(lambda image, ok, i: (image, i))
+          .batch(bb.batch_size)
+          .prefetch(1))
+    for images, idx in ds.as_numpy_iterator():
+        yield images, idx.tolist()
 
 
 def default_store_path(data_dir, bb: Backbone, root: str | os.PathLike | None = None) -> Path:

@@ -508,6 +508,14 @@ def _concat_all(store: FeatureStore) -> np.ndarray:
         store._live = live
 
 
+def read_report(root) -> dict:
+    """The last run's report of the store at `root` ({} when there is none or it is unreadable)."""
+    try:
+        return json.loads((Path(root) / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 def write_report(root, report: dict) -> None:
     """Write a run's report (skipped files and reasons...) as ``report.json`` in the store, atomically."""
     _atomic_write(Path(root) / "report.json", json.dumps(report, indent=1, ensure_ascii=False))

@@ -193,3 +193,29 @@ def test_bfloat16_precision_is_close_to_float32_and_part_of_the_spec():
     assert bf16.spec()["precision"] == "bfloat16" and identity(bf16.spec()) != identity(fp32.spec())
     with pytest.raises(UsageError, match="precision bfloat16 applies to Keras"):
         create_backbone("mobilenet_v2_quant", precision="bfloat16")
+
+
+def test_tf_data_stream_featurizes_like_direct_calls_skips_bad_files_and_resumes(tiny, tmp_path, monkeypatch):
+    import pipeline
+    import pipeline.runner as runner
+    from conftest import make_class_tree
+    from pipeline.images import load_image
+
+    model = export_saved_model(tiny, tmp_path / "sm")
+    data = make_class_tree(tmp_path / "data", per_class=5)
+    (data / "red" / "broken.jpg").write_bytes(b"<html>404</html>")
+    opts = dict(input_size=SIZE, scaling="tf", batch_size=4, progress=False, report=True)
+    run = pipeline.featurize(data, model, "penultimate", out=tmp_path / "s", **opts)
+    assert [(s["path"], s["reason"]) for s in run.skipped] == [("red/broken.jpg", "not_an_image")]
+    assert run.computed == 10 and len(run.store) == 10
+    bb = create_backbone(model, "penultimate", input_size=SIZE, scaling="tf")
+    direct = bb(np.stack([load_image(data / p, bb.preprocess) for p in run.store.paths]))
+    np.testing.assert_allclose(run.store.features, direct, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(runner, "tf_data_batches", lambda *a: pytest.fail("tf.data started for a cached run"))
+    again = pipeline.featurize(data, model, "penultimate", out=tmp_path / "s", **opts)
+    assert again.computed == 0 and again.reused == 10
+    monkeypatch.undo()
+    from PIL import Image
+    Image.new("RGB", (40, 40), (9, 200, 9)).save(data / "blue" / "blue_0.jpg")
+    third = pipeline.featurize(data, model, "penultimate", out=tmp_path / "s", **opts)
+    assert third.computed == 1 and third.reused == 9 and len(third.store) == 10

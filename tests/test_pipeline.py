@@ -30,7 +30,8 @@ def test_featurize_writes_one_row_per_good_image_and_reports_the_bad_one(trained
     root, data, run, _ = trained
     store = pipeline.FeatureStore.open(root / "feat")
     assert len(store) == 16 and store.features.shape == (16, 1280) and store.classes == ["blue", "red"]
-    assert run.skipped == [{"path": "red/broken.jpg", "reason": "not_an_image", "detail": run.skipped[0]["detail"]}]
+    assert [(s["path"], s["reason"]) for s in run.skipped] == [("red/broken.jpg", "not_an_image")]
+    assert "3c68746d6c3e" in run.skipped[0]["detail"]  # the first bytes ("<html>"), hex-encoded
     assert store.skipped[0]["path"] == "red/broken.jpg"
     assert store.spec["tensor"] == "MobilenetV2/Logits/AvgPool" and store.spec["preprocess"]["size"] == [224, 224]
 

@@ -349,3 +349,20 @@ def test_featurize_sample_takes_a_stable_sample_per_class_and_train_sample_agree
     full = pipeline.featurize(data, out=tmp_path / "full", progress=False)
     clf = pipeline.train(full, head="logreg", C=1.0, sample=3)
     assert set(clf.train_hashes) == {h[:16] for h in store.sha256}  # the same 6 files
+
+
+def test_a_skipped_file_is_not_reread_until_it_changes(tmp_path, monkeypatch):
+    import pipeline.runner as runner
+
+    data = make_class_tree(tmp_path / "data", per_class=2)
+    bad = data / "red" / "download.jpg"
+    bad.write_bytes(b"<html>403</html>")
+    first = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
+    assert [s["reason"] for s in first.skipped] == ["not_an_image"]
+    monkeypatch.setattr(runner, "read_bytes", lambda p: pytest.fail(f"{p} read again"))
+    again = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
+    assert [s["reason"] for s in again.skipped] == ["not_an_image"] and again.reused == 4
+    monkeypatch.undo()
+    bad.write_bytes((data / "red" / "red_0.jpg").read_bytes())  # the download was redone
+    fixed = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
+    assert fixed.skipped == [] and fixed.computed == 1 and len(fixed.store) == 5
