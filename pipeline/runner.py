@@ -1,12 +1,15 @@
 """read -> featurize -> write: turn a folder of images into a feature store.
 
-Files are read, hashed and decoded by a pool of threads (Pillow releases the GIL), at most
-a few batches ahead of the network, so memory is bounded by the batch and not by the folder
-(measured: 4000 images peak within 8% of 1000). TensorFlow backbones run whole batches in the
-main thread while the pool decodes the next ones; TFLite backbones run each image in the
-decoding thread itself (one interpreter per thread). Rows already in the store for the same
-path and content are reused, and the network is built only when an image needs it. A bad
-file is skipped and reported, never fatal.
+First the store says what it already has: a file whose stat is unchanged since its row (or
+its skip) was recorded is not read again; a changed one is hashed and its content decides.
+New or changed images are read and decoded by a pool of threads (Pillow releases the GIL), at
+most a few batches ahead of the network, so memory is bounded by the batch and not by the
+folder (measured: 4000 images peak within 8% of 1000). TensorFlow backbones run whole batches
+in the main thread while the pool decodes the next ones (a tf.data pipeline doing the same was
+10-25% slower here: BENCHMARKS.md); TFLite backbones run each image in the decoding thread
+itself (one interpreter per thread). Decoding is always the same Pillow function, for training
+and scoring alike. The network is built only when an image needs it, and a bad file is
+skipped and reported, never fatal.
 """
 from __future__ import annotations
 
@@ -263,13 +266,10 @@ def _run(records, bb: Backbone, writer, workers, progress, run: RunReport, previ
     batcher = _Batcher(bb, writer, run.skipped)
     workers = workers or os.cpu_count() or 1
     with _progress(len(records), progress, f"featurize {bb.name}") as bar:
-        if bb.streams_tf:
-            _run_tf_data(records, bb, known, batcher, workers, bar, run)
-        else:
-            window = max(2 * bb.batch_size, 4 * workers)
-            for item in bounded_map(lambda r: _prepare(r, bb, known), records, workers, window):
-                bar.update(1)
-                _account(item, batcher, run)
+        window = max(2 * bb.batch_size, 4 * workers)
+        for item in bounded_map(lambda r: _prepare(r, bb, known), records, workers, window):
+            bar.update(1)
+            _account(item, batcher, run)
         batcher.flush()
     run.computed = batcher.computed
 
@@ -294,102 +294,6 @@ def _skip(record: ImageRecord, error: ImageError, stat) -> dict:
 
 def _row(record: ImageRecord, sha: str, stat) -> dict:
     return {"path": record.relpath, "label": record.label, "sha256": sha, "stat": stat}
-
-
-def _check(record: ImageRecord, known: dict):
-    """Like _prepare without decoding: result None (reuse), ImageError, or True (to featurize).
-
-    A path the store has never seen is not even read here: the decoding pass reads it once.
-    """
-    if record.relpath not in known["rows"] and record.relpath not in known["bad"]:
-        return record, None, None, True, []
-    stat = None
-    try:
-        stat = file_stat(record.path)
-        hit = _cached(record, stat, known)
-        if hit is not None:
-            return record, hit[0], stat, hit[1], []
-        if record.relpath not in known["rows"]:
-            return record, None, stat, True, []
-        _, sha = read_bytes(record.path)
-    except OSError as e:
-        return record, None, stat, ImageError(record.path, f"io_error:{type(e).__name__}", e.strerror or str(e)), []
-    except ImageError as e:
-        return record, None, stat, e, []
-    return record, sha, stat, (None if sha == known["rows"][record.relpath][0] else True), []
-
-
-def _run_tf_data(records, bb: Backbone, known: dict, batcher: _Batcher, workers: int, bar, run) -> None:
-    """TensorFlow backbones: a tf.data pipeline reads and decodes new images in parallel, batches
-    and prefetches them while the network runs on the previous batch."""
-    todo = []
-    for item in bounded_map(lambda r: _check(r, known), records, workers, 8 * workers):
-        if item[3] is True:
-            todo.append(item[0])
-        else:
-            bar.update(1)
-            _account(item, batcher, run)
-    if not todo:
-        return  # everything cached: TensorFlow is not even imported
-    side: dict[int, tuple] = {}  # index -> (sha, stat, error, notes), filled by the decoding threads
-    for images, idx in tf_data_batches(todo, bb, workers, side):
-        rows = [_row(todo[i], side[i][0], side[i][1]) for i in idx]
-        batcher.commit(images, rows)
-        bar.update(len(idx))
-    for i, record in enumerate(todo):
-        sha, stat, error, notes = side[i]
-        run.notes += [{"path": record.relpath, "note": n} for n in notes]
-        if error is not None:
-            run.skipped.append(_skip(record, error, stat))
-            bar.update(1)
-
-
-def _stat_or_none(path):
-    try:
-        return file_stat(path)
-    except OSError:
-        return None
-
-
-def tf_data_batches(records: list[ImageRecord], bb: Backbone, workers: int, side: dict):
-    """Yield (uint8 images (B, H, W, 3), indices into `records`) from a tf.data pipeline.
-
-    Decoding is the same Pillow function as everywhere (one decoder for training and serving:
-    allowlist, bomb check, EXIF, alpha, 16-bit), run by tf.data's parallel map; files that fail
-    are recorded in `side` and filtered out, so one bad file never stops the stream.
-    """
-    import tensorflow as tf
-
-    h, w = bb.preprocess.size
-    blank = np.zeros((h, w, 3), np.uint8)
-
-    def load(i):
-        i = int(i)
-        notes = []
-        try:
-            data, sha = read_bytes(records[i].path)
-            image = decode(data, bb.preprocess, records[i].path, notes)
-            side[i] = (sha, file_stat(records[i].path), None, notes)
-            return image, True
-        except ImageError as e:
-            side[i] = (None, _stat_or_none(records[i].path), e, notes)
-        except Exception as e:  # noqa: BLE001 - an exception would end the whole tf.data stream
-            error = ImageError(records[i].path, "unreadable", f"{type(e).__name__}: {e}")
-            side[i] = (None, _stat_or_none(records[i].path), error, notes)
-        return blank, False
-
-    def tf_load(i):
-        image, ok = tf.numpy_function(load, [i], (tf.uint8, tf.bool))
-        return tf.ensure_shape(image, (h, w, 3)), ok, i
-
-    ds = (tf.data.Dataset.range(len(records))
-          .map(tf_load, num_parallel_calls=workers, deterministic=True)
-          .filter(lambda image, ok, i: ok)
-          .map(lambda image, ok, i: (image, i))
-          .batch(bb.batch_size)
-          .prefetch(1))
-    for images, idx in ds.as_numpy_iterator():
-        yield images, idx.tolist()
 
 
 def default_store_path(data_dir, bb: Backbone, root: str | os.PathLike | None = None) -> Path:

@@ -53,7 +53,6 @@ class Backbone:
         self._loaded = False
 
     per_image = False  # True: featurize_one() is the fast path (runs in the decoding threads)
-    streams_tf = False  # True: fed by a tf.data pipeline (TensorFlow backbones)
 
     def featurize_one(self, image: np.ndarray) -> np.ndarray:
         """Features (D,) of one decoded uint8 image; thread-safe where ``per_image`` is True."""

@@ -131,8 +131,6 @@ def _freeze_saved_model(path: Path):
 class GraphBackbone(Backbone):
     """A frozen GraphDef file, a SavedModel directory, or ``hub:HANDLE``."""
 
-    streams_tf = True
-
     def __init__(self, spec: str, layer: str = "penultimate", preprocess: Preprocess | None = None,
                  input_tensor: str | None = None, batch_size: int = 32):
         self.kind, path, source = self._locate(spec)

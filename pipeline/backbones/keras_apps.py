@@ -81,8 +81,6 @@ def warn_precision(precision: str) -> None:
 
 class KerasBackbone(Backbone):
     kind = "keras"
-    streams_tf = True
-
     def __init__(self, name: str, layer: str = "penultimate", weights: str | None = None,
                  preprocess: Preprocess | None = None, batch_size: int = 32, precision: str = "float32"):
         app = KERAS_APPS[name]
