@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .backbones import DEFAULT_BACKBONE
 from .evaluation import cross_validated, format_metrics
-from .heads import learning_curve
+from .heads import cross_val_accuracy, learning_curve
 from .report import report_predictions
 from .runner import featurize
 from .scoring import score
@@ -25,10 +25,12 @@ def run_demo(features_dir="features", models_dir="models", progress: bool = True
     model_path = clf.save(models_dir / "demo-cars.joblib")
     loo, y, proba, rows = cross_validated(store, "linear_svm", clf.metrics["C"], folds="loo")
     X, _ = store.labelled()
+    svm_loo = cross_val_accuracy("linear_svm", X, y, clf.metrics["C"], folds="loo")  # decisions, uncalibrated
     html = report_predictions(models_dir / "demo-cars-report", loo, y, proba, rows, store,
                               title="Classic vs modern sports cars: leave-one-out predictions",
                               curve=learning_curve("linear_svm", X, y, clf.metrics["C"], folds=5),
-                              extra={"head": "linear_svm", "C": clf.metrics["C"], "protocol": "leave-one-out"})
+                              extra={"head": "linear_svm", "C": clf.metrics["C"], "protocol": "leave-one-out",
+                                     "accuracy of the SVM's own decisions": f"{svm_loo:.4f}"})
     report = {"features": str(store.root), "model": str(model_path), "head": clf.metrics,
               "leave_one_out": loo}
     report_path = models_dir / "demo-cars-report.json"
@@ -40,5 +42,5 @@ def run_demo(features_dir="features", models_dir="models", progress: bool = True
     score(clf, CARS / "test", predictions, cache=features_dir / "demo-cars-test", progress=progress)
     return {"features": store.root, "model": model_path, "report": text_path, "report_json": report_path,
             "report_html": html,
-            "predictions": predictions, "loo_accuracy": loo["accuracy"], "C": clf.metrics["C"],
+            "predictions": predictions, "loo_accuracy": loo["accuracy"], "svm_loo_accuracy": svm_loo, "C": clf.metrics["C"],
             "cv_accuracy": clf.metrics.get("cv_accuracy")}

@@ -164,3 +164,14 @@ def test_most_confused_pairs_come_from_the_confusion_matrix():
 
     cm = [[50, 3, 0], [10, 40, 0], [1, 0, 9]]
     assert confused_pairs(cm, ["a", "b", "c"]) == [("b", "a", 10, 0.2), ("a", "b", 3, 3 / 53), ("c", "a", 1, 0.1)]
+
+
+def test_demo_runs_offline_and_writes_its_reports(tmp_path, capsys):
+    assert main(["demo", "--features", str(tmp_path / "f"), "--models", str(tmp_path / "m"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "100.00% from the SVM's own decisions" in printed
+    for name in ("demo-cars.joblib", "demo-cars-report.txt", "demo-cars-report.json", "demo-cars-predictions.csv"):
+        assert (tmp_path / "m" / name).is_file()
+    parse_report(tmp_path / "m" / "demo-cars-report" / "index.html")
+    with open(tmp_path / "m" / "demo-cars-predictions.csv", newline="") as f:
+        assert len(f.read().splitlines()) == 8  # header + the 7 test cars
