@@ -78,23 +78,20 @@ def _read_rows(path: Path) -> tuple[list[dict], int]:
 
 
 # ---- immutable bcolz pieces: written to staging, fsynced, renamed into place --------------------
-def _fsync_tree(folder: Path) -> None:
-    for dirpath, _, files in os.walk(folder):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def _fsync(path) -> None:
+    """fsync a file or a folder (a folder's entries: names created or renamed in it)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            _fsync(os.path.join(dirpath, name))
+    _fsync(folder)
 
 
 def _write_piece(final: Path, blocks, dim: int, chunklen: int) -> int:
@@ -118,7 +115,7 @@ def _write_piece(final: Path, blocks, dim: int, chunklen: int) -> int:
         del arr
         _fsync_tree(tmp)
         os.rename(tmp, final)
-        _fsync_dir(final.parent)
+        _fsync(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -162,6 +159,24 @@ def _read_piece(folder: Path, rows: int, dim: int) -> np.ndarray:
     return x
 
 
+def _piece_len(folder: Path) -> int:
+    return len(_bcolz().open(str(folder), mode="r"))
+
+
+def _segment_dir(root: Path, name: str) -> Path:
+    """Where segment `name` lives (a store-1 carray, 'features.bcolz', sits in the store's root)."""
+    return root / name if name == "features.bcolz" else root / "segments" / name
+
+
+def _rows_path(root: Path, meta: dict) -> Path:
+    """The commit log named by meta.json (a prune starts a new one)."""
+    return root / meta.get("rows_file", "rows.jsonl")
+
+
+def _log_lines(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+
+
 def _part_start(folder: Path) -> int | None:
     name = folder.name
     return int(name[:-6]) if name.endswith(".bcolz") and name[:-6].isdigit() else None
@@ -199,7 +214,7 @@ class FeatureStore:
     def open(cls, root) -> "FeatureStore":
         root = Path(root)
         meta = _read_meta(root)
-        rows, _ = _read_rows(root / meta.get("rows_file", "rows.jsonl"))
+        rows, _ = _read_rows(_rows_path(root, meta))
         return cls(root, meta, rows)
 
     def __len__(self) -> int:
@@ -233,9 +248,9 @@ class FeatureStore:
     @property
     def report(self) -> dict:
         """The last run's report (skipped, ignored, duplicates, label conflicts...)."""
-        p = self.root / "report.json"
-        if p.exists():
-            return json.loads(p.read_text(encoding="utf-8"))
+        report = read_report(self.root)
+        if report:
+            return report
         legacy = self.root / "skipped.json"
         return {"skipped": json.loads(legacy.read_text()) if legacy.exists() else []}
 
@@ -252,19 +267,21 @@ class FeatureStore:
     def _load_features(self) -> np.ndarray:
         for attempt in range(3):
             try:
-                return self._read_all()
+                x = self._read_all()
+                return x if len(self._live) == len(x) else x[self._live]
             except StoreError:
                 fresh = _read_meta(self.root)
-                same_log = fresh.get("rows_file", "rows.jsonl") == self.meta.get("rows_file", "rows.jsonl")
+                same_log = _rows_path(self.root, fresh) == _rows_path(self.root, self.meta)
                 if attempt == 2 or not same_log or fresh.get("segments") == self.meta.get("segments"):
                     raise
                 self.meta = fresh  # a run merged its parts into a new segment while we read: read again
 
     def _read_all(self) -> np.ndarray:
+        """Every committed row, superseded ones included, in log order."""
         n, dim = self._committed, self.spec["dim"] or 0
         blocks, have = [], 0
         for seg in _segments(self.meta, self.root):
-            folder = self.root / seg["name"] if seg["name"] == "features.bcolz" else self.root / "segments" / seg["name"]
+            folder = _segment_dir(self.root, seg["name"])
             rows = seg["rows"] if seg["rows"] is not None else n
             if seg.get("files"):
                 _check_manifest(folder, seg["files"])
@@ -276,14 +293,13 @@ class FeatureStore:
             if start != have:
                 raise StoreError(f"rows {have}..{start - 1} of {self.root} are missing (no part holds them); "
                                  f"featurize again with --overwrite")
-            length = len(_bcolz().open(str(folder), mode="r"))
+            length = _piece_len(folder)
             blocks.append(_read_piece(folder, min(length, n - have), dim))
             have += len(blocks[-1])
         if have < n:
             raise StoreError(f"{self.root} holds features for {have} rows but its log lists {n}; "
                              f"featurize again with --overwrite")
-        x = np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
-        return x if len(self._live) == n else x[self._live]
+        return np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
 
     def labelled(self, with_rows: bool = False):
         """(X, y) for the rows that have a label, (X, y, rows) with `with_rows`.
@@ -324,7 +340,7 @@ def verify(root) -> list[str]:
     root = Path(root)
     try:
         store = FeatureStore.open(root)
-        raw_path = root / store.meta.get("rows_file", "rows.jsonl")
+        raw_path = _rows_path(root, store.meta)
         raw = raw_path.read_bytes() if raw_path.exists() else b""
     except (StoreError, ValueError) as e:
         return [str(e)]
@@ -384,7 +400,7 @@ class StoreWriter:
                     shutil.rmtree(f, ignore_errors=True)
         have = self._base
         for start, folder in _parts(self.root):
-            length = len(_bcolz().open(str(folder), mode="r")) if start == have else 0
+            length = _piece_len(folder) if start == have else 0
             if start == have and have < len(self.rows):
                 if start + length > len(self.rows):  # only some of its lines were committed
                     keep = _read_piece(folder, len(self.rows) - start, self.meta["spec"]["dim"])
@@ -410,8 +426,7 @@ class StoreWriter:
         if not len(x):
             return
         _write_piece(self.root / "parts" / f"{self._next:012d}.bcolz", [x], x.shape[1], len(x))
-        payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
-        self._rows_file.write(payload)
+        self._rows_file.write(_log_lines(rows))
         self._rows_file.flush()
         os.fsync(self._rows_file.fileno())
         self.rows.extend(rows)
@@ -424,7 +439,7 @@ class StoreWriter:
             raise StoreError(f"{self.root} holds features of {describe(old)}, not of {describe(spec)}; "
                              f"use another --out, or --overwrite to replace it")
         self.meta["spec"] = spec
-        _atomic_write(self.root / "meta.json", json.dumps(self.meta, indent=1))
+        self._write_meta()
 
     def write_report(self, report: dict) -> None:
         write_report(self.root, report)
@@ -438,7 +453,7 @@ class StoreWriter:
         seg_dir = self.root / "segments"
         seg_dir.mkdir(exist_ok=True)
         name = f"seg-{len(self.meta['segments']):06d}-{self._base:012d}.bcolz"
-        blocks = (_read_piece(f, len(_bcolz().open(str(f), mode="r")), dim) for _, f in parts)
+        blocks = (_read_piece(f, _piece_len(f), dim) for _, f in parts)
         n = _write_piece(seg_dir / name, blocks, dim, chunklen_for(dim))
         self.meta["segments"].append({"name": name, "rows": n, "files": _manifest(seg_dir / name)})
         self._base += n
@@ -454,11 +469,11 @@ class StoreWriter:
         dropped = len(self.rows) - len(keep)
         if dropped == 0:
             return 0
-        x = _concat_all(store)[keep] if keep else None
+        x = store._read_all()[keep] if keep else None
         gen = int(self.meta.get("generation", 0)) + 1
         rows = [self.rows[i] for i in keep]
         rows_file = f"rows-{gen}.jsonl"
-        _atomic_write(self.root / rows_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        _atomic_write(self.root / rows_file, _log_lines(rows).decode("utf-8"))
         dim = self.meta["spec"]["dim"]
         name = f"seg-g{gen}.bcolz"
         n = _write_piece(self.root / "segments" / name, [x] if x is not None else [], dim, chunklen_for(dim))
@@ -469,8 +484,7 @@ class StoreWriter:
         self._write_meta()  # the switch: readers now see the pruned store
         self._rows_file.close()
         for name_ in old:
-            shutil.rmtree(self.root / ("features.bcolz" if name_ == "features.bcolz" else f"segments/{name_}"),
-                          ignore_errors=True)
+            shutil.rmtree(_segment_dir(self.root, name_), ignore_errors=True)
         (self.root / old_rows).unlink(missing_ok=True)
         self.rows, self._base, self._next = rows, n, n
         self._rows_file = open(self.root / rows_file, "ab")
@@ -487,7 +501,7 @@ class StoreWriter:
             self._write_meta()
         finally:
             self.abort()
-        return FeatureStore.open(self.root)
+        return FeatureStore(self.root, self.meta, self.rows)
 
     def abort(self) -> None:
         """Release the store; committed rows stay (as parts, merged by the next run)."""
@@ -496,16 +510,6 @@ class StoreWriter:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-
-
-def _concat_all(store: FeatureStore) -> np.ndarray:
-    """Every committed row (superseded ones included), in log order."""
-    live = store._live
-    store._live = np.arange(store._committed)
-    try:
-        return store._read_all()
-    finally:
-        store._live = live
 
 
 def read_report(root) -> dict:
