@@ -24,21 +24,28 @@ class CsvLabels:
 
     def __post_init__(self):
         # ids given as paths ("train/Cat1.jpg") also match by file name and stem, unless ambiguous
-        short: dict[str, set] = {}
-        for key, label in self.by_id.items():
+        short: dict[str, list[str]] = {}
+        for key in self.by_id:
             p = PurePosixPath(key)
             for k in {p.name, p.stem} - {key}:
-                short.setdefault(k, set()).add(label)
-        self._short = {k: next(iter(v)) for k, v in short.items() if len(v) == 1}
+                short.setdefault(k, []).append(key)
+        self._short = {k: ids for k, ids in short.items() if len({self.by_id[i] for i in ids}) == 1}
 
-    def lookup(self, relpath: str) -> str | None:
+    def match(self, relpath: str) -> list[str]:
+        """The CSV ids that label the image at `relpath` (empty: none)."""
         p = PurePosixPath(relpath)
         keys = (relpath, str(p.with_suffix("")), p.name, p.stem)
-        for table in (self.by_id, self._short):
-            for key in keys:
-                if key in table:
-                    return table[key]
-        return None
+        for key in keys:
+            if key in self.by_id:
+                return [key]
+        for key in keys:
+            if key in self._short:
+                return self._short[key]
+        return []
+
+    def lookup(self, relpath: str) -> str | None:
+        ids = self.match(relpath)
+        return self.by_id[ids[0]] if ids else None
 
 
 @dataclass
@@ -117,17 +124,12 @@ def read_labels_csv(path, id_column: str | None = None, label_column: str | None
 def match_labels(relpaths: list[str], labels: CsvLabels) -> LabelMatch:
     """Label each image from the CSV; list the images it does not label and the ids that match no image."""
     out, used = {}, set()
-    keys = {}
     for rel in relpaths:
-        label = labels.lookup(_norm_id(rel))
-        out[rel] = label
-        p = PurePosixPath(rel)
-        keys[rel] = (rel, str(p.with_suffix("")), p.name, p.stem)
-        if label is not None:
-            used.update(keys[rel])
+        ids = labels.match(_norm_id(rel))
+        out[rel] = labels.by_id[ids[0]] if ids else None
+        used.update(ids)
     unlabelled = [r for r, lab in out.items() if lab is None]
-    unused = sorted(k for k in labels.by_id if k not in used)
-    return LabelMatch(out, unlabelled, unused)
+    return LabelMatch(out, unlabelled, sorted(k for k in labels.by_id if k not in used))
 
 
 def check_class_names(names, where: str) -> None:

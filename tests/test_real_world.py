@@ -366,3 +366,11 @@ def test_a_skipped_file_is_not_reread_until_it_changes(tmp_path, monkeypatch):
     bad.write_bytes((data / "red" / "red_0.jpg").read_bytes())  # the download was redone
     fixed = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
     assert fixed.skipped == [] and fixed.computed == 1 and len(fixed.store) == 5
+
+
+def test_csv_ids_given_as_paths_are_not_counted_as_matching_no_image(tmp_path):
+    from pipeline.labels import match_labels, read_labels_csv
+
+    (tmp_path / "l.csv").write_text("id,label\ntrain/Cat1.jpg,tabby\ntrain/Cat2.jpg,siamese\ntrain/Gone.jpg,tabby\n")
+    m = match_labels(["Cat1.jpg", "Cat2.jpg"], read_labels_csv(tmp_path / "l.csv"))
+    assert m.labels == {"Cat1.jpg": "tabby", "Cat2.jpg": "siamese"} and m.unused_ids == ["train/Gone.jpg"]
