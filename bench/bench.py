@@ -242,6 +242,56 @@ def bench_tflite(data: Path, n: int, work: Path, memory: bool, repeat: int) -> d
     return res
 
 
+_IMPORT_TF = """
+import time
+t = time.perf_counter()
+import tensorflow
+print(time.perf_counter() - t, [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1])
+"""
+
+
+def stage_costs(data: Path, n: int = 200) -> dict:
+    """ms per image of each stage on one core, and what importing TensorFlow costs (what TFLite runs avoid)."""
+    import io
+
+    from ai_edge_litert.interpreter import Interpreter
+    from PIL import Image
+
+    from pipeline.backbones.tflite import _open_interpreter, with_output
+
+    bb = create_backbone("mobilenet_v2_quant", "penultimate").load()
+    records = list_images(data).records[:n]
+    blobs = [read_bytes(r.path)[0] for r in records]
+
+    def per_image(fn, items):
+        t, _ = timed(lambda: [fn(x) for x in items])
+        return 1000 * t / len(items)
+
+    def plain_decode(b):
+        im = Image.open(io.BytesIO(b)).convert("RGB")
+        side = min(im.size)
+        left, top = (im.width - side) // 2, (im.height - side) // 2
+        return im.resize((224, 224), Image.BILINEAR, box=(left, top, left + side, top + side))
+
+    image = decode(blobs[0], bb.preprocess)[None]
+    invoke = {}
+    for key, it in (("invoke_added_output_ms", _open_interpreter(bb.path, with_output(bb.path, bb.tensor), num_threads=1)),
+                    ("invoke_preserve_all_ms", _open_interpreter(bb.path, num_threads=1))):
+        index = it.get_input_details()[0]["index"]
+
+        def run(_):
+            it.set_tensor(index, image)
+            it.invoke()
+        run(None)
+        invoke[key] = per_image(run, range(100))
+    out = subprocess.run([sys.executable, "-c", _IMPORT_TF], capture_output=True, text=True, check=True).stdout
+    seconds, hwm_kb = out.split()[-2:]
+    return {"read_hash_ms": per_image(lambda r: read_bytes(r.path), records),
+            "decode_ms": per_image(lambda b: decode(b, bb.preprocess), blobs),
+            "plain_decode_ms": per_image(plain_decode, blobs), **invoke,
+            "import_tf_s": float(seconds), "import_tf_mb": int(hwm_kb) / 1024}
+
+
 def cold_cli_vs_cached(data: Path, work: Path, repeat: int) -> dict:
     """Wall time (median) of the CLI, cold (empty store) and fully cached, as a user runs it."""
     store = work / "cli-store"
@@ -280,16 +330,23 @@ def report(results: list[dict], extra: dict) -> str:
         if "rss_1000_mb" in r:
             lines.append(f"  peak RSS featurizing 1000 images {r['rss_1000_mb']:.0f} MiB, 4000 images "
                          f"{r['rss_4000_mb']:.0f} MiB ({r['rss_4000_mb'] / r['rss_1000_mb']:.3f}x)")
-    if extra:
+    if "cli_cold_s" in extra:
         lines.append(f"\nCLI on the whole folder: cold {extra['cli_cold_s']:.1f} s, fully cached "
                      f"{extra['cli_cached_s']:.2f} s ({extra['cli_cold_s'] / extra['cli_cached_s']:.1f}x faster)")
+    if "decode_ms" in extra:
+        lines.append(f"\nper image on one core: read+sha256 {extra['read_hash_ms']:.2f} ms, decode+crop+resize "
+                     f"{extra['decode_ms']:.2f} ms (plain loop's {extra['plain_decode_ms']:.2f} ms), TFLite invoke "
+                     f"{extra['invoke_added_output_ms']:.2f} ms reading the layer as an added output, "
+                     f"{extra['invoke_preserve_all_ms']:.2f} ms with every tensor preserved")
+        lines.append(f"importing TensorFlow: {extra['import_tf_s']:.1f} s, peak RSS {extra['import_tf_mb']:.0f} MiB")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=Path(os.environ.get("TFP_BENCH_DATA", DEFAULT_DATA)))
-    p.add_argument("--models", default="inception_v3,vgg16,tflite")
+    p.add_argument("--models", default="inception_v3,vgg16,tflite,stages",
+                   help="Keras names, 'tflite', and 'stages' (per-stage costs on one core)")
     p.add_argument("--n", type=int, default=256, help="images per Keras model (TFLite: 4x)")
     p.add_argument("--one-image-n", type=int, default=32, help="images for the one-image-per-call loop")
     p.add_argument("--no-memory", action="store_true", help="skip the 1000 vs 4000 images memory runs")
@@ -307,9 +364,12 @@ def main(argv=None) -> int:
             if m == "tflite":
                 results.append(bench_tflite(a.data, 4 * a.n, work, not a.no_memory, a.repeat))
                 extra = cold_cli_vs_cached(a.data, work, a.repeat)
+            elif m == "stages":
+                extra.update(stage_costs(a.data))
             else:
                 results.append(bench_keras(m, a.data, a.n, a.one_image_n, work, m in a.bf16.split(","), a.repeat))
-            print(report(results[-1:], {}), flush=True)
+            if m != "stages":
+                print(report(results[-1:], {}), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     header = (f"{time.strftime('%Y-%m-%d')} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

@@ -66,7 +66,7 @@ def _open_interpreter(path: str, content: bytes | None = None, **kw):
 
 def with_output(path: str, tensor: str) -> bytes | None:
     """The model with `tensor` added to its outputs, so reading it needs no preserved tensors
-    (about 15% faster inference); None when the model cannot be rewritten."""
+    (5-10% faster inference: BENCHMARKS.md); None when the model cannot be rewritten."""
     try:
         from ai_edge_litert.tools import flatbuffer_utils as fb
     except ImportError:  # pragma: no cover
