@@ -138,9 +138,7 @@ def list_images(root, labelled: bool | None = None, labels=None) -> Listing:
             found.append((rel, p))
     found.sort(key=lambda item: item[0])
     if labels is not None:
-        listing = _csv_listing(found, ignored, labels)
-        listing.unusable = unusable
-        return listing
+        return _csv_listing(found, ignored, unusable, labels)
     if labelled is None:
         labelled = any("/" in rel for rel, _ in found)
     records = []
@@ -158,7 +156,7 @@ def list_images(root, labelled: bool | None = None, labels=None) -> Listing:
     return Listing(records, ignored, classes, labelled, unusable=unusable)
 
 
-def _csv_listing(found, ignored, labels) -> Listing:
+def _csv_listing(found, ignored, unusable, labels) -> Listing:
     match = match_labels([rel for rel, _ in found], labels)
     records = [ImageRecord(p, rel, match.labels[rel]) for rel, p in found]
     if match.unlabelled:
@@ -168,7 +166,7 @@ def _csv_listing(found, ignored, labels) -> Listing:
         log.warning("%d id(s) of %s match no image, e.g. %s", len(match.unused_ids), labels.path,
                     ", ".join(match.unused_ids[:3]))
     classes = sorted({r.label for r in records if r.label is not None})
-    return Listing(records, ignored, classes, True, match.unlabelled, match.unused_ids)
+    return Listing(records, ignored, classes, True, match.unlabelled, match.unused_ids, unusable)
 
 
 def _warn_empty_classes(root: Path, classes: list[str]) -> None:
