@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--C", type=_C, default="auto", help="'auto' (cross-validated, default) or a number")
     t.add_argument("--folds", type=_folds, default=5, help="CV folds for --C auto (default 5)")
     t.add_argument("--out", required=True, help="model file to write (.joblib)")
+    t.add_argument("--force", action="store_true", help="replace --out even if it is not a head this tool wrote")
     t.add_argument("--holdout", type=float, default=0.0, help="fraction held out for validation, e.g. 0.2")
     t.add_argument("--split", default="hash", choices=["hash", "stratified"],
                    help="hash: stable as files are added; stratified: exact class proportions")
@@ -122,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("data_dir")
     s.add_argument("--out", required=True, help="CSV to write")
-    s.add_argument("--cache", help="feature store to reuse/extend (default: features/<folder>-...)")
+    s.add_argument("--cache", help="feature store to reuse/extend (default: features/score-cache/<folder>-"
+                                   "<backbone>-<layer>-<hash of the folder's path and the backbone>)")
+    s.add_argument("--no-cache", action="store_true", help="featurize into a temporary store, removed afterwards")
+    s.add_argument("--force", action="store_true", help="replace --out even if it is not a CSV this tool wrote")
     s.add_argument("--kaggle", metavar="CLASS", help="write id,label with the probability of CLASS")
     s.add_argument("--clip", type=float, help="clip Kaggle probabilities to [CLIP, 1-CLIP], e.g. 0.02")
     s.add_argument("--no-progress", action="store_true")
@@ -157,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--group-column")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", required=True, help="CSV to write: path,label,split")
+    sp.add_argument("--force", action="store_true", help="replace --out even if it is not a CSV this tool wrote")
 
     q = sub.add_parser("suspects", help="images whose label the cross-validated head doubts most")
     q.add_argument("features_dir")
@@ -165,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--folds", type=_folds, default=5)
     q.add_argument("--top", type=int, default=20, help="how many to list (0: all)")
     q.add_argument("--csv", help="also write the full ranked list to this CSV")
+    q.add_argument("--force", action="store_true", help="replace --csv even if it is not a CSV this tool wrote")
 
     v = sub.add_parser("verify", help="check a feature store's integrity")
     v.add_argument("features_dir")
@@ -193,6 +199,9 @@ def cmd_train(a):
     from .evaluation import format_metrics
     from .training import train
 
+    from .outputs import check_output
+
+    check_output(a.out, "head", force=a.force)
     clf = train(a.features_dir, head=a.head, C=a.C, folds=a.folds, seed=a.seed, holdout=a.holdout, split=a.split,
                 group_by=a.group_by, groups=a.groups, group_column=a.group_column, sample=a.sample, pca=a.pca)
     path = clf.save(a.out)
@@ -233,7 +242,8 @@ def _train_report(a, m: dict) -> None:
 def cmd_score(a):
     from .scoring import score
 
-    run = score(a.model, a.data_dir, a.out, cache=a.cache, kaggle=a.kaggle, clip=a.clip, progress=not a.no_progress)
+    run = score(a.model, a.data_dir, a.out, cache=a.cache, no_cache=a.no_cache, kaggle=a.kaggle, clip=a.clip,
+                progress=not a.no_progress, force=a.force)
     print(run.summary())
     print(f"predictions -> {a.out}")
 
@@ -283,20 +293,16 @@ def cmd_predict_imagenet(a):
 
 
 def cmd_split(a):
-    import csv
     from collections import Counter
 
-    from .splits import validation_mask
+    from .splits import validation_mask, write_split_csv
     from .store import FeatureStore
     from .training import groups_by_path
 
     store = FeatureStore.open(a.features_dir)
     _, y, rows = store.labelled(with_rows=True)
     valid = validation_mask(rows, y, a.holdout, a.split, a.group_by, groups_by_path(a.groups, a.group_column, rows), a.seed)
-    with open(a.out, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "split"])
-        w.writerows((r["path"], label, "valid" if v else "train") for r, label, v in zip(rows, y, valid))
+    write_split_csv(a.out, rows, y, valid, force=a.force)
     counts = Counter(zip(y, valid))
     print(f"{int(valid.sum())} of {len(y)} labelled images in validation -> {a.out}")
     for c in sorted(set(y)):
@@ -304,18 +310,13 @@ def cmd_split(a):
 
 
 def cmd_suspects(a):
-    import csv
-
-    from .quality import suspects
+    from .quality import suspects, write_suspects_csv
     from .store import FeatureStore
 
     store = FeatureStore.open(a.features_dir)
     found = suspects(store, a.head, a.C, a.folds, top=None)
     if a.csv:
-        with open(a.csv, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, ["path", "label", "predicted", "p_label", "p_predicted"])
-            w.writeheader()
-            w.writerows(found)
+        write_suspects_csv(a.csv, found, force=a.force)
     shown = found[:a.top] if a.top else found
     print(f"{len(found)} of {len(store.labelled()[1])} labelled images are predicted as another class by a "
           f"held-out {a.head}; the {len(shown)} most doubtful:")

@@ -12,6 +12,8 @@ import io
 import logging
 import math
 import os
+import stat
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", "
 ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 MAX_PIXELS = 80_000_000  # refuse larger images before decoding (a 57-byte PNG can claim 40000x40000)
 MAX_FILE_BYTES = 256 << 20  # refuse larger files before reading them (no photo is that big)
+MAX_PIXELS_IN_FLIGHT = 2 * MAX_PIXELS  # decoded pixels held at once by all decoders of a process
 JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
 ALPHA_BACKGROUND = (255, 255, 255)
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
@@ -176,10 +179,18 @@ def _warn_empty_classes(root: Path, classes: list[str]) -> None:
 
 
 def read_bytes(path) -> tuple[bytes, str]:
-    """The file's bytes and their sha256 (hex); files over MAX_FILE_BYTES are refused unread."""
+    """The file's bytes and their sha256 (hex); files over MAX_FILE_BYTES are refused unread.
+
+    Only a regular file is read: the open itself never blocks (O_NONBLOCK, so a file swapped for
+    a FIFO cannot hang the run) and what was opened is checked before reading.
+    """
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ImageError(path, "not_a_file", "not a regular file (a pipe, device or socket); it is not read")
+            size = st.st_size
             if size > MAX_FILE_BYTES:
                 raise ImageError(path, "file_too_large", f"{size} bytes exceeds the limit of {MAX_FILE_BYTES}")
             data = f.read()
@@ -216,6 +227,31 @@ def _open(data: bytes, path) -> Image.Image:
     if w * h > MAX_PIXELS:
         raise ImageError(path, "too_many_pixels", f"{w}x{h} pixels exceeds the limit of {MAX_PIXELS}")
     return im
+
+
+class PixelBudget:
+    """Caps the pixels being decoded at once across threads (a run's decode memory, not one image's).
+
+    A decode waits until its pixels fit; one image larger than the whole budget still runs, alone.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = int(limit)
+        self.in_flight = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, pixels: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.in_flight == 0 or self.in_flight + pixels <= self.limit)
+            self.in_flight += pixels
+
+    def release(self, pixels: int) -> None:
+        with self._cond:
+            self.in_flight -= pixels
+            self._cond.notify_all()
+
+
+DECODE_BUDGET = PixelBudget(MAX_PIXELS_IN_FLIGHT)
 
 
 def _orientation(im: Image.Image) -> int:
@@ -269,8 +305,11 @@ def decode(data: bytes, pre: Preprocess, path="<bytes>", notes: list | None = No
     Problems that leave the image usable (a damaged EXIF block) are appended to `notes`.
     """
     im = _open(data, path)
+    pixels = 0
     try:
         _draft(im, pre)
+        pixels = im.width * im.height
+        DECODE_BUDGET.acquire(pixels)
         im.load()  # force the decode here, inside the per-file error boundary
         im = _exif_transpose(im, notes)
         im = _to_rgb(im)
@@ -283,6 +322,9 @@ def decode(data: bytes, pre: Preprocess, path="<bytes>", notes: list | None = No
         reason = ("truncated" if "truncated" in msg else
                   "metadata_too_large" if "Decompressed data too large" in msg else "corrupt")
         raise ImageError(path, reason, f"{type(e).__name__}: {msg}") from e
+    finally:
+        if pixels:
+            DECODE_BUDGET.release(pixels)
     arr = np.asarray(im, dtype=np.uint8)
     return arr
 

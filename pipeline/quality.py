@@ -62,3 +62,17 @@ def suspects(store, head: str = "logreg", C: float | str = "auto", folds: int = 
             "p_label": float(p_label[i]), "p_predicted": float(proba[i, best[i]])}
            for i in order if best[i] != given[i]]
     return out[:top] if top else out
+
+
+SUSPECT_COLUMNS = ("path", "label", "predicted", "p_label", "p_predicted")
+
+
+def write_suspects_csv(out, found: list[dict], force: bool = False) -> None:
+    """Write the ranked suspects (see :func:`suspects`) as a CSV, atomically and spreadsheet-safe."""
+    from .outputs import atomic_open, check_output, csv_writer
+
+    check_output(out, "csv", force=force)
+    with atomic_open(out, newline="") as f:
+        w = csv_writer(f)
+        w.writerow(SUSPECT_COLUMNS)
+        w.writerows([r[k] for k in SUSPECT_COLUMNS] for r in found)

@@ -8,6 +8,7 @@ are made once (named by the image's content hash), so large sets stay fast.
 from __future__ import annotations
 
 import hashlib
+import re
 import html
 import logging
 from pathlib import Path
@@ -230,13 +231,29 @@ def _galleries(y_true, proba, classes, paths, hashes, image_root, thumbs: Path, 
     for key, idx in gallery_indices(y_true, proba, classes, size).items():
         figs = []
         for i in idx:
-            src = Path(image_root) / paths[i] if image_root else None
-            key_i = hashes[i] if hashes else hashlib.sha256(paths[i].encode("utf-8")).hexdigest()
-            thumb = thumbnail(src, key_i, thumbs) if src is not None and src.is_file() else None
+            src = image_inside(image_root, paths[i])
+            thumb = thumbnail(src, _thumb_key(hashes[i] if hashes else None, paths[i]), thumbs) if src else None
             figs.append(_figure(thumb, paths[i], str(y_true[i]), pred[i], float(proba[i].max())))
         body = f'<div class="gallery">{"".join(figs)}</div>' if figs else "<p>None.</p>"
         out[key] = (f"{titles[key]} ({len(idx)})", body)
     return out
+
+
+def image_inside(image_root, relpath: str) -> Path | None:
+    """The image file `relpath` names below `image_root`, or None: a row path (from a store, which a
+    user may have been handed) never makes the report read outside the data folder."""
+    parts = relpath.replace("\\", "/").split("/")
+    if not image_root or relpath.startswith("/") or any(p in ("", ".", "..") for p in parts) or ":" in parts[0]:
+        return None  # absolute, or climbing out: not a path a folder listing produces
+    src = Path(image_root).joinpath(*parts)
+    return src if src.is_file() else None
+
+
+def _thumb_key(sha: str | None, path: str) -> str:
+    """A file name for a thumbnail: the content hash when it is one, else a hash (never a path)."""
+    if sha and re.fullmatch(r"[0-9a-f]{16,64}", sha):
+        return sha
+    return hashlib.sha256(f"{sha}:{path}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def report_predictions(out_dir, metrics, y_true, proba, rows, store, *, title: str, extra: dict | None = None,

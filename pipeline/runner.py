@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone
-from .errors import ImageError, PipelineError
+from .errors import ImageError, PipelineError, StoreError
 from .images import IMAGE_EXTENSIONS, ImageRecord, decode, list_images, read_bytes
 from .labels import CsvLabels, read_labels_csv
 from .quality import duplicate_groups, label_conflicts
@@ -104,7 +104,7 @@ def _cached(record: ImageRecord, stat, known: dict):
 
 def known_files(writer, previous_report: dict) -> dict:
     """What the store knows: rows (path -> (sha256, stat)) and files skipped last time (path -> entry)."""
-    return {"rows": {r["path"]: (r["sha256"], r.get("stat")) for r in writer.rows},
+    return {"rows": {r["path"]: (r["sha256"], r.get("stat")) for r in writer.live_rows()},
             "bad": {b["path"]: b for b in previous_report.get("skipped", []) if b.get("stat")}}
 
 
@@ -233,14 +233,16 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
                     listed=[r.relpath for r in listing.records], unlabelled=listing.unlabelled,
                     unused_label_ids=listing.unused_label_ids)
     writer = open_writer(out, bb.request(), overwrite=overwrite)
-    writer.meta["data_dir"] = str(Path(data_dir).resolve())  # where report thumbnails come from
     try:
+        _check_same_folder(writer, data_dir)
         _run(listing.records, bb, writer, workers, progress, run, read_report(out))
+        _withdraw_skipped(writer, run)
         if prune:
             run.pruned = writer.prune(present)
     except BaseException:
-        writer.write_report(run.to_dict())  # what was skipped so far, even when the run fails
-        writer.abort()
+        if not writer.discard_if_empty():  # a failed first run leaves nothing behind
+            writer.write_report(run.to_dict())  # what was skipped so far, even when the run fails
+            writer.abort()
         raise
     _finish(run, writer)
     for s in run.skipped:
@@ -249,6 +251,21 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
         raise PipelineError(f"{len(run.skipped)} image(s) could not be used (--strict); "
                             f"see {out / 'report.json'}")
     return run if report else run.store
+
+
+def _check_same_folder(writer, data_dir) -> None:
+    """A store holds one folder's images: refuse rows of another existing folder of the same name."""
+    here = str(Path(data_dir).resolve())
+    before = writer.meta.get("data_dir")
+    if before and before != here and Path(before).is_dir() and writer.live_rows():
+        raise StoreError(f"{writer.root} holds features of the images in {before}, not of {here}; "
+                         f"give another --out (or --overwrite to replace it)")
+    writer.meta["data_dir"] = here  # where report thumbnails come from
+
+
+def _withdraw_skipped(writer, run: RunReport) -> None:
+    """A file that could not be used this time loses the row an earlier run stored for it."""
+    writer.remove({s["path"]: s["reason"] for s in run.skipped})
 
 
 def _finish(run: RunReport, writer) -> None:

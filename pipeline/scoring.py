@@ -1,36 +1,61 @@
 """Batch scoring: every image below a folder -> a CSV of predictions and class probabilities."""
 from __future__ import annotations
 
-import csv
+import hashlib
+import json
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .backbones import backbone_from_spec
+from .backbones import backbone_from_spec, identity
 from .classifier import Classifier, load
-from .runner import default_store_path, featurize
+from .errors import UsageError
+from .outputs import atomic_open, check_output, csv_writer
+from .runner import featurize
 
 
-def score(model, data_dir, out, *, cache=None, kaggle: str | None = None, clip: float | None = None,
-          progress: bool = True, workers: int | None = None):
+def score_cache_path(data_dir, request: dict, root=None) -> Path:
+    """Where scoring caches the features of `data_dir`: keyed by the folder's resolved path and the
+    backbone's identity, never by the folder's name alone (two folders named ``test`` never share)."""
+    root = Path(root or os.environ.get("TFP_FEATURES", "features")) / "score-cache"
+    folder = Path(data_dir).resolve()
+    key = json.dumps({"folder": str(folder), "features": identity(request, full=False)}, sort_keys=True, default=str)
+    tag = Path(request["backbone"]).stem if ("/" in request["backbone"] or "." in request["backbone"]) else request["backbone"]
+    return root / f"{folder.name}-{tag}-{request['layer'].replace('/', '_').replace(':', '_')}-" \
+                  f"{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: str | None = None,
+          clip: float | None = None, progress: bool = True, workers: int | None = None, force: bool = False):
     """Featurize `data_dir` (all sub-folders, reusing the cache) with the head's backbone and write `out`.
 
     Default CSV: ``path,prediction,<one probability column per class>``. With `kaggle`=CLASS:
     ``id,label`` where label is the probability of CLASS clipped to [clip, 1 - clip] and id comes
     from the file name (the Dogs vs Cats Redux submission format). Returns the RunReport.
+
+    The features are cached in `cache` (default: :func:`score_cache_path`); `no_cache` uses a
+    temporary store removed afterwards. Only images read successfully in this run get a row in
+    the CSV. `out` is written atomically and never over an input (the head, an image) or a file
+    this tool did not write (unless `force`).
     """
     clf = model if isinstance(model, Classifier) else load(model)
+    check_output(out, "csv", inputs=[model if not isinstance(model, Classifier) else None],
+                 data_dir=data_dir, force=force)
+    if kaggle is not None:
+        _check_kaggle_class(kaggle, clf.classes_)
     bb = backbone_from_spec(clf.spec)
-    cache = Path(cache) if cache else default_store_path(data_dir, bb)
-    run = featurize(data_dir, bb, out=cache, labelled=False, progress=progress, workers=workers, report=True)
-    store = run.store
-    clf.check_spec(store.spec, str(store.root))
-    wanted = set(run.listed)  # the store may also hold rows of images since removed
-    keep = [i for i, p in enumerate(store.paths) if p in wanted]
-    paths = [store.paths[i] for i in keep]
-    proba = clf.predict_proba(store.features[keep]) if keep else np.zeros((0, len(clf.classes_)))
+    tmp = Path(tempfile.mkdtemp(prefix="tfp-score-")) if no_cache else None
+    try:
+        store_dir = tmp / "features" if tmp else Path(cache) if cache else score_cache_path(data_dir, bb.request())
+        run = featurize(data_dir, bb, out=store_dir, labelled=False, progress=progress, workers=workers, report=True)
+        paths, proba = _predict_listed(clf, run)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     if kaggle is not None:
         _write_kaggle(out, paths, proba, clf.classes_, kaggle, clip)
     else:
@@ -38,13 +63,24 @@ def score(model, data_dir, out, *, cache=None, kaggle: str | None = None, clip: 
     return run
 
 
+def _predict_listed(clf: Classifier, run):
+    """(paths, probabilities) of the images this run listed and could read: never a stale row."""
+    store = run.store
+    clf.check_spec(store.spec, str(store.root))
+    unusable = {s["path"] for s in run.skipped}
+    wanted = set(run.listed) - unusable  # the store may also hold rows of images since removed
+    keep = [i for i, p in enumerate(store.paths) if p in wanted]
+    paths = [store.paths[i] for i in keep]
+    proba = clf.predict_proba(store.features[keep]) if keep else np.zeros((0, len(clf.classes_)))
+    return paths, proba
+
+
 def _write_predictions(out, paths, proba, classes):
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "prediction", *classes])
+    with atomic_open(out, newline="") as f:
+        w = csv_writer(f)
+        w.writerow(["path", "prediction", *[str(c) for c in classes]])
         for p, row in zip(paths, proba):
-            w.writerow([p, classes[int(np.argmax(row))], *(f"{v:.6f}" for v in row)])
+            w.writerow([p, str(classes[int(np.argmax(row))]), *(f"{v:.6f}" for v in row)])
 
 
 def kaggle_id(path: str) -> str:
@@ -52,18 +88,26 @@ def kaggle_id(path: str) -> str:
     return os.path.splitext(path.rsplit("/", 1)[-1])[0]
 
 
-def _write_kaggle(out, paths, proba, classes, column, clip):
+def _check_kaggle_class(column: str, classes) -> None:
+    import difflib
+
     classes = [str(c) for c in classes]
     if column not in classes:
-        raise ValueError(f"--kaggle {column!r} is not a class of this head; classes: {', '.join(classes)}")
+        close = difflib.get_close_matches(column, classes, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"kaggle class {column!r} is not a class of this head{hint}; classes: {', '.join(classes)}")
+
+
+def _write_kaggle(out, paths, proba, classes, column, clip):
+    classes = [str(c) for c in classes]
+    _check_kaggle_class(column, classes)
     p = proba[:, classes.index(column)]
     if clip:
         p = np.clip(p, clip, 1.0 - clip)
     ids = [kaggle_id(x) for x in paths]
     order = sorted(range(len(ids)), key=lambda i: (int(ids[i]) if re.fullmatch(r"\d+", ids[i]) else float("inf"), ids[i]))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
+    with atomic_open(out, newline="") as f:
+        w = csv_writer(f)
         w.writerow(["id", "label"])
         for i in order:
             w.writerow([ids[i], f"{p[i]:.6f}"])

@@ -127,3 +127,14 @@ def leaked(train_rows: list[dict], valid_rows: list[dict]) -> list[tuple[str, st
     for r in train_rows:
         by_sha[r["sha256"]].append(r["path"])
     return [(t, r["path"]) for r in valid_rows for t in by_sha.get(r["sha256"], [])]
+
+
+def write_split_csv(out, rows, labels, valid, force: bool = False) -> None:
+    """Write ``path,label,split`` (train or valid) for each labelled row, atomically and spreadsheet-safe."""
+    from .outputs import atomic_open, check_output, csv_writer
+
+    check_output(out, "csv", force=force)
+    with atomic_open(out, newline="") as f:
+        w = csv_writer(f)
+        w.writerow(["path", "label", "split"])
+        w.writerows((r["path"], str(label), "valid" if v else "train") for r, label, v in zip(rows, labels, valid))

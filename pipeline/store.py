@@ -7,7 +7,10 @@ Layout of a store directory::
     segments/*.bcolz     immutable N x D float32 bcolz carrays, one per finished run
     parts/<row>.bcolz    one immutable carray per batch of a run in progress (or killed)
     rows.jsonl           one JSON object per committed row: path (relative, forward slashes),
-                         label, sha256; row i of the log is row i of segments + parts
+                         label, sha256, stat, its own index ``i`` and a checksum ``crc`` of the
+                         line; row i of the log is row i of segments + parts. A row with
+                         ``removed`` (and a zero feature row) withdraws its path's earlier row
+    parts/<row>.bcolz.json  the sha256 of every file of that part, written before the rename
     report.json          what the last run skipped (path, reason), ignored, found duplicated
     .lock                held (flock) while a run writes
 
@@ -17,6 +20,11 @@ rows.jsonl (fsynced): that append is the commit. At the end of a run its parts a
 into a new segment the same way (staging, fsync, rename), and meta.json (written atomically)
 starts to list it. A run killed at any moment leaves committed rows readable, and the next
 writer removes staging folders, uncommitted parts and parts already merged.
+
+Rows are tied to their features by construction: every line carries its index and a checksum,
+so a lost, extra, reordered or edited line is refused naming the line (logs written before
+these fields existed are read as they are); segments and parts are checksummed before bcolz
+reads them; meta.json counts the rows its segments hold, so a log cut short is refused too.
 """
 from __future__ import annotations
 
@@ -67,14 +75,65 @@ def versions() -> dict:
     return out
 
 
+def _line_crc(row: dict) -> str:
+    """Checksum of one log line's content (every field but the checksum itself)."""
+    text = json.dumps({k: v for k, v in row.items() if k != "crc"}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _parse_line(path: Path, number: int, line: str, checked: bool) -> dict:
+    """One committed log line -> its row (without ``i``/``crc``); a damaged line is refused by number."""
+    where = f"{path} line {number + 1}"
+    try:
+        row = json.loads(line)
+    except ValueError as e:
+        raise StoreError(f"{where} is not valid JSON ({e}); the store is damaged: featurize again with "
+                         f"--overwrite") from None
+    if not isinstance(row, dict) or "path" not in row:
+        raise StoreError(f"{where} is not a row (no path); the store is damaged: featurize again with --overwrite")
+    if checked or "crc" in row:
+        if row.get("i") != number:
+            raise StoreError(f"{where} is row {row.get('i')!r}, not row {number}: a line was removed, added or "
+                             f"moved, so rows and features no longer match; featurize again with --overwrite")
+        if row.get("crc") != _line_crc(row):
+            raise StoreError(f"{where} ({row.get('path')}) was edited after it was written (checksum mismatch); "
+                             f"featurize again with --overwrite")
+    return {k: v for k, v in row.items() if k not in ("i", "crc")}
+
+
 def _read_rows(path: Path) -> tuple[list[dict], int]:
-    """Committed rows and the byte length they occupy (a partial last line is not committed)."""
+    """Committed rows and the byte length they occupy (a partial last line is not committed).
+
+    Lines that carry an index and checksum (every line written by this version) are checked:
+    a lost, extra, reordered or edited line is refused, naming the line.
+    """
     if not path.exists():
         return [], 0
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
-    rows = [json.loads(line) for line in data[:end].decode("utf-8").splitlines() if line]
-    return rows, end
+    try:
+        lines = data[:end].decode("utf-8").split("\n")[:-1] if end else []
+    except UnicodeDecodeError as e:
+        raise StoreError(f"{path} is not UTF-8 text ({e}); the store is damaged: featurize again with "
+                         f"--overwrite") from None
+    checked = bool(lines) and '"crc"' in lines[0]
+    return [_parse_line(path, n, line, checked) for n, line in enumerate(lines)], end
+
+
+def _log_lines(rows: list[dict], start: int) -> bytes:
+    """Log lines for `rows`, the first being row `start` of the log: each with its index and checksum."""
+    out = []
+    for k, r in enumerate(rows):
+        line = {**r, "i": start + k}
+        line["crc"] = _line_crc(line)
+        out.append(json.dumps(line, ensure_ascii=False) + "\n")
+    return "".join(out).encode("utf-8")
+
+
+def live_indices(rows: list[dict]) -> list[int]:
+    """Indices of the rows in force: the last row of each path, unless that row withdraws it."""
+    last = {r["path"]: i for i, r in enumerate(rows)}
+    return sorted(i for i in last.values() if not rows[i].get("removed"))
 
 
 # ---- immutable bcolz pieces: written to staging, fsynced, renamed into place --------------------
@@ -94,8 +153,12 @@ def _fsync_tree(folder: Path) -> None:
     _fsync(folder)
 
 
-def _write_piece(final: Path, blocks, dim: int, chunklen: int) -> int:
-    """Write the row blocks as one carray at `final` atomically; return its row count."""
+def _write_piece(final: Path, blocks, dim: int, chunklen: int, manifest_file: Path | None = None) -> int:
+    """Write the row blocks as one carray at `final` atomically; return its row count.
+
+    With `manifest_file`, the sha256 of every file of the piece is written there (atomically)
+    before the piece is renamed into place, so the piece can be checked before it is read.
+    """
     bcolz = _bcolz()
     tmp = final.with_name(f"{_STAGING}{final.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -114,6 +177,8 @@ def _write_piece(final: Path, blocks, dim: int, chunklen: int) -> int:
         arr.flush()
         del arr
         _fsync_tree(tmp)
+        if manifest_file is not None:
+            _atomic_write(manifest_file, json.dumps(_manifest(tmp)))
         os.rename(tmp, final)
         _fsync(final.parent)
     except BaseException:
@@ -132,15 +197,40 @@ def _manifest(folder: Path) -> dict:
 
 
 def _check_manifest(folder: Path, manifest: dict) -> None:
-    """Refuse a segment whose files are missing or changed, before bcolz decompresses anything."""
+    """Refuse a segment or part whose files are missing, changed or added, before bcolz decompresses anything."""
+    store = folder.parent.parent
     for rel, (size, sha) in manifest.items():
         f = folder / rel
         if not f.is_file():
-            raise StoreError(f"{f} is missing: the store {folder.parent.parent} is damaged; "
-                             f"featurize again with --overwrite")
+            raise StoreError(f"{f} is missing: the store {store} is damaged; featurize again with --overwrite")
         if f.stat().st_size != size or hashlib.sha256(f.read_bytes()).hexdigest() != sha:
-            raise StoreError(f"{f} does not match its checksum: the store {folder.parent.parent} is damaged; "
+            raise StoreError(f"{f} does not match its checksum: the store {store} is damaged; "
                              f"featurize again with --overwrite")
+    extra = [f for f in folder.rglob("*") if f.is_file() and f.relative_to(folder).as_posix() not in manifest]
+    if extra:
+        raise StoreError(f"{extra[0]} is not part of {folder}'s checksummed files: the store {store} is damaged; "
+                         f"featurize again with --overwrite")
+
+
+def _part_manifest_file(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".json")
+
+
+def _check_part(folder: Path) -> None:
+    """Check a part against the checksums written beside it (parts of older runs have none)."""
+    mf = _part_manifest_file(folder)
+    if not mf.exists():
+        return
+    try:
+        manifest = json.loads(mf.read_text())
+    except ValueError as e:
+        raise StoreError(f"{mf} is damaged ({e}); featurize again with --overwrite") from None
+    _check_manifest(folder, manifest)
+
+
+def _remove_part(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    _part_manifest_file(folder).unlink(missing_ok=True)
 
 
 def _read_piece(folder: Path, rows: int, dim: int) -> np.ndarray:
@@ -173,10 +263,6 @@ def _rows_path(root: Path, meta: dict) -> Path:
     return root / meta.get("rows_file", "rows.jsonl")
 
 
-def _log_lines(rows: list[dict]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
-
-
 def _part_start(folder: Path) -> int | None:
     name = folder.name
     return int(name[:-6]) if name.endswith(".bcolz") and name[:-6].isdigit() else None
@@ -203,10 +289,10 @@ class FeatureStore:
     def __init__(self, root: Path, meta: dict, rows: list[dict]):
         self.root = Path(root)
         self.meta = meta
-        # a re-featurized (changed) file appends a new row: the last row for a path wins
-        last = {r["path"]: i for i, r in enumerate(rows)}
+        # a re-featurized (changed) file appends a new row: the last row for a path wins, and a
+        # row marked `removed` (the file could not be read any more) withdraws the path
         self._committed = len(rows)
-        self._live = np.array(sorted(last.values()), dtype=np.int64)
+        self._live = np.array(live_indices(rows), dtype=np.int64)
         self._rows = [rows[i] for i in self._live]
         self._features = None
 
@@ -283,9 +369,12 @@ class FeatureStore:
         for seg in _segments(self.meta, self.root):
             folder = _segment_dir(self.root, seg["name"])
             rows = seg["rows"] if seg["rows"] is not None else n
+            if seg["rows"] is not None and have + rows > n:
+                raise StoreError(f"{_rows_path(self.root, self.meta)} lists {n} rows but the store's segments hold "
+                                 f"{have + rows}: lines were removed from the log; featurize again with --overwrite")
             if seg.get("files"):
                 _check_manifest(folder, seg["files"])
-            blocks.append(_read_piece(folder, min(rows, n - have), dim))
+            blocks.append(_read_piece(folder, rows, dim))
             have += len(blocks[-1])
         for start, folder in _parts(self.root):
             if start < have or have >= n:
@@ -293,6 +382,7 @@ class FeatureStore:
             if start != have:
                 raise StoreError(f"rows {have}..{start - 1} of {self.root} are missing (no part holds them); "
                                  f"featurize again with --overwrite")
+            _check_part(folder)
             length = _piece_len(folder)
             blocks.append(_read_piece(folder, min(length, n - have), dim))
             have += len(blocks[-1])
@@ -330,7 +420,7 @@ def _read_meta(root: Path) -> dict:
         meta = json.loads(meta_path.read_text())
     except ValueError as e:
         raise StoreError(f"{meta_path} is damaged ({e}); featurize again with --overwrite") from e
-    if not isinstance(meta, dict) or "spec" not in meta:
+    if not isinstance(meta, dict) or "spec" not in meta or not isinstance(meta["spec"], dict):
         raise StoreError(f"{meta_path} is not a feature store's meta file; featurize again with --overwrite")
     return meta
 
@@ -351,8 +441,11 @@ def verify(root) -> list[str]:
     bad = [r for r in store._rows if not {"path", "sha256"} <= set(r)]
     if bad:
         problems.append(f"{len(bad)} rows of {raw_path} lack a path or sha256, e.g. {bad[0]}")
-    if len(store) and not store.spec.get("dim"):
-        problems.append(f"{root / 'meta.json'} records no feature dimension")
+    if not store.spec.get("dim"):
+        if len(store) or store._committed:
+            problems.append(f"{root / 'meta.json'} records no feature dimension")
+        else:
+            problems.append(f"{root} is empty and unusable: no run has stored a row in it yet (featurize into it)")
         return problems
     try:
         x = store.features
@@ -368,6 +461,7 @@ class StoreWriter:
 
     def __init__(self, root: Path, meta: dict, lock_fd: int):
         self.root, self.meta, self._lock_fd = root, meta, lock_fd
+        self.created = False  # open_writer: True when this run made the folder
         self.meta.setdefault("rows_file", "rows.jsonl")
         rows_path = root / self.meta["rows_file"]
         self.rows, end = _read_rows(rows_path)
@@ -399,17 +493,24 @@ class StoreWriter:
                 if f.name not in listed:  # merged but never listed in meta.json: its parts are still there
                     shutil.rmtree(f, ignore_errors=True)
         have = self._base
-        for start, folder in _parts(self.root):
+        parts = _parts(self.root)
+        for start, folder in parts:
             length = _piece_len(folder) if start == have else 0
             if start == have and have < len(self.rows):
+                _check_part(folder)  # flipped bytes in a killed run's part must not be merged and re-checksummed
                 if start + length > len(self.rows):  # only some of its lines were committed
                     keep = _read_piece(folder, len(self.rows) - start, self.meta["spec"]["dim"])
-                    shutil.rmtree(folder)
-                    _write_piece(folder, [keep], keep.shape[1], max(1, len(keep)))
+                    _remove_part(folder)
+                    _write_piece(folder, [keep], keep.shape[1], max(1, len(keep)), _part_manifest_file(folder))
                     length = len(keep)
                 have += length
             else:
-                shutil.rmtree(folder, ignore_errors=True)  # merged already, or never committed
+                _remove_part(folder)  # merged already, or never committed
+        known = {_part_manifest_file(f).name for _, f in parts}
+        if (self.root / "parts").is_dir():
+            for f in (self.root / "parts").glob("*.bcolz.json"):
+                if f.name not in known or not f.with_name(f.name[:-5]).exists():
+                    f.unlink(missing_ok=True)  # checksums of a part that was never renamed into place
         if have < len(self.rows):
             raise StoreError(f"{self.root} lists {len(self.rows)} rows but holds features for {have}; "
                              f"the store is damaged: featurize again with --overwrite")
@@ -425,12 +526,28 @@ class StoreWriter:
             raise StoreError("refusing to store non-finite features")
         if not len(x):
             return
-        _write_piece(self.root / "parts" / f"{self._next:012d}.bcolz", [x], x.shape[1], len(x))
-        self._rows_file.write(_log_lines(rows))
+        part = self.root / "parts" / f"{self._next:012d}.bcolz"
+        _write_piece(part, [x], x.shape[1], len(x), _part_manifest_file(part))
+        self._rows_file.write(_log_lines(rows, len(self.rows)))
         self._rows_file.flush()
         os.fsync(self._rows_file.fileno())
         self.rows.extend(rows)
         self._next += len(x)
+
+    def live_rows(self) -> list[dict]:
+        """The rows in force (the last of each path, withdrawn paths left out)."""
+        return [self.rows[i] for i in live_indices(self.rows)]
+
+    def remove(self, withdrawn: dict[str, str]) -> None:
+        """Withdraw the rows of these paths ({path: reason}): files that can no longer be used.
+
+        Appends a ``removed`` row (with a zero feature row, so log and features stay aligned)
+        for each path that has a row in force; nothing is rewritten in place.
+        """
+        live = {r["path"] for r in self.live_rows()}
+        rows = [{"path": p, "removed": reason} for p, reason in withdrawn.items() if p in live]
+        if rows:
+            self.append(np.zeros((len(rows), self.meta["spec"]["dim"]), np.float32), rows)
 
     def set_spec(self, spec: dict) -> None:
         """Record the loaded backbone's full spec (tensor, D); it must match what is stored."""
@@ -453,13 +570,15 @@ class StoreWriter:
         seg_dir = self.root / "segments"
         seg_dir.mkdir(exist_ok=True)
         name = f"seg-{len(self.meta['segments']):06d}-{self._base:012d}.bcolz"
+        for _, f in parts:
+            _check_part(f)
         blocks = (_read_piece(f, _piece_len(f), dim) for _, f in parts)
         n = _write_piece(seg_dir / name, blocks, dim, chunklen_for(dim))
         self.meta["segments"].append({"name": name, "rows": n, "files": _manifest(seg_dir / name)})
         self._base += n
         self._write_meta()
         for _, f in parts:
-            shutil.rmtree(f, ignore_errors=True)
+            _remove_part(f)
 
     def prune(self, keep_paths: set[str]) -> int:
         """Drop the rows of files not in `keep_paths` (and superseded rows): rewrite into one segment."""
@@ -473,7 +592,7 @@ class StoreWriter:
         gen = int(self.meta.get("generation", 0)) + 1
         rows = [self.rows[i] for i in keep]
         rows_file = f"rows-{gen}.jsonl"
-        _atomic_write(self.root / rows_file, _log_lines(rows).decode("utf-8"))
+        _atomic_write(self.root / rows_file, _log_lines(rows, 0).decode("utf-8"))
         dim = self.meta["spec"]["dim"]
         name = f"seg-g{gen}.bcolz"
         n = _write_piece(self.root / "segments" / name, [x] if x is not None else [], dim, chunklen_for(dim))
@@ -492,7 +611,7 @@ class StoreWriter:
 
     def _write_meta(self) -> None:
         self.meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.meta["rows"] = len({r["path"] for r in self.rows})
+        self.meta["rows"] = len(live_indices(self.rows))
         _atomic_write(self.root / "meta.json", json.dumps(self.meta, indent=1))
 
     def close(self) -> FeatureStore:
@@ -511,6 +630,14 @@ class StoreWriter:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def discard_if_empty(self) -> bool:
+        """After a failed first run that stored nothing: remove the folder it created (True if removed)."""
+        if self.rows or not self.created:
+            return False
+        self.abort()
+        shutil.rmtree(self.root, ignore_errors=True)
+        return True
+
 
 def read_report(root) -> dict:
     """The last run's report of the store at `root` ({} when there is none or it is unreadable)."""
@@ -526,12 +653,11 @@ def write_report(root, report: dict) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    """Write `text` to `path` through a new temp file (O_EXCL, never an existing link) and a rename."""
+    from .outputs import atomic_open
+
+    with atomic_open(path) as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _lock(root: Path) -> int:
@@ -555,6 +681,8 @@ def open_writer(root, request: dict, overwrite: bool = False) -> StoreWriter:
     :meth:`StoreWriter.set_spec` with the loaded backbone's spec before the first append.
     """
     root = Path(root)
+    _refuse_foreign_folder(root)
+    created = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
         fd = _lock(root)
@@ -574,10 +702,27 @@ def open_writer(root, request: dict, overwrite: bool = False) -> StoreWriter:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "segments": [], "rows_file": "rows.jsonl"}
         _atomic_write(root / "meta.json", json.dumps(meta, indent=1))
     try:
-        return StoreWriter(root, meta, fd)
+        writer = StoreWriter(root, meta, fd)
     except BaseException:
         os.close(fd)
         raise
+    writer.created = created
+    return writer
+
+
+def _refuse_foreign_folder(root: Path) -> None:
+    """A store is only ever written into a new or empty folder, or over a store: never over other files."""
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{root} exists and is not a folder; give --out a new folder for the feature store")
+    if not root.is_dir() or (root / "meta.json").exists():
+        if (root / "meta.json").exists():
+            _read_meta(root)  # a meta.json that is not a store's is refused here, with or without overwrite
+        return
+    others = sorted(f.name for f in root.iterdir() if f.name != ".lock")
+    if others:
+        raise StoreError(f"{root} is a folder that is not a feature store (it holds {', '.join(others[:3])}"
+                         f"{' ...' if len(others) > 3 else ''}); featurize into a new or empty folder "
+                         f"(--overwrite only replaces feature stores)")
 
 
 def _check_writable(root: Path) -> None:

@@ -141,7 +141,8 @@ def test_learning_curve_counts_images_per_class(evaluated):
     X, y = evaluated[1].labelled()
     curve = learning_curve("logreg", X, y, 1.0, folds=3, points=4)
     assert curve["per_class"][0] == 1 and curve["per_class"] == sorted(set(curve["per_class"]))
-    assert all(0 <= v <= 1 for v in curve["valid_mean"] + curve["train_mean"])
+    assert curve["train_mean"][-1] == 1.0  # logistic regression fits a few tinted images exactly
+    assert curve["valid_mean"][-1] >= 0.75 and len(curve["valid_mean"]) == len(curve["per_class"])
 
 
 def test_compare_table_and_pca(evaluated, tmp_path, capsys):

@@ -1,0 +1,137 @@
+"""Files the tool hands to users: written atomically, never over an input, safe to open in a spreadsheet.
+
+* :func:`atomic_open` writes through a new temp file in the target folder (created with
+  ``O_EXCL``, so a planted link is never followed), fsyncs it and renames it over the target:
+  a crash or a full disk leaves the old file whole.
+* :func:`check_output` refuses to write over an input (an image being read, the head in use),
+  over a folder, or over a file this tool did not write (``force`` allows the last only).
+* :func:`csv_writer` neutralises cells a spreadsheet would run as a formula (OWASP: a leading
+  ``=``, ``+``, ``-``, ``@``, tab or carriage return gets a leading apostrophe).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import UsageError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# first header cells of the CSVs this tool writes (score, --kaggle, split, suspects)
+OUR_CSV_HEADERS = (("path", "prediction"), ("id", "label"), ("path", "label", "split"), ("path", "label"))
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode: str = "w", newline: str | None = None):
+    """Open a new temp file beside `path` for writing; on success fsync it and rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        binary = "b" in mode
+        with os.fdopen(fd, mode, newline=newline, **({} if binary else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def safe_cell(value):
+    """A CSV cell a spreadsheet shows as text: formulas get a leading apostrophe (OWASP)."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+class _SafeWriter:
+    def __init__(self, f):
+        self._w = csv.writer(f)
+
+    def writerow(self, row):
+        self._w.writerow([safe_cell(v) for v in row])
+
+    def writerows(self, rows):
+        for row in rows:
+            self.writerow(row)
+
+
+def csv_writer(f) -> _SafeWriter:
+    """A csv.writer whose string cells are neutralised with :func:`safe_cell`."""
+    return _SafeWriter(f)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _looks_like_our_csv(path: Path) -> bool:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader([f.readline()]), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return any(tuple(header[:len(h)]) == h for h in OUR_CSV_HEADERS)
+
+
+def _looks_like_our_head(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        return False
+    return magic.startswith(b"PK\x03\x04") or (magic[:1] == b"\x80" and path.suffix == ".joblib")
+
+
+def check_output(path, kind: str, *, inputs=(), data_dir=None, force: bool = False, option: str = "out") -> Path:
+    """Refuse an output path that would destroy something: return it when it is safe to write.
+
+    kind: "csv" or "head" (what will be written). inputs: files this command reads (the head in
+    use); data_dir: the image folder being read (no image in it may be written over). An
+    existing file that this tool did not write is refused unless `force`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {str(path)!r} is a folder; give the path of a {kind} file to write")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise UsageError(f"{option} {str(path)!r} names an image file; give a .csv or model file name instead")
+    for inp in inputs:
+        if inp is not None and _same_file(path, Path(inp)):
+            raise UsageError(f"{option} {str(path)!r} is {inp}, an input of this command; writing it would "
+                             f"destroy it: choose another file")
+    if data_dir is not None and path.exists() and _inside(path, Path(data_dir)) and _is_image_file(path):
+        raise UsageError(f"{option} {str(path)!r} is an image in the folder being read; choose another file")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise UsageError(f"{option} {str(path)!r} exists and is not a regular file; choose another path")
+    if path.exists() and not force:
+        ours = _looks_like_our_csv(path) if kind == "csv" else _looks_like_our_head(path)
+        if not ours:
+            raise UsageError(f"{option} {str(path)!r} exists and is not a {kind} file this tool wrote; "
+                             f"choose another path, or pass --force to replace it")
+    return path
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
+def _is_image_file(path: Path) -> bool:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False

@@ -1,0 +1,152 @@
+"""A store never hands out a row with another row's features: damaged logs and parts are refused, by line."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from pipeline.errors import StoreError
+from pipeline.store import FeatureStore, open_writer, verify, write_report
+
+REQ = {"backbone": "b", "kind": "tflite", "model": "sha-a", "weights": None, "layer": "penultimate",
+       "preprocess": {"size": [224, 224]}, "source": {}}
+
+
+def rows(start, n, label="c"):
+    return [{"path": f"c/{i}.jpg", "label": label, "sha256": f"{i:064x}"} for i in range(start, start + n)]
+
+
+def make_store(root, n=6, dim=4, batches=2):
+    w = open_writer(root, REQ)
+    w.set_spec(dict(REQ, tensor="t", dim=dim))
+    per = n // batches
+    for b in range(batches):
+        w.append(np.arange(b * per, (b + 1) * per, dtype=np.float32)[:, None].repeat(dim, 1), rows(b * per, per))
+    return w
+
+
+def test_every_log_line_carries_its_index_and_checksum(tmp_path):
+    make_store(tmp_path / "s").close()
+    lines = [json.loads(x) for x in (tmp_path / "s" / "rows.jsonl").read_text().splitlines()]
+    assert [r["i"] for r in lines] == list(range(6)) and all(len(r["crc"]) == 16 for r in lines)
+    store = FeatureStore.open(tmp_path / "s")
+    assert "i" not in store.rows[0] and "crc" not in store.rows[0]  # the rows callers see are unchanged
+    assert store.features[:, 0].tolist() == [0, 1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("drop_first", "line 1 is row 1, not row 0"),
+    ("drop_last", "lines were removed"),
+    ("swap", "line 1 is row 1, not row 0"),
+    ("duplicate", "line 3 is row 1, not row 2"),
+])
+def test_lost_added_or_moved_log_line_is_refused_naming_the_line(tmp_path, damage, words):
+    # `sed -i 1d rows.jsonl` used to shift every row onto the next image's features, and verify said OK
+    make_store(tmp_path / "s").close()
+    log = tmp_path / "s" / "rows.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    lines = {"drop_first": lines[1:], "drop_last": lines[:-1], "swap": [lines[1], lines[0], *lines[2:]],
+             "duplicate": [*lines[:2], lines[1], *lines[2:]]}[damage]
+    log.write_text("".join(lines))
+    with pytest.raises(StoreError, match=words):
+        FeatureStore.open(tmp_path / "s").features
+    problems = verify(tmp_path / "s")
+    assert problems and words in problems[0]
+
+
+def test_an_edited_label_is_refused_naming_the_line_and_the_file(tmp_path, capsys):
+    make_store(tmp_path / "s").close()
+    log = tmp_path / "s" / "rows.jsonl"
+    log.write_text(log.read_text().replace('"label": "c", "sha256": "' + f"{3:064x}", '"label": "d", "sha256": "'
+                                           + f"{3:064x}"))
+    assert main(["verify", str(tmp_path / "s")]) == 1
+    err = capsys.readouterr().err
+    assert "line 4" in err and "c/3.jpg" in err and "edited" in err
+
+
+def test_garbage_line_names_the_file_and_line_and_featurize_refuses_to_build_on_it(tmp_path, class_tree):
+    make_store(tmp_path / "s").close()
+    log = tmp_path / "s" / "rows.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    lines[2] = "}}garbage{{\n"
+    log.write_text("".join(lines))
+    with pytest.raises(StoreError, match=r"rows.jsonl line 3 is not valid JSON"):
+        FeatureStore.open(tmp_path / "s")
+    with pytest.raises(StoreError, match="line 3"):
+        open_writer(tmp_path / "s", REQ)
+
+
+def test_flipped_bytes_in_a_killed_runs_part_are_refused_not_merged_and_rechecksummed(tmp_path):
+    w = make_store(tmp_path / "s")
+    w.abort()  # killed: two committed parts, never merged into a segment
+    part = sorted((tmp_path / "s" / "parts").glob("*.bcolz"))[1]
+    data = sorted(part.rglob("__*.blp"))[0]
+    raw = bytearray(data.read_bytes())
+    raw[-3] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    assert any("does not match its checksum" in p for p in verify(tmp_path / "s"))
+    with pytest.raises(StoreError, match="does not match its checksum"):
+        open_writer(tmp_path / "s", REQ)  # the resume must not merge it into a freshly checksummed segment
+
+
+def test_a_planted_temp_file_link_is_not_followed(tmp_path):
+    root = tmp_path / "s"
+    w = make_store(root)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (root / "meta.json.tmp").symlink_to(victim)
+    (root / "report.json.tmp").symlink_to(victim)
+    w.close()  # rewrites meta.json
+    write_report(root, {"complete": True})
+    assert victim.read_text() == "precious"
+    assert FeatureStore.open(root).features.shape == (6, 4)
+
+
+def test_removed_rows_withdraw_a_path_and_prune_compacts_them(tmp_path):
+    w = make_store(tmp_path / "s")
+    w.remove({"c/1.jpg": "truncated", "c/nope.jpg": "truncated"})  # only paths with a row are withdrawn
+    store = w.close()
+    assert "c/1.jpg" not in store.paths and len(store) == 5
+    assert store.features[:, 0].tolist() == [0, 2, 3, 4, 5]
+    assert verify(tmp_path / "s") == []
+
+
+def test_featurize_out_refuses_a_folder_that_is_not_a_store_with_or_without_overwrite(tmp_path, class_tree):
+    mine = tmp_path / "myfolder"
+    for name in ("parts", "segments"):
+        (mine / name).mkdir(parents=True)
+        (mine / name / "keep.txt").write_text("mine")
+    (mine / "report.json").write_text("my report")
+    (mine / "rows.jsonl").write_text("my rows")
+    before = sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*"))
+    for extra in ([], ["--overwrite"]):
+        assert main(["featurize", str(class_tree), "--out", str(mine), "--no-progress", *extra]) == 1
+    assert sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*")) == before
+    assert (mine / "report.json").read_text() == "my report"
+
+
+def test_a_failed_first_run_leaves_no_store_behind(tmp_path, class_tree, capsys):
+    out = tmp_path / "store"
+    assert main(["featurize", str(class_tree), "--layer", "no_such_layer", "--out", str(out), "--no-progress"]) != 0
+    assert not out.exists()
+
+
+def test_empty_store_is_not_called_ok(tmp_path):
+    w = open_writer(tmp_path / "s", REQ)
+    w.close()
+    assert "empty and unusable" in verify(tmp_path / "s")[0]
+
+
+def test_store_written_before_line_checksums_still_reads(tmp_path):
+    make_store(tmp_path / "s").close()
+    log = tmp_path / "s" / "rows.jsonl"
+    legacy = [json.loads(x) for x in log.read_text().splitlines()]
+    log.write_text("".join(json.dumps({k: v for k, v in r.items() if k not in ("i", "crc")}) + "\n" for r in legacy))
+    assert FeatureStore.open(tmp_path / "s").features[:, 0].tolist() == [0, 1, 2, 3, 4, 5]
+    w = open_writer(tmp_path / "s", REQ)  # appending to an old log keeps it readable
+    w.append(np.full((1, 4), 9, np.float32), rows(6, 1))
+    assert FeatureStore.open(w.close().root).features[:, 0].tolist() == [0, 1, 2, 3, 4, 5, 9]
+    shutil.rmtree(tmp_path / "s")
