@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--label-column", help="the CSV column of labels (default: 'label', else the second)")
     f.add_argument("--prune", action="store_true", help="drop the rows of files no longer in DATA_DIR")
     f.add_argument("--sample", type=_sample, help="featurize only N images per class (or a fraction), for a quick try")
+    f.add_argument("--no-follow-links", action="store_true",
+                   help="do not read symlinks leading outside DATA_DIR (for folders you do not trust)")
     f.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
     f.add_argument("--strict", action="store_true", help="fail if any image had to be skipped")
     f.add_argument("--no-progress", action="store_true")
@@ -125,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache", help="feature store to reuse/extend (default: features/<folder>-...)")
     s.add_argument("--kaggle", metavar="CLASS", help="write id,label with the probability of CLASS")
     s.add_argument("--clip", type=float, help="clip Kaggle probabilities to [CLIP, 1-CLIP], e.g. 0.02")
+    s.add_argument("--no-follow-links", action="store_true",
+                   help="do not read symlinks leading outside DATA_DIR (for folders you do not trust)")
     s.add_argument("--no-progress", action="store_true")
 
     e = sub.add_parser("evaluate", help="metrics of a head on a labelled feature store")
@@ -183,7 +187,7 @@ def cmd_featurize(a):
 
     run = featurize(a.data_dir, a.backbone, a.layer, a.out, a.weights, labelled=False if a.unlabelled else None,
                     labels=a.labels, id_column=a.id_column, label_column=a.label_column, prune=a.prune,
-                    sample=a.sample,
+                    sample=a.sample, follow_links=not a.no_follow_links,
                     overwrite=a.overwrite, batch_size=a.batch_size, workers=a.workers,
                     progress=not a.no_progress, strict=a.strict, report=True, **_backbone_kwargs(a))
     print(run.summary())
@@ -233,7 +237,8 @@ def _train_report(a, m: dict) -> None:
 def cmd_score(a):
     from .scoring import score
 
-    run = score(a.model, a.data_dir, a.out, cache=a.cache, kaggle=a.kaggle, clip=a.clip, progress=not a.no_progress)
+    run = score(a.model, a.data_dir, a.out, cache=a.cache, kaggle=a.kaggle, clip=a.clip, progress=not a.no_progress,
+                follow_links=not a.no_follow_links)
     print(run.summary())
     print(f"predictions -> {a.out}")
 

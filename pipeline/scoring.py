@@ -14,7 +14,7 @@ from .runner import default_store_path, featurize
 
 
 def score(model, data_dir, out, *, cache=None, kaggle: str | None = None, clip: float | None = None,
-          progress: bool = True, workers: int | None = None):
+          progress: bool = True, workers: int | None = None, follow_links: bool = True):
     """Featurize `data_dir` (all sub-folders, reusing the cache) with the head's backbone and write `out`.
 
     Default CSV: ``path,prediction,<one probability column per class>``. With `kaggle`=CLASS:
@@ -24,7 +24,8 @@ def score(model, data_dir, out, *, cache=None, kaggle: str | None = None, clip: 
     clf = model if isinstance(model, Classifier) else load(model)
     bb = backbone_from_spec(clf.spec)
     cache = Path(cache) if cache else default_store_path(data_dir, bb)
-    run = featurize(data_dir, bb, out=cache, labelled=False, progress=progress, workers=workers, report=True)
+    run = featurize(data_dir, bb, out=cache, labelled=False, progress=progress, workers=workers, report=True,
+                    follow_links=follow_links)
     store = run.store
     clf.check_spec(store.spec, str(store.root))
     wanted = set(run.listed)  # the store may also hold rows of images since removed
