@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--label-column", help="the CSV column of labels (default: 'label', else the second)")
     f.add_argument("--prune", action="store_true", help="drop the rows of files no longer in DATA_DIR")
     f.add_argument("--sample", type=_sample, help="featurize only N images per class (or a fraction), for a quick try")
+    f.add_argument("--tta", choices=["flip"], help="test-time augmentation: flip averages the features of each "
+                   "image and its mirror (score follows the head's choice)")
     f.add_argument("--no-follow-links", action="store_true",
                    help="do not read symlinks leading outside DATA_DIR (for folders you do not trust)")
     f.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
@@ -189,7 +191,7 @@ def cmd_featurize(a):
                     labels=a.labels, id_column=a.id_column, label_column=a.label_column, prune=a.prune,
                     sample=a.sample, follow_links=not a.no_follow_links,
                     overwrite=a.overwrite, batch_size=a.batch_size, workers=a.workers,
-                    progress=not a.no_progress, strict=a.strict, report=True, **_backbone_kwargs(a))
+                    progress=not a.no_progress, strict=a.strict, report=True, tta=a.tta, **_backbone_kwargs(a))
     print(run.summary())
 
 

@@ -310,4 +310,4 @@ def default_store_path(data_dir, bb: Backbone, root: str | os.PathLike | None = 
     name = Path(data_dir).resolve().name
     tag = Path(bb.name).stem if ("/" in bb.name or "." in bb.name) else bb.name
     layer = bb.layer.replace("/", "_").replace(":", "_")
-    return root / f"{name}-{tag}-{layer}"
+    return root / f"{name}-{tag}-{layer}{'-' + bb.tta if bb.tta else ''}"
