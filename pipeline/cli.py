@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache", help="feature store to reuse/extend (default: features/<folder>-...)")
     s.add_argument("--kaggle", metavar="CLASS", help="write id,label with the probability of CLASS")
     s.add_argument("--clip", type=float, help="clip Kaggle probabilities to [CLIP, 1-CLIP], e.g. 0.02")
+    s.add_argument("--reject-below", type=float, metavar="P",
+                   help="write 'unknown' as the prediction when the top probability is below P "
+                        "(pick P from the coverage plot of an evaluate/train --report)")
     s.add_argument("--no-follow-links", action="store_true",
                    help="do not read symlinks leading outside DATA_DIR (for folders you do not trust)")
     s.add_argument("--no-progress", action="store_true")
@@ -240,7 +243,7 @@ def cmd_score(a):
     from .scoring import score
 
     run = score(a.model, a.data_dir, a.out, cache=a.cache, kaggle=a.kaggle, clip=a.clip, progress=not a.no_progress,
-                follow_links=not a.no_follow_links)
+                follow_links=not a.no_follow_links, reject_below=a.reject_below)
     print(run.summary())
     print(f"predictions -> {a.out}")
 

@@ -10,18 +10,25 @@ import numpy as np
 
 from .backbones import backbone_from_spec
 from .classifier import Classifier, load
+from .errors import UsageError
 from .runner import default_store_path, featurize
+
+UNKNOWN = "unknown"  # the prediction written when the top probability is below --reject-below
 
 
 def score(model, data_dir, out, *, cache=None, kaggle: str | None = None, clip: float | None = None,
-          progress: bool = True, workers: int | None = None, follow_links: bool = True):
+          progress: bool = True, workers: int | None = None, follow_links: bool = True,
+          reject_below: float | None = None):
     """Featurize `data_dir` (all sub-folders, reusing the cache) with the head's backbone and write `out`.
 
     Default CSV: ``path,prediction,<one probability column per class>``. With `kaggle`=CLASS:
     ``id,label`` where label is the probability of CLASS clipped to [clip, 1 - clip] and id comes
-    from the file name (the Dogs vs Cats Redux submission format). Returns the RunReport.
+    from the file name (the Dogs vs Cats Redux submission format). `reject_below`: the prediction
+    is ``unknown`` where the top probability is below it. Returns the RunReport.
     """
     clf = model if isinstance(model, Classifier) else load(model)
+    if reject_below is not None:
+        check_reject_below(reject_below, clf.classes_, kaggle)
     bb = backbone_from_spec(clf.spec)
     cache = Path(cache) if cache else default_store_path(data_dir, bb)
     run = featurize(data_dir, bb, out=cache, labelled=False, progress=progress, workers=workers, report=True,
@@ -35,17 +42,34 @@ def score(model, data_dir, out, *, cache=None, kaggle: str | None = None, clip: 
     if kaggle is not None:
         _write_kaggle(out, paths, proba, clf.classes_, kaggle, clip)
     else:
-        _write_predictions(out, paths, proba, clf.classes_)
+        _write_predictions(out, paths, proba, clf.classes_, reject_below)
     return run
 
 
-def _write_predictions(out, paths, proba, classes):
+def check_reject_below(p: float, classes, kaggle: str | None = None) -> None:
+    if not 0.0 < float(p) <= 1.0:
+        raise UsageError(f"--reject-below must be a probability in (0, 1], got {p!r}")
+    if kaggle is not None:
+        raise UsageError("--reject-below changes the prediction column, which --kaggle does not write; use one of them")
+    if UNKNOWN in [str(c) for c in classes]:
+        raise UsageError(f"this head has a class named {UNKNOWN!r}, so --reject-below could not be told apart from it")
+
+
+def predicted_labels(proba: np.ndarray, classes, reject_below: float | None = None) -> list[str]:
+    """The top class of each row of `proba`, or UNKNOWN where its probability is below `reject_below`."""
+    classes = [str(c) for c in classes]
+    top = np.argmax(proba, axis=1)
+    return [UNKNOWN if reject_below is not None and row[i] < reject_below else classes[i]
+            for row, i in zip(proba, top)]
+
+
+def _write_predictions(out, paths, proba, classes, reject_below=None):
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["path", "prediction", *classes])
-        for p, row in zip(paths, proba):
-            w.writerow([p, classes[int(np.argmax(row))], *(f"{v:.6f}" for v in row)])
+        for p, label, row in zip(paths, predicted_labels(proba, classes, reject_below), proba):
+            w.writerow([p, label, *(f"{v:.6f}" for v in row)])
 
 
 def kaggle_id(path: str) -> str:
