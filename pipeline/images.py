@@ -100,7 +100,7 @@ def _walk_files(root: Path, walk: _Walk):
     real_root, seen, chains = root.resolve(), Counter(), {}
 
     def unlistable(e: OSError) -> None:
-        walk.skipped_dirs.append((_rel_dir(root, e.filename), f"io_error:{type(e).__name__}",
+        walk.skipped_dirs.append((_rel_dir(root, e.filename or root), f"io_error:{type(e).__name__}",
                                   f"the folder cannot be listed: {e.strerror or e}"))
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=unlistable, followlinks=True):

@@ -5,6 +5,7 @@ import errno
 import json
 import os
 
+import numpy as np
 import pytest
 
 import pipeline
@@ -142,3 +143,24 @@ def test_unreadable_data_folder_says_so(tmp_path, monkeypatch):
     with pytest.raises(PipelineError, match=r"1 folder ignored \(1 io_error:PermissionError, e\.g\. \./\); "
                                             r"make the folders readable"):
         pipeline.featurize(data, out=tmp_path / "s", progress=False)
+
+
+def test_retargeted_link_is_featurized_again_and_broken_link_is_named(tmp_path):
+    shared = make_class_tree(tmp_path / "shared", per_class=2)
+    data = tmp_path / "data"
+    (data / "cats").mkdir(parents=True)
+    (data / "dogs").mkdir()
+    os.symlink(shared / "red" / "red_0.jpg", data / "cats" / "a.jpg")
+    os.symlink(shared / "blue" / "blue_0.jpg", data / "dogs" / "b.jpg")
+    os.symlink(tmp_path / "gone.jpg", data / "dogs" / "gone.jpg")
+    first = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
+    assert dict(first.ignored)["dogs/gone.jpg"] == "broken_link"
+    before = dict(zip(first.store.paths, first.store.features))["cats/a.jpg"]
+    os.remove(data / "cats" / "a.jpg")
+    os.symlink(shared / "red" / "red_1.jpg", data / "cats" / "a.jpg")  # same name, another image
+    run = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
+    assert run.computed == 1 and run.reused == 1
+    after = dict(zip(run.store.paths, run.store.features))["cats/a.jpg"]
+    direct = pipeline.featurize(shared, out=tmp_path / "d", progress=False)
+    np.testing.assert_array_equal(after, direct.features[direct.paths.index("red/red_1.jpg")])
+    assert not np.array_equal(before, after)
