@@ -91,9 +91,9 @@ def _walk_files(root: Path, walk: _Walk):
 
     Hidden folders are skipped; a folder that is its own ancestor (a symlink loop) is not walked
     again, nor one already reached MAX_FOLDER_VISITS times through links (so a maze of links
-    cannot make the walk explode). Symlinks to files and folders are followed wherever they lead, unless
-    ``walk.follow_links`` is False: then those leading outside the root are not (allowed=False
-    for such a file). Folders not walked are recorded in ``walk.skipped_dirs`` (``link_loop``,
+    cannot make the walk explode). Symlinks to files and folders are followed wherever they
+    lead, unless ``walk.follow_links`` is False: then those leading outside the root are not
+    (allowed=False for such a file). Folders not walked are recorded in ``walk.skipped_dirs`` (``link_loop``,
     ``duplicate_folder``, ``link_outside_root``, ``io_error:<Exception>`` when it cannot be
     listed), links in ``walk.links``.
     """

@@ -1,8 +1,9 @@
 """A self-contained HTML report of a head's predictions: ``DIR/index.html`` plus PNGs beside it.
 
 Summary table, confusion-matrix heat map, per-class table, accuracy against coverage (to pick
-``score --reject-below P``), the learning curve when given, the suggested clipping bound for log loss, and thumbnail galleries of the most confident mistakes,
-the most uncertain images and a sample of correct ones. Galleries are capped and thumbnails
+``score --reject-below P``), the learning curve when given, the suggested clipping bound for
+log loss, and thumbnail galleries of the most confident mistakes, the most uncertain images and
+a sample of correct ones. Galleries are capped and thumbnails
 are made once (named by the image's content hash), so large sets stay fast.
 """
 from __future__ import annotations
