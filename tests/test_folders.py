@@ -164,3 +164,15 @@ def test_retargeted_link_is_featurized_again_and_broken_link_is_named(tmp_path):
     direct = pipeline.featurize(shared, out=tmp_path / "d", progress=False)
     np.testing.assert_array_equal(after, direct.features[direct.paths.index("red/red_1.jpg")])
     assert not np.array_equal(before, after)
+
+
+def test_score_follows_links_unless_told_not_to(tmp_path, link_split, capsys):
+    shared, split = link_split
+    model = pipeline.train(pipeline.featurize(shared, out=tmp_path / "f", progress=False),
+                           head="logreg", C=1.0).save(tmp_path / "m.joblib")
+    assert main(["score", str(model), str(split), "--out", str(tmp_path / "p.csv"), "--cache", str(tmp_path / "c"),
+                 "--no-progress"]) == 0
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 7  # header + the 6 linked images
+    assert main(["score", str(model), str(split), "--out", str(tmp_path / "q.csv"), "--cache", str(tmp_path / "c2"),
+                 "--no-follow-links", "--no-progress"]) == 1
+    assert "6 link_outside_root" in capsys.readouterr().err and not (tmp_path / "q.csv").exists()
