@@ -226,7 +226,8 @@ def _folder_listing(root: Path, found, ignored, unusable, labelled, unreadable) 
     classes = sorted({r.label for r in records if r.label is not None})
     if labelled:
         check_class_names(classes, str(root))
-        _warn_empty_classes(root, classes, unreadable)
+        not_walked = set(unreadable) | {p for p, _ in ignored if p.endswith("/")}  # reported already
+        _warn_empty_classes(root, classes, not_walked)
     return Listing(records, ignored, classes, labelled, unusable=unusable)
 
 
@@ -243,9 +244,9 @@ def _csv_listing(found, ignored, unusable, labels) -> Listing:
     return Listing(records, ignored, classes, True, match.unlabelled, match.unused_ids, unusable)
 
 
-def _warn_empty_classes(root: Path, classes: list[str], unreadable: list[str]) -> None:
+def _warn_empty_classes(root: Path, classes: list[str], not_walked: set[str]) -> None:
     for d in sorted(root.iterdir()):
-        if d.is_dir() and not _is_hidden(d.name) and d.name not in classes and d.name + "/" not in unreadable:
+        if d.is_dir() and not _is_hidden(d.name) and d.name not in classes and d.name + "/" not in not_walked:
             log.warning("class folder %s holds no images; it is not a class", d)
 
 

@@ -59,7 +59,7 @@ def test_no_images_message_counts_every_reason(tmp_path):
         pipeline.featurize(tmp_path / "d", out=tmp_path / "s", progress=False)
 
 
-def test_linked_class_folder_outside_the_root_is_followed_unless_told_not_to(tmp_path):
+def test_linked_class_folder_outside_the_root_is_followed_unless_told_not_to(tmp_path, caplog):
     shared = make_class_tree(tmp_path / "shared", per_class=2)
     data = make_class_tree(tmp_path / "data", per_class=2, classes=("red",))
     os.symlink(shared / "blue", data / "blue")  # a class folder that lives elsewhere
@@ -70,6 +70,7 @@ def test_linked_class_folder_outside_the_root_is_followed_unless_told_not_to(tmp
     assert dict(listing.ignored)["blue/back/"] == "link_loop"
     strict = list_images(data, follow_links=False)
     assert strict.classes == ["red"] and dict(strict.ignored)["blue/"] == "link_outside_root"
+    assert "holds no images" not in caplog.text  # reported as a link, not as an empty class
 
 
 def test_folder_linked_twice_is_listed_under_both_names(tmp_path):
