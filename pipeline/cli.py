@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--label-column", help="the CSV column of labels (default: 'label', else the second)")
     f.add_argument("--prune", action="store_true", help="drop the rows of files no longer in DATA_DIR")
     f.add_argument("--sample", type=_sample, help="featurize only N images per class (or a fraction), for a quick try")
+    f.add_argument("--tta", choices=["flip"], help="test-time augmentation: flip averages the features of each "
+                   "image and its mirror (score follows the head's choice)")
+    f.add_argument("--no-follow-links", action="store_true",
+                   help="do not read symlinks leading outside DATA_DIR (for folders you do not trust)")
     f.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
     f.add_argument("--strict", action="store_true", help="fail if any image had to be skipped")
     f.add_argument("--no-progress", action="store_true")
@@ -129,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace --out even if it is not a CSV this tool wrote")
     s.add_argument("--kaggle", metavar="CLASS", help="write id,label with the probability of CLASS")
     s.add_argument("--clip", type=float, help="clip Kaggle probabilities to [CLIP, 1-CLIP], e.g. 0.02")
+    s.add_argument("--reject-below", type=float, metavar="P",
+                   help="write 'unknown' as the prediction when the top probability is below P "
+                        "(pick P from the coverage plot of an evaluate/train --report)")
+    s.add_argument("--no-follow-links", action="store_true",
+                   help="do not read symlinks leading outside DATA_DIR (for folders you do not trust)")
     s.add_argument("--no-progress", action="store_true")
 
     e = sub.add_parser("evaluate", help="metrics of a head on a labelled feature store")
@@ -189,9 +198,9 @@ def cmd_featurize(a):
 
     run = featurize(a.data_dir, a.backbone, a.layer, a.out, a.weights, labelled=False if a.unlabelled else None,
                     labels=a.labels, id_column=a.id_column, label_column=a.label_column, prune=a.prune,
-                    sample=a.sample,
+                    sample=a.sample, follow_links=not a.no_follow_links,
                     overwrite=a.overwrite, batch_size=a.batch_size, workers=a.workers,
-                    progress=not a.no_progress, strict=a.strict, report=True, **_backbone_kwargs(a))
+                    progress=not a.no_progress, strict=a.strict, report=True, tta=a.tta, **_backbone_kwargs(a))
     print(run.summary())
 
 
@@ -243,7 +252,8 @@ def cmd_score(a):
     from .scoring import score
 
     run = score(a.model, a.data_dir, a.out, cache=a.cache, no_cache=a.no_cache, kaggle=a.kaggle, clip=a.clip,
-                progress=not a.no_progress, force=a.force)
+                progress=not a.no_progress, force=a.force, follow_links=not a.no_follow_links,
+                reject_below=a.reject_below)
     print(run.summary())
     print(f"predictions -> {a.out}")
 

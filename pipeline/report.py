@@ -1,8 +1,9 @@
 """A self-contained HTML report of a head's predictions: ``DIR/index.html`` plus PNGs beside it.
 
-Summary table, confusion-matrix heat map, per-class table, the learning curve when given, the
-suggested clipping bound for log loss, and thumbnail galleries of the most confident mistakes,
-the most uncertain images and a sample of correct ones. Galleries are capped and thumbnails
+Summary table, confusion-matrix heat map, per-class table, accuracy against coverage (to pick
+``score --reject-below P``), the learning curve when given, the suggested clipping bound for
+log loss, and thumbnail galleries of the most confident mistakes, the most uncertain images and
+a sample of correct ones. Galleries are capped and thumbnails
 are made once (named by the image's content hash), so large sets stay fast.
 """
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 GALLERY_SIZE = 24
+REJECT_THRESHOLDS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)  # the --reject-below values tabulated
+CURVE_POINTS = 200
 THUMB_PX = 160
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
@@ -84,6 +87,56 @@ def learning_curve_png(curve: dict, path: Path) -> Path:
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def coverage_curve(y_true, proba, classes, thresholds=None) -> dict:
+    """What ``score --reject-below P`` would do, for each P in `thresholds` (default: the
+    distinct top probabilities, at most CURVE_POINTS of them): ``coverage`` (the fraction of
+    images whose top probability is at least P, which keep their prediction), ``accuracy`` on
+    those (None when none is kept) and ``kept`` (their number)."""
+    proba = np.asarray(proba)
+    conf = proba.max(axis=1)
+    correct = np.asarray(classes, dtype=str)[np.argmax(proba, axis=1)] == np.asarray(y_true, dtype=str)
+    order = np.argsort(-conf, kind="stable")
+    ascending, hits = conf[order][::-1], np.cumsum(correct[order])
+    if thresholds is None:
+        thresholds = np.unique(conf)
+        if len(thresholds) > CURVE_POINTS:
+            thresholds = np.unique(np.quantile(thresholds, np.linspace(0, 1, CURVE_POINTS), method="nearest"))
+    kept = len(conf) - np.searchsorted(ascending, np.asarray(thresholds, dtype=conf.dtype), side="left")
+    return {"threshold": [float(t) for t in thresholds], "kept": kept.tolist(),
+            "coverage": (kept / max(len(conf), 1)).tolist(),
+            "accuracy": [float(hits[k - 1] / k) if k else None for k in kept]}
+
+
+def coverage_png(curve: dict, marks: dict, path: Path) -> Path:
+    """Accuracy against coverage as the rejection threshold rises, tabulated thresholds marked."""
+    plt = _plots()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pts = [(c, a) for c, a in zip(curve["coverage"], curve["accuracy"]) if a is not None]
+    ax.plot([c for c, _ in pts], [a for _, a in pts], marker=".", label="accuracy of the images kept")
+    for t, c, a in zip(marks["threshold"], marks["coverage"], marks["accuracy"]):
+        if a is not None:
+            ax.annotate(f"P={t:g}", (c, a), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.plot([c], [a], "o", color="#d33")
+    ax.set_xlim(1.02, -0.02)  # coverage falls as P rises
+    ax.set_xlabel("coverage (fraction of images given a class, not 'unknown')")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _coverage_section(y_true, proba, classes, out: Path) -> str:
+    marks = coverage_curve(y_true, proba, classes, REJECT_THRESHOLDS)
+    coverage_png(coverage_curve(y_true, proba, classes), marks, out / "coverage.png")
+    rows = [(f"{t:g}", k, f"{c:.4f}", f"{a:.4f}" if a is not None else "-")
+            for t, k, c, a in zip(marks["threshold"], marks["kept"], marks["coverage"], marks["accuracy"])]
+    return ("<p>With <code>score ... --reject-below P</code>, images whose top probability is below P are "
+            "predicted <code>unknown</code>: fewer images get a class (coverage), and those that do are "
+            'right more often.</p><div class="row"><img src="coverage.png" alt="accuracy against coverage">'
+            + _table(("P", "images kept", "coverage", "accuracy"), rows) + "</div>")
 
 
 def thumbnail(src: Path, key: str, folder: Path) -> str | None:
@@ -202,6 +255,9 @@ def write_report(out_dir, metrics: dict, y_true, proba, paths, *, title: str, im
                  '<div class="row"><img src="confusion.png" alt="confusion matrix heat map">'
                  f"<div>{_per_class(metrics)}{_confused(metrics)}</div></div>"),
                 ("mistakes", *galleries["mistakes"]), ("uncertain", *galleries["uncertain"])]
+    if len(proba):
+        sections.append(("coverage", "Accuracy against coverage: choosing --reject-below",
+                         _coverage_section(y_true, proba, classes, out)))
     if curve is not None:
         learning_curve_png(curve, out / "learning_curve.png")
         sections.append(("learning-curve", "Learning curve: will more images help?",

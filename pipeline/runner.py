@@ -24,7 +24,7 @@ import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from .errors import ImageError, PipelineError, StoreError
-from .images import IMAGE_EXTENSIONS, ImageRecord, decode, list_images, read_bytes
+from .images import ImageRecord, decode, list_images, no_images_message, read_bytes
 from .labels import CsvLabels, read_labels_csv
 from .quality import duplicate_groups, label_conflicts
 from .splits import sample_mask
@@ -45,6 +45,7 @@ class RunReport:
     skipped: list[dict] = field(default_factory=list)  # {path, reason, detail}
     notes: list[dict] = field(default_factory=list)  # {path, note}: used, with a remark (e.g. EXIF ignored)
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not images, hidden...
+    links: dict[str, str] = field(default_factory=dict)  # symlinks met: path (folders end in /) -> target
     listed: list[str] = field(default_factory=list)  # relative paths of the images this run was given
     unlabelled: list[str] = field(default_factory=list)  # images a labels CSV has no row for
     unused_label_ids: list[str] = field(default_factory=list)
@@ -56,6 +57,7 @@ class RunReport:
         return {"complete": self.complete, "discovered": self.discovered, "featurized": self.computed,
                 "reused": self.reused, "pruned": self.pruned, "skipped": self.skipped, "notes": self.notes,
                 "ignored": [{"path": p, "reason": r} for p, r in self.ignored],
+                "links": [{"path": p, "target": t} for p, t in self.links.items()],
                 "unlabelled": self.unlabelled, "labels_without_image": len(self.unused_label_ids),
                 "unused_label_ids": self.unused_label_ids[:1000], "duplicates": self.duplicates,
                 "label_conflicts": self.label_conflicts}
@@ -71,6 +73,8 @@ class RunReport:
         counts = Counter(reason for _, reason in self.ignored)
         if counts:
             lines.append("  ignored (not images to featurize): " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+        if self.links:
+            lines.append(f"  {len(self.links)} symlinks met (their targets are in report.json 'links')")
         if self.unlabelled:
             lines.append(f"  {len(self.unlabelled)} images have no label in the CSV (featurized, not used for "
                          f"training): {', '.join(self.unlabelled[:5])}{' ...' if len(self.unlabelled) > 5 else ''}")
@@ -205,7 +209,7 @@ class _Batcher:
 def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str = "penultimate",
               out=None, weights: str | None = None, *, labelled: bool | None = None, labels=None,
               id_column: str | None = None, label_column: str | None = None, prune: bool = False,
-              sample: int | float | None = None,
+              sample: int | float | None = None, follow_links: bool = True,
               overwrite: bool = False, batch_size: int | None = None, workers: int | None = None,
               progress: bool = True, strict: bool = False, report: bool = False, **backbone_options):
     """Featurize every image below `data_dir` into the store `out`; return the FeatureStore.
@@ -213,7 +217,8 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     Sub-folders of `data_dir` are classes (images at any depth below one belong to it); a flat
     folder gives unlabelled images. `labels`: a CSV (``id,label``) that labels the images
     instead of sub-folders. `prune`: drop rows of files no longer in the folder. `sample`: only
-    N images per class (or a fraction), a stable choice for quick experiments. With
+    N images per class (or a fraction), a stable choice for quick experiments. `follow_links`:
+    False leaves symlinks leading outside `data_dir` unread (folders you do not trust). With
     report=True, returns a RunReport (also written to ``report.json`` in the store).
     """
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(
@@ -221,14 +226,15 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     out = Path(out) if out is not None else default_store_path(data_dir, bb)
     if labels is not None and not isinstance(labels, CsvLabels):
         labels = read_labels_csv(labels, id_column, label_column)
-    listing = list_images(data_dir, labelled, labels=labels)
+    listing = list_images(data_dir, labelled, labels=labels, follow_links=follow_links)
     present = {r.relpath for r in listing.records}  # what --prune keeps, sampled or not
     if sample is not None:
         keep = sample_mask([r.relpath for r in listing.records], [r.label for r in listing.records], sample)
         listing.records = [r for r, k in zip(listing.records, keep) if k]
     if not listing.records:
-        raise PipelineError(f"no images found in {data_dir} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    run = RunReport(store=None, discovered=len(listing.records) + len(listing.unusable), ignored=listing.ignored,
+        raise PipelineError(no_images_message(data_dir, listing))
+    run = RunReport(store=None, discovered=len(listing.records) + len(listing.unusable) - len(listing.unreadable),
+                    ignored=listing.ignored, links=listing.links,
                     skipped=list(listing.unusable),
                     listed=[r.relpath for r in listing.records], unlabelled=listing.unlabelled,
                     unused_label_ids=listing.unused_label_ids)
@@ -238,7 +244,9 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
         _run(listing.records, bb, writer, workers, progress, run, read_report(out))
         _withdraw_skipped(writer, run)
         if prune:
-            run.pruned = writer.prune(present)
+            # rows below a folder that could not be listed are kept: their files may well exist
+            unlisted = {r["path"] for r in writer.rows if listing.below_unreadable(r["path"])}
+            run.pruned = writer.prune(present | unlisted)
     except BaseException:
         if not writer.discard_if_empty():  # a failed first run leaves nothing behind
             writer.write_report(run.to_dict())  # what was skipped so far, even when the run fails
@@ -319,4 +327,4 @@ def default_store_path(data_dir, bb: Backbone, root: str | os.PathLike | None = 
     name = Path(data_dir).resolve().name
     tag = Path(bb.name).stem if ("/" in bb.name or "." in bb.name) else bb.name
     layer = bb.layer.replace("/", "_").replace(":", "_")
-    return root / f"{name}-{tag}-{layer}"
+    return root / f"{name}-{tag}-{layer}{'-' + bb.tta if bb.tta else ''}"

@@ -17,6 +17,8 @@ from .errors import UsageError
 from .outputs import atomic_open, check_output, csv_writer
 from .runner import featurize
 
+UNKNOWN = "unknown"  # the prediction written when the top probability is below --reject-below
+
 
 def score_cache_path(data_dir, request: dict, root=None) -> Path:
     """Where scoring caches the features of `data_dir`: keyed by the folder's resolved path and the
@@ -30,12 +32,14 @@ def score_cache_path(data_dir, request: dict, root=None) -> Path:
 
 
 def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: str | None = None,
-          clip: float | None = None, progress: bool = True, workers: int | None = None, force: bool = False):
+          clip: float | None = None, progress: bool = True, workers: int | None = None, force: bool = False,
+          follow_links: bool = True, reject_below: float | None = None):
     """Featurize `data_dir` (all sub-folders, reusing the cache) with the head's backbone and write `out`.
 
     Default CSV: ``path,prediction,<one probability column per class>``. With `kaggle`=CLASS:
     ``id,label`` where label is the probability of CLASS clipped to [clip, 1 - clip] and id comes
-    from the file name (the Dogs vs Cats Redux submission format). Returns the RunReport.
+    from the file name (the Dogs vs Cats Redux submission format). `reject_below`: the prediction
+    is ``unknown`` where the top probability is below it. Returns the RunReport.
 
     The features are cached in `cache` (default: :func:`score_cache_path`); `no_cache` uses a
     temporary store removed afterwards. Only images read successfully in this run get a row in
@@ -47,11 +51,14 @@ def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: s
                  data_dir=data_dir, force=force)
     if kaggle is not None:
         _check_kaggle_class(kaggle, clf.classes_)
+    if reject_below is not None:
+        check_reject_below(reject_below, clf.classes_, kaggle)
     bb = backbone_from_spec(clf.spec)
     tmp = Path(tempfile.mkdtemp(prefix="tfp-score-")) if no_cache else None
     try:
         store_dir = tmp / "features" if tmp else Path(cache) if cache else score_cache_path(data_dir, bb.request())
-        run = featurize(data_dir, bb, out=store_dir, labelled=False, progress=progress, workers=workers, report=True)
+        run = featurize(data_dir, bb, out=store_dir, labelled=False, progress=progress, workers=workers, report=True,
+                        follow_links=follow_links)
         paths, proba = _predict_listed(clf, run)
     finally:
         if tmp is not None:
@@ -59,7 +66,7 @@ def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: s
     if kaggle is not None:
         _write_kaggle(out, paths, proba, clf.classes_, kaggle, clip)
     else:
-        _write_predictions(out, paths, proba, clf.classes_)
+        _write_predictions(out, paths, proba, clf.classes_, reject_below)
     return run
 
 
@@ -75,12 +82,29 @@ def _predict_listed(clf: Classifier, run):
     return paths, proba
 
 
-def _write_predictions(out, paths, proba, classes):
+def check_reject_below(p: float, classes, kaggle: str | None = None) -> None:
+    if not 0.0 < float(p) <= 1.0:
+        raise UsageError(f"--reject-below must be a probability in (0, 1], got {p!r}")
+    if kaggle is not None:
+        raise UsageError("--reject-below changes the prediction column, which --kaggle does not write; use one of them")
+    if UNKNOWN in [str(c) for c in classes]:
+        raise UsageError(f"this head has a class named {UNKNOWN!r}, so --reject-below could not be told apart from it")
+
+
+def predicted_labels(proba: np.ndarray, classes, reject_below: float | None = None) -> list[str]:
+    """The top class of each row of `proba`, or UNKNOWN where its probability is below `reject_below`."""
+    classes = [str(c) for c in classes]
+    top = np.argmax(proba, axis=1)
+    return [UNKNOWN if reject_below is not None and row[i] < reject_below else classes[i]
+            for row, i in zip(proba, top)]
+
+
+def _write_predictions(out, paths, proba, classes, reject_below=None):
     with atomic_open(out, newline="") as f:
         w = csv_writer(f)
         w.writerow(["path", "prediction", *[str(c) for c in classes]])
-        for p, row in zip(paths, proba):
-            w.writerow([p, str(classes[int(np.argmax(row))]), *(f"{v:.6f}" for v in row)])
+        for p, label, row in zip(paths, predicted_labels(proba, classes, reject_below), proba):
+            w.writerow([p, label, *(f"{v:.6f}" for v in row)])
 
 
 def kaggle_id(path: str) -> str:

@@ -43,16 +43,20 @@ def test_listing_labels_nested_hidden_and_junk(tmp_path):
     os.symlink(tmp_path, tmp_path / "cat" / "loop")  # a symlink loop must not hang the walk
     outside = tmp_path.parent / f"{tmp_path.name}-outside.jpg"
     outside.write_bytes(img_bytes())
-    os.symlink(outside, tmp_path / "dog" / "elsewhere.jpg")  # nothing outside the root is read
+    os.symlink(outside, tmp_path / "dog" / "elsewhere.jpg")  # followed by default, not with follow_links=False
     listing = list_images(tmp_path)
     assert listing.classes == ["cat", "dog"]
     assert [(r.relpath, r.label) for r in listing.records] == [
-        ("cat/2021/b.JPG", "cat"), ("cat/a.jpg", "cat"), ("dog/c.png", "dog")]
+        ("cat/2021/b.JPG", "cat"), ("cat/a.jpg", "cat"), ("dog/c.png", "dog"), ("dog/elsewhere.jpg", "dog")]
+    assert listing.links["dog/elsewhere.jpg"] == str(outside.resolve())
     reasons = dict(listing.ignored)
     assert reasons["loose.jpg"] == "unlabelled_ignored"
     assert reasons["dog/notes.txt"] == "ignored_extension"
     assert reasons["cat/._a.jpg"] == "ignored_hidden"
-    assert reasons["dog/elsewhere.jpg"] == "link_outside_root"
+    assert reasons["cat/loop/"] == "link_loop"
+    strict = list_images(tmp_path, follow_links=False)
+    assert "dog/elsewhere.jpg" not in [r.relpath for r in strict.records]
+    assert dict(strict.ignored)["dog/elsewhere.jpg"] == "link_outside_root"
 
 
 def test_flat_folder_is_unlabelled(tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import BackboneError, UsageError
 from ..preprocess import Preprocess
-from .base import Backbone, describe, identity
+from .base import TTA_MODES, Backbone, describe, identity
 from .graph import GRAPH_PRESETS, GraphBackbone
 from .keras_apps import KERAS_APPS, KerasBackbone
 from .tflite import TFLiteBackbone
@@ -36,11 +36,15 @@ def _overrides(base: Preprocess, input_size=None, scaling=None, crop_fraction=No
 
 def create_backbone(spec: str = DEFAULT_BACKBONE, layer: str = "penultimate", weights: str | None = None,
                     *, input_size=None, scaling=None, crop_fraction=None, resample=None,
-                    input_tensor=None, batch_size: int | None = None, precision: str | None = None) -> Backbone:
+                    input_tensor=None, batch_size: int | None = None, precision: str | None = None,
+                    tta: str | None = None) -> Backbone:
     """Resolve SPEC to a (not yet loaded) backbone reading `layer`.
 
     precision: float32 (default), bfloat16 or float16 compute for Keras applications.
+    tta: "flip" averages the features of each image and of its horizontal mirror (any kind).
     """
+    if tta not in (None, *TTA_MODES):
+        raise UsageError(f"unknown test-time augmentation {tta!r}; choose one of {', '.join(TTA_MODES)}")
     spec = str(spec)
     pre_kw = dict(input_size=input_size, scaling=scaling, crop_fraction=crop_fraction, resample=resample)
     if weights and weights != "imagenet" and spec not in KERAS_APPS:
@@ -64,6 +68,7 @@ def create_backbone(spec: str = DEFAULT_BACKBONE, layer: str = "penultimate", we
                             f"a .tflite/.pb file, a SavedModel folder, or hub:HANDLE")
     if batch_size:
         bb.batch_size = int(batch_size)
+    bb.tta = tta
     return bb
 
 
@@ -79,7 +84,7 @@ def backbone_from_spec(spec: dict) -> Backbone:
     pre = spec["preprocess"]
     src = spec.get("source", {})
     kw = dict(input_size=tuple(pre["size"]), scaling=pre["scaling"], crop_fraction=pre["crop_fraction"],
-              resample=pre["resample"])
+              resample=pre["resample"], tta=spec.get("tta"))
     name = spec["backbone"]
     if spec["kind"] == "keras":
         return create_backbone(name, spec["layer"], src.get("weights"), precision=spec.get("precision"), **kw)

@@ -4,6 +4,11 @@ A Backbone is cheap to create: it knows its preprocessing and which layer it wil
 :meth:`Backbone.load` builds the network (the expensive part) and is called only when
 there is an image to featurize. Calling a loaded backbone maps a uint8 RGB batch of shape
 (N, H, W, 3) to float32 features (N, D); spatial layers are global-average-pooled.
+
+Test-time augmentation (``tta="flip"``) is done here, once for every kind: the features are
+the mean of those of the image and of its horizontal mirror, on the batch path and on the
+per-image path alike. It is part of the feature spec, so features made with and without it
+never mix.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from ..preprocess import Preprocess
 
 _LOAD_LOCK = threading.RLock()
 LAYER_ALIASES = ("logits", "penultimate", "predictions")  # predictions: class probabilities (softmax)
+TTA_MODES = ("flip",)  # flip: mean of the features of the image and of its horizontal mirror
 
 
 @lru_cache(maxsize=32)
@@ -51,12 +57,24 @@ class Backbone:
         self.dim: int | None = None
         self.num_classes: int | None = None  # classifier width when the layer is 'logits'
         self._loaded = False
+        self.tta: str | None = None  # test-time augmentation: None or one of TTA_MODES
 
     per_image = False  # True: featurize_one() is the fast path (runs in the decoding threads)
 
     def featurize_one(self, image: np.ndarray) -> np.ndarray:
         """Features (D,) of one decoded uint8 image; thread-safe where ``per_image`` is True."""
-        return self(image[None])[0]
+        image = self._check(np.asarray(image)[None])[0]
+        self.load()
+        if self.tta == "flip":
+            return (self._one(image) + self._one(np.ascontiguousarray(image[:, ::-1]))) / np.float32(2)
+        return self._one(image)
+
+    def _one(self, image: np.ndarray) -> np.ndarray:
+        """Features (D,) of one image without augmentation; kinds with a per-image path override it."""
+        return self._features(image[None])[0]
+
+    def _features(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self._forward(images), dtype=np.float32).reshape(len(images), -1)
 
     @property
     def loaded(self) -> bool:
@@ -71,15 +89,21 @@ class Backbone:
                     self._loaded = True
         return self
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+    def _check(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
         h, w = self.preprocess.size
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, 3):
             raise ValueError(f"{self.name} takes uint8 RGB batches of shape (N, {h}, {w}, 3), "
                              f"got {images.dtype} {images.shape}; decode with pipeline.images.decode")
+        return images
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        images = self._check(images)
         self.load()
-        out = np.asarray(self._forward(images), dtype=np.float32)
-        return out.reshape(len(images), -1)
+        if self.tta == "flip":
+            mirrored = np.ascontiguousarray(images[:, :, ::-1])
+            return (self._features(images) + self._features(mirrored)) / np.float32(2)
+        return self._features(images)
 
     def request(self) -> dict:
         """What was asked for, known without loading the network (enough to match a cache)."""
@@ -91,6 +115,7 @@ class Backbone:
             "layer": self.layer,
             "preprocess": self.preprocess.to_dict(),
             "precision": getattr(self, "precision", "float32"),
+            "tta": self.tta,
             "source": dict(self.source),
         }
 
@@ -118,6 +143,7 @@ def identity(spec: dict, full: bool = True) -> dict:
     keys = ("kind", "model", "weights", "layer", "preprocess") + (("tensor", "dim") if full else ())
     out = {k: spec.get(k) for k in keys}
     out["precision"] = spec.get("precision", "float32")  # stores made before precision existed are float32
+    out["tta"] = spec.get("tta")  # stores made before TTA existed have none
     return out
 
 
@@ -128,7 +154,8 @@ def describe(spec: dict) -> str:
     return (f"{spec.get('backbone')} [{spec.get('kind')}] layer={spec.get('layer')} "
             f"({spec.get('tensor')}, D={spec.get('dim')}, {size} {pre.get('scaling')}, "
             f"crop {pre.get('crop_fraction')}"
-            + (f", {spec['precision']}" if spec.get("precision", "float32") != "float32" else "") + ")")
+            + (f", {spec['precision']}" if spec.get("precision", "float32") != "float32" else "")
+            + (f", tta {spec['tta']}" if spec.get("tta") else "") + ")")
 
 
 def pool(x: np.ndarray) -> np.ndarray:

@@ -177,7 +177,7 @@ class TFLiteBackbone(Backbone):
         info = np.iinfo(self._in_dtype)
         return np.clip(np.round(x / scale + zero), info.min, info.max).astype(self._in_dtype)
 
-    def _one(self, image: np.ndarray) -> np.ndarray:
+    def _invoke(self, image: np.ndarray) -> np.ndarray:
         it = self._interpreter()
         it.set_tensor(it.get_input_details()[0]["index"], self._quantize(image))
         it.invoke()
@@ -189,9 +189,8 @@ class TFLiteBackbone(Backbone):
 
     per_image = True  # fixed batch of 1 on most models: one interpreter per thread, fed by the decoders
 
-    def featurize_one(self, image: np.ndarray) -> np.ndarray:
-        self.load()
-        return self._one(image)[0]
+    def _one(self, image: np.ndarray) -> np.ndarray:
+        return self._invoke(image)[0]
 
     def _forward(self, images):
-        return np.concatenate(list(self._pool.map(self._one, images)), axis=0)
+        return np.concatenate(list(self._pool.map(self._invoke, images)), axis=0)
