@@ -10,6 +10,7 @@ import numpy as np
 
 from .backbones import backbone_from_spec
 from .classifier import Classifier, load
+from .exchange import is_feature_store, predict_store
 from .runner import default_store_path, featurize
 
 
@@ -17,11 +18,20 @@ def score(model, data_dir, out, *, cache=None, kaggle: str | None = None, clip: 
           progress: bool = True, workers: int | None = None):
     """Featurize `data_dir` (all sub-folders, reusing the cache) with the head's backbone and write `out`.
 
+    `data_dir` may also be a feature store: its rows are scored (``path`` is the row's id).
+
     Default CSV: ``path,prediction,<one probability column per class>``. With `kaggle`=CLASS:
     ``id,label`` where label is the probability of CLASS clipped to [clip, 1 - clip] and id comes
     from the file name (the Dogs vs Cats Redux submission format). Returns the RunReport.
     """
     clf = model if isinstance(model, Classifier) else load(model)
+    if is_feature_store(data_dir):  # a feature store's rows (made here or imported), scored as they are
+        paths, proba, result = predict_store(clf, data_dir)
+        if kaggle is not None:
+            _write_kaggle(out, paths, proba, clf.classes_, kaggle, clip)
+        else:
+            _write_predictions(out, paths, proba, clf.classes_)
+        return result
     bb = backbone_from_spec(clf.spec)
     cache = Path(cache) if cache else default_store_path(data_dir, bb)
     run = featurize(data_dir, bb, out=cache, labelled=False, progress=progress, workers=workers, report=True)

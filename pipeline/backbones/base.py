@@ -114,7 +114,11 @@ def identity(spec: dict, full: bool = True) -> dict:
 
     File locations may differ (a model copied elsewhere); contents, weights, layer and
     preprocessing may not. full=False leaves out what is only known after loading the network.
+    Features imported from a file without this project's metadata name no network: all that
+    can be checked is that they are imported and their width.
     """
+    if spec.get("backbone") == "imported":
+        return {"backbone": "imported", **({"dim": spec.get("dim")} if full else {})}
     keys = ("kind", "model", "weights", "layer", "preprocess") + (("tensor", "dim") if full else ())
     out = {k: spec.get(k) for k in keys}
     out["precision"] = spec.get("precision", "float32")  # stores made before precision existed are float32
@@ -123,6 +127,8 @@ def identity(spec: dict, full: bool = True) -> dict:
 
 def describe(spec: dict) -> str:
     """One line naming a feature spec for error messages."""
+    if spec.get("backbone") == "imported":
+        return f"features imported from {spec.get('source')} (D={spec.get('dim')})"
     pre = spec.get("preprocess", {})
     size = "x".join(str(v) for v in pre.get("size", []))
     return (f"{spec.get('backbone')} [{spec.get('kind')}] layer={spec.get('layer')} "
