@@ -61,7 +61,8 @@ def _backbone_options(p: argparse.ArgumentParser, with_layer: bool = True) -> No
     p.add_argument("--backbone", default="mobilenet_v2_quant",
                    help="registry name, .tflite/.pb file, SavedModel folder or hub:HANDLE (default: %(default)s)")
     if with_layer:
-        p.add_argument("--layer", default="penultimate", help="logits, penultimate (default) or a layer/tensor name")
+        p.add_argument("--layer", default="penultimate", help="logits, penultimate (default) or a layer/tensor name; "
+                       "several separated by commas (one forward pass, one store each: --out must contain {layer})")
     p.add_argument("--weights", help="Keras application weights: imagenet (default), a local .weights.h5/.h5 file, or random")
     p.add_argument("--input-size", type=int, help="override the backbone's input size (square)")
     p.add_argument("--scaling", help="override the pixel scaling: caffe, tf, torch, unit, raw, ...")

@@ -26,6 +26,7 @@ from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from .errors import ImageError, PipelineError
 from .images import IMAGE_EXTENSIONS, ImageRecord, decode, list_images, read_bytes
 from .labels import CsvLabels, read_labels_csv
+from .layers import PLACEHOLDER, LayerWriters, layer_slug
 from .quality import duplicate_groups, label_conflicts
 from .splits import sample_mask
 from .store import FeatureStore, open_writer, read_report, write_report
@@ -51,6 +52,7 @@ class RunReport:
     duplicates: list[list[str]] = field(default_factory=list)
     label_conflicts: list[dict] = field(default_factory=list)
     complete: bool = False
+    stores: list = field(default_factory=list)  # one per layer (several with --layer a,b)
 
     def to_dict(self) -> dict:
         return {"complete": self.complete, "discovered": self.discovered, "featurized": self.computed,
@@ -64,6 +66,7 @@ class RunReport:
         n = f"{len(self.store)} rows, D={self.store.spec['dim']}" if self.store is not None else "not written"
         lines = [f"{self.discovered} images: {self.computed} featurized, {self.reused} reused from the cache, "
                  f"{len(self.skipped)} skipped -> {self.store.root if self.store is not None else '?'} ({n})"]
+        lines += [f"  also -> {s.root} (layer {s.spec['layer']}, D={s.spec['dim']})" for s in self.stores[1:]]
         lines += [f"  skipped {s['path']}: {s['reason']} {s.get('detail', '')}".rstrip() for s in self.skipped]
         lines += [f"  note {n['path']}: {n['note']}" for n in self.notes]
         if self.pruned:
@@ -215,10 +218,11 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     instead of sub-folders. `prune`: drop rows of files no longer in the folder. `sample`: only
     N images per class (or a fraction), a stable choice for quick experiments. With
     report=True, returns a RunReport (also written to ``report.json`` in the store).
+    `layer` may name several layers ("penultimate,logits"): one forward pass writes one store
+    per layer, at `out` with ``{layer}`` replaced by each name (the first store is returned).
     """
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(
         backbone, layer, weights, batch_size=batch_size, **backbone_options)
-    out = Path(out) if out is not None else default_store_path(data_dir, bb)
     if labels is not None and not isinstance(labels, CsvLabels):
         labels = read_labels_csv(labels, id_column, label_column)
     listing = list_images(data_dir, labelled, labels=labels)
@@ -232,8 +236,8 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
                     skipped=list(listing.unusable),
                     listed=[r.relpath for r in listing.records], unlabelled=listing.unlabelled,
                     unused_label_ids=listing.unused_label_ids)
-    writer = open_writer(out, bb.request(), overwrite=overwrite)
-    writer.meta["data_dir"] = str(Path(data_dir).resolve())  # where report thumbnails come from
+    writer = _open_writer(data_dir, bb, out, overwrite)
+    out = writer.root
     try:
         _run(listing.records, bb, writer, workers, progress, run, read_report(out))
         if prune:
@@ -251,14 +255,26 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     return run if report else run.store
 
 
+def _open_writer(data_dir, bb: Backbone, out, overwrite: bool):
+    """The store writer of a run; with several layers, one store per layer behind one writer."""
+    if len(bb.layers) > 1:
+        out = out if out is not None else default_store_path(data_dir, bb, layer=PLACEHOLDER)
+        return LayerWriters.open(out, bb, overwrite, data_dir)
+    out = Path(out) if out is not None else default_store_path(data_dir, bb)
+    writer = open_writer(out, bb.request(), overwrite=overwrite)
+    writer.meta["data_dir"] = str(Path(data_dir).resolve())  # where report thumbnails come from
+    return writer
+
+
 def _finish(run: RunReport, writer) -> None:
     """Close the store and record the duplicates and label conflicts among this run's images."""
     run.store = writer.close()
+    run.stores = getattr(writer, "stores", [run.store])
     listed = set(run.listed)
     rows = [r for r in run.store.rows if r["path"] in listed]
     run.duplicates, run.label_conflicts = duplicate_groups(rows), label_conflicts(rows)
     run.complete = True
-    write_report(run.store.root, run.to_dict())
+    writer.write_report(run.to_dict())
 
 
 def _run(records, bb: Backbone, writer, workers, progress, run: RunReport, previous_report: dict) -> None:
@@ -296,10 +312,11 @@ def _row(record: ImageRecord, sha: str, stat) -> dict:
     return {"path": record.relpath, "label": record.label, "sha256": sha, "stat": stat}
 
 
-def default_store_path(data_dir, bb: Backbone, root: str | os.PathLike | None = None) -> Path:
+def default_store_path(data_dir, bb: Backbone, root: str | os.PathLike | None = None, *,
+                       layer: str | None = None) -> Path:
     """features/<folder>-<backbone>-<layer>: where a store goes when --out is not given."""
     root = Path(root or os.environ.get("TFP_FEATURES", "features"))
     name = Path(data_dir).resolve().name
     tag = Path(bb.name).stem if ("/" in bb.name or "." in bb.name) else bb.name
-    layer = bb.layer.replace("/", "_").replace(":", "_")
+    layer = layer_slug(layer or bb.layer)
     return root / f"{name}-{tag}-{layer}"

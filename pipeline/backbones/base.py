@@ -4,6 +4,10 @@ A Backbone is cheap to create: it knows its preprocessing and which layer it wil
 :meth:`Backbone.load` builds the network (the expensive part) and is called only when
 there is an image to featurize. Calling a loaded backbone maps a uint8 RGB batch of shape
 (N, H, W, 3) to float32 features (N, D); spatial layers are global-average-pooled.
+
+A backbone may read several layers in one forward pass (``layer="penultimate,logits"``): its
+features are then the layers' features side by side (D = the sum of ``dims``), and
+:meth:`Backbone.layer_spec` describes each layer as a single-layer backbone would.
 """
 from __future__ import annotations
 
@@ -44,6 +48,9 @@ class Backbone:
                  batch_size: int = 32):
         self.name = name
         self.layer = layer or "penultimate"
+        self.layers = split_layers(self.layer)
+        self.tensors: list[str] = []  # per layer, set by _load (one entry unless several layers)
+        self.dims: list[int] = []
         self.preprocess = preprocess
         self.source = source  # where the network comes from: paths, hashes, weights
         self.batch_size = batch_size
@@ -99,6 +106,19 @@ class Backbone:
         self.load()
         return {**self.request(), "tensor": self.tensor, "dim": self.dim}
 
+    def layer_spec(self, i: int) -> dict:
+        """The spec of layer i alone: what a single-layer backbone reading it records."""
+        self.load()
+        return {**self.request(), "layer": self.layers[i], "tensor": self.tensors[i], "dim": self.dims[i]}
+
+    def _set_layers(self, tensors: list[str], dims: list[int]) -> None:
+        """Record the resolved tensors and widths of every layer; tensor/dim describe them all."""
+        self.tensors, self.dims = list(tensors), [int(d) for d in dims]
+        self.tensor = tensors[0] if len(tensors) == 1 else ",".join(tensors)
+        self.dim = sum(self.dims)
+        classes = [d for layer, d in zip(self.layers, self.dims) if layer in ("logits", "predictions")]
+        self.num_classes = classes[0] if classes else None
+
     def _load(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -107,6 +127,16 @@ class Backbone:
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.name} layer={self.layer}>"
+
+
+def split_layers(layer: str) -> tuple[str, ...]:
+    """'penultimate,logits' -> ('penultimate', 'logits'); refuses an empty or repeated name."""
+    from ..errors import UsageError
+
+    names = tuple(part.strip() for part in str(layer).split(","))
+    if not all(names) or len(set(names)) != len(names):
+        raise UsageError(f"--layer {layer!r}: give layer names separated by commas, each once")
+    return names
 
 
 def identity(spec: dict, full: bool = True) -> dict:
