@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,7 +30,9 @@ from .labels import CsvLabels, read_labels_csv
 from .layers import PLACEHOLDER, LayerWriters, layer_slug
 from .quality import duplicate_groups, label_conflicts
 from .splits import sample_mask
-from .store import FeatureStore, open_writer, read_report, write_report
+from .stages import StageClock, cores, on_gpu
+from .stages import line as stages_line
+from .store import FeatureStore, open_writer, read_report
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ class RunReport:
     label_conflicts: list[dict] = field(default_factory=list)
     complete: bool = False
     stores: list = field(default_factory=list)  # one per layer (several with --layer a,b)
+    stages: dict = field(default_factory=dict)  # busy seconds per stage and the bottleneck (stages.py)
 
     def to_dict(self) -> dict:
         return {"complete": self.complete, "discovered": self.discovered, "featurized": self.computed,
@@ -60,7 +64,7 @@ class RunReport:
                 "ignored": [{"path": p, "reason": r} for p, r in self.ignored],
                 "unlabelled": self.unlabelled, "labels_without_image": len(self.unused_label_ids),
                 "unused_label_ids": self.unused_label_ids[:1000], "duplicates": self.duplicates,
-                "label_conflicts": self.label_conflicts}
+                "label_conflicts": self.label_conflicts, "stages": self.stages}
 
     def summary(self) -> str:
         n = f"{len(self.store)} rows, D={self.store.spec['dim']}" if self.store is not None else "not written"
@@ -84,6 +88,8 @@ class RunReport:
         for c in self.label_conflicts:
             lines.append(f"  label_conflict: {', '.join(c['paths'])} are the same image labelled "
                          f"{' and '.join(c['labels'])} (left out of training)")
+        if self.stages:
+            lines.append(stages_line(self.stages))
         return "\n".join(lines)
 
 
@@ -111,7 +117,7 @@ def known_files(writer, previous_report: dict) -> dict:
             "bad": {b["path"]: b for b in previous_report.get("skipped", []) if b.get("stat")}}
 
 
-def _prepare(record: ImageRecord, bb: Backbone, known: dict):
+def _prepare(record: ImageRecord, bb: Backbone, known: dict, clock: StageClock):
     """(record, sha256, stat, result, notes). result: None when cached, an ImageError, the decoded
     uint8 image (H, W, 3), or, for a backbone that featurizes one image at a time in the calling
     thread (TFLite), the feature row (D,) itself.
@@ -119,20 +125,27 @@ def _prepare(record: ImageRecord, bb: Backbone, known: dict):
     A file whose stat (size, mtime, ctime, inode) is unchanged since its row was stored has not
     been written since: it is reused without reading it (and one skipped before is skipped again).
     Any other file is read and hashed, and its content decides (a touched but identical file is
-    reused too).
+    reused too). `clock` adds up the seconds spent reading, decoding and (per image) featurizing.
     """
     notes, stat = [], None
     try:
-        stat = file_stat(record.path)
-        hit = _cached(record, stat, known)
+        with clock.timed("read"):
+            stat = file_stat(record.path)
+            hit = _cached(record, stat, known)
+            if hit is None:
+                data, sha = read_bytes(record.path)
         if hit is not None:
             return record, hit[0], stat, hit[1], notes
-        data, sha = read_bytes(record.path)
         old = known["rows"].get(record.relpath)
         if old is not None and old[0] == sha:
             return record, sha, stat, None, notes
-        image = decode(data, bb.preprocess, record.path, notes)
-        return record, sha, stat, (bb.featurize_one(image) if bb.per_image else image), notes
+        with clock.timed("decode"):
+            image = decode(data, bb.preprocess, record.path, notes)
+        if bb.per_image:
+            bb.load()  # built once, outside the timed forward pass
+            with clock.timed("forward"):
+                image = bb.featurize_one(image)
+        return record, sha, stat, image, notes
     except OSError as e:
         return record, None, stat, ImageError(record.path, f"io_error:{type(e).__name__}", e.strerror or str(e)), notes
     except ImageError as e:
@@ -173,8 +186,8 @@ def _progress(total: int, enabled: bool, desc: str):
 class _Batcher:
     """Collects decoded images and commits full batches through the backbone to the store."""
 
-    def __init__(self, backbone: Backbone, writer, skipped: list):
-        self.backbone, self.writer, self.skipped = backbone, writer, skipped
+    def __init__(self, backbone: Backbone, writer, skipped: list, clock: StageClock):
+        self.backbone, self.writer, self.skipped, self.clock = backbone, writer, skipped, clock
         self.images, self.rows = [], []
         self.computed = 0
         self.spec_recorded = False
@@ -196,12 +209,17 @@ class _Batcher:
         if not self.spec_recorded:  # builds the network on the first batch that needs it
             self.writer.set_spec(self.backbone.spec())
             self.spec_recorded = True
-        feats = batch if batch.ndim == 2 else self.backbone(batch)
+        if batch.ndim == 2:
+            feats = batch
+        else:
+            with self.clock.timed("forward"):
+                feats = self.backbone(batch)
         finite = np.isfinite(feats).all(axis=1)
         for row in (r for r, ok in zip(rows, finite) if not ok):
             self.skipped.append({"path": row["path"], "reason": "nonfinite_features",
                                  "detail": "the network gave NaN or infinity for this image"})
-        self.writer.append(feats[finite], [r for r, ok in zip(rows, finite) if ok])
+        with self.clock.timed("write"):
+            self.writer.append(feats[finite], [r for r, ok in zip(rows, finite) if ok])
         self.computed += int(finite.sum())
 
 
@@ -279,15 +297,20 @@ def _finish(run: RunReport, writer) -> None:
 
 def _run(records, bb: Backbone, writer, workers, progress, run: RunReport, previous_report: dict) -> None:
     known = known_files(writer, previous_report)
-    batcher = _Batcher(bb, writer, run.skipped)
+    clock = StageClock()
+    batcher = _Batcher(bb, writer, run.skipped, clock)
     workers = workers or os.cpu_count() or 1
+    start = time.perf_counter()
     with _progress(len(records), progress, f"featurize {bb.name}") as bar:
         window = max(2 * bb.batch_size, 4 * workers)
-        for item in bounded_map(lambda r: _prepare(r, bb, known), records, workers, window):
+        for item in bounded_map(lambda r: _prepare(r, bb, known, clock), records, workers, window):
             bar.update(1)
             _account(item, batcher, run)
         batcher.flush()
     run.computed = batcher.computed
+    run.stages = clock.report(run.computed, time.perf_counter() - start,
+                              {"read": workers, "decode": workers, "forward": workers if bb.per_image else 1,
+                               "write": 1}, {"cores": cores(), "gpu": on_gpu(bb), "per_image": bb.per_image})
 
 
 def _account(item, batcher: _Batcher, run: RunReport) -> None:
