@@ -310,7 +310,7 @@ def _run(records, bb: Backbone, writer, workers, progress, run: RunReport, previ
     run.computed = batcher.computed
     run.stages = clock.report(run.computed, time.perf_counter() - start,
                               {"read": workers, "decode": workers, "forward": workers if bb.per_image else 1,
-                               "write": 1}, {"cores": cores(), "gpu": on_gpu(bb), "per_image": bb.per_image})
+                               "write": 1}, {"cores": cores(), "gpu": on_gpu(bb), "per_image": bb.per_image, "kind": bb.kind})
 
 
 def _account(item, batcher: _Batcher, run: RunReport) -> None:

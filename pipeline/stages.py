@@ -65,7 +65,7 @@ def _workers(n: int) -> str:
     return f"{n} worker{'s' if n != 1 else ''}"
 
 
-def hint(stage: str, workers: dict, cores: int, gpu: bool, per_image: bool) -> str:
+def hint(stage: str, workers: dict, cores: int, gpu: bool, per_image: bool, kind: str = "keras") -> str:
     """What to change to go faster when `stage` limits the run."""
     if stage == "decode":
         if workers["decode"] < cores:
@@ -77,8 +77,10 @@ def hint(stage: str, workers: dict, cores: int, gpu: bool, per_image: bool) -> s
             return "the network limits the run on the GPU: raise --batch-size, or use --precision float16"
         if per_image and workers["forward"] < cores:
             return f"the network limits the run ({_workers(workers['forward'])} on {cores} cores): raise --workers to {cores}"
-        return ("the network limits the run on the CPU: try --precision bfloat16 (CPUs with AVX-512 BF16 or AMX), "
-                "a smaller backbone, or a GPU")
+        if kind == "keras":
+            return ("the network limits the run on the CPU: try --precision bfloat16 (CPUs with AVX-512 BF16 or "
+                    "AMX), a smaller backbone, or a GPU")
+        return "the network limits the run on the CPU: try a smaller backbone, or a Keras backbone on a GPU"
     if stage == "read":
         return ("reading files limits the run: copy the images to a local SSD, or raise --workers "
                 "if they are on network storage")

@@ -57,7 +57,7 @@ def test_bottleneck_counts_workers_per_stage():
     # 8 s of decoding spread over 4 workers keeps up with 3 s of network time in one thread
     clock = StageClock()
     clock.busy.update(read=0.5, decode=8.0, forward=3.0, write=0.2)
-    ctx = {"cores": 16, "gpu": False, "per_image": False}
+    ctx = {"cores": 16, "gpu": False, "per_image": False, "kind": "keras"}
     r = clock.report(100, 4.0, {"read": 4, "decode": 4, "forward": 1, "write": 1}, ctx)
     assert r["bottleneck"] == "forward" and r["images_per_s"] == 25.0
     r = clock.report(100, 8.0, {"read": 1, "decode": 1, "forward": 1, "write": 1}, ctx)
@@ -72,6 +72,7 @@ def test_bottleneck_counts_workers_per_stage():
     ("forward", 4, {"cores": 16, "gpu": False, "per_image": True}, "raise --workers to 16"),
     ("forward", 1, {"cores": 16, "gpu": True, "per_image": False}, "--batch-size"),
     ("read", 4, {"cores": 16, "gpu": False, "per_image": False}, "local SSD"),
+    ("forward", 16, {"cores": 16, "gpu": False, "per_image": True, "kind": "tflite"}, "a smaller backbone"),
 ])
 def test_hints_are_concrete(stage, workers, ctx, expected):
     w = {"read": workers, "decode": workers, "forward": workers if ctx["per_image"] else 1, "write": 1}
