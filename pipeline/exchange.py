@@ -168,6 +168,8 @@ def _list_matrix(file: Path, column, ids) -> np.ndarray:
                          f"{ids[i]!r} has {lengths[i]}")
     dim = int(lengths[0]) if len(lengths) else 0
     values = pc.list_flatten(column)
+    if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
+        raise UsageError(f"{file}: the features column holds lists of {values.type}, not of numbers")
     if values.null_count:
         raise UsageError(f"{file}: the features hold null values; fill or drop those rows")
     return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), dim)
@@ -261,6 +263,7 @@ def import_features(file, out, columns: Columns | None = None, batch: int = 4096
     request = {k: v for k, v in spec.items() if k not in ("tensor", "dim")}
     hashes = _row_hashes(data)
     rows = [{"path": i, "label": lab, "sha256": h} for i, lab, h in zip(data.ids, data.labels, hashes)]
+    existed = out.exists()
     try:
         writer = open_writer(out, request)
         try:
@@ -274,8 +277,10 @@ def import_features(file, out, columns: Columns | None = None, batch: int = 4096
         store = writer.close()
         writer.write_report({"complete": True, "imported_from": str(file), "featurized": 0,
                              "discovered": len(rows), "skipped": []})
-    except BaseException:
+    except BaseException:  # nothing left behind: the folder as it was (absent, or empty)
         shutil.rmtree(out, ignore_errors=True)
+        if existed:
+            out.mkdir()
         raise
     return store
 

@@ -202,3 +202,11 @@ def test_npz_import_with_labels_and_no_metadata(tmp_path):
     np.testing.assert_array_equal(store.features, x)
     with pytest.raises(ValueError, match="exists; import into a new folder"):
         import_features(f, tmp_path / "s")
+
+
+def test_a_column_of_strings_is_not_features(tmp_path):
+    f = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"id": ["a"], "features": pa.array([["x", "y"]], pa.list_(pa.string()))}), f)
+    with pytest.raises(ValueError, match="lists of string, not of numbers"):
+        import_features(f, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
