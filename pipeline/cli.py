@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--learning-curve", action="store_true",
                    help="accuracy against training images per class (printed, and plotted in --report)")
 
-    s = sub.add_parser("score", help="predict every image below DATA_DIR into a CSV")
+    s = sub.add_parser("score", help="predict every image below DATA_DIR, or every row of a feature store, into a CSV")
     s.add_argument("model")
     s.add_argument("data_dir")
     s.add_argument("--out", required=True, help="CSV to write")
