@@ -100,3 +100,38 @@ def test_several_layers_need_layer_in_out(folder, tmp_path, capsys):
     assert not (tmp_path / "one").exists()
     assert main(["featurize", str(folder), "--layer", "penultimate,penultimate", "--out", str(tmp_path / "x-{layer}")]) == 2
     assert "each once" in capsys.readouterr().err
+
+
+def test_two_layer_run_killed_mid_way_resumes_to_single_layer_results(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = tmp_path / "data"
+    for c, base in (("a", (200, 40, 40)), ("b", (40, 40, 200))):
+        (data / c).mkdir(parents=True)
+        for i in range(80):
+            noise_image(i + (0 if c == "a" else 10_000), (160, 120), base).save(data / c / f"{i:03d}.jpg")
+    out = tmp_path / "m-{layer}"
+    cmd = [sys.executable, "-m", "pipeline", "featurize", str(data), "--layer", "penultimate,logits", "--out", str(out),
+           "--batch-size", "4", "--workers", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = tmp_path / "m-logits" / "rows.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if rows.exists() and rows.read_bytes().count(b"\n") >= 20:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 20 <= len(FeatureStore.open(tmp_path / "m-logits")) < 160, "the run was not interrupted mid-way"
+    resumed = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert resumed.returncode == 0, resumed.stderr
+    for layer in ("penultimate", "logits"):
+        store = FeatureStore.open(tmp_path / f"m-{layer}")
+        clean = featurize(data, layer=layer, out=tmp_path / f"clean-{layer}", progress=False)
+        assert len(store) == 160 and sorted(store.paths) == clean.paths
+        order = np.argsort(store.paths)
+        assert np.abs(store.features[order] - clean.features).max() <= 1e-5
