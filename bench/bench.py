@@ -16,7 +16,9 @@ For each model it times, on the same images and batch size:
   bf16_bound  (--precision bfloat16 models) the bound with bfloat16 compute, and the cosine
               similarity of its features to fp32
 and, for the TFLite model, the peak memory (max RSS of a `featurize` subprocess) for 1000 and
-4000 images. Ratios are computed within this one run: machines are noisy, absolute figures vary.
+4000 images. `--models layers` times featurize with one layer (penultimate) and with two
+(penultimate,logits: one forward pass, two stores) on the bundled TFLite model, fresh stores,
+interleaved. Ratios are computed within this one run: machines are noisy, absolute figures vary.
 """
 from __future__ import annotations
 
@@ -292,6 +294,29 @@ def stage_costs(data: Path, n: int = 200) -> dict:
             "import_tf_s": float(seconds), "import_tf_mb": int(hwm_kb) / 1024}
 
 
+def bench_layers(data: Path, n: int, work: Path, repeat: int) -> dict:
+    """img/s of featurize writing one layer and two layers from one pass (bundled TFLite, fresh stores)."""
+    folder = subset(data, n, work / "layers-data")
+    count = len(list_images(folder).records)
+    backbones = {"one_layer": create_backbone("mobilenet_v2_quant", "penultimate"),
+                 "two_layers": create_backbone("mobilenet_v2_quant", "penultimate,logits")}
+
+    def run(name):
+        def go():
+            for f in work.glob(f"layers-{name}-*"):
+                shutil.rmtree(f)
+            t, _ = timed(lambda: pipeline.featurize(folder, backbones[name], out=work / f"layers-{name}-{{layer}}",
+                                                    progress=False))
+            return rate(count, t)
+        return go
+
+    for bb in backbones.values():
+        bb.load()
+    res = interleaved({name: run(name) for name in backbones}, repeat)
+    return {"layers_n": count, "layers_one_ips": res["one_layer"], "layers_two_ips": res["two_layers"],
+            "layers_cost_ratio": res["one_layer"] / res["two_layers"]}
+
+
 def cold_cli_vs_cached(data: Path, work: Path, repeat: int) -> dict:
     """Wall time (median) of the CLI, cold (empty store) and fully cached, as a user runs it."""
     store = work / "cli-store"
@@ -330,6 +355,10 @@ def report(results: list[dict], extra: dict) -> str:
         if "rss_1000_mb" in r:
             lines.append(f"  peak RSS featurizing 1000 images {r['rss_1000_mb']:.0f} MiB, 4000 images "
                          f"{r['rss_4000_mb']:.0f} MiB ({r['rss_4000_mb'] / r['rss_1000_mb']:.3f}x)")
+    if "layers_cost_ratio" in extra:
+        lines.append(f"\nlayers from one pass (mobilenet_v2_quant, {extra['layers_n']} images, fresh stores): "
+                     f"penultimate {extra['layers_one_ips']:.1f} img/s, penultimate,logits "
+                     f"{extra['layers_two_ips']:.1f} img/s: two layers cost {extra['layers_cost_ratio']:.3f}x one")
     if "cli_cold_s" in extra:
         lines.append(f"\nCLI on the whole folder: cold {extra['cli_cold_s']:.1f} s, fully cached "
                      f"{extra['cli_cached_s']:.2f} s ({extra['cli_cold_s'] / extra['cli_cached_s']:.1f}x faster)")
@@ -345,8 +374,9 @@ def report(results: list[dict], extra: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=Path(os.environ.get("TFP_BENCH_DATA", DEFAULT_DATA)))
-    p.add_argument("--models", default="inception_v3,vgg16,tflite,stages",
-                   help="Keras names, 'tflite', and 'stages' (per-stage costs on one core)")
+    p.add_argument("--models", default="inception_v3,vgg16,tflite,stages,layers",
+                   help="Keras names, 'tflite', 'stages' (per-stage costs on one core) and 'layers' "
+                        "(one layer vs two from one pass)")
     p.add_argument("--n", type=int, default=256, help="images per Keras model (TFLite: 4x)")
     p.add_argument("--one-image-n", type=int, default=32, help="images for the one-image-per-call loop")
     p.add_argument("--no-memory", action="store_true", help="skip the 1000 vs 4000 images memory runs")
@@ -366,9 +396,11 @@ def main(argv=None) -> int:
                 extra = cold_cli_vs_cached(a.data, work, a.repeat)
             elif m == "stages":
                 extra.update(stage_costs(a.data))
+            elif m == "layers":
+                extra.update(bench_layers(a.data, 4 * a.n, work, a.repeat))
             else:
                 results.append(bench_keras(m, a.data, a.n, a.one_image_n, work, m in a.bf16.split(","), a.repeat))
-            if m != "stages":
+            if m not in ("stages", "layers"):
                 print(report(results[-1:], {}), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

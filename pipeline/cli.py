@@ -61,7 +61,8 @@ def _backbone_options(p: argparse.ArgumentParser, with_layer: bool = True) -> No
     p.add_argument("--backbone", default="mobilenet_v2_quant",
                    help="registry name, .tflite/.pb file, SavedModel folder or hub:HANDLE (default: %(default)s)")
     if with_layer:
-        p.add_argument("--layer", default="penultimate", help="logits, penultimate (default) or a layer/tensor name")
+        p.add_argument("--layer", default="penultimate", help="logits, penultimate (default) or a layer/tensor name; "
+                       "several separated by commas (one forward pass, one store each: --out must contain {layer})")
     p.add_argument("--weights", help="Keras application weights: imagenet (default), a local .weights.h5/.h5 file, or random")
     p.add_argument("--input-size", type=int, help="override the backbone's input size (square)")
     p.add_argument("--scaling", help="override the pixel scaling: caffe, tf, torch, unit, raw, ...")
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--learning-curve", action="store_true",
                    help="accuracy against training images per class (printed, and plotted in --report)")
 
-    s = sub.add_parser("score", help="predict every image below DATA_DIR into a CSV")
+    s = sub.add_parser("score", help="predict every image below DATA_DIR, or every row of a feature store, into a CSV")
     s.add_argument("model")
     s.add_argument("data_dir")
     s.add_argument("--out", required=True, help="CSV to write")
@@ -185,6 +186,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("features_dir")
 
     sub.add_parser("backbones", help="list the registered backbones")
+
+    x = sub.add_parser("export-features", help="a feature store -> a .parquet or .npz file other tools read")
+    x.add_argument("features_dir")
+    x.add_argument("--out", required=True, help="file to write; the format comes from the extension")
+    x.add_argument("--force", action="store_true", help="replace an existing file")
+
+    m = sub.add_parser("import-features", help="a .parquet or .npz file of features -> a feature store")
+    m.add_argument("file")
+    m.add_argument("--out", required=True, help="feature store folder to create")
+    m.add_argument("--id-column", default="id", help="column of unique ids (default: %(default)s)")
+    m.add_argument("--features-column", default="features", help="column of vectors (default: %(default)s)")
+    m.add_argument("--label-column", help="column of labels (default: 'label' when the file has one)")
 
     d = sub.add_parser("demo", help="the whole flow offline on the bundled cars sample")
     d.add_argument("--features", default="features")
@@ -360,6 +373,23 @@ def cmd_backbones(a):
     print("Also: any .tflite file, frozen .pb GraphDef, SavedModel folder, or hub:HANDLE.")
 
 
+def cmd_export_features(a):
+    from .exchange import export_features
+    from .store import FeatureStore
+
+    store = FeatureStore.open(a.features_dir)
+    path = export_features(store, a.out, force=a.force)
+    print(f"{len(store)} rows of D={store.spec['dim']} -> {path}")
+
+
+def cmd_import_features(a):
+    from .exchange import Columns, import_features
+
+    store = import_features(a.file, a.out, Columns(a.id_column, a.features_column, a.label_column))
+    print(f"{len(store)} rows of D={store.spec['dim']} ({describe(store.spec)}), {len(store.classes)} classes "
+          f"-> {store.root}")
+
+
 def cmd_demo(a):
     from .demo import run_demo
 
@@ -375,7 +405,7 @@ def cmd_demo(a):
 
 COMMANDS = {"featurize": cmd_featurize, "train": cmd_train, "score": cmd_score, "evaluate": cmd_evaluate,
             "compare": cmd_compare, "split": cmd_split, "suspects": cmd_suspects, "predict-imagenet": cmd_predict_imagenet, "backbones": cmd_backbones, "verify": cmd_verify,
-            "demo": cmd_demo}
+            "demo": cmd_demo, "export-features": cmd_export_features, "import-features": cmd_import_features}
 
 
 def main(argv=None) -> int:

@@ -113,7 +113,7 @@ def compare(stores, heads=("linear_svm", "logreg"), C: float | str = "auto", fol
             c = C.get(head, "auto") if isinstance(C, dict) else C
             if c == "auto":
                 c = select_C(head, X, y, 5 if folds == "loo" else folds, seed, pca)[0]
-            out.append({"features": str(store.root), "backbone": store.spec["backbone"], "layer": store.spec["layer"],
+            out.append({"features": str(store.root), "backbone": store.spec["backbone"], "layer": store.spec.get("layer", ""),
                         "dim": pca or store.spec["dim"], "head": head, "C": c, "folds": folds, "pca": pca,
                         "accuracy": cross_val_accuracy(head, X, y, c, folds, seed, pca), "n": int(len(y))})
     return out

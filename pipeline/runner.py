@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,9 +27,12 @@ from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone
 from .errors import ImageError, PipelineError, StoreError
 from .images import ImageRecord, decode, list_images, no_images_message, read_bytes
 from .labels import CsvLabels, read_labels_csv
+from .layers import PLACEHOLDER, LayerWriters, layer_slug
 from .quality import duplicate_groups, label_conflicts
 from .splits import sample_mask
-from .store import FeatureStore, open_writer, read_report, write_report
+from .stages import StageClock, cores, on_gpu
+from .stages import line as stages_line
+from .store import FeatureStore, open_writer, read_report
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,8 @@ class RunReport:
     duplicates: list[list[str]] = field(default_factory=list)
     label_conflicts: list[dict] = field(default_factory=list)
     complete: bool = False
+    stores: list = field(default_factory=list)  # one per layer (several with --layer a,b)
+    stages: dict = field(default_factory=dict)  # busy seconds per stage and the bottleneck (stages.py)
 
     def to_dict(self) -> dict:
         return {"complete": self.complete, "discovered": self.discovered, "featurized": self.computed,
@@ -60,12 +66,13 @@ class RunReport:
                 "links": [{"path": p, "target": t} for p, t in self.links.items()],
                 "unlabelled": self.unlabelled, "labels_without_image": len(self.unused_label_ids),
                 "unused_label_ids": self.unused_label_ids[:1000], "duplicates": self.duplicates,
-                "label_conflicts": self.label_conflicts}
+                "label_conflicts": self.label_conflicts, "stages": self.stages}
 
     def summary(self) -> str:
         n = f"{len(self.store)} rows, D={self.store.spec['dim']}" if self.store is not None else "not written"
         lines = [f"{self.discovered} images: {self.computed} featurized, {self.reused} reused from the cache, "
                  f"{len(self.skipped)} skipped -> {self.store.root if self.store is not None else '?'} ({n})"]
+        lines += [f"  also -> {s.root} (layer {s.spec['layer']}, D={s.spec['dim']})" for s in self.stores[1:]]
         lines += [f"  skipped {s['path']}: {s['reason']} {s.get('detail', '')}".rstrip() for s in self.skipped]
         lines += [f"  note {n['path']}: {n['note']}" for n in self.notes]
         if self.pruned:
@@ -85,6 +92,8 @@ class RunReport:
         for c in self.label_conflicts:
             lines.append(f"  label_conflict: {', '.join(c['paths'])} are the same image labelled "
                          f"{' and '.join(c['labels'])} (left out of training)")
+        if self.stages:
+            lines.append(stages_line(self.stages))
         return "\n".join(lines)
 
 
@@ -112,7 +121,7 @@ def known_files(writer, previous_report: dict) -> dict:
             "bad": {b["path"]: b for b in previous_report.get("skipped", []) if b.get("stat")}}
 
 
-def _prepare(record: ImageRecord, bb: Backbone, known: dict):
+def _prepare(record: ImageRecord, bb: Backbone, known: dict, clock: StageClock):
     """(record, sha256, stat, result, notes). result: None when cached, an ImageError, the decoded
     uint8 image (H, W, 3), or, for a backbone that featurizes one image at a time in the calling
     thread (TFLite), the feature row (D,) itself.
@@ -120,20 +129,27 @@ def _prepare(record: ImageRecord, bb: Backbone, known: dict):
     A file whose stat (size, mtime, ctime, inode) is unchanged since its row was stored has not
     been written since: it is reused without reading it (and one skipped before is skipped again).
     Any other file is read and hashed, and its content decides (a touched but identical file is
-    reused too).
+    reused too). `clock` adds up the seconds spent reading, decoding and (per image) featurizing.
     """
     notes, stat = [], None
     try:
-        stat = file_stat(record.path)
-        hit = _cached(record, stat, known)
+        with clock.timed("read"):
+            stat = file_stat(record.path)
+            hit = _cached(record, stat, known)
+            if hit is None:
+                data, sha = read_bytes(record.path)
         if hit is not None:
             return record, hit[0], stat, hit[1], notes
-        data, sha = read_bytes(record.path)
         old = known["rows"].get(record.relpath)
         if old is not None and old[0] == sha:
             return record, sha, stat, None, notes
-        image = decode(data, bb.preprocess, record.path, notes)
-        return record, sha, stat, (bb.featurize_one(image) if bb.per_image else image), notes
+        with clock.timed("decode"):
+            image = decode(data, bb.preprocess, record.path, notes)
+        if bb.per_image:
+            bb.load()  # built once, outside the timed forward pass
+            with clock.timed("forward"):
+                image = bb.featurize_one(image)
+        return record, sha, stat, image, notes
     except OSError as e:
         return record, None, stat, ImageError(record.path, f"io_error:{type(e).__name__}", e.strerror or str(e)), notes
     except ImageError as e:
@@ -174,8 +190,8 @@ def _progress(total: int, enabled: bool, desc: str):
 class _Batcher:
     """Collects decoded images and commits full batches through the backbone to the store."""
 
-    def __init__(self, backbone: Backbone, writer, skipped: list):
-        self.backbone, self.writer, self.skipped = backbone, writer, skipped
+    def __init__(self, backbone: Backbone, writer, skipped: list, clock: StageClock):
+        self.backbone, self.writer, self.skipped, self.clock = backbone, writer, skipped, clock
         self.images, self.rows = [], []
         self.computed = 0
         self.spec_recorded = False
@@ -197,12 +213,17 @@ class _Batcher:
         if not self.spec_recorded:  # builds the network on the first batch that needs it
             self.writer.set_spec(self.backbone.spec())
             self.spec_recorded = True
-        feats = batch if batch.ndim == 2 else self.backbone(batch)
+        if batch.ndim == 2:
+            feats = batch
+        else:
+            with self.clock.timed("forward"):
+                feats = self.backbone(batch)
         finite = np.isfinite(feats).all(axis=1)
         for row in (r for r, ok in zip(rows, finite) if not ok):
             self.skipped.append({"path": row["path"], "reason": "nonfinite_features",
                                  "detail": "the network gave NaN or infinity for this image"})
-        self.writer.append(feats[finite], [r for r, ok in zip(rows, finite) if ok])
+        with self.clock.timed("write"):
+            self.writer.append(feats[finite], [r for r, ok in zip(rows, finite) if ok])
         self.computed += int(finite.sum())
 
 
@@ -220,10 +241,11 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     N images per class (or a fraction), a stable choice for quick experiments. `follow_links`:
     False leaves symlinks leading outside `data_dir` unread (folders you do not trust). With
     report=True, returns a RunReport (also written to ``report.json`` in the store).
+    `layer` may name several layers ("penultimate,logits"): one forward pass writes one store
+    per layer, at `out` with ``{layer}`` replaced by each name (the first store is returned).
     """
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(
         backbone, layer, weights, batch_size=batch_size, **backbone_options)
-    out = Path(out) if out is not None else default_store_path(data_dir, bb)
     if labels is not None and not isinstance(labels, CsvLabels):
         labels = read_labels_csv(labels, id_column, label_column)
     listing = list_images(data_dir, labelled, labels=labels, follow_links=follow_links)
@@ -238,14 +260,15 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
                     skipped=list(listing.unusable),
                     listed=[r.relpath for r in listing.records], unlabelled=listing.unlabelled,
                     unused_label_ids=listing.unused_label_ids)
-    writer = open_writer(out, bb.request(), overwrite=overwrite)
+    writer = _open_writer(data_dir, bb, out, overwrite)
+    out = writer.root
     try:
         _check_same_folder(writer, data_dir)
         _run(listing.records, bb, writer, workers, progress, run, read_report(out))
         _withdraw_skipped(writer, run)
         if prune:
             # rows below a folder that could not be listed are kept: their files may well exist
-            unlisted = {r["path"] for r in writer.rows if listing.below_unreadable(r["path"])}
+            unlisted = {r["path"] for r in writer.live_rows() if listing.below_unreadable(r["path"])}
             run.pruned = writer.prune(present | unlisted)
     except BaseException:
         if not writer.discard_if_empty():  # a failed first run leaves nothing behind
@@ -264,11 +287,12 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
 def _check_same_folder(writer, data_dir) -> None:
     """A store holds one folder's images: refuse rows of another existing folder of the same name."""
     here = str(Path(data_dir).resolve())
-    before = writer.meta.get("data_dir")
-    if before and before != here and Path(before).is_dir() and writer.live_rows():
-        raise StoreError(f"{writer.root} holds features of the images in {before}, not of {here}; "
-                         f"give another --out (or --overwrite to replace it)")
-    writer.meta["data_dir"] = here  # where report thumbnails come from
+    for w in getattr(writer, "writers", [writer]):  # one per layer of a multi-layer run
+        before = w.meta.get("data_dir")
+        if before and before != here and Path(before).is_dir() and w.live_rows():
+            raise StoreError(f"{w.root} holds features of the images in {before}, not of {here}; "
+                             f"give another --out (or --overwrite to replace it)")
+        w.meta["data_dir"] = here  # where report thumbnails come from
 
 
 def _withdraw_skipped(writer, run: RunReport) -> None:
@@ -276,27 +300,42 @@ def _withdraw_skipped(writer, run: RunReport) -> None:
     writer.remove({s["path"]: s["reason"] for s in run.skipped})
 
 
+def _open_writer(data_dir, bb: Backbone, out, overwrite: bool):
+    """The store writer of a run; with several layers, one store per layer behind one writer."""
+    if len(bb.layers) > 1:
+        out = out if out is not None else default_store_path(data_dir, bb, layer=PLACEHOLDER)
+        return LayerWriters.open(out, bb, overwrite, data_dir)
+    out = Path(out) if out is not None else default_store_path(data_dir, bb)
+    return open_writer(out, bb.request(), overwrite=overwrite)
+
+
 def _finish(run: RunReport, writer) -> None:
     """Close the store and record the duplicates and label conflicts among this run's images."""
     run.store = writer.close()
+    run.stores = getattr(writer, "stores", [run.store])
     listed = set(run.listed)
     rows = [r for r in run.store.rows if r["path"] in listed]
     run.duplicates, run.label_conflicts = duplicate_groups(rows), label_conflicts(rows)
     run.complete = True
-    write_report(run.store.root, run.to_dict())
+    writer.write_report(run.to_dict())
 
 
 def _run(records, bb: Backbone, writer, workers, progress, run: RunReport, previous_report: dict) -> None:
     known = known_files(writer, previous_report)
-    batcher = _Batcher(bb, writer, run.skipped)
+    clock = StageClock()
+    batcher = _Batcher(bb, writer, run.skipped, clock)
     workers = workers or os.cpu_count() or 1
+    start = time.perf_counter()
     with _progress(len(records), progress, f"featurize {bb.name}") as bar:
         window = max(2 * bb.batch_size, 4 * workers)
-        for item in bounded_map(lambda r: _prepare(r, bb, known), records, workers, window):
+        for item in bounded_map(lambda r: _prepare(r, bb, known, clock), records, workers, window):
             bar.update(1)
             _account(item, batcher, run)
         batcher.flush()
     run.computed = batcher.computed
+    run.stages = clock.report(run.computed, time.perf_counter() - start,
+                              {"read": workers, "decode": workers, "forward": workers if bb.per_image else 1,
+                               "write": 1}, {"cores": cores(), "gpu": on_gpu(bb), "per_image": bb.per_image, "kind": bb.kind})
 
 
 def _account(item, batcher: _Batcher, run: RunReport) -> None:
@@ -321,10 +360,11 @@ def _row(record: ImageRecord, sha: str, stat) -> dict:
     return {"path": record.relpath, "label": record.label, "sha256": sha, "stat": stat}
 
 
-def default_store_path(data_dir, bb: Backbone, root: str | os.PathLike | None = None) -> Path:
+def default_store_path(data_dir, bb: Backbone, root: str | os.PathLike | None = None, *,
+                       layer: str | None = None) -> Path:
     """features/<folder>-<backbone>-<layer>: where a store goes when --out is not given."""
     root = Path(root or os.environ.get("TFP_FEATURES", "features"))
     name = Path(data_dir).resolve().name
     tag = Path(bb.name).stem if ("/" in bb.name or "." in bb.name) else bb.name
-    layer = bb.layer.replace("/", "_").replace(":", "_")
+    layer = layer_slug(layer or bb.layer)
     return root / f"{name}-{tag}-{layer}{'-' + bb.tta if bb.tta else ''}"

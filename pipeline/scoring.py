@@ -14,6 +14,7 @@ import numpy as np
 from .backbones import backbone_from_spec, identity
 from .classifier import Classifier, load
 from .errors import UsageError
+from .exchange import is_feature_store, predict_store
 from .outputs import atomic_open, check_output, csv_writer
 from .runner import featurize
 
@@ -36,6 +37,8 @@ def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: s
           follow_links: bool = True, reject_below: float | None = None):
     """Featurize `data_dir` (all sub-folders, reusing the cache) with the head's backbone and write `out`.
 
+    `data_dir` may also be a feature store: its rows are scored (``path`` is the row's id).
+
     Default CSV: ``path,prediction,<one probability column per class>``. With `kaggle`=CLASS:
     ``id,label`` where label is the probability of CLASS clipped to [clip, 1 - clip] and id comes
     from the file name (the Dogs vs Cats Redux submission format). `reject_below`: the prediction
@@ -53,6 +56,13 @@ def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: s
         _check_kaggle_class(kaggle, clf.classes_)
     if reject_below is not None:
         check_reject_below(reject_below, clf.classes_, kaggle)
+    if is_feature_store(data_dir):  # a feature store's rows (made here or imported), scored as they are
+        paths, proba, result = predict_store(clf, data_dir)
+        if kaggle is not None:
+            _write_kaggle(out, paths, proba, clf.classes_, kaggle, clip)
+        else:
+            _write_predictions(out, paths, proba, clf.classes_, reject_below)
+        return result
     bb = backbone_from_spec(clf.spec)
     tmp = Path(tempfile.mkdtemp(prefix="tfp-score-")) if no_cache else None
     try:

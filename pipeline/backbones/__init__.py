@@ -81,6 +81,9 @@ def _tflite(path: Path, layer, name, pre_kw):
 
 def backbone_from_spec(spec: dict) -> Backbone:
     """Rebuild the backbone that produced features described by `spec` (as stored in a head)."""
+    if spec.get("backbone") == "imported":  # features made elsewhere: no network to rebuild
+        raise UsageError(f"this head was trained on features imported from {spec.get('source')}; "
+                         f"score a feature store of the same kind")
     pre = spec["preprocess"]
     src = spec.get("source", {})
     kw = dict(input_size=tuple(pre["size"]), scaling=pre["scaling"], crop_fraction=pre["crop_fraction"],

@@ -9,6 +9,10 @@ Test-time augmentation (``tta="flip"``) is done here, once for every kind: the f
 the mean of those of the image and of its horizontal mirror, on the batch path and on the
 per-image path alike. It is part of the feature spec, so features made with and without it
 never mix.
+
+A backbone may read several layers in one forward pass (``layer="penultimate,logits"``): its
+features are then the layers' features side by side (D = the sum of ``dims``), and
+:meth:`Backbone.layer_spec` describes each layer as a single-layer backbone would.
 """
 from __future__ import annotations
 
@@ -50,6 +54,9 @@ class Backbone:
                  batch_size: int = 32):
         self.name = name
         self.layer = layer or "penultimate"
+        self.layers = split_layers(self.layer)
+        self.tensors: list[str] = []  # per layer, set by _load (one entry unless several layers)
+        self.dims: list[int] = []
         self.preprocess = preprocess
         self.source = source  # where the network comes from: paths, hashes, weights
         self.batch_size = batch_size
@@ -124,6 +131,19 @@ class Backbone:
         self.load()
         return {**self.request(), "tensor": self.tensor, "dim": self.dim}
 
+    def layer_spec(self, i: int) -> dict:
+        """The spec of layer i alone: what a single-layer backbone reading it records."""
+        self.load()
+        return {**self.request(), "layer": self.layers[i], "tensor": self.tensors[i], "dim": self.dims[i]}
+
+    def _set_layers(self, tensors: list[str], dims: list[int]) -> None:
+        """Record the resolved tensors and widths of every layer; tensor/dim describe them all."""
+        self.tensors, self.dims = list(tensors), [int(d) for d in dims]
+        self.tensor = tensors[0] if len(tensors) == 1 else ",".join(tensors)
+        self.dim = sum(self.dims)
+        classes = [d for layer, d in zip(self.layers, self.dims) if layer in ("logits", "predictions")]
+        self.num_classes = classes[0] if classes else None
+
     def _load(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -134,12 +154,26 @@ class Backbone:
         return f"<{type(self).__name__} {self.name} layer={self.layer}>"
 
 
+def split_layers(layer: str) -> tuple[str, ...]:
+    """'penultimate,logits' -> ('penultimate', 'logits'); refuses an empty or repeated name."""
+    from ..errors import UsageError
+
+    names = tuple(part.strip() for part in str(layer).split(","))
+    if not all(names) or len(set(names)) != len(names):
+        raise UsageError(f"--layer {layer!r}: give layer names separated by commas, each once")
+    return names
+
+
 def identity(spec: dict, full: bool = True) -> dict:
     """The parts of a feature spec that must agree for features to be interchangeable.
 
     File locations may differ (a model copied elsewhere); contents, weights, layer and
     preprocessing may not. full=False leaves out what is only known after loading the network.
+    Features imported from a file without this project's metadata name no network: all that
+    can be checked is that they are imported and their width.
     """
+    if spec.get("backbone") == "imported":
+        return {"backbone": "imported", **({"dim": spec.get("dim")} if full else {})}
     keys = ("kind", "model", "weights", "layer", "preprocess") + (("tensor", "dim") if full else ())
     out = {k: spec.get(k) for k in keys}
     out["precision"] = spec.get("precision", "float32")  # stores made before precision existed are float32
@@ -149,6 +183,8 @@ def identity(spec: dict, full: bool = True) -> dict:
 
 def describe(spec: dict) -> str:
     """One line naming a feature spec for error messages."""
+    if spec.get("backbone") == "imported":
+        return f"features imported from {spec.get('source')} (D={spec.get('dim')})"
     pre = spec.get("preprocess", {})
     size = "x".join(str(v) for v in pre.get("size", []))
     return (f"{spec.get('backbone')} [{spec.get('kind')}] layer={spec.get('layer')} "

@@ -179,8 +179,9 @@ class GraphBackbone(Backbone):
         sinks = _sinks(gd)
         return gd, _tensor(inp), sinks[0] if len(sinks) == 1 else None
 
-    def _resolve_layer(self, gd, output):
-        layer = "logits" if self.layer == "predictions" else self.layer  # softmax applied in forward()
+    def _resolve_layer(self, gd, output, layer: str):
+        name = layer
+        layer = "logits" if layer == "predictions" else layer  # softmax applied in forward()
         if self.preset and layer in LAYER_ALIASES:
             return getattr(self.preset, layer)
         if layer not in LAYER_ALIASES:
@@ -190,38 +191,42 @@ class GraphBackbone(Backbone):
                                 f"pass --layer TENSOR (e.g. the pooled features feeding the classifier)")
         tensor = find_layers(gd, output)[layer]
         if tensor is None:
-            raise BackboneError(f"{self.path} has no classifier, so no {self.layer!r} layer; "
+            raise BackboneError(f"{self.path} has no classifier, so no {name!r} layer; "
                                 f"use --layer penultimate or a tensor name")
         return tensor
 
     def _load(self):
         tf = _tf()
         gd, inp, output = self._graph()
-        self.tensor = self._resolve_layer(gd, output)
+        tensors = [self._resolve_layer(gd, output, layer) for layer in self.layers]
         wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(gd, name=""), [])
-        try:
+        try:  # every layer's tensor from one pass through the graph
             pruned = wrapped.prune(wrapped.graph.get_tensor_by_name(inp),
-                                   wrapped.graph.get_tensor_by_name(self.tensor))
+                                   [wrapped.graph.get_tensor_by_name(t) for t in tensors])
         except (KeyError, ValueError) as e:
-            raise BackboneError(f"{self.path}: cannot read tensor {self.tensor!r} from input {inp!r}: {e}") from e
+            raise BackboneError(f"{self.path}: cannot read tensor(s) {', '.join(tensors)} from input {inp!r}: {e}") from e
         h, w = self.preprocess.size
         pre = self.preprocess
         fixed = bool(self.preset and self.preset.fixed_batch)
+        softmax = [layer == "predictions" for layer in self.layers]
+
+        def flat(y, n, soft):
+            if len(y.shape) == 4:
+                y = tf.reduce_mean(y, axis=[1, 2])
+            y = tf.reshape(y, [n, -1])
+            return tf.nn.softmax(y) if soft else y
+
+        def one(im):
+            return [y[0] for y in pruned(im[None])]
 
         @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.uint8)])
         def forward(images):
             x = normalize(images, pre)
-            y = tf.map_fn(lambda im: pruned(im[None])[0], x) if fixed else pruned(x)
-            if len(y.shape) == 4:
-                y = tf.reduce_mean(y, axis=[1, 2])
-            y = tf.reshape(y, [tf.shape(x)[0], -1])
-            return tf.nn.softmax(y) if softmax else y
+            ys = tf.map_fn(one, x, fn_output_signature=[tf.float32] * len(tensors)) if fixed else pruned(x)
+            return [flat(y, tf.shape(x)[0], soft) for y, soft in zip(ys, softmax)]
 
-        softmax = self.layer == "predictions"
-        self._fn = forward
-        self.dim = int(forward(tf.zeros([1, h, w, 3], tf.uint8)).shape[-1])
-        if self.layer in ("logits", "predictions"):
-            self.num_classes = self.dim
+        self._fn = lambda images: tf.concat(forward(images), axis=1) if len(tensors) > 1 else forward(images)[0]
+        self._set_layers(tensors, [int(y.shape[-1]) for y in forward(tf.zeros([1, h, w, 3], tf.uint8))])
 
     def _forward(self, images):
         if self.preset and self.preset.fixed_batch:  # one image per call inside the graph: padding costs

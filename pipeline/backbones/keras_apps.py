@@ -124,20 +124,20 @@ class KerasBackbone(Backbone):
         finally:
             keras.mixed_precision.set_dtype_policy(policy)
 
-    def _feature_output(self, model):
+    def _feature_output(self, model, layer: str):
         keras = _keras()
-        if self.layer == "logits":
+        if layer == "logits":
             return model.output, model.layers[-1].name
-        if self.layer == "predictions":
+        if layer == "predictions":
             return keras.layers.Softmax()(model.output), f"softmax({model.layers[-1].name})"
-        if self.layer == "penultimate":  # the input of the classifier (Dense, or MobileNet's 1x1 Conv2D)
+        if layer == "penultimate":  # the input of the classifier (Dense, or MobileNet's 1x1 Conv2D)
             top = [l for l in model.layers if isinstance(l, (keras.layers.Dense, keras.layers.Conv2D))][-1]
             return top.input, f"{top.name}:input"
         try:
-            return model.get_layer(self.layer).output, self.layer
+            return model.get_layer(layer).output, layer
         except ValueError as e:
             names = ", ".join(l.name for l in model.layers[-8:])
-            raise BackboneError(f"{self.name} has no layer {self.layer!r}; use one of "
+            raise BackboneError(f"{self.name} has no layer {layer!r}; use one of "
                                 f"{', '.join(LAYER_ALIASES)} or a layer name such as {names}") from e
 
     def _load(self):
@@ -148,23 +148,25 @@ class KerasBackbone(Backbone):
         keras = _keras()
         warn_precision(self.precision)
         model = self._build()
-        output, self.tensor = self._feature_output(model)
-        feature_model = keras.Model(model.inputs, output)
-        if self.layer in ("logits", "predictions"):
-            self.num_classes = int(output.shape[-1])
+        outputs, tensors = zip(*(self._feature_output(model, layer) for layer in self.layers))
+        feature_model = keras.Model(model.inputs, list(outputs))  # every layer from one forward pass
         h, w = self.preprocess.size
         pre = self.preprocess
 
-        @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.uint8)])
-        def forward(images):
-            y = feature_model(normalize(images, pre), training=False)
+        def flat(y):
             y = tf.cast(y, tf.float32)
             if len(y.shape) == 4:
                 y = tf.reduce_mean(y, axis=[1, 2])
             return y if len(y.shape) == 2 else tf.reshape(y, [tf.shape(y)[0], -1])
 
+        @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.uint8)])
+        def forward(images):
+            ys = [flat(y) for y in tf.nest.flatten(feature_model(normalize(images, pre), training=False))]
+            return ys[0] if len(ys) == 1 else tf.concat(ys, axis=1)
+
         self._fn = forward
-        self.dim = int(np.prod(output.shape[1:] if len(output.shape) != 4 else output.shape[-1:]))
+        self._set_layers(list(tensors), [int(np.prod(o.shape[1:] if len(o.shape) != 4 else o.shape[-1:]))
+                                         for o in outputs])
 
     def _forward(self, images):
         return padded_call(self._fn, images, self.batch_size)

@@ -64,9 +64,9 @@ def _open_interpreter(path: str, content: bytes | None = None, **kw):
     return it
 
 
-def with_output(path: str, tensor: str) -> bytes | None:
-    """The model with `tensor` added to its outputs, so reading it needs no preserved tensors
-    (5-10% faster inference: BENCHMARKS.md); None when the model cannot be rewritten."""
+def with_output(path: str, tensor: str | list[str]) -> bytes | None:
+    """The model with `tensor` (or each of a list) added to its outputs, so reading it needs no
+    preserved tensors (5-10% faster inference: BENCHMARKS.md); None when it cannot be rewritten."""
     try:
         from ai_edge_litert.tools import flatbuffer_utils as fb
     except ImportError:  # pragma: no cover
@@ -75,9 +75,10 @@ def with_output(path: str, tensor: str) -> bytes | None:
         model = fb.read_model_from_bytearray(bytearray(Path(path).read_bytes()))
         graph = model.subgraphs[0]
         names = [t.name.decode("utf-8", "replace") for t in graph.tensors]
-        index = names.index(tensor)
-        if index not in list(graph.outputs):
-            graph.outputs = np.append(np.asarray(graph.outputs, np.int32), np.int32(index))
+        for name in [tensor] if isinstance(tensor, str) else tensor:
+            index = names.index(name)
+            if index not in list(graph.outputs):
+                graph.outputs = np.append(np.asarray(graph.outputs, np.int32), np.int32(index))
         return bytes(fb.convert_object_to_bytearray(model))
     except Exception:  # noqa: BLE001 - fall back to preserving every tensor
         return None
@@ -138,27 +139,30 @@ class TFLiteBackbone(Backbone):
         self._local = threading.local()
         self._content = None
 
+    def _tensor_name(self, layer: str, layers: dict) -> str:
+        if layer not in LAYER_ALIASES:
+            return layer
+        if layer != "penultimate" and layers["logits"] is None:
+            raise BackboneError(f"{self.path} has no classifier, so no {layer!r} layer; use --layer penultimate")
+        return layers["output"] if layer == "predictions" else layers[layer]
+
     def _load(self):
         layers = find_layers(self.path)
-        if self.layer in LAYER_ALIASES:
-            if self.layer != "penultimate" and layers["logits"] is None:
-                raise BackboneError(f"{self.path} has no classifier, so no {self.layer!r} layer; "
-                                    f"use --layer penultimate")
-            self.tensor = layers["output"] if self.layer == "predictions" else layers[self.layer]
-        else:
-            self.tensor = self.layer
-        self._content = with_output(self.path, self.tensor) if self.tensor != layers["output"] else None
+        tensors = [self._tensor_name(layer, layers) for layer in self.layers]
+        extra = [t for t in tensors if t != layers["output"]]
+        self._content = with_output(self.path, extra) if extra else None
         it = self._interpreter()
         details = {t["name"]: t for t in it.get_tensor_details()}
-        if self.tensor not in details:
-            raise BackboneError(f"{self.path} has no tensor {self.tensor!r}; use "
-                                f"{', '.join(LAYER_ALIASES)} or a tensor name such as {layers['penultimate']!r}")
-        t = details[self.tensor]
-        self._tensor_index, self._out_quant = t["index"], t["quantization"]
-        shape = [int(v) for v in t["shape"]]
-        self.dim = shape[-1] if len(shape) == 4 else int(np.prod(shape[1:]))
-        if self.layer in ("logits", "predictions"):
-            self.num_classes = self.dim
+        dims, self._outputs = [], []
+        for tensor in tensors:
+            if tensor not in details:
+                raise BackboneError(f"{self.path} has no tensor {tensor!r}; use {', '.join(LAYER_ALIASES)} "
+                                    f"or a tensor name such as {layers['penultimate']!r}")
+            t = details[tensor]
+            self._outputs.append((t["index"], t["quantization"]))
+            shape = [int(v) for v in t["shape"]]
+            dims.append(shape[-1] if len(shape) == 4 else int(np.prod(shape[1:])))
+        self._set_layers(tensors, dims)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tflite")
 
     def _interpreter(self):
@@ -181,11 +185,13 @@ class TFLiteBackbone(Backbone):
         it = self._interpreter()
         it.set_tensor(it.get_input_details()[0]["index"], self._quantize(image))
         it.invoke()
-        y = it.get_tensor(self._tensor_index).astype(np.float32)
-        scale, zero = self._out_quant
-        if scale:
-            y = (y - np.float32(zero)) * np.float32(scale)
-        return pool(y)
+        out = []
+        for index, (scale, zero) in self._outputs:
+            y = it.get_tensor(index).astype(np.float32)
+            if scale:
+                y = (y - np.float32(zero)) * np.float32(scale)
+            out.append(pool(y))
+        return out[0] if len(out) == 1 else np.concatenate(out, axis=1)
 
     per_image = True  # fixed batch of 1 on most models: one interpreter per thread, fed by the decoders
 

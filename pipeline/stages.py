@@ -1,0 +1,97 @@
+"""Where a featurize run spends its time, and which stage limits it.
+
+Each stage's busy seconds are summed over the threads that ran it: ``read`` (stat, file I/O and
+sha256), ``decode`` (decode, orientation, crop and resize), ``forward`` (the network) and
+``write`` (committing batches to the store). A stage run by W threads at once can keep up with
+the others while its busy seconds divided by W stay below theirs, so the bottleneck is the
+stage with the most busy seconds per worker. Decoding always runs in the worker pool; the
+network runs there too for backbones that featurize one image per call (TFLite), else in the
+main thread (one worker, whatever cores it uses); writing is the main thread's.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+STAGES = ("read", "decode", "forward", "write")
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def on_gpu(bb) -> bool:
+    """True when a TensorFlow backbone has a GPU to run on (TFLite always runs on the CPU)."""
+    if bb.kind == "tflite" or "tensorflow" not in sys.modules:
+        return False
+    return bool(sys.modules["tensorflow"].config.list_physical_devices("GPU"))
+
+
+class StageClock:
+    """Thread-safe busy-time counters for the stages of one run."""
+
+    def __init__(self):
+        self.busy = dict.fromkeys(STAGES, 0.0)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def timed(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            with self._lock:
+                self.busy[stage] += elapsed
+
+    def report(self, images: int, wall_s: float, workers: dict, hint_context: dict) -> dict:
+        """The ``stages`` object of report.json: busy seconds, workers, images/s, bottleneck and a hint."""
+        per_worker = {s: self.busy[s] / max(1, workers[s]) for s in STAGES}
+        neck = max(STAGES, key=per_worker.get) if images else None
+        out = {f"{s}_s": round(self.busy[s], 4) for s in STAGES}
+        out.update(workers=dict(workers), images=images, wall_s=round(wall_s, 4),
+                   images_per_s=round(images / wall_s, 2) if images and wall_s > 0 else None,
+                   bottleneck=neck, hint=hint(neck, workers, **hint_context) if neck else None)
+        return out
+
+
+def _workers(n: int) -> str:
+    return f"{n} worker{'s' if n != 1 else ''}"
+
+
+def hint(stage: str, workers: dict, cores: int, gpu: bool, per_image: bool, kind: str = "keras") -> str:
+    """What to change to go faster when `stage` limits the run."""
+    if stage == "decode":
+        if workers["decode"] < cores:
+            return f"decoding limits the run ({_workers(workers['decode'])} on {cores} cores): raise --workers to {cores}"
+        return (f"decoding limits the run on all {cores} cores: store the images smaller (about twice the "
+                f"network's input size) or use a machine with more cores")
+    if stage == "forward":
+        if gpu:
+            return "the network limits the run on the GPU: raise --batch-size, or use --precision float16"
+        if per_image and workers["forward"] < cores:
+            return f"the network limits the run ({_workers(workers['forward'])} on {cores} cores): raise --workers to {cores}"
+        if kind == "keras":
+            return ("the network limits the run on the CPU: try --precision bfloat16 (CPUs with AVX-512 BF16 or "
+                    "AMX), a smaller backbone, or a GPU")
+        return "the network limits the run on the CPU: try a smaller backbone, or a Keras backbone on a GPU"
+    if stage == "read":
+        return ("reading files limits the run: copy the images to a local SSD, or raise --workers "
+                "if they are on network storage")
+    return "writing the store limits the run: put --out on a faster local disk, or raise --batch-size"
+
+
+def line(stages: dict) -> str:
+    """The one line printed at the end of featurize."""
+    if not stages.get("bottleneck"):
+        return "stages: nothing was featurized (every image came from the cache)"
+    w = stages["workers"]
+    parts = ", ".join(f"{s} {stages[f'{s}_s']:.2f} s" + (f" ({_workers(w[s])})" if w[s] > 1 else "") for s in STAGES)
+    return (f"stages: {parts}; {stages['images_per_s']:.1f} images/s; bottleneck: {stages['bottleneck']} "
+            f"— {stages['hint']}")
