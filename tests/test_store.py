@@ -83,7 +83,7 @@ class Crash(BaseException):
 
 @pytest.mark.parametrize("point", ["after_segment_rename", "after_meta_write"])
 def test_kill_while_merging_parts_loses_nothing(tmp_path, monkeypatch, point):
-    import pipeline.store as st
+    import pipeline.store.writer as st
 
     root = tmp_path / "s"
     w = open_writer(root, REQ)

@@ -1,0 +1,77 @@
+"""The commit log (rows.jsonl): one JSON line per committed row, each with its index and checksum."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ..errors import StoreError
+
+
+def _line_crc(row: dict) -> str:
+    """Checksum of one log line's content (every field but the checksum itself)."""
+    text = json.dumps({k: v for k, v in row.items() if k != "crc"}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _parse_line(path: Path, number: int, line: str, checked: bool) -> dict:
+    """One committed log line -> its row (without ``i``/``crc``); a damaged line is refused by number."""
+    where = f"{path} line {number + 1}"
+    try:
+        row = json.loads(line)
+    except ValueError as e:
+        raise StoreError(f"{where} is not valid JSON ({e}); the store is damaged: featurize again with "
+                         f"--overwrite") from None
+    if not isinstance(row, dict) or "path" not in row:
+        raise StoreError(f"{where} is not a row (no path); the store is damaged: featurize again with --overwrite")
+    if checked or "crc" in row:
+        if row.get("i") != number:
+            raise StoreError(f"{where} is row {row.get('i')!r}, not row {number}: a line was removed, added or "
+                             f"moved, so rows and features no longer match; featurize again with --overwrite")
+        if row.get("crc") != _line_crc(row):
+            raise StoreError(f"{where} ({row.get('path')}) was edited after it was written (checksum mismatch); "
+                             f"featurize again with --overwrite")
+    return {k: v for k, v in row.items() if k not in ("i", "crc")}
+
+
+def _read_rows(path: Path) -> tuple[list[dict], int]:
+    """Committed rows and the byte length they occupy (a partial last line is not committed).
+
+    Lines that carry an index and checksum (every line written by this version) are checked:
+    a lost, extra, reordered or edited line is refused, naming the line.
+    """
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    try:
+        lines = data[:end].decode("utf-8").split("\n")[:-1] if end else []
+    except UnicodeDecodeError as e:
+        raise StoreError(f"{path} is not UTF-8 text ({e}); the store is damaged: featurize again with "
+                         f"--overwrite") from None
+    checked = bool(lines) and '"crc"' in lines[0]
+    return [_parse_line(path, n, line, checked) for n, line in enumerate(lines)], end
+
+
+def _log_lines(rows: list[dict], start: int) -> bytes:
+    """Log lines for `rows`, the first being row `start` of the log: each with its index and checksum."""
+    out = []
+    for k, r in enumerate(rows):
+        line = {**r, "i": start + k}
+        line["crc"] = _line_crc(line)
+        out.append(json.dumps(line, ensure_ascii=False) + "\n")
+    return "".join(out).encode("utf-8")
+
+
+def live_indices(rows: list[dict]) -> list[int]:
+    """Indices of the rows in force: the last row of each path, unless that row withdraws it."""
+    last = {r["path"]: i for i, r in enumerate(rows)}
+    return sorted(i for i in last.values() if not rows[i].get("removed"))
+
+
+# ---- immutable bcolz pieces: written to staging, fsynced, renamed into place --------------------
+
+
+def _rows_path(root: Path, meta: dict) -> Path:
+    """The commit log named by meta.json (a prune starts a new one)."""
+    return root / meta.get("rows_file", "rows.jsonl")

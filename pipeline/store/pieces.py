@@ -1,0 +1,179 @@
+"""Immutable bcolz pieces (segments and parts): written to staging, fsynced, renamed; checksummed.
+
+The only module that touches bcolz.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import StoreError
+
+_CHUNK_BYTES = 1 << 20
+_STAGING = ".staging-"
+
+
+def _bcolz():
+    import bcolz
+
+    bcolz.set_nthreads(1)
+    return bcolz
+
+
+def chunklen_for(dim: int) -> int:
+    """Rows per bcolz chunk: about 1 MiB of float32, never the tiny default bcolz picks for wide rows."""
+    return int(max(16, _CHUNK_BYTES // (4 * max(1, dim))))
+
+
+def _fsync(path) -> None:
+    """fsync a file or a folder (a folder's entries: names created or renamed in it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            _fsync(os.path.join(dirpath, name))
+    _fsync(folder)
+
+
+def _write_piece(final: Path, blocks, dim: int, chunklen: int, manifest_file: Path | None = None) -> int:
+    """Write the row blocks as one carray at `final` atomically; return its row count.
+
+    With `manifest_file`, the sha256 of every file of the piece is written there (atomically)
+    before the piece is renamed into place, so the piece can be checked before it is read.
+    """
+    bcolz = _bcolz()
+    tmp = final.with_name(f"{_STAGING}{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    arr, n = None, 0
+    try:
+        for x in blocks:
+            x = np.ascontiguousarray(x, dtype=np.float32)  # a fresh array: bcolz mis-appends some views
+            if arr is None:
+                arr = bcolz.carray(x, rootdir=str(tmp), mode="w", chunklen=chunklen, expectedlen=chunklen,
+                                   cparams=bcolz.cparams(clevel=3, cname="lz4"))
+            else:
+                arr.append(x)
+            n += len(x)
+        if arr is None:
+            arr = bcolz.carray(np.zeros((0, dim), np.float32), rootdir=str(tmp), mode="w", chunklen=chunklen)
+        arr.flush()
+        del arr
+        _fsync_tree(tmp)
+        if manifest_file is not None:
+            _atomic_write(manifest_file, json.dumps(_manifest(tmp)))
+        os.rename(tmp, final)
+        _fsync(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return n
+
+
+def _manifest(folder: Path) -> dict:
+    """{relative file: [size, sha256]} of every file of a piece."""
+    out = {}
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            out[f.relative_to(folder).as_posix()] = [f.stat().st_size, hashlib.sha256(f.read_bytes()).hexdigest()]
+    return out
+
+
+def _check_manifest(folder: Path, manifest: dict) -> None:
+    """Refuse a segment or part whose files are missing, changed or added, before bcolz decompresses anything."""
+    store = folder.parent.parent
+    for rel, (size, sha) in manifest.items():
+        f = folder / rel
+        if not f.is_file():
+            raise StoreError(f"{f} is missing: the store {store} is damaged; featurize again with --overwrite")
+        if f.stat().st_size != size or hashlib.sha256(f.read_bytes()).hexdigest() != sha:
+            raise StoreError(f"{f} does not match its checksum: the store {store} is damaged; "
+                             f"featurize again with --overwrite")
+    extra = [f for f in folder.rglob("*") if f.is_file() and f.relative_to(folder).as_posix() not in manifest]
+    if extra:
+        raise StoreError(f"{extra[0]} is not part of {folder}'s checksummed files: the store {store} is damaged; "
+                         f"featurize again with --overwrite")
+
+
+def _part_manifest_file(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".json")
+
+
+def _check_part(folder: Path) -> None:
+    """Check a part against the checksums written beside it (parts of older runs have none)."""
+    mf = _part_manifest_file(folder)
+    if not mf.exists():
+        return
+    try:
+        manifest = json.loads(mf.read_text())
+    except ValueError as e:
+        raise StoreError(f"{mf} is damaged ({e}); featurize again with --overwrite") from None
+    _check_manifest(folder, manifest)
+
+
+def _remove_part(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    _part_manifest_file(folder).unlink(missing_ok=True)
+
+
+def _read_piece(folder: Path, rows: int, dim: int) -> np.ndarray:
+    try:
+        arr = _bcolz().open(str(folder), mode="r")
+        if len(arr) < rows:
+            raise StoreError(f"{folder} holds {len(arr)} rows, {rows} expected")
+        x = np.asarray(arr[:rows], dtype=np.float32)
+    except StoreError:
+        raise
+    except Exception as e:
+        raise StoreError(f"the feature array {folder} is damaged ({type(e).__name__}: {e}); "
+                         f"featurize again with --overwrite") from e
+    if x.shape != (rows, dim):
+        raise StoreError(f"{folder} has shape {x.shape}, expected ({rows}, {dim})")
+    return x
+
+
+def _piece_len(folder: Path) -> int:
+    return len(_bcolz().open(str(folder), mode="r"))
+
+
+def _segment_dir(root: Path, name: str) -> Path:
+    """Where segment `name` lives (a store-1 carray, 'features.bcolz', sits in the store's root)."""
+    return root / name if name == "features.bcolz" else root / "segments" / name
+
+
+def _part_start(folder: Path) -> int | None:
+    name = folder.name
+    return int(name[:-6]) if name.endswith(".bcolz") and name[:-6].isdigit() else None
+
+
+def _parts(root: Path) -> list[tuple[int, Path]]:
+    d = root / "parts"
+    if not d.is_dir():
+        return []
+    found = [(_part_start(f), f) for f in d.iterdir()]
+    return sorted((s, f) for s, f in found if s is not None)
+
+
+def _segments(meta: dict, root: Path) -> list[dict]:
+    if "segments" in meta:
+        return meta["segments"]
+    legacy = root / "features.bcolz"  # format store-1: one carray appended in place
+    return [{"name": "features.bcolz", "rows": None}] if legacy.exists() else []
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` through a new temp file (O_EXCL, never an existing link) and a rename."""
+    from ..outputs import atomic_open
+
+    with atomic_open(path) as f:
+        f.write(text)

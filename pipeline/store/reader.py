@@ -1,0 +1,230 @@
+"""Reading a store: :class:`FeatureStore`, its meta and report files, and :func:`verify`."""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from ..backbones.base import describe
+from ..errors import StoreError
+from .log import _read_rows, _rows_path, live_indices
+from .pieces import (_atomic_write, _check_manifest, _check_part, _parts, _piece_len, _read_piece, _segment_dir,
+                     _segments)
+
+log = logging.getLogger(__name__)
+FORMAT = "tf-feature-pipeline/store-2"
+
+
+def versions() -> dict:
+    """Library versions recorded in every artifact."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for dist in ("tensorflow", "keras", "ai-edge-litert", "numpy", "scikit-learn", "bcolz-zipline",
+                 "joblib", "pillow", "tf-feature-pipeline"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def read_committed(root: Path, meta: dict, n: int) -> np.ndarray:
+    """The features of the first `n` rows of the log, superseded ones included, in log order.
+
+    Segments and parts are checked against their checksums first; rows the log lists but no
+    piece holds, or pieces holding more rows than the log lists, are refused.
+    """
+    dim = meta["spec"]["dim"] or 0
+    blocks, have = [], 0
+    for seg in _segments(meta, root):
+        folder = _segment_dir(root, seg["name"])
+        rows = seg["rows"] if seg["rows"] is not None else n
+        if seg["rows"] is not None and have + rows > n:
+            raise StoreError(f"{_rows_path(root, meta)} lists {n} rows but the store's segments hold "
+                             f"{have + rows}: lines were removed from the log; featurize again with --overwrite")
+        if seg.get("files"):
+            _check_manifest(folder, seg["files"])
+        blocks.append(_read_piece(folder, rows, dim))
+        have += len(blocks[-1])
+    for start, folder in _parts(root):
+        if start < have or have >= n:
+            continue  # already merged into a segment, or not committed
+        if start != have:
+            raise StoreError(f"rows {have}..{start - 1} of {root} are missing (no part holds them); "
+                             f"featurize again with --overwrite")
+        _check_part(folder)
+        blocks.append(_read_piece(folder, min(_piece_len(folder), n - have), dim))
+        have += len(blocks[-1])
+    if have < n:
+        raise StoreError(f"{root} holds features for {have} rows but its log lists {n}; "
+                         f"featurize again with --overwrite")
+    return np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
+
+
+class FeatureStore:
+    """Read access to a feature store: ``features`` (N x D numpy), ``paths``, ``labels``, ``meta``."""
+
+    def __init__(self, root: Path, meta: dict, rows: list[dict]):
+        self.root = Path(root)
+        self.meta = meta
+        # a re-featurized (changed) file appends a new row: the last row for a path wins, and a
+        # row marked `removed` (the file could not be read any more) withdraws the path
+        self._committed = len(rows)
+        self._live = np.array(live_indices(rows), dtype=np.int64)
+        self._rows = [rows[i] for i in self._live]
+        self._features = None
+
+    @classmethod
+    def open(cls, root) -> "FeatureStore":
+        root = Path(root)
+        meta = _read_meta(root)
+        rows, _ = _read_rows(_rows_path(root, meta))
+        return cls(root, meta, rows)
+
+    @property
+    def committed_rows(self) -> int:
+        """Lines of the commit log, superseded and withdrawn rows included."""
+        return self._committed
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def spec(self) -> dict:
+        return self.meta["spec"]
+
+    @property
+    def paths(self) -> list[str]:
+        return [r["path"] for r in self._rows]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels as an object array (None for unlabelled images)."""
+        return np.array([r.get("label") for r in self._rows], dtype=object)
+
+    @property
+    def sha256(self) -> list[str]:
+        return [r["sha256"] for r in self._rows]
+
+    @property
+    def rows(self) -> list[dict]:
+        return list(self._rows)
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({r["label"] for r in self._rows if r.get("label") is not None})
+
+    @property
+    def report(self) -> dict:
+        """The last run's report (skipped, ignored, duplicates, label conflicts...)."""
+        report = read_report(self.root)
+        if report:
+            return report
+        legacy = self.root / "skipped.json"
+        return {"skipped": json.loads(legacy.read_text()) if legacy.exists() else []}
+
+    @property
+    def skipped(self) -> list[dict]:
+        return self.report.get("skipped", [])
+
+    @property
+    def features(self) -> np.ndarray:
+        if self._features is None:
+            self._features = self._load_features()
+        return self._features
+
+    def _load_features(self) -> np.ndarray:
+        for attempt in range(3):
+            try:
+                x = self._read_all()
+                return x if len(self._live) == len(x) else x[self._live]
+            except StoreError:
+                fresh = _read_meta(self.root)
+                same_log = _rows_path(self.root, fresh) == _rows_path(self.root, self.meta)
+                if attempt == 2 or not same_log or fresh.get("segments") == self.meta.get("segments"):
+                    raise
+                self.meta = fresh  # a run merged its parts into a new segment while we read: read again
+
+    def _read_all(self) -> np.ndarray:
+        return read_committed(self.root, self.meta, self._committed)
+
+    def labelled(self, with_rows: bool = False):
+        """(X, y) for the rows that have a label, (X, y, rows) with `with_rows`.
+
+        Images that appear under two labels (same content) are left out, with a warning.
+        """
+        from ..quality import conflict_mask
+
+        y = self.labels
+        conflicts = conflict_mask(self._rows)
+        if conflicts.any():
+            log.warning("%s: %d images appear under two labels (same content) and are left out; "
+                        "see `python -m pipeline verify %s`", self.root, int(conflicts.sum()), self.root)
+        keep = np.array([v is not None for v in y], dtype=bool) & ~conflicts
+        X, y = self.features[keep], y[keep].astype(str)
+        return (X, y, [r for r, k in zip(self._rows, keep) if k]) if with_rows else (X, y)
+
+    def __repr__(self):
+        return f"<FeatureStore {self.root} n={len(self)} {describe(self.spec)}>"
+
+
+def _read_meta(root: Path) -> dict:
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        raise StoreError(f"{root} is not a feature store (no meta.json); create one with "
+                         f"`python -m pipeline featurize DATA_DIR --out {root}`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as e:
+        raise StoreError(f"{meta_path} is damaged ({e}); featurize again with --overwrite") from e
+    if not isinstance(meta, dict) or "spec" not in meta or not isinstance(meta["spec"], dict):
+        raise StoreError(f"{meta_path} is not a feature store's meta file; featurize again with --overwrite")
+    return meta
+
+
+def verify(root) -> list[str]:
+    """Problems found in a store (empty when it is sound): meta, commit log, checksums, shape, values."""
+    root = Path(root)
+    try:
+        store = FeatureStore.open(root)
+        raw_path = _rows_path(root, store.meta)
+        raw = raw_path.read_bytes() if raw_path.exists() else b""
+    except (StoreError, ValueError) as e:
+        return [str(e)]
+    problems = []
+    if raw and not raw.endswith(b"\n"):
+        problems.append(f"{raw_path} ends with a partial line (a run was killed mid-commit; "
+                        f"the next featurize run trims it)")
+    bad = [r for r in store.rows if not {"path", "sha256"} <= set(r)]
+    if bad:
+        problems.append(f"{len(bad)} rows of {raw_path} lack a path or sha256, e.g. {bad[0]}")
+    if not store.spec.get("dim"):
+        if len(store) or store.committed_rows:
+            problems.append(f"{root / 'meta.json'} records no feature dimension")
+        else:
+            problems.append(f"{root} is empty and unusable: no run has stored a row in it yet (featurize into it)")
+        return problems
+    try:
+        x = store.features
+    except StoreError as e:
+        return problems + [str(e)]
+    if not np.isfinite(x).all():
+        problems.append(f"{int((~np.isfinite(x)).any(axis=1).sum())} feature rows in {root} hold NaN or infinity")
+    return problems
+
+
+def read_report(root) -> dict:
+    """The last run's report of the store at `root` ({} when there is none or it is unreadable)."""
+    try:
+        return json.loads((Path(root) / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_report(root, report: dict) -> None:
+    """Write a run's report (skipped files and reasons...) as ``report.json`` in the store, atomically."""
+    _atomic_write(Path(root) / "report.json", json.dumps(report, indent=1, ensure_ascii=False))

@@ -1,0 +1,285 @@
+"""Writing a store: :func:`open_writer` and :class:`StoreWriter` (commit, recover, merge, withdraw, prune)."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..backbones.base import describe, identity
+from ..errors import StoreError
+from .log import _log_lines, _read_rows, live_indices
+from .pieces import (_STAGING, _check_part, _manifest, _part_manifest_file, _parts, _piece_len, _read_piece,
+                     _remove_part, _segment_dir, _write_piece, _atomic_write, chunklen_for)
+from .reader import FORMAT, FeatureStore, _read_meta, read_committed, versions, write_report
+
+
+class StoreWriter:
+    """Appends committed batches of rows to a store; created by :func:`open_writer`."""
+
+    def __init__(self, root: Path, meta: dict, lock_fd: int):
+        self.root, self.meta, self._lock_fd = root, meta, lock_fd
+        self.created = False  # open_writer: True when this run made the folder
+        self.meta.setdefault("rows_file", "rows.jsonl")
+        rows_path = root / self.meta["rows_file"]
+        self.rows, end = _read_rows(rows_path)
+        self._base = self._adopt_legacy()
+        self._next = self._recover()
+        (root / "parts").mkdir(exist_ok=True)
+        self._rows_file = open(rows_path, "ab")
+        self._rows_file.truncate(end)
+
+    def _adopt_legacy(self) -> int:
+        """Rows held by segments; a store-1 carray becomes the first segment, as is."""
+        if "segments" not in self.meta:
+            legacy = self.root / "features.bcolz"
+            self.meta["segments"] = ([{"name": "features.bcolz", "rows": len(self.rows)}]
+                                     if legacy.exists() and self.rows else [])
+            self.meta["format"] = FORMAT
+        return sum(s["rows"] for s in self.meta["segments"])
+
+    def _recover(self) -> int:
+        """Remove what a killed run left half done; return the next row index to write."""
+        for d in (self.root, self.root / "segments", self.root / "parts"):
+            if d.is_dir():
+                for f in d.iterdir():
+                    if f.name.startswith(_STAGING):
+                        shutil.rmtree(f, ignore_errors=True)
+        listed = {s["name"] for s in self.meta["segments"]}
+        if (self.root / "segments").is_dir():
+            for f in (self.root / "segments").iterdir():
+                if f.name not in listed:  # merged but never listed in meta.json: its parts are still there
+                    shutil.rmtree(f, ignore_errors=True)
+        have = self._base
+        parts = _parts(self.root)
+        for start, folder in parts:
+            length = _piece_len(folder) if start == have else 0
+            if start == have and have < len(self.rows):
+                _check_part(folder)  # flipped bytes in a killed run's part must not be merged and re-checksummed
+                if start + length > len(self.rows):  # only some of its lines were committed
+                    keep = _read_piece(folder, len(self.rows) - start, self.meta["spec"]["dim"])
+                    _remove_part(folder)
+                    _write_piece(folder, [keep], keep.shape[1], max(1, len(keep)), _part_manifest_file(folder))
+                    length = len(keep)
+                have += length
+            else:
+                _remove_part(folder)  # merged already, or never committed
+        known = {_part_manifest_file(f).name for _, f in parts}
+        if (self.root / "parts").is_dir():
+            for f in (self.root / "parts").glob("*.bcolz.json"):
+                if f.name not in known or not f.with_name(f.name[:-5]).exists():
+                    f.unlink(missing_ok=True)  # checksums of a part that was never renamed into place
+        if have < len(self.rows):
+            raise StoreError(f"{self.root} lists {len(self.rows)} rows but holds features for {have}; "
+                             f"the store is damaged: featurize again with --overwrite")
+        return have
+
+    def append(self, features: np.ndarray, rows: list[dict]) -> None:
+        """Commit a batch: its features as a new part (atomic rename), then its lines in the log."""
+        x = np.ascontiguousarray(features, dtype=np.float32)
+        if x.ndim != 2 or x.shape[0] != len(rows) or x.shape[1] != self.meta["spec"]["dim"]:
+            raise StoreError(f"cannot append features of shape {x.shape} for {len(rows)} rows to "
+                             f"{self.root} (D={self.meta['spec']['dim']})")
+        if not np.all(np.isfinite(x)):
+            raise StoreError("refusing to store non-finite features")
+        if not len(x):
+            return
+        part = self.root / "parts" / f"{self._next:012d}.bcolz"
+        _write_piece(part, [x], x.shape[1], len(x), _part_manifest_file(part))
+        self._rows_file.write(_log_lines(rows, len(self.rows)))
+        self._rows_file.flush()
+        os.fsync(self._rows_file.fileno())
+        self.rows.extend(rows)
+        self._next += len(x)
+
+    def live_rows(self) -> list[dict]:
+        """The rows in force (the last of each path, withdrawn paths left out)."""
+        return [self.rows[i] for i in live_indices(self.rows)]
+
+    def remove(self, withdrawn: dict[str, str]) -> None:
+        """Withdraw the rows of these paths ({path: reason}): files that can no longer be used.
+
+        Appends a ``removed`` row (with a zero feature row, so log and features stay aligned)
+        for each path that has a row in force; nothing is rewritten in place.
+        """
+        live = {r["path"] for r in self.live_rows()}
+        rows = [{"path": p, "removed": reason} for p, reason in withdrawn.items() if p in live]
+        if rows:
+            self.append(np.zeros((len(rows), self.meta["spec"]["dim"]), np.float32), rows)
+
+    def set_spec(self, spec: dict) -> None:
+        """Record the loaded backbone's full spec (tensor, D); it must match what is stored."""
+        old = self.meta["spec"]
+        if old.get("dim") is not None and identity(old) != identity(spec):
+            raise StoreError(f"{self.root} holds features of {describe(old)}, not of {describe(spec)}; "
+                             f"use another --out, or --overwrite to replace it")
+        self.meta["spec"] = spec
+        self._write_meta()
+
+    def write_report(self, report: dict) -> None:
+        write_report(self.root, report)
+
+    def _merge_parts(self) -> None:
+        """Merge this run's parts into one new immutable segment listed in meta.json."""
+        parts = [(s, f) for s, f in _parts(self.root) if s >= self._base]
+        if not parts:
+            return
+        dim = self.meta["spec"]["dim"]
+        seg_dir = self.root / "segments"
+        seg_dir.mkdir(exist_ok=True)
+        name = f"seg-{len(self.meta['segments']):06d}-{self._base:012d}.bcolz"
+        for _, f in parts:
+            _check_part(f)
+        blocks = (_read_piece(f, _piece_len(f), dim) for _, f in parts)
+        n = _write_piece(seg_dir / name, blocks, dim, chunklen_for(dim))
+        self.meta["segments"].append({"name": name, "rows": n, "files": _manifest(seg_dir / name)})
+        self._base += n
+        self._write_meta()
+        for _, f in parts:
+            _remove_part(f)
+
+    def prune(self, keep_paths: set[str]) -> int:
+        """Drop the rows of files not in `keep_paths` (and superseded rows): rewrite into one segment."""
+        self._merge_parts()
+        keep = [i for i in live_indices(self.rows) if self.rows[i]["path"] in keep_paths]
+        dropped = len(self.rows) - len(keep)
+        if dropped == 0:
+            return 0
+        x = read_committed(self.root, self.meta, len(self.rows))[keep] if keep else None
+        gen = int(self.meta.get("generation", 0)) + 1
+        rows = [self.rows[i] for i in keep]
+        rows_file = f"rows-{gen}.jsonl"
+        _atomic_write(self.root / rows_file, _log_lines(rows, 0).decode("utf-8"))
+        dim = self.meta["spec"]["dim"]
+        name = f"seg-g{gen}.bcolz"
+        n = _write_piece(self.root / "segments" / name, [x] if x is not None else [], dim, chunklen_for(dim))
+        old = [s["name"] for s in self.meta["segments"]]
+        old_rows = self.meta["rows_file"]
+        self.meta.update(segments=[{"name": name, "rows": n, "files": _manifest(self.root / "segments" / name)}],
+                         rows_file=rows_file, generation=gen)
+        self._write_meta()  # the switch: readers now see the pruned store
+        self._rows_file.close()
+        for name_ in old:
+            shutil.rmtree(_segment_dir(self.root, name_), ignore_errors=True)
+        (self.root / old_rows).unlink(missing_ok=True)
+        self.rows, self._base, self._next = rows, n, n
+        self._rows_file = open(self.root / rows_file, "ab")
+        return dropped
+
+    def _write_meta(self) -> None:
+        self.meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.meta["rows"] = len(live_indices(self.rows))
+        _atomic_write(self.root / "meta.json", json.dumps(self.meta, indent=1))
+
+    def close(self) -> FeatureStore:
+        try:
+            self._merge_parts()
+            self._write_meta()
+        finally:
+            self.abort()
+        return FeatureStore(self.root, self.meta, self.rows)
+
+    def abort(self) -> None:
+        """Release the store; committed rows stay (as parts, merged by the next run)."""
+        if not self._rows_file.closed:
+            self._rows_file.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def discard_if_empty(self) -> bool:
+        """After a failed first run that stored nothing: remove the folder it created (True if removed)."""
+        if self.rows or not self.created:
+            return False
+        self.abort()
+        shutil.rmtree(self.root, ignore_errors=True)
+        return True
+
+
+def _lock(root: Path) -> int:
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(f"{root} is being written by another run; wait for it or use another --out") from None
+    return fd
+
+
+_STORE_FILES = ("segments", "parts", "features.bcolz", "rows.jsonl", "report.json", "skipped.json", "meta.json")
+
+
+def open_writer(root, request: dict, overwrite: bool = False) -> StoreWriter:
+    """Open `root` for appending rows for backbone `request`, creating it if needed.
+
+    An existing store made with another backbone, weights, layer or preprocessing is refused
+    unless `overwrite` is set, so stale rows can never mix with new ones. Call
+    :meth:`StoreWriter.set_spec` with the loaded backbone's spec before the first append.
+    """
+    root = Path(root)
+    _refuse_foreign_folder(root)
+    created = not root.exists()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = _lock(root)
+        _check_writable(root)
+    except PermissionError as e:
+        raise StoreError(f"cannot write the feature store {root}: {e.strerror}") from e
+    try:
+        meta = _existing_meta(root, request, overwrite)
+    except BaseException:
+        os.close(fd)
+        raise
+    if meta is None:
+        for name in _STORE_FILES + tuple(f.name for f in root.glob("rows-*.jsonl")):
+            p = root / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        meta = {"format": FORMAT, "spec": dict(request, tensor=None, dim=None), "versions": versions(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "segments": [], "rows_file": "rows.jsonl"}
+        _atomic_write(root / "meta.json", json.dumps(meta, indent=1))
+    try:
+        writer = StoreWriter(root, meta, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    writer.created = created
+    return writer
+
+
+def _refuse_foreign_folder(root: Path) -> None:
+    """A store is only ever written into a new or empty folder, or over a store: never over other files."""
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{root} exists and is not a folder; give --out a new folder for the feature store")
+    if not root.is_dir() or (root / "meta.json").exists():
+        if (root / "meta.json").exists():
+            _read_meta(root)  # a meta.json that is not a store's is refused here, with or without overwrite
+        return
+    others = sorted(f.name for f in root.iterdir() if f.name != ".lock")
+    if others:
+        raise StoreError(f"{root} is a folder that is not a feature store (it holds {', '.join(others[:3])}"
+                         f"{' ...' if len(others) > 3 else ''}); featurize into a new or empty folder "
+                         f"(--overwrite only replaces feature stores)")
+
+
+def _check_writable(root: Path) -> None:
+    probe = root / f".write-test-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
+def _existing_meta(root: Path, request: dict, overwrite: bool) -> dict | None:
+    """The meta of a store to append to, None to start afresh; refuses other settings."""
+    if overwrite or not (root / "meta.json").exists():
+        return None
+    existing = FeatureStore.open(root)
+    if len(existing) == 0 and existing.spec.get("dim") is None:
+        return None  # an empty store (a run that failed before its first batch) holds nothing to keep
+    old = existing.meta
+    if identity(old["spec"], full=False) != identity(request, full=False):
+        raise StoreError(f"{root} holds features of {describe(old['spec'])}, not of {describe(request)}; "
+                         f"use another --out, or --overwrite to replace it")
+    return old
