@@ -10,6 +10,8 @@ import numpy as np
 
 from .backbones import backbone_from_spec
 from .classifier import Classifier, load
+from .errors import UsageError
+from .hints import did_you_mean
 from .runner import default_store_path, featurize
 
 
@@ -22,6 +24,10 @@ def score(model, data_dir, out, *, cache=None, kaggle: str | None = None, clip: 
     from the file name (the Dogs vs Cats Redux submission format). Returns the RunReport.
     """
     clf = model if isinstance(model, Classifier) else load(model)
+    classes = [str(c) for c in clf.classes_]
+    if kaggle is not None and kaggle not in classes:  # before any image is featurized
+        raise UsageError(f"--kaggle {kaggle!r} is not a class of this head{did_you_mean(kaggle, classes)}; "
+                         f"classes: {', '.join(classes)}")
     bb = backbone_from_spec(clf.spec)
     cache = Path(cache) if cache else default_store_path(data_dir, bb)
     run = featurize(data_dir, bb, out=cache, labelled=False, progress=progress, workers=workers, report=True)

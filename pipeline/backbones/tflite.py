@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackboneError
+from ..errors import BackboneError, UnknownNameError
 from ..preprocess import Preprocess, normalize
+from ..hints import did_you_mean
+from ..logs import native_output_quieted
 from .base import LAYER_ALIASES, Backbone, file_sha256, pool
 
 _PASS_THROUGH = {"RESHAPE", "SQUEEZE", "DEQUANTIZE", "QUANTIZE", "ADD"}
@@ -52,13 +54,14 @@ def _open_interpreter(path: str, content: bytes | None = None, **kw):
     else from the file with every tensor preserved (how intermediate layers are read without it)."""
     Interpreter, _ = _interpreter_class()
     try:
-        if content is not None:
-            it = Interpreter(model_content=content, **kw)
-        else:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
-                it = Interpreter(model_path=path, experimental_preserve_all_tensors=True, **kw)
-        it.allocate_tensors()
+        with native_output_quieted():  # "INFO: Created TensorFlow Lite XNNPACK delegate" (shown with -v)
+            if content is not None:
+                it = Interpreter(model_content=content, **kw)
+            else:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+                    it = Interpreter(model_path=path, experimental_preserve_all_tensors=True, **kw)
+            it.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise BackboneError(f"{path} is not a usable TFLite model: {e}") from e
     return it
@@ -151,8 +154,9 @@ class TFLiteBackbone(Backbone):
         it = self._interpreter()
         details = {t["name"]: t for t in it.get_tensor_details()}
         if self.tensor not in details:
-            raise BackboneError(f"{self.path} has no tensor {self.tensor!r}; use "
-                                f"{', '.join(LAYER_ALIASES)} or a tensor name such as {layers['penultimate']!r}")
+            raise UnknownNameError(f"{self.path} has no tensor {self.tensor!r}"
+                                   f"{did_you_mean(self.tensor, [*LAYER_ALIASES, *details])}; use "
+                                   f"{', '.join(LAYER_ALIASES)} or a tensor name such as {layers['penultimate']!r}")
         t = details[self.tensor]
         self._tensor_index, self._out_quant = t["index"], t["quantization"]
         shape = [int(v) for v in t["shape"]]

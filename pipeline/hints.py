@@ -1,0 +1,50 @@
+"""What to tell a user about a name or file they gave: close matches for names (backbones, layers,
+classes), and what a file that cannot be read actually is."""
+from __future__ import annotations
+
+import difflib
+
+
+def close_matches(word: str, choices, n: int = 3) -> list[str]:
+    """The `n` choices closest to `word` (case-insensitive), best first; [] when none is close."""
+    choices = [str(c) for c in choices]
+    by_lower = {}
+    for c in choices:
+        by_lower.setdefault(c.lower(), c)
+    found = difflib.get_close_matches(str(word).lower(), list(by_lower), n=n, cutoff=0.6)
+    return [by_lower[f] for f in found]
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean 'dogs'?)', or '' when nothing is close: to append to an error message."""
+    found = close_matches(word, choices, n=1)
+    return f" (did you mean {found[0]!r}?)" if found else ""
+
+
+# how the files joblib writes begin: a pickle (protocol 2+), or one of its compressors
+_JOBLIB_MAGIC = (b"\x80", b"x", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"]\x00\x00", b"\x04\x22\x4d\x18")
+
+
+def unreadable_model(path, error: Exception) -> str:
+    """Why a model file did not load, from what the file is (not a guess): empty, text, cut short, foreign."""
+    try:
+        head = open(path, "rb").read(512)
+    except OSError as e:
+        return f"{path} cannot be read ({e.strerror or e})"
+    fix = "pass the .joblib file that `python -m pipeline train --out` wrote"
+    if not head:
+        return f"{path} is empty, not a model file; {fix}"
+    if b"\x00" not in head:
+        try:
+            text = head.decode("utf-8").strip().splitlines()
+        except UnicodeDecodeError:
+            text = None
+        if text is not None:
+            begins = f"it begins {text[0][:40]!r}" if text else "only blank lines"
+            return f"{path} is a text file, not a model file ({begins}); {fix}"
+    if not head.startswith(_JOBLIB_MAGIC):
+        return f"{path} is not a joblib/pickle file (it begins {head[:8]!r}); {fix}"
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else 'no details'}"
+    if isinstance(error, EOFError) or "EOF" in str(error):
+        return f"{path} is a joblib file cut short ({reason}): it is incomplete; retrain the head or restore the file"
+    return f"{path} is a joblib file this tool cannot read ({reason}); retrain the head or restore the file"
