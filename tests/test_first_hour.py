@@ -103,6 +103,8 @@ def test_misspelled_backbone_and_layer_exit_2_with_a_suggestion(flow, tmp_path, 
     assert main(["featurize", str(data), "--layer", "penultimte", "--out", str(tmp_path / "b"),
                  "--no-progress"]) == 2
     assert "did you mean 'penultimate'?" in capsys.readouterr().err
+    assert main(["compare", str(flow[2].root), "--heads", "linear_sv"]) == 2
+    assert "did you mean 'linear_svm'?" in capsys.readouterr().err
 
 
 def test_batch_size_0_is_refused_and_layer_help_lists_predictions(capsys):
