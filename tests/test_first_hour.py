@@ -204,3 +204,21 @@ def test_screenshot_trims_the_empty_bottom_of_a_tall_capture(tmp_path):
     Image.fromarray(px).save(tmp_path / "s.png")
     assert trim_bottom(tmp_path / "s.png") == (200, 1200 + MARGIN)
     assert Image.open(tmp_path / "s.png").size == (200, 1200 + MARGIN)
+
+
+def test_screenshot_captures_a_page_taller_than_any_fixed_window(tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from pipeline.screenshot import screenshot
+
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    (tmp_path / "index.html").write_text('<!DOCTYPE html><html><body style="margin:0">'
+                                         '<div style="height:5000px"></div>'
+                                         '<div style="height:100px;background:#c00"></div></body></html>')
+    out, height = screenshot(tmp_path)
+    px = np.asarray(Image.open(out).convert("RGB"))
+    assert 5100 <= height <= 5200 and px.shape[0] == height
+    assert tuple(px[5050, 10]) == (204, 0, 0)  # the block at the very end of the page is in the picture
