@@ -324,7 +324,9 @@ class FeatureStore:
 def _read_meta(root: Path) -> dict:
     meta_path = root / "meta.json"
     if not meta_path.is_file():
-        raise StoreError(_not_a_store(root))
+        from .hints import not_a_store
+
+        raise StoreError(not_a_store(root))
     try:
         meta = json.loads(meta_path.read_text())
     except ValueError as e:
@@ -332,40 +334,6 @@ def _read_meta(root: Path) -> dict:
     if not isinstance(meta, dict) or "spec" not in meta:
         raise StoreError(f"{meta_path} is not a feature store's meta file; featurize again with --overwrite")
     return meta
-
-
-def _not_a_store(root: Path) -> str:
-    """Why `root` cannot be opened as a store, and what to run instead (an image folder is featurized first)."""
-    if _holds_images(root):
-        out = Path("features") / root.resolve().name
-        return (f"{root} is a folder of images, not a feature store; featurize it first into a store folder "
-                f"(`python -m pipeline featurize {root} --out {out}`) and pass {out} instead")
-    what = "does not exist" if not root.exists() else "is not a feature store (no meta.json)"
-    return f"{root} {what}; create a store with `python -m pipeline featurize DATA_DIR --out {root}`"
-
-
-def _holds_images(root: Path, limit: int = 2000) -> bool:
-    """True when image files sit in `root` or in its sub-folders (class folders); looks at `limit` entries."""
-    from .images import IMAGE_EXTENSIONS
-
-    folders, seen = [root], 0
-    for depth in range(2):
-        subs = []
-        for folder in folders:
-            try:
-                entries = list(os.scandir(folder))
-            except OSError:
-                continue
-            for e in entries:
-                seen += 1
-                if seen > limit:
-                    return False
-                if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
-                    return True
-                if e.is_dir(follow_symlinks=False) and not e.name.startswith("."):
-                    subs.append(e.path)
-        folders = subs
-    return False
 
 
 def verify(root) -> list[str]:
