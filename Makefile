@@ -26,11 +26,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: install  ## the whole flow offline on the bundled cars sample
 	$(PY) -m pipeline demo
 
-test: install  ## the full test suite (tests needing ../shared skip without it)
-	$(PY) -m pytest -q
+test: install  ## the full test suite (tests needing ../shared skip without it; -rs prints why)
+	$(PY) -m pytest -q -rs
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not shared"
+	$(PY) -m pytest -q -rs -m "not slow and not shared"
 
 features: install  ## make features DATA=path/to/images [BACKBONE=...] [LAYER=...] [OUT=features/...]
 	@test -n "$(DATA)" || { echo "usage: make features DATA=folder [BACKBONE=$(BACKBONE)] [LAYER=$(LAYER)] [OUT=dir]"; exit 2; }
@@ -45,19 +45,20 @@ score: install  ## make score MODEL=models/x.joblib DATA=path/to/images [OUT=pre
 	$(PY) -m pipeline score "$(MODEL)" "$(DATA)" --out "$(or $(OUT),predictions.csv)"
 
 evaluate: install  ## make evaluate MODEL=models/x.joblib FEATURES=features/...
+	@test -n "$(MODEL)" -a -n "$(FEATURES)" || { echo "usage: make evaluate MODEL=file.joblib FEATURES=dir"; exit 2; }
 	$(PY) -m pipeline evaluate "$(MODEL)" "$(FEATURES)"
 
 report: install  ## make report MODEL=models/x.joblib FEATURES=features/... REPORT=reports/x  (index.html + PNGs)
+	@test -n "$(MODEL)" -a -n "$(FEATURES)" || { echo "usage: make report MODEL=file.joblib FEATURES=dir [REPORT=$(REPORT)]"; exit 2; }
 	$(PY) -m pipeline evaluate "$(MODEL)" "$(FEATURES)" --report "$(REPORT)"
 
-screenshot:  ## open REPORT/index.html in headless Chromium (apt-get install chromium); writes REPORT/screenshot.png
+screenshot: install  ## the whole page of REPORT/index.html in headless Chromium (apt-get install chromium) -> REPORT/screenshot.png
 	@command -v chromium >/dev/null || { echo "needs Debian's chromium: apt-get install chromium"; exit 2; }
 	@test -f "$(REPORT)/index.html" || { echo "no $(REPORT)/index.html: run make demo, or make report REPORT=dir"; exit 2; }
-	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,3000 \
-		--screenshot="$(abspath $(REPORT))/screenshot.png" "file://$(abspath $(REPORT))/index.html" 2>/dev/null
-	@echo "screenshot -> $(REPORT)/screenshot.png"
+	@$(PY) -m pipeline.screenshot "$(REPORT)"
 
 suspects: install  ## make suspects FEATURES=features/...: likely mislabelled images
+	@test -n "$(FEATURES)" || { echo "usage: make suspects FEATURES=dir"; exit 2; }
 	$(PY) -m pipeline suspects "$(FEATURES)"
 
 bench: install  ## side-by-side featurization benchmark on ../shared/data/catsdogs (figures in BENCHMARKS.md)

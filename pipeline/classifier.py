@@ -16,6 +16,7 @@ import numpy as np
 
 from .backbones import backbone_from_spec, describe, identity
 from .errors import ModelFileError, SpecMismatchError
+from .hints import unreadable_model
 from .images import load_image
 
 FORMAT = "tf-feature-pipeline/head-1"
@@ -123,8 +124,7 @@ class Classifier:
             raise ModelFileError(f"{path} was saved with scikit-learn {w.original_sklearn_version}, this is "
                                  f"{w.current_sklearn_version}; retrain the head from its features") from None
         except Exception as e:
-            raise ModelFileError(f"{path} is not a readable model file ({type(e).__name__}: {e}); "
-                                 f"it may be truncated: retrain or restore it") from e
+            raise ModelFileError(unreadable_model(path, e)) from e
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ModelFileError(f"{path} is not a tf-feature-pipeline head (format {FORMAT} expected)")
         clf = cls(payload["model"], payload["classes"], payload["spec"], payload.get("metrics"),

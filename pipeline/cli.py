@@ -47,6 +47,19 @@ def _C_per_head(value: str):
     return out
 
 
+def _positive_int(option: str):
+    """An argparse type accepting an integer >= 1 for `option`."""
+    def parse(value: str) -> int:
+        try:
+            v = int(value)
+        except ValueError:
+            v = 0
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{option} must be an integer >= 1, got {value!r}")
+        return v
+    return parse
+
+
 def _sample(value: str):
     try:
         v = float(value)
@@ -61,10 +74,12 @@ def _backbone_options(p: argparse.ArgumentParser, with_layer: bool = True) -> No
     p.add_argument("--backbone", default="mobilenet_v2_quant",
                    help="registry name, .tflite/.pb file, SavedModel folder or hub:HANDLE (default: %(default)s)")
     if with_layer:
-        p.add_argument("--layer", default="penultimate", help="logits, penultimate (default) or a layer/tensor name; "
-                       "several separated by commas (one forward pass, one store each: --out must contain {layer})")
+        p.add_argument("--layer", default="penultimate",
+                       help="penultimate (default), logits, predictions (the class probabilities) or a layer/tensor "
+                            "name; several separated by commas (one forward pass, one store each: --out must "
+                            "contain {layer})")
     p.add_argument("--weights", help="Keras application weights: imagenet (default), a local .weights.h5/.h5 file, or random")
-    p.add_argument("--input-size", type=int, help="override the backbone's input size (square)")
+    p.add_argument("--input-size", type=_positive_int("--input-size"), help="override the backbone's input size (square)")
     p.add_argument("--scaling", help="override the pixel scaling: caffe, tf, torch, unit, raw, ...")
     p.add_argument("--crop-fraction", type=float, help="centre crop fraction (1.0: largest centre square)")
     p.add_argument("--input-tensor", help="input tensor name of a frozen GraphDef without a preset")
@@ -81,15 +96,16 @@ def _backbone_kwargs(a) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline", description="tf-feature-pipeline: frozen ImageNet "
                                 "CNN features of image folders, cached with bcolz, classified by scikit-learn heads")
-    p.add_argument("-v", "--verbose", action="store_true", help="log more (and show tracebacks)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log more, show TensorFlow's and TFLite's own notices, and show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("featurize", help="images below DATA_DIR -> a feature store")
     f.add_argument("data_dir")
     _backbone_options(f)
     f.add_argument("--out", help="feature store folder (default: features/<folder>-<backbone>-<layer>)")
-    f.add_argument("--batch-size", type=int)
-    f.add_argument("--workers", type=int, help="decoding threads (default: all cores)")
+    f.add_argument("--batch-size", type=_positive_int("--batch-size"), help="images per network call")
+    f.add_argument("--workers", type=_positive_int("--workers"), help="decoding threads (default: all cores)")
     f.add_argument("--unlabelled", action="store_true", help="ignore sub-folders as classes")
     f.add_argument("--labels", metavar="CSV", help="labels from a CSV (id,label) instead of sub-folders")
     f.add_argument("--id-column", help="the CSV column of image ids (default: 'id', else the first)")
@@ -119,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--group-column", help="the --groups CSV column holding the group")
     t.add_argument("--sample", type=_sample, help="train on N images per class (or a fraction, e.g. 0.1)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--pca", type=int, help="reduce the standardised features to N principal components first")
+    t.add_argument("--pca", type=_positive_int("--pca"), help="reduce the standardised features to N principal components first")
     t.add_argument("--report", metavar="DIR", help="write an HTML report of the cross-validated predictions")
     t.add_argument("--learning-curve", action="store_true",
                    help="accuracy against training images per class (printed, and plotted in --report)")
@@ -154,13 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'auto' (CV, default), a number, or per head: linear_svm=0.01,logreg=0.1")
     c.add_argument("--folds", type=_folds, default=5, help="integer or 'loo' (default 5)")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--pca", type=int, help="reduce the standardised features to N principal components first")
+    c.add_argument("--pca", type=_positive_int("--pca"), help="reduce the standardised features to N principal components first")
     c.add_argument("--json", action="store_true")
+    c.add_argument("--no-progress", action="store_true", help="no line on stderr as each head starts and ends")
 
     i = sub.add_parser("predict-imagenet", help="top-k ImageNet classes of images")
     i.add_argument("images", nargs="+")
     _backbone_options(i, with_layer=False)
-    i.add_argument("--top", type=int, default=5)
+    i.add_argument("--top", type=_positive_int("--top"), default=5)
 
     sp = sub.add_parser("split", help="write the train/validation split of a store's labelled images to a CSV")
     sp.add_argument("features_dir")
@@ -291,7 +308,7 @@ def cmd_evaluate(a):
 def cmd_compare(a):
     from .evaluation import compare
 
-    rows = compare(a.features_dirs, a.heads.split(","), a.C, a.folds, a.seed, a.pca)
+    rows = compare(a.features_dirs, a.heads.split(","), a.C, a.folds, a.seed, a.pca, progress=not a.no_progress)
     if a.json:
         print(json.dumps(rows))
         return
@@ -410,8 +427,9 @@ COMMANDS = {"featurize": cmd_featurize, "train": cmd_train, "score": cmd_score, 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    from .logs import setup
+
+    setup(args.verbose)  # -v also lets TensorFlow's and TFLite's own notices through
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         COMMANDS[args.command](args)

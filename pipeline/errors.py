@@ -34,3 +34,7 @@ class ImageError(PipelineError, ValueError):
     def __init__(self, path, reason: str, detail: str = ""):
         self.path, self.reason, self.detail = str(path), reason, detail
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class UnknownNameError(UsageError, BackboneError):
+    """A backbone, layer or class name that does not exist (CLI exit status 2, with a close match)."""

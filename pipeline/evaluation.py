@@ -4,14 +4,17 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
+from .errors import UsageError
+
 
 def classification_metrics(y_true, proba: np.ndarray, classes) -> dict:
     """accuracy, balanced_accuracy, log_loss, top-k, per_class P/R/F1/support, confusion_matrix, classes."""
     classes = [str(c) for c in classes]
     y_true = np.asarray(y_true, dtype=str)
-    unknown = sorted(set(y_true) - set(classes))
+    unknown = sorted(str(u) for u in set(y_true) - set(classes))
     if unknown:
-        raise ValueError(f"labels {unknown} are not classes of this head ({classes})")
+        raise UsageError(f"labels {', '.join(unknown)} are not classes of this head "
+                         f"({', '.join(classes)}); evaluate on features labelled with the head's classes")
     y_pred = np.asarray(classes, dtype=object)[np.argmax(proba, axis=1)].astype(str)
     p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     out = {
@@ -96,24 +99,36 @@ def clip_suggestion(y_true, proba: np.ndarray, classes, candidates=CLIP_CANDIDAT
 
 
 def compare(stores, heads=("linear_svm", "logreg"), C: float | str = "auto", folds: int | str = 5, seed: int = 0,
-            pca: int | None = None) -> list[dict]:
+            pca: int | None = None, progress: bool = True) -> list[dict]:
     """Cross-validated accuracy of each head on each feature store (paths or FeatureStores): one row per pair.
 
     C: 'auto' (chosen by CV per head and store), a number, or {head: C or 'auto'}.
+    progress: a line on stderr as each (store, head) starts and ends.
     """
-    from .heads import check_labels, cross_val_accuracy, select_C
+    from .heads import HEADS, check_labels, cross_val_accuracy, select_C
+    from .hints import did_you_mean
+    from .progress import Steps
     from .store import FeatureStore
 
+    for head in heads:  # before any store is read
+        if head not in HEADS:
+            raise UsageError(f"unknown head {head!r}{did_you_mean(head, HEADS)}; choose from {', '.join(HEADS)}")
     out = []
+    steps = Steps(len(stores) * len(heads), enabled=progress)
+    cv = "leave-one-out" if folds == "loo" else f"{folds}-fold"
     for s in stores:
         store = s if isinstance(s, FeatureStore) else FeatureStore.open(s)
         X, y = store.labelled()
         check_labels(y)
         for head in heads:
             c = C.get(head, "auto") if isinstance(C, dict) else C
+            steps.start(f"{head} on {store.root} ({len(y)} images, D={X.shape[1]}): "
+                        + (f"choosing C, then {cv} CV" if c == "auto" else f"{cv} CV"))
             if c == "auto":
                 c = select_C(head, X, y, 5 if folds == "loo" else folds, seed, pca)[0]
+            acc = cross_val_accuracy(head, X, y, c, folds, seed, pca)
+            steps.done(f"{head} on {store.root}: accuracy {acc:.4f} (C={c:g})")
             out.append({"features": str(store.root), "backbone": store.spec["backbone"], "layer": store.spec.get("layer", ""),
                         "dim": pca or store.spec["dim"], "head": head, "C": c, "folds": folds, "pca": pca,
-                        "accuracy": cross_val_accuracy(head, X, y, c, folds, seed, pca), "n": int(len(y))})
+                        "accuracy": acc, "n": int(len(y))})
     return out

@@ -2,8 +2,9 @@
 
 Summary table, confusion-matrix heat map, per-class table, accuracy against coverage (to pick
 ``score --reject-below P``), the learning curve when given, the suggested clipping bound for
-log loss, and thumbnail galleries of the most confident mistakes, the most uncertain images and
-a sample of correct ones. Galleries are capped and thumbnails
+log loss, and thumbnail galleries of the most confident mistakes, the uncertain images (top
+probability below UNCERTAIN_BELOW, closest calls first, each with its margin over the next
+class) and a sample of correct ones. Galleries are capped and thumbnails
 are made once (named by the image's content hash), so large sets stay fast.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ GALLERY_SIZE = 24
 REJECT_THRESHOLDS = (0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)  # the --reject-below values tabulated
 CURVE_POINTS = 200
 THUMB_PX = 160
+UNCERTAIN_BELOW = 0.8  # "uncertain": the most likely class has a probability below this
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
@@ -30,7 +32,8 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .gallery{display:flex;flex-wrap:wrap;gap:10px}figure{margin:0;width:170px;font-size:12px}
 figure img{width:160px;height:160px;object-fit:cover;border:3px solid #ccc}
 figure.wrong img{border-color:#d33}figure.right img{border-color:#3a3}
-figcaption{word-break:break-all}.warning{background:#fff3cd;padding:8px;border:1px solid #e0c36c}.missing{width:160px;height:160px;background:#eee;display:flex;
+figcaption{word-break:break-all}table.summary td{max-width:45em;overflow-wrap:anywhere}
+table.summary td:last-child{text-align:left}.warning{background:#fff3cd;padding:8px;border:1px solid #e0c36c}.missing{width:160px;height:160px;background:#eee;display:flex;
 align-items:center;justify-content:center;color:#888}
 """
 
@@ -158,27 +161,36 @@ def thumbnail(src: Path, key: str, folder: Path) -> str | None:
     return f"{folder.name}/{name}"
 
 
-def gallery_indices(y_true, proba, classes, size: int = GALLERY_SIZE, seed: int = 0) -> dict[str, list[int]]:
-    """Rows to show: the most confident mistakes, the most uncertain, a stable sample of correct ones."""
+def margins(proba) -> np.ndarray:
+    """Per row: probability of the most likely class minus that of the runner-up."""
+    top2 = np.sort(proba, axis=1)[:, -2:] if proba.shape[1] > 1 else np.zeros((len(proba), 2))
+    return top2[:, 1] - top2[:, 0]
+
+
+def gallery_indices(y_true, proba, classes, size: int = GALLERY_SIZE, seed: int = 0,
+                    uncertain_below: float = UNCERTAIN_BELOW) -> dict[str, list[int]]:
+    """Rows to show: the most confident mistakes; the uncertain ones (top probability below
+    `uncertain_below`), closest calls first; a stable sample of correct ones."""
     y_true = np.asarray(y_true, dtype=str)
     pred = np.asarray(classes, dtype=str)[np.argmax(proba, axis=1)]
     p_pred = proba.max(axis=1)
     wrong = np.flatnonzero(pred != y_true)
     right = np.flatnonzero(pred == y_true)
-    top2 = np.sort(proba, axis=1)[:, -2:] if proba.shape[1] > 1 else np.zeros((len(proba), 2))
-    margin = top2[:, 1] - top2[:, 0]
+    margin = margins(proba)
+    uncertain = np.flatnonzero(p_pred < uncertain_below)
     rng = np.random.default_rng(seed)
     return {
         "mistakes": wrong[np.argsort(-p_pred[wrong], kind="stable")][:size].tolist(),
-        "uncertain": np.argsort(margin, kind="stable")[:size].tolist(),
+        "uncertain": uncertain[np.argsort(margin[uncertain], kind="stable")][:size].tolist(),
         "correct": sorted(rng.choice(right, min(size, len(right)), replace=False).tolist()) if len(right) else [],
     }
 
 
-def _table(header, rows) -> str:
+def _table(header, rows, cls: str = "") -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    attr = f' class="{cls}"' if cls else ""
+    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _summary(m: dict, extra: dict) -> str:
@@ -187,7 +199,7 @@ def _summary(m: dict, extra: dict) -> str:
     if "top_5_accuracy" in m:
         rows.append(("top-5 accuracy", f"{m['top_5_accuracy']:.4f}"))
     rows += [(k, v) for k, v in extra.items()]
-    return _table(("", "value"), rows)
+    return _table(("", "value"), rows, cls="summary")  # long values (a feature spec) wrap
 
 
 def confused_pairs(cm, classes, top: int = 10) -> list[tuple[str, str, int, float]]:
@@ -214,12 +226,13 @@ def _per_class(m: dict) -> str:
                    for c, v in m["per_class"].items()])
 
 
-def _figure(thumb: str | None, path: str, true: str, pred: str, p: float) -> str:
+def _figure(thumb: str | None, path: str, true: str, pred: str, p: float, margin: float | None = None) -> str:
     cls = "right" if true == pred else "wrong"
     img = (f'<img src="{html.escape(thumb)}" alt="{html.escape(path)}" loading="lazy">' if thumb
            else '<div class="missing">no image</div>')
+    extra = f"<br>margin: {margin:.3f}" if margin is not None else ""
     return (f'<figure class="{cls}">{img}<figcaption>{html.escape(path)}<br>true: <b>{html.escape(true)}</b>'
-            f"<br>predicted: <b>{html.escape(pred)}</b> ({p:.3f})</figcaption></figure>")
+            f"<br>predicted: <b>{html.escape(pred)}</b> ({p:.3f}){extra}</figcaption></figure>")
 
 
 def _leakage(m: dict) -> str:
@@ -281,6 +294,7 @@ def write_report(out_dir, metrics: dict, y_true, proba, paths, *, title: str, im
 def _galleries(y_true, proba, classes, paths, hashes, image_root, thumbs: Path, size: int) -> dict:
     """{key: (title, html)} for the mistakes, uncertain and correct galleries."""
     pred = np.asarray(classes, dtype=str)[np.argmax(proba, axis=1)]
+    margin = margins(proba)
     titles = {"mistakes": "Most confident mistakes", "uncertain": "Most uncertain images",
               "correct": "A sample of correct predictions"}
     out = {}
@@ -289,9 +303,13 @@ def _galleries(y_true, proba, classes, paths, hashes, image_root, thumbs: Path, 
         for i in idx:
             src = image_inside(image_root, paths[i])
             thumb = thumbnail(src, _thumb_key(hashes[i] if hashes else None, paths[i]), thumbs) if src else None
-            figs.append(_figure(thumb, paths[i], str(y_true[i]), pred[i], float(proba[i].max())))
+            figs.append(_figure(thumb, paths[i], str(y_true[i]), pred[i], float(proba[i].max()),
+                                float(margin[i]) if key == "uncertain" else None))
         body = f'<div class="gallery">{"".join(figs)}</div>' if figs else "<p>None.</p>"
         out[key] = (f"{titles[key]} ({len(idx)})", body)
+        if key == "uncertain":
+            out[key] = _uncertain_section(len(idx), int((proba.max(axis=1) < UNCERTAIN_BELOW).sum()),
+                                          len(proba), body)
     return out
 
 
@@ -310,6 +328,17 @@ def _thumb_key(sha: str | None, path: str) -> str:
     if sha and re.fullmatch(r"[0-9a-f]{16,64}", sha):
         return sha
     return hashlib.sha256(f"{sha}:{path}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _uncertain_section(shown: int, uncertain: int, total: int, gallery: str) -> tuple[str, str]:
+    """Title and body of the uncertain gallery, saying which images it holds."""
+    title = f"Most uncertain images (top probability below {UNCERTAIN_BELOW:g}: {uncertain} of {total})"
+    if not uncertain:
+        return title, (f"<p>None: every prediction gives its class a probability of at least "
+                       f"{UNCERTAIN_BELOW:g}.</p>")
+    which = f"the {shown} closest calls" if shown < uncertain else "all of them"
+    return title, (f"<p>Images whose most likely class has a probability below {UNCERTAIN_BELOW:g}: {which}, "
+                   f"the smallest margin (top probability minus the next class's) first.</p>" + gallery)
 
 
 def report_predictions(out_dir, metrics, y_true, proba, rows, store, *, title: str, extra: dict | None = None,

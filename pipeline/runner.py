@@ -182,9 +182,9 @@ class _NoProgress:
 def _progress(total: int, enabled: bool, desc: str):
     if not enabled:
         return _NoProgress()
-    from tqdm.auto import tqdm
+    from .progress import progress_bar  # a bar on a terminal, a line now and then in a log
 
-    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
+    return progress_bar(total, desc)
 
 
 class _Batcher:

@@ -15,6 +15,7 @@ from .backbones import backbone_from_spec, identity
 from .classifier import Classifier, load
 from .errors import UsageError
 from .exchange import is_feature_store, predict_store
+from .hints import did_you_mean
 from .outputs import atomic_open, check_output, csv_writer
 from .runner import featurize
 
@@ -123,13 +124,11 @@ def kaggle_id(path: str) -> str:
 
 
 def _check_kaggle_class(column: str, classes) -> None:
-    import difflib
-
+    """Refuse, before any image is featurized, a Kaggle column that is not a class (with the close match)."""
     classes = [str(c) for c in classes]
     if column not in classes:
-        close = difflib.get_close_matches(column, classes, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UsageError(f"kaggle class {column!r} is not a class of this head{hint}; classes: {', '.join(classes)}")
+        raise UsageError(f"--kaggle {column!r} is not a class of this head{did_you_mean(column, classes)}; "
+                         f"classes: {', '.join(classes)}")
 
 
 def _write_kaggle(out, paths, proba, classes, column, clip):

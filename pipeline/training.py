@@ -48,7 +48,7 @@ def train(store, head: str = "linear_svm", C: float | str = "auto", folds: int |
     metrics["features"] = str(store.root)
     if valid.any():
         metrics["validation"] = _validate(model, X, y, rows, train_idx, np.flatnonzero(valid))
-    clf = Classifier(model, list(model.classes_), store.spec, metrics, versions())
+    clf = Classifier(model, [str(c) for c in model.classes_], store.spec, metrics, versions())
     clf.train_hashes = sorted({rows[i]["sha256"][:16] for i in train_idx})
     return clf
 

@@ -28,7 +28,7 @@ def submodel_outputs(model, x: np.ndarray) -> dict:
     """The model's own logits, pooled features and pooled conv map for float input x."""
     import keras
 
-    sub = keras.Model(model.inputs, [model.get_layer("logits").output, model.get_layer("pool").output,
+    sub = keras.Model(model.input, [model.get_layer("logits").output, model.get_layer("pool").output,
                                      model.get_layer("conv").output])
     logits, pooled, conv = (np.asarray(v) for v in sub(x, training=False))
     e = np.exp(logits - logits.max(axis=1, keepdims=True))

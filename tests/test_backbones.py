@@ -106,7 +106,7 @@ def test_keras_application_with_local_weights_file(tmp_path):
     own = {"logits": model.output, "penultimate": model.get_layer("global_average_pooling2d").output,
            "Conv_1": model.get_layer("Conv_1").output}
     for layer, tensor in own.items():
-        want = np.asarray(keras.Model(model.inputs, tensor)(x, training=False))
+        want = np.asarray(keras.Model(model.input, tensor)(x, training=False))
         want = want.mean(axis=(1, 2)) if want.ndim == 4 else want
         bb = create_backbone("mobilenet_v2", layer, weights=str(weights))
         np.testing.assert_allclose(bb(img), want, rtol=1e-3, atol=1e-4)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import BackboneError, UsageError
+from ..errors import BackboneError, UnknownNameError, UsageError
+from ..hints import did_you_mean
 from ..preprocess import Preprocess
 from .base import TTA_MODES, Backbone, describe, identity
 from .graph import GRAPH_PRESETS, GraphBackbone
@@ -46,6 +47,8 @@ def create_backbone(spec: str = DEFAULT_BACKBONE, layer: str = "penultimate", we
     if tta not in (None, *TTA_MODES):
         raise UsageError(f"unknown test-time augmentation {tta!r}; choose one of {', '.join(TTA_MODES)}")
     spec = str(spec)
+    if batch_size is not None and int(batch_size) < 1:
+        raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     pre_kw = dict(input_size=input_size, scaling=scaling, crop_fraction=crop_fraction, resample=resample)
     if weights and weights != "imagenet" and spec not in KERAS_APPS:
         raise UsageError(f"--weights applies to Keras applications ({', '.join(KERAS_APPS)}), not to {spec!r}")
@@ -64,8 +67,9 @@ def create_backbone(spec: str = DEFAULT_BACKBONE, layer: str = "penultimate", we
         bb = GraphBackbone(spec, layer, input_tensor=input_tensor)
         bb.preprocess = _overrides(bb.preprocess, **pre_kw)
     else:
-        raise BackboneError(f"unknown backbone {spec!r}: give a registry name ({', '.join(sorted(names()))}), "
-                            f"a .tflite/.pb file, a SavedModel folder, or hub:HANDLE")
+        raise UnknownNameError(f"unknown backbone {spec!r}{did_you_mean(spec, names())}: give a registry name "
+                               f"({', '.join(sorted(names()))}), a .tflite/.pb file, a SavedModel folder, "
+                               f"or hub:HANDLE")
     if batch_size:
         bb.batch_size = int(batch_size)
     bb.tta = tta

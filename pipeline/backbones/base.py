@@ -182,16 +182,20 @@ def identity(spec: dict, full: bool = True) -> dict:
 
 
 def describe(spec: dict) -> str:
-    """One line naming a feature spec for error messages."""
+    """One line naming a feature spec for error messages; what is not known yet (the tensor and D
+    before the network was loaded) is left out rather than shown as None."""
     if spec.get("backbone") == "imported":
         return f"features imported from {spec.get('source')} (D={spec.get('dim')})"
-    pre = spec.get("preprocess", {})
-    size = "x".join(str(v) for v in pre.get("size", []))
-    return (f"{spec.get('backbone')} [{spec.get('kind')}] layer={spec.get('layer')} "
-            f"({spec.get('tensor')}, D={spec.get('dim')}, {size} {pre.get('scaling')}, "
-            f"crop {pre.get('crop_fraction')}"
-            + (f", {spec['precision']}" if spec.get("precision", "float32") != "float32" else "")
-            + (f", tta {spec['tta']}" if spec.get("tta") else "") + ")")
+    pre = spec.get("preprocess") or {}
+    size = "x".join(str(v) for v in pre.get("size") or [])
+    details = [spec.get("tensor"), f"D={spec['dim']}" if spec.get("dim") is not None else None,
+               f"{size} {pre.get('scaling') or ''}".strip() or None,
+               f"crop {pre['crop_fraction']}" if pre.get("crop_fraction") is not None else None,
+               spec["precision"] if spec.get("precision", "float32") != "float32" else None,
+               f"tta {spec['tta']}" if spec.get("tta") else None]
+    details = [str(d) for d in details if d]
+    return (f"{spec.get('backbone') or '?'} [{spec.get('kind') or '?'}] layer={spec.get('layer') or '?'}"
+            + (f" ({', '.join(details)})" if details else ""))
 
 
 def pool(x: np.ndarray) -> np.ndarray:

@@ -12,8 +12,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BackboneError
+from ..errors import BackboneError, UnknownNameError
 from ..preprocess import Preprocess, normalize
+from ..hints import did_you_mean
+from ..logs import native_output_quieted
 from .base import LAYER_ALIASES, Backbone, file_sha256, padded_call
 
 
@@ -49,15 +51,19 @@ def _tf():
     """Import TensorFlow once, letting GPU memory grow on demand (TF places ops on the GPU itself)."""
     global _GPU_READY
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    if _GPU_READY:
+        import tensorflow as tf
 
-    if not _GPU_READY:
+        return tf
+    with native_output_quieted():  # CUDA and oneDNN notices on import and device listing (shown with -v)
+        import tensorflow as tf
+
         for gpu in tf.config.list_physical_devices("GPU"):
             try:
                 tf.config.experimental.set_memory_growth(gpu, True)
             except RuntimeError:  # already initialized by the caller: keep their settings
                 pass
-        _GPU_READY = True
+    _GPU_READY = True
     return tf
 
 
@@ -204,6 +210,12 @@ class GraphBackbone(Backbone):
             pruned = wrapped.prune(wrapped.graph.get_tensor_by_name(inp),
                                    [wrapped.graph.get_tensor_by_name(t) for t in tensors])
         except (KeyError, ValueError) as e:
+            nodes = [n.name for n in gd.node]
+            for layer, tensor in zip(self.layers, tensors):
+                if _node(tensor) not in nodes:
+                    hint = did_you_mean(layer, [*LAYER_ALIASES, *nodes])
+                    raise UnknownNameError(f"{self.path} has no tensor {tensor!r}{hint}; "
+                                           f"use {', '.join(LAYER_ALIASES)} or a tensor name") from e
             raise BackboneError(f"{self.path}: cannot read tensor(s) {', '.join(tensors)} from input {inp!r}: {e}") from e
         h, w = self.preprocess.size
         pre = self.preprocess

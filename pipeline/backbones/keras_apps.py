@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackboneError
+from ..errors import BackboneError, UnknownNameError
 from ..preprocess import Preprocess
+from ..hints import did_you_mean
 from .base import LAYER_ALIASES, Backbone, file_sha256, padded_call
 
 
@@ -137,15 +138,16 @@ class KerasBackbone(Backbone):
             return model.get_layer(layer).output, layer
         except ValueError as e:
             names = ", ".join(l.name for l in model.layers[-8:])
-            raise BackboneError(f"{self.name} has no layer {layer!r}; use one of "
-                                f"{', '.join(LAYER_ALIASES)} or a layer name such as {names}") from e
+            hint = did_you_mean(layer, [*LAYER_ALIASES, *(l.name for l in model.layers)])
+            raise UnknownNameError(f"{self.name} has no layer {layer!r}{hint}; use one of "
+                                   f"{', '.join(LAYER_ALIASES)} or a layer name such as {names}") from e
 
     def _load(self):
+        keras = _keras()  # imports TensorFlow quietly first
         import tensorflow as tf
 
         from ..preprocess import normalize
 
-        keras = _keras()
         warn_precision(self.precision)
         model = self._build()
         outputs, tensors = zip(*(self._feature_output(model, layer) for layer in self.layers))

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackboneError
+from ..errors import BackboneError, UnknownNameError
 from ..preprocess import Preprocess, normalize
+from ..hints import did_you_mean
+from ..logs import native_output_quieted
 from .base import LAYER_ALIASES, Backbone, file_sha256, pool
 
 _PASS_THROUGH = {"RESHAPE", "SQUEEZE", "DEQUANTIZE", "QUANTIZE", "ADD"}
@@ -52,13 +54,14 @@ def _open_interpreter(path: str, content: bytes | None = None, **kw):
     else from the file with every tensor preserved (how intermediate layers are read without it)."""
     Interpreter, _ = _interpreter_class()
     try:
-        if content is not None:
-            it = Interpreter(model_content=content, **kw)
-        else:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
-                it = Interpreter(model_path=path, experimental_preserve_all_tensors=True, **kw)
-        it.allocate_tensors()
+        with native_output_quieted():  # "INFO: Created TensorFlow Lite XNNPACK delegate" (shown with -v)
+            if content is not None:
+                it = Interpreter(model_content=content, **kw)
+            else:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
+                    it = Interpreter(model_path=path, experimental_preserve_all_tensors=True, **kw)
+            it.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise BackboneError(f"{path} is not a usable TFLite model: {e}") from e
     return it
@@ -156,8 +159,9 @@ class TFLiteBackbone(Backbone):
         dims, self._outputs = [], []
         for tensor in tensors:
             if tensor not in details:
-                raise BackboneError(f"{self.path} has no tensor {tensor!r}; use {', '.join(LAYER_ALIASES)} "
-                                    f"or a tensor name such as {layers['penultimate']!r}")
+                raise UnknownNameError(f"{self.path} has no tensor {tensor!r}"
+                                       f"{did_you_mean(tensor, [*LAYER_ALIASES, *details])}; use "
+                                       f"{', '.join(LAYER_ALIASES)} or a tensor name such as {layers['penultimate']!r}")
             t = details[tensor]
             self._outputs.append((t["index"], t["quantization"]))
             shape = [int(v) for v in t["shape"]]

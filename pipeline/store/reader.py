@@ -175,8 +175,9 @@ class FeatureStore:
 def _read_meta(root: Path) -> dict:
     meta_path = root / "meta.json"
     if not meta_path.is_file():
-        raise StoreError(f"{root} is not a feature store (no meta.json); create one with "
-                         f"`python -m pipeline featurize DATA_DIR --out {root}`")
+        from ..hints import not_a_store
+
+        raise StoreError(not_a_store(root))
     try:
         meta = json.loads(meta_path.read_text())
     except ValueError as e:

@@ -1,0 +1,87 @@
+"""What to tell a user about a name or file they gave: close matches for names (backbones, layers,
+classes), what a file that cannot be read actually is, and what to do with an image folder given
+where a feature store is expected."""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+
+def close_matches(word: str, choices, n: int = 3) -> list[str]:
+    """The `n` choices closest to `word` (case-insensitive), best first; [] when none is close."""
+    choices = [str(c) for c in choices]
+    by_lower = {}
+    for c in choices:
+        by_lower.setdefault(c.lower(), c)
+    found = difflib.get_close_matches(str(word).lower(), list(by_lower), n=n, cutoff=0.6)
+    return [by_lower[f] for f in found]
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' (did you mean 'dogs'?)', or '' when nothing is close: to append to an error message."""
+    found = close_matches(word, choices, n=1)
+    return f" (did you mean {found[0]!r}?)" if found else ""
+
+
+# how the files joblib writes begin: a pickle (protocol 2+), or one of its compressors
+_JOBLIB_MAGIC = (b"\x80", b"x", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"]\x00\x00", b"\x04\x22\x4d\x18")
+
+
+def unreadable_model(path, error: Exception) -> str:
+    """Why a model file did not load, from what the file is (not a guess): empty, text, cut short, foreign."""
+    try:
+        head = open(path, "rb").read(512)
+    except OSError as e:
+        return f"{path} cannot be read ({e.strerror or e})"
+    fix = "pass the .joblib file that `python -m pipeline train --out` wrote"
+    if not head:
+        return f"{path} is empty, not a model file; {fix}"
+    if b"\x00" not in head:
+        try:
+            text = head.decode("utf-8").strip().splitlines()
+        except UnicodeDecodeError:
+            text = None
+        if text is not None:
+            begins = f"it begins {text[0][:40]!r}" if text else "only blank lines"
+            return f"{path} is a text file, not a model file ({begins}); {fix}"
+    if not head.startswith(_JOBLIB_MAGIC):
+        return f"{path} is not a joblib/pickle file (it begins {head[:8]!r}); {fix}"
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else 'no details'}"
+    if isinstance(error, EOFError) or "EOF" in str(error):
+        return f"{path} is a joblib file cut short ({reason}): it is incomplete; retrain the head or restore the file"
+    return f"{path} is a joblib file this tool cannot read ({reason}); retrain the head or restore the file"
+
+
+def not_a_store(root: Path) -> str:
+    """Why `root` cannot be opened as a store, and what to run instead (an image folder is featurized first)."""
+    if _holds_images(root):
+        out = Path("features") / root.resolve().name
+        return (f"{root} is a folder of images, not a feature store; featurize it first into a store folder "
+                f"(`python -m pipeline featurize {root} --out {out}`) and pass {out} instead")
+    what = "does not exist" if not root.exists() else "is not a feature store (no meta.json)"
+    return f"{root} {what}; create a store with `python -m pipeline featurize DATA_DIR --out {root}`"
+
+
+def _holds_images(root: Path, limit: int = 2000) -> bool:
+    """True when image files sit in `root` or in its sub-folders (class folders); looks at `limit` entries."""
+    from .images import IMAGE_EXTENSIONS
+
+    folders, seen = [root], 0
+    for _ in range(2):
+        subs = []
+        for folder in folders:
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for e in entries:
+                seen += 1
+                if seen > limit:
+                    return False
+                if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+                    return True
+                if e.is_dir(follow_symlinks=False) and not e.name.startswith("."):
+                    subs.append(e.path)
+        folders = subs
+    return False

@@ -1,0 +1,109 @@
+"""Progress for people: a live bar on a terminal, whole lines now and then anywhere else.
+
+A tqdm bar redraws itself with carriage returns, which fills a redirected log with hundreds of
+updates per file. When stderr is not a terminal, :class:`LineProgress` writes a line at every
+tenth of the work (at most one every few seconds, and at least one a minute) and a last line
+with the total time. :class:`Steps` announces the long steps of a command that has no bar
+(``compare``): one line when a step starts, one when it ends, with its time.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+
+def progress_bar(total: int, desc: str, unit: str = "img", file=None):
+    """A tqdm bar on a terminal, else a :class:`LineProgress`; both count with ``update(n)``."""
+    file = file or sys.stderr
+    if _is_terminal(file):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=file)
+    return LineProgress(total, desc, unit, file)
+
+
+def _is_terminal(file) -> bool:
+    try:
+        return file.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class LineProgress:
+    """Whole-line progress: at each `step` of the total (not more often than every `min_interval`
+    seconds), at least every `max_interval` seconds, and once at the end."""
+
+    def __init__(self, total: int, desc: str, unit: str = "img", file=None, *, step: float = 0.1,
+                 min_interval: float = 5.0, max_interval: float = 60.0, clock=time.monotonic):
+        self.total, self.desc, self.unit = int(total), desc, unit
+        self.file = file or sys.stderr
+        self.step, self.min_interval, self.max_interval, self.clock = step, min_interval, max_interval, clock
+        self.n = 0
+        self.start = self.last = clock()
+        self.next_mark = step
+        self.closed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = self.clock()
+        frac = self.n / self.total if self.total else 1.0
+        if frac >= 1.0:
+            return  # the last line is written by close()
+        since = now - self.last
+        if (frac >= self.next_mark and since >= self.min_interval) or since >= self.max_interval:
+            self._write(f"{self._count()} ({frac:.0%}), {self._rate(now)}, {_duration(now - self.start)} elapsed")
+            self.last = now
+        while frac >= self.next_mark:
+            self.next_mark += self.step
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        now = self.clock()
+        self._write(f"{self._count()} in {_duration(now - self.start)}, {self._rate(now)}")
+
+    def _count(self) -> str:
+        return f"{self.n}/{self.total} {self.unit}" if self.total else f"{self.n} {self.unit}"
+
+    def _rate(self, now: float) -> str:
+        secs = now - self.start
+        return f"{self.n / secs:.1f} {self.unit}/s" if secs > 0 else f"- {self.unit}/s"
+
+    def _write(self, text: str) -> None:
+        print(f"{self.desc}: {text}", file=self.file, flush=True)
+
+
+class Steps:
+    """Announce each long step on stderr: ``[i/N] what...`` when it starts, ``[i/N] done: ...`` when it ends."""
+
+    def __init__(self, total: int, enabled: bool = True, file=None, clock=time.monotonic):
+        self.total, self.enabled, self.file, self.clock = total, enabled, file, clock
+        self.i = 0
+
+    def start(self, what: str) -> None:
+        self.i += 1
+        self.t0 = self.clock()
+        self._write(f"[{self.i}/{self.total}] {what}...")
+
+    def done(self, result: str) -> None:
+        self._write(f"[{self.i}/{self.total}] {result} ({_duration(self.clock() - self.t0)})")
+
+    def _write(self, text: str) -> None:
+        if self.enabled:
+            print(text, file=self.file or sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"
