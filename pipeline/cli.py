@@ -199,6 +199,7 @@ def cmd_train(a):
     m = clf.metrics
     cv = f", {m['cv_folds']}-fold CV accuracy {m['cv_accuracy']:.4f}" if "cv_accuracy" in m else ""
     print(f"{a.head} C={m['C']:g} on {m['n_train']} images, {len(clf.classes_)} classes{cv} -> {path}")
+    print(f"probabilities: {m['calibration']}")
     if "validation" in m:
         v = m["validation"]
         print(f"validation ({v['n']} held-out images):\n{format_metrics(v)}")
