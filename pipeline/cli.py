@@ -77,6 +77,10 @@ def _backbone_kwargs(a) -> dict:
                 input_tensor=a.input_tensor, precision=a.precision)
 
 
+TRUST_HELP = ("also load an old .joblib head (format head-1): it is a pickle and can run any code in it; "
+              "only for files you trust (convert it once with `convert`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline", description="tf-feature-pipeline: frozen ImageNet "
                                 "CNN features of image folders, cached with bcolz, classified by scikit-learn heads")
@@ -104,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--head", default="linear_svm", choices=["linear_svm", "svm", "logreg"])
     t.add_argument("--C", type=_C, default="auto", help="'auto' (cross-validated, default) or a number")
     t.add_argument("--folds", type=_folds, default=5, help="CV folds for --C auto (default 5)")
-    t.add_argument("--out", required=True, help="model file to write (.joblib)")
+    t.add_argument("--out", required=True, help="head file to write (NAME.head.npz: arrays and JSON, no pickle)")
     t.add_argument("--holdout", type=float, default=0.0, help="fraction held out for validation, e.g. 0.2")
     t.add_argument("--split", default="hash", choices=["hash", "stratified"],
                    help="hash: stable as files are added; stratified: exact class proportions")
@@ -126,10 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kaggle", metavar="CLASS", help="write id,label with the probability of CLASS")
     s.add_argument("--clip", type=float, help="clip Kaggle probabilities to [CLIP, 1-CLIP], e.g. 0.02")
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
 
     e = sub.add_parser("evaluate", help="metrics of a head on a labelled feature store")
     e.add_argument("model")
     e.add_argument("features_dir")
+    e.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--report", metavar="DIR", help="also write an HTML report (index.html + PNGs) to DIR")
 
@@ -165,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--folds", type=_folds, default=5)
     q.add_argument("--top", type=int, default=20, help="how many to list (0: all)")
     q.add_argument("--csv", help="also write the full ranked list to this CSV")
+
+    cv = sub.add_parser("convert", help="rewrite a head file (e.g. an old .joblib) as a .head.npz (no pickle)")
+    cv.add_argument("model")
+    cv.add_argument("--out", required=True, help="head file to write (NAME.head.npz)")
+    cv.add_argument("--trust-pickle", action="store_true",
+                    help="required to read an old .joblib head: it is a pickle and can run code; only for files you trust")
 
     v = sub.add_parser("verify", help="check a feature store's integrity")
     v.add_argument("features_dir")
@@ -234,7 +246,8 @@ def _train_report(a, m: dict) -> None:
 def cmd_score(a):
     from .scoring import score
 
-    run = score(a.model, a.data_dir, a.out, cache=a.cache, kaggle=a.kaggle, clip=a.clip, progress=not a.no_progress)
+    run = score(a.model, a.data_dir, a.out, cache=a.cache, kaggle=a.kaggle, clip=a.clip, progress=not a.no_progress,
+                trusted=a.trust_pickle)
     print(run.summary())
     print(f"predictions -> {a.out}")
 
@@ -244,7 +257,7 @@ def cmd_evaluate(a):
     from .evaluation import format_metrics, predictions
     from .store import FeatureStore
 
-    model, store = load(a.model), FeatureStore.open(a.features_dir)
+    model, store = load(a.model, trusted=a.trust_pickle), FeatureStore.open(a.features_dir)
     m, y, proba, rows = predictions(model, store)
     print(json.dumps(m) if a.json else format_metrics(m))
     if a.report:
@@ -325,6 +338,13 @@ def cmd_suspects(a):
         print(f"{r['p_label']:8.3f} {r['label']:<16} {r['predicted']:<16} {r['path']}")
 
 
+def cmd_convert(a):
+    from .headfile import convert
+
+    clf, path = convert(a.model, a.out, trusted=a.trust_pickle)
+    print(f"{a.model} ({clf.metrics.get('head')}, {len(clf.classes_)} classes) -> {path}")
+
+
 def cmd_verify(a):
     from .store import FeatureStore, verify
 
@@ -365,6 +385,7 @@ def cmd_demo(a):
 
 COMMANDS = {"featurize": cmd_featurize, "train": cmd_train, "score": cmd_score, "evaluate": cmd_evaluate,
             "compare": cmd_compare, "split": cmd_split, "suspects": cmd_suspects, "predict-imagenet": cmd_predict_imagenet, "backbones": cmd_backbones, "verify": cmd_verify,
+            "convert": cmd_convert,
             "demo": cmd_demo}
 
 

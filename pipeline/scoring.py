@@ -14,14 +14,15 @@ from .runner import default_store_path, featurize
 
 
 def score(model, data_dir, out, *, cache=None, kaggle: str | None = None, clip: float | None = None,
-          progress: bool = True, workers: int | None = None):
+          progress: bool = True, workers: int | None = None, trusted: bool = False):
     """Featurize `data_dir` (all sub-folders, reusing the cache) with the head's backbone and write `out`.
 
     Default CSV: ``path,prediction,<one probability column per class>``. With `kaggle`=CLASS:
     ``id,label`` where label is the probability of CLASS clipped to [clip, 1 - clip] and id comes
     from the file name (the Dogs vs Cats Redux submission format). Returns the RunReport.
+    trusted: also load an old pickle-based head file (see pipeline.load).
     """
-    clf = model if isinstance(model, Classifier) else load(model)
+    clf = model if isinstance(model, Classifier) else load(model, trusted=trusted)
     bb = backbone_from_spec(clf.spec)
     cache = Path(cache) if cache else default_store_path(data_dir, bb)
     run = featurize(data_dir, bb, out=cache, labelled=False, progress=progress, workers=workers, report=True)
