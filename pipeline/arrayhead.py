@@ -152,7 +152,8 @@ class ArrayHead:
         cols = 1 if n == 2 else n
         if self.probabilities == "platt" and not (a["calibration.a"].shape == a["calibration.b"].shape == (cols,)):
             raise ValueError(f"calibration.a and calibration.b must hold {cols} numbers")
-        if self.probabilities == "temperature" and not (a["calibration.alpha"].shape == () and a["calibration.alpha"] > 0):
+        alpha = a.get("calibration.alpha")
+        if self.probabilities == "temperature" and not (alpha.shape == () and alpha > 0):
             raise ValueError("calibration.alpha must be one number above 0")
 
 

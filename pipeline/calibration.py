@@ -19,8 +19,9 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted
+
+from .folds import RareClassKFold, too_small
 
 UNCALIBRATED = "softmax of decision values (too few images per class to calibrate)"
 ALPHA_RANGE = (1e-3, 1e3)
@@ -38,23 +39,10 @@ def probabilities(f: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def calibration_folds(y, folds: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified (train, validate) index pairs over the classes with at least 2 images.
-
-    k = min(folds, the smallest such class); rarer classes are added to every training part and
-    never validated. Empty when no class has 2 images.
-    """
-    y = np.asarray(y)
-    classes, counts = np.unique(y, return_counts=True)
-    ok = counts >= 2
-    if not ok.any():
-        return []
-    k = int(min(folds, counts[ok].min()))
-    rows = np.flatnonzero(np.isin(y, classes[ok]))
-    rare = np.flatnonzero(~np.isin(y, classes[ok]))
-    if len(np.unique(y[rows])) < 2:  # one class alone cannot be split stratified meaningfully
-        return []
-    skf = StratifiedKFold(n_splits=max(2, k), shuffle=True, random_state=seed)
-    return [(np.sort(np.concatenate([rows[tr], rare])), rows[te]) for tr, te in skf.split(rows, y[rows])]
+    """(train, validate) index pairs of RareClassKFold: classes with 1 image train in every fold and are
+    never validated; empty when no class has 2 images."""
+    cv = RareClassKFold(folds, shuffle=True, random_state=seed)
+    return list(cv.split(None, y)) if cv.get_n_splits(y=y) >= 2 else []
 
 
 def fit_alpha(f: np.ndarray, y_index: np.ndarray, n_classes: int | None = None) -> float:
@@ -92,8 +80,7 @@ class TemperatureCalibrated(ClassifierMixin, BaseEstimator):
     def fit(self, X, y, sample_weight=None):
         X, y = np.asarray(X), np.asarray(y)
         self.classes_, y_index = np.unique(y, return_inverse=True)
-        counts = np.bincount(y_index)
-        self.unvalidated_ = [str(c) for c, n in zip(self.classes_, counts) if n < 2]
+        self.unvalidated_ = too_small(y)
         folds = calibration_folds(y, self.cv, self.seed) if self.cv else []
         if folds:
             f = np.zeros((len(y), len(self.classes_) if len(self.classes_) > 2 else 1))
@@ -105,7 +92,9 @@ class TemperatureCalibrated(ClassifierMixin, BaseEstimator):
             f = f[:, 0] if f.shape[1] == 1 else f
             self.alpha_ = fit_alpha(f[seen], y_index[seen], len(self.classes_))
             self.calibration_ = (f"temperature scaling (alpha={self.alpha_:.4g}) fitted on {len(folds)}-fold "
-                                 f"cross-validated decision values")
+                                 f"cross-validated decision values" + (
+                                     f" ({len(self.unvalidated_)} classes with one image not validated)"
+                                     if self.unvalidated_ else ""))
         else:
             self.alpha_, self.calibration_ = 1.0, UNCALIBRATED
         self.estimator_ = self._fit_one(X, y, sample_weight)

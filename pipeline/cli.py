@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sample", type=_sample, help="train on N images per class (or a fraction, e.g. 0.1)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--pca", type=int, help="reduce the standardised features to N principal components first")
+    t.add_argument("--class-weight", choices=["balanced"],
+                   help="balanced: weigh classes inversely to their image counts (imbalanced folders)")
     t.add_argument("--report", metavar="DIR", help="write an HTML report of the cross-validated predictions")
     t.add_argument("--learning-curve", action="store_true",
                    help="accuracy against training images per class (printed, and plotted in --report)")
@@ -206,12 +208,17 @@ def cmd_train(a):
     from .training import train
 
     clf = train(a.features_dir, head=a.head, C=a.C, folds=a.folds, seed=a.seed, holdout=a.holdout, split=a.split,
-                group_by=a.group_by, groups=a.groups, group_column=a.group_column, sample=a.sample, pca=a.pca)
+                group_by=a.group_by, groups=a.groups, group_column=a.group_column, sample=a.sample, pca=a.pca,
+                class_weight=a.class_weight)
     path = clf.save(a.out)
     m = clf.metrics
     cv = f", {m['cv_folds']}-fold CV accuracy {m['cv_accuracy']:.4f}" if "cv_accuracy" in m else ""
     print(f"{a.head} C={m['C']:g} on {m['n_train']} images, {len(clf.classes_)} classes{cv} -> {path}")
-    print(f"probabilities: {m['calibration']}")
+    print(f"probabilities: {m['calibration']}" + (", classes weighted balanced" if m.get("class_weight") else ""))
+    small = m.get("unvalidated_classes") or []
+    if small:
+        print(f"{len(small)} classes have one image: trained on, too small to validate: "
+              f"{', '.join(small[:20])}{' ...' if len(small) > 20 else ''}")
     if "validation" in m:
         v = m["validation"]
         print(f"validation ({v['n']} held-out images):\n{format_metrics(v)}")
