@@ -17,6 +17,7 @@ from .backbones import backbone_from_spec, describe, identity
 from .errors import ModelFileError, SpecMismatchError
 from .images import load_image
 
+
 class Classifier:
     """A fitted head. ``predict``/``predict_proba`` take image paths or a feature matrix."""
 
