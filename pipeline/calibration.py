@@ -79,6 +79,7 @@ class TemperatureCalibrated(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y, sample_weight=None):
         X, y = np.asarray(X), np.asarray(y)
+        sample_weight = None if sample_weight is None else np.asarray(sample_weight)
         self.classes_, y_index = np.unique(y, return_inverse=True)
         self.unvalidated_ = too_small(y)
         folds = calibration_folds(y, self.cv, self.seed) if self.cv else []
