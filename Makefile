@@ -36,20 +36,20 @@ features: install  ## make features DATA=path/to/images [BACKBONE=...] [LAYER=..
 	@test -n "$(DATA)" || { echo "usage: make features DATA=folder [BACKBONE=$(BACKBONE)] [LAYER=$(LAYER)] [OUT=dir]"; exit 2; }
 	$(PY) -m pipeline featurize "$(DATA)" --backbone "$(BACKBONE)" --layer "$(LAYER)" $(if $(OUT),--out "$(OUT)")
 
-train: install  ## make train FEATURES=features/... [HEAD=linear_svm] [C=auto] [MODEL=models/x.joblib]
-	@test -n "$(FEATURES)" || { echo "usage: make train FEATURES=dir [HEAD=$(HEAD)] [C=$(C)] [MODEL=models/NAME.joblib]"; exit 2; }
-	$(PY) -m pipeline train "$(FEATURES)" --head "$(HEAD)" --C "$(C)" --out "$(or $(MODEL),models/$(notdir $(FEATURES))-$(HEAD).joblib)"
+train: install  ## make train FEATURES=features/... [HEAD=linear_svm] [C=auto] [MODEL=models/x.head.npz]
+	@test -n "$(FEATURES)" || { echo "usage: make train FEATURES=dir [HEAD=$(HEAD)] [C=$(C)] [MODEL=models/NAME.head.npz]"; exit 2; }
+	$(PY) -m pipeline train "$(FEATURES)" --head "$(HEAD)" --C "$(C)" --out "$(or $(MODEL),models/$(notdir $(FEATURES))-$(HEAD).head.npz)"
 
-score: install  ## make score MODEL=models/x.joblib DATA=path/to/images [OUT=predictions.csv]
-	@test -n "$(MODEL)" -a -n "$(DATA)" || { echo "usage: make score MODEL=file.joblib DATA=folder [OUT=predictions.csv]"; exit 2; }
+score: install  ## make score MODEL=models/x.head.npz DATA=path/to/images [OUT=predictions.csv]
+	@test -n "$(MODEL)" -a -n "$(DATA)" || { echo "usage: make score MODEL=file.head.npz DATA=folder [OUT=predictions.csv]"; exit 2; }
 	$(PY) -m pipeline score "$(MODEL)" "$(DATA)" --out "$(or $(OUT),predictions.csv)"
 
-evaluate: install  ## make evaluate MODEL=models/x.joblib FEATURES=features/...
-	@test -n "$(MODEL)" -a -n "$(FEATURES)" || { echo "usage: make evaluate MODEL=file.joblib FEATURES=dir"; exit 2; }
+evaluate: install  ## make evaluate MODEL=models/x.head.npz FEATURES=features/...
+	@test -n "$(MODEL)" -a -n "$(FEATURES)" || { echo "usage: make evaluate MODEL=file.head.npz FEATURES=dir"; exit 2; }
 	$(PY) -m pipeline evaluate "$(MODEL)" "$(FEATURES)"
 
-report: install  ## make report MODEL=models/x.joblib FEATURES=features/... REPORT=reports/x  (index.html + PNGs)
-	@test -n "$(MODEL)" -a -n "$(FEATURES)" || { echo "usage: make report MODEL=file.joblib FEATURES=dir [REPORT=$(REPORT)]"; exit 2; }
+report: install  ## make report MODEL=models/x.head.npz FEATURES=features/... REPORT=reports/x  (index.html + PNGs)
+	@test -n "$(MODEL)" -a -n "$(FEATURES)" || { echo "usage: make report MODEL=file.head.npz FEATURES=dir [REPORT=$(REPORT)]"; exit 2; }
 	$(PY) -m pipeline evaluate "$(MODEL)" "$(FEATURES)" --report "$(REPORT)"
 
 screenshot: install  ## the whole page of REPORT/index.html in headless Chromium (apt-get install chromium) -> REPORT/screenshot.png

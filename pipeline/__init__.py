@@ -4,8 +4,8 @@
     store = pipeline.featurize("data/train", backbone="mobilenet_v2_quant", layer="penultimate",
                                out="features/train")
     clf = pipeline.train(store, head="linear_svm")
-    clf.save("models/cars.joblib")
-    pipeline.load("models/cars.joblib").predict(["photo.jpg"])
+    clf.save("models/cars.head.npz")
+    pipeline.load("models/cars.head.npz").predict(["photo.jpg"])
 
 Names are imported on first use, so a fully cached featurize run never imports
 scikit-learn or TensorFlow.

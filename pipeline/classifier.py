@@ -1,25 +1,22 @@
-"""A trained head bound to the exact features it was trained on; persisted with joblib.
+"""A trained head bound to the exact features it was trained on; persisted as a .head.npz file.
 
-The joblib file holds a plain dict: the fitted sklearn pipeline, class names, the full
-feature spec (backbone, source, weights, layer, tensor, preprocessing, D), library versions
-and training metrics. Loading refuses a file written by another scikit-learn version, and
-scoring refuses features whose spec differs from the head's.
+The file (pipeline/headfile.py) holds the head's arrays and a JSON header: class names, the
+full feature spec (backbone, source, weights, layer, tensor, preprocessing, D), library
+versions and training metrics; it holds no code and loads under any scikit-learn version.
+Old joblib files load only when trusted. Scoring refuses features whose spec differs from
+the head's.
 """
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
-import joblib
 import numpy as np
 
 from .backbones import backbone_from_spec, describe, identity
 from .errors import ModelFileError, SpecMismatchError
-from .hints import unreadable_model
+from .hints import looks_like_pickle, unreadable_model
 from .images import load_image
-
-FORMAT = "tf-feature-pipeline/head-1"
 
 
 class Classifier:
@@ -90,45 +87,38 @@ class Classifier:
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path) -> Path:
-        """Write atomically (temp file, fsync, rename): an interrupted save keeps the old file."""
+        """Write a head-2 file (arrays + JSON, no pickle; see pipeline/headfile.py) atomically."""
+        from .arrayhead import export
+        from .headfile import write
         from .store import versions
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"format": FORMAT, "model": self.model, "classes": [str(c) for c in self.classes_],
-                   "spec": self.spec, "metrics": self.metrics, "versions": self.versions or versions(),
-                   "train_hashes": list(self.train_hashes)}
-        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
         try:
-            with open(tmp, "wb") as f:
-                joblib.dump(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+            head = export(self.model)
+        except ValueError as e:
+            raise ModelFileError(f"cannot save this head to {path}: {e}") from None
+        return write(path, head, {"spec": self.spec, "metrics": self.metrics, "versions": self.versions or versions(),
+                                  "train_hashes": list(self.train_hashes)})
 
     @classmethod
-    def load(cls, path) -> "Classifier":
-        from sklearn.exceptions import InconsistentVersionWarning
+    def load(cls, path, trusted: bool = False) -> "Classifier":
+        """Load a head-2 file; an old joblib head-1 file (a pickle) only when `trusted`."""
+        from . import headfile
 
         path = Path(path)
         if not path.is_file():
             raise ModelFileError(f"model file {str(path)!r} does not exist; train one with `python -m pipeline train`")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", InconsistentVersionWarning)
-                payload = joblib.load(path)
-        except InconsistentVersionWarning as w:
-            raise ModelFileError(f"{path} was saved with scikit-learn {w.original_sklearn_version}, this is "
-                                 f"{w.current_sklearn_version}; retrain the head from its features") from None
-        except Exception as e:
-            raise ModelFileError(unreadable_model(path, e)) from e
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise ModelFileError(f"{path} is not a tf-feature-pipeline head (format {FORMAT} expected)")
+        if headfile.is_head_file(path):
+            header, head = headfile.read(path)
+            payload = {**header, "model": head}
+        elif looks_like_pickle(path):
+            payload = headfile.read_pickle(path, trusted)
+        else:  # text, empty, an image...: say what the file is, not a guess
+            raise ModelFileError(unreadable_model(path, None))
         clf = cls(payload["model"], payload["classes"], payload["spec"], payload.get("metrics"),
                   payload.get("versions"))
+        if getattr(clf.model, "n_features_in_", clf.n_features_in_) != clf.n_features_in_:
+            raise ModelFileError(f"{path}: the head expects {clf.model.n_features_in_} features but its feature "
+                                 f"spec says {clf.n_features_in_}")
         clf.train_hashes = list(payload.get("train_hashes", []))
         return clf
 
@@ -136,6 +126,10 @@ class Classifier:
         return f"<Classifier {self.metrics.get('head')} classes={list(self.classes_)} on {describe(self.spec)}>"
 
 
-def load(path) -> Classifier:
-    """Load a head saved with :meth:`Classifier.save`. Only load files you trust (joblib is pickle)."""
-    return Classifier.load(path)
+def load(path, trusted: bool = False) -> Classifier:
+    """Load a head saved with :meth:`Classifier.save` (a .head.npz file holds no code).
+
+    trusted: also load an old joblib head-1 file, which is a pickle and can run code: only for
+    files you trust.
+    """
+    return Classifier.load(path, trusted=trusted)

@@ -93,6 +93,10 @@ def _backbone_kwargs(a) -> dict:
                 input_tensor=a.input_tensor, precision=a.precision)
 
 
+TRUST_HELP = ("also load an old .joblib head (format head-1): it is a pickle and can run any code in it; "
+              "only for files you trust (convert it once with `convert`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline", description="tf-feature-pipeline: frozen ImageNet "
                                 "CNN features of image folders, cached with bcolz, classified by scikit-learn heads")
@@ -125,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--head", default="linear_svm", choices=["linear_svm", "svm", "logreg"])
     t.add_argument("--C", type=_C, default="auto", help="'auto' (cross-validated, default) or a number")
     t.add_argument("--folds", type=_folds, default=5, help="CV folds for --C auto (default 5)")
-    t.add_argument("--out", required=True, help="model file to write (.joblib)")
+    t.add_argument("--out", required=True, help="head file to write (NAME.head.npz: arrays and JSON, no pickle)")
     t.add_argument("--force", action="store_true", help="replace --out even if it is not a head this tool wrote")
     t.add_argument("--holdout", type=float, default=0.0, help="fraction held out for validation, e.g. 0.2")
     t.add_argument("--split", default="hash", choices=["hash", "stratified"],
@@ -136,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sample", type=_sample, help="train on N images per class (or a fraction, e.g. 0.1)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--pca", type=_positive_int("--pca"), help="reduce the standardised features to N principal components first")
+    t.add_argument("--class-weight", choices=["balanced"],
+                   help="balanced: weigh classes inversely to their image counts (imbalanced folders)")
     t.add_argument("--report", metavar="DIR", help="write an HTML report of the cross-validated predictions")
     t.add_argument("--learning-curve", action="store_true",
                    help="accuracy against training images per class (printed, and plotted in --report)")
@@ -156,10 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-follow-links", action="store_true",
                    help="do not read symlinks leading outside DATA_DIR (for folders you do not trust)")
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
 
     e = sub.add_parser("evaluate", help="metrics of a head on a labelled feature store")
     e.add_argument("model")
     e.add_argument("features_dir")
+    e.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--report", metavar="DIR", help="also write an HTML report (index.html + PNGs) to DIR")
 
@@ -198,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--top", type=int, default=20, help="how many to list (0: all)")
     q.add_argument("--csv", help="also write the full ranked list to this CSV")
     q.add_argument("--force", action="store_true", help="replace --csv even if it is not a CSV this tool wrote")
+
+    cv = sub.add_parser("convert", help="rewrite a head file (e.g. an old .joblib) as a .head.npz (no pickle)")
+    cv.add_argument("model")
+    cv.add_argument("--out", required=True, help="head file to write (NAME.head.npz)")
+    cv.add_argument("--trust-pickle", action="store_true",
+                    help="required to read an old .joblib head: it is a pickle and can run code; only for files you trust")
 
     v = sub.add_parser("verify", help="check a feature store's integrity")
     v.add_argument("features_dir")
@@ -242,11 +256,17 @@ def cmd_train(a):
 
     check_output(a.out, "head", force=a.force)
     clf = train(a.features_dir, head=a.head, C=a.C, folds=a.folds, seed=a.seed, holdout=a.holdout, split=a.split,
-                group_by=a.group_by, groups=a.groups, group_column=a.group_column, sample=a.sample, pca=a.pca)
+                group_by=a.group_by, groups=a.groups, group_column=a.group_column, sample=a.sample, pca=a.pca,
+                class_weight=a.class_weight)
     path = clf.save(a.out)
     m = clf.metrics
     cv = f", {m['cv_folds']}-fold CV accuracy {m['cv_accuracy']:.4f}" if "cv_accuracy" in m else ""
     print(f"{a.head} C={m['C']:g} on {m['n_train']} images, {len(clf.classes_)} classes{cv} -> {path}")
+    print(f"probabilities: {m['calibration']}" + (", classes weighted balanced" if m.get("class_weight") else ""))
+    small = m.get("unvalidated_classes") or []
+    if small:
+        print(f"{len(small)} classes have one image: trained on, too small to validate: "
+              f"{', '.join(small[:20])}{' ...' if len(small) > 20 else ''}")
     if "validation" in m:
         v = m["validation"]
         print(f"validation ({v['n']} held-out images):\n{format_metrics(v)}")
@@ -283,7 +303,7 @@ def cmd_score(a):
 
     run = score(a.model, a.data_dir, a.out, cache=a.cache, no_cache=a.no_cache, kaggle=a.kaggle, clip=a.clip,
                 progress=not a.no_progress, force=a.force, follow_links=not a.no_follow_links,
-                reject_below=a.reject_below)
+                reject_below=a.reject_below, trusted=a.trust_pickle)
     print(run.summary())
     print(f"predictions -> {a.out}")
 
@@ -293,7 +313,7 @@ def cmd_evaluate(a):
     from .evaluation import format_metrics, predictions
     from .store import FeatureStore
 
-    model, store = load(a.model), FeatureStore.open(a.features_dir)
+    model, store = load(a.model, trusted=a.trust_pickle), FeatureStore.open(a.features_dir)
     m, y, proba, rows = predictions(model, store)
     print(json.dumps(m) if a.json else format_metrics(m))
     if a.report:
@@ -365,6 +385,13 @@ def cmd_suspects(a):
         print(f"{r['p_label']:8.3f} {r['label']:<16} {r['predicted']:<16} {r['path']}")
 
 
+def cmd_convert(a):
+    from .headfile import convert
+
+    clf, path = convert(a.model, a.out, trusted=a.trust_pickle)
+    print(f"{a.model} ({clf.metrics.get('head')}, {len(clf.classes_)} classes) -> {path}")
+
+
 def cmd_verify(a):
     from .store import FeatureStore, verify
 
@@ -422,7 +449,8 @@ def cmd_demo(a):
 
 COMMANDS = {"featurize": cmd_featurize, "train": cmd_train, "score": cmd_score, "evaluate": cmd_evaluate,
             "compare": cmd_compare, "split": cmd_split, "suspects": cmd_suspects, "predict-imagenet": cmd_predict_imagenet, "backbones": cmd_backbones, "verify": cmd_verify,
-            "demo": cmd_demo, "export-features": cmd_export_features, "import-features": cmd_import_features}
+            "demo": cmd_demo, "export-features": cmd_export_features, "import-features": cmd_import_features,
+            "convert": cmd_convert}
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,7 @@ def run_demo(features_dir="features", models_dir="models", progress: bool = True
     store = featurize(CARS / "train", DEFAULT_BACKBONE, "penultimate", out=features_dir / "demo-cars-train",
                       progress=progress)
     clf = train(store, head="linear_svm")
-    model_path = clf.save(models_dir / "demo-cars.joblib")
+    model_path = clf.save(models_dir / "demo-cars.head.npz")
     loo, y, proba, rows = cross_validated(store, "linear_svm", clf.metrics["C"], folds="loo")
     X, _ = store.labelled()
     svm_loo = cross_val_accuracy("linear_svm", X, y, clf.metrics["C"], folds="loo")  # decisions, uncalibrated

@@ -1,18 +1,18 @@
 """scikit-learn heads: a StandardScaler and a classifier in one Pipeline, C chosen by CV.
 
 Heads: ``linear_svm`` (LinearSVC), ``svm`` (SVC, RBF kernel), ``logreg`` (LogisticRegression).
-Every fitted head gives probabilities: the SVMs are wrapped in a sigmoid
-CalibratedClassifierCV (ensemble=False: one SVM fitted on all the rows, its scores mapped to
-probabilities by a sigmoid fitted on cross-validated scores; on the cars sample this keeps the
-SVM's 100% leave-one-out accuracy, where averaging five SVMs fitted on 80% of 20 photos lost
-one, and it lowers the log loss on catsdogs from 0.052 to 0.042), logistic regression has its own.
+Every fitted head gives probabilities: the SVMs are wrapped in ``TemperatureCalibrated``
+(pipeline/calibration.py: one SVM fitted on all the rows, its decision values mapped to
+probabilities by softmax(alpha * f) with one alpha > 0 fitted on cross-validated decision
+values), so the most probable class is always the SVM's own decision; logistic regression has
+its own probabilities.
 """
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
-from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, LeaveOneOut, StratifiedKFold, cross_val_predict
@@ -20,15 +20,18 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
+from .calibration import TemperatureCalibrated
 from .errors import UsageError
+from .folds import RareClassKFold, too_small
 
 log = logging.getLogger(__name__)
 
 HEADS = {
-    "linear_svm": lambda C: LinearSVC(C=C, max_iter=20000),
-    "svm": lambda C: SVC(C=C, kernel="rbf", gamma="scale"),
-    "logreg": lambda C: LogisticRegression(C=C, max_iter=5000),
+    "linear_svm": lambda C, w=None: LinearSVC(C=C, max_iter=20000, class_weight=w),
+    "svm": lambda C, w=None: SVC(C=C, kernel="rbf", gamma="scale", class_weight=w),
+    "logreg": lambda C, w=None: LogisticRegression(C=C, max_iter=5000, class_weight=w),
 }
+CLASS_WEIGHTS = (None, "balanced")
 NEEDS_CALIBRATION = {"linear_svm", "svm"}
 C_GRID = {
     "linear_svm": (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
@@ -37,26 +40,28 @@ C_GRID = {
 }
 
 
-def _check_head(head: str) -> None:
+def _check_head(head: str, class_weight=None) -> None:
     if head not in HEADS:
         raise UsageError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+    if class_weight not in CLASS_WEIGHTS:
+        raise UsageError(f"class_weight must be None or 'balanced', got {class_weight!r}")
 
 
 def make_head(head: str, C: float = 1.0, calibrate: bool = False, calibration_folds: int = 5,
-              pca: int | None = None) -> Pipeline:
+              pca: int | None = None, seed: int = 0, class_weight: str | None = None) -> Pipeline:
     """An unfitted StandardScaler (+ PCA to `pca` components) + classifier pipeline."""
-    _check_head(head)
-    clf = HEADS[head](float(C))
+    _check_head(head, class_weight)
+    clf = HEADS[head](float(C), class_weight)
     if calibrate and head in NEEDS_CALIBRATION:
-        clf = CalibratedClassifierCV(clf, cv=calibration_folds, method="sigmoid", ensemble=False)
+        clf = TemperatureCalibrated(clf, cv=calibration_folds, seed=seed)
     steps = [("scale", StandardScaler())]
     if pca:
         steps.append(("pca", PCA(n_components=int(pca), random_state=0)))
     return Pipeline(steps + [("clf", clf)])
 
 
-def check_labels(y: np.ndarray, min_per_class: int = 2) -> dict[str, int]:
-    """Per-class counts; a clear error when there are fewer than 2 classes or too few images."""
+def check_labels(y: np.ndarray, min_per_class: int = 1) -> dict[str, int]:
+    """Per-class counts; a clear error when there are fewer than 2 classes (or classes below `min_per_class`)."""
     classes, counts = np.unique(np.asarray(y, dtype=str), return_counts=True)
     table = dict(zip(classes.tolist(), counts.tolist()))
     if len(classes) < 2:
@@ -74,17 +79,21 @@ def cv_splitter(y, folds: int | str = 5, seed: int = 0):
         return LeaveOneOut()
     k = min(int(folds), int(np.unique(y, return_counts=True)[1].min()))
     if k < 2:
-        raise UsageError("cross-validation needs at least 2 images per class")
+        small = too_small(y)
+        raise UsageError(f"cross-validated predictions need at least 2 images per class; {len(small)} classes have "
+                         f"one: {', '.join(small[:10])}{' ...' if len(small) > 10 else ''}")
     return StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
 
 
-def select_C(head: str, X, y, folds: int | str = 5, seed: int = 0, pca: int | None = None):
+def select_C(head: str, X, y, folds: int | str = 5, seed: int = 0, pca: int | None = None,
+             class_weight: str | None = None):
     """Pick C from the head's grid by cross-validated accuracy: (C, CV accuracy, {C: accuracy}).
 
+    Folds: RareClassKFold (classes with one image train in every fold and are not validated).
     When several C tie (small sets often score 100% for all), the middle one of the tie is taken.
     """
-    search = GridSearchCV(make_head(head, pca=pca), {"clf__C": list(C_GRID[head])},
-                          cv=cv_splitter(y, folds, seed), scoring="accuracy", refit=False)
+    search = GridSearchCV(make_head(head, pca=pca, class_weight=class_weight), {"clf__C": list(C_GRID[head])},
+                          cv=selection_splitter(y, folds, seed), scoring="accuracy", refit=False)
     search.fit(X, y)
     scores = dict(zip(C_GRID[head], search.cv_results_["mean_test_score"].tolist()))
     best = max(scores.values())
@@ -92,11 +101,21 @@ def select_C(head: str, X, y, folds: int | str = 5, seed: int = 0, pca: int | No
     return float(tied[len(tied) // 2]), float(best), scores  # the middle of a plateau of equal scores
 
 
+def selection_splitter(y, folds: int | str = 5, seed: int = 0):
+    """The folds --C auto uses: leave-one-out, or RareClassKFold; a clear error when nothing can be validated."""
+    if folds == "loo":
+        return LeaveOneOut()
+    cv = RareClassKFold(int(folds), shuffle=True, random_state=seed)
+    if cv.get_n_splits(y=y) < 2:
+        raise UsageError("--C auto needs a class with at least 2 images to cross-validate, but every class has "
+                         "one; give C as a number, e.g. --C 0.1")
+    return cv
+
+
 def cross_val_proba(head: str, X, y, C: float, folds: int | str = 5, seed: int = 0, pca: int | None = None):
     """Out-of-fold class probabilities (columns in sorted class order) of the calibrated head."""
-    cv = cv_splitter(y, folds, seed)
-    return cross_val_predict(make_head(head, C, calibrate=True, calibration_folds=_cal_folds(y, cv), pca=pca),
-                             X, y, cv=cv, method="predict_proba")
+    return cross_val_predict(make_head(head, C, calibrate=True, pca=pca, seed=seed),
+                             X, y, cv=cv_splitter(y, folds, seed), method="predict_proba")
 
 
 def cross_val_accuracy(head: str, X, y, C: float, folds: int | str = 5, seed: int = 0,
@@ -131,32 +150,43 @@ def learning_curve(head: str, X, y, C: float, folds: int = 5, seed: int = 0, poi
             "valid_mean": valid_acc.mean(1).tolist(), "valid_std": valid_acc.std(1).tolist(), "folds": len(splits)}
 
 
-def _cal_folds(y, outer_cv=None) -> int:
-    """Calibration folds: up to 5, fewer when the smallest class (inside an outer fold) is small."""
-    smallest = int(np.unique(y, return_counts=True)[1].min())
-    if outer_cv is not None and not isinstance(outer_cv, LeaveOneOut):
-        smallest -= -(-smallest // outer_cv.get_n_splits())
-    elif isinstance(outer_cv, LeaveOneOut):
-        smallest -= 1
-    return max(2, min(5, smallest))
+def fit_head(head: str, X, y, C: float | str = "auto", folds: int | str = 5, seed: int = 0, pca: int | None = None,
+             class_weight: str | None = None):
+    """Fit the head on all rows; return (fitted pipeline, metrics dict).
 
-
-def fit_head(head: str, X, y, C: float | str = "auto", folds: int | str = 5, seed: int = 0, pca: int | None = None):
-    """Fit the head on all rows; return (fitted pipeline, metrics dict)."""
+    Any class with at least one image is trained on; classes with one image cannot be validated
+    and are listed in metrics['unvalidated_classes']. class_weight: None or 'balanced'.
+    """
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y, dtype=str)
     counts = check_labels(y)
+    _check_head(head, class_weight)
     if pca and pca >= min(X.shape):
         raise UsageError(f"--pca {pca} must be below the number of images ({len(X)}) and of features ({X.shape[1]})")
-    metrics = {"head": head, "n_train": int(len(y)), "class_counts": counts, "pca": pca}
+    metrics = {"head": head, "n_train": int(len(y)), "class_counts": counts, "pca": pca, "class_weight": class_weight,
+               "unvalidated_classes": too_small(y)}
+    with warnings.catch_warnings():  # many classes of few images is normal here, not "a regression problem"
+        warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
+        model = _fit(head, X, y, C, folds, seed, pca, class_weight, metrics)
+    metrics["calibration"] = calibration_note(model)
+    metrics["train_accuracy"] = float(np.mean(model.predict(X) == y))
+    return model, metrics
+
+
+def _fit(head, X, y, C, folds, seed, pca, class_weight, metrics: dict):
     if C == "auto":
-        C, cv_acc, table = select_C(head, X, y, folds, seed, pca)
-        metrics.update(C=C, cv_accuracy=cv_acc, cv_folds=cv_splitter(y, folds).get_n_splits(X, y),
+        C, cv_acc, table = select_C(head, X, y, folds, seed, pca, class_weight)
+        metrics.update(C=C, cv_accuracy=cv_acc, cv_folds=selection_splitter(y, folds, seed).get_n_splits(X, y),
                        cv_scores={str(k): v for k, v in table.items()})
         log.info("%s: C=%g chosen by %d-fold CV (accuracy %.4f)", head, C, metrics["cv_folds"], cv_acc)
     else:
         metrics["C"] = float(C)
-    model = make_head(head, float(C), calibrate=True, calibration_folds=_cal_folds(y), pca=pca)
-    model.fit(X, y)
-    metrics["train_accuracy"] = float(np.mean(model.predict(X) == y))
-    return model, metrics
+    return make_head(head, float(C), calibrate=True, pca=pca, seed=seed, class_weight=class_weight).fit(X, y)
+
+
+def calibration_note(model) -> str:
+    """How the fitted head's probabilities are made, for its metrics and the training summary."""
+    clf = model.named_steps["clf"] if hasattr(model, "named_steps") else model
+    if isinstance(clf, TemperatureCalibrated):
+        return clf.calibration_
+    return f"{type(clf).__name__}'s own probabilities"

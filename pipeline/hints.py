@@ -28,13 +28,22 @@ def did_you_mean(word: str, choices) -> str:
 _JOBLIB_MAGIC = (b"\x80", b"x", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"]\x00\x00", b"\x04\x22\x4d\x18")
 
 
-def unreadable_model(path, error: Exception) -> str:
+def looks_like_pickle(path) -> bool:
+    """True when the file starts like a (possibly compressed) joblib/pickle stream."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8).startswith(_JOBLIB_MAGIC)
+    except OSError:
+        return False
+
+
+def unreadable_model(path, error: Exception | None) -> str:
     """Why a model file did not load, from what the file is (not a guess): empty, text, cut short, foreign."""
     try:
         head = open(path, "rb").read(512)
     except OSError as e:
         return f"{path} cannot be read ({e.strerror or e})"
-    fix = "pass the .joblib file that `python -m pipeline train --out` wrote"
+    fix = "pass the .head.npz file that `python -m pipeline train --out` wrote"
     if not head:
         return f"{path} is empty, not a model file; {fix}"
     if b"\x00" not in head:
@@ -47,7 +56,8 @@ def unreadable_model(path, error: Exception) -> str:
             return f"{path} is a text file, not a model file ({begins}); {fix}"
     if not head.startswith(_JOBLIB_MAGIC):
         return f"{path} is not a joblib/pickle file (it begins {head[:8]!r}); {fix}"
-    reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else 'no details'}"
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else 'no details'}" \
+        if error is not None else "unreadable"
     if isinstance(error, EOFError) or "EOF" in str(error):
         return f"{path} is a joblib file cut short ({reason}): it is incomplete; retrain the head or restore the file"
     return f"{path} is a joblib file this tool cannot read ({reason}); retrain the head or restore the file"

@@ -35,7 +35,8 @@ def score_cache_path(data_dir, request: dict, root=None) -> Path:
 
 def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: str | None = None,
           clip: float | None = None, progress: bool = True, workers: int | None = None, force: bool = False,
-          follow_links: bool = True, reject_below: float | None = None):
+          follow_links: bool = True, reject_below: float | None = None,
+          trusted: bool = False):
     """Featurize `data_dir` (all sub-folders, reusing the cache) with the head's backbone and write `out`.
 
     `data_dir` may also be a feature store: its rows are scored (``path`` is the row's id).
@@ -48,9 +49,10 @@ def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: s
     The features are cached in `cache` (default: :func:`score_cache_path`); `no_cache` uses a
     temporary store removed afterwards. Only images read successfully in this run get a row in
     the CSV. `out` is written atomically and never over an input (the head, an image) or a file
-    this tool did not write (unless `force`).
+    this tool did not write (unless `force`). `trusted`: also load an old pickle-based head file
+    (see :func:`pipeline.load`).
     """
-    clf = model if isinstance(model, Classifier) else load(model)
+    clf = model if isinstance(model, Classifier) else load(model, trusted=trusted)
     check_output(out, "csv", inputs=[model if not isinstance(model, Classifier) else None],
                  data_dir=data_dir, force=force)
     if kaggle is not None:

@@ -22,13 +22,16 @@ log = logging.getLogger(__name__)
 
 def train(store, head: str = "linear_svm", C: float | str = "auto", folds: int | str = 5, seed: int = 0, *,
           holdout: float = 0.0, split: str = "hash", group_by: str | None = None, groups=None,
-          group_column: str | None = None, sample: int | float | None = None, pca: int | None = None) -> Classifier:
+          group_column: str | None = None, sample: int | float | None = None, pca: int | None = None,
+          class_weight: str | None = None) -> Classifier:
     """Fit `head` (linear_svm, svm, logreg) on the labelled rows of `store` (a FeatureStore or its path).
 
     holdout: fraction of images kept out for validation (split 'hash' or 'stratified', grouped by
     content, by the `group_by` regex on file names, or by `groups`: a {path: group} dict or a CSV
     with an id column and `group_column`). sample: train on N images per class (or a fraction).
-    pca: reduce the standardised features to this many components first.
+    pca: reduce the standardised features to this many components first. class_weight: None or
+    'balanced' (weights inversely proportional to class frequencies, recorded in the metrics).
+    Classes with a single image are trained on and listed in ``metrics['unvalidated_classes']``.
     The validation metrics land in ``clf.metrics['validation']``.
     """
     if not isinstance(store, FeatureStore):
@@ -44,7 +47,8 @@ def train(store, head: str = "linear_svm", C: float | str = "auto", folds: int |
     if sample is not None:
         sub = sample_mask([rows[i]["path"] for i in train_idx], y[train_idx], sample, seed)
         train_idx = train_idx[sub]
-    model, metrics = fit_head(head, X[train_idx], y[train_idx], C=C, folds=folds, seed=seed, pca=pca)
+    model, metrics = fit_head(head, X[train_idx], y[train_idx], C=C, folds=folds, seed=seed, pca=pca,
+                              class_weight=class_weight)
     metrics["features"] = str(store.root)
     if valid.any():
         metrics["validation"] = _validate(model, X, y, rows, train_idx, np.flatnonzero(valid))

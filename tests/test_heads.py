@@ -28,11 +28,13 @@ def test_fixed_C_is_used_as_given():
     assert m["C"] == 0.5 and "cv_accuracy" not in m
 
 
-def test_one_class_or_tiny_class_is_refused_with_counts():
+def test_one_class_is_refused_and_a_class_with_one_image_is_trained_but_not_validated():
     with pytest.raises(UsageError, match="at least 2 classes"):
         fit_head("logreg", X[:10], y[:10])
-    with pytest.raises(UsageError, match="'cow': 1"):
-        fit_head("logreg", X[:31], y[:31])
+    model, m = fit_head("logreg", X[:31], y[:31])  # 'cow' has one image
+    assert list(model.classes_) == ["ant", "bee", "cow"] and m["class_counts"]["cow"] == 1
+    assert m["unvalidated_classes"] == ["cow"] and m["cv_folds"] == 5
+    assert model.predict(X[30:31])[0] == "cow"
 
 
 def test_metrics_match_sklearn():

@@ -171,7 +171,7 @@ def test_demo_runs_offline_and_writes_its_reports(tmp_path, capsys):
     assert main(["demo", "--features", str(tmp_path / "f"), "--models", str(tmp_path / "m"), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "100.00% from the SVM's own decisions" in printed
-    for name in ("demo-cars.joblib", "demo-cars-report.txt", "demo-cars-report.json", "demo-cars-predictions.csv"):
+    for name in ("demo-cars.head.npz", "demo-cars-report.txt", "demo-cars-report.json", "demo-cars-predictions.csv"):
         assert (tmp_path / "m" / name).is_file()
     parse_report(tmp_path / "m" / "demo-cars-report" / "index.html")
     with open(tmp_path / "m" / "demo-cars-predictions.csv", newline="") as f:
