@@ -171,6 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("backbones", help="list the registered backbones")
 
+    sv = sub.add_parser("serve", help="serve a head over HTTP: POST /predict, GET /health, GET /model, /docs")
+    sv.add_argument("model")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="default: %(default)s")
+    sv.add_argument("--trust-pickle", action="store_true", help="allow loading an old pickle-based (joblib) head file")
+    for flag, kind, what in [("--max-body-bytes", int, "request body size (413 beyond)"),
+                             ("--max-pixels", int, "pixels per image, checked before decoding (422 beyond)"),
+                             ("--max-images", int, "images per request (413 beyond)"),
+                             ("--timeout-s", float, "seconds per request (504 beyond)"),
+                             ("--max-in-flight", int, "requests in progress at once (503 with Retry-After beyond)"),
+                             ("--batch-wait-ms", float, "how long to gather concurrent requests into one batch"),
+                             ("--batch-size", int, "images per network call (default: the backbone's)")]:
+        sv.add_argument(flag, type=kind, help=what)
+
     d = sub.add_parser("demo", help="the whole flow offline on the bundled cars sample")
     d.add_argument("--features", default="features")
     d.add_argument("--models", default="models")
@@ -349,6 +363,19 @@ def cmd_backbones(a):
     print("Also: any .tflite file, frozen .pb GraphDef, SavedModel folder, or hub:HANDLE.")
 
 
+def cmd_serve(a):
+    import inspect
+    from dataclasses import fields
+
+    from .classifier import load
+    from .serve import ServeLimits, serve
+
+    limits = ServeLimits(**{f.name: getattr(a, f.name) for f in fields(ServeLimits) if getattr(a, f.name) is not None})
+    # the safe head format's load(path, trusted=...) refuses pickles unless trusted; older loads have no flag
+    trusted = {"trusted": a.trust_pickle} if "trusted" in inspect.signature(load).parameters else {}
+    serve(load(a.model, **trusted), a.host, a.port, limits)
+
+
 def cmd_demo(a):
     from .demo import run_demo
 
@@ -364,7 +391,7 @@ def cmd_demo(a):
 
 COMMANDS = {"featurize": cmd_featurize, "train": cmd_train, "score": cmd_score, "evaluate": cmd_evaluate,
             "compare": cmd_compare, "split": cmd_split, "suspects": cmd_suspects, "predict-imagenet": cmd_predict_imagenet, "backbones": cmd_backbones, "verify": cmd_verify,
-            "demo": cmd_demo}
+            "serve": cmd_serve, "demo": cmd_demo}
 
 
 def main(argv=None) -> int:
