@@ -368,8 +368,11 @@ def cmd_serve(a):
     from dataclasses import fields
 
     from .classifier import load
-    from .serve import ServeLimits, serve
 
+    try:
+        from .serve import ServeLimits, serve
+    except ImportError as e:
+        raise UsageError(f"serve needs FastAPI and uvicorn ({e}); pip install 'tf-feature-pipeline[serve]'") from e
     limits = ServeLimits(**{f.name: getattr(a, f.name) for f in fields(ServeLimits) if getattr(a, f.name) is not None})
     # the safe head format's load(path, trusted=...) refuses pickles unless trusted; older loads have no flag
     trusted = {"trusted": a.trust_pickle} if "trusted" in inspect.signature(load).parameters else {}

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from .errors import ImageError, UsageError
 from .images import MAX_PIXELS
@@ -152,11 +153,14 @@ async def read_body(request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise ServeError(413, "body_too_large", f"the request body of {declared} bytes exceeds the limit of {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ServeError(413, "body_too_large", f"the request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ServeError(413, "body_too_large", f"the request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ServeError(400, "client_disconnected", "the client went away before sending the whole body") from None
     return b"".join(chunks)
 
 
