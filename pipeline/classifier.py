@@ -17,7 +17,7 @@ import numpy as np
 
 from .backbones import backbone_from_spec, describe, identity
 from .errors import ModelFileError, SpecMismatchError
-from .inputs import decode_images, is_image_input
+from .inputs import as_list, decode_images, is_image_input
 
 FORMAT = "tf-feature-pipeline/head-1"
 _BACKBONE_LOCK = threading.Lock()
@@ -73,9 +73,12 @@ class Classifier:
 
         `images`: file paths, encoded bytes, PIL images (RGB) or uint8 RGB arrays ((H, W, 3) or
         (N, H, W, 3)), alone or in a list (:mod:`pipeline.inputs`). Errors are ImageErrors naming the
-        image. Safe to call from several threads.
+        image. Safe to call from several threads. Decoded one batch at a time: memory follows the batch.
         """
-        return self.pixel_features(decode_images(images, self.backbone.preprocess))
+        bb, items = self.backbone, as_list(images)
+        out = [bb(decode_images(items[i:i + bb.batch_size], bb.preprocess, start=i))
+               for i in range(0, len(items), bb.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.n_features_in_), np.float32)
 
     def pixel_features(self, pixels: np.ndarray) -> np.ndarray:
         """Features of an already decoded uint8 batch (N, h, w, 3), in chunks of the backbone's batch size."""

@@ -43,8 +43,8 @@ def _single(x) -> bool:
     return isinstance(x, (str, os.PathLike, Image.Image, *_BYTES))
 
 
-def _items(X) -> list:
-    """X as a flat list of single images."""
+def as_list(X) -> list:
+    """X (one image, a list of them, or an (N, H, W, 3) array) as a flat list of single images."""
     if isinstance(X, np.ndarray) and X.ndim == 4:
         return list(X)
     if isinstance(X, (list, tuple)):
@@ -144,10 +144,13 @@ def decode_one(item, pre: Preprocess, name: str, max_pixels: int = MAX_PIXELS) -
                      f"got {type(item).__name__}; pass file paths, encoded bytes, PIL images or uint8 RGB arrays")
 
 
-def decode_images(X, pre: Preprocess, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Images of any supported kind (one, a list, or an (N, H, W, 3) array) -> uint8 batch (N, h, w, 3)."""
-    items = _items(X)
+def decode_images(X, pre: Preprocess, max_pixels: int = MAX_PIXELS, start: int = 0) -> np.ndarray:
+    """Images of any supported kind (one, a list, or an (N, H, W, 3) array) -> uint8 batch (N, h, w, 3).
+
+    start: the position of the first image in the caller's list, for error messages.
+    """
+    items = as_list(X)
     out = np.empty((len(items), *pre.size, 3), np.uint8)
     for i, item in enumerate(items):
-        out[i] = decode_one(item, pre, name_of(item, i), max_pixels)
+        out[i] = decode_one(item, pre, name_of(item, start + i), max_pixels)
     return out

@@ -84,6 +84,9 @@ def test_bad_bytes_get_featurize_reason_codes_and_name_the_input(featurized):
     with pytest.raises(ImageError) as e:
         clf.predict([(data / "red/red_0.jpg").read_bytes(), b"<html>not found</html>"])
     assert e.value.reason == "not_an_image" and e.value.path == "<bytes #1>"
+    with pytest.raises(ImageError) as e:  # decoded a batch at a time, still named by its place in the list
+        clf.predict([(data / "red/red_0.jpg").read_bytes()] * 35 + [b"GIF89a"])
+    assert e.value.path == "<bytes #35>"
     with pytest.raises(ImageError, match="empty_file"):
         clf.predict(b"")
     with pytest.raises(ImageError, match="unsupported_input.*got dict"):
