@@ -145,11 +145,9 @@ def test_body_over_the_limit_is_413_declared_or_streamed(head):
     _, data, clf = head
     with running(clf, ServeLimits(max_body_bytes=2000)) as (url, _):
         declared = httpx.post(f"{url}/predict", content=b"x" * 2001)
-        sent = []
 
         def chunks():  # chunked upload, no Content-Length: the cap holds while streaming
             for _ in range(4):
-                sent.append(1)
                 yield b"y" * 1000
 
         streamed = httpx.post(f"{url}/predict", content=chunks())
