@@ -1,12 +1,15 @@
 """Serving load test: `python -m pipeline serve` on loopback against batch `score`, in one run.
 
     make bench-serve
-    .venv/bin/python bench/serve_bench.py --n 400 --requests 800
+    .venv/bin/python bench/serve_bench.py --n 200 --requests 400 --repeat 3
 
 Steps, all on 127.0.0.1 and each bounded by a fixed number of requests:
-  score        pipeline.score on a folder of N JPEGs into a fresh cache (best of --repeat): batch img/s
+  score        pipeline.score on a folder of N JPEGs into a fresh cache: batch img/s
   16 clients   16 threads, one keep-alive connection each, --requests raw-body POSTs of those JPEGs
                in all: throughput, p50/p99 latency, 5xx count
+               (score and the 16-client run alternate for --repeat rounds; the median ratio is kept)
+  CPU          CPU seconds per image of score (this process) and of the server process (/proc), which
+               the share of the cores that other processes leave does not change
   1 client     one thread, --single requests of one 500x375 JPEG: p50/p99 latency
   overload     a second server with --max-in-flight 4 under 32 clients: 503s (with Retry-After),
                other 5xx, and that the server still answers afterwards
@@ -97,13 +100,19 @@ class Server:
         finally:
             c.close()
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system, all threads) the server process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def close(self):
         self.proc.terminate()
         self.proc.wait(30)
 
 
-def load(port: int, bodies: list[bytes], clients: int, total: int) -> dict:
-    """`total` POST /predict over `clients` threads with keep-alive connections: latencies and statuses."""
+def load(server: "Server", bodies: list[bytes], clients: int, total: int) -> dict:
+    """`total` POST /predict over `clients` threads with keep-alive connections: latencies, statuses, CPU."""
+    port = server.port
     latencies, statuses, retry_after = [], [], []
     lock, counter = threading.Lock(), iter(range(total))
 
@@ -132,12 +141,14 @@ def load(port: int, bodies: list[bytes], clients: int, total: int) -> dict:
         conn.close()
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
+    cpu_server, cpu_client = server.cpu_s(), time.process_time()
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    cpu_server, cpu_client = server.cpu_s() - cpu_server, time.process_time() - cpu_client
     ms = np.asarray(latencies) * 1000
     ok = [s for s in statuses if s == 200]
     return {"clients": clients, "requests": total, "wall_s": round(wall, 2), "ok": len(ok),
@@ -145,18 +156,17 @@ def load(port: int, bodies: list[bytes], clients: int, total: int) -> dict:
             "p99_ms": round(float(np.percentile(ms, 99)), 1),
             "status_503": statuses.count(503), "retry_after": sorted(set(retry_after)),
             "other_5xx": sum(1 for s in statuses if s >= 500 and s != 503),
-            "failed_connections": statuses.count(-1)}
+            "failed_connections": statuses.count(-1),
+            "server_cpu_ms_per_img": round(1000 * cpu_server / max(1, len(ok)), 2),
+            "client_cpu_ms_per_img": round(1000 * cpu_client / max(1, len(ok)), 2)}
 
 
-def score_rate(clf, flat: Path, work: Path, repeat: int, tag: str) -> float:
-    """Best img/s of pipeline.score on `flat`, each run into a fresh cache (every image featurized)."""
+def score_rate(clf, flat: Path, work: Path, tag: str) -> tuple[float, float]:
+    """(img/s, CPU ms per image) of pipeline.score on `flat` into a fresh cache (every image featurized)."""
     n = len(list(flat.iterdir()))
-    best = 0.0
-    for i in range(repeat):
-        t = time.perf_counter()
-        pipeline.score(clf, flat, work / f"pred-{tag}{i}.csv", cache=work / f"cache-{tag}{i}", progress=False)
-        best = max(best, n / (time.perf_counter() - t))
-    return round(best, 1)
+    t, cpu = time.perf_counter(), time.process_time()
+    pipeline.score(clf, flat, work / f"pred-{tag}.csv", cache=work / f"cache-{tag}", progress=False)
+    return round(n / (time.perf_counter() - t), 1), round(1000 * (time.process_time() - cpu) / n, 2)
 
 
 def one_photo(flat: Path) -> bytes:
@@ -178,47 +188,59 @@ def run(args) -> dict:
         model = clf.save(work / "head.joblib")
         bodies = [p.read_bytes() for p in sorted(flat.iterdir())]
         out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
-               "images": len(bodies), "source": str(args.data) if args.data.is_dir() else "generated 500x375",
-               "score_img_per_s": score_rate(clf, flat, work, args.repeat, "before")}
+               "load_average_before": round(os.getloadavg()[0], 1), "images": len(bodies),
+               "source": str(args.data) if args.data.is_dir() else "generated 500x375", "rounds": []}
         server = Server(model)
         try:
-            load(server.port, bodies[:64], args.clients, 64)  # warm-up
-            out["clients16"] = load(server.port, bodies, args.clients, args.requests)
-            out["single"] = load(server.port, [one_photo(flat)], 1, args.single)
+            load(server, bodies[:64], args.clients, 64)  # warm-up
+            for r in range(args.repeat):  # interleaved, so the machine's slow moments hit both alike
+                score, score_cpu = score_rate(clf, flat, work, str(r))
+                served = load(server, bodies, args.clients, args.requests)
+                out["rounds"].append({"score_img_per_s": score, "score_cpu_ms_per_img": score_cpu,
+                                      "clients16": served, "ratio": round(served["img_per_s"] / score, 2),
+                                      "cpu_ratio": round(score_cpu / served["server_cpu_ms_per_img"], 2)})
+            out["single"] = load(server, [one_photo(flat)], 1, args.single)
         finally:
             server.close()
-        out["score_img_per_s_after"] = score_rate(clf, flat, work, 1, "after")  # the machine may have drifted
         server = Server(model, "--max-in-flight", "4")
         try:
-            out["overload"] = load(server.port, bodies, 2 * args.clients, args.requests // 2)
+            out["overload"] = load(server, bodies, 2 * args.clients, args.requests // 2)
             out["overload"]["health_after"] = server.request("GET", "/health")[0]
         finally:
             server.close()
-    score = (out["score_img_per_s"] + out["score_img_per_s_after"]) / 2  # measured before and after the load
-    out["throughput_ratio"] = round(out["clients16"]["img_per_s"] / score, 2)
+    out["load_average_after"] = round(os.getloadavg()[0], 1)  # other work on the machine skews every figure
+    out["throughput_ratio"] = float(np.median([r["ratio"] for r in out["rounds"]]))
+    # CPU per image does not depend on the share of the cores other processes leave: score's CPU ms per
+    # image over the server's is the throughput ratio both would reach on two otherwise idle cores
+    out["cpu_ratio"] = float(np.median([r["cpu_ratio"] for r in out["rounds"]]))
     return out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=Path(os.environ.get("TFP_BENCH_DATA", DEFAULT_DATA)))
-    p.add_argument("--n", type=int, default=400, help="images (half per class)")
-    p.add_argument("--requests", type=int, default=800, help="requests of the 16-client run")
+    p.add_argument("--n", type=int, default=200, help="images (half per class)")
+    p.add_argument("--requests", type=int, default=400, help="requests of each 16-client run")
     p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--single", type=int, default=300, help="requests of the single-client run")
-    p.add_argument("--repeat", type=int, default=2, help="score runs (the best is kept)")
+    p.add_argument("--single", type=int, default=200, help="requests of the single-client run")
+    p.add_argument("--repeat", type=int, default=3, help="interleaved rounds of score and the 16-client run")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
     out = run(args)
     print(json.dumps(out, indent=2))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
-    c, s, o = out["clients16"], out["single"], out["overload"]
-    print(f"\nbatch score {out['score_img_per_s']} img/s (after: {out['score_img_per_s_after']}); "
-          f"{c['clients']} clients {c['img_per_s']} img/s = {out['throughput_ratio']}x the mean score, "
-          f"p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms, 5xx {c['other_5xx'] + c['status_503']}; "
-          f"1 client p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms; overload (--max-in-flight 4, {o['clients']} "
-          f"clients): {o['status_503']} x 503, {o['other_5xx']} other 5xx, health after {o['health_after']}")
+    s, o = out["single"], out["overload"]
+    print(f"\nload average {out['load_average_before']} -> {out['load_average_after']} on {out['machine']}")
+    for r in out["rounds"]:
+        c = r["clients16"]
+        print(f"batch score {r['score_img_per_s']} img/s ({r['score_cpu_ms_per_img']} CPU ms/img); {c['clients']} "
+              f"clients {c['img_per_s']} img/s = {r['ratio']}x ({c['server_cpu_ms_per_img']} server + "
+              f"{c['client_cpu_ms_per_img']} client CPU ms/img: {r['cpu_ratio']}x), p50 {c['p50_ms']} ms, "
+              f"p99 {c['p99_ms']} ms, 5xx {c['other_5xx'] + c['status_503']}")
+    print(f"median ratio {out['throughput_ratio']}x (by CPU per image {out['cpu_ratio']}x); 1 client p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms; overload "
+          f"(--max-in-flight 4, {o['clients']} clients): {o['status_503']} x 503 (Retry-After {o['retry_after']}), "
+          f"{o['other_5xx']} other 5xx, {o['ok']} answered, health after {o['health_after']}")
     return 0
 
 
