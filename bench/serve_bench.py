@@ -105,6 +105,11 @@ class Server:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def rss_mib(self) -> float:
+        """Resident memory of the server process now."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return round(int(next(l for l in status.splitlines() if l.startswith("VmRSS:")).split()[1]) / 1024, 1)
+
     def close(self):
         self.proc.terminate()
         self.proc.wait(30)
@@ -204,8 +209,10 @@ def run(args) -> dict:
             server.close()
         server = Server(model, "--max-in-flight", "4")
         try:
-            out["overload"] = load(server, bodies, 2 * args.clients, args.requests // 2)
-            out["overload"]["health_after"] = server.request("GET", "/health")[0]
+            rss = server.rss_mib()
+            out["overload"] = load(server, bodies, 2 * args.clients, args.requests)
+            out["overload"].update(health_after=server.request("GET", "/health")[0], rss_mib_before=rss,
+                                   rss_mib_after=server.rss_mib())
         finally:
             server.close()
     out["load_average_after"] = round(os.getloadavg()[0], 1)  # other work on the machine skews every figure
@@ -240,7 +247,8 @@ def main(argv=None) -> int:
               f"p99 {c['p99_ms']} ms, 5xx {c['other_5xx'] + c['status_503']}")
     print(f"median ratio {out['throughput_ratio']}x (by CPU per image {out['cpu_ratio']}x); 1 client p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms; overload "
           f"(--max-in-flight 4, {o['clients']} clients): {o['status_503']} x 503 (Retry-After {o['retry_after']}), "
-          f"{o['other_5xx']} other 5xx, {o['ok']} answered, health after {o['health_after']}")
+          f"{o['other_5xx']} other 5xx, {o['ok']} answered, health after {o['health_after']}, server RSS "
+          f"{o['rss_mib_before']} -> {o['rss_mib_after']} MiB")
     return 0
 
 
