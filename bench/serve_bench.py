@@ -10,7 +10,8 @@ Steps, all on 127.0.0.1 and each bounded by a fixed number of requests:
                (score and the 16-client run alternate for --repeat rounds; the median ratio is kept)
   CPU          CPU seconds per image of score (this process) and of the server process (/proc), which
                the share of the cores that other processes leave does not change
-  1 client     one thread, --single requests of one 500x375 JPEG: p50/p99 latency
+  1 client     one thread, --single requests of one 500x375 JPEG: p50/p99 latency, and the same
+               photo through clf.predict_proba(bytes) in this process (the floor without HTTP)
   overload     a second server with --max-in-flight 4 under 32 clients: 503s (with Retry-After),
                other 5xx, and that the server still answers afterwards
 The server runs in its own process (`python -m pipeline serve`), as a user would start it.
@@ -174,6 +175,17 @@ def score_rate(clf, flat: Path, work: Path, tag: str) -> tuple[float, float]:
     return round(n / (time.perf_counter() - t), 1), round(1000 * (time.process_time() - cpu) / n, 2)
 
 
+def in_process(clf, photo: bytes, n: int) -> dict:
+    """p50/p99 of clf.predict_proba(photo bytes) in this process: the latency floor without HTTP."""
+    clf.predict_proba(photo)
+    ms = []
+    for _ in range(n):
+        t = time.perf_counter()
+        clf.predict_proba(photo)
+        ms.append(1000 * (time.perf_counter() - t))
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1)}
+
+
 def one_photo(flat: Path) -> bytes:
     """One 500x375 (or 500x374) JPEG of the set."""
     from PIL import Image
@@ -205,6 +217,7 @@ def run(args) -> dict:
                                       "clients16": served, "ratio": round(served["img_per_s"] / score, 2),
                                       "cpu_ratio": round(score_cpu / served["server_cpu_ms_per_img"], 2)})
             out["single"] = load(server, [one_photo(flat)], 1, args.single)
+            out["single_in_process"] = in_process(clf, one_photo(flat), args.single)
         finally:
             server.close()
         server = Server(model, "--max-in-flight", "4")
@@ -245,7 +258,9 @@ def main(argv=None) -> int:
               f"clients {c['img_per_s']} img/s = {r['ratio']}x ({c['server_cpu_ms_per_img']} server + "
               f"{c['client_cpu_ms_per_img']} client CPU ms/img: {r['cpu_ratio']}x), p50 {c['p50_ms']} ms, "
               f"p99 {c['p99_ms']} ms, 5xx {c['other_5xx'] + c['status_503']}")
-    print(f"median ratio {out['throughput_ratio']}x (by CPU per image {out['cpu_ratio']}x); 1 client p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms; overload "
+    d = out["single_in_process"]
+    print(f"median ratio {out['throughput_ratio']}x (by CPU per image {out['cpu_ratio']}x); 1 client p50 {s['p50_ms']} ms, "
+          f"p99 {s['p99_ms']} ms (in process, no HTTP: p50 {d['p50_ms']} ms, p99 {d['p99_ms']} ms); overload "
           f"(--max-in-flight 4, {o['clients']} clients): {o['status_503']} x 503 (Retry-After {o['retry_after']}), "
           f"{o['other_5xx']} other 5xx, {o['ok']} answered, health after {o['health_after']}, server RSS "
           f"{o['rss_mib_before']} -> {o['rss_mib_after']} MiB")

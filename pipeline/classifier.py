@@ -83,6 +83,8 @@ class Classifier:
     def pixel_features(self, pixels: np.ndarray) -> np.ndarray:
         """Features of an already decoded uint8 batch (N, h, w, 3), in chunks of the backbone's batch size."""
         bb = self.backbone
+        if len(pixels) == 1 and bb.per_image:  # one image: in this thread, no hand-off to the backbone's pool
+            return bb.featurize_one(pixels[0])[None]
         out = [bb(pixels[start:start + bb.batch_size]) for start in range(0, len(pixels), bb.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.n_features_in_), np.float32)
 
