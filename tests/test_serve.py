@@ -23,10 +23,11 @@ from PIL import Image
 import pipeline
 from conftest import REPO, make_class_tree, noise_image
 from pipeline.classifier import Classifier
-from pipeline.serve import ServeLimits, create_app
 from pipeline.store import versions
 
-uvicorn = pytest.importorskip("uvicorn")
+uvicorn = pytest.importorskip("uvicorn", reason="serve needs the [serve] extra: FastAPI, uvicorn, python-multipart")
+pytest.importorskip("fastapi", reason="serve needs the [serve] extra: FastAPI, uvicorn, python-multipart")
+from pipeline.serve import ServeLimits, create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
