@@ -259,7 +259,8 @@ def main(argv=None) -> int:
               f"{c['client_cpu_ms_per_img']} client CPU ms/img: {r['cpu_ratio']}x), p50 {c['p50_ms']} ms, "
               f"p99 {c['p99_ms']} ms, 5xx {c['other_5xx'] + c['status_503']}")
     d = out["single_in_process"]
-    print(f"median ratio {out['throughput_ratio']}x (by CPU per image {out['cpu_ratio']}x); 1 client p50 {s['p50_ms']} ms, "
+    print(f"median ratio {out['throughput_ratio']}x (by CPU per image {out['cpu_ratio']}x); "
+          f"1 client p50 {s['p50_ms']} ms, "
           f"p99 {s['p99_ms']} ms (in process, no HTTP: p50 {d['p50_ms']} ms, p99 {d['p99_ms']} ms); overload "
           f"(--max-in-flight 4, {o['clients']} clients): {o['status_503']} x 503 (Retry-After {o['retry_after']}), "
           f"{o['other_5xx']} other 5xx, {o['ok']} answered, health after {o['health_after']}, server RSS "

@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="serve a head over HTTP: POST /predict, GET /health, GET /model, /docs")
     sv.add_argument("model")
-    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default: %(default)s, this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="default: %(default)s")
     sv.add_argument("--trust-pickle", action="store_true", help="allow loading an old pickle-based (joblib) head file")
     for flag, kind, what in [("--max-body-bytes", int, "request body size (413 beyond)"),

@@ -212,7 +212,7 @@ def test_images_per_request_over_the_limit_is_413(head):
     with running(clf, ServeLimits(max_images=2)) as (url, _):
         over = httpx.post(f"{url}/predict", files=files_of(paths))
         ok = httpx.post(f"{url}/predict", files=files_of(paths[:2]))
-        none = httpx.post(f"{url}/predict", files={}, data={}, headers={"content-type": "multipart/form-data; boundary=x"},
+        none = httpx.post(f"{url}/predict", headers={"content-type": "multipart/form-data; boundary=x"},
                           content=b"--x--\r\n")
     assert over.status_code == 413 and over.json()["code"] == "too_many_images"
     assert ok.status_code == 200 and len(ok.json()["predictions"]) == 2
