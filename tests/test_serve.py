@@ -328,3 +328,11 @@ def test_cli_serve_answers_on_loopback(head, tmp_path):
     assert r.status_code == 200 and r.json()["predictions"][0]["prediction"] == "blue", out
     assert limits["max_images"] == 3
     assert f"http://127.0.0.1:{port}" in out
+
+
+@pytest.mark.parametrize("kw, match", [({"max_images": 0}, "max_images must be at least 1, got 0"),
+                                       ({"max_pixels": 10**9}, "at most featurize's limit"),
+                                       ({"timeout_s": 0}, "timeout_s must be > 0")])
+def test_limits_that_cannot_work_are_refused_with_the_value(kw, match):
+    with pytest.raises(pipeline.UsageError, match=match):
+        ServeLimits(**kw)
