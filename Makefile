@@ -64,6 +64,10 @@ suspects: install  ## make suspects FEATURES=features/...: likely mislabelled im
 bench: install  ## side-by-side featurization benchmark on ../shared/data/catsdogs (figures in BENCHMARKS.md)
 	$(PY) bench/bench.py $(BENCH_ARGS)
 
+.PHONY: bench-serve
+bench-serve: install  ## load test of `serve` on loopback against batch score (figures in BENCHMARKS.md)
+	$(PY) bench/serve_bench.py $(BENCH_ARGS)
+
 backbones: install
 	$(PY) -m pipeline backbones
 

@@ -9,6 +9,7 @@ the head's.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,13 @@ import numpy as np
 from .backbones import backbone_from_spec, describe, identity
 from .errors import ModelFileError, SpecMismatchError
 from .hints import looks_like_pickle, unreadable_model
-from .images import load_image
+from .inputs import as_list, decode_images, is_image_input
+
+_BACKBONE_LOCK = threading.Lock()
 
 
 class Classifier:
-    """A fitted head. ``predict``/``predict_proba`` take image paths or a feature matrix."""
+    """A fitted head. ``predict``/``predict_proba`` take images (paths, bytes, PIL, uint8 arrays) or features."""
 
     def __init__(self, model, classes, spec: dict, metrics: dict | None = None, versions: dict | None = None):
         self.model = model
@@ -53,24 +56,40 @@ class Classifier:
                                     f"{self.n_features_in_} features from {describe(self.spec)}")
         return X
 
-    def features(self, paths) -> np.ndarray:
-        """Featurize image files with the head's own backbone spec (errors name the file)."""
+    @property
+    def backbone(self):
+        """The head's own backbone, rebuilt from its spec and loaded on first use (once, thread-safe)."""
         if self._backbone is None:
-            bb = backbone_from_spec(self.spec)
-            self.check_spec(bb.spec(), "the rebuilt backbone's features")
-            self._backbone = bb
-        bb = self._backbone
-        out = []
-        for start in range(0, len(paths), bb.batch_size):
-            batch = [load_image(p, bb.preprocess) for p in paths[start:start + bb.batch_size]]
-            out.append(bb(np.stack(batch)))
+            with _BACKBONE_LOCK:
+                if self._backbone is None:
+                    bb = backbone_from_spec(self.spec)
+                    self.check_spec(bb.spec(), "the rebuilt backbone's features")
+                    self._backbone = bb
+        return self._backbone
+
+    def features(self, images) -> np.ndarray:
+        """Features of images with the head's own backbone, decoded exactly as featurize decodes files.
+
+        `images`: file paths, encoded bytes, PIL images (RGB) or uint8 RGB arrays ((H, W, 3) or
+        (N, H, W, 3)), alone or in a list (:mod:`pipeline.inputs`). Errors are ImageErrors naming the
+        image. Safe to call from several threads. Decoded one batch at a time: memory follows the batch.
+        """
+        bb, items = self.backbone, as_list(images)
+        out = [bb(decode_images(items[i:i + bb.batch_size], bb.preprocess, start=i))
+               for i in range(0, len(items), bb.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.n_features_in_), np.float32)
+
+    def pixel_features(self, pixels: np.ndarray) -> np.ndarray:
+        """Features of an already decoded uint8 batch (N, h, w, 3), in chunks of the backbone's batch size."""
+        bb = self.backbone
+        if len(pixels) == 1 and bb.per_image:  # one image: in this thread, no hand-off to the backbone's pool
+            return bb.featurize_one(pixels[0])[None]
+        out = [bb(pixels[start:start + bb.batch_size]) for start in range(0, len(pixels), bb.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.n_features_in_), np.float32)
 
     def _as_features(self, X):
-        if isinstance(X, (str, os.PathLike)):
-            X = [X]
-        if isinstance(X, (list, tuple)) and (not X or isinstance(X[0], (str, os.PathLike))):
-            return self.features(list(X))
+        if is_image_input(X):
+            return self.features(X)
         if hasattr(X, "features") and hasattr(X, "spec"):  # a FeatureStore
             self.check_spec(X.spec, str(getattr(X, "root", "the store")))
             return X.features

@@ -230,6 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--features-column", default="features", help="column of vectors (default: %(default)s)")
     m.add_argument("--label-column", help="column of labels (default: 'label' when the file has one)")
 
+    sv = sub.add_parser("serve", help="serve a head over HTTP: POST /predict, GET /health, GET /model, /docs")
+    sv.add_argument("model")
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default: %(default)s, this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="default: %(default)s")
+    sv.add_argument("--trust-pickle", action="store_true", help="allow loading an old pickle-based (joblib) head file")
+    for flag, kind, what in [("--max-body-bytes", int, "request body size (413 beyond)"),
+                             ("--max-pixels", int, "pixels per image, checked before decoding (422 beyond)"),
+                             ("--max-images", int, "images per request (413 beyond)"),
+                             ("--timeout-s", float, "seconds per request (504 beyond)"),
+                             ("--max-in-flight", int, "requests in progress at once (503 with Retry-After beyond)"),
+                             ("--batch-wait-ms", float, "how long to gather concurrent requests into one batch"),
+                             ("--batch-size", int, "images per network call (default: the backbone's)")]:
+        sv.add_argument(flag, type=kind, help=what)
+
     d = sub.add_parser("demo", help="the whole flow offline on the bundled cars sample")
     d.add_argument("--features", default="features")
     d.add_argument("--models", default="models")
@@ -434,6 +449,19 @@ def cmd_import_features(a):
           f"-> {store.root}")
 
 
+def cmd_serve(a):
+    from dataclasses import fields
+
+    from .classifier import load
+
+    try:
+        from .serve import ServeLimits, serve
+    except ImportError as e:
+        raise UsageError(f"serve needs FastAPI and uvicorn ({e}); pip install 'tf-feature-pipeline[serve]'") from e
+    limits = ServeLimits(**{f.name: getattr(a, f.name) for f in fields(ServeLimits) if getattr(a, f.name) is not None})
+    serve(load(a.model, trusted=a.trust_pickle), a.host, a.port, limits)
+
+
 def cmd_demo(a):
     from .demo import run_demo
 
@@ -450,7 +478,7 @@ def cmd_demo(a):
 COMMANDS = {"featurize": cmd_featurize, "train": cmd_train, "score": cmd_score, "evaluate": cmd_evaluate,
             "compare": cmd_compare, "split": cmd_split, "suspects": cmd_suspects, "predict-imagenet": cmd_predict_imagenet, "backbones": cmd_backbones, "verify": cmd_verify,
             "demo": cmd_demo, "export-features": cmd_export_features, "import-features": cmd_import_features,
-            "convert": cmd_convert}
+            "convert": cmd_convert, "serve": cmd_serve}
 
 
 def main(argv=None) -> int:

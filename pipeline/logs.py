@@ -57,6 +57,25 @@ def split_notices(data: bytes) -> tuple[bytes, list[str]]:
     return b"".join(kept), notices
 
 
+def _capture_fd() -> int:
+    """A descriptor of an anonymous file to catch descriptor 2: in memory (memfd) where the OS has
+    it, so capturing never opens a file (a server builds interpreters while answering requests)."""
+    if hasattr(os, "memfd_create"):
+        try:
+            return os.memfd_create("tfp-stderr", getattr(os, "MFD_CLOEXEC", 0))
+        except OSError:
+            pass
+    return os.dup(tempfile.TemporaryFile().fileno())
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @contextmanager
 def native_output_quieted():
     """Capture descriptor 2 for the block; replay it without the runtimes' routine notices."""
@@ -74,21 +93,23 @@ def native_output_quieted():
         except (OSError, ValueError):  # no descriptor 2 (embedded interpreters): nothing to quiet
             yield
             return
-        with tempfile.TemporaryFile() as tmp:
-            os.dup2(tmp.fileno(), 2)
-            _depth += 1
+        tmp = _capture_fd()
+        os.dup2(tmp, 2)
+        _depth += 1
+        try:
+            yield
+        finally:
+            _depth -= 1
             try:
-                yield
+                sys.stderr.flush()
             finally:
-                _depth -= 1
-                try:
-                    sys.stderr.flush()
-                finally:
-                    os.dup2(saved, 2)
-                    os.close(saved)
-                tmp.seek(0)
-                kept, notices = split_notices(tmp.read())
-                for n in notices:
-                    log.info("%s", n)
-                while kept:
-                    kept = kept[os.write(2, kept):]
+                os.dup2(saved, 2)
+                os.close(saved)
+            try:
+                kept, notices = split_notices(_read_all(tmp))
+            finally:
+                os.close(tmp)
+            for n in notices:
+                log.info("%s", n)
+            while kept:
+                kept = kept[os.write(2, kept):]

@@ -83,7 +83,7 @@ def test_featurize_is_deterministic_and_independent_of_listing_order(tmp_path, m
 
 
 def test_disk_full_while_committing_keeps_committed_rows_and_writes_the_report(tmp_path, monkeypatch):
-    import pipeline.store as st
+    import pipeline.store.writer as st
 
     data = make_class_tree(tmp_path / "data", per_class=40)
     real = st._write_piece
