@@ -34,7 +34,7 @@ def score_cache_path(data_dir, request: dict, root=None) -> Path:
 
 def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: str | None = None,
           clip: float | None = None, progress: bool = True, workers: int | None = None, force: bool = False,
-          follow_links: bool = True, reject_below: float | None = None):
+          follow_links: bool = True, reject_below: float | None = None, engine: str = "local", cluster=None):
     """Featurize `data_dir` (all sub-folders, reusing the cache) with the head's backbone and write `out`.
 
     `data_dir` may also be a feature store: its rows are scored (``path`` is the row's id).
@@ -47,7 +47,7 @@ def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: s
     The features are cached in `cache` (default: :func:`score_cache_path`); `no_cache` uses a
     temporary store removed afterwards. Only images read successfully in this run get a row in
     the CSV. `out` is written atomically and never over an input (the head, an image) or a file
-    this tool did not write (unless `force`).
+    this tool did not write (unless `force`). `engine`/`cluster`: featurize on Ray (see featurize).
     """
     clf = model if isinstance(model, Classifier) else load(model)
     check_output(out, "csv", inputs=[model if not isinstance(model, Classifier) else None],
@@ -68,7 +68,7 @@ def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: s
     try:
         store_dir = tmp / "features" if tmp else Path(cache) if cache else score_cache_path(data_dir, bb.request())
         run = featurize(data_dir, bb, out=store_dir, labelled=False, progress=progress, workers=workers, report=True,
-                        follow_links=follow_links)
+                        follow_links=follow_links, engine=engine, cluster=cluster)
         paths, proba = _predict_listed(clf, run)
     finally:
         if tmp is not None:
