@@ -221,15 +221,17 @@ def connected(cluster: RayCluster):
 
 
 class _SpecOnce:
-    """What _Batcher needs of a backbone: the spec (asked of the cluster once) and a flush size."""
+    """What _Batcher needs of a backbone: the spec (asked of the cluster once, while the actors
+    start) and a flush size."""
 
-    def __init__(self, ray, bb: Backbone, batch_size: int):
-        self.ray, self.request, self.bb_batch, self.batch_size = ray, bb.request(), bb.batch_size, batch_size
+    def __init__(self, ray, bb: Backbone, batch_size: int, ask: bool):
+        self.ray, self.batch_size = ray, batch_size
+        self._ref = ray.remote(_spec_of).options(num_cpus=0).remote(bb.request(), bb.batch_size) if ask else None
         self._spec = None
 
     def spec(self) -> dict:
         if self._spec is None:
-            self._spec = self.ray.get(self.ray.remote(_spec_of).options(num_cpus=0).remote(self.request, self.bb_batch))
+            self._spec = self.ray.get(self._ref)
         return self._spec
 
 
@@ -257,16 +259,35 @@ def _dataset(ray, todo: list[dict], blocks: int, uri, bb: Backbone):
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    res = ray.cluster_resources()
-    gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
-    actors = dict(num_gpus=1, concurrency=gpus) if gpus else dict(num_cpus=1, concurrency=max(1, cpus // 2))
+    actors, decode_cpus = actor_pool(ray.cluster_resources(), bb.per_image)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    # a block per partition with work, and enough blocks of a batch or more to keep every worker busy
+    blocks = max(blocks, min(-(-len(todo) // bb.batch_size), 8 * cpus))
     ds = ray.data.from_items(todo, override_num_blocks=max(1, min(blocks, len(todo))))
     ds = ds.map_batches(decode_batch, fn_kwargs={"pre": bb.preprocess.to_dict(), "uri": uri},
-                        batch_size=bb.batch_size, batch_format="numpy", num_cpus=1)
+                        batch_size=bb.batch_size, batch_format="numpy", num_cpus=decode_cpus)
+    pool = ray.data.ActorPoolStrategy(size=min(actors.pop("size"), blocks))  # no idle actor on tiny runs
     ds = ds.map_batches(Forward, fn_constructor_kwargs={"request": bb.request(), "batch_size": bb.batch_size},
-                        batch_size=bb.batch_size, batch_format="numpy", **actors)
-    workers = {"read": max(1, cpus - actors["concurrency"] * (0 if gpus else 1)), "forward": actors["concurrency"]}
-    return ds, workers, bool(gpus)
+                        batch_size=bb.batch_size, batch_format="numpy", compute=pool, **actors)
+    workers = {"read": max(1, int((cpus - actors.get("num_cpus", 0) * pool.max_size) / decode_cpus)),
+               "forward": pool.max_size}
+    return ds, workers, "num_gpus" in actors
+
+
+def actor_pool(resources: dict, per_image: bool) -> tuple[dict, float]:
+    """(the backbone's actor pool: its size and resources per actor, CPUs per decode task) for a cluster.
+
+    With GPUs: one actor per GPU, decode tasks of 1 CPU on every core. CPU only, a backbone run one
+    image at a time on one thread (TFLite): one actor per core (3/4 CPU), decode tasks of 1/4 CPU,
+    as the network costs about 4 times the decode (BENCHMARKS.md). A TensorFlow backbone on CPUs
+    uses every core of its node: one actor (1 CPU) per 2 CPUs, decode tasks of 1 CPU.
+    """
+    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    if gpus:
+        return {"num_gpus": 1, "size": gpus}, 1.0
+    if per_image:
+        return {"num_cpus": 0.75, "size": cpus}, 0.25
+    return {"num_cpus": 1, "size": max(1, cpus // 2)}, 1.0
 
 
 class _Results:
@@ -312,7 +333,8 @@ def _run(records, uri, bb: Backbone, writer, cluster: RayCluster, progress: bool
             stream = ds.iter_batches(batch_size=None, batch_format="numpy").__iter__()
         try:
             batcher = _commit_partitions(records, bounds, settled, _Results(stream, clock),
-                                         _SpecOnce(ray, bb, max(hi - lo for lo, hi in bounds)), writer, run,
+                                         _SpecOnce(ray, bb, max(hi - lo for lo, hi in bounds), bool(todo)),
+                                         writer, run,
                                          clock, progress, bb.name)
         finally:
             if hasattr(stream, "close"):
