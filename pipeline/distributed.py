@@ -262,8 +262,8 @@ def _dataset(ray, todo: list[dict], blocks: int, uri, bb: Backbone):
     actors, decode_cpus = actor_pool(ray.cluster_resources(), bb.per_image)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     # a block per partition with work, and enough blocks of a batch or more to keep every worker busy
-    blocks = max(blocks, min(-(-len(todo) // bb.batch_size), 8 * cpus))
-    ds = ray.data.from_items(todo, override_num_blocks=max(1, min(blocks, len(todo))))
+    blocks = max(1, min(len(todo), max(blocks, min(-(-len(todo) // bb.batch_size), 8 * cpus))))
+    ds = ray.data.from_items(todo, override_num_blocks=blocks)
     ds = ds.map_batches(decode_batch, fn_kwargs={"pre": bb.preprocess.to_dict(), "uri": uri},
                         batch_size=bb.batch_size, batch_format="numpy", num_cpus=decode_cpus)
     pool = ray.data.ActorPoolStrategy(size=min(actors.pop("size"), blocks))  # no idle actor on tiny runs
