@@ -17,6 +17,7 @@ from .errors import UsageError
 from .exchange import is_feature_store, predict_store
 from .outputs import atomic_open, check_output, csv_writer
 from .runner import featurize
+from .sources import is_uri
 
 UNKNOWN = "unknown"  # the prediction written when the top probability is below --reject-below
 
@@ -25,8 +26,8 @@ def score_cache_path(data_dir, request: dict, root=None) -> Path:
     """Where scoring caches the features of `data_dir`: keyed by the folder's resolved path and the
     backbone's identity, never by the folder's name alone (two folders named ``test`` never share)."""
     root = Path(root or os.environ.get("TFP_FEATURES", "features")) / "score-cache"
-    folder = Path(data_dir).resolve()
-    key = json.dumps({"folder": str(folder), "features": identity(request, full=False)}, sort_keys=True, default=str)
+    folder = Path(data_dir.rstrip("/")) if is_uri(data_dir) else Path(data_dir).resolve()
+    key = json.dumps({"folder": data_dir.rstrip("/") if is_uri(data_dir) else str(folder), "features": identity(request, full=False)}, sort_keys=True, default=str)
     tag = Path(request["backbone"]).stem if ("/" in request["backbone"] or "." in request["backbone"]) else request["backbone"]
     return root / f"{folder.name}-{tag}-{request['layer'].replace('/', '_').replace(':', '_')}-" \
                   f"{hashlib.sha256(key.encode()).hexdigest()[:12]}"

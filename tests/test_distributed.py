@@ -44,6 +44,18 @@ def _report(store) -> dict:
     return r
 
 
+def test_score_cache_of_a_uri_is_keyed_by_the_uri_not_the_working_directory(tmp_path, monkeypatch):
+    from pipeline.backbones import create_backbone
+    from pipeline.scoring import score_cache_path
+
+    request = create_backbone("mobilenet_v2_quant").request()
+    first = score_cache_path("s3://bucket/photos/", request, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert score_cache_path("s3://bucket/photos", request, tmp_path) == first
+    assert first.name.startswith("photos-mobilenet_v2_quant-penultimate-")
+    assert score_cache_path("gs://bucket/photos", request, tmp_path) != first
+
+
 def test_partitions_are_contiguous_deterministic_and_cover_the_listing():
     assert partition_bounds(10, 3) == [(0, 3), (3, 6), (6, 10)]
     assert partition_bounds(2, 5) == [(0, 1), (1, 2)]  # never an empty partition
@@ -92,6 +104,11 @@ def test_engine_flags_are_checked(tmp_path, folder, capsys):
     assert "--workers" in capsys.readouterr().err
     assert main(["featurize", str(folder), "--out", str(tmp_path / "s"), "--engine", "ray",
                  "--partitions", "0"]) == 2
+    assert main(["featurize", str(folder), "--out", str(tmp_path / "s"), "--engine", "ray",
+                 "--layer", "penultimate,logits"]) == 2
+    assert "one layer per run" in capsys.readouterr().err
+    assert main(["featurize", "nosuchscheme://bucket/x", "--out", str(tmp_path / "s"), "--engine", "ray"]) == 2
+    assert "nosuchscheme://bucket/x" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
 
