@@ -76,14 +76,7 @@ def featurize_ray(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: 
         raise UsageError("--engine ray featurizes one layer per run; run it once per layer, or use --engine local")
     if labels is not None and not isinstance(labels, CsvLabels):
         labels = read_labels_csv(labels, id_column, label_column)
-    listing = (list_uri(data_dir, labelled, labels) if is_uri(data_dir)
-               else list_images(data_dir, labelled, labels=labels, follow_links=follow_links))
-    present = {r.relpath for r in listing.records}
-    if sample is not None:
-        keep = sample_mask([r.relpath for r in listing.records], [r.label for r in listing.records], sample)
-        listing.records = [r for r, k in zip(listing.records, keep) if k]
-    if not listing.records:
-        raise PipelineError(no_images_message(data_dir, listing))
+    listing, present = _listing(data_dir, labelled, labels, follow_links, sample)
     run = RunReport(store=None, discovered=len(listing.records) + len(listing.unusable) - len(listing.unreadable),
                     ignored=listing.ignored, links=listing.links, skipped=list(listing.unusable),
                     listed=[r.relpath for r in listing.records], unlabelled=listing.unlabelled,
@@ -109,6 +102,19 @@ def featurize_ray(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: 
         raise PipelineError(f"{len(run.skipped)} image(s) could not be used (--strict); "
                             f"see {writer.root / 'report.json'}")
     return run if report else run.store
+
+
+def _listing(data_dir, labelled, labels, follow_links: bool, sample):
+    """(the listing to featurize, every path present for --prune): a local folder or a URI."""
+    listing = (list_uri(data_dir, labelled, labels) if is_uri(data_dir)
+               else list_images(data_dir, labelled, labels=labels, follow_links=follow_links))
+    present = {r.relpath for r in listing.records}
+    if sample is not None:
+        keep = sample_mask([r.relpath for r in listing.records], [r.label for r in listing.records], sample)
+        listing.records = [r for r, k in zip(listing.records, keep) if k]
+    if not listing.records:
+        raise PipelineError(no_images_message(data_dir, listing))
+    return listing, present
 
 
 def _check_source(writer, data_dir) -> None:

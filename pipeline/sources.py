@@ -57,7 +57,10 @@ def list_uri(uri: str, labelled: bool | None = None, labels=None) -> Listing:
         if info.type != fs.FileType.File:
             continue
         rel = info.path[len(base):].lstrip("/")
-        if any(_is_hidden(part) for part in rel.split("/")):
+        folders, name = rel.split("/")[:-1], rel.rsplit("/", 1)[-1]
+        if any(_is_hidden(part) for part in folders):
+            continue  # hidden folders are not walked, as in a local folder
+        if _is_hidden(name):
             ignored.append((rel, "ignored_hidden"))
         elif os.path.splitext(rel)[1].lower() not in IMAGE_EXTENSIONS:
             ignored.append((rel, "ignored_extension"))

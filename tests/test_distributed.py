@@ -30,11 +30,13 @@ def cluster():
 
 @pytest.fixture
 def folder(tmp_path):
-    """Two classes of 5 images, a file that is not an image, one that is ignored, one hidden."""
+    """Two classes of 5 images, a file that is not an image, one that is ignored, one hidden, a hidden folder."""
     data = make_class_tree(tmp_path / "data", per_class=5)
     (data / "red" / "broken.jpg").write_bytes(b"not a jpeg at all")
     (data / "blue" / "notes.txt").write_text("not an image")
     (data / "blue" / ".hidden.jpg").write_bytes(b"x")
+    (data / "blue" / ".thumbnails").mkdir()
+    (data / "blue" / ".thumbnails" / "t.jpg").write_bytes(b"x")  # a hidden folder is not walked
     return data
 
 
@@ -86,6 +88,7 @@ def test_images_through_a_file_uri_and_score_on_ray(cluster, folder, tmp_path, c
     assert store.sha256 == local.sha256
     np.testing.assert_allclose(store.features, local.features, rtol=1e-6, atol=1e-6)
     assert [s["reason"] for s in store.skipped] == ["not_an_image"]
+    assert store.report["ignored"] == local.report["ignored"]  # the same files ignored, for the same reasons
     assert store.meta["data_dir"] == uri
 
     head = tmp_path / "head.joblib"
