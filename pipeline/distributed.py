@@ -272,7 +272,8 @@ def _dataset(ray, todo: list[dict], blocks: int, uri, bb: Backbone):
     ds = ray.data.from_items(todo, override_num_blocks=blocks)
     ds = ds.map_batches(decode_batch, fn_kwargs={"pre": bb.preprocess.to_dict(), "uri": uri},
                         batch_size=bb.batch_size, batch_format="numpy", num_cpus=decode_cpus)
-    pool = ray.data.ActorPoolStrategy(size=min(actors.pop("size"), blocks))  # no idle actor on tiny runs
+    batches = -(-len(todo) // bb.batch_size)
+    pool = ray.data.ActorPoolStrategy(size=min(actors.pop("size"), blocks, batches))  # no idle actor on tiny runs
     ds = ds.map_batches(Forward, fn_constructor_kwargs={"request": bb.request(), "batch_size": bb.batch_size},
                         batch_size=bb.batch_size, batch_format="numpy", compute=pool, **actors)
     workers = {"read": max(1, int((cpus - actors.get("num_cpus", 0) * pool.max_size) / decode_cpus)),
