@@ -26,8 +26,9 @@ def score_cache_path(data_dir, request: dict, root=None) -> Path:
     """Where scoring caches the features of `data_dir`: keyed by the folder's resolved path and the
     backbone's identity, never by the folder's name alone (two folders named ``test`` never share)."""
     root = Path(root or os.environ.get("TFP_FEATURES", "features")) / "score-cache"
-    folder = Path(data_dir.rstrip("/")) if is_uri(data_dir) else Path(data_dir).resolve()
-    key = json.dumps({"folder": data_dir.rstrip("/") if is_uri(data_dir) else str(folder), "features": identity(request, full=False)}, sort_keys=True, default=str)
+    where = data_dir.rstrip("/") if is_uri(data_dir) else str(Path(data_dir).resolve())  # a URI as it is
+    folder = Path(where)
+    key = json.dumps({"folder": where, "features": identity(request, full=False)}, sort_keys=True, default=str)
     tag = Path(request["backbone"]).stem if ("/" in request["backbone"] or "." in request["backbone"]) else request["backbone"]
     return root / f"{folder.name}-{tag}-{request['layer'].replace('/', '_').replace(':', '_')}-" \
                   f"{hashlib.sha256(key.encode()).hexdigest()[:12]}"
