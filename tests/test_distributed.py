@@ -79,6 +79,17 @@ def test_ray_store_equals_in_process_store_row_for_row(cluster, folder, tmp_path
     assert (again.computed, again.reused, len(again.store)) == (0, 10, 10)  # nothing recomputed
     assert again.skipped[0]["path"] == "red/broken.jpg"
 
+    # a touched file keeps its row, a rewritten one gets a new row: as in-process
+    st = (folder / "red" / "red_0.jpg").stat()
+    os.utime(folder / "red" / "red_0.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    noise_image(999, (80, 60), (230, 30, 30)).save(folder / "red" / "red_1.jpg")
+    changed = pipeline.featurize(folder, out=tmp_path / "ray", progress=False, report=True, engine="ray",
+                                 cluster=RayCluster(partitions=3))
+    local_changed = pipeline.featurize(folder, out=tmp_path / "local", progress=False, report=True)
+    assert (changed.computed, changed.reused) == (local_changed.computed, local_changed.reused) == (1, 9)
+    assert changed.store.rows == local_changed.store.rows
+    np.testing.assert_allclose(changed.store.features, local_changed.store.features, rtol=1e-6, atol=1e-6)
+
 
 def test_images_through_a_file_uri_and_score_on_ray(cluster, folder, tmp_path, capsys):
     local = pipeline.featurize(folder, out=tmp_path / "local", progress=False)
