@@ -18,7 +18,8 @@ For each model it times, on the same images and batch size:
 and, for the TFLite model, the peak memory (max RSS of a `featurize` subprocess) for 1000 and
 4000 images. `--models layers` times featurize with one layer (penultimate) and with two
 (penultimate,logits: one forward pass, two stores) on the bundled TFLite model, fresh stores,
-interleaved. Ratios are computed within this one run: machines are noisy, absolute figures vary.
+interleaved. `--models ray` times featurize in-process (2 threads) and on a local Ray cluster of 2
+CPUs (the same model, fresh stores, interleaved). Ratios are computed within this one run: machines are noisy, absolute figures vary.
 """
 from __future__ import annotations
 
@@ -317,6 +318,34 @@ def bench_layers(data: Path, n: int, work: Path, repeat: int) -> dict:
             "layers_cost_ratio": res["one_layer"] / res["two_layers"]}
 
 
+def bench_ray(data: Path, n: int, work: Path, repeat: int, cpus: int = 2) -> dict:
+    """img/s of featurize in-process (threads on `cpus` cores) and on a local Ray cluster of `cpus` CPUs:
+    bundled TFLite model, fresh stores, interleaved; the cluster is started once, outside the timing."""
+    import ray
+
+    from pipeline.distributed import RayCluster
+
+    folder = subset(data, n, work / "ray-data")
+    count = len(list_images(folder).records)
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+
+    def run(engine):
+        def go():
+            out = work / f"ray-{engine}"
+            shutil.rmtree(out, ignore_errors=True)
+            kw = {"engine": "ray", "cluster": RayCluster()} if engine == "ray" else {"workers": cpus}
+            t, _ = timed(lambda: pipeline.featurize(folder, "mobilenet_v2_quant", out=out, progress=False, **kw))
+            return rate(count, t)
+        return go
+
+    try:
+        res = interleaved({"local": run("local"), "ray": run("ray")}, repeat)
+    finally:
+        ray.shutdown()
+    return {"ray_n": count, "ray_cpus": cpus, "ray_local_ips": res["local"], "ray_ray_ips": res["ray"],
+            "ray_overhead": res["local"] / res["ray"] - 1}
+
+
 def cold_cli_vs_cached(data: Path, work: Path, repeat: int) -> dict:
     """Wall time (median) of the CLI, cold (empty store) and fully cached, as a user runs it."""
     store = work / "cli-store"
@@ -359,6 +388,10 @@ def report(results: list[dict], extra: dict) -> str:
         lines.append(f"\nlayers from one pass (mobilenet_v2_quant, {extra['layers_n']} images, fresh stores): "
                      f"penultimate {extra['layers_one_ips']:.1f} img/s, penultimate,logits "
                      f"{extra['layers_two_ips']:.1f} img/s: two layers cost {extra['layers_cost_ratio']:.3f}x one")
+    if "ray_overhead" in extra:
+        lines.append(f"\nin-process vs Ray local (mobilenet_v2_quant, {extra['ray_n']} images, {extra['ray_cpus']} "
+                     f"CPUs, fresh stores): in-process {extra['ray_local_ips']:.1f} img/s, Ray "
+                     f"{extra['ray_ray_ips']:.1f} img/s: Ray overhead {100 * extra['ray_overhead']:+.0f}%")
     if "cli_cold_s" in extra:
         lines.append(f"\nCLI on the whole folder: cold {extra['cli_cold_s']:.1f} s, fully cached "
                      f"{extra['cli_cached_s']:.2f} s ({extra['cli_cold_s'] / extra['cli_cached_s']:.1f}x faster)")
@@ -374,9 +407,9 @@ def report(results: list[dict], extra: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=Path(os.environ.get("TFP_BENCH_DATA", DEFAULT_DATA)))
-    p.add_argument("--models", default="inception_v3,vgg16,tflite,stages,layers",
-                   help="Keras names, 'tflite', 'stages' (per-stage costs on one core) and 'layers' "
-                        "(one layer vs two from one pass)")
+    p.add_argument("--models", default="inception_v3,vgg16,tflite,stages,layers,ray",
+                   help="Keras names, 'tflite', 'stages' (per-stage costs on one core), 'layers' "
+                        "(one layer vs two from one pass) and 'ray' (in-process vs a local 2-CPU Ray cluster)")
     p.add_argument("--n", type=int, default=256, help="images per Keras model (TFLite: 4x)")
     p.add_argument("--one-image-n", type=int, default=32, help="images for the one-image-per-call loop")
     p.add_argument("--no-memory", action="store_true", help="skip the 1000 vs 4000 images memory runs")
@@ -398,9 +431,11 @@ def main(argv=None) -> int:
                 extra.update(stage_costs(a.data))
             elif m == "layers":
                 extra.update(bench_layers(a.data, 4 * a.n, work, a.repeat))
+            elif m == "ray":
+                extra.update(bench_ray(a.data, 4 * a.n, work, a.repeat))
             else:
                 results.append(bench_keras(m, a.data, a.n, a.one_image_n, work, m in a.bf16.split(","), a.repeat))
-            if m not in ("stages", "layers"):
+            if m not in ("stages", "layers", "ray"):
                 print(report(results[-1:], {}), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -96,6 +96,24 @@ def _backbone_kwargs(a) -> dict:
 TRUST_HELP = ("also load an old .joblib head (format head-1): it is a pickle and can run any code in it; "
               "only for files you trust (convert it once with `convert`)")
 
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process (default); ray: a Ray cluster (DATA_DIR may be s3://, gs:// or file://)")
+    p.add_argument("--address", help="with --engine ray: join this cluster (auto, or ray://HOST:PORT); "
+                                     "default: start a local one sized to this machine")
+    p.add_argument("--partitions", type=int, help="with --engine ray: split the sorted listing into N partitions, "
+                                                  "each committed when done (default: one per 1000 images)")
+
+
+def _engine_kwargs(a) -> dict:
+    if a.engine != "ray":
+        if a.address or a.partitions:
+            raise UsageError("--address and --partitions apply to --engine ray")
+        return {}
+    from .distributed import RayCluster
+
+    return {"engine": "ray", "cluster": RayCluster(a.address, a.partitions)}
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline", description="tf-feature-pipeline: frozen ImageNet "
@@ -123,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
     f.add_argument("--strict", action="store_true", help="fail if any image had to be skipped")
     f.add_argument("--no-progress", action="store_true")
+    _engine_options(f)
 
     t = sub.add_parser("train", help="fit a head on a feature store")
     t.add_argument("features_dir")
@@ -163,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not read symlinks leading outside DATA_DIR (for folders you do not trust)")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
+    _engine_options(s)
 
     e = sub.add_parser("evaluate", help="metrics of a head on a labelled feature store")
     e.add_argument("model")
@@ -259,7 +279,8 @@ def cmd_featurize(a):
                     labels=a.labels, id_column=a.id_column, label_column=a.label_column, prune=a.prune,
                     sample=a.sample, follow_links=not a.no_follow_links,
                     overwrite=a.overwrite, batch_size=a.batch_size, workers=a.workers,
-                    progress=not a.no_progress, strict=a.strict, report=True, tta=a.tta, **_backbone_kwargs(a))
+                    progress=not a.no_progress, strict=a.strict, report=True, tta=a.tta, **_backbone_kwargs(a),
+                    **_engine_kwargs(a))
     print(run.summary())
 
 
@@ -318,7 +339,7 @@ def cmd_score(a):
 
     run = score(a.model, a.data_dir, a.out, cache=a.cache, no_cache=a.no_cache, kaggle=a.kaggle, clip=a.clip,
                 progress=not a.no_progress, force=a.force, follow_links=not a.no_follow_links,
-                reject_below=a.reject_below, trusted=a.trust_pickle)
+                reject_below=a.reject_below, trusted=a.trust_pickle, **_engine_kwargs(a))
     print(run.summary())
     print(f"predictions -> {a.out}")
 

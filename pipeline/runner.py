@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone
-from .errors import ImageError, PipelineError, StoreError
+from .errors import ImageError, PipelineError, StoreError, UsageError
 from .images import ImageRecord, decode, list_images, no_images_message, read_bytes
 from .labels import CsvLabels, read_labels_csv
 from .layers import PLACEHOLDER, LayerWriters, layer_slug
@@ -232,7 +232,8 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
               id_column: str | None = None, label_column: str | None = None, prune: bool = False,
               sample: int | float | None = None, follow_links: bool = True,
               overwrite: bool = False, batch_size: int | None = None, workers: int | None = None,
-              progress: bool = True, strict: bool = False, report: bool = False, **backbone_options):
+              progress: bool = True, strict: bool = False, report: bool = False, engine: str = "local",
+              cluster=None, **backbone_options):
     """Featurize every image below `data_dir` into the store `out`; return the FeatureStore.
 
     Sub-folders of `data_dir` are classes (images at any depth below one belong to it); a flat
@@ -243,7 +244,10 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     report=True, returns a RunReport (also written to ``report.json`` in the store).
     `layer` may name several layers ("penultimate,logits"): one forward pass writes one store
     per layer, at `out` with ``{layer}`` replaced by each name (the first store is returned).
+    engine="ray" runs on a Ray cluster (`cluster`: a pipeline.distributed.RayCluster), same store.
     """
+    if engine != "local":
+        return _on_engine(engine, workers, cluster, locals(), backbone_options)
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(
         backbone, layer, weights, batch_size=batch_size, **backbone_options)
     if labels is not None and not isinstance(labels, CsvLabels):
@@ -282,6 +286,18 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
         raise PipelineError(f"{len(run.skipped)} image(s) could not be used (--strict); "
                             f"see {out / 'report.json'}")
     return run if report else run.store
+
+
+def _on_engine(engine: str, workers, cluster, args: dict, backbone_options: dict):
+    """featurize on another engine (pipeline.distributed); its arguments are featurize's."""
+    if engine != "ray":
+        raise UsageError(f"unknown engine {engine!r}; choose local or ray")
+    if workers is not None:
+        raise UsageError("--workers sets decoding threads of --engine local; Ray sizes its tasks to the cluster")
+    from .distributed import featurize_ray
+
+    drop = {"engine", "workers", "backbone_options", "data_dir"}
+    return featurize_ray(args["data_dir"], **{k: v for k, v in args.items() if k not in drop}, **backbone_options)
 
 
 def _check_same_folder(writer, data_dir) -> None:

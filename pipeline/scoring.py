@@ -18,6 +18,7 @@ from .exchange import is_feature_store, predict_store
 from .hints import did_you_mean
 from .outputs import atomic_open, check_output, csv_writer
 from .runner import featurize
+from .sources import is_uri
 
 UNKNOWN = "unknown"  # the prediction written when the top probability is below --reject-below
 
@@ -26,8 +27,9 @@ def score_cache_path(data_dir, request: dict, root=None) -> Path:
     """Where scoring caches the features of `data_dir`: keyed by the folder's resolved path and the
     backbone's identity, never by the folder's name alone (two folders named ``test`` never share)."""
     root = Path(root or os.environ.get("TFP_FEATURES", "features")) / "score-cache"
-    folder = Path(data_dir).resolve()
-    key = json.dumps({"folder": str(folder), "features": identity(request, full=False)}, sort_keys=True, default=str)
+    where = data_dir.rstrip("/") if is_uri(data_dir) else str(Path(data_dir).resolve())  # a URI as it is
+    folder = Path(where)
+    key = json.dumps({"folder": where, "features": identity(request, full=False)}, sort_keys=True, default=str)
     tag = Path(request["backbone"]).stem if ("/" in request["backbone"] or "." in request["backbone"]) else request["backbone"]
     return root / f"{folder.name}-{tag}-{request['layer'].replace('/', '_').replace(':', '_')}-" \
                   f"{hashlib.sha256(key.encode()).hexdigest()[:12]}"
@@ -35,8 +37,8 @@ def score_cache_path(data_dir, request: dict, root=None) -> Path:
 
 def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: str | None = None,
           clip: float | None = None, progress: bool = True, workers: int | None = None, force: bool = False,
-          follow_links: bool = True, reject_below: float | None = None,
-          trusted: bool = False):
+          follow_links: bool = True, reject_below: float | None = None, trusted: bool = False,
+          engine: str = "local", cluster=None):
     """Featurize `data_dir` (all sub-folders, reusing the cache) with the head's backbone and write `out`.
 
     `data_dir` may also be a feature store: its rows are scored (``path`` is the row's id).
@@ -50,7 +52,7 @@ def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: s
     temporary store removed afterwards. Only images read successfully in this run get a row in
     the CSV. `out` is written atomically and never over an input (the head, an image) or a file
     this tool did not write (unless `force`). `trusted`: also load an old pickle-based head file
-    (see :func:`pipeline.load`).
+    (see :func:`pipeline.load`). `engine`/`cluster`: featurize on Ray (see featurize).
     """
     clf = model if isinstance(model, Classifier) else load(model, trusted=trusted)
     check_output(out, "csv", inputs=[model if not isinstance(model, Classifier) else None],
@@ -71,7 +73,7 @@ def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: s
     try:
         store_dir = tmp / "features" if tmp else Path(cache) if cache else score_cache_path(data_dir, bb.request())
         run = featurize(data_dir, bb, out=store_dir, labelled=False, progress=progress, workers=workers, report=True,
-                        follow_links=follow_links)
+                        follow_links=follow_links, engine=engine, cluster=cluster)
         paths, proba = _predict_listed(clf, run)
     finally:
         if tmp is not None:

@@ -1,0 +1,367 @@
+"""featurize on Ray Data: partitions of the sorted listing, decoding in CPU tasks, the network in
+an actor pool, and every finished partition committed to the store by the driver.
+
+The listing is today's sorted one (:func:`pipeline.images.list_images`, or
+:func:`pipeline.sources.list_uri` for ``s3://``, ``gs://``, ``file://``). Partition k holds images
+[k*n/P, (k+1)*n/P) of it, so the same command splits the same folder the same way on every run.
+The driver first asks the store what needs no work, exactly as the in-process runner does (a
+file whose stat is unchanged keeps its row, or is skipped again); the other files flow through
+Ray Data in listing order: ``map_batches`` tasks read, hash and decode them (1 CPU each), and a
+pool of actors (a callable class that builds the backbone once from its request, never pickled
+to it; one GPU each when the cluster has GPUs) featurizes the decoded images. As partition k
+completes, the driver books its files in listing order (reused, skipped with a reason, or a new
+row) and appends its rows with :meth:`pipeline.store.StoreWriter.append` (staging, rename,
+commit log). A killed driver or a lost worker loses at most the partitions in flight; the same
+command resumes where the committed rows end. The store equals the in-process store of the
+same folder: same rows in the same order, same skipped files and reasons, same report (its
+``stages`` describe the cluster).
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backbones import DEFAULT_BACKBONE, Backbone, backbone_from_spec, create_backbone
+from .errors import ImageError, PipelineError, UsageError
+from .images import decode, list_images, no_images_message, read_bytes
+from .labels import CsvLabels, read_labels_csv
+from .preprocess import Preprocess
+from .runner import (RunReport, _account, _Batcher, _cached, _check_same_folder, _finish, _open_writer,
+                     _progress, _withdraw_skipped, file_stat, known_files)
+from .sources import is_uri, list_uri, read_uri, stat_uri
+from .splits import sample_mask
+from .stages import StageClock
+from .store import read_report
+
+log = logging.getLogger(__name__)
+IMAGES_PER_PARTITION = 1000  # default partition size when --partitions is not given
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    """Where a Ray run goes: `address` None starts a local cluster sized to this machine ("auto"
+    or "ray://HOST:PORT" joins one); `partitions` None gives one per IMAGES_PER_PARTITION images."""
+
+    address: str | None = None
+    partitions: int | None = None
+
+    def __post_init__(self):
+        if self.partitions is not None and int(self.partitions) < 1:
+            raise UsageError(f"--partitions must be a positive number, got {self.partitions!r}")
+
+
+def partition_bounds(n: int, partitions: int | None) -> list[tuple[int, int]]:
+    """[lo, hi) of each partition of n listed images: contiguous, deterministic, none empty."""
+    p = partitions or -(-n // IMAGES_PER_PARTITION)
+    p = max(1, min(int(p), n))
+    return [(k * n // p, (k + 1) * n // p) for k in range(p)]
+
+
+def featurize_ray(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str = "penultimate", out=None,
+                  weights: str | None = None, *, cluster: RayCluster | None = None, labelled: bool | None = None,
+                  labels=None, id_column=None, label_column=None, prune: bool = False, sample=None,
+                  follow_links: bool = True, overwrite: bool = False, batch_size: int | None = None,
+                  progress: bool = True, strict: bool = False, report: bool = False, **backbone_options):
+    """:func:`pipeline.runner.featurize` on a Ray cluster (same arguments, same store and report)."""
+    cluster = cluster or RayCluster()
+    bb = backbone if isinstance(backbone, Backbone) else create_backbone(
+        backbone, layer, weights, batch_size=batch_size, **backbone_options)
+    if len(bb.layers) > 1:
+        raise UsageError("--engine ray featurizes one layer per run; run it once per layer, or use --engine local")
+    if labels is not None and not isinstance(labels, CsvLabels):
+        labels = read_labels_csv(labels, id_column, label_column)
+    listing, present = _listing(data_dir, labelled, labels, follow_links, sample)
+    run = RunReport(store=None, discovered=len(listing.records) + len(listing.unusable) - len(listing.unreadable),
+                    ignored=listing.ignored, links=listing.links, skipped=list(listing.unusable),
+                    listed=[r.relpath for r in listing.records], unlabelled=listing.unlabelled,
+                    unused_label_ids=listing.unused_label_ids)
+    writer = _open_writer(data_dir, bb, out, overwrite)
+    try:
+        _check_source(writer, data_dir)
+        _run(listing.records, data_dir if is_uri(data_dir) else None, bb, writer, cluster, progress, run,
+             read_report(writer.root))
+        _withdraw_skipped(writer, run)
+        if prune:
+            unlisted = {r["path"] for r in writer.live_rows() if listing.below_unreadable(r["path"])}
+            run.pruned = writer.prune(present | unlisted)
+    except BaseException:
+        if not writer.discard_if_empty():
+            writer.write_report(run.to_dict())
+            writer.abort()
+        raise
+    _finish(run, writer)
+    for s in run.skipped:
+        log.warning("skipped %s: %s %s", s["path"], s["reason"], s.get("detail", ""))
+    if strict and run.skipped:
+        raise PipelineError(f"{len(run.skipped)} image(s) could not be used (--strict); "
+                            f"see {writer.root / 'report.json'}")
+    return run if report else run.store
+
+
+def _listing(data_dir, labelled, labels, follow_links: bool, sample):
+    """(the listing to featurize, every path present for --prune): a local folder or a URI."""
+    listing = (list_uri(data_dir, labelled, labels) if is_uri(data_dir)
+               else list_images(data_dir, labelled, labels=labels, follow_links=follow_links))
+    present = {r.relpath for r in listing.records}
+    if sample is not None:
+        keep = sample_mask([r.relpath for r in listing.records], [r.label for r in listing.records], sample)
+        listing.records = [r for r, k in zip(listing.records, keep) if k]
+    if not listing.records:
+        raise PipelineError(no_images_message(data_dir, listing))
+    return listing, present
+
+
+def _check_source(writer, data_dir) -> None:
+    """A store holds one location's images: a local folder as in-process, a URI recorded as it is."""
+    if not is_uri(data_dir):
+        return _check_same_folder(writer, data_dir)
+    before = writer.meta.get("data_dir")
+    if before and before != data_dir and is_uri(before) and writer.live_rows():
+        raise PipelineError(f"{writer.root} holds features of the images in {before}, not of {data_dir}; "
+                            f"give another --out (or --overwrite to replace it)")
+    writer.meta["data_dir"] = data_dir
+
+
+# --- what runs on the cluster ------------------------------------------------------------------
+
+def _read(uri: str | None, path: str, into: dict):
+    """(bytes, sha256) of a local file or an object below `uri`; its stat goes to into["stat"] first."""
+    if uri is None:
+        into["stat"] = file_stat(path)
+        return read_bytes(path)
+    into["stat"] = stat_uri(uri, path)
+    return read_uri(uri, path, into["stat"][0])
+
+
+def _decode_one(uri, path: str, old_sha: str, pre: Preprocess, out: dict, j: int) -> None:
+    """Read, hash and decode one file into row j of `out` (status ok, reused or skipped)."""
+    notes, t0 = [], time.perf_counter()
+    status, sha, reason, detail, t1, got = "skipped", "", "", "", None, {"stat": None}
+    try:
+        data, sha = _read(uri, path, got)
+        t1 = time.perf_counter()
+        if sha == old_sha:
+            status = "reused"
+        else:
+            out["image"][j] = decode(data, pre, path, notes)
+            status = "ok"
+    except OSError as e:
+        reason, detail = f"io_error:{type(e).__name__}", e.strerror or str(e)
+    except ImageError as e:
+        reason, detail = e.reason, e.detail
+    t2 = time.perf_counter()
+    t1 = t1 or t2
+    for key, value in (("status", status), ("sha", sha), ("stat", json.dumps(got["stat"])), ("reason", reason),
+                       ("detail", detail), ("notes", json.dumps(notes)), ("read_s", t1 - t0), ("decode_s", t2 - t1)):
+        out[key].append(value)
+
+
+def decode_batch(batch: dict, pre: dict, uri: str | None) -> dict:
+    """Ray Data task: a batch of files (idx, path, old_sha) -> decoded uint8 images and their status."""
+    pre = Preprocess.from_dict(pre)
+    n = len(batch["idx"])
+    out = {k: [] for k in ("status", "sha", "stat", "reason", "detail", "notes", "read_s", "decode_s")}
+    out["image"] = np.zeros((n, *pre.size, 3), np.uint8)
+    for j, (path, old) in enumerate(zip(batch["path"], batch["old_sha"])):
+        _decode_one(uri, str(path), str(old), pre, out, j)
+    return {"idx": np.asarray(batch["idx"], np.int64), **{k: np.asarray(v) for k, v in out.items()}}
+
+
+class Forward:
+    """Ray Data actor: builds the backbone once from its request, then featurizes decoded batches."""
+
+    def __init__(self, request: dict, batch_size: int):
+        self.bb = backbone_from_spec(request)
+        self.bb.batch_size = batch_size
+        self.bb.load()
+
+    def __call__(self, batch: dict) -> dict:
+        ok = np.flatnonzero(batch["status"] == "ok")
+        n = len(batch["status"])
+        feats = np.zeros((n, self.bb.dim), np.float32)
+        start = time.perf_counter()
+        if len(ok):
+            images = batch["image"][ok]
+            feats[ok] = (np.stack([self.bb.featurize_one(im) for im in images]) if self.bb.per_image
+                         else self.bb(images))
+        out = {k: v for k, v in batch.items() if k != "image"}
+        out["features"] = feats
+        out["forward_s"] = np.full(n, (time.perf_counter() - start) / max(1, n))
+        return out
+
+
+def _spec_of(request: dict, batch_size: int) -> dict:
+    bb = backbone_from_spec(request)
+    bb.batch_size = batch_size
+    return bb.spec()
+
+
+# --- the driver ----------------------------------------------------------------------------------
+
+@contextmanager
+def connected(cluster: RayCluster):
+    """Ray, initialised: an existing session as it is, else the cluster at `address`, else a local one."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        try:
+            if cluster.address:
+                ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
+            else:
+                ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        except ConnectionError as e:
+            raise PipelineError(f"cannot reach the Ray cluster at {cluster.address!r}: {e}; start one with "
+                                f"`ray start --head`, or leave out --address for a local one") from e
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+class _SpecOnce:
+    """What _Batcher needs of a backbone: the spec (asked of the cluster once, while the actors
+    start) and a flush size."""
+
+    def __init__(self, ray, bb: Backbone, batch_size: int, ask: bool):
+        self.ray, self.batch_size = ray, batch_size
+        self._ref = ray.remote(_spec_of).options(num_cpus=0).remote(bb.request(), bb.batch_size) if ask else None
+        self._spec = None
+
+    def spec(self) -> dict:
+        if self._spec is None:
+            self._spec = self.ray.get(self._ref)
+        return self._spec
+
+
+def _plan(records, known: dict, uri: str | None):
+    """({index: prepared item} the store settles without reading, [files for the cluster])."""
+    settled, todo = {}, []
+    for i, r in enumerate(records):
+        old = known["rows"].get(r.relpath)
+        if old is not None or r.relpath in known["bad"]:
+            try:
+                stat = file_stat(r.path) if uri is None else stat_uri(uri, r.path)
+            except OSError:
+                stat = None  # the task reports why
+            hit = _cached(r, stat, known) if stat is not None else None
+            if hit is not None:
+                settled[i] = (r, hit[0], stat, hit[1], [])
+                continue
+        todo.append({"idx": i, "path": str(r.path), "old_sha": old[0] if old else ""})
+    return settled, todo
+
+
+def _dataset(ray, todo: list[dict], blocks: int, uri, bb: Backbone):
+    """The Ray Data pipeline: decode tasks, then the backbone's actor pool, in listing order."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    actors, decode_cpus = actor_pool(ray.cluster_resources(), bb.per_image)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    # a block per partition with work, and enough blocks of a batch or more to keep every worker busy
+    blocks = max(1, min(len(todo), max(blocks, min(-(-len(todo) // bb.batch_size), 8 * cpus))))
+    ds = ray.data.from_items(todo, override_num_blocks=blocks)
+    ds = ds.map_batches(decode_batch, fn_kwargs={"pre": bb.preprocess.to_dict(), "uri": uri},
+                        batch_size=bb.batch_size, batch_format="numpy", num_cpus=decode_cpus)
+    batches = -(-len(todo) // bb.batch_size)
+    pool = ray.data.ActorPoolStrategy(size=min(actors.pop("size"), blocks, batches))  # no idle actor on tiny runs
+    ds = ds.map_batches(Forward, fn_constructor_kwargs={"request": bb.request(), "batch_size": bb.batch_size},
+                        batch_size=bb.batch_size, batch_format="numpy", compute=pool, **actors)
+    workers = {"read": max(1, int((cpus - actors.get("num_cpus", 0) * pool.max_size) / decode_cpus)),
+               "forward": pool.max_size}
+    return ds, workers, "num_gpus" in actors
+
+
+def actor_pool(resources: dict, per_image: bool) -> tuple[dict, float]:
+    """(the backbone's actor pool: its size and resources per actor, CPUs per decode task) for a cluster.
+
+    With GPUs: one actor per GPU, decode tasks of 1 CPU on every core. CPU only, a backbone run one
+    image at a time on one thread (TFLite): one actor per core (3/4 CPU), decode tasks of 1/4 CPU,
+    as the network costs about 4 times the decode (BENCHMARKS.md). A TensorFlow backbone on CPUs
+    uses every core of its node: one actor (1 CPU) per 2 CPUs, decode tasks of 1 CPU.
+    """
+    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    if gpus:
+        return {"num_gpus": 1, "size": gpus}, 1.0
+    if per_image:
+        return {"num_cpus": 0.75, "size": cpus}, 0.25
+    return {"num_cpus": 1, "size": max(1, cpus // 2)}, 1.0
+
+
+class _Results:
+    """Rows of the cluster's output by listing index, pulled from the stream as they are needed."""
+
+    def __init__(self, batches, clock: StageClock):
+        self.batches, self.clock, self.rows = batches, clock, {}
+
+    def get(self, i: int) -> dict:
+        while i not in self.rows:
+            b = next(self.batches)
+            for stage in ("read", "decode", "forward"):
+                self.clock.busy[stage] += float(np.sum(b[f"{stage}_s"]))
+            for j, idx in enumerate(b["idx"]):
+                self.rows[int(idx)] = {k: b[k][j] for k in ("status", "sha", "stat", "reason", "detail",
+                                                            "notes", "features")}
+        return self.rows.pop(i)
+
+
+def _item(record, row: dict):
+    """A cluster row as the runner's prepared item: (record, sha256, stat, result, notes)."""
+    stat, notes = json.loads(str(row["stat"])), json.loads(str(row["notes"]))
+    status = str(row["status"])
+    if status == "skipped":
+        return record, None, stat, ImageError(record.path, str(row["reason"]), str(row["detail"])), notes
+    return record, str(row["sha"]), stat, (row["features"] if status == "ok" else None), notes
+
+
+def _run(records, uri, bb: Backbone, writer, cluster: RayCluster, progress: bool, run: RunReport,
+         previous_report: dict) -> None:
+    known = known_files(writer, previous_report)
+    settled, todo = _plan(records, known, uri)
+    bounds = partition_bounds(len(records), cluster.partitions)
+    clock, start = StageClock(), time.perf_counter()
+    with connected(cluster) as ray:
+        workers = {"read": 1, "forward": 1}
+        gpu = False
+        stream = (b for b in ())
+        if todo:
+            los = [lo for lo, _ in bounds]
+            busy = {bisect.bisect_right(los, t["idx"]) - 1 for t in todo}  # partitions with work
+            ds, workers, gpu = _dataset(ray, todo, len(busy), uri, bb)
+            stream = ds.iter_batches(batch_size=None, batch_format="numpy").__iter__()
+        try:
+            batcher = _commit_partitions(records, bounds, settled, _Results(stream, clock),
+                                         _SpecOnce(ray, bb, max(hi - lo for lo, hi in bounds), bool(todo)),
+                                         writer, run,
+                                         clock, progress, bb.name)
+        finally:
+            if hasattr(stream, "close"):
+                stream.close()  # before Ray shuts down
+    run.computed = batcher.computed
+    # Ray sizes the workers, so the hints speak of cores and backbones, never of --workers
+    run.stages = clock.report(run.computed, time.perf_counter() - start,
+                              {"read": workers["read"], "decode": workers["read"], "forward": workers["forward"],
+                               "write": 1},
+                              {"cores": workers["read"], "gpu": gpu, "per_image": False, "kind": bb.kind})
+
+
+def _commit_partitions(records, bounds, settled: dict, results: _Results, spec: _SpecOnce, writer, run: RunReport,
+                       clock: StageClock, progress: bool, name: str) -> _Batcher:
+    """Book every file in listing order and commit each partition's new rows as one part."""
+    batcher = _Batcher(spec, writer, run.skipped, clock)
+    with _progress(len(records), progress, f"featurize {name} on ray") as bar:
+        for lo, hi in bounds:
+            for i in range(lo, hi):
+                _account(settled.pop(i) if i in settled else _item(records[i], results.get(i)), batcher, run)
+            batcher.flush()  # the partition's rows: one part, one commit
+            bar.update(hi - lo)
+    return batcher

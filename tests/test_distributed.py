@@ -1,0 +1,158 @@
+"""featurize/score --engine ray on a local 2-CPU Ray cluster: the same store, report and CSV as in-process,
+resumable after a SIGKILL of the driver, and images read through a file:// URI."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import pipeline
+from conftest import make_class_tree, noise_image
+from pipeline.cli import main
+from pipeline.distributed import RayCluster, partition_bounds
+
+ray = pytest.importorskip("ray", reason="the Ray engine needs ray[data]: pip install -e '.[ray]'")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local Ray cluster of 2 CPUs for the whole module (starting one takes seconds)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Two classes of 5 images, a file that is not an image, one that is ignored, one hidden, a hidden folder."""
+    data = make_class_tree(tmp_path / "data", per_class=5)
+    (data / "red" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (data / "blue" / "notes.txt").write_text("not an image")
+    (data / "blue" / ".hidden.jpg").write_bytes(b"x")
+    (data / "blue" / ".thumbnails").mkdir()
+    (data / "blue" / ".thumbnails" / "t.jpg").write_bytes(b"x")  # a hidden folder is not walked
+    return data
+
+
+def _report(store) -> dict:
+    r = json.loads((store.root / "report.json").read_text())
+    r.pop("stages")  # busy seconds: not the same in two runs
+    return r
+
+
+def test_score_cache_of_a_uri_is_keyed_by_the_uri_not_the_working_directory(tmp_path, monkeypatch):
+    from pipeline.backbones import create_backbone
+    from pipeline.scoring import score_cache_path
+
+    request = create_backbone("mobilenet_v2_quant").request()
+    first = score_cache_path("s3://bucket/photos/", request, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert score_cache_path("s3://bucket/photos", request, tmp_path) == first
+    assert first.name.startswith("photos-mobilenet_v2_quant-penultimate-")
+    assert score_cache_path("gs://bucket/photos", request, tmp_path) != first
+
+
+def test_partitions_are_contiguous_deterministic_and_cover_the_listing():
+    assert partition_bounds(10, 3) == [(0, 3), (3, 6), (6, 10)]
+    assert partition_bounds(2, 5) == [(0, 1), (1, 2)]  # never an empty partition
+    assert partition_bounds(2500, None) == [(0, 833), (833, 1666), (1666, 2500)]  # 1000 images each at most
+
+
+def test_ray_store_equals_in_process_store_row_for_row(cluster, folder, tmp_path):
+    local = pipeline.featurize(folder, out=tmp_path / "local", progress=False)
+    run = pipeline.featurize(folder, out=tmp_path / "ray", progress=False, report=True, engine="ray",
+                             cluster=RayCluster(partitions=3))
+    store = run.store
+    assert store.rows == local.rows  # paths, labels, sha256 and stat, in the same order
+    np.testing.assert_allclose(store.features, local.features, rtol=1e-6, atol=1e-6)
+    assert _report(store) == _report(local)
+    assert [s["path"] for s in run.skipped] == ["red/broken.jpg"] and run.skipped[0]["reason"] == "not_an_image"
+    assert len(list((tmp_path / "ray" / "segments").iterdir())) == 1  # the partitions' parts merged at the end
+    again = pipeline.featurize(folder, out=tmp_path / "ray", progress=False, report=True, engine="ray",
+                               cluster=RayCluster(partitions=3))
+    assert (again.computed, again.reused, len(again.store)) == (0, 10, 10)  # nothing recomputed
+    assert again.skipped[0]["path"] == "red/broken.jpg"
+
+    # a touched file keeps its row, a rewritten one gets a new row: as in-process
+    st = (folder / "red" / "red_0.jpg").stat()
+    os.utime(folder / "red" / "red_0.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    noise_image(999, (80, 60), (230, 30, 30)).save(folder / "red" / "red_1.jpg")
+    changed = pipeline.featurize(folder, out=tmp_path / "ray", progress=False, report=True, engine="ray",
+                                 cluster=RayCluster(partitions=3))
+    local_changed = pipeline.featurize(folder, out=tmp_path / "local", progress=False, report=True)
+    assert (changed.computed, changed.reused) == (local_changed.computed, local_changed.reused) == (1, 9)
+    assert changed.store.rows == local_changed.store.rows
+    np.testing.assert_allclose(changed.store.features, local_changed.store.features, rtol=1e-6, atol=1e-6)
+
+
+def test_images_through_a_file_uri_and_score_on_ray(cluster, folder, tmp_path, capsys):
+    local = pipeline.featurize(folder, out=tmp_path / "local", progress=False)
+    uri = folder.resolve().as_uri()  # file:///... read through pyarrow.fs, as s3:// and gs:// would be
+    store = pipeline.featurize(uri, out=tmp_path / "uri", progress=False, engine="ray", cluster=RayCluster())
+    assert store.paths == local.paths and list(store.labels) == list(local.labels)
+    assert store.sha256 == local.sha256
+    np.testing.assert_allclose(store.features, local.features, rtol=1e-6, atol=1e-6)
+    assert [s["reason"] for s in store.skipped] == ["not_an_image"]
+    assert store.report["ignored"] == local.report["ignored"]  # the same files ignored, for the same reasons
+    assert store.meta["data_dir"] == uri
+
+    head = tmp_path / "head.joblib"
+    pipeline.train(local, head="logreg", C=1.0).save(head)
+    assert main(["score", str(head), str(folder), "--out", str(tmp_path / "local.csv"), "--no-cache",
+                 "--no-progress"]) == 0
+    assert main(["score", str(head), str(folder), "--out", str(tmp_path / "ray.csv"), "--no-cache",
+                 "--no-progress", "--engine", "ray", "--partitions", "2"]) == 0
+    assert (tmp_path / "ray.csv").read_text() == (tmp_path / "local.csv").read_text()
+
+
+def test_engine_flags_are_checked(tmp_path, folder, capsys):
+    assert main(["featurize", str(folder), "--out", str(tmp_path / "s"), "--partitions", "2"]) == 2
+    assert "--engine ray" in capsys.readouterr().err
+    assert main(["featurize", str(folder), "--out", str(tmp_path / "s"), "--engine", "ray", "--workers", "2"]) == 2
+    assert "--workers" in capsys.readouterr().err
+    assert main(["featurize", str(folder), "--out", str(tmp_path / "s"), "--engine", "ray",
+                 "--partitions", "0"]) == 2
+    assert main(["featurize", str(folder), "--out", str(tmp_path / "s"), "--engine", "ray",
+                 "--layer", "penultimate,logits"]) == 2
+    assert "one layer per run" in capsys.readouterr().err
+    assert main(["featurize", "nosuchscheme://bucket/x", "--out", str(tmp_path / "s"), "--engine", "ray"]) == 2
+    assert "nosuchscheme://bucket/x" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_sigkill_of_the_driver_then_rerun_equals_a_clean_run(cluster, tmp_path):
+    data = tmp_path / "data"
+    n = 48
+    for c, base in (("a", (200, 40, 40)), ("b", (40, 40, 200))):
+        (data / c).mkdir(parents=True)
+        for i in range(n // 2):
+            noise_image(i + (0 if c == "a" else 10_000), (320, 240), base).save(data / c / f"{i:03d}.jpg")
+    out = tmp_path / "store"
+    cmd = [sys.executable, "-m", "pipeline", "featurize", str(data), "--out", str(out), "--engine", "ray",
+           "--address", cluster, "--partitions", "12", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows, deadline = out / "rows.jsonl", time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if rows.exists() and rows.read_bytes().count(b"\n") >= 4:  # a first partition is committed
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = pipeline.FeatureStore.open(out)
+    assert 4 <= len(partial) < n, "the driver was not killed mid-run"
+    assert len(partial) % 4 == 0  # whole partitions only
+
+    resumed = pipeline.featurize(data, out=out, progress=False, report=True, engine="ray",
+                                 cluster=RayCluster(partitions=12))
+    assert resumed.reused == len(partial) and resumed.computed == n - len(partial)
+    clean = pipeline.featurize(data, out=tmp_path / "clean", progress=False)
+    store = pipeline.FeatureStore.open(out)
+    assert store.paths == clean.paths  # exactly one row per image, in listing order
+    np.testing.assert_allclose(store.features, clean.features, rtol=1e-6, atol=1e-6)
