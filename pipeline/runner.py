@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone
+from .decodepool import DecodePool, choose_decode
 from .errors import ImageError, PipelineError
 from .images import IMAGE_EXTENSIONS, ImageRecord, decode, list_images, read_bytes
 from .labels import CsvLabels, read_labels_csv
@@ -177,6 +178,9 @@ class _Batcher:
         self.spec_recorded = False
 
     def add(self, image, row):
+        if not self.spec_recorded:  # builds the network at the first image that needs it: that fixes the batch size
+            self.writer.set_spec(self.backbone.spec())
+            self.spec_recorded = True
         self.images.append(image)
         self.rows.append(row)
         if len(self.images) >= self.backbone.batch_size:
@@ -207,17 +211,20 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
               id_column: str | None = None, label_column: str | None = None, prune: bool = False,
               sample: int | float | None = None,
               overwrite: bool = False, batch_size: int | None = None, workers: int | None = None,
-              progress: bool = True, strict: bool = False, report: bool = False, **backbone_options):
+              progress: bool = True, strict: bool = False, report: bool = False, decode: str = "auto",
+              **backbone_options):
     """Featurize every image below `data_dir` into the store `out`; return the FeatureStore.
 
     Sub-folders of `data_dir` are classes (images at any depth below one belong to it); a flat
     folder gives unlabelled images. `labels`: a CSV (``id,label``) that labels the images
     instead of sub-folders. `prune`: drop rows of files no longer in the folder. `sample`: only
     N images per class (or a fraction), a stable choice for quick experiments. With
-    report=True, returns a RunReport (also written to ``report.json`` in the store).
+    report=True, returns a RunReport (also written to ``report.json`` in the store). `decode`:
+    "thread", "process" (pipeline.decodepool) or "auto" (processes from 8 usable cores on).
     """
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(
         backbone, layer, weights, batch_size=batch_size, **backbone_options)
+    choose_decode(decode, bb.per_image)  # a bad choice fails before any work
     out = Path(out) if out is not None else default_store_path(data_dir, bb)
     if labels is not None and not isinstance(labels, CsvLabels):
         labels = read_labels_csv(labels, id_column, label_column)
@@ -235,7 +242,7 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     writer = open_writer(out, bb.request(), overwrite=overwrite)
     writer.meta["data_dir"] = str(Path(data_dir).resolve())  # where report thumbnails come from
     try:
-        _run(listing.records, bb, writer, workers, progress, run, read_report(out))
+        _run(listing.records, bb, writer, workers, progress, run, read_report(out), decode)
         if prune:
             run.pruned = writer.prune(present)
     except BaseException:
@@ -261,13 +268,18 @@ def _finish(run: RunReport, writer) -> None:
     write_report(run.store.root, run.to_dict())
 
 
-def _run(records, bb: Backbone, writer, workers, progress, run: RunReport, previous_report: dict) -> None:
+def _run(records, bb: Backbone, writer, workers, progress, run: RunReport, previous_report: dict,
+         decode: str = "auto") -> None:
     known = known_files(writer, previous_report)
     batcher = _Batcher(bb, writer, run.skipped)
     workers = workers or os.cpu_count() or 1
     with _progress(len(records), progress, f"featurize {bb.name}") as bar:
         window = max(2 * bb.batch_size, 4 * workers)
-        for item in bounded_map(lambda r: _prepare(r, bb, known), records, workers, window):
+        if choose_decode(decode, bb.per_image) == "process":
+            items = DecodePool(bb.preprocess, workers, window).map(records, known)
+        else:
+            items = bounded_map(lambda r: _prepare(r, bb, known), records, workers, window)
+        for item in items:
             bar.update(1)
             _account(item, batcher, run)
         batcher.flush()
