@@ -112,6 +112,7 @@ class DecodePool:
             nonlocal shm, pool
             shm = shared_memory.SharedMemory(create=True, size=int(np.prod(shape)))
             ctx = multiprocessing.get_context("forkserver")  # never fork a process that may hold TF threads
+            ctx.set_forkserver_preload(["pipeline.runner"])  # workers fork with the decoder already imported
             pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_attach, initargs=(shm.name, shape))
             return pool, np.ndarray(shape, np.uint8, buffer=shm.buf)
 
