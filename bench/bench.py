@@ -173,15 +173,21 @@ def onednn_bf16(name: str, images: np.ndarray, ref: np.ndarray) -> dict:
         tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": False})
 
 
-def bench_keras(name: str, data: Path, n: int, one_n: int, work: Path, bf16: bool, repeat: int) -> dict:
+def bench_keras(name: str, data: Path, n: int, one_n: int, work: Path, bf16: bool, repeat: int,
+                jit: bool = False) -> dict:
     folder = subset(data, n, work / f"{name}-data")
     bb = create_backbone(name, "penultimate", weights="random")
     build, _ = timed(bb.load)
     images = decoded(folder, bb.preprocess)
     res = {"model": name, "n": len(images), "batch": bb.batch_size, "build_s": build, "repeat": repeat}
     store = work / f"{name}-store"
-    res.update(interleaved({"bound": lambda: bound(bb, images),
-                            "e2e": lambda: dict(zip(("e2e", "warm"), e2e(bb, folder, store)))}, repeat))
+    methods = {"bound": lambda: bound(bb, images),
+               "e2e": lambda: dict(zip(("e2e", "warm"), e2e(bb, folder, store)))}
+    if jit:
+        xla = create_backbone(name, "penultimate", weights="random", jit_compile=True)
+        xla.load()
+        methods["jit_bound"] = lambda: bound(xla, images)
+    res.update(interleaved(methods, repeat))
     if bf16:
         ref = bb(images[:64])
         fast = create_backbone(name, "penultimate", weights="random", precision="bfloat16")  # same seeded weights
@@ -391,7 +397,8 @@ def report(results: list[dict], extra: dict) -> str:
                            ("one_image", "one image per predict call (the talk)"),
                            ("plain_loop", "plain TFLite loop, 1 thread"),
                            ("bf16_bound", "bound, bfloat16 (Keras mixed_bfloat16)"),
-                           ("onednn_bf16_bound", "bound, oneDNN auto-mixed bfloat16 rewrite")):
+                           ("onednn_bf16_bound", "bound, oneDNN auto-mixed bfloat16 rewrite"),
+                           ("jit_bound", "bound, XLA jit_compile")):
             if key in r:
                 lines.append(f"  {label:<44} {r[key]:8.1f} {r[key] / b:8.2f}")
         if "plain_loop" in r:
@@ -442,6 +449,7 @@ def main(argv=None) -> int:
     p.add_argument("--one-image-n", type=int, default=32, help="images for the one-image-per-call loop")
     p.add_argument("--no-memory", action="store_true", help="skip the 1000 vs 4000 images memory runs")
     p.add_argument("--bf16", default="inception_v3", help="Keras models to also time with bfloat16")
+    p.add_argument("--jit", default="", help="Keras models to also time with XLA jit_compile")
     p.add_argument("--repeat", type=int, default=3, help="interleaved rounds per method; medians are reported")
     p.add_argument("--json", type=Path, help="also write the figures here")
     a = p.parse_args(argv)
@@ -460,7 +468,8 @@ def main(argv=None) -> int:
             elif m == "decode":
                 results.append(bench_decode(a.data, 2 * a.n, work, a.repeat))
             else:
-                results.append(bench_keras(m, a.data, a.n, a.one_image_n, work, m in a.bf16.split(","), a.repeat))
+                results.append(bench_keras(m, a.data, a.n, a.one_image_n, work, m in a.bf16.split(","), a.repeat,
+                                           m in a.jit.split(",")))
             if m != "stages":
                 print(report(results[-1:], {}), flush=True)
     finally:

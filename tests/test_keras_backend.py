@@ -119,3 +119,24 @@ def test_torch_backend_runs_without_tensorflow(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["keras_backend"] == "torch" and not out["tensorflow_imported"] and out["computed"] == [2]
+
+
+@pytest.mark.slow
+def test_tensorflow_gpu_placement_and_agreement_with_cpu(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    if not tf.config.list_physical_devices("GPU"):
+        pytest.skip("TensorFlow sees no GPU here (tf.config.list_physical_devices('GPU') is empty)")
+    import keras
+
+    keras.utils.set_random_seed(0)
+    weights = tmp_path / "mobilenet_v2.weights.h5"
+    keras.applications.MobileNetV2(weights=None, classifier_activation=None).save_weights(weights)
+    images = np.random.default_rng(0).integers(0, 256, (8, 224, 224, 3), dtype=np.uint8)
+    gpu = create_backbone("mobilenet_v2", weights=str(weights), keras_backend="tensorflow").load()
+    assert gpu.device == "GPU" and gpu.batch_size == 256  # the GPU default batch
+    assert "GPU" in gpu._fn(tf.constant(images)).device  # features computed on the GPU
+    with tf.device("/CPU:0"):
+        cpu = create_backbone("mobilenet_v2", weights=str(weights), keras_backend="tensorflow").load()
+        on_cpu = cpu._fn(tf.constant(images))
+    assert "CPU" in on_cpu.device
+    assert _cosines(gpu(images), on_cpu.numpy()).min() >= 0.999  # TF32 convolutions on the GPU
