@@ -105,6 +105,8 @@ class DecodePool:
         Files the store already has by stat are answered here without a worker; the workers (and
         the shared memory) are started at the first file that must be read.
         """
+        self.slots = _fit_to_shm(self.slots, int(np.prod(self.pre.size)) * 3)
+        self.chunk = min(self.chunk, self.slots)
         shape = (self.slots, *self.pre.size, 3)
         shm, pool = None, None
 
@@ -167,6 +169,22 @@ class DecodePool:
             elif result is not None and not isinstance(result, ImageError):
                 result = ImageError(record.path, result[1], result[2])
             yield record, sha, stat, result, notes
+
+
+def _fit_to_shm(slots: int, image_bytes: int, shm_dir: str = "/dev/shm") -> int:
+    """At most `slots` images, using no more than half of the free shared memory (containers often give 64 MiB)."""
+    try:
+        st = os.statvfs(shm_dir)
+    except OSError:
+        return slots
+    fit = st.f_bavail * st.f_frsize // 2 // image_bytes
+    if fit < 2:
+        from .errors import PipelineError
+
+        raise PipelineError(f"{shm_dir} has {st.f_bavail * st.f_frsize >> 20} MiB free, too little for decoding in "
+                            f"processes; use --decode thread, or give the container more shared memory "
+                            f"(docker run --shm-size 1g)")
+    return min(slots, fit)
 
 
 def _stat_hit(record, known: dict):

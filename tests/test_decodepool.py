@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -124,3 +125,14 @@ def test_featurize_with_process_decode_equals_thread_decode(tmp_path):
     again = pipeline.featurize(tmp_path / "imgs", model, "penultimate", out=tmp_path / "process", input_size=SIZE,
                                scaling="tf", decode="process", progress=False, report=True)
     assert again.computed == 0 and again.reused == len(records) - 3 and len(again.skipped) == 2  # the vanished file is no longer listed
+
+
+def test_ring_fits_in_the_shared_memory_there_is(tmp_path):
+    from pipeline.decodepool import _fit_to_shm
+
+    assert _fit_to_shm(512, 100, str(tmp_path)) == 512  # plenty of room
+    assert _fit_to_shm(512, 1 << 40, str(tmp_path / "absent")) == 512  # no such folder: no limit known
+    st = os.statvfs(tmp_path)
+    assert _fit_to_shm(512, st.f_bavail * st.f_frsize // 9, str(tmp_path)) == 4  # half the free space: 4 images
+    with pytest.raises(Exception, match="too little for decoding in processes; use --decode thread"):
+        _fit_to_shm(512, 1 << 50, str(tmp_path))
