@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 _CHILD = """
 import json, sys
 import pipeline
-data, weights, backend, *stores = sys.argv[1:]
-runs = [pipeline.featurize(data, "mobilenet_v2", weights=weights, out=s, keras_backend=backend,
+data, model, weights, backend, *stores = sys.argv[1:]
+runs = [pipeline.featurize(data, model, weights=weights, out=s, keras_backend=backend,
                            progress=False, report=True) for s in stores]
 import keras
 print(json.dumps({"computed": [r.computed for r in runs], "reused": [r.reused for r in runs],
@@ -82,11 +82,13 @@ def test_jax_features_equal_tensorflow_features_and_stores_are_shared(tmp_path):
 
     data = make_class_tree(tmp_path / "data", per_class=3)
     keras.utils.set_random_seed(0)
-    weights = tmp_path / "mobilenet_v2.weights.h5"  # one set of weights for both backends
-    keras.applications.MobileNetV2(weights=None, classifier_activation=None).save_weights(weights)
+    # ResNet50: random weights keep its features far from zero (MobileNets' vanish), and its
+    # "caffe" scaling (RGB -> BGR, mean) exercises the on-device normalisation
+    weights = tmp_path / "resnet50.weights.h5"  # one set of weights for both backends
+    keras.applications.ResNet50(weights=None, classifier_activation=None).save_weights(weights)
     tf_store = pipeline_featurize(data, weights, tmp_path / "tf-store")
 
-    proc = _child(_CHILD, data, weights, "jax", tmp_path / "jax-store", tmp_path / "tf-store")
+    proc = _child(_CHILD, data, "resnet50", weights, "jax", tmp_path / "jax-store", tmp_path / "tf-store")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["keras_backend"] == "jax" and not out["tensorflow_imported"]
@@ -106,7 +108,7 @@ def test_jax_features_equal_tensorflow_features_and_stores_are_shared(tmp_path):
 def pipeline_featurize(data, weights, out):
     import pipeline
 
-    return pipeline.featurize(data, "mobilenet_v2", weights=str(weights), out=out, keras_backend="tensorflow",
+    return pipeline.featurize(data, "resnet50", weights=str(weights), out=out, keras_backend="tensorflow",
                               progress=False)
 
 
@@ -115,7 +117,7 @@ def test_torch_backend_runs_without_tensorflow(tmp_path):
     if probe.returncode != 0:
         pytest.skip("torch is not installed here (pip install torch to test the torch backend)")
     data = make_class_tree(tmp_path / "data", per_class=1)
-    proc = _child(_CHILD, data, "random", "torch", tmp_path / "store")
+    proc = _child(_CHILD, data, "mobilenet_v2", "random", "torch", tmp_path / "store")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["keras_backend"] == "torch" and not out["tensorflow_imported"] and out["computed"] == [2]
@@ -129,14 +131,14 @@ def test_tensorflow_gpu_placement_and_agreement_with_cpu(tmp_path):
     import keras
 
     keras.utils.set_random_seed(0)
-    weights = tmp_path / "mobilenet_v2.weights.h5"
-    keras.applications.MobileNetV2(weights=None, classifier_activation=None).save_weights(weights)
+    weights = tmp_path / "resnet50.weights.h5"
+    keras.applications.ResNet50(weights=None, classifier_activation=None).save_weights(weights)
     images = np.random.default_rng(0).integers(0, 256, (8, 224, 224, 3), dtype=np.uint8)
-    gpu = create_backbone("mobilenet_v2", weights=str(weights), keras_backend="tensorflow").load()
+    gpu = create_backbone("resnet50", weights=str(weights), keras_backend="tensorflow").load()
     assert gpu.device == "GPU" and gpu.batch_size == 256  # the GPU default batch
     assert "GPU" in gpu._fn(tf.constant(images)).device  # features computed on the GPU
     with tf.device("/CPU:0"):
-        cpu = create_backbone("mobilenet_v2", weights=str(weights), keras_backend="tensorflow").load()
+        cpu = create_backbone("resnet50", weights=str(weights), keras_backend="tensorflow").load()
         on_cpu = cpu._fn(tf.constant(images))
     assert "CPU" in on_cpu.device
     assert _cosines(gpu(images), on_cpu.numpy()).min() >= 0.999  # TF32 convolutions on the GPU
