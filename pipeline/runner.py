@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone
-from .decodepool import DecodePool, choose_decode
+from .decodepool import DecodePool, choose_decode, usable_cores
 from .errors import ImageError, PipelineError
 from .images import IMAGE_EXTENSIONS, ImageRecord, decode, list_images, read_bytes
 from .labels import CsvLabels, read_labels_csv
@@ -272,7 +272,7 @@ def _run(records, bb: Backbone, writer, workers, progress, run: RunReport, previ
          decode: str = "auto") -> None:
     known = known_files(writer, previous_report)
     batcher = _Batcher(bb, writer, run.skipped)
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     with _progress(len(records), progress, f"featurize {bb.name}") as bar:
         window = max(2 * bb.batch_size, 4 * workers)
         if choose_decode(decode, bb.per_image) == "process":

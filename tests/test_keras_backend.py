@@ -142,3 +142,16 @@ def test_tensorflow_gpu_placement_and_agreement_with_cpu(tmp_path):
         on_cpu = cpu._fn(tf.constant(images))
     assert "CPU" in on_cpu.device
     assert _cosines(gpu(images), on_cpu.numpy()).min() >= 0.999  # TF32 convolutions on the GPU
+
+
+def test_cli_flags_reach_the_library(tmp_path, capsys):
+    from pipeline.cli import main
+
+    data = make_class_tree(tmp_path / "data", per_class=2)
+    assert main(["featurize", str(data), "--backbone", "mobilenet_v2_quant", "--keras-backend", "jax",
+                 "--out", str(tmp_path / "a"), "--no-progress"]) == 2
+    assert "--keras-backend and --jit-compile apply to Keras applications" in capsys.readouterr().err
+    # TFLite featurizes in its decoding threads whatever --decode says
+    assert main(["featurize", str(data), "--decode", "process", "--workers", "2", "--out", str(tmp_path / "b"),
+                 "--no-progress"]) == 0
+    assert "4 featurized" in capsys.readouterr().out
