@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -61,10 +63,24 @@ _RING: np.ndarray | None = None  # in a worker: the shared ring of decoded image
 _SHM: shared_memory.SharedMemory | None = None
 
 
-def _attach(name: str, shape: tuple) -> None:
+def _attach(name: str, shape: tuple, parent: int) -> None:
     global _RING, _SHM
     _SHM = shared_memory.SharedMemory(name=name)
     _RING = np.ndarray(shape, np.uint8, buffer=_SHM.buf)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int, every: float = 0.5) -> None:
+    """End this worker when the run's process is gone (killed with -9, say): ProcessPoolExecutor workers
+    would otherwise wait for work forever, and keep the forkserver and the shared memory alive."""
+    while True:
+        time.sleep(every)
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:
+            pass  # alive, owned by another user
 
 
 def _work(first_slot: int, pre: Preprocess, items: list) -> list:
@@ -115,7 +131,8 @@ class DecodePool:
             shm = shared_memory.SharedMemory(create=True, size=int(np.prod(shape)))
             ctx = multiprocessing.get_context("forkserver")  # never fork a process that may hold TF threads
             ctx.set_forkserver_preload(["pipeline.runner"])  # workers fork with the decoder already imported
-            pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_attach, initargs=(shm.name, shape))
+            pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_attach,
+                                       initargs=(shm.name, shape, os.getpid()))
             return pool, np.ndarray(shape, np.uint8, buffer=shm.buf)
 
         try:

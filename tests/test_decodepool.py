@@ -136,3 +136,56 @@ def test_ring_fits_in_the_shared_memory_there_is(tmp_path):
     assert _fit_to_shm(512, st.f_bavail * st.f_frsize // 9, str(tmp_path)) == 4  # half the free space: 4 images
     with pytest.raises(Exception, match="too little for decoding in processes; use --decode thread"):
         _fit_to_shm(512, 1 << 50, str(tmp_path))
+
+
+def _shm_names() -> set:
+    try:
+        return {n for n in os.listdir("/dev/shm") if n.startswith("psm_")}
+    except OSError:
+        return set()
+
+
+def test_sigkill_with_process_decode_resumes_and_leaves_no_shared_memory(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import pipeline
+    from models_for_tests import SIZE, export_saved_model, tiny_keras_model
+
+    model = export_saved_model(tiny_keras_model(), tmp_path / "sm")
+    data = tmp_path / "data"
+    data.mkdir()
+    n = 600
+    for i in range(n):
+        noise_image(i, (320, 240)).save(data / f"{i:03d}.jpg")
+    cmd = [sys.executable, "-m", "pipeline", "featurize", str(data), "--backbone", model, "--input-size", str(SIZE),
+           "--scaling", "tf", "--out", str(tmp_path / "store"), "--batch-size", "4", "--decode", "process",
+           "--workers", "2", "--no-progress"]
+    before = _shm_names()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows, deadline = tmp_path / "store" / "rows.jsonl", time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if rows.exists() and rows.read_bytes().count(b"\n") >= 40:
+            break
+        time.sleep(0.005)
+    during = _shm_names() - before
+    proc.send_signal(signal.SIGKILL)
+    assert during, "the run's ring of decoded images should be in /dev/shm"
+    proc.wait()
+    partial = pipeline.FeatureStore.open(tmp_path / "store")
+    assert 40 <= len(partial) < n, "the run was not interrupted mid-way"
+    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(partial)} reused" in resumed.stdout
+    clean = pipeline.featurize(data, model, out=tmp_path / "clean", input_size=SIZE, scaling="tf", decode="thread",
+                               progress=False)
+    store = pipeline.FeatureStore.open(tmp_path / "store")
+    order = np.argsort(store.paths)
+    assert sorted(store.paths) == clean.paths
+    np.testing.assert_array_equal(store.features[order], clean.features)
+    deadline = time.time() + 30  # the killed run's ring is unlinked by multiprocessing's resource tracker
+    while time.time() < deadline and during & _shm_names():
+        time.sleep(0.2)
+    assert not during & _shm_names(), "the killed run left its shared memory behind"
