@@ -145,19 +145,26 @@ class DecodePool:
                 shm.unlink()
 
     def _ordered(self, start, records, known):
-        pending, in_flight, next_slot, chunk = deque(), 0, 0, []
+        """Chunks of files to read go to the workers, files known by stat are answered at once; results
+        leave in input order, as soon as they are ready, with at most `slots` files (and entries) waiting."""
+        pending, chunk, next_slot = deque(), [], 0
         pool = ring = None
 
-        def submit():
-            nonlocal pool, ring, in_flight, next_slot, chunk
-            while pending and in_flight + len(chunk) > self.slots:
+        def in_flight():
+            return sum(len(e[0]) for e in pending if e[1] is not None)
+
+        def release(force_room: int = 0):  # yield the head entries that are ready, or must go to make room
+            while pending and (pending[0][1] is None or pending[0][2].done() or len(pending) > self.slots
+                               or in_flight() + force_room > self.slots):
                 yield from self._drain(pending.popleft(), ring)
-                in_flight = sum(len(e[0]) for e in pending if e[1] is not None)
+
+        def submit():
+            nonlocal pool, ring, next_slot, chunk
+            yield from release(force_room=len(chunk))
             if pool is None:
                 pool, ring = start()
             items = [(r, _known_for(r, known)) for r in chunk]
             pending.append((chunk, next_slot, pool.submit(_work, next_slot, self.pre, items)))
-            in_flight += len(chunk)
             next_slot = (next_slot + len(chunk)) % self.slots
             chunk = []
 
@@ -171,6 +178,7 @@ class DecodePool:
             if chunk:
                 yield from submit()
             pending.append(([record], None, [hit]))
+            yield from release()
         if chunk:
             yield from submit()
         while pending:
