@@ -12,8 +12,9 @@ MODEL    ?=
 OUT      ?=
 REPORT   ?= models/demo-cars-report
 BENCH_ARGS ?=
+GPU_PY     ?= python3
 
-.PHONY: install demo test test-fast features train score evaluate report screenshot suspects backbones reference bench clean
+.PHONY: install demo test test-fast features train score evaluate report screenshot suspects backbones reference bench bench-gpu bench-gpu-prepare clean
 
 install: $(VENV)/.installed
 
@@ -67,6 +68,13 @@ bench: install  ## side-by-side featurization benchmark on ../shared/data/catsdo
 .PHONY: bench-serve
 bench-serve: install  ## load test of `serve` on loopback against batch score (figures in BENCHMARKS.md)
 	$(PY) bench/serve_bench.py $(BENCH_ARGS)
+
+bench-gpu-prepare: install  ## wheels and JPEGs for bench/gpu.py into .gpu/ (carried to a GPU machine; BENCHMARKS.md)
+	PYTHON=$(PY) bash bench/gpu-prepare.sh
+
+bench-gpu:  ## on a GPU machine with JAX and no TensorFlow, after bench-gpu-prepare (no venv: its python3)
+	$(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/tfp-site .gpu/whl/*.whl
+	PYTHONPATH=/tmp/tfp-site $(GPU_PY) bench/gpu.py --images .gpu/imgs $(BENCH_ARGS)
 
 backbones: install
 	$(PY) -m pipeline backbones

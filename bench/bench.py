@@ -13,8 +13,13 @@ For each model it times, on the same images and batch size:
   keras_ds    keras.utils.image_dataset_from_directory + model.predict (Keras models)
   one_image   the transfer-learning talk's loop: load one image, preprocess, one predict call each
   plain_loop  (TFLite) one thread: Pillow decode, crop, resize, one invoke per image
-  bf16_bound  (--precision bfloat16 models) the bound with bfloat16 compute, and the cosine
-              similarity of its features to fp32
+  bf16_bound  (--precision bfloat16 models) the bound with bfloat16 compute (Keras mixed_bfloat16),
+              and the cosine similarity of its features to fp32
+  onednn_bf16_bound  the fp32 model with oneDNN's auto-mixed bfloat16 graph rewrite (grappler option
+              auto_mixed_precision_onednn_bfloat16), and its cosine to fp32
+  decode      (--models decode) the decode stage alone at 299 px, read + sha256 + decode, against the
+              number of cores: a thread pool and pipeline.decodepool's processes; and featurize end to
+              end with --decode thread and --decode process (mobilenet_v2, random weights)
 and, for the TFLite model, the peak memory (max RSS of a `featurize` subprocess) for 1000 and
 4000 images. `--models layers` times featurize with one layer (penultimate) and with two
 (penultimate,logits: one forward pass, two stores) on the bundled TFLite model, fresh stores,
@@ -42,6 +47,9 @@ sys.path.insert(0, str(REPO))
 
 import pipeline  # noqa: E402
 from pipeline.backbones import create_backbone  # noqa: E402
+from pipeline.backbones.keras_apps import cpu_has_bf16  # noqa: E402
+from pipeline.decodepool import DecodePool, usable_cores  # noqa: E402
+from pipeline.runner import _prepare, bounded_map  # noqa: E402
 from pipeline.images import decode, list_images, read_bytes  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "catsdogs" / "train"
@@ -155,21 +163,42 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
 
-def bench_keras(name: str, data: Path, n: int, one_n: int, work: Path, bf16: bool, repeat: int) -> dict:
+def onednn_bf16(name: str, images: np.ndarray, ref: np.ndarray) -> dict:
+    """The fp32 model under oneDNN's auto-mixed bfloat16 rewrite (applies to graphs traced while it is on)."""
+    import tensorflow as tf
+
+    tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
+    try:
+        bb = create_backbone(name, "penultimate", weights="random")
+        bb.load()
+        return {"onednn_bf16_bound": bound(bb, images), "onednn_bf16_cosine_min": cosine(ref, bb(images[:64]))}
+    finally:
+        tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": False})
+
+
+def bench_keras(name: str, data: Path, n: int, one_n: int, work: Path, bf16: bool, repeat: int,
+                jit: bool = False) -> dict:
     folder = subset(data, n, work / f"{name}-data")
     bb = create_backbone(name, "penultimate", weights="random")
     build, _ = timed(bb.load)
     images = decoded(folder, bb.preprocess)
     res = {"model": name, "n": len(images), "batch": bb.batch_size, "build_s": build, "repeat": repeat}
     store = work / f"{name}-store"
-    res.update(interleaved({"bound": lambda: bound(bb, images),
-                            "e2e": lambda: dict(zip(("e2e", "warm"), e2e(bb, folder, store)))}, repeat))
+    methods = {"bound": lambda: bound(bb, images),
+               "e2e": lambda: dict(zip(("e2e", "warm"), e2e(bb, folder, store)))}
+    if jit:
+        xla = create_backbone(name, "penultimate", weights="random", jit_compile=True)
+        xla.load()
+        methods["jit_bound"] = lambda: bound(xla, images)
+    res.update(interleaved(methods, repeat))
     if bf16:
         ref = bb(images[:64])
         fast = create_backbone(name, "penultimate", weights="random", precision="bfloat16")  # same seeded weights
         fast.load()
         res["bf16_bound"] = bound(fast, images)
         res["bf16_cosine_min"] = cosine(ref, fast(images[:64]))
+        res.update(onednn_bf16(name, images, ref))
+        res["native_bf16"] = cpu_has_bf16()
     res.update(keras_methods(name, folder, images, one_n))
     return res
 
@@ -243,6 +272,53 @@ def bench_tflite(data: Path, n: int, work: Path, memory: bool, repeat: int) -> d
         res["rss_1000_mb"] = peak_rss_mb(one, work / "mem1-store")
         res["rss_4000_mb"] = peak_rss_mb(four, work / "mem4-store")
     return res
+
+
+class _DecodeOnly:
+    per_image = False
+
+    def __init__(self, pre):
+        self.preprocess = pre
+
+
+def decode_rate(records, pre, mode: str, workers: int) -> float:
+    """img/s of the decode stage alone (stat, read + sha256, decode, crop, resize) with nothing cached."""
+    known = {"rows": {}, "bad": {}}
+    if mode == "process":
+        run = lambda: list(DecodePool(pre, workers, window=256).map(records, known))  # noqa: E731
+    else:
+        run = lambda: list(bounded_map(lambda r: _prepare(r, _DecodeOnly(pre), known), records, workers,  # noqa: E731
+                                       max(64, 4 * workers)))
+    t, out = timed(run)
+    assert len(out) == len(records)
+    return rate(len(records), t)
+
+
+def bench_decode(data: Path, n: int, work: Path, repeat: int) -> dict:
+    """Decode img/s against cores (threads vs processes), and featurize end to end with each decode mode."""
+    from pipeline.preprocess import Preprocess
+
+    folder = subset(data, n, work / "decode-data")
+    records = list_images(folder).records
+    pre = Preprocess(size=(299, 299), scaling="tf")
+    cores = usable_cores()
+    methods = {f"decode_{mode}_{k}": (lambda mode=mode, k=k: decode_rate(records, pre, mode, k))
+               for k in sorted({1, cores}) for mode in ("thread", "process")}
+    bb = create_backbone("mobilenet_v2", "penultimate", weights="random")
+    bb.load()
+    for mode in ("thread", "process"):
+        methods[f"e2e_{mode}"] = lambda mode=mode: _e2e_decode(bb, folder, work / f"decode-{mode}-store", mode)
+    res = {"model": f"decode stage, 299 px ({cores} usable cores)", "n": len(records), "cores": cores,
+           "repeat": repeat, "batch": bb.batch_size}
+    res.update(interleaved(methods, repeat))
+    return res
+
+
+def _e2e_decode(bb, folder: Path, store: Path, mode: str) -> float:
+    n = len(list_images(folder).records)
+    shutil.rmtree(store, ignore_errors=True)
+    t, _ = timed(lambda: pipeline.featurize(folder, bb, out=store, progress=False, decode=mode))
+    return rate(n, t)
 
 
 _IMPORT_TF = """
@@ -361,6 +437,9 @@ def cold_cli_vs_cached(data: Path, work: Path, repeat: int) -> dict:
 def report(results: list[dict], extra: dict) -> str:
     lines = []
     for r in results:
+        if "cores" in r:
+            lines.append(decode_report(r))
+            continue
         b = r["bound"]
         lines.append(f"\n{r['model']}  ({r['n']} images, batch {r['batch']}, model build {r['build_s']:.1f} s, "
                      f"median of {r['repeat']} interleaved rounds)")
@@ -370,7 +449,10 @@ def report(results: list[dict], extra: dict) -> str:
                            ("predict", "Keras model.predict (in memory)"),
                            ("keras_ds", "image_dataset_from_directory + predict"),
                            ("one_image", "one image per predict call (the talk)"),
-                           ("plain_loop", "plain TFLite loop, 1 thread"), ("bf16_bound", "bound, bfloat16")):
+                           ("plain_loop", "plain TFLite loop, 1 thread"),
+                           ("bf16_bound", "bound, bfloat16 (Keras mixed_bfloat16)"),
+                           ("onednn_bf16_bound", "bound, oneDNN auto-mixed bfloat16 rewrite"),
+                           ("jit_bound", "bound, XLA jit_compile")):
             if key in r:
                 lines.append(f"  {label:<44} {r[key]:8.1f} {r[key] / b:8.2f}")
         if "plain_loop" in r:
@@ -381,6 +463,11 @@ def report(results: list[dict], extra: dict) -> str:
         if "bf16_bound" in r:
             lines.append(f"  bfloat16 / fp32 bound: {r['bf16_bound'] / b:.2f}x, min cosine to fp32 "
                          f"{r['bf16_cosine_min']:.5f}")
+            lines.append(f"  oneDNN auto-mixed bfloat16 / fp32 bound: {r['onednn_bf16_bound'] / b:.2f}x, min cosine "
+                         f"to fp32 {r['onednn_bf16_cosine_min']:.5f}")
+            if not r["native_bf16"]:
+                lines.append("  this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 in /proc/cpuinfo): "
+                             "bfloat16 is emulated here, so these bf16 figures say nothing of an AMX CPU")
         if "rss_1000_mb" in r:
             lines.append(f"  peak RSS featurizing 1000 images {r['rss_1000_mb']:.0f} MiB, 4000 images "
                          f"{r['rss_4000_mb']:.0f} MiB ({r['rss_4000_mb'] / r['rss_1000_mb']:.3f}x)")
@@ -404,16 +491,28 @@ def report(results: list[dict], extra: dict) -> str:
     return "\n".join(lines)
 
 
+def decode_report(r: dict) -> str:
+    lines = [f"\n{r['model']}  ({r['n']} images, median of {r['repeat']} interleaved rounds)",
+             f"  {'decode workers':<44} {'threads':>8} {'procs':>8}"]
+    for k in sorted({int(key.rsplit('_', 1)[1]) for key in r if key.startswith("decode_thread_")}):
+        lines.append(f"  {k:<44} {r[f'decode_thread_{k}']:8.1f} {r[f'decode_process_{k}']:8.1f}")
+    lines.append(f"  featurize mobilenet_v2 end to end (batch {r['batch']}): --decode thread {r['e2e_thread']:.1f} "
+                 f"img/s, --decode process {r['e2e_process']:.1f} img/s ({r['e2e_process'] / r['e2e_thread']:.2f}x)")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=Path(os.environ.get("TFP_BENCH_DATA", DEFAULT_DATA)))
-    p.add_argument("--models", default="inception_v3,vgg16,tflite,stages,layers,ray",
-                   help="Keras names, 'tflite', 'stages' (per-stage costs on one core), 'layers' "
-                        "(one layer vs two from one pass) and 'ray' (in-process vs a local 2-CPU Ray cluster)")
+    p.add_argument("--models", default="inception_v3,vgg16,tflite,stages,decode,layers,ray",
+                   help="Keras names, 'tflite', 'stages' (per-stage costs on one core), 'decode' (decode stage "
+                        "against cores, threads vs processes), 'layers' (one layer vs two from one pass) and "
+                        "'ray' (in-process vs a local 2-CPU Ray cluster)")
     p.add_argument("--n", type=int, default=256, help="images per Keras model (TFLite: 4x)")
     p.add_argument("--one-image-n", type=int, default=32, help="images for the one-image-per-call loop")
     p.add_argument("--no-memory", action="store_true", help="skip the 1000 vs 4000 images memory runs")
     p.add_argument("--bf16", default="inception_v3", help="Keras models to also time with bfloat16")
+    p.add_argument("--jit", default="", help="Keras models to also time with XLA jit_compile")
     p.add_argument("--repeat", type=int, default=3, help="interleaved rounds per method; medians are reported")
     p.add_argument("--json", type=Path, help="also write the figures here")
     a = p.parse_args(argv)
@@ -429,12 +528,15 @@ def main(argv=None) -> int:
                 extra = cold_cli_vs_cached(a.data, work, a.repeat)
             elif m == "stages":
                 extra.update(stage_costs(a.data))
+            elif m == "decode":
+                results.append(bench_decode(a.data, 2 * a.n, work, a.repeat))
             elif m == "layers":
                 extra.update(bench_layers(a.data, 4 * a.n, work, a.repeat))
             elif m == "ray":
                 extra.update(bench_ray(a.data, 4 * a.n, work, a.repeat))
             else:
-                results.append(bench_keras(m, a.data, a.n, a.one_image_n, work, m in a.bf16.split(","), a.repeat))
+                results.append(bench_keras(m, a.data, a.n, a.one_image_n, work, m in a.bf16.split(","), a.repeat,
+                                           m in a.jit.split(",")))
             if m not in ("stages", "layers", "ray"):
                 print(report(results[-1:], {}), flush=True)
     finally:

@@ -86,11 +86,16 @@ def _backbone_options(p: argparse.ArgumentParser, with_layer: bool = True) -> No
     p.add_argument("--precision", choices=["float32", "bfloat16", "float16"],
                    help="compute precision of Keras applications (default float32; bfloat16 on CPUs with "
                         "AVX-512 BF16/AMX, float16 on GPUs)")
+    p.add_argument("--keras-backend", choices=["tensorflow", "jax", "torch"],
+                   help="Keras 3 backend running Keras applications (default: $KERAS_BACKEND, else tensorflow); "
+                        "jax and torch never import TensorFlow")
+    p.add_argument("--jit-compile", action="store_true", help="XLA-compile a Keras application on TensorFlow")
 
 
 def _backbone_kwargs(a) -> dict:
     return dict(input_size=a.input_size, scaling=a.scaling, crop_fraction=a.crop_fraction,
-                input_tensor=a.input_tensor, precision=a.precision)
+                input_tensor=a.input_tensor, precision=a.precision, keras_backend=a.keras_backend,
+                jit_compile=a.jit_compile)
 
 
 TRUST_HELP = ("also load an old .joblib head (format head-1): it is a pickle and can run any code in it; "
@@ -127,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     _backbone_options(f)
     f.add_argument("--out", help="feature store folder (default: features/<folder>-<backbone>-<layer>)")
     f.add_argument("--batch-size", type=_positive_int("--batch-size"), help="images per network call")
-    f.add_argument("--workers", type=_positive_int("--workers"), help="decoding threads (default: all cores)")
+    f.add_argument("--workers", type=_positive_int("--workers"),
+                   help="decoding threads or processes (default: the usable cores)")
+    f.add_argument("--decode", choices=["auto", "thread", "process"], default="auto",
+                   help="decode in a thread pool or in worker processes (auto: processes from 8 cores on)")
     f.add_argument("--unlabelled", action="store_true", help="ignore sub-folders as classes")
     f.add_argument("--labels", metavar="CSV", help="labels from a CSV (id,label) instead of sub-folders")
     f.add_argument("--id-column", help="the CSV column of image ids (default: 'id', else the first)")
@@ -278,7 +286,7 @@ def cmd_featurize(a):
     run = featurize(a.data_dir, a.backbone, a.layer, a.out, a.weights, labelled=False if a.unlabelled else None,
                     labels=a.labels, id_column=a.id_column, label_column=a.label_column, prune=a.prune,
                     sample=a.sample, follow_links=not a.no_follow_links,
-                    overwrite=a.overwrite, batch_size=a.batch_size, workers=a.workers,
+                    overwrite=a.overwrite, batch_size=a.batch_size, workers=a.workers, decode=a.decode,
                     progress=not a.no_progress, strict=a.strict, report=True, tta=a.tta, **_backbone_kwargs(a),
                     **_engine_kwargs(a))
     print(run.summary())

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone
+from .decodepool import DecodePool, choose_decode, usable_cores
 from .errors import ImageError, PipelineError, StoreError, UsageError
 from .images import ImageRecord, decode, list_images, no_images_message, read_bytes
 from .labels import CsvLabels, read_labels_csv
@@ -121,7 +122,7 @@ def known_files(writer, previous_report: dict) -> dict:
             "bad": {b["path"]: b for b in previous_report.get("skipped", []) if b.get("stat")}}
 
 
-def _prepare(record: ImageRecord, bb: Backbone, known: dict, clock: StageClock):
+def _prepare(record: ImageRecord, bb: Backbone, known: dict, clock: StageClock | None = None):
     """(record, sha256, stat, result, notes). result: None when cached, an ImageError, the decoded
     uint8 image (H, W, 3), or, for a backbone that featurizes one image at a time in the calling
     thread (TFLite), the feature row (D,) itself.
@@ -132,6 +133,7 @@ def _prepare(record: ImageRecord, bb: Backbone, known: dict, clock: StageClock):
     reused too). `clock` adds up the seconds spent reading, decoding and (per image) featurizing.
     """
     notes, stat = [], None
+    clock = clock or StageClock()
     try:
         with clock.timed("read"):
             stat = file_stat(record.path)
@@ -197,6 +199,9 @@ class _Batcher:
         self.spec_recorded = False
 
     def add(self, image, row):
+        if not self.spec_recorded:  # builds the network at the first image that needs it: that fixes the batch size
+            self.writer.set_spec(self.backbone.spec())
+            self.spec_recorded = True
         self.images.append(image)
         self.rows.append(row)
         if len(self.images) >= self.backbone.batch_size:
@@ -233,7 +238,7 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
               sample: int | float | None = None, follow_links: bool = True,
               overwrite: bool = False, batch_size: int | None = None, workers: int | None = None,
               progress: bool = True, strict: bool = False, report: bool = False, engine: str = "local",
-              cluster=None, **backbone_options):
+              cluster=None, decode: str = "auto", **backbone_options):
     """Featurize every image below `data_dir` into the store `out`; return the FeatureStore.
 
     Sub-folders of `data_dir` are classes (images at any depth below one belong to it); a flat
@@ -245,11 +250,13 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     `layer` may name several layers ("penultimate,logits"): one forward pass writes one store
     per layer, at `out` with ``{layer}`` replaced by each name (the first store is returned).
     engine="ray" runs on a Ray cluster (`cluster`: a pipeline.distributed.RayCluster), same store.
+    `decode`: "thread", "process" (pipeline.decodepool) or "auto" (processes from 8 usable cores on).
     """
     if engine != "local":
         return _on_engine(engine, workers, cluster, locals(), backbone_options)
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(
         backbone, layer, weights, batch_size=batch_size, **backbone_options)
+    choose_decode(decode, bb.per_image)  # a bad choice fails before any work
     if labels is not None and not isinstance(labels, CsvLabels):
         labels = read_labels_csv(labels, id_column, label_column)
     listing = list_images(data_dir, labelled, labels=labels, follow_links=follow_links)
@@ -268,7 +275,7 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     out = writer.root
     try:
         _check_same_folder(writer, data_dir)
-        _run(listing.records, bb, writer, workers, progress, run, read_report(out))
+        _run(listing.records, bb, writer, workers, progress, run, read_report(out), decode)
         _withdraw_skipped(writer, run)
         if prune:
             # rows below a folder that could not be listed are kept: their files may well exist
@@ -336,15 +343,20 @@ def _finish(run: RunReport, writer) -> None:
     writer.write_report(run.to_dict())
 
 
-def _run(records, bb: Backbone, writer, workers, progress, run: RunReport, previous_report: dict) -> None:
+def _run(records, bb: Backbone, writer, workers, progress, run: RunReport, previous_report: dict,
+         decode: str = "auto") -> None:
     known = known_files(writer, previous_report)
     clock = StageClock()
     batcher = _Batcher(bb, writer, run.skipped, clock)
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     start = time.perf_counter()
     with _progress(len(records), progress, f"featurize {bb.name}") as bar:
         window = max(2 * bb.batch_size, 4 * workers)
-        for item in bounded_map(lambda r: _prepare(r, bb, known, clock), records, workers, window):
+        if choose_decode(decode, bb.per_image) == "process":  # the workers' read/decode time comes back
+            items = DecodePool(bb.preprocess, workers, window, clock=clock).map(records, known)
+        else:
+            items = bounded_map(lambda r: _prepare(r, bb, known, clock), records, workers, window)
+        for item in items:
             bar.update(1)
             _account(item, batcher, run)
         batcher.flush()

@@ -50,6 +50,12 @@ class StageClock:
             with self._lock:
                 self.busy[stage] += elapsed
 
+    def add(self, busy: dict) -> None:
+        """Add busy seconds measured elsewhere (a worker process's own clock)."""
+        with self._lock:
+            for stage, seconds in busy.items():
+                self.busy[stage] += seconds
+
     def report(self, images: int, wall_s: float, workers: dict, hint_context: dict) -> dict:
         """The ``stages`` object of report.json: busy seconds, workers, images/s, bottleneck and a hint."""
         per_worker = {s: self.busy[s] / max(1, workers[s]) for s in STAGES}

@@ -17,7 +17,7 @@ from ..hints import did_you_mean
 from ..preprocess import Preprocess
 from .base import TTA_MODES, Backbone, describe, identity
 from .graph import GRAPH_PRESETS, GraphBackbone
-from .keras_apps import KERAS_APPS, KerasBackbone
+from .keras_apps import KERAS_APPS, KerasBackbone, KerasRuntime
 from .tflite import TFLiteBackbone
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -38,11 +38,14 @@ def _overrides(base: Preprocess, input_size=None, scaling=None, crop_fraction=No
 def create_backbone(spec: str = DEFAULT_BACKBONE, layer: str = "penultimate", weights: str | None = None,
                     *, input_size=None, scaling=None, crop_fraction=None, resample=None,
                     input_tensor=None, batch_size: int | None = None, precision: str | None = None,
-                    tta: str | None = None) -> Backbone:
+                    tta: str | None = None, keras_backend: str | None = None,
+                    jit_compile: bool = False) -> Backbone:
     """Resolve SPEC to a (not yet loaded) backbone reading `layer`.
 
     precision: float32 (default), bfloat16 or float16 compute for Keras applications.
     tta: "flip" averages the features of each image and of its horizontal mirror (any kind).
+    keras_backend: tensorflow, jax or torch for Keras applications (default: $KERAS_BACKEND, else
+    tensorflow); jit_compile: XLA-compile the TensorFlow function.
     """
     if tta not in (None, *TTA_MODES):
         raise UsageError(f"unknown test-time augmentation {tta!r}; choose one of {', '.join(TTA_MODES)}")
@@ -55,10 +58,14 @@ def create_backbone(spec: str = DEFAULT_BACKBONE, layer: str = "penultimate", we
     if precision not in (None, "float32") and spec not in KERAS_APPS:
         raise UsageError(f"--precision {precision} applies to Keras applications ({', '.join(KERAS_APPS)}), "
                          f"not to {spec!r}")
+    if (keras_backend or jit_compile) and spec not in KERAS_APPS:
+        raise UsageError(f"--keras-backend and --jit-compile apply to Keras applications ({', '.join(KERAS_APPS)}), "
+                         f"not to {spec!r}")
     if spec in KERAS_APPS:
         app = KERAS_APPS[spec]
         pre = _overrides(Preprocess(size=(app.size, app.size), scaling=app.scaling), **pre_kw)
-        bb = KerasBackbone(spec, layer, weights, pre, precision=precision or "float32")
+        bb = KerasBackbone(spec, layer, weights, pre, batch_size, precision=precision or "float32",
+                           runtime=KerasRuntime(keras_backend, jit_compile))
     elif spec in BUNDLED:
         bb = _tflite(BUNDLED[spec], layer, spec, pre_kw)
     elif spec.lower().endswith(".tflite"):

@@ -3,16 +3,27 @@
 One row per model in :data:`KERAS_APPS`: the constructor, input size and the Keras
 ``preprocess_input`` mode it was trained with. Weights are "imagenet" (Keras downloads
 and caches them when online) or a local weights file of the full model with its top.
+
+The same application and weights run on any Keras 3 backend: ``tensorflow`` (default),
+``jax`` or ``torch`` (``keras_backend=``, else the ``KERAS_BACKEND`` environment variable).
+Keras fixes its backend when it is first imported, so the choice is made before that import
+and is an error once Keras runs another backend in the process. Under jax and torch nothing
+imports TensorFlow. uint8 batches go to the device and are normalised there, inside the
+compiled function (``tf.function``, ``jax.jit``). Float32 features of the backends agree to
+cosine 0.9999 (tests/test_keras_backend.py), so the backend is recorded in the feature spec as
+information and is not part of its identity: a store made on one backend is reused by another.
 """
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackboneError, UnknownNameError
+from ..errors import BackboneError, UnknownNameError, UsageError
 from ..preprocess import Preprocess
 from ..hints import did_you_mean
 from .base import LAYER_ALIASES, Backbone, file_sha256, padded_call
@@ -44,14 +55,64 @@ KERAS_APPS: dict[str, KerasApp] = {
 }
 
 
-def _keras():
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from .graph import _tf
+KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+GPU_BATCH = 256  # default batch on a GPU (CPUs: the Backbone default, 32)
+log = logging.getLogger(__name__)
 
-    _tf()  # configures GPUs before Keras touches them
+
+def resolve_keras_backend(name: str | None = None) -> str:
+    """The Keras backend to use: `name`, else $KERAS_BACKEND, else tensorflow."""
+    name = name or os.environ.get("KERAS_BACKEND") or "tensorflow"
+    if name not in KERAS_BACKENDS:
+        raise UsageError(f"unknown Keras backend {name!r} (from --keras-backend or KERAS_BACKEND); "
+                         f"choose one of {', '.join(KERAS_BACKENDS)}")
+    return name
+
+
+def use_keras_backend(name: str) -> None:
+    """Make `name` the backend Keras is imported with; an error if Keras already runs another one."""
+    keras = sys.modules.get("keras")
+    if keras is None:
+        os.environ["KERAS_BACKEND"] = name
+        return
+    current = keras.backend.backend()
+    if current != name:
+        raise UsageError(f"Keras was already imported with the {current} backend in this process and cannot "
+                         f"switch to {name}: choose the backend before Keras is first imported (a new process "
+                         f"with --keras-backend {name} or KERAS_BACKEND={name})")
+
+
+def _keras(backend: str = "tensorflow"):
+    use_keras_backend(backend)
+    if backend == "tensorflow":
+        from .graph import _tf
+
+        _tf()  # configures GPUs (memory growth) before Keras touches them
+    elif backend == "jax":
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # grow GPU memory on demand
     import keras
 
     return keras
+
+
+def gpu_visible_cheaply() -> bool:
+    """A guess, without importing any framework, that an NVIDIA GPU is attached (checked again at load)."""
+    return os.path.exists("/dev/nvidiactl") or os.path.isdir("/proc/driver/nvidia/gpus")
+
+
+def backend_has_gpu(backend: str) -> bool:
+    """True when the Keras backend `backend` (already imported) places work on a GPU."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() in ("gpu", "cuda", "rocm")
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -66,24 +127,32 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def warn_precision(precision: str) -> None:
-    import logging
-
-    import tensorflow as tf
-
-    gpu = bool(tf.config.list_physical_devices("GPU"))
+def warn_precision(precision: str, gpu: bool) -> None:
     if precision == "bfloat16" and not gpu and not cpu_has_bf16():
-        logging.getLogger(__name__).warning(
+        log.warning(
             "--precision bfloat16: this CPU has no native bfloat16 (no avx512_bf16/amx_bf16 flag), so it is "
             "emulated and slower than float32 (about 3x on the benchmark machine); use float32")
     if precision == "float16" and not gpu:
-        logging.getLogger(__name__).warning("--precision float16 is meant for GPUs; on a CPU it is slow")
+        log.warning("--precision float16 is meant for GPUs; on a CPU it is slow")
+
+
+@dataclass(frozen=True)
+class KerasRuntime:
+    """Where and how a Keras application runs (none of it changes the features beyond float tolerance).
+
+    keras_backend: tensorflow, jax or torch (None: $KERAS_BACKEND, else tensorflow).
+    jit_compile: XLA-compile the TensorFlow function (jax always compiles; torch runs eagerly).
+    """
+
+    keras_backend: str | None = None
+    jit_compile: bool = False
 
 
 class KerasBackbone(Backbone):
     kind = "keras"
     def __init__(self, name: str, layer: str = "penultimate", weights: str | None = None,
-                 preprocess: Preprocess | None = None, batch_size: int = 32, precision: str = "float32"):
+                 preprocess: Preprocess | None = None, batch_size: int | None = None, precision: str = "float32",
+                 runtime: KerasRuntime | None = None):
         app = KERAS_APPS[name]
         pre = preprocess or Preprocess(size=(app.size, app.size), scaling=app.scaling)
         if precision not in PRECISIONS:
@@ -96,16 +165,26 @@ class KerasBackbone(Backbone):
             if not path.is_file():
                 raise BackboneError(f"weights file {weights!r} for {name} does not exist")
             source.update(weights=str(path.resolve()), weights_sha256=file_sha256(path))
-        super().__init__(name, layer, pre, source, batch_size)
+        runtime = runtime or KerasRuntime()
+        self.keras_backend = resolve_keras_backend(runtime.keras_backend)
+        use_keras_backend(self.keras_backend)  # fails fast, before any image is read
+        self.jit_compile = runtime.jit_compile
+        self._auto_batch = not batch_size
+        guess = GPU_BATCH if gpu_visible_cheaply() else 32
+        super().__init__(name, layer, pre, source, int(batch_size or guess))
         self.app = app
         self.precision = precision
 
+    def request(self) -> dict:
+        # information only: identity() leaves it out, so stores are shared across backends
+        return {**super().request(), "keras_backend": self.keras_backend}
+
     def _build(self):
-        keras = _keras()
+        keras = _keras(self.keras_backend)
         ctor = getattr(keras.applications, self.app.constructor)
         weights = self.source["weights"]
         if weights == "random":
-            keras.utils.set_random_seed(0)  # the same "random" network every time, so its features cache
+            _seed(keras, self.keras_backend)  # the same "random" network every time, so its features cache
         policy = keras.mixed_precision.dtype_policy()
         try:
             keras.mixed_precision.set_dtype_policy(PRECISIONS[self.precision])
@@ -126,7 +205,7 @@ class KerasBackbone(Backbone):
             keras.mixed_precision.set_dtype_policy(policy)
 
     def _feature_output(self, model, layer: str):
-        keras = _keras()
+        keras = _keras(self.keras_backend)
         if layer == "logits":
             return model.output, model.layers[-1].name
         if layer == "predictions":
@@ -143,32 +222,108 @@ class KerasBackbone(Backbone):
                                    f"{', '.join(LAYER_ALIASES)} or a layer name such as {names}") from e
 
     def _load(self):
-        keras = _keras()  # imports TensorFlow quietly first
-        import tensorflow as tf
-
-        from ..preprocess import normalize
-
-        warn_precision(self.precision)
+        keras = _keras(self.keras_backend)
+        gpu = backend_has_gpu(self.keras_backend)
+        if self._auto_batch:
+            self.batch_size = GPU_BATCH if gpu else 32
+        warn_precision(self.precision, gpu)
         model = self._build()
         outputs, tensors = zip(*(self._feature_output(model, layer) for layer in self.layers))
         feature_model = keras.Model(model.inputs, list(outputs))  # every layer from one forward pass
-        h, w = self.preprocess.size
-        pre = self.preprocess
-
-        def flat(y):
-            y = tf.cast(y, tf.float32)
-            if len(y.shape) == 4:
-                y = tf.reduce_mean(y, axis=[1, 2])
-            return y if len(y.shape) == 2 else tf.reshape(y, [tf.shape(y)[0], -1])
-
-        @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.uint8)])
-        def forward(images):
-            ys = [flat(y) for y in tf.nest.flatten(feature_model(normalize(images, pre), training=False))]
-            return ys[0] if len(ys) == 1 else tf.concat(ys, axis=1)
-
-        self._fn = forward
         self._set_layers(list(tensors), [int(np.prod(o.shape[1:] if len(o.shape) != 4 else o.shape[-1:]))
                                          for o in outputs])
+        compile_fn = {"tensorflow": _tf_function, "jax": _jax_function, "torch": _torch_function}
+        self._fn = compile_fn[self.keras_backend](feature_model, self.preprocess, self.jit_compile)
+        self.device = "GPU" if gpu else "CPU"
 
     def _forward(self, images):
         return padded_call(self._fn, images, self.batch_size)
+
+
+def _seed(keras, backend: str, seed: int = 0) -> None:
+    """keras.utils.set_random_seed without its tf.random.set_seed, which imports TensorFlow under any backend."""
+    if backend == "tensorflow":
+        keras.utils.set_random_seed(seed)
+        return
+    import random
+
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+
+    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)
+    if backend == "torch":
+        import torch
+
+        torch.manual_seed(seed)
+
+
+def _features(ops, feature_model, images, pre: Preprocess):
+    """uint8 batch -> float32 (N, D) features, in backend ops: normalise, run, global-average-pool."""
+    x = ops.cast(images, "float32")
+    if pre.channel_order == "BGR":
+        x = ops.flip(x, axis=-1)
+    x = x * np.float32(pre.scale) - np.asarray(pre.mean, np.float32)
+    if any(s != 1.0 for s in pre.std):
+        x = x / np.asarray(pre.std, np.float32)
+    ys = feature_model(x, training=False)
+    ys = [_pooled(ops, y) for y in (ys if isinstance(ys, (list, tuple)) else [ys])]
+    return ys[0] if len(ys) == 1 else ops.concatenate(ys, axis=1)  # several layers side by side
+
+
+def _pooled(ops, y):
+    """One layer's output as float32 (N, D): spatial maps global-average-pooled, anything else flattened."""
+    y = ops.cast(y, "float32")
+    if len(y.shape) == 4:
+        return ops.mean(y, axis=(1, 2))
+    return y if len(y.shape) == 2 else ops.reshape(y, (ops.shape(y)[0], -1))
+
+
+def _tf_function(feature_model, pre: Preprocess, jit_compile: bool):
+    import keras
+    import tensorflow as tf
+
+    h, w = pre.size
+
+    @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.uint8)], jit_compile=jit_compile or None)
+    def forward(images):
+        return _features(keras.ops, feature_model, images, pre)
+
+    return forward
+
+
+def _jax_function(feature_model, pre: Preprocess, jit_compile: bool):
+    """jax.jit of the model's stateless call: weights are arguments, not constants folded into the program."""
+    import jax
+    import keras
+
+    trainable = [v.value for v in feature_model.trainable_variables]
+    frozen = [v.value for v in feature_model.non_trainable_variables]
+
+    class _Stateless:  # feature_model(x) inside _features, with the weights passed in
+        def __init__(self, tv, ntv):
+            self.tv, self.ntv = tv, ntv
+
+        def __call__(self, x, training=False):
+            return feature_model.stateless_call(self.tv, self.ntv, x, training=training)[0]
+
+    @jax.jit
+    def forward(tv, ntv, images):
+        return _features(keras.ops, _Stateless(tv, ntv), images, pre)
+
+    return lambda images: forward(trainable, frozen, images)
+
+
+def _torch_function(feature_model, pre: Preprocess, jit_compile: bool):
+    import keras
+    import torch
+
+    def forward(images):
+        with torch.inference_mode():
+            x = keras.ops.convert_to_tensor(images)  # on Keras' device (the GPU when there is one)
+            return keras.ops.convert_to_numpy(_features(keras.ops, feature_model, x, pre))
+
+    return forward

@@ -1,0 +1,215 @@
+"""GPU benchmark without TensorFlow: decode img/s, featurize end to end from JPEG, forward bound, GPU/CPU cosine.
+
+Runs on a bare GPU machine that has Python, JAX (and PyTorch) for CUDA but no TensorFlow, with the
+small wheels and JPEGs that ``make bench-gpu-prepare`` puts in ``.gpu/`` (BENCHMARKS.md says how):
+
+    make bench-gpu                                   # on the GPU machine
+    python3 bench/gpu.py --images .gpu/imgs --smoke  # here, on CPU: checks that the script runs
+
+For each model (Keras application, random weights saved once to a .weights.h5 file and loaded by
+both sides) and precision it prints:
+  bound        img/s of the backbone's own batched call on uint8 images already in memory
+  e2e          pipeline.featurize on a folder of JPEGs into a fresh store (--decode process)
+  cosine_min   lowest cosine between this run's features and float32 features of the same files
+               computed on the CPU (a subprocess with JAX_PLATFORMS=cpu)
+and, once, the decode stage's img/s (read + sha256 + decode at 299 px) with threads and processes.
+TensorFlow is never imported; the script fails if it was.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["KERAS_BACKEND"] = "jax"
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+import pipeline  # noqa: E402
+from pipeline.backbones import create_backbone  # noqa: E402
+from pipeline.backbones.keras_apps import KERAS_APPS  # noqa: E402
+from pipeline.decodepool import DecodePool, usable_cores  # noqa: E402
+from pipeline.images import list_images  # noqa: E402
+from pipeline.preprocess import Preprocess  # noqa: E402
+from pipeline.runner import _prepare, bounded_map  # noqa: E402
+
+# Featurize FOLDER with MODEL and WEIGHTS in float32 on the CPU (JAX_PLATFORMS=cpu) into STORE.
+_CPU_REFERENCE = """
+import sys, pipeline
+folder, model, weights, store = sys.argv[1:]
+pipeline.featurize(folder, model, weights=weights, out=store, keras_backend="jax", decode="thread", progress=False)
+"""
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def replicate(images: Path, n: int, dest: Path) -> Path:
+    """A flat folder of n files, hard links (or copies) cycling over the JPEGs of `images`."""
+    sources = [r.path for r in list_images(images, labelled=False).records]
+    if not sources:
+        raise SystemExit(f"no images in {images}: run make bench-gpu-prepare (BENCHMARKS.md)")
+    dest.mkdir(parents=True)
+    for i in range(n):
+        src = sources[i % len(sources)]
+        try:
+            os.link(src, dest / f"{i:06d}-{src.name}")
+        except OSError:
+            shutil.copyfile(src, dest / f"{i:06d}-{src.name}")
+    return dest
+
+
+class _DecodeOnly:
+    per_image = False
+
+    def __init__(self, pre):
+        self.preprocess = pre
+
+
+def decode_rates(folder: Path, workers: int) -> dict:
+    """img/s of the decode stage alone at 299 px: a thread pool and the process pool, `workers` each."""
+    records = list_images(folder, labelled=False).records
+    pre, known = Preprocess(size=(299, 299), scaling="tf"), {"rows": {}, "bad": {}}
+    out = {}
+    t, got = timed(lambda: list(bounded_map(lambda r: _prepare(r, _DecodeOnly(pre), known), records, workers,
+                                            4 * workers)))
+    out["decode_threads"] = rate(len(got), t)
+    list(DecodePool(pre, workers, window=512).map(records[:64], known))  # starts the forkserver once
+    t, got = timed(lambda: list(DecodePool(pre, workers, window=512).map(records, known)))
+    out["decode_processes"] = rate(len(got), t)
+    return out
+
+
+def random_weights(model: str, path: Path) -> Path:
+    """The application with seeded random weights, saved: both the GPU and the CPU side load this file."""
+    import keras
+
+    from pipeline.backbones.keras_apps import _seed
+
+    _seed(keras, "jax")  # keras.utils.set_random_seed would import TensorFlow where it is installed
+    ctor = getattr(keras.applications, KERAS_APPS[model].constructor)
+    ctor(weights=None, classifier_activation=None).save_weights(path)
+    keras.backend.clear_session()
+    return path
+
+
+def cpu_reference(model: str, weights: Path, folder: Path, store: Path) -> dict:
+    """path -> float32 features computed on the CPU, in a subprocess that sees no GPU."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(
+        [str(REPO), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", _CPU_REFERENCE, str(folder), model, str(weights), str(store)],
+                   env=env, check=True, cwd=REPO)
+    ref = pipeline.FeatureStore.open(store)
+    return dict(zip(ref.paths, ref.features))
+
+
+def cosine_min(store, ref: dict) -> float:
+    feats = dict(zip(store.paths, store.features))
+    a = np.stack([feats[p] for p in ref]).astype(np.float64)
+    b = np.stack(list(ref.values())).astype(np.float64)
+    return float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+def bench_model(model: str, precision: str, a, folder: Path, ref: dict, weights: Path, work: Path) -> dict:
+    bb = create_backbone(model, "penultimate", weights=str(weights), keras_backend="jax", precision=precision,
+                         batch_size=a.batch)
+    build, _ = timed(bb.load)
+    bs = bb.batch_size
+    records = list_images(folder, labelled=False).records[:bs]
+    images = np.stack([_prepare(r, _DecodeOnly(bb.preprocess), {"rows": {}, "bad": {}})[3] for r in records])
+    for _ in range(2):
+        bb(images)  # compiles this batch shape
+    t, _ = timed(lambda: [bb(images) for _ in range(a.bound_rounds)])
+    res = {"model": model, "precision": precision, "batch": bs, "device": bb.device, "build_s": build,
+           "bound": rate(bs * a.bound_rounds, t)}
+    store = work / f"{model}-{precision}-store"
+    n = len(list_images(folder, labelled=False).records)
+    t, run = timed(lambda: pipeline.featurize(folder, bb, out=store, decode="process", workers=a.workers,
+                                              progress=False, report=True))
+    assert run.computed == n, run.summary()
+    res["e2e"] = rate(n, t)
+    res["e2e_over_bound"] = res["e2e"] / res["bound"]
+    res["cosine_min"] = cosine_min(run.store, ref)
+    return res
+
+
+def report(results: list[dict], extra: dict) -> str:
+    lines = [f"\n{extra['header']}",
+             f"decode stage, 299 px, {extra['workers']} workers, {extra['n']} JPEGs: threads "
+             f"{extra['decode_threads']:.0f} img/s, processes {extra['decode_processes']:.0f} img/s",
+             f"{'model':<14} {'precision':<9} {'batch':>5} {'device':>6} {'bound':>8} {'e2e':>8} {'e2e/bound':>9} "
+             f"{'cos vs CPU fp32':>15}"]
+    for r in results:
+        lines.append(f"{r['model']:<14} {r['precision']:<9} {r['batch']:>5} {r['device']:>6} {r['bound']:8.0f} "
+                     f"{r['e2e']:8.0f} {r['e2e_over_bound']:9.2f} {r['cosine_min']:15.5f}")
+    return "\n".join(lines)
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=Path, default=REPO / ".gpu" / "imgs", help="JPEGs (make bench-gpu-prepare)")
+    p.add_argument("--models", default="inception_v3,resnet50")
+    p.add_argument("--precisions", default="float32,bfloat16")
+    p.add_argument("--n", type=int, default=4096, help="JPEGs featurized end to end (a multiple of --batch)")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--workers", type=int, default=usable_cores(), help="decode processes (default: usable cores)")
+    p.add_argument("--bound-rounds", type=int, default=10)
+    p.add_argument("--reference-n", type=int, default=64, help="images also featurized on the CPU for the cosine")
+    p.add_argument("--smoke", action="store_true", help="a tiny run that only checks the script (CPU is fine)")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.models, a.precisions, a.n, a.batch, a.bound_rounds, a.reference_n = "mobilenet_v2", "float32", 16, 8, 1, 4
+        a.workers = min(a.workers, 2)
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse(argv)
+    import jax
+
+    work = Path(tempfile.mkdtemp(prefix="tfp-gpu-"))
+    try:
+        folder = replicate(a.images, a.n, work / "jpegs")
+        ref_folder = replicate(folder, a.reference_n, work / "reference")
+        extra = {"n": a.n, "workers": a.workers, **decode_rates(folder, a.workers),
+                 "header": f"{time.strftime('%Y-%m-%d')} {platform.node()}, {usable_cores()} usable cores, "
+                           f"jax {jax.__version__} on {jax.devices()[0].device_kind}, python {platform.python_version()}"}
+        results = []
+        for model in a.models.split(","):
+            weights = random_weights(model, work / f"{model}.weights.h5")
+            ref = cpu_reference(model, weights, ref_folder, work / f"{model}-cpu-store")
+            ref = {p.split("-", 1)[1]: v for p, v in ref.items()}  # NNNNNN-<name in folder>: links to its first files
+            for precision in a.precisions.split(","):
+                results.append(bench_model(model, precision, a, folder, ref, weights, work))
+                print(report(results[-1:], extra), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("\n==== summary" + report(results, extra))
+    if a.json:
+        a.json.write_text(json.dumps({**extra, "results": results}, indent=1))
+    if any(m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules):
+        print("TensorFlow was imported: the Keras path on jax must not import it", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
