@@ -301,9 +301,11 @@ def _on_engine(engine: str, workers, cluster, args: dict, backbone_options: dict
         raise UsageError(f"unknown engine {engine!r}; choose local or ray")
     if workers is not None:
         raise UsageError("--workers sets decoding threads of --engine local; Ray sizes its tasks to the cluster")
+    if args.get("decode", "auto") != "auto":
+        raise UsageError("--decode chooses threads or processes of --engine local; Ray decodes in its own tasks")
     from .distributed import featurize_ray
 
-    drop = {"engine", "workers", "backbone_options", "data_dir"}
+    drop = {"engine", "workers", "backbone_options", "data_dir", "decode"}
     return featurize_ray(args["data_dir"], **{k: v for k, v in args.items() if k not in drop}, **backbone_options)
 
 
