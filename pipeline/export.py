@@ -194,25 +194,24 @@ def _tflite_join(bb, head: ArrayHead) -> bytes:
     if bb._in_dtype != np.uint8:
         raise UsageError(f"{bb.path} takes {bb._in_dtype.name} input, not uint8 pixels; only TFLite backbones "
                          f"with uint8 image input can be exported")
-    details = {t["name"]: t for t in bb._interpreter().get_tensor_details()}
-    feeds, specs = {}, []
-    for i, tensor in enumerate(bb.tensors):
-        t = details[tensor]
-        if not t["quantization"][0]:
-            raise UsageError(f"{bb.path}: layer {tensor!r} is not quantized; only quantized feature tensors "
-                             f"can be joined to the head")
-        feeds[f"layer{i}"] = t["index"]
-        specs.append(tf.TensorSpec([int(v) for v in t["shape"]], tf.float32, name=f"layer{i}"))
+    if len(bb.tensors) != 1:
+        raise UsageError(f"a head on several layers ({bb.layer}) of a TFLite backbone cannot be exported yet; "
+                         f"train it on one layer")
+    t = {t["name"]: t for t in bb._interpreter().get_tensor_details()}[bb.tensors[0]]
+    if not t["quantization"][0]:
+        raise UsageError(f"{bb.path}: layer {bb.tensors[0]!r} is not quantized; only quantized feature tensors "
+                         f"can be joined to the head")
     classes = tf.constant([[str(c) for c in head.classes_]])
+    module = tf.Module()
 
-    def serve(*layers):
-        pooled = [tf.reduce_mean(y, axis=[1, 2]) if len(y.shape) == 4 else tf.reshape(y, [tf.shape(y)[0], -1])
-                  for y in layers]
-        x = pooled[0] if len(pooled) == 1 else tf.concat(pooled, axis=1)
+    @tf.function(input_signature=[tf.TensorSpec([int(v) for v in t["shape"]], tf.float32, name="layer0")])
+    def serve(layer0):
+        x = tf.reduce_mean(layer0, axis=[1, 2]) if len(layer0.shape) == 4 else tf.reshape(layer0, [layer0.shape[0], -1])
         return {"probabilities": _head_probabilities(head, x, tf.float32), "classes": classes}
 
-    fn = tf.function(serve, input_signature=specs)
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()])
+    module.serve = serve
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], module)
+    feeds = {"layer0": t["index"]}
     try:
         return join(Path(bb.path).read_bytes(), _convert(conv), feeds)
     except ValueError as e:
