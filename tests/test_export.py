@@ -88,6 +88,26 @@ def test_saved_model_equals_predict_proba(tiny_app, data, tmp_path, head, pca):
     assert (p_bytes.argmax(1) == want.argmax(1)).all()
 
 
+@pytest.mark.parametrize("kind", ["savedmodel", "graphdef"])
+def test_saved_model_from_a_tensorflow_graph_backbone(data, tmp_path, kind):
+    # a SavedModel folder or a frozen GraphDef as the backbone: exported as constants, same numbers
+    import tensorflow as tf
+
+    from models_for_tests import export_saved_model, frozen_graph_def
+
+    tiny = tiny_keras_model()
+    if kind == "savedmodel":
+        bb = create_backbone(export_saved_model(tiny, tmp_path / "sm"), "penultimate", input_size=SIZE, scaling="tf")
+    else:
+        path, inp, _ = frozen_graph_def(tiny, tmp_path / "frozen.pb")
+        bb = create_backbone(path, "penultimate", input_size=SIZE, scaling="tf", input_tensor=inp)
+    paths, labels = data
+    clf = _classifier(bb, paths, labels)
+    loaded = tf.saved_model.load(str(clf.export(tmp_path / "model")))
+    got = loaded.signatures["serving_default"](images=tf.constant(_decoded(paths, bb.preprocess)))
+    assert np.abs(got["probabilities"].numpy() - clf.predict_proba(list(map(str, paths)))).max() <= 1e-4
+
+
 def clf_pre(clf) -> Preprocess:
     return Preprocess.from_dict(clf.spec["preprocess"])
 
