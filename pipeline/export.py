@@ -40,6 +40,11 @@ def export(classifier, out, fmt: str = "saved_model", force: bool = False) -> Pa
         raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     head = _array_head(classifier)
     out = _check_out(Path(out), force)
+    if fmt == "tflite" and out.is_dir():
+        raise UsageError(f"--out {out} is a folder; --format tflite writes one file (e.g. {out / 'model.tflite'})")
+    if fmt == "saved_model" and classifier.spec.get("kind") == "tflite":
+        raise UsageError(f"{classifier.spec['backbone']} is a TFLite backbone: it can be exported with "
+                         f"--format tflite only (TensorFlow cannot run a TFLite model inside a SavedModel)")
     from .backbones import backbone_from_spec
 
     bb = backbone_from_spec(classifier.spec)
@@ -48,9 +53,6 @@ def export(classifier, out, fmt: str = "saved_model", force: bool = False) -> Pa
     if fmt == "tflite":
         data = _tflite_join(bb, head) if bb.kind == "tflite" else _tflite_convert(bb, head)
         return _write_bytes(out, data)
-    if bb.kind == "tflite":
-        raise UsageError(f"{classifier.spec['backbone']} is a TFLite backbone: it can be exported with "
-                         f"--format tflite only (TensorFlow cannot run a TFLite model inside a SavedModel)")
     return _write_saved_model(out, _module(bb, head))
 
 

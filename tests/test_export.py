@@ -228,3 +228,17 @@ def test_tf_decode_equals_pillow_decode_within_one_level(what):
         (image.convert("L") if what == "grey_jpeg" else image).save(buf, "JPEG", quality=90)
     data = buf.getvalue()
     assert np.abs(_tf_decode(data, pre) - decode(data, pre).astype(int)).max() <= 1
+
+
+def test_tf_decode_refuses_a_png_claiming_too_many_pixels():
+    # the pixel limit of the Pillow decoder holds in predict_bytes too: refused before decoding
+    import struct
+
+    import tensorflow as tf
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = struct.pack(">II", 40000, 40000)  # IHDR width and height
+    with pytest.raises(tf.errors.InvalidArgumentError, match="too many pixels"):
+        _tf_decode(bytes(data), Preprocess(size=(32, 32)))
