@@ -81,7 +81,8 @@ def main() -> None:
     print(f"held-out accuracy (Pillow) {acc:.1%}; max |dp| {dp.max():.4f}, mean |dp| {dp.mean():.5f}; "
           f"same prediction for {same:.2%} ({int(round((1 - same) * len(X)))} of {len(X)} differ)")
     for i in np.flatnonzero(p_pil.argmax(1) != p_tf.argmax(1)):
-        print(f"  differs: {records[i].relpath}: p({clf.classes_[1]}) {p_pil[i, 1]:.3f} (Pillow) vs {p_tf[i, 1]:.3f} (TF)")
+        print(f"  differs: {records[i].relpath}: p({clf.classes_[1]}) "
+              f"{p_pil[i, 1]:.3f} (Pillow) vs {p_tf[i, 1]:.3f} (TF)")
 
 
 def tf_side(clf, bb, blobs, pixels, out):

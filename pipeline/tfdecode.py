@@ -26,7 +26,7 @@ def _tf():
 
 
 class _Bytes:
-    """The first bytes of a file as int32 values; reads past the end give 0."""
+    """The first bytes of a file as int64 values; reads past the end give 0."""
 
     def __init__(self, data):
         tf = _tf()
@@ -37,8 +37,8 @@ class _Bytes:
 
     def at(self, i):
         tf = _tf()
-        i = tf.cast(i, tf.int64)
-        return tf.gather(self.b, tf.clip_by_value(i, tf.constant(0, tf.int64), tf.shape(self.b, out_type=tf.int64)[0] - 1))
+        last = tf.shape(self.b, out_type=tf.int64)[0] - 1
+        return tf.gather(self.b, tf.clip_by_value(tf.cast(i, tf.int64), tf.constant(0, tf.int64), last))
 
     def u16(self, i, little=False):
         return self._word(i, 2, little)
@@ -65,7 +65,8 @@ def _exif_start(b: _Bytes):
                 & tf.not_equal(marker, 0xDA) & tf.not_equal(marker, 0xD9))
 
     def step(offset, found):
-        is_exif = tf.equal(b.at(offset + 1), 0xE1) & tf.reduce_all(tf.equal(b.at(offset + 4 + tf.range(6, dtype=tf.int64)), exif))
+        label = b.at(offset + 4 + tf.range(6, dtype=tf.int64))
+        is_exif = tf.equal(b.at(offset + 1), 0xE1) & tf.reduce_all(tf.equal(label, exif))
         return offset + 2 + b.u16(offset + 2), tf.where(is_exif, offset + 10, found)
 
     _, found = tf.while_loop(more, step, (tf.constant(2, tf.int64), tf.constant(-1, tf.int64)), maximum_iterations=512)
@@ -119,10 +120,17 @@ def _draft_ratio(data, orientation, pre: Preprocess):
 def _decode_jpeg(data, orientation, pre):
     tf = _tf()
     ratio, pixels = _draft_ratio(data, orientation, pre)
-    check = tf.debugging.assert_less_equal(pixels, tf.constant(MAX_PIXELS, tf.int64), message="image has too many pixels")
-    with tf.control_dependencies([check]):
+    with tf.control_dependencies([_pixel_check(pixels)]):
         index = tf.cast(tf.math.log(tf.cast(ratio, tf.float32)) / tf.math.log(2.0) + 0.5, tf.int32)
-    return tf.switch_case(index, [lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r, dct_method="INTEGER_ACCURATE") for r in (1, 2, 4, 8)])
+    # INTEGER_ACCURATE (libjpeg's ISLOW) is Pillow's IDCT: the decoded pixels are bit-identical
+    return tf.switch_case(index, [lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r, dct_method="INTEGER_ACCURATE")
+                                  for r in (1, 2, 4, 8)])
+
+
+def _pixel_check(pixels):
+    tf = _tf()
+    return tf.debugging.assert_less_equal(pixels, tf.constant(MAX_PIXELS, tf.int64),
+                                          message=f"image has too many pixels (limit {MAX_PIXELS})")
 
 
 def _decode_png(data):
@@ -130,8 +138,7 @@ def _decode_png(data):
     tf = _tf()
     b = _Bytes(data)
     pixels = b.u32(16) * b.u32(20)  # IHDR width x height
-    check = tf.debugging.assert_less_equal(pixels, tf.constant(MAX_PIXELS, tf.int64), message="image has too many pixels")
-    with tf.control_dependencies([check]):
+    with tf.control_dependencies([_pixel_check(pixels)]):
         rgba = tf.cast(tf.io.decode_png(data, channels=4), tf.float32)
     alpha = rgba[..., 3:] / 255.0
     rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
