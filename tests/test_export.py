@@ -112,6 +112,25 @@ def clf_pre(clf) -> Preprocess:
     return Preprocess.from_dict(clf.spec["preprocess"])
 
 
+def test_saved_model_keeps_the_test_time_flip(tiny_app, data, tmp_path):
+    # a head trained on --tta flip features: the export averages the image and its mirror too
+    import tensorflow as tf
+
+    paths, labels = data
+    clf = _classifier(create_backbone(tiny_app, "penultimate", weights="random", tta="flip"), paths, labels)
+    loaded = tf.saved_model.load(str(clf.export(tmp_path / "model")))
+    got = loaded.signatures["serving_default"](images=tf.constant(_decoded(paths, clf_pre(clf))))
+    assert np.abs(got["probabilities"].numpy() - clf.predict_proba(list(map(str, paths)))).max() <= 1e-4
+
+
+def test_tflite_backbone_with_flip_is_refused_with_the_reason(data, tmp_path):
+    paths, labels = data
+    clf = _classifier(create_backbone("mobilenet_v2_quant", "penultimate", tta="flip"), paths, labels)
+    with pytest.raises(UsageError, match="--tta flip"):
+        clf.export(tmp_path / "m.tflite", format="tflite")
+    assert not (tmp_path / "m.tflite").exists()
+
+
 def test_saved_model_loads_without_this_package(tiny_app, data, tmp_path):
     # a fresh process with only TensorFlow loads and runs the export
     paths, labels = data
