@@ -13,7 +13,8 @@
 * ``tflite``: one ``.tflite`` file with signature ``serving_default`` (input ``images``, uint8
   (1, H, W, 3); outputs ``probabilities`` and ``classes``). A TensorFlow backbone is converted
   with the head in float; a TFLite backbone keeps its own (quantized) operators and the float
-  head is appended after a DEQUANTIZE of its feature tensor (pipeline/tflitejoin.py).
+  head is appended after a DEQUANTIZE of its feature tensor (pipeline/tflitejoin.py); a float-input
+  TFLite backbone gets its pixel scaling, converted alone, spliced in before it.
 
 TFLite backbones cannot go into a SavedModel: TensorFlow has no op that runs a TFLite flatbuffer,
 and rebuilding a TF graph from its (dequantized) weights would need a translator for every TFLite
@@ -184,6 +185,21 @@ def _convert(conv) -> bytes:
         raise PipelineError(f"TFLite conversion failed: {str(e).splitlines()[0][:300]}") from e
 
 
+def _tflite_scaling(bb) -> bytes | None:
+    """For a float-input TFLite backbone: a TFLite model of its pixel scaling (uint8 -> float input)."""
+    import tensorflow as tf
+
+    from .preprocess import normalize
+
+    if bb._in_dtype == np.uint8:
+        return None  # uint8 models take the pixels as they are (pipeline/backbones/tflite.py)
+    shape = [int(v) for v in bb._interpreter().get_input_details()[0]["shape"]]
+    module = tf.Module()
+    module.scale = tf.function(lambda images: normalize(images, bb.preprocess),
+                               input_signature=[tf.TensorSpec(shape, tf.uint8, name="images")])
+    return _convert(tf.lite.TFLiteConverter.from_concrete_functions([module.scale.get_concrete_function()], module))
+
+
 def _tflite_join(bb, head: ArrayHead) -> bytes:
     """The TFLite backbone's own operators (quantized stays quantized), then the float head."""
     import tensorflow as tf
@@ -193,16 +209,13 @@ def _tflite_join(bb, head: ArrayHead) -> bytes:
     if bb.tta:
         raise UsageError("a head trained with --tta flip on a TFLite backbone cannot be exported: the model "
                          "would have to run the backbone twice; train without --tta to export")
-    if bb._in_dtype != np.uint8:
-        raise UsageError(f"{bb.path} takes {bb._in_dtype.name} input, not uint8 pixels; only TFLite backbones "
-                         f"with uint8 image input can be exported")
+    if bb._in_dtype not in (np.uint8, np.float32):
+        raise UsageError(f"{bb.path} takes {bb._in_dtype.name} input; only TFLite backbones taking uint8 pixels "
+                         f"or float input can be exported")
     if len(bb.tensors) != 1:
         raise UsageError(f"a head on several layers ({bb.layer}) of a TFLite backbone cannot be exported yet; "
                          f"train it on one layer")
     t = {t["name"]: t for t in bb._interpreter().get_tensor_details()}[bb.tensors[0]]
-    if not t["quantization"][0]:
-        raise UsageError(f"{bb.path}: layer {bb.tensors[0]!r} is not quantized; only quantized feature tensors "
-                         f"can be joined to the head")
     classes = tf.constant([[str(c) for c in head.classes_]])
     module = tf.Module()
 
@@ -215,6 +228,6 @@ def _tflite_join(bb, head: ArrayHead) -> bytes:
     conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], module)
     feeds = {"layer0": t["index"]}
     try:
-        return join(Path(bb.path).read_bytes(), _convert(conv), feeds)
+        return join(Path(bb.path).read_bytes(), _convert(conv), feeds, pre=_tflite_scaling(bb))
     except ValueError as e:
         raise PipelineError(f"cannot join the head to {bb.path}: {e}") from e

@@ -186,6 +186,19 @@ def test_tflite_bundled_quantized_backbone_stays_quantized(data, tmp_path):
     assert it.get_input_details()[0]["dtype"] == np.uint8
 
 
+@pytest.mark.parametrize("quantized", [False, True])
+def test_tflite_from_other_tflite_backbones(data, tmp_path, quantized):
+    # a float TFLite model gets its pixel scaling prepended; a quantized one its head after a DEQUANTIZE
+    from models_for_tests import tflite_model
+
+    path = tflite_model(tiny_keras_model(), tmp_path / "tiny.tflite", quantized=quantized)
+    paths, labels = data
+    clf = _classifier(create_backbone(path, "penultimate", scaling="tf"), paths, labels, "svm")
+    out = clf.export(tmp_path / "model.tflite", format="tflite")
+    probs, _ = _run_tflite(out, _decoded(paths, clf_pre(clf)))
+    assert np.abs(probs - clf.predict_proba(list(map(str, paths)))).max() <= 1e-2
+
+
 def test_tflite_backbone_cannot_go_into_a_saved_model(data, tmp_path):
     paths, labels = data
     clf = _classifier(create_backbone("mobilenet_v2_quant", "penultimate"), paths[::2], labels[::2])
