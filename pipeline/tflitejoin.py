@@ -7,8 +7,9 @@ its own (a float TFLite model whose inputs are the backbone's feature tensors) a
 is appended to the backbone's: its tensors, buffers and operators are copied with their indices
 shifted, each head input becomes the output of a DEQUANTIZE of the backbone's feature tensor,
 the backbone's own classifier (everything the new outputs do not need) is pruned, and the
-model's outputs and signature become the head's. The result is one ``.tflite`` file that any
-TFLite runtime runs, with uint8 images in and float probabilities out.
+model's outputs and signature become the head's. A float-input backbone gets, the same way, a
+small converted model of its pixel scaling spliced in before it (``pre``). The result is one
+``.tflite`` file that any TFLite runtime runs, with uint8 images in and float probabilities out.
 """
 from __future__ import annotations
 
