@@ -141,6 +141,13 @@ class Classifier:
         clf.train_hashes = list(payload.get("train_hashes", []))
         return clf
 
+    def export(self, out, format: str = "saved_model", force: bool = False) -> Path:
+        """Write this head with its backbone as one TensorFlow model (pipeline/export.py): a SavedModel
+        folder (``format="saved_model"``) or a ``.tflite`` file (``format="tflite"``)."""
+        from .export import export
+
+        return export(self, out, format, force=force)
+
     def __repr__(self):
         return f"<Classifier {self.metrics.get('head')} classes={list(self.classes_)} on {describe(self.spec)}>"
 

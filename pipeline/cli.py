@@ -241,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--trust-pickle", action="store_true",
                     help="required to read an old .joblib head: it is a pickle and can run code; only for files you trust")
 
+    ex = sub.add_parser("export", help="a head with its backbone -> one SavedModel or TFLite model (image -> probabilities)")
+    ex.add_argument("model", help="head file (.head.npz)")
+    ex.add_argument("--format", required=True, choices=["saved_model", "tflite"])
+    ex.add_argument("--out", required=True, help="SavedModel folder or .tflite file to write")
+    ex.add_argument("--force", action="store_true", help="replace an existing --out")
+
     v = sub.add_parser("verify", help="check a feature store's integrity")
     v.add_argument("features_dir")
 
@@ -436,6 +442,16 @@ def cmd_convert(a):
     print(f"{a.model} ({clf.metrics.get('head')}, {len(clf.classes_)} classes) -> {path}")
 
 
+def cmd_export(a):
+    from .classifier import Classifier
+
+    if os.path.exists(a.out) and os.path.samefile(a.out, a.model):
+        raise UsageError(f"--out {a.out} is the head being exported; choose another path")
+    clf = Classifier.load(a.model, trusted=getattr(a, "trust_pickle", False))
+    path = clf.export(a.out, a.format, force=a.force)
+    print(f"{a.model} ({len(clf.classes_)} classes, {describe(clf.spec)}) -> {a.format} {path}")
+
+
 def cmd_verify(a):
     from .store import FeatureStore, verify
 
@@ -507,7 +523,7 @@ def cmd_demo(a):
 COMMANDS = {"featurize": cmd_featurize, "train": cmd_train, "score": cmd_score, "evaluate": cmd_evaluate,
             "compare": cmd_compare, "split": cmd_split, "suspects": cmd_suspects, "predict-imagenet": cmd_predict_imagenet, "backbones": cmd_backbones, "verify": cmd_verify,
             "demo": cmd_demo, "export-features": cmd_export_features, "import-features": cmd_import_features,
-            "convert": cmd_convert, "serve": cmd_serve}
+            "convert": cmd_convert, "serve": cmd_serve, "export": cmd_export}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,182 @@
+"""pipeline/images.py ``decode`` written as TensorFlow ops, for the ``predict_bytes`` signature of an export.
+
+The same steps as Pillow's path: JPEG DCT-domain downscaling when the crop is at least twice the
+target (libjpeg's ``ratio``, chosen exactly as Pillow's ``draft`` chooses it), the EXIF
+orientation of JPEGs (read from the APP1 segment with byte ops and applied as Pillow's
+``exif_transpose`` does), PNG transparency composited on white, the same centre crop box
+(``crop_box``, with the same half-to-even rounding) and an antialiased resize with the
+backbone's filter, rounded to uint8. What still differs is arithmetic: Pillow resizes in
+fixed point, one axis at a time with a uint8 image in between, TensorFlow in float; the
+README gives the effect on probabilities. Formats: JPEG, PNG, GIF (first frame), BMP.
+Images over :data:`pipeline.images.MAX_PIXELS` are refused before decoding.
+"""
+from __future__ import annotations
+
+from .images import MAX_PIXELS
+from .preprocess import Preprocess
+
+_HEAD_BYTES = 1 << 17  # where the EXIF segment and the size fields are looked for
+_KERNELS = {"bilinear": "triangle", "bicubic": "keyscubic", "nearest": "box", "lanczos": "lanczos3"}
+
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+class _Bytes:
+    """The first bytes of a file as int64 values; reads past the end give 0."""
+
+    def __init__(self, data):
+        tf = _tf()
+        n = tf.minimum(tf.strings.length(data), _HEAD_BYTES)
+        raw = tf.io.decode_raw(tf.strings.substr(data, 0, n), tf.uint8)
+        self.n = tf.cast(n, tf.int64)
+        self.b = tf.concat([tf.cast(raw, tf.int64), tf.zeros([16], tf.int64)], axis=0)
+
+    def at(self, i):
+        tf = _tf()
+        last = tf.shape(self.b, out_type=tf.int64)[0] - 1
+        return tf.gather(self.b, tf.clip_by_value(tf.cast(i, tf.int64), tf.constant(0, tf.int64), last))
+
+    def u16(self, i, little=False):
+        return self._word(i, 2, little)
+
+    def u32(self, i, little=False):
+        return self._word(i, 4, little)
+
+    def _word(self, i, size, little):
+        tf = _tf()
+        parts = [self.at(i + k) for k in range(size)]
+        big = sum(p * 256 ** (size - 1 - k) for k, p in enumerate(parts))
+        small = sum(p * 256 ** k for k, p in enumerate(parts))
+        return tf.where(little, small, big)
+
+
+def _exif_start(b: _Bytes):
+    """Offset of the TIFF header inside the first APP1 'Exif\\0\\0' segment of a JPEG, or -1."""
+    tf = _tf()
+    exif = tf.constant([69, 120, 105, 102, 0, 0], tf.int64)  # b"Exif\0\0"
+
+    def more(offset, found):
+        marker = b.at(offset + 1)
+        return ((offset + 4 < b.n) & (found < 0) & tf.equal(b.at(offset), 255)
+                & tf.not_equal(marker, 0xDA) & tf.not_equal(marker, 0xD9))
+
+    def step(offset, found):
+        label = b.at(offset + 4 + tf.range(6, dtype=tf.int64))
+        is_exif = tf.equal(b.at(offset + 1), 0xE1) & tf.reduce_all(tf.equal(label, exif))
+        return offset + 2 + b.u16(offset + 2), tf.where(is_exif, offset + 10, found)
+
+    _, found = tf.while_loop(more, step, (tf.constant(2, tf.int64), tf.constant(-1, tf.int64)), maximum_iterations=512)
+    return found
+
+
+def jpeg_orientation(data):
+    """The EXIF orientation tag (0x0112) of a JPEG, 1 when absent or out of range."""
+    tf = _tf()
+    b = _Bytes(data)
+    t = _exif_start(b)
+    little = tf.equal(b.at(t), 0x49)  # "II": little-endian TIFF
+    ifd = t + b.u32(t + 4, little)
+    count = tf.clip_by_value(b.u16(ifd, little), 0, 512)
+    entries = ifd + 2 + 12 * tf.range(count, dtype=tf.int64)
+    tags = b.u16(entries, little)
+    values = b.u16(entries + 8, little)
+    hit = tf.equal(tags, 0x0112)
+    value = tf.reduce_max(tf.where(hit, values, tf.zeros_like(values)))
+    ok = (t >= 0) & tf.reduce_any(hit) & (value >= 1) & (value <= 8)
+    return tf.cast(tf.where(ok, value, 1), tf.int32)
+
+
+def crop_box(width, height, pre: Preprocess):
+    """pipeline.images.crop_box in TensorFlow: (left, top, box width, box height), int32."""
+    tf = _tf()
+    th, tw = pre.size
+    w, h = tf.cast(width, tf.float64), tf.cast(height, tf.float64)
+    scale = tf.minimum(w / tw, h / th) * pre.crop_fraction
+    bw = tf.maximum(1, tf.minimum(width, tf.cast(tf.round(tw * scale), tf.int32)))
+    bh = tf.maximum(1, tf.minimum(height, tf.cast(tf.round(th * scale), tf.int32)))
+    return (width - bw) // 2, (height - bh) // 2, bw, bh
+
+
+def _draft_ratio(data, orientation, pre: Preprocess):
+    """The DCT scale 1, 2, 4 or 8 Pillow's draft() picks for this JPEG (pipeline.images._draft)."""
+    tf = _tf()
+    shape = tf.image.extract_jpeg_shape(data)
+    H, W = shape[0], shape[1]
+    rotated = orientation >= 5
+    w, h = tf.where(rotated, H, W), tf.where(rotated, W, H)
+    _, _, bw, bh = crop_box(w, h, pre)
+    need = tf.maximum(pre.size[1] / tf.cast(bw, tf.float64), pre.size[0] / tf.cast(bh, tf.float64))
+    rw = tf.cast(tf.math.ceil(tf.cast(W, tf.float64) * need), tf.int32)
+    rh = tf.cast(tf.math.ceil(tf.cast(H, tf.float64) * need), tf.int32)
+    scale = tf.minimum(W // tf.maximum(rw, 1), H // tf.maximum(rh, 1))
+    ratio = tf.where(scale >= 8, 8, tf.where(scale >= 4, 4, tf.where(scale >= 2, 2, 1)))
+    return tf.where(need < 0.5, ratio, 1), tf.cast(H, tf.int64) * tf.cast(W, tf.int64)
+
+
+def _decode_jpeg(data, orientation, pre):
+    tf = _tf()
+    ratio, pixels = _draft_ratio(data, orientation, pre)
+    with tf.control_dependencies([_pixel_check(pixels)]):
+        index = tf.cast(tf.math.log(tf.cast(ratio, tf.float32)) / tf.math.log(2.0) + 0.5, tf.int32)
+    # INTEGER_ACCURATE (libjpeg's ISLOW) is Pillow's IDCT: the decoded pixels are bit-identical
+    return tf.switch_case(index, [lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r, dct_method="INTEGER_ACCURATE")
+                                  for r in (1, 2, 4, 8)])
+
+
+def _pixel_check(pixels):
+    tf = _tf()
+    return tf.debugging.assert_less_equal(pixels, tf.constant(MAX_PIXELS, tf.int64),
+                                          message=f"image has too many pixels (limit {MAX_PIXELS})")
+
+
+def _decode_png(data):
+    """PNG composited on white, as pipeline.images._to_rgb does for images with transparency."""
+    tf = _tf()
+    b = _Bytes(data)
+    pixels = b.u32(16) * b.u32(20)  # IHDR width x height
+    with tf.control_dependencies([_pixel_check(pixels)]):
+        rgba = tf.cast(tf.io.decode_png(data, channels=4), tf.float32)
+    alpha = rgba[..., 3:] / 255.0
+    rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
+    return tf.cast(tf.clip_by_value(tf.round(rgb), 0, 255), tf.uint8)
+
+
+def orient(image, orientation):
+    """Pillow's exif_transpose for orientations 1..8."""
+    tf = _tf()
+    t = lambda im: tf.transpose(im, [1, 0, 2])  # noqa: E731
+    branches = [lambda: image, lambda: image[:, ::-1], lambda: image[::-1, ::-1], lambda: image[::-1],
+                lambda: t(image), lambda: tf.image.rot90(image, 3), lambda: t(image)[::-1, ::-1],
+                lambda: tf.image.rot90(image, 1)]
+    return tf.switch_case(orientation - 1, branches)
+
+
+def decode_image(data, pre: Preprocess):
+    """One encoded image (a scalar string) -> uint8 (H, W, 3) of pre.size, as pipeline.images.decode."""
+    tf = _tf()
+    is_jpeg = tf.equal(tf.strings.substr(data, 0, 2), b"\xff\xd8")
+    is_png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
+    orientation = tf.cond(is_jpeg, lambda: jpeg_orientation(data), lambda: tf.constant(1))
+    image = tf.cond(is_jpeg, lambda: _decode_jpeg(data, orientation, pre),
+                    lambda: tf.cond(is_png, lambda: _decode_png(data),
+                                    lambda: tf.io.decode_image(data, channels=3, expand_animations=False)))
+    image = orient(image, orientation)
+    shape = tf.shape(image)
+    return resize_box(image, crop_box(shape[1], shape[0], pre), pre)
+
+
+def resize_box(image, box, pre: Preprocess):
+    """Pillow's resize(size, filter, box=...): the box is mapped onto the output, and the filter reads
+    pixels outside the box where the image has them (a crop-then-resize would not)."""
+    tf = _tf()
+    left, top, bw, bh = (tf.cast(v, tf.float32) for v in box)
+    h, w = pre.size
+    scale = tf.stack([h / bh, w / bw])
+    resized = tf.raw_ops.ScaleAndTranslate(images=tf.cast(image, tf.float32)[None], size=[h, w], scale=scale,
+                                           translation=-tf.stack([top, left]) * scale,
+                                           kernel_type=_KERNELS[pre.resample], antialias=True)[0]
+    return tf.ensure_shape(tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8), [h, w, 3])
