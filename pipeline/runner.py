@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone
-from .errors import ImageError, PipelineError, StoreError
+from .errors import ImageError, PipelineError, StoreError, UsageError
 from .images import ImageRecord, decode, list_images, no_images_message, read_bytes
 from .labels import CsvLabels, read_labels_csv
 from .layers import PLACEHOLDER, LayerWriters, layer_slug
@@ -230,7 +230,7 @@ class _Batcher:
 def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str = "penultimate",
               out=None, weights: str | None = None, *, labelled: bool | None = None, labels=None,
               id_column: str | None = None, label_column: str | None = None, prune: bool = False,
-              sample: int | float | None = None, follow_links: bool = True,
+              sample: int | float | None = None, follow_links: bool = True, multi_label: bool = False,
               overwrite: bool = False, batch_size: int | None = None, workers: int | None = None,
               progress: bool = True, strict: bool = False, report: bool = False, **backbone_options):
     """Featurize every image below `data_dir` into the store `out`; return the FeatureStore.
@@ -243,11 +243,15 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     report=True, returns a RunReport (also written to ``report.json`` in the store).
     `layer` may name several layers ("penultimate,logits"): one forward pass writes one store
     per layer, at `out` with ``{layer}`` replaced by each name (the first store is returned).
+    `multi_label`: the CSV's label cells hold several tags (spaces or '|'); see pipeline/multilabel.py.
     """
+    if multi_label and labels is None:
+        raise UsageError("--multi-label reads several labels per image from a CSV: give --labels FILE.csv "
+                         "(and --label-column, e.g. tags)")
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(
         backbone, layer, weights, batch_size=batch_size, **backbone_options)
     if labels is not None and not isinstance(labels, CsvLabels):
-        labels = read_labels_csv(labels, id_column, label_column)
+        labels = read_labels_csv(labels, id_column, label_column, multi_label=multi_label)
     listing = list_images(data_dir, labelled, labels=labels, follow_links=follow_links)
     present = {r.relpath for r in listing.records}  # what --prune keeps, sampled or not
     if sample is not None:
@@ -264,6 +268,7 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     out = writer.root
     try:
         _check_same_folder(writer, data_dir)
+        _check_multi_label(writer, multi_label)
         _run(listing.records, bb, writer, workers, progress, run, read_report(out))
         _withdraw_skipped(writer, run)
         if prune:
@@ -293,6 +298,17 @@ def _check_same_folder(writer, data_dir) -> None:
             raise StoreError(f"{w.root} holds features of the images in {before}, not of {here}; "
                              f"give another --out (or --overwrite to replace it)")
         w.meta["data_dir"] = here  # where report thumbnails come from
+
+
+def _check_multi_label(writer, multi_label: bool) -> None:
+    """A store is multi-label (meta.json "multi_label": true) or not, from its first run on."""
+    for w in getattr(writer, "writers", [writer]):
+        before = bool(w.meta.get("multi_label"))
+        if before != multi_label and w.live_rows():
+            raise UsageError(f"{w.root} holds {'multi' if before else 'single'}-label rows; featurize it "
+                             f"{'with' if before else 'without'} --multi-label, or use --overwrite to replace it")
+        if multi_label:
+            w.meta["multi_label"] = True
 
 
 def _withdraw_skipped(writer, run: RunReport) -> None:
