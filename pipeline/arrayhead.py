@@ -76,7 +76,8 @@ class ArrayHead:
 
     def predict_proba(self, X) -> np.ndarray:
         if self.multi_label:
-            return 1 / (1 + np.exp(-self.arrays["ovr.alpha"] * self.decision_function(X).astype(np.float64)))
+            z = self.arrays["ovr.alpha"] * self.decision_function(X).astype(np.float64)
+            return np.exp(-np.logaddexp(0.0, -z))  # sigmoid(z), without overflow
         F = _matrix(self.decision_function(X)).astype(np.float64)
         if self.probabilities == "temperature":
             return _softmax(float(self.arrays["calibration.alpha"]) * F)
@@ -248,25 +249,20 @@ def _scale_arrays(steps: dict) -> dict:
 
 
 def _from_one_vs_rest(model) -> ArrayHead:
-    """A multi-label head: one linear binary head per tag, stacked; alpha 1 for logistic regression."""
-    from .calibration import TemperatureCalibrated
-
+    """A multi-label head: one linear binary head per tag, stacked, with its alpha and threshold."""
     steps = dict(model.named_steps)
     ovr, arrays = steps["clf"], _scale_arrays(steps)
-    coef, intercept, alpha = [], [], []
+    coef, intercept = [], []
     for tag, est in zip(ovr.classes_, ovr.estimators_):
         if isinstance(est, bool):
             raise ValueError(f"tag {tag!r} is constant in the training rows; no head was fitted for it")
-        a = 1.0
-        if isinstance(est, TemperatureCalibrated):
-            est, a = est.estimator_, float(est.alpha_)
         if not hasattr(est, "coef_"):
             raise ValueError(f"cannot save a multi-label {type(est).__name__} head")
         coef.append(np.ravel(est.coef_))
         intercept.append(float(np.ravel(est.intercept_)[0]))
-        alpha.append(a)
     arrays.update({"linear.coef": np.stack(coef), "linear.intercept": np.asarray(intercept),
-                   "ovr.alpha": np.asarray(alpha), "ovr.threshold": np.asarray(ovr.thresholds_, dtype=np.float64)})
+                   "ovr.alpha": np.asarray(ovr.alphas_, dtype=np.float64),
+                   "ovr.threshold": np.asarray(ovr.thresholds_, dtype=np.float64)})
     return ArrayHead(ovr.classes_, arrays, "linear", "ovr_sigmoid")
 
 

@@ -4,21 +4,22 @@ Labels come from a CSV column holding several tags separated by spaces or ``|`` 
 ``tags``: ``"clear primary water"``). In a store, a row's label is its tags, sorted, joined by one
 space, and ``meta.json`` records ``"multi_label": true`` (single-label stores are unchanged).
 
-The head is StandardScaler (+ PCA) -> :class:`OneVsRest`: one binary head per tag (``logreg``,
-or ``linear_svm`` calibrated by temperature scaling), so tag k has its own probability
-p_k = sigmoid(alpha_k * f_k), and is predicted when p_k >= its threshold t_k. The thresholds are
-tuned on out-of-fold probabilities (shuffled K-fold, seeded): each tag gets the threshold that
-maximises its own F1 there; a tag with fewer than MIN_POSITIVES positives gets the single
-threshold that maximises micro-F1 over all tags. ``--C auto`` picks C by the micro-averaged
-average precision of the same out-of-fold probabilities.
+The head is StandardScaler (+ PCA) -> :class:`OneVsRest`: one binary head per tag (``logreg`` or
+``linear_svm``), so tag k has its own probability p_k = sigmoid(alpha_k * f_k) of its decision
+value f_k, and is predicted when p_k >= its threshold t_k. Everything is tuned on out-of-fold
+decision values (shuffled K-fold, seeded), one pass per C: ``--C auto`` picks the C with the
+best mean average precision over the tags (which no monotone map of f_k changes); for
+``linear_svm`` alpha_k is the temperature that fits the out-of-fold values best (as in
+pipeline/calibration.py), for ``logreg`` alpha_k = 1 (its own probabilities); then each tag gets
+the threshold that maximises its own F1 on the out-of-fold probabilities, and a tag with fewer
+than MIN_POSITIVES images the single threshold that maximises micro-F1 over all tags.
 """
 from __future__ import annotations
 
 import logging
 import re
-import warnings
-
 import numpy as np
+from scipy.special import expit
 from sklearn import metrics as skm
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.decomposition import PCA
@@ -77,24 +78,23 @@ def label_sets(proba: np.ndarray, classes, thresholds) -> list[list[str]]:
 
 
 # ---- the estimator -------------------------------------------------------------------------------
-def _binary(head: str, C: float, class_weight, seed: int):
-    from .calibration import TemperatureCalibrated
-    from .heads import HEADS as FACTORIES, NEEDS_CALIBRATION
+def _binary(head: str, C: float, class_weight):
+    from .heads import HEADS as FACTORIES
 
-    clf = FACTORIES[head](float(C), class_weight)
-    return TemperatureCalibrated(clf, cv=5, seed=seed) if head in NEEDS_CALIBRATION else clf
+    return FACTORIES[head](float(C), class_weight)
 
 
 class OneVsRest(ClassifierMixin, BaseEstimator):
-    """One binary head per column of an indicator matrix Y; ``predict_proba`` is (N, K), rows need not
-    sum to 1; ``predict`` is Y-shaped booleans (probability >= ``thresholds_``, 0.5 until tuned).
+    """One binary head per column of an indicator matrix Y; ``decision_function`` and ``predict_proba``
+    are (N, K): p_k = sigmoid(alphas_[k] * f_k), rows need not sum to 1; ``predict`` is Y-shaped
+    booleans (probability >= ``thresholds_``). alphas_ = 1 and thresholds_ = 0.5 until tuned.
 
     A column that is constant in the training rows (possible inside a CV fold) predicts that constant;
     such a fitted head cannot be saved.
     """
 
-    def __init__(self, classes=(), head: str = "logreg", C: float = 1.0, class_weight=None, seed: int = 0):
-        self.classes, self.head, self.C, self.class_weight, self.seed = classes, head, C, class_weight, seed
+    def __init__(self, classes=(), head: str = "logreg", C: float = 1.0, class_weight=None):
+        self.classes, self.head, self.C, self.class_weight = classes, head, C, class_weight
 
     def fit(self, X, Y):
         Y = np.asarray(Y, dtype=bool)
@@ -107,22 +107,26 @@ class OneVsRest(ClassifierMixin, BaseEstimator):
             if col.all() or not col.any():
                 self.estimators_.append(bool(col[0]))  # constant in these rows
             else:
-                self.estimators_.append(clone(_binary(self.head, self.C, self.class_weight, self.seed))
-                                        .fit(X, col.astype(int)))
+                self.estimators_.append(clone(_binary(self.head, self.C, self.class_weight)).fit(X, col.astype(int)))
+        self.alphas_ = np.ones(len(self.classes_))
         self.thresholds_ = np.full(len(self.classes_), 0.5)
         self.n_features_in_ = X.shape[1]
         return self
 
-    def predict_proba(self, X) -> np.ndarray:
-        cols = [np.full(len(X), float(e)) if isinstance(e, bool) else e.predict_proba(X)[:, 1]
+    def decision_function(self, X) -> np.ndarray:
+        """(N, K) decision values; a tag constant in the training rows gets +-50 (probability ~1 or ~0)."""
+        cols = [np.full(len(X), 50.0 if e else -50.0) if isinstance(e, bool) else e.decision_function(X)
                 for e in self.estimators_]
-        return np.column_stack(cols)
+        return np.column_stack(cols).astype(np.float64)
+
+    def predict_proba(self, X) -> np.ndarray:
+        return expit(self.alphas_[None, :] * self.decision_function(X))
 
     def predict(self, X) -> np.ndarray:
         return self.predict_proba(X) >= self.thresholds_[None, :]
 
 
-def make_multilabel(classes, head: str = "logreg", C: float = 1.0, pca: int | None = None, seed: int = 0,
+def make_multilabel(classes, head: str = "logreg", C: float = 1.0, pca: int | None = None,
                     class_weight=None) -> Pipeline:
     """An unfitted StandardScaler (+ PCA) + OneVsRest pipeline over the tags `classes`."""
     if head not in HEADS:
@@ -131,20 +135,36 @@ def make_multilabel(classes, head: str = "logreg", C: float = 1.0, pca: int | No
     steps = [("scale", StandardScaler())]
     if pca:
         steps.append(("pca", PCA(n_components=int(pca), random_state=0)))
-    return Pipeline(steps + [("clf", OneVsRest(list(classes), head, float(C), class_weight, seed))])
+    return Pipeline(steps + [("clf", OneVsRest(list(classes), head, float(C), class_weight))])
 
 
 # ---- cross-validation, C and thresholds ------------------------------------------------------------
 def out_of_fold(head, X, Y, classes, C, folds: int = 5, seed: int = 0, pca=None, class_weight=None) -> np.ndarray:
-    """(N, K) out-of-fold tag probabilities of the head with C (shuffled K-fold, seeded)."""
-    k = int(min(5 if folds == "loo" else int(folds), len(X)))
-    P = np.zeros(Y.shape)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The least populated class")
-        for tr, te in KFold(k, shuffle=True, random_state=seed).split(X):
-            model = make_multilabel(classes, head, C, pca, seed, class_weight).fit(X[tr], Y[tr])
-            P[te] = model.predict_proba(X[te])
-    return P
+    """(N, K) out-of-fold decision values of the head with C (shuffled K-fold, seeded)."""
+    F = np.zeros(Y.shape)
+    for tr, te in KFold(n_folds(folds, len(X)), shuffle=True, random_state=seed).split(X):
+        model = make_multilabel(classes, head, C, pca, class_weight).fit(X[tr], Y[tr])
+        F[te] = model.decision_function(X[te])
+    return F
+
+
+def n_folds(folds, n: int) -> int:
+    return int(min(5 if folds == "loo" else int(folds), n))
+
+
+def fit_alphas(head: str, Y, F) -> np.ndarray:
+    """Per tag: 1 for logreg (its own probabilities), else the temperature fitted on decision values F."""
+    from .calibration import fit_alpha
+
+    if head == "logreg":
+        return np.ones(Y.shape[1])
+    return np.array([fit_alpha(F[:, k], Y[:, k].astype(int), 2) if 0 < Y[:, k].sum() < len(Y) else 1.0
+                     for k in range(Y.shape[1])])
+
+
+def mean_ap(Y, F) -> float:
+    """Mean over the tags (with positives) of their average precision."""
+    return float(np.mean([skm.average_precision_score(Y[:, k], F[:, k]) for k in range(Y.shape[1]) if Y[:, k].any()]))
 
 
 def micro_f1(Y, P, thresholds) -> float:
@@ -215,8 +235,8 @@ def fit_multilabel(head: str, X, y, C: float | str = "auto", folds: int | str = 
                    pca: int | None = None, class_weight: str | None = None):
     """Fit one-vs-rest heads on the tags of `y` (stored label strings); return (fitted pipeline, metrics).
 
-    C: a number, or 'auto' (the grid of `head`, by micro-averaged average precision of out-of-fold
-    probabilities). The thresholds are tuned on the out-of-fold probabilities of the chosen C.
+    C: a number, or 'auto' (the grid of `head`, by the mean average precision of out-of-fold decision
+    values). alphas and thresholds are tuned on the out-of-fold values of the chosen C.
     """
     from .heads import C_GRID
 
@@ -226,26 +246,29 @@ def fit_multilabel(head: str, X, y, C: float | str = "auto", folds: int | str = 
     _check(head, Y, classes, X, pca, class_weight)
     metrics = {"head": head, "multi_label": True, "n_train": int(len(Y)), "pca": pca, "class_weight": class_weight,
                "class_counts": {c: int(n) for c, n in zip(classes, Y.sum(0))},
-               "cv_folds": int(min(5 if folds == "loo" else int(folds), len(X)))}
+               "cv_folds": n_folds(folds, len(X))}
     if C == "auto":
         table = {c: out_of_fold(head, X, Y, classes, c, folds, seed, pca, class_weight) for c in C_GRID[head]}
-        scores = {c: float(skm.average_precision_score(Y, P, average="micro")) for c, P in table.items()}
+        scores = {c: mean_ap(Y, F) for c, F in table.items()}
         C = max(scores, key=lambda c: (round(scores[c], 9), -abs(np.log10(c) - np.log10(0.1))))
-        P = table[C]
+        F = table[C]
         metrics["cv_scores"] = {str(k): v for k, v in scores.items()}
-        log.info("%s: C=%g chosen by %d-fold CV (micro average precision %.4f)", head, C, metrics["cv_folds"], scores[C])
+        log.info("%s: C=%g chosen by %d-fold CV (mean average precision %.4f)", head, C, metrics["cv_folds"], scores[C])
     else:
-        P = out_of_fold(head, X, Y, classes, float(C), folds, seed, pca, class_weight)
+        F = out_of_fold(head, X, Y, classes, float(C), folds, seed, pca, class_weight)
+    alphas = fit_alphas(head, Y, F)
+    P = expit(alphas[None, :] * F)
     thresholds, single = tune_thresholds(Y, P)
-    model = make_multilabel(classes, head, float(C), pca, seed, class_weight).fit(X, Y)
-    model.named_steps["clf"].thresholds_ = thresholds
+    model = make_multilabel(classes, head, float(C), pca, class_weight).fit(X, Y)
+    model.named_steps["clf"].alphas_, model.named_steps["clf"].thresholds_ = alphas, thresholds
     cv = multilabel_metrics(Y, P, classes, thresholds)
     metrics.update(C=float(C), thresholds={c: float(t) for c, t in zip(classes, thresholds)},
                    single_threshold=single, unvalidated_classes=[c for c, n in zip(classes, Y.sum(0))
                                                                  if n < MIN_POSITIVES],
                    cv={k: cv[k] for k in ("micro_f1", "macro_f1", "micro_f1_at_0.5", "mean_average_precision")}
                    | {"micro_f1_single_threshold": micro_f1(Y, P, np.full(len(classes), single))},
-                   calibration=("temperature scaling per tag (sigmoid(alpha_k f_k))" if head == "linear_svm"
+                   calibration=(f"temperature scaling per tag (sigmoid(alpha_k f_k), alpha_k fitted on "
+                                f"{metrics['cv_folds']}-fold cross-validated decision values)" if head == "linear_svm"
                                 else "LogisticRegression's own probabilities, one per tag"))
     metrics["train_micro_f1"] = micro_f1(Y, model.predict_proba(X), thresholds)
     return model, metrics
@@ -304,7 +327,8 @@ def cross_validated(store, head: str, C: float, folds: int | str = 5, seed: int 
     X, y, rows = store.labelled(with_rows=True)
     classes = tags_of(y)
     Y = tag_matrix(y, classes)
-    P = out_of_fold(head, X, Y, classes, C, folds, seed, pca)
+    F = out_of_fold(head, X, Y, classes, C, folds, seed, pca)
+    P = expit(fit_alphas(head, Y, F)[None, :] * F)
     return multilabel_metrics(Y, P, classes, tune_thresholds(Y, P)[0]), Y, P, rows
 
 
