@@ -258,6 +258,11 @@ def cmd_train(a):
     from .outputs import check_output
 
     check_output(a.out, "head", force=a.force)
+    if a.learning_curve:
+        from .store import FeatureStore
+
+        if FeatureStore.open(a.features_dir).multi_label:
+            raise UsageError("--learning-curve is for single-label stores; this one is multi-label")
     clf = train(a.features_dir, head=a.head, C=a.C, folds=a.folds, seed=a.seed, holdout=a.holdout, split=a.split,
                 group_by=a.group_by, groups=a.groups, group_column=a.group_column, sample=a.sample, pca=a.pca,
                 class_weight=a.class_weight)
@@ -290,8 +295,6 @@ def _train_multilabel_summary(a, clf, path) -> None:
     if "validation" in clf.metrics:
         v = clf.metrics["validation"]
         print(f"validation ({v['n']} held-out images):\n{format_metrics(v)}")
-    if a.learning_curve:
-        raise UsageError("--learning-curve is for single-label stores; this one is multi-label")
     if a.report:
         from .multilabel import cross_validated
         from .report import report_predictions

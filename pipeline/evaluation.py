@@ -68,11 +68,11 @@ def predictions(model, store) -> tuple[dict, np.ndarray, np.ndarray, list[dict]]
     X, y, rows = store.labelled(with_rows=True)
     if len(y) == 0:
         raise ValueError(f"{store.root} has no labelled images to evaluate on")
-    proba = model.predict_proba(X)
     if bool(getattr(model, "multi_label", False)) != store.multi_label:
         kind = {True: "multi-label", False: "single-label"}
         raise UsageError(f"this head is {kind[bool(getattr(model, 'multi_label', False))]} but {store.root} is "
                          f"{kind[store.multi_label]}; evaluate on features labelled the way the head was trained")
+    proba = model.predict_proba(X)
     if store.multi_label:
         from .multilabel import multilabel_metrics, tag_matrix
 
@@ -121,6 +121,7 @@ def compare(stores, heads=("linear_svm", "logreg"), C: float | str = "auto", fol
     """
     from .heads import HEADS, check_labels, cross_val_accuracy, select_C
     from .hints import did_you_mean
+    from .multilabel import refuse_multi_label
     from .progress import Steps
     from .store import FeatureStore
 
@@ -132,6 +133,7 @@ def compare(stores, heads=("linear_svm", "logreg"), C: float | str = "auto", fol
     cv = "leave-one-out" if folds == "loo" else f"{folds}-fold"
     for s in stores:
         store = s if isinstance(s, FeatureStore) else FeatureStore.open(s)
+        refuse_multi_label(store, "compare")
         X, y = store.labelled()
         check_labels(y)
         for head in heads:

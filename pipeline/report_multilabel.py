@@ -67,7 +67,7 @@ def write_multilabel_report(out_dir, metrics: dict, Y, P, *, title: str, extra: 
             f'<section id="summary"><h2>Summary</h2>{_summary(metrics, extra or {})}{warn}</section>'
             f'<section id="precision-recall"><h2>Precision and recall</h2><img src="pr.png" alt="precision-recall">'
             f"<p>A tag is predicted when its probability reaches its threshold; each threshold was tuned by "
-            f"cross-validation on the training images to maximise that tag's F1.</p></section>"
+            f"cross-validation on the training images to maximise the micro-F1 of all tags.</p></section>"
             f'<section id="per-class"><h2>Per tag</h2>{_per_tag(metrics)}</section>')
     page = out / "index.html"
     page.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

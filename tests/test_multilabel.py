@@ -181,6 +181,9 @@ def test_cli_refusals(tmp_path, capsys):
     ml, model = tmp_path / "ml", tmp_path / "m.head.npz"
     main(["featurize", str(images), "--labels", str(tags), "--label-column", "tags", "--multi-label", "--out", str(ml),
           "--no-progress"])
+    assert main(["train", str(ml), "--learning-curve", "--out", str(model)]) == 2
+    assert main(["compare", str(ml), "--no-progress"]) == 2
+    assert "compare works on single-label stores" in capsys.readouterr().err
     assert main(["train", str(ml), "--head", "logreg", "--C", "1", "--folds", "3", "--out", str(model)]) == 0
     capsys.readouterr()
     assert main(["score", str(model), str(images), "--out", str(tmp_path / "k.csv"), "--kaggle", "red"]) == 2
@@ -193,7 +196,13 @@ def test_cli_refusals(tmp_path, capsys):
 @pytest.mark.shared
 def test_catbreeds_breed_and_group_tags(tmp_path):
     """catbreeds, tags = breed + american/non_american: tuned thresholds beat 0.5 and the best single one."""
-    from bench.multilabel import measure
+    import importlib.util
 
-    r = measure(needs_shared("data", "catbreeds"), tmp_path)
-    assert r["tuned"] > r["single_oracle"] - 0.005 and r["tuned"] > r["plain_0.5"]
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_multilabel", REPO / "bench" / "multilabel.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.measure(needs_shared("data", "catbreeds"), tmp_path, heads=(("logreg", 0.1),))  # C auto: bench
+    assert r["n_valid"] > 250 and r["logreg_C0.1"]["micro_f1"] > r["plain_0.5"]
+    assert r["logreg_C0.1"]["micro_f1"] > r["single_oracle"]  # even the single threshold best on the test images
