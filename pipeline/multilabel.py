@@ -181,9 +181,9 @@ def tune_thresholds(Y, P, candidates=THRESHOLDS, min_positives: int = MIN_POSITI
     changes; tags with fewer than `min_positives` positives keep the single threshold.
     """
     Y, P, cand = np.asarray(Y, dtype=bool), np.asarray(P), np.asarray(candidates)
-    hit = P[:, :, None] >= cand[None, None, :]  # (N, K, T)
-    tp = (hit & Y[:, :, None]).sum(0)  # (K, T) counts of each tag at each candidate
-    fp = (hit & ~Y[:, :, None]).sum(0)
+    hits = [P[:, k, None] >= cand[None, :] for k in range(Y.shape[1])]  # per tag (N, T): memory N x T
+    tp = np.array([(h & Y[:, k, None]).sum(0) for k, h in enumerate(hits)])  # (K, T) counts at each candidate
+    fp = np.array([(h & ~Y[:, k, None]).sum(0) for k, h in enumerate(hits)])
     fn = Y.sum(0)[:, None] - tp
 
     def f1(tp_, fp_, fn_):

@@ -143,7 +143,7 @@ def test_cli_featurize_train_score_evaluate_report(tmp_path, capsys):
     assert main(["featurize", str(images), "--labels", str(tags), "--label-column", "tags", "--multi-label",
                  "--out", str(store), "--no-progress"]) == 0
     meta = json.loads((store / "meta.json").read_text())
-    assert meta["multi_label"] is True
+    assert meta["multi_label"] is True and main(["verify", str(store)]) == 0  # rows keep their checksummed log
     st = pipeline.FeatureStore.open(store)
     assert st.classes == ["blue", "cool", "green", "red", "warm"] and "cool green" in set(st.labels)
     assert main(["train", str(store), "--head", "logreg", "--C", "0.1", "--folds", "3", "--out", str(model),
@@ -203,6 +203,7 @@ def test_catbreeds_breed_and_group_tags(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_multilabel", REPO / "bench" / "multilabel.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    r = bench.measure(needs_shared("data", "catbreeds"), tmp_path, heads=(("logreg", 0.1),))  # C auto: bench
-    assert r["n_valid"] > 250 and r["logreg_C0.1"]["micro_f1"] > r["plain_0.5"]
-    assert r["logreg_C0.1"]["micro_f1"] > r["single_oracle"]  # even the single threshold best on the test images
+    r = bench.measure(needs_shared("data", "catbreeds"), tmp_path, heads=(("linear_svm", "auto"),))  # ~1 min
+    ours = r["linear_svm_Cauto"]["micro_f1"]
+    assert r["n_valid"] > 250 and ours > r["plain_0.5"]
+    assert ours > r["single_oracle"]  # even the single threshold that is best on the held-out images
