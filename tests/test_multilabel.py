@@ -88,6 +88,18 @@ def test_fitted_head_saves_and_reloads_with_the_same_probabilities_and_sets(tmp_
     assert multilabel_metrics(Y, back.predict_proba(X), names, back.thresholds_)["micro_f1"] > 0.7
 
 
+def test_head_arrays_with_an_impossible_threshold_or_missing_alphas_are_refused():
+    from pipeline.arrayhead import ArrayHead, export
+
+    X, y, names, Y = toy_tags()
+    head = export(fit_multilabel("logreg", X, y, C=1.0, folds=3)[0])
+    bad = dict(head.arrays, **{"ovr.threshold": np.array([0.5, 1.5, 0.5, 0.5])})
+    with pytest.raises(ValueError, match="threshold in"):
+        ArrayHead(names, bad, "linear", "ovr_sigmoid")
+    with pytest.raises(ValueError, match="ovr.alpha"):
+        ArrayHead(names, {k: v for k, v in head.arrays.items() if k != "ovr.alpha"}, "linear", "ovr_sigmoid")
+
+
 def test_two_tags_keep_two_columns_through_the_head_file(tmp_path):
     X, y, names, Y = toy_tags()
     y2 = np.array([normalise(" ".join(t for t in v.split() if t in ("cat", "indoor"))) or "cat" for v in y])
@@ -184,8 +196,10 @@ def test_cli_refusals(tmp_path, capsys):
     assert main(["train", str(ml), "--learning-curve", "--out", str(model)]) == 2
     assert main(["compare", str(ml), "--no-progress"]) == 2
     assert "compare works on single-label stores" in capsys.readouterr().err
-    assert main(["train", str(ml), "--head", "logreg", "--C", "1", "--folds", "3", "--out", str(model)]) == 0
-    capsys.readouterr()
+    assert main(["train", str(ml), "--head", "logreg", "--C", "1", "--folds", "3", "--holdout", "0.3",
+                 "--out", str(model)]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out images):\nn=" in printed and "micro-F1" in printed.split("validation")[1]
     assert main(["score", str(model), str(images), "--out", str(tmp_path / "k.csv"), "--kaggle", "red"]) == 2
     assert "multi-label" in capsys.readouterr().err
     assert main(["evaluate", str(model), str(store)]) == 2
