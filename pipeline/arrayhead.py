@@ -14,13 +14,16 @@ under any scikit-learn version. Array names (all float except ``rbf.n_support``)
     calibration.alpha                   probabilities "temperature"
     calibration.a, calibration.b        probabilities "platt": the per-class sigmoids of the old
                                         CalibratedClassifierCV heads (head-1 files converted)
+    ovr.alpha, ovr.threshold            probabilities "ovr_sigmoid" (multi-label, pipeline/multilabel.py):
+                                        K independent p_k = sigmoid(alpha_k f_k), tag k predicted
+                                        when p_k >= threshold_k; linear.coef is (K, D) even for K = 2
 """
 from __future__ import annotations
 
 import numpy as np
 
 SCORERS = ("linear", "rbf")
-PROBABILITIES = ("temperature", "sigmoid", "softmax", "platt")
+PROBABILITIES = ("temperature", "sigmoid", "softmax", "platt", "ovr_sigmoid")
 
 
 def _softmax(Z: np.ndarray) -> np.ndarray:
@@ -46,6 +49,15 @@ class ArrayHead:
     def n_features_in_(self) -> int:
         return int(self.arrays["scale.mean"].shape[0])
 
+    @property
+    def multi_label(self) -> bool:
+        return self.probabilities == "ovr_sigmoid"
+
+    @property
+    def thresholds_(self) -> np.ndarray | None:
+        """Per-tag thresholds of a multi-label head (None for a single-label one)."""
+        return self.arrays["ovr.threshold"] if self.multi_label else None
+
     # ---- scoring -------------------------------------------------------------------------------
     def transform(self, X) -> np.ndarray:
         """Standardise (and project) as the fitted Pipeline did, in the dtype scikit-learn used."""
@@ -60,9 +72,12 @@ class ArrayHead:
     def decision_function(self, X) -> np.ndarray:
         Z = self.transform(X)
         f = self._linear(Z) if self.scorer == "linear" else self._rbf(Z)
-        return f[:, 0] if len(self.classes_) == 2 else f
+        return f[:, 0] if len(self.classes_) == 2 and not self.multi_label else f
 
     def predict_proba(self, X) -> np.ndarray:
+        if self.multi_label:
+            z = self.arrays["ovr.alpha"] * self.decision_function(X).astype(np.float64)
+            return np.exp(-np.logaddexp(0.0, -z))  # sigmoid(z), without overflow
         F = _matrix(self.decision_function(X)).astype(np.float64)
         if self.probabilities == "temperature":
             return _softmax(float(self.arrays["calibration.alpha"]) * F)
@@ -71,6 +86,9 @@ class ArrayHead:
         return _softmax(F)  # logreg: binary sigmoid == softmax([0, f]); multinomial softmax
 
     def predict(self, X) -> np.ndarray:
+        """Class names (single-label); (N, K) booleans, probability >= threshold (multi-label)."""
+        if self.multi_label:
+            return self.predict_proba(X) >= self.thresholds_[None, :]
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
     def _platt(self, F):
@@ -118,6 +136,10 @@ class ArrayHead:
             need.add("calibration.alpha")
         if self.probabilities == "platt":
             need |= {"calibration.a", "calibration.b"}
+        if self.multi_label:
+            need |= {"ovr.alpha", "ovr.threshold"}
+            if self.scorer != "linear":
+                raise ValueError(f"multi-label heads are linear, not {self.scorer!r}")
         missing = sorted(need - set(a))
         if missing:
             raise ValueError(f"arrays missing: {', '.join(missing)}")
@@ -139,7 +161,7 @@ class ArrayHead:
             if c.ndim != 2 or c.shape[1] != width or a.get("pca.mean", np.zeros(0)).shape != (width,):
                 raise ValueError(f"pca arrays do not fit {width} features")
             width = c.shape[0]
-        rows = 1 if n == 2 else n
+        rows = 1 if n == 2 and not self.multi_label else n
         if self.scorer == "linear":
             if a["linear.coef"].shape != (rows, width) or a["linear.intercept"].shape != (rows,):
                 raise ValueError(f"linear.coef/intercept must be ({rows}, {width})/({rows},) for {n} classes")
@@ -152,6 +174,10 @@ class ArrayHead:
         cols = 1 if n == 2 else n
         if self.probabilities == "platt" and not (a["calibration.a"].shape == a["calibration.b"].shape == (cols,)):
             raise ValueError(f"calibration.a and calibration.b must hold {cols} numbers")
+        if self.multi_label:
+            alpha, t = a["ovr.alpha"], a["ovr.threshold"]
+            if alpha.shape != (n,) or t.shape != (n,) or np.any(alpha <= 0) or np.any((t <= 0) | (t > 1)):
+                raise ValueError(f"ovr.alpha and ovr.threshold must hold {n} numbers, alpha > 0, threshold in (0, 1]")
         alpha = a.get("calibration.alpha")
         if self.probabilities == "temperature" and not (alpha.shape == () and alpha > 0):
             raise ValueError("calibration.alpha must be one number above 0")
@@ -178,6 +204,8 @@ def from_sklearn(model) -> ArrayHead:
     from .calibration import TemperatureCalibrated
 
     steps = dict(getattr(model, "named_steps", {}))
+    if type(steps.get("clf")).__name__ == "OneVsRest":
+        return _from_one_vs_rest(model)
     if set(steps) - {"scale", "pca", "clf"} or "scale" not in steps or "clf" not in steps:
         raise ValueError(f"not a head this project trains: steps {list(steps) or type(model).__name__}")
     scaler, pca, clf = steps["scale"], steps.get("pca"), steps["clf"]
@@ -208,6 +236,34 @@ def from_sklearn(model) -> ArrayHead:
     else:
         raise ValueError(f"cannot save a {type(est).__name__} head")
     return ArrayHead(model.classes_, arrays, scorer, probabilities)
+
+
+def _scale_arrays(steps: dict) -> dict:
+    scaler, pca = steps["scale"], steps.get("pca")
+    arrays = {"scale.mean": scaler.mean_, "scale.scale": scaler.scale_}
+    if pca is not None:
+        if pca.whiten:
+            raise ValueError("a whitened PCA cannot be saved")
+        arrays.update({"pca.components": pca.components_, "pca.mean": pca.mean_})
+    return arrays
+
+
+def _from_one_vs_rest(model) -> ArrayHead:
+    """A multi-label head: one linear binary head per tag, stacked, with its alpha and threshold."""
+    steps = dict(model.named_steps)
+    ovr, arrays = steps["clf"], _scale_arrays(steps)
+    coef, intercept = [], []
+    for tag, est in zip(ovr.classes_, ovr.estimators_):
+        if isinstance(est, bool):
+            raise ValueError(f"tag {tag!r} is constant in the training rows; no head was fitted for it")
+        if not hasattr(est, "coef_"):
+            raise ValueError(f"cannot save a multi-label {type(est).__name__} head")
+        coef.append(np.ravel(est.coef_))
+        intercept.append(float(np.ravel(est.intercept_)[0]))
+    arrays.update({"linear.coef": np.stack(coef), "linear.intercept": np.asarray(intercept),
+                   "ovr.alpha": np.asarray(ovr.alphas_, dtype=np.float64),
+                   "ovr.threshold": np.asarray(ovr.thresholds_, dtype=np.float64)})
+    return ArrayHead(ovr.classes_, arrays, "linear", "ovr_sigmoid")
 
 
 def _legacy_calibrated(clf, arrays: dict):

@@ -100,9 +100,25 @@ class Classifier:
         """(N, n_classes) probabilities, columns in the order of ``classes_``."""
         return self.model.predict_proba(self._as_features(X))
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X):
+        """Class names; for a multi-label head, the label set of each image (its tags, in class order)."""
         proba = self.predict_proba(X)
+        if self.multi_label:
+            from .multilabel import label_sets
+
+            return label_sets(proba, self.classes_, self.thresholds_)
         return self.classes_[np.argmax(proba, axis=1)]
+
+    @property
+    def multi_label(self) -> bool:
+        """True for a head with one-vs-rest tags (pipeline/multilabel.py)."""
+        return self.thresholds_ is not None
+
+    @property
+    def thresholds_(self) -> np.ndarray | None:
+        """The per-tag thresholds of a multi-label head; None for a single-label head."""
+        steps = getattr(self.model, "named_steps", None)
+        return getattr(steps["clf"] if steps else self.model, "thresholds_", None)
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path) -> Path:

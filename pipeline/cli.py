@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--labels", metavar="CSV", help="labels from a CSV (id,label) instead of sub-folders")
     f.add_argument("--id-column", help="the CSV column of image ids (default: 'id', else the first)")
     f.add_argument("--label-column", help="the CSV column of labels (default: 'label', else the second)")
+    f.add_argument("--multi-label", action="store_true",
+                   help="each label cell holds several labels separated by spaces or '|' (e.g. Planet's tags); "
+                        "train then fits one-vs-rest heads with a threshold per label")
     f.add_argument("--prune", action="store_true", help="drop the rows of files no longer in DATA_DIR")
     f.add_argument("--sample", type=_sample, help="featurize only N images per class (or a fraction), for a quick try")
     f.add_argument("--tta", choices=["flip"], help="test-time augmentation: flip averages the features of each "
@@ -291,7 +294,7 @@ def cmd_featurize(a):
 
     run = featurize(a.data_dir, a.backbone, a.layer, a.out, a.weights, labelled=False if a.unlabelled else None,
                     labels=a.labels, id_column=a.id_column, label_column=a.label_column, prune=a.prune,
-                    sample=a.sample, follow_links=not a.no_follow_links,
+                    sample=a.sample, follow_links=not a.no_follow_links, multi_label=a.multi_label,
                     overwrite=a.overwrite, batch_size=a.batch_size, workers=a.workers, decode=a.decode,
                     progress=not a.no_progress, strict=a.strict, report=True, tta=a.tta, **_backbone_kwargs(a),
                     **_engine_kwargs(a))
@@ -305,11 +308,19 @@ def cmd_train(a):
     from .outputs import check_output
 
     check_output(a.out, "head", force=a.force)
+    if a.learning_curve:
+        from .store import FeatureStore
+
+        if FeatureStore.open(a.features_dir).multi_label:
+            raise UsageError("--learning-curve is for single-label stores; this one is multi-label")
     clf = train(a.features_dir, head=a.head, C=a.C, folds=a.folds, seed=a.seed, holdout=a.holdout, split=a.split,
                 group_by=a.group_by, groups=a.groups, group_column=a.group_column, sample=a.sample, pca=a.pca,
                 class_weight=a.class_weight)
     path = clf.save(a.out)
     m = clf.metrics
+    if clf.multi_label:
+        _train_multilabel_summary(a, clf, path)
+        return
     cv = f", {m['cv_folds']}-fold CV accuracy {m['cv_accuracy']:.4f}" if "cv_accuracy" in m else ""
     print(f"{a.head} C={m['C']:g} on {m['n_train']} images, {len(clf.classes_)} classes{cv} -> {path}")
     print(f"probabilities: {m['calibration']}" + (", classes weighted balanced" if m.get("class_weight") else ""))
@@ -324,6 +335,28 @@ def cmd_train(a):
             print(f"warning: {len(v['leakage'])} validation images are identical to training images")
     if a.report or a.learning_curve:
         _train_report(a, m)
+
+
+def _train_multilabel_summary(a, clf, path) -> None:
+    from .evaluation import format_metrics
+    from .multilabel import summary
+
+    print(summary(clf, path))
+    if "validation" in clf.metrics:
+        v = clf.metrics["validation"]
+        print(f"validation ({v['n']} held-out images):\n{format_metrics(v)}")
+    if a.report:
+        from .multilabel import cross_validated
+        from .report import report_predictions
+        from .store import FeatureStore
+
+        store = FeatureStore.open(a.features_dir)
+        m, Y, P, rows = cross_validated(store, a.head, clf.metrics["C"], a.folds, a.seed, a.pca)
+        page = report_predictions(a.report, m, Y, P, rows, store, title=f"{a.head} on {store.root.name}: "
+                                  f"cross-validated predictions (one-vs-rest tags)",
+                                  extra={"head": a.head, "C": clf.metrics["C"], "folds": a.folds,
+                                         "features": f"{store.root} ({describe(store.spec)})"})
+        print(f"report -> {page}")
 
 
 def _train_report(a, m: dict) -> None:

@@ -34,6 +34,10 @@ def classification_metrics(y_true, proba: np.ndarray, classes) -> dict:
 
 def format_metrics(m: dict) -> str:
     """A short human-readable table."""
+    if m.get("multi_label"):
+        from .multilabel import format_multilabel
+
+        return format_multilabel(m)
     lines = [f"n={m['n']}  accuracy {m['accuracy']:.4f}  balanced accuracy {m['balanced_accuracy']:.4f}  "
              f"log loss {m['log_loss']:.4f}"]
     if "top_5_accuracy" in m:
@@ -64,8 +68,18 @@ def predictions(model, store) -> tuple[dict, np.ndarray, np.ndarray, list[dict]]
     X, y, rows = store.labelled(with_rows=True)
     if len(y) == 0:
         raise ValueError(f"{store.root} has no labelled images to evaluate on")
+    if bool(getattr(model, "multi_label", False)) != store.multi_label:
+        kind = {True: "multi-label", False: "single-label"}
+        raise UsageError(f"this head is {kind[bool(getattr(model, 'multi_label', False))]} but {store.root} is "
+                         f"{kind[store.multi_label]}; evaluate on features labelled the way the head was trained")
     proba = model.predict_proba(X)
-    m = classification_metrics(y, proba, model.classes_)
+    if store.multi_label:
+        from .multilabel import multilabel_metrics, tag_matrix
+
+        classes = [str(c) for c in model.classes_]
+        m = multilabel_metrics(tag_matrix(y, classes), proba, classes, model.thresholds_)
+    else:
+        m = classification_metrics(y, proba, model.classes_)
     trained = set(getattr(model, "train_hashes", []))
     m["seen_in_training"] = [r["path"] for r in rows if r["sha256"][:16] in trained]
     return m, y, proba, rows
@@ -107,6 +121,7 @@ def compare(stores, heads=("linear_svm", "logreg"), C: float | str = "auto", fol
     """
     from .heads import HEADS, check_labels, cross_val_accuracy, select_C
     from .hints import did_you_mean
+    from .multilabel import refuse_multi_label
     from .progress import Steps
     from .store import FeatureStore
 
@@ -118,6 +133,7 @@ def compare(stores, heads=("linear_svm", "logreg"), C: float | str = "auto", fol
     cv = "leave-one-out" if folds == "loo" else f"{folds}-fold"
     for s in stores:
         store = s if isinstance(s, FeatureStore) else FeatureStore.open(s)
+        refuse_multi_label(store, "compare")
         X, y = store.labelled()
         check_labels(y)
         for head in heads:

@@ -88,8 +88,14 @@ def _pick(header: list[str], wanted: str | None, default: str, fallback: int, wh
 
 
 def read_labels_csv(path, id_column: str | None = None, label_column: str | None = None,
-                    class_names: bool = True) -> CsvLabels:
-    """Read `path` (header row required). Default columns: 'id' (else the first), 'label' (else the second)."""
+                    class_names: bool = True, multi_label: bool = False) -> CsvLabels:
+    """Read `path` (header row required). Default columns: 'id' (else the first), 'label' (else the second).
+
+    multi_label: each label cell holds several tags separated by spaces or '|'; labels are stored
+    as the tags sorted and joined by one space (pipeline/multilabel.py), and tags are checked as class names.
+    """
+    if multi_label:
+        from .multilabel import normalise
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -101,6 +107,7 @@ def read_labels_csv(path, id_column: str | None = None, label_column: str | None
             by_id, clashes = {}, []
             for line, row in enumerate(reader, start=2):
                 key, label = _norm_id(row.get(id_col) or ""), (row.get(label_col) or "").strip()
+                label = normalise(label) if multi_label else label
                 if not key or not label:
                     continue  # a row without an id or a label labels nothing
                 if key in by_id and by_id[key] != label:
@@ -117,7 +124,8 @@ def read_labels_csv(path, id_column: str | None = None, label_column: str | None
     if not by_id:
         raise UsageError(f"{path} has no rows with both an id ({id_col}) and a label ({label_col})")
     if class_names:
-        check_class_names(set(by_id.values()), str(path))
+        check_class_names({t for v in by_id.values() for t in v.split(" ")} if multi_label else set(by_id.values()),
+                          str(path))
     return CsvLabels(str(path), by_id, id_col, label_col)
 
 

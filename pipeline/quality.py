@@ -49,6 +49,9 @@ def suspects(store, head: str = "logreg", C: float | str = "auto", folds: int = 
     """
     from .heads import cross_val_proba, select_C
 
+    from .multilabel import refuse_multi_label
+
+    refuse_multi_label(store, "suspects")
     X, y, rows = store.labelled(with_rows=True)
     if C == "auto":
         C = select_C(head, X, y, folds, seed)[0]

@@ -346,6 +346,12 @@ def report_predictions(out_dir, metrics, y_true, proba, rows, store, *, title: s
     """The report of predictions on a store's labelled rows, thumbnails from the store's data folder."""
     from .evaluation import clip_suggestion
 
+    if metrics.get("multi_label"):  # tags: a per-tag table with AP and threshold (pipeline/report_multilabel.py)
+        from .multilabel import tag_matrix
+        from .report_multilabel import write_multilabel_report
+
+        Y = y_true if np.ndim(y_true) == 2 else tag_matrix(y_true, metrics["classes"])
+        return write_multilabel_report(out_dir, metrics, Y, proba, title=title, extra=extra)
     root = store.meta.get("data_dir")
     return write_report(out_dir, metrics, y_true, proba, [r["path"] for r in rows], title=title,
                         image_root=root if root and Path(root).is_dir() else None,

@@ -235,7 +235,7 @@ class _Batcher:
 def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str = "penultimate",
               out=None, weights: str | None = None, *, labelled: bool | None = None, labels=None,
               id_column: str | None = None, label_column: str | None = None, prune: bool = False,
-              sample: int | float | None = None, follow_links: bool = True,
+              sample: int | float | None = None, follow_links: bool = True, multi_label: bool = False,
               overwrite: bool = False, batch_size: int | None = None, workers: int | None = None,
               progress: bool = True, strict: bool = False, report: bool = False, engine: str = "local",
               cluster=None, decode: str = "auto", **backbone_options):
@@ -251,14 +251,18 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     per layer, at `out` with ``{layer}`` replaced by each name (the first store is returned).
     engine="ray" runs on a Ray cluster (`cluster`: a pipeline.distributed.RayCluster), same store.
     `decode`: "thread", "process" (pipeline.decodepool) or "auto" (processes from 8 usable cores on).
+    `multi_label`: the CSV's label cells hold several tags (spaces or '|'); see pipeline/multilabel.py.
     """
+    if multi_label and labels is None:
+        raise UsageError("--multi-label reads several labels per image from a CSV: give --labels FILE.csv "
+                         "(and --label-column, e.g. tags)")
     if engine != "local":
         return _on_engine(engine, workers, cluster, locals(), backbone_options)
     bb = backbone if isinstance(backbone, Backbone) else create_backbone(
         backbone, layer, weights, batch_size=batch_size, **backbone_options)
     choose_decode(decode, bb.per_image)  # a bad choice fails before any work
     if labels is not None and not isinstance(labels, CsvLabels):
-        labels = read_labels_csv(labels, id_column, label_column)
+        labels = read_labels_csv(labels, id_column, label_column, multi_label=multi_label)
     listing = list_images(data_dir, labelled, labels=labels, follow_links=follow_links)
     present = {r.relpath for r in listing.records}  # what --prune keeps, sampled or not
     if sample is not None:
@@ -275,6 +279,7 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     out = writer.root
     try:
         _check_same_folder(writer, data_dir)
+        _check_multi_label(writer, multi_label)
         _run(listing.records, bb, writer, workers, progress, run, read_report(out), decode)
         _withdraw_skipped(writer, run)
         if prune:
@@ -301,11 +306,13 @@ def _on_engine(engine: str, workers, cluster, args: dict, backbone_options: dict
         raise UsageError(f"unknown engine {engine!r}; choose local or ray")
     if workers is not None:
         raise UsageError("--workers sets decoding threads of --engine local; Ray sizes its tasks to the cluster")
+    if args.get("multi_label"):
+        raise UsageError("--multi-label runs on --engine local only for now")
     if args.get("decode", "auto") != "auto":
         raise UsageError("--decode chooses threads or processes of --engine local; Ray decodes in its own tasks")
     from .distributed import featurize_ray
 
-    drop = {"engine", "workers", "backbone_options", "data_dir", "decode"}
+    drop = {"engine", "workers", "backbone_options", "data_dir", "decode", "multi_label"}
     return featurize_ray(args["data_dir"], **{k: v for k, v in args.items() if k not in drop}, **backbone_options)
 
 
@@ -318,6 +325,17 @@ def _check_same_folder(writer, data_dir) -> None:
             raise StoreError(f"{w.root} holds features of the images in {before}, not of {here}; "
                              f"give another --out (or --overwrite to replace it)")
         w.meta["data_dir"] = here  # where report thumbnails come from
+
+
+def _check_multi_label(writer, multi_label: bool) -> None:
+    """A store is multi-label (meta.json "multi_label": true) or not, from its first run on."""
+    for w in getattr(writer, "writers", [writer]):
+        before = bool(w.meta.get("multi_label"))
+        if before != multi_label and w.live_rows():
+            raise UsageError(f"{w.root} holds {'multi' if before else 'single'}-label rows; featurize it "
+                             f"{'with' if before else 'without'} --multi-label, or use --overwrite to replace it")
+        if multi_label:
+            w.meta["multi_label"] = True
 
 
 def _withdraw_skipped(writer, run: RunReport) -> None:

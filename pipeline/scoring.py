@@ -61,12 +61,15 @@ def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: s
         _check_kaggle_class(kaggle, clf.classes_)
     if reject_below is not None:
         check_reject_below(reject_below, clf.classes_, kaggle)
+    if clf.multi_label and (kaggle is not None or reject_below is not None):
+        raise UsageError("this head is multi-label: it writes the predicted tags and a probability per tag; "
+                         "--kaggle and --reject-below apply to single-label heads")
     if is_feature_store(data_dir):  # a feature store's rows (made here or imported), scored as they are
         paths, proba, result = predict_store(clf, data_dir)
         if kaggle is not None:
             _write_kaggle(out, paths, proba, clf.classes_, kaggle, clip)
         else:
-            _write_predictions(out, paths, proba, clf.classes_, reject_below)
+            _write_predictions(out, paths, proba, clf.classes_, reject_below, clf.thresholds_)
         return result
     bb = backbone_from_spec(clf.spec)
     tmp = Path(tempfile.mkdtemp(prefix="tfp-score-")) if no_cache else None
@@ -81,7 +84,7 @@ def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: s
     if kaggle is not None:
         _write_kaggle(out, paths, proba, clf.classes_, kaggle, clip)
     else:
-        _write_predictions(out, paths, proba, clf.classes_, reject_below)
+        _write_predictions(out, paths, proba, clf.classes_, reject_below, clf.thresholds_)
     return run
 
 
@@ -114,7 +117,11 @@ def predicted_labels(proba: np.ndarray, classes, reject_below: float | None = No
             for row, i in zip(proba, top)]
 
 
-def _write_predictions(out, paths, proba, classes, reject_below=None):
+def _write_predictions(out, paths, proba, classes, reject_below=None, thresholds=None):
+    if thresholds is not None:  # multi-label: path,labels,<tag>... (pipeline/multilabel.py)
+        from .multilabel import write_label_sets
+
+        return write_label_sets(out, paths, proba, classes, thresholds)
     with atomic_open(out, newline="") as f:
         w = csv_writer(f)
         w.writerow(["path", "prediction", *[str(c) for c in classes]])

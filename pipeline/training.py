@@ -14,6 +14,7 @@ from .classifier import Classifier
 from .errors import UsageError
 from .evaluation import classification_metrics
 from .heads import fit_head
+from .multilabel import fit_multilabel
 from .splits import leaked, sample_mask, validation_mask
 from .store import FeatureStore, versions
 
@@ -32,6 +33,8 @@ def train(store, head: str = "linear_svm", C: float | str = "auto", folds: int |
     pca: reduce the standardised features to this many components first. class_weight: None or
     'balanced' (weights inversely proportional to class frequencies, recorded in the metrics).
     Classes with a single image are trained on and listed in ``metrics['unvalidated_classes']``.
+    A multi-label store (featurize --multi-label) gets one-vs-rest heads with a threshold per tag
+    tuned by cross-validation (pipeline/multilabel.py); ``clf.predict`` then returns label sets.
     The validation metrics land in ``clf.metrics['validation']``.
     """
     if not isinstance(store, FeatureStore):
@@ -47,11 +50,13 @@ def train(store, head: str = "linear_svm", C: float | str = "auto", folds: int |
     if sample is not None:
         sub = sample_mask([rows[i]["path"] for i in train_idx], y[train_idx], sample, seed)
         train_idx = train_idx[sub]
-    model, metrics = fit_head(head, X[train_idx], y[train_idx], C=C, folds=folds, seed=seed, pca=pca,
-                              class_weight=class_weight)
+    fit = fit_multilabel if store.multi_label else fit_head  # one-vs-rest tags: pipeline/multilabel.py
+    model, metrics = fit(head, X[train_idx], y[train_idx], C=C, folds=folds, seed=seed, pca=pca,
+                         class_weight=class_weight)
     metrics["features"] = str(store.root)
     if valid.any():
-        metrics["validation"] = _validate(model, X, y, rows, train_idx, np.flatnonzero(valid))
+        check = _validate_multilabel if store.multi_label else _validate
+        metrics["validation"] = check(model, X, y, rows, train_idx, np.flatnonzero(valid))
     clf = Classifier(model, [str(c) for c in model.classes_], store.spec, metrics, versions())
     clf.train_hashes = sorted({rows[i]["sha256"][:16] for i in train_idx})
     return clf
@@ -69,6 +74,13 @@ def _validate(model, X, y, rows, train_idx, valid_idx) -> dict:
         log.warning("%d validation images are identical to training images, e.g. %s and %s",
                     len(pairs), *pairs[0])
     return m
+
+
+def _validate_multilabel(model, X, y, rows, train_idx, valid_idx) -> dict:
+    from .multilabel import validate
+
+    return validate(model, X[valid_idx], y[valid_idx], [str(c) for c in model.classes_],
+                    [rows[i] for i in train_idx], [rows[i] for i in valid_idx])
 
 
 def groups_by_path(groups, group_column, rows) -> dict | None:

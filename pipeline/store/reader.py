@@ -115,8 +115,15 @@ class FeatureStore:
         return list(self._rows)
 
     @property
+    def multi_label(self) -> bool:
+        """True when each label is a set of tags joined by spaces (featurize --multi-label)."""
+        return bool(self.meta.get("multi_label"))
+
+    @property
     def classes(self) -> list[str]:
-        return sorted({r["label"] for r in self._rows if r.get("label") is not None})
+        """The labels used (for a multi-label store: the tags)."""
+        labels = {r["label"] for r in self._rows if r.get("label") is not None}
+        return sorted({t for v in labels for t in v.split(" ") if t}) if self.multi_label else sorted(labels)
 
     @property
     def report(self) -> dict:
