@@ -32,7 +32,7 @@ from .errors import ImageError, PipelineError, UsageError
 from .images import decode, list_images, no_images_message, read_bytes
 from .labels import CsvLabels, read_labels_csv
 from .preprocess import Preprocess
-from .runner import (RunReport, _account, _Batcher, _cached, _check_same_folder, _finish, _open_writer,
+from .runner import (RunReport, _account, _Batcher, _cached, _check_same_folder, _open_writer, abandon, end_run,
                      _progress, _withdraw_skipped, file_stat, known_files)
 from .sources import is_uri, list_uri, read_uri, stat_uri
 from .splits import sample_mask
@@ -91,17 +91,9 @@ def featurize_ray(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: 
             unlisted = {r["path"] for r in writer.live_rows() if listing.below_unreadable(r["path"])}
             run.pruned = writer.prune(present | unlisted)
     except BaseException:
-        if not writer.discard_if_empty():
-            writer.write_report(run.to_dict())
-            writer.abort()
+        abandon(writer, run)
         raise
-    _finish(run, writer)
-    for s in run.skipped:
-        log.warning("skipped %s: %s %s", s["path"], s["reason"], s.get("detail", ""))
-    if strict and run.skipped:
-        raise PipelineError(f"{len(run.skipped)} image(s) could not be used (--strict); "
-                            f"see {writer.root / 'report.json'}")
-    return run if report else run.store
+    return end_run(run, writer, strict, report)
 
 
 def _listing(data_dir, labelled, labels, follow_links: bool, sample):

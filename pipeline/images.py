@@ -215,7 +215,12 @@ def _folder_entries(walk: _Walk, ignored: list, unusable: list) -> list[str]:
     return unreadable
 
 
-def _folder_listing(root: Path, found, ignored, unusable, labelled, unreadable) -> Listing:
+def folder_records(where: str, found, ignored, labelled: bool | None):
+    """(records, classes, labelled) of (relpath, path) pairs labelled by their top-level folder.
+
+    labelled=None: True when some image is in a sub-folder. Images directly in a labelled root are
+    appended to `ignored` as ``unlabelled_ignored``; class names are checked (`where` names the root).
+    """
     if labelled is None:
         labelled = any("/" in rel for rel, _ in found)
     records = []
@@ -228,7 +233,13 @@ def _folder_listing(root: Path, found, ignored, unusable, labelled, unreadable) 
             records.append(ImageRecord(p, rel, rel.split("/", 1)[0]))
     classes = sorted({r.label for r in records if r.label is not None})
     if labelled:
-        check_class_names(classes, str(root))
+        check_class_names(classes, where)
+    return records, classes, labelled
+
+
+def _folder_listing(root: Path, found, ignored, unusable, labelled, unreadable) -> Listing:
+    records, classes, labelled = folder_records(str(root), found, ignored, labelled)
+    if labelled:
         not_walked = set(unreadable) | {p for p, _ in ignored if p.endswith("/")}  # reported already
         _warn_empty_classes(root, classes, not_walked)
     return Listing(records, ignored, classes, labelled, unusable=unusable)

@@ -287,16 +287,26 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
             unlisted = {r["path"] for r in writer.live_rows() if listing.below_unreadable(r["path"])}
             run.pruned = writer.prune(present | unlisted)
     except BaseException:
-        if not writer.discard_if_empty():  # a failed first run leaves nothing behind
-            writer.write_report(run.to_dict())  # what was skipped so far, even when the run fails
-            writer.abort()
+        abandon(writer, run)
         raise
+    return end_run(run, writer, strict, report)
+
+
+def abandon(writer, run: RunReport) -> None:
+    """A failed run: a first run leaves nothing behind; otherwise what was skipped so far is reported."""
+    if not writer.discard_if_empty():
+        writer.write_report(run.to_dict())
+        writer.abort()
+
+
+def end_run(run: RunReport, writer, strict: bool, report: bool):
+    """Close the store, warn about skipped files (fatal with `strict`); the RunReport or the store."""
     _finish(run, writer)
     for s in run.skipped:
         log.warning("skipped %s: %s %s", s["path"], s["reason"], s.get("detail", ""))
     if strict and run.skipped:
         raise PipelineError(f"{len(run.skipped)} image(s) could not be used (--strict); "
-                            f"see {out / 'report.json'}")
+                            f"see {writer.root / 'report.json'}")
     return run if report else run.store
 
 

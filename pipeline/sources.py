@@ -14,8 +14,7 @@ import os
 from functools import lru_cache
 
 from .errors import ImageError, UsageError
-from .images import IMAGE_EXTENSIONS, MAX_FILE_BYTES, ImageRecord, Listing, _csv_listing, _is_hidden
-from .labels import check_class_names
+from .images import IMAGE_EXTENSIONS, MAX_FILE_BYTES, Listing, _csv_listing, _is_hidden, folder_records
 
 
 def is_uri(data_dir) -> bool:
@@ -74,19 +73,7 @@ def list_uri(uri: str, labelled: bool | None = None, labels=None) -> Listing:
 
 
 def _folder_listing(uri: str, found, ignored, labelled) -> Listing:
-    if labelled is None:
-        labelled = any("/" in rel for rel, _ in found)
-    records = []
-    for rel, p in found:
-        if not labelled:
-            records.append(ImageRecord(p, rel, None))
-        elif "/" not in rel:
-            ignored.append((rel, "unlabelled_ignored"))
-        else:
-            records.append(ImageRecord(p, rel, rel.split("/", 1)[0]))
-    classes = sorted({r.label for r in records if r.label is not None})
-    if labelled:
-        check_class_names(classes, uri)
+    records, classes, labelled = folder_records(uri, found, ignored, labelled)
     return Listing(records, ignored, classes, labelled)
 
 
