@@ -125,3 +125,14 @@ def test_read_only_store_folder_fails_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "mkdir", read_only)
     with pytest.raises(pipeline.StoreError, match="cannot write"):
         pipeline.featurize(data, out=tmp_path / "ro" / "s", progress=False)
+
+
+def test_a_lone_image_on_all_threads_gives_the_features_of_a_batch():
+    # a single request runs one multi-threaded TFLite interpreter; batches run one per thread
+    bb = create_backbone("mobilenet_v2_quant", "penultimate").load()
+    bb.threads = max(2, bb.threads)
+    x = np.random.default_rng(3).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    batch = bb(x)
+    for i in range(3):
+        np.testing.assert_array_equal(bb(x[i:i + 1]), batch[i:i + 1])
+    assert getattr(bb._local, "it_wide", None) is not None  # the lone-image interpreter was used

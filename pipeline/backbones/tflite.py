@@ -169,10 +169,14 @@ class TFLiteBackbone(Backbone):
         self._set_layers(tensors, dims)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tflite")
 
-    def _interpreter(self):
-        it = getattr(self._local, "it", None)
+    def _interpreter(self, wide: bool = False):
+        """This thread's interpreter: single-threaded (many run side by side), or `wide`, using every
+        worker thread for one image (a lone image: half the latency on 2 cores, the same outputs)."""
+        name = "it_wide" if wide else "it"
+        it = getattr(self._local, name, None)
         if it is None:
-            it = self._local.it = _open_interpreter(self.path, self._content, num_threads=1)
+            it = _open_interpreter(self.path, self._content, num_threads=self.threads if wide else 1)
+            setattr(self._local, name, it)
         return it
 
     def _quantize(self, image: np.ndarray) -> np.ndarray:
@@ -185,8 +189,8 @@ class TFLiteBackbone(Backbone):
         info = np.iinfo(self._in_dtype)
         return np.clip(np.round(x / scale + zero), info.min, info.max).astype(self._in_dtype)
 
-    def _invoke(self, image: np.ndarray) -> np.ndarray:
-        it = self._interpreter()
+    def _invoke(self, image: np.ndarray, wide: bool = False) -> np.ndarray:
+        it = self._interpreter(wide)
         it.set_tensor(it.get_input_details()[0]["index"], self._quantize(image))
         it.invoke()
         out = []
@@ -203,4 +207,6 @@ class TFLiteBackbone(Backbone):
         return self._invoke(image)[0]
 
     def _forward(self, images):
+        if len(images) == 1 and self.threads > 1:  # a lone image (a single request): all threads on it
+            return self._invoke(images[0], wide=True)
         return np.concatenate(list(self._pool.map(self._invoke, images)), axis=0)
