@@ -32,8 +32,8 @@ from .errors import ImageError, PipelineError, UsageError
 from .images import decode, list_images, no_images_message, read_bytes
 from .labels import CsvLabels, read_labels_csv
 from .preprocess import Preprocess
-from .runner import (RunReport, _account, _Batcher, _cached, _check_same_folder, _open_writer, abandon, end_run,
-                     _progress, _withdraw_skipped, file_stat, known_files)
+from .runner import (RunReport, _account, _Batcher, _cached, _check_same_folder, _open_writer, _progress,
+                     commit_run, file_stat, known_files)
 from .sources import is_uri, list_uri, read_uri, stat_uri
 from .splits import sample_mask
 from .stages import StageClock
@@ -82,18 +82,13 @@ def featurize_ray(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: 
                     listed=[r.relpath for r in listing.records], unlabelled=listing.unlabelled,
                     unused_label_ids=listing.unused_label_ids)
     writer = _open_writer(data_dir, bb, out, overwrite)
-    try:
+
+    def work():
         _check_source(writer, data_dir)
         _run(listing.records, data_dir if is_uri(data_dir) else None, bb, writer, cluster, progress, run,
              read_report(writer.root))
-        _withdraw_skipped(writer, run)
-        if prune:
-            unlisted = {r["path"] for r in writer.live_rows() if listing.below_unreadable(r["path"])}
-            run.pruned = writer.prune(present | unlisted)
-    except BaseException:
-        abandon(writer, run)
-        raise
-    return end_run(run, writer, strict, report)
+
+    return commit_run(writer, run, listing, present if prune else None, work, strict, report)
 
 
 def _listing(data_dir, labelled, labels, follow_links: bool, sample):

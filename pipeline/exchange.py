@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 
 from .backbones.base import file_sha256
 from .errors import UsageError
+from .outputs import atomic_open
 from .store import FeatureStore, open_writer, versions
 
 META_KEY = "tf_feature_pipeline"
@@ -65,16 +65,8 @@ def export_features(store, out, force: bool = False) -> Path:
     x = np.ascontiguousarray(store.features, dtype=np.float32)
     labels = [None if v is None else str(v) for v in store.labels]
     writer = _write_parquet if ext == ".parquet" else _write_npz
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            writer(f, store.paths, labels, store.sha256, x, _export_spec(store))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(out, "wb") as f:  # a new O_EXCL temp file, fsynced and renamed: never a planted link
+        writer(f, store.paths, labels, store.sha256, x, _export_spec(store))
     return out
 
 

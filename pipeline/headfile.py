@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import zipfile
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from .arrayhead import ArrayHead
 from .errors import ModelFileError
+from .outputs import atomic_open
 
 FORMAT = "tf-feature-pipeline/head-2"
 LEGACY_FORMAT = "tf-feature-pipeline/head-1"
@@ -62,16 +62,8 @@ def write(path, head: ArrayHead, header: dict) -> Path:
               "head": {"scorer": head.scorer, "probabilities": head.probabilities,
                        "arrays": {k: [v.dtype.str, list(v.shape)] for k, v in sorted(head.arrays.items())}}}
     header["sha256"] = digest(head.arrays, header)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, header=np.array(json.dumps(header)), **head.arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "wb") as f:  # a new O_EXCL temp file, fsynced and renamed: never a planted link
+        np.savez(f, header=np.array(json.dumps(header)), **head.arrays)
     return path
 
 

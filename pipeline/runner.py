@@ -277,15 +277,26 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
                     unused_label_ids=listing.unused_label_ids)
     writer = _open_writer(data_dir, bb, out, overwrite)
     out = writer.root
-    try:
+
+    def work():
         _check_same_folder(writer, data_dir)
         _check_multi_label(writer, multi_label)
         _run(listing.records, bb, writer, workers, progress, run, read_report(out), decode)
+
+    return commit_run(writer, run, listing, present if prune else None, work, strict, report)
+
+
+def commit_run(writer, run: RunReport, listing, prune_keep: set | None, work, strict: bool, report: bool):
+    """Run `work()` (which appends to `writer`), withdraw the rows of files now unusable, prune when
+    `prune_keep` (the paths present) is given, close: the RunReport (`report`) or the store. Any engine's
+    run ends here, so they all withdraw, prune and fail alike."""
+    try:
+        work()
         _withdraw_skipped(writer, run)
-        if prune:
+        if prune_keep is not None:
             # rows below a folder that could not be listed are kept: their files may well exist
             unlisted = {r["path"] for r in writer.live_rows() if listing.below_unreadable(r["path"])}
-            run.pruned = writer.prune(present | unlisted)
+            run.pruned = writer.prune(prune_keep | unlisted)
     except BaseException:
         abandon(writer, run)
         raise
