@@ -38,10 +38,11 @@ import numpy as np  # noqa: E402
 import pipeline  # noqa: E402
 from pipeline.backbones import create_backbone  # noqa: E402
 from pipeline.backbones.keras_apps import KERAS_APPS  # noqa: E402
-from pipeline.decodepool import DecodePool, usable_cores  # noqa: E402
+from pipeline.decodepool import DecodePool, default_workers, usable_cores  # noqa: E402
 from pipeline.images import list_images  # noqa: E402
 from pipeline.preprocess import Preprocess  # noqa: E402
 from pipeline.runner import _prepare, bounded_map  # noqa: E402
+from pipeline.stages import line as stages_line  # noqa: E402
 
 # Featurize FOLDER with MODEL and WEIGHTS in float32 on the CPU (JAX_PLATFORMS=cpu) into STORE.
 _CPU_REFERENCE = """
@@ -88,12 +89,12 @@ def decode_rates(folder: Path, workers: int) -> dict:
     records = list_images(folder, labelled=False).records
     pre, known = Preprocess(size=(299, 299), scaling="tf"), {"rows": {}, "bad": {}}
     out = {}
-    t, got = timed(lambda: list(bounded_map(lambda r: _prepare(r, _DecodeOnly(pre), known), records, workers,
-                                            4 * workers)))
-    out["decode_threads"] = rate(len(got), t)
-    list(DecodePool(pre, workers, window=512).map(records[:64], known))  # starts the forkserver once
-    t, got = timed(lambda: list(DecodePool(pre, workers, window=512).map(records, known)))
-    out["decode_processes"] = rate(len(got), t)
+    t, got = timed(lambda: sum(1 for _ in bounded_map(lambda r: _prepare(r, _DecodeOnly(pre), known), records,
+                                                      workers, 4 * workers)))
+    out["decode_threads"] = rate(got, t)
+    sum(1 for _ in DecodePool(pre, workers, window=512).map(records[:64], known))  # starts the forkserver once
+    t, got = timed(lambda: sum(1 for _ in DecodePool(pre, workers, window=512).map(records, known, views=True)))
+    out["decode_processes"] = rate(got, t)
     return out
 
 
@@ -147,6 +148,8 @@ def bench_model(model: str, precision: str, a, folder: Path, ref: dict, weights:
     res["e2e"] = rate(n, t)
     res["e2e_over_bound"] = res["e2e"] / res["bound"]
     res["cosine_min"] = cosine_min(run.store, ref)
+    res["stages"] = run.stages
+    print(stages_line(run.stages), flush=True)
     return res
 
 
@@ -167,9 +170,10 @@ def parse(argv):
     p.add_argument("--images", type=Path, default=REPO / ".gpu" / "imgs", help="JPEGs (make bench-gpu-prepare)")
     p.add_argument("--models", default="inception_v3,resnet50")
     p.add_argument("--precisions", default="float32,bfloat16")
-    p.add_argument("--n", type=int, default=4096, help="JPEGs featurized end to end (a multiple of --batch)")
+    p.add_argument("--n", type=int, default=16384, help="JPEGs featurized end to end (a multiple of --batch)")
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--workers", type=int, default=usable_cores(), help="decode processes (default: usable cores)")
+    p.add_argument("--workers", type=int, default=default_workers("process"),
+                   help="decode processes (default: the pipeline's own, usable cores - 1)")
     p.add_argument("--bound-rounds", type=int, default=10)
     p.add_argument("--reference-n", type=int, default=64, help="images also featurized on the CPU for the cosine")
     p.add_argument("--smoke", action="store_true", help="a tiny run that only checks the script (CPU is fine)")

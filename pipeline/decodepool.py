@@ -38,6 +38,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def default_workers(mode: str, cores: int | None = None) -> int:
+    """Decode workers when none are asked for: a thread per core; with processes, one core is left to the
+    run's own process (it gathers batches and drives the network and the store: on 16 cores, 15
+    processes fed an H100 faster than 16, BENCHMARKS.md)."""
+    cores = cores or usable_cores()
+    return max(1, cores - 1) if mode == "process" else cores
+
+
 def choose_decode(decode: str, per_image: bool, cores: int | None = None) -> str:
     """'thread' or 'process' for a decode choice; per-image backbones (TFLite) always decode in threads."""
     if decode not in DECODE_CHOICES:
@@ -116,13 +124,18 @@ class DecodePool:
         self.workers = max(1, workers or usable_cores())
         self.chunk = max(1, min(chunk, window))
         self.slots = max(window, 2 * self.chunk)
+        self.views = False
 
-    def map(self, records, known: dict):
+    def map(self, records, known: dict, views: bool = False):
         """Yield (record, sha256, stat, result, notes) per record, in order, like runner._prepare.
 
         Files the store already has by stat are answered here without a worker; the workers (and
-        the shared memory) are started at the first file that must be read.
+        the shared memory) are started at the first file that must be read. With `views`, a decoded
+        image is a view of its slot in the shared ring, valid only until the next item is asked for
+        (the runner copies it straight into its batch): no allocation and no copy per image, which
+        at thousands of images per second is what bounded the parent (BENCHMARKS.md).
         """
+        self.views = views
         self.slots = _fit_to_shm(self.slots, int(np.prod(self.pre.size)) * 3)
         self.chunk = min(self.chunk, self.slots)
         shape = (self.slots, *self.pre.size, 3)
@@ -194,7 +207,8 @@ class DecodePool:
                 self.clock.add(busy)
         for j, (record, (sha, stat, result, notes)) in enumerate(zip(chunk, results)):
             if result is not None and not isinstance(result, ImageError) and result[0] == "image":
-                result = ring[(first + j) % len(ring)].copy()  # the slot is reused once this returns
+                result = ring[(first + j) % len(ring)]
+                result = result if self.views else result.copy()  # the slot is reused after the next item
             elif result is not None and not isinstance(result, ImageError):
                 result = ImageError(record.path, result[1], result[2])
             yield record, sha, stat, result, notes

@@ -80,6 +80,29 @@ def _write_piece(final: Path, blocks, dim: int, chunklen: int, manifest_file: Pa
     return n
 
 
+def _link_piece(src: Path, final: Path) -> None:
+    """Give the piece `src` a second name `final` (hard links to its files, no copy): a big part
+    becomes a segment without being decompressed and written again. Staged, fsynced, renamed."""
+    tmp = final.with_name(f"{_STAGING}{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for f in sorted(src.rglob("*")):
+            target = tmp / f.relative_to(src)
+            if f.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(f, target)
+        tmp.mkdir(exist_ok=True)
+        for dirpath, _, _ in os.walk(tmp):
+            _fsync(dirpath)
+        os.rename(tmp, final)
+        _fsync(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _manifest(folder: Path) -> dict:
     """{relative file: [size, sha256]} of every file of a piece."""
     out = {}
@@ -107,6 +130,17 @@ def _check_manifest(folder: Path, manifest: dict) -> None:
 
 def _part_manifest_file(folder: Path) -> Path:
     return folder.with_name(folder.name + ".json")
+
+
+def _part_checksums(folder: Path) -> dict:
+    """The checksums written beside a part (computed now for parts of older runs, which have none)."""
+    mf = _part_manifest_file(folder)
+    if not mf.exists():
+        return _manifest(folder)
+    try:
+        return json.loads(mf.read_text())
+    except ValueError as e:
+        raise StoreError(f"{mf} is damaged ({e}); featurize again with --overwrite") from None
 
 
 def _check_part(folder: Path) -> None:

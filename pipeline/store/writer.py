@@ -13,13 +13,24 @@ import numpy as np
 from ..backbones.base import describe, identity
 from ..errors import StoreError
 from .log import _log_lines, _read_rows, live_indices
-from .pieces import (_STAGING, _check_part, _manifest, _part_manifest_file, _parts, _piece_len, _read_piece,
-                     _remove_part, _segment_dir, _write_piece, _atomic_write, chunklen_for)
+from .pieces import (_STAGING, _check_part, _link_piece, _manifest, _part_checksums, _part_manifest_file, _parts,
+                     _piece_len, _read_piece, _remove_part, _segment_dir, _write_piece, _atomic_write, chunklen_for)
 from .reader import FORMAT, FeatureStore, _read_meta, read_committed, versions, write_report
 
 
+MERGE_ROWS = 65536  # a run's parts become a segment once they hold this many rows (or 1/8 of the store)
+ADOPT_ROWS = 2048  # at close, parts at least this big each become a segment as they are (no rewrite)
+
+
 class StoreWriter:
-    """Appends committed batches of rows to a store; created by :func:`open_writer`."""
+    """Appends committed batches of rows to a store; created by :func:`open_writer`.
+
+    Each commit is a part of its own; parts are merged into a segment during the run, once they
+    hold MERGE_ROWS rows or an eighth of the store, and at close: long runs keep few files and
+    segments grow with the store. At close, parts of ADOPT_ROWS rows or more (a fast run commits a
+    second of work at a time) become segments as they are, through hard links: rewriting them
+    would cost as much as writing them did, at the end of the run when nothing overlaps it.
+    """
 
     def __init__(self, root: Path, meta: dict, lock_fd: int):
         self.root, self.meta, self._lock_fd = root, meta, lock_fd
@@ -89,12 +100,14 @@ class StoreWriter:
         if not len(x):
             return
         part = self.root / "parts" / f"{self._next:012d}.bcolz"
-        _write_piece(part, [x], x.shape[1], len(x), _part_manifest_file(part))
+        _write_piece(part, [x], x.shape[1], min(len(x), chunklen_for(x.shape[1])), _part_manifest_file(part))
         self._rows_file.write(_log_lines(rows, len(self.rows)))
         self._rows_file.flush()
         os.fsync(self._rows_file.fileno())
         self.rows.extend(rows)
         self._next += len(x)
+        if self._next - self._base >= max(MERGE_ROWS, len(self.rows) // 8):
+            self._merge_parts()
 
     def live_rows(self) -> list[dict]:
         """The rows in force (the last of each path, withdrawn paths left out)."""
@@ -123,21 +136,37 @@ class StoreWriter:
     def write_report(self, report: dict) -> None:
         write_report(self.root, report)
 
-    def _merge_parts(self) -> None:
-        """Merge this run's parts into one new immutable segment listed in meta.json."""
+    def _merge_parts(self, adopt: bool = False) -> None:
+        """Merge this run's parts into one new immutable segment listed in meta.json (with `adopt`,
+        parts of ADOPT_ROWS rows or more each become a segment as they are)."""
         parts = [(s, f) for s, f in _parts(self.root) if s >= self._base]
         if not parts:
             return
-        dim = self.meta["spec"]["dim"]
         seg_dir = self.root / "segments"
         seg_dir.mkdir(exist_ok=True)
-        name = f"seg-{len(self.meta['segments']):06d}-{self._base:012d}.bcolz"
+        if adopt and all(_piece_len(f) >= ADOPT_ROWS for _, f in parts):
+            return self._adopt_parts(parts, seg_dir)
         for _, f in parts:
             _check_part(f)
+        dim = self.meta["spec"]["dim"]
+        name = f"seg-{len(self.meta['segments']):06d}-{self._base:012d}.bcolz"
         blocks = (_read_piece(f, _piece_len(f), dim) for _, f in parts)
         n = _write_piece(seg_dir / name, blocks, dim, chunklen_for(dim))
         self.meta["segments"].append({"name": name, "rows": n, "files": _manifest(seg_dir / name)})
         self._base += n
+        self._write_meta()
+        for _, f in parts:
+            _remove_part(f)
+
+    def _adopt_parts(self, parts: list, seg_dir: Path) -> None:
+        """Each part becomes a segment under a second name, keeping the checksums written with it (every
+        read checks them); then meta.json lists them."""
+        for start, f in parts:
+            name = f"seg-{len(self.meta['segments']):06d}-{start:012d}.bcolz"
+            n = _piece_len(f)
+            _link_piece(f, seg_dir / name)
+            self.meta["segments"].append({"name": name, "rows": n, "files": _part_checksums(f)})
+            self._base += n
         self._write_meta()
         for _, f in parts:
             _remove_part(f)
@@ -177,7 +206,7 @@ class StoreWriter:
 
     def close(self) -> FeatureStore:
         try:
-            self._merge_parts()
+            self._merge_parts(adopt=True)
             self._write_meta()
         finally:
             self.abort()

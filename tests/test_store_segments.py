@@ -1,0 +1,72 @@
+"""How a run's committed parts become segments: merged during long runs, adopted as they are at close."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pipeline.store.writer as writer_module
+from pipeline.errors import StoreError
+from pipeline.store import FeatureStore, open_writer, verify
+
+REQ = {"backbone": "b", "kind": "tflite", "model": "sha-a", "weights": None, "layer": "penultimate",
+       "preprocess": {"size": [224, 224]}, "source": {}}
+SPEC = dict(REQ, tensor="t", dim=3)
+
+
+def rows(start, n):
+    return [{"path": f"c/{i}.jpg", "label": "c", "sha256": f"h{i}"} for i in range(start, start + n)]
+
+
+def _write(root, sizes):
+    w = open_writer(root, REQ)
+    w.set_spec(SPEC)
+    x = np.arange(3 * sum(sizes), dtype=np.float32).reshape(-1, 3)
+    start = 0
+    for n in sizes:
+        w.append(x[start:start + n], rows(start, n))
+        start += n
+    return w, x
+
+
+def test_big_parts_become_segments_at_close_without_rewriting(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "ADOPT_ROWS", 3)
+    root = tmp_path / "s"
+    w, x = _write(root, [3, 4, 3])
+    part_inodes = sorted(f.stat().st_ino for f in (root / "parts").rglob("*.blp"))
+    store = w.close()
+    np.testing.assert_array_equal(store.features, x)
+    assert len(list((root / "segments").iterdir())) == 3 and not list((root / "parts").iterdir())
+    assert sorted(f.stat().st_ino for f in (root / "segments").rglob("*.blp")) == part_inodes  # linked, not copied
+    assert verify(root) == []
+    np.testing.assert_array_equal(FeatureStore.open(root).features, x)
+
+
+def test_an_adopted_segment_keeps_its_checksums(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "ADOPT_ROWS", 3)
+    root = tmp_path / "s"
+    w, _ = _write(root, [3, 3])
+    w.close()
+    chunk = sorted((root / "segments").rglob("*.blp"))[0]
+    data = bytearray(chunk.read_bytes())
+    data[-1] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="checksum"):
+        FeatureStore.open(root).features
+
+
+def test_small_parts_are_still_merged_into_one_segment(tmp_path):
+    root = tmp_path / "s"
+    w, x = _write(root, [2, 2, 1])
+    np.testing.assert_array_equal(w.close().features, x)
+    assert len(list((root / "segments").iterdir())) == 1
+
+
+def test_long_runs_merge_their_parts_during_the_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "MERGE_ROWS", 4)
+    root = tmp_path / "s"
+    w, x = _write(root, [2, 2, 2, 1])
+    assert len(list((root / "segments").iterdir())) == 1  # the first four rows, before close
+    assert len(list((root / "parts").glob("*.bcolz"))) == 2
+    np.testing.assert_array_equal(FeatureStore.open(root).features, x)  # readable mid-run
+    np.testing.assert_array_equal(w.close().features, x)
+    assert not list((root / "parts").iterdir())
