@@ -116,15 +116,27 @@ def _walk_files(root: Path, walk: _Walk):
             walk.skipped_dirs.append((_rel_dir(root, dirpath), reason, f"-> {real_dir}"))
             continue
         dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-        rel_dir = Path(dirpath).relative_to(root)
+        rel_dir = _rel_dir(root, dirpath)
+        prefix, real_prefix, kinds = ("" if rel_dir == "./" else rel_dir), str(real_dir) + os.sep, _kinds(dirpath)
         for name in sorted(filenames):
-            rel = (rel_dir / name).as_posix()
-            if os.path.islink(os.path.join(dirpath, name)):
+            rel = prefix + name
+            link, regular = kinds.get(name, (True, None))  # not seen by scandir: take the careful path
+            if link:
                 real = (real_dir / name).resolve()
                 walk.links[rel] = str(real)
-                yield rel, real, walk.follow_links or real.is_relative_to(real_root)
+                yield rel, real, walk.follow_links or real.is_relative_to(real_root), None
             else:
-                yield rel, real_dir / name, True
+                yield rel, real_prefix + name, True, regular
+
+
+def _kinds(dirpath) -> dict[str, tuple[bool, bool]]:
+    """name -> (is a symlink, is a regular file) for a folder's entries, from one scandir: the folder's
+    listing already says so on most file systems, so a million files need no million stat calls."""
+    try:
+        with os.scandir(dirpath) as entries:
+            return {e.name: (e.is_symlink(), e.is_file(follow_symlinks=False)) for e in entries}
+    except OSError:
+        return {}
 
 
 def _dir_reason(dirpath, real_dir: Path, real_root: Path, seen: Counter, chains: dict, follow: bool) -> str | None:
@@ -154,8 +166,9 @@ def displayable(name: str) -> str:
         return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _image_or_reason(rel: str, p: Path, allowed: bool, link: bool) -> str | None:
-    """None when `rel` names an image file to featurize (`p`: where it really is), else why it is ignored."""
+def _image_or_reason(rel: str, p, allowed: bool, link: bool, regular: bool | None = None) -> str | None:
+    """None when `rel` names an image file to featurize (`p`: where it really is; `regular`: whether it
+    is a regular file, None when not known yet), else why it is ignored."""
     name = rel.rsplit("/", 1)[-1]
     if not allowed:
         return "link_outside_root"
@@ -163,8 +176,8 @@ def _image_or_reason(rel: str, p: Path, allowed: bool, link: bool) -> str | None
         return "ignored_hidden"
     if os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
         return "ignored_extension"
-    if not p.is_file():
-        return "broken_link" if link and not p.exists() else "not_a_file"
+    if not (regular if regular is not None else os.path.isfile(p)):
+        return "broken_link" if link and not os.path.exists(p) else "not_a_file"
     return None
 
 
@@ -186,15 +199,15 @@ def list_images(root, labelled: bool | None = None, labels=None, follow_links: b
         raise UsageError(f"data folder {str(root)!r} does not exist or is not a folder")
     found, ignored, walk = [], [], _Walk(follow_links)
     unusable = []
-    for rel, p, allowed in _walk_files(root, walk):
-        reason = _image_or_reason(rel, p, allowed, rel in walk.links)
+    for rel, p, allowed, regular in _walk_files(root, walk):
+        reason = _image_or_reason(rel, p, allowed, rel in walk.links, regular)
         if reason:
             ignored.append((displayable(rel), reason))
         elif displayable(rel) != rel:  # not valid UTF-8: could not be written to the store, CSVs or reports
             unusable.append({"path": displayable(rel), "reason": "undecodable_name",
                              "detail": "the file name is not valid UTF-8; rename the file"})
         else:
-            found.append((rel, p))
+            found.append((rel, Path(p)))
     found.sort(key=lambda item: item[0])
     unreadable = _folder_entries(walk, ignored, unusable)
     listing = (_csv_listing(found, ignored, unusable, labels) if labels is not None
