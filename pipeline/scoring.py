@@ -63,7 +63,7 @@ def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: s
         check_reject_below(reject_below, clf.classes_, kaggle)
     if clf.multi_label and (kaggle is not None or reject_below is not None):
         raise UsageError("this head is multi-label: it writes the predicted tags and a probability per tag; "
-                         "--kaggle and --reject-below apply to single-label heads")
+                         "kaggle= and reject_below= apply to single-label heads")
     if is_feature_store(data_dir):  # a feature store's rows (made here or imported), scored as they are
         paths, proba, result = predict_store(clf, data_dir)
         if kaggle is not None:
@@ -102,11 +102,11 @@ def _predict_listed(clf: Classifier, run):
 
 def check_reject_below(p: float, classes, kaggle: str | None = None) -> None:
     if not 0.0 < float(p) <= 1.0:
-        raise UsageError(f"--reject-below must be a probability in (0, 1], got {p!r}")
+        raise UsageError(f"reject_below= must be a probability in (0, 1], got {p!r}")
     if kaggle is not None:
-        raise UsageError("--reject-below changes the prediction column, which --kaggle does not write; use one of them")
+        raise UsageError("reject_below= changes the prediction column, which kaggle= does not write; use one of them")
     if UNKNOWN in [str(c) for c in classes]:
-        raise UsageError(f"this head has a class named {UNKNOWN!r}, so --reject-below could not be told apart from it")
+        raise UsageError(f"this head has a class named {UNKNOWN!r}, so reject_below= could not be told apart from it")
 
 
 def predicted_labels(proba: np.ndarray, classes, reject_below: float | None = None) -> list[str]:
@@ -138,7 +138,7 @@ def _check_kaggle_class(column: str, classes) -> None:
     """Refuse, before any image is featurized, a Kaggle column that is not a class (with the close match)."""
     classes = [str(c) for c in classes]
     if column not in classes:
-        raise UsageError(f"--kaggle {column!r} is not a class of this head{did_you_mean(column, classes)}; "
+        raise UsageError(f"kaggle={column!r} is not a class of this head{did_you_mean(column, classes)}; "
                          f"classes: {', '.join(classes)}")
 
 
