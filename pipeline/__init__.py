@@ -24,6 +24,7 @@ _EXPORTS = {
     "StoreError": "errors", "SpecMismatchError": "errors", "ModelFileError": "errors", "ImageError": "errors",
     "export_features": "exchange", "import_features": "exchange",
     "BackboneOptions": "options", "FeaturizeOptions": "options", "HeadOptions": "options", "SplitOptions": "options",
+    "ScoreOptions": "options",
 }
 
 __version__ = "0.1.0"

@@ -13,7 +13,7 @@ import sys
 from .arguments import add_group, as_flags, from_args, positive_int
 from .backbones.base import describe
 from .errors import PipelineError, UsageError
-from .options import BackboneOptions, FeaturizeOptions, HeadOptions, SplitOptions
+from .options import BackboneOptions, FeaturizeOptions, HeadOptions, ScoreOptions, SplitOptions
 
 log = logging.getLogger("pipeline")
 
@@ -90,15 +90,7 @@ def _score_parser(sub) -> None:
     s.add_argument("model")
     s.add_argument("data_dir")
     s.add_argument("--out", required=True, help="CSV to write")
-    s.add_argument("--cache", help="feature store to reuse/extend (default: features/score-cache/<folder>-"
-                                   "<backbone>-<layer>-<hash of the folder's path and the backbone>)")
-    s.add_argument("--no-cache", action="store_true", help="featurize into a temporary store, removed afterwards")
-    s.add_argument("--force", action="store_true", help="replace --out even if it is not a CSV this tool wrote")
-    s.add_argument("--kaggle", metavar="CLASS", help="write id,label with the probability of CLASS")
-    s.add_argument("--clip", type=float, help="clip Kaggle probabilities to [CLIP, 1-CLIP], e.g. 0.02")
-    s.add_argument("--reject-below", type=float, metavar="P",
-                   help="write 'unknown' as the prediction when the top probability is below P "
-                        "(pick P from the coverage plot of an evaluate/train --report)")
+    add_group(s, ScoreOptions)
     add_group(s, FeaturizeOptions, only=("follow_links", "progress"))
     s.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     _engine_options(s)
@@ -204,9 +196,8 @@ def cmd_train(a):
 def cmd_score(a):
     from .scoring import score
 
-    run = score(a.model, a.data_dir, a.out, cache=a.cache, no_cache=a.no_cache, kaggle=a.kaggle, clip=a.clip,
-                progress=a.progress, force=a.force, follow_links=a.follow_links, reject_below=a.reject_below,
-                trusted=a.trust_pickle, engine=a.engine, cluster=_cluster(a))
+    run = score(a.model, a.data_dir, a.out, from_args(ScoreOptions, a), trusted=a.trust_pickle,
+                featurize_options=from_args(FeaturizeOptions, a, cluster=_cluster(a)))
     print(run.summary())
     print(f"predictions -> {a.out}")
 

@@ -176,6 +176,30 @@ class SplitOptions:
         _one_of("split", self.split, SPLITS)
 
 
+@dataclass(frozen=True)
+class ScoreOptions:
+    """What `score` writes and where it keeps the features it computes."""
+
+    cache: object = _flag(None, "feature store to reuse/extend (default: features/score-cache/<folder>-"
+                          "<backbone>-<layer>-<hash of the folder's path and the backbone>)")
+    no_cache: bool = _flag(False, "featurize into a temporary store, removed afterwards", action="store_true")
+    force: bool = _flag(False, "replace --out even if it is not a CSV this tool wrote", action="store_true")
+    kaggle: str | None = _flag(None, "write id,label with the probability of CLASS", metavar="CLASS")
+    clip: float | None = _flag(None, "clip Kaggle probabilities to [CLIP, 1-CLIP], e.g. 0.02", type="float")
+    reject_below: float | None = _flag(None, "write 'unknown' as the prediction when the top probability is below "
+                                       "P (pick P from the coverage plot of an evaluate/train --report)",
+                                       type="float", metavar="P")
+
+    def __post_init__(self):
+        if self.clip is not None and not 0 <= self.clip < 0.5:
+            raise UsageError(f"clip={self.clip!r} must be in [0, 0.5), e.g. 0.02")
+        if self.cache is not None and self.no_cache:
+            raise UsageError("cache= and no_cache=True exclude each other; give one")
+
+
+SCORE_FEATURIZE = ("progress", "workers", "follow_links", "engine", "cluster")  # what score takes of featurize's
+
+
 def names(cls) -> set[str]:
     return {f.name for f in fields(cls)}
 

@@ -347,8 +347,8 @@ def _check_multi_label(writer, multi_label: bool) -> None:
     for w in getattr(writer, "writers", [writer]):
         before = bool(w.meta.get("multi_label"))
         if before != multi_label and w.live_rows():
-            raise UsageError(f"{w.root} holds {'multi' if before else 'single'}-label rows; featurize it with "
-                             f"multi_label={before}, or use overwrite=True to replace it")
+            raise UsageError(f"{w.root} holds {'multi' if before else 'single'}-label rows; featurize it "
+                             f"{'with' if before else 'without'} multi_label=True, or use overwrite=True to replace it")
         if multi_label:
             w.meta["multi_label"] = True
 
