@@ -10,7 +10,7 @@ from conftest import make_class_tree
 from pipeline.arguments import as_flags, from_args
 from pipeline.cli import _command_parser, build_parser, main
 from pipeline.errors import UsageError
-from pipeline.options import BackboneOptions, FeaturizeOptions, HeadOptions, SplitOptions
+from pipeline.options import BackboneOptions, FeaturizeOptions, HeadOptions, ScoreOptions, SplitOptions
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +118,17 @@ def test_cli_error_names_the_flag(folder, tmp_path, capsys):
                  "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "--decode chooses threads or processes of --engine local" in err and "decode=" not in err
+
+
+# score: a ScoreOptions and a FeaturizeOptions, or the keywords, write the same CSV
+def test_score_takes_settings_objects_like_keywords(folder, tmp_path):
+    clf = pipeline.train(pipeline.featurize(folder, out=tmp_path / "f", progress=False), head="logreg", C=1.0)
+    pipeline.score(clf, folder, tmp_path / "k.csv", cache=tmp_path / "c", kaggle="red", clip=0.05, progress=False)
+    pipeline.score(clf, folder, tmp_path / "o.csv", ScoreOptions(cache=tmp_path / "c", kaggle="red", clip=0.05),
+                   featurize_options=FeaturizeOptions(progress=False))
+    assert (tmp_path / "o.csv").read_text() == (tmp_path / "k.csv").read_text()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'sample'"):  # featurize's, not score's
+        pipeline.score(clf, folder, tmp_path / "s.csv", sample=2)
+    with pytest.raises(UsageError, match="cache= and no_cache=True exclude each other"):
+        pipeline.score(clf, folder, tmp_path / "n.csv", cache=tmp_path / "c", no_cache=True)
+    assert not (tmp_path / "s.csv").exists() and not (tmp_path / "n.csv").exists()
