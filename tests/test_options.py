@@ -132,3 +132,12 @@ def test_score_takes_settings_objects_like_keywords(folder, tmp_path):
     with pytest.raises(UsageError, match="cache= and no_cache=True exclude each other"):
         pipeline.score(clf, folder, tmp_path / "n.csv", cache=tmp_path / "c", no_cache=True)
     assert not (tmp_path / "s.csv").exists() and not (tmp_path / "n.csv").exists()
+
+
+# the choices the settings check without importing heavy modules are those the library accepts
+def test_settings_choices_match_the_library():
+    from pipeline import backbones, decodepool, heads, options, splits
+
+    assert set(options.HEADS) == set(heads.HEADS)
+    assert options.DEFAULT_BACKBONE == backbones.DEFAULT_BACKBONE
+    assert options.SPLITS == splits.SPLIT_METHODS and options.DECODE_CHOICES == decodepool.DECODE_CHOICES
