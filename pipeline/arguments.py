@@ -112,9 +112,12 @@ def flags(parser: argparse.ArgumentParser) -> dict[str, str]:
     return out
 
 
-def as_flags(message: str, parser: argparse.ArgumentParser) -> str:
-    """`message` with each ``name=`` of an option of `parser` written as its flag."""
-    table = flags(parser)
+def as_flags(message: str, *parsers: argparse.ArgumentParser) -> str:
+    """`message` with each ``name=`` of an option written as its flag: that of the first of `parsers`
+    that has the option (the command's own, then e.g. featurize's for a hint to featurize again)."""
+    table = {}
+    for parser in reversed(parsers):
+        table.update(flags(parser))
     if not table:
         return message
     keys = sorted(table, key=len, reverse=True)

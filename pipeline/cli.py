@@ -348,9 +348,10 @@ COMMANDS = {"featurize": cmd_featurize, "train": cmd_train, "score": cmd_score, 
             "convert": cmd_convert, "serve": cmd_serve, "export": cmd_export}
 
 
-def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+def _command_parsers(parser: argparse.ArgumentParser, command: str) -> list[argparse.ArgumentParser]:
+    """The parser of `command`, then those of the others (whose flags an error may suggest)."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices[command]
+    return [sub.choices[command]] + [p for name, p in sub.choices.items() if name != command]
 
 
 def main(argv=None) -> int:
@@ -363,7 +364,7 @@ def main(argv=None) -> int:
     try:
         COMMANDS[args.command](args)
     except PipelineError as e:  # the library names parameters (batch_size=0): say the flags instead
-        print(f"error: {as_flags(str(e), _command_parser(parser, args.command))}", file=sys.stderr)
+        print(f"error: {as_flags(str(e), *_command_parsers(parser, args.command))}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)

@@ -8,7 +8,7 @@ import pytest
 import pipeline
 from conftest import make_class_tree
 from pipeline.arguments import as_flags, from_args
-from pipeline.cli import _command_parser, build_parser, main
+from pipeline.cli import _command_parsers, build_parser, main
 from pipeline.errors import UsageError
 from pipeline.options import BackboneOptions, FeaturizeOptions, HeadOptions, ScoreOptions, SplitOptions
 
@@ -91,7 +91,7 @@ def test_flags_parse_into_the_settings_objects():
 # the same --head/--C/--folds declaration serves train and suspects (suspects defaults to logreg)
 def test_head_flags_are_shared_between_commands():
     p = build_parser()
-    train, suspects = _command_parser(p, "train"), _command_parser(p, "suspects")
+    train, suspects = _command_parsers(p, "train")[0], _command_parsers(p, "suspects")[0]
     flag = {a.dest: a for a in train._actions}, {a.dest: a for a in suspects._actions}
     for dest in ("head", "C", "folds"):
         assert flag[0][dest].option_strings == flag[1][dest].option_strings
@@ -110,7 +110,14 @@ def test_head_flags_are_shared_between_commands():
     ("/tmp/my_out=1/x is missing", "/tmp/my_out=1/x is missing"),  # not a parameter: left alone
 ])
 def test_cli_translates_parameter_names_to_flags(library, cli):
-    assert as_flags(library, _command_parser(build_parser(), "featurize")) == cli
+    assert as_flags(library, *_command_parsers(build_parser(), "featurize")) == cli
+
+
+# a train error suggesting to featurize with labels= names featurize's flag; the command's own flag comes first
+def test_translation_falls_back_to_other_commands_flags():
+    parsers = _command_parsers(build_parser(), "train")
+    assert as_flags("featurize again, or give labels=FILE.csv", *parsers) == "featurize again, or give --labels FILE.csv"
+    assert as_flags("replace it: force=True", *parsers) == "replace it: --force"
 
 
 def test_cli_error_names_the_flag(folder, tmp_path, capsys):
