@@ -20,8 +20,9 @@ def train_summary(clf, path) -> str:
         lines = [summary(clf, path)]
     else:
         cv = f", {m['cv_folds']}-fold CV accuracy {m['cv_accuracy']:.4f}" if "cv_accuracy" in m else ""
+        weighted = ", classes weighted balanced" if m.get("class_weight") else ""
         lines = [f"{m['head']} C={m['C']:g} on {m['n_train']} images, {len(clf.classes_)} classes{cv} -> {path}",
-                 f"probabilities: {m['calibration']}" + (", classes weighted balanced" if m.get("class_weight") else "")]
+                 f"probabilities: {m['calibration']}{weighted}"]
         small = m.get("unvalidated_classes") or []
         if small:
             lines.append(f"{len(small)} classes have one image: trained on, too small to validate: "

@@ -102,10 +102,12 @@ def test_head_flags_are_shared_between_commands():
 # on the command line, an error speaks of the flags the user typed
 @pytest.mark.parametrize("library, cli", [
     ("batch_size=0 must be an integer >= 1", "--batch-size 0 must be an integer >= 1"),
-    ("out= must contain {layer}, e.g. out=features/x-{layer}", "--out must contain {layer}, e.g. --out features/x-{layer}"),
+    ("out= must contain {layer}, e.g. out=features/x-{layer}",
+     "--out must contain {layer}, e.g. --out features/x-{layer}"),
     ("give another out= (or overwrite=True to replace it)", "give another --out (or --overwrite to replace it)"),
     ("links are not read with follow_links=False", "links are not read with --no-follow-links"),
-    ("multi_label=True reads several labels: give labels=FILE.csv", "--multi-label reads several labels: give --labels FILE.csv"),
+    ("multi_label=True reads several labels: give labels=FILE.csv",
+     "--multi-label reads several labels: give --labels FILE.csv"),
     ("featurize with labelled=False", "featurize with --unlabelled"),
     ("/tmp/my_out=1/x is missing", "/tmp/my_out=1/x is missing"),  # not a parameter: left alone
 ])
@@ -116,7 +118,8 @@ def test_cli_translates_parameter_names_to_flags(library, cli):
 # a train error suggesting to featurize with labels= names featurize's flag; the command's own flag comes first
 def test_translation_falls_back_to_other_commands_flags():
     parsers = _command_parsers(build_parser(), "train")
-    assert as_flags("featurize again, or give labels=FILE.csv", *parsers) == "featurize again, or give --labels FILE.csv"
+    got = as_flags("featurize again, or give labels=FILE.csv", *parsers)
+    assert got == "featurize again, or give --labels FILE.csv"
     assert as_flags("replace it: force=True", *parsers) == "replace it: --force"
 
 
