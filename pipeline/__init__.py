@@ -23,6 +23,8 @@ _EXPORTS = {
     "Preprocess": "preprocess", "PipelineError": "errors", "UsageError": "errors", "BackboneError": "errors",
     "StoreError": "errors", "SpecMismatchError": "errors", "ModelFileError": "errors", "ImageError": "errors",
     "export_features": "exchange", "import_features": "exchange",
+    "BackboneOptions": "options", "FeaturizeOptions": "options", "HeadOptions": "options", "SplitOptions": "options",
+    "ScoreOptions": "options",
 }
 
 __version__ = "0.1.0"

@@ -27,13 +27,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, Backbone, backbone_from_spec, create_backbone
+from .backbones import Backbone, backbone_from_spec
 from .errors import ImageError, PipelineError, UsageError
 from .images import decode, list_images, no_images_message, read_bytes
 from .labels import CsvLabels, read_labels_csv
+from .options import FeaturizeOptions
 from .preprocess import Preprocess
 from .runner import (RunReport, _account, _Batcher, _cached, _check_same_folder, _open_writer, _progress,
-                     commit_run, file_stat, known_files)
+                     commit_run, file_stat, known_files, new_run)
 from .sources import is_uri, list_uri, read_uri, stat_uri
 from .splits import sample_mask
 from .stages import StageClock
@@ -53,7 +54,7 @@ class RayCluster:
 
     def __post_init__(self):
         if self.partitions is not None and int(self.partitions) < 1:
-            raise UsageError(f"--partitions must be a positive number, got {self.partitions!r}")
+            raise UsageError(f"partitions={self.partitions!r} must be a positive number")
 
 
 def partition_bounds(n: int, partitions: int | None) -> list[tuple[int, int]]:
@@ -63,36 +64,30 @@ def partition_bounds(n: int, partitions: int | None) -> list[tuple[int, int]]:
     return [(k * n // p, (k + 1) * n // p) for k in range(p)]
 
 
-def featurize_ray(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str = "penultimate", out=None,
-                  weights: str | None = None, *, cluster: RayCluster | None = None, labelled: bool | None = None,
-                  labels=None, id_column=None, label_column=None, prune: bool = False, sample=None,
-                  follow_links: bool = True, overwrite: bool = False, batch_size: int | None = None,
-                  progress: bool = True, strict: bool = False, report: bool = False, **backbone_options):
-    """:func:`pipeline.runner.featurize` on a Ray cluster (same arguments, same store and report)."""
-    cluster = cluster or RayCluster()
-    bb = backbone if isinstance(backbone, Backbone) else create_backbone(
-        backbone, layer, weights, batch_size=batch_size, **backbone_options)
+def featurize_ray(data_dir, bb: Backbone, options: FeaturizeOptions, out=None, report: bool = False):
+    """:func:`pipeline.runner.featurize` on a Ray cluster (``options.cluster``, default: a local one):
+    the same store and report as in-process."""
+    o = options
+    cluster = o.cluster or RayCluster()
     if len(bb.layers) > 1:
-        raise UsageError("--engine ray featurizes one layer per run; run it once per layer, or use --engine local")
+        raise UsageError("engine=ray featurizes one layer per run; run it once per layer, or use engine=local")
+    labels = o.labels
     if labels is not None and not isinstance(labels, CsvLabels):
-        labels = read_labels_csv(labels, id_column, label_column)
-    listing, present = _listing(data_dir, labelled, labels, follow_links, sample)
-    run = RunReport(store=None, discovered=len(listing.records) + len(listing.unusable) - len(listing.unreadable),
-                    ignored=listing.ignored, links=listing.links, skipped=list(listing.unusable),
-                    listed=[r.relpath for r in listing.records], unlabelled=listing.unlabelled,
-                    unused_label_ids=listing.unused_label_ids)
-    writer = _open_writer(data_dir, bb, out, overwrite)
+        labels = read_labels_csv(labels, o.id_column, o.label_column)
+    listing, present = _listing(data_dir, o.labelled, labels, o.follow_links, o.sample)
+    run = new_run(listing)
+    writer = _open_writer(data_dir, bb, out, o.overwrite)
 
     def work():
         _check_source(writer, data_dir)
-        _run(listing.records, data_dir if is_uri(data_dir) else None, bb, writer, cluster, progress, run,
+        _run(listing.records, data_dir if is_uri(data_dir) else None, bb, writer, cluster, o.progress, run,
              read_report(writer.root))
 
-    return commit_run(writer, run, listing, present if prune else None, work, strict, report)
+    return commit_run(writer, run, listing, present if o.prune else None, work, o.strict, report)
 
 
 def _listing(data_dir, labelled, labels, follow_links: bool, sample):
-    """(the listing to featurize, every path present for --prune): a local folder or a URI."""
+    """(the listing to featurize, every path present for prune=True): a local folder or a URI."""
     listing = (list_uri(data_dir, labelled, labels) if is_uri(data_dir)
                else list_images(data_dir, labelled, labels=labels, follow_links=follow_links))
     present = {r.relpath for r in listing.records}
@@ -111,7 +106,7 @@ def _check_source(writer, data_dir) -> None:
     before = writer.meta.get("data_dir")
     if before and before != data_dir and is_uri(before) and writer.live_rows():
         raise PipelineError(f"{writer.root} holds features of the images in {before}, not of {data_dir}; "
-                            f"give another --out (or --overwrite to replace it)")
+                            f"give another out= (or overwrite=True to replace it)")
     writer.meta["data_dir"] = data_dir
 
 
@@ -205,7 +200,7 @@ def connected(cluster: RayCluster):
                 ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
         except ConnectionError as e:
             raise PipelineError(f"cannot reach the Ray cluster at {cluster.address!r}: {e}; start one with "
-                                f"`ray start --head`, or leave out --address for a local one") from e
+                                f"`ray start --head`, or give no address= for a local one") from e
     try:
         yield ray
     finally:

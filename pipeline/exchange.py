@@ -35,7 +35,7 @@ FORMATS = (".parquet", ".npz")
 def _format(path: Path, what: str) -> str:
     ext = path.suffix.lower()
     if ext not in FORMATS:
-        raise UsageError(f"{what} {str(path)!r}: the format comes from the extension; use .parquet or .npz")
+        raise UsageError(f"{what}{str(path)!r}: the format comes from the extension; use .parquet or .npz")
     return ext
 
 
@@ -49,9 +49,9 @@ def _check_target(out: Path, inputs: list[Path], force: bool) -> None:
     for src in inputs:
         src = src.resolve()
         if target == src or src in target.parents:
-            raise UsageError(f"--out {out} would write over or into the input {src}; choose another path")
+            raise UsageError(f"out={out} would write over or into the input {src}; choose another path")
     if out.exists() and not force:
-        raise UsageError(f"{out} exists; pass --force to replace it")
+        raise UsageError(f"{out} exists; pass force=True to replace it")
     if out.is_dir():
         raise UsageError(f"{out} is a folder; give a file name ending in .parquet or .npz")
 
@@ -59,7 +59,7 @@ def _check_target(out: Path, inputs: list[Path], force: bool) -> None:
 def export_features(store, out, force: bool = False) -> Path:
     """Write the live rows of `store` (a path or FeatureStore) to `out` (.parquet or .npz); return `out`."""
     out = Path(out)
-    ext = _format(out, "--out")
+    ext = _format(out, "out=")
     store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     _check_target(out, [store.root], force)
     x = np.ascontiguousarray(store.features, dtype=np.float32)
@@ -114,8 +114,8 @@ def _missing(file: Path, wanted: list[str], have: list[str]) -> None:
     gone = [c for c in wanted if c not in have]
     if gone:
         raise UsageError(f"{file} has no column {', '.join(repr(c) for c in gone)}; its columns are "
-                         f"{', '.join(repr(c) for c in have) or 'none'} (use --id-column, --features-column, "
-                         f"--label-column)")
+                         f"{', '.join(repr(c) for c in have) or 'none'} (give the column "
+                         f"names: id_column=, features_column=, label_column=)")
 
 
 def _label_column(cols: Columns, have: list[str]) -> str | None:
@@ -226,7 +226,7 @@ def _check(file: Path, ids, labels, x: np.ndarray) -> None:
 def read_features(file, columns: Columns | None = None) -> Imported:
     """Read and check a Parquet or .npz file of features (nothing is written)."""
     file, cols = Path(file), columns or Columns()
-    ext = _format(file, "the file")
+    ext = _format(file, "the file ")
     if not file.is_file():
         raise UsageError(f"{file} does not exist")
     ids, labels, hashes, x, meta = (_read_parquet if ext == ".parquet" else _read_npz)(file, cols)
@@ -250,7 +250,7 @@ def import_features(file, out, columns: Columns | None = None, batch: int = 4096
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out} exists; import into a new folder")
     if Path(file).resolve() == out.resolve() or out.resolve() in Path(file).resolve().parents:
-        raise UsageError(f"--out {out} would write over the input {file}")
+        raise UsageError(f"out={out} would write over the input {file}")
     spec = data.spec
     request = {k: v for k, v in spec.items() if k not in ("tensor", "dim")}
     hashes = _row_hashes(data)

@@ -42,10 +42,10 @@ def export(classifier, out, fmt: str = "saved_model", force: bool = False) -> Pa
     head = _array_head(classifier)
     out = _check_out(Path(out), force)
     if fmt == "tflite" and out.is_dir():
-        raise UsageError(f"--out {out} is a folder; --format tflite writes one file (e.g. {out / 'model.tflite'})")
+        raise UsageError(f"out={out} is a folder; format=tflite writes one file (e.g. {out / 'model.tflite'})")
     if fmt == "saved_model" and classifier.spec.get("kind") == "tflite":
         raise UsageError(f"{classifier.spec['backbone']} is a TFLite backbone: it can be exported with "
-                         f"--format tflite only (TensorFlow cannot run a TFLite model inside a SavedModel)")
+                         f"format=tflite only (TensorFlow cannot run a TFLite model inside a SavedModel)")
     from .backbones import backbone_from_spec
 
     bb = backbone_from_spec(classifier.spec)
@@ -68,9 +68,9 @@ def _array_head(classifier) -> ArrayHead:
 
 def _check_out(out: Path, force: bool) -> Path:
     if out.exists() and not force and (out.is_file() or any(out.iterdir())):
-        raise UsageError(f"--out {out} already exists; choose a new path or pass --force to replace it")
+        raise UsageError(f"out={out} already exists; choose a new path or pass force=True to replace it")
     if out.exists() and out.is_dir() and any(out.iterdir()) and not (out / "saved_model.pb").is_file():
-        raise UsageError(f"--out {out} is a folder that is not a SavedModel; it is not replaced, choose a new path")
+        raise UsageError(f"out={out} is a folder that is not a SavedModel; it is not replaced, choose a new path")
     return out
 
 
@@ -207,8 +207,8 @@ def _tflite_join(bb, head: ArrayHead) -> bytes:
     from .tflitejoin import join
 
     if bb.tta:
-        raise UsageError("a head trained with --tta flip on a TFLite backbone cannot be exported: the model "
-                         "would have to run the backbone twice; train without --tta to export")
+        raise UsageError("a head trained with tta=flip on a TFLite backbone cannot be exported: the model "
+                         "would have to run the backbone twice; featurize and train without tta to export")
     if bb._in_dtype not in (np.uint8, np.float32):
         raise UsageError(f"{bb.path} takes {bb._in_dtype.name} input; only TFLite backbones taking uint8 pixels "
                          f"or float input can be exported")

@@ -1,6 +1,7 @@
 """ImageNet predictions with class names, offline (the label list ships with the package)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ import numpy as np
 from .backbones import create_backbone
 from .errors import BackboneError
 from .images import load_image
+from .options import BackboneOptions
 
 LABELS_FILE = Path(__file__).resolve().parent / "data" / "imagenet_labels.txt"
 
@@ -29,8 +31,14 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def predict_imagenet(images, backbone="mobilenet_v2_quant", top: int = 5, weights=None, **options):
-    """[(path, [(label, probability), ...top]), ...] for each image file."""
-    bb = create_backbone(backbone, "logits", weights, **options) if isinstance(backbone, str) else backbone
+    """[(path, [(label, probability), ...top]), ...] for each image file.
+
+    `backbone`: a name (with `weights` and BackboneOptions fields as keywords), a BackboneOptions
+    (pipeline.options; its layer is ignored: the logits are read) or a ready Backbone."""
+    if isinstance(backbone, BackboneOptions):
+        bb = replace(backbone, **({"weights": weights} if weights else {}), **options).create("logits")
+    else:
+        bb = create_backbone(backbone, "logits", weights, **options) if isinstance(backbone, str) else backbone
     bb.load()
     names = imagenet_labels(bb.num_classes or bb.dim)
     results = []

@@ -278,12 +278,12 @@ def _warn_empty_classes(root: Path, classes: list[str], not_walked: set[str]) ->
 
 
 _HINTS = {
-    "link_outside_root": "links leading outside the folder are not followed with --no-follow-links "
-                         "(follow_links=False): drop it if you trust where they lead",
+    "link_outside_root": "links leading outside the folder are not followed with follow_links=False: "
+                         "drop it if you trust where they lead",
     "broken_link": "the links' targets are gone",
     "ignored_extension": f"images need one of the extensions {', '.join(sorted(IMAGE_EXTENSIONS))}",
     "unlabelled_ignored": "images directly in a folder of class folders have no class: move them into "
-                          "class folders, or pass --unlabelled",
+                          "class folders, or pass labelled=False",
     "io_error:PermissionError": "make the folders readable",
 }
 

@@ -26,8 +26,8 @@ def layer_slug(layer: str) -> str:
 def layer_paths(out, layers) -> list[Path]:
     """One store folder per layer: `out` with {layer} replaced; refused when it has no {layer}."""
     if PLACEHOLDER not in str(out):
-        raise UsageError(f"--out {out}: with several layers ({', '.join(layers)}) each gets its own store, so "
-                         f"--out must contain {PLACEHOLDER}, e.g. features/train-{PLACEHOLDER}")
+        raise UsageError(f"out={out}: with several layers ({', '.join(layers)}) each gets its own store, so "
+                         f"out= must contain {PLACEHOLDER}, e.g. out=features/train-{PLACEHOLDER}")
     return [Path(str(out).replace(PLACEHOLDER, layer_slug(layer))) for layer in layers]
 
 

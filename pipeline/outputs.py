@@ -101,22 +101,22 @@ def check_output(path, kind: str, *, inputs=(), data_dir=None, force: bool = Fal
     """
     path = Path(path)
     if path.is_dir():
-        raise UsageError(f"{option} {str(path)!r} is a folder; give the path of a {kind} file to write")
+        raise UsageError(f"{option}={str(path)!r} is a folder; give the path of a {kind} file to write")
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        raise UsageError(f"{option} {str(path)!r} names an image file; give a .csv or model file name instead")
+        raise UsageError(f"{option}={str(path)!r} names an image file; give a .csv or model file name instead")
     for inp in inputs:
         if inp is not None and _same_file(path, Path(inp)):
-            raise UsageError(f"{option} {str(path)!r} is {inp}, an input of this command; writing it would "
+            raise UsageError(f"{option}={str(path)!r} is {inp}, an input of this command; writing it would "
                              f"destroy it: choose another file")
     if data_dir is not None and path.exists() and _inside(path, Path(data_dir)) and _is_image_file(path):
-        raise UsageError(f"{option} {str(path)!r} is an image in the folder being read; choose another file")
+        raise UsageError(f"{option}={str(path)!r} is an image in the folder being read; choose another file")
     if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise UsageError(f"{option} {str(path)!r} exists and is not a regular file; choose another path")
+        raise UsageError(f"{option}={str(path)!r} exists and is not a regular file; choose another path")
     if path.exists() and not force:
         ours = _looks_like_our_csv(path) if kind == "csv" else _looks_like_our_head(path)
         if not ours:
-            raise UsageError(f"{option} {str(path)!r} exists and is not a {kind} file this tool wrote; "
-                             f"choose another path, or pass --force to replace it")
+            raise UsageError(f"{option}={str(path)!r} exists and is not a {kind} file this tool wrote; "
+                             f"choose another path, or pass force=True to replace it")
     return path
 
 

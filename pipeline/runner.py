@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, Backbone, create_backbone
+from .backbones import DEFAULT_BACKBONE, Backbone
 from .decodepool import DecodePool, choose_decode, default_workers
 from .errors import ImageError, PipelineError, StoreError, UsageError
 from .images import ImageRecord, decode, list_images, no_images_message, read_bytes
 from .labels import CsvLabels, read_labels_csv
+from .options import BackboneOptions, FeaturizeOptions, featurize_settings
 from .layers import PLACEHOLDER, LayerWriters, layer_slug
 from .quality import duplicate_groups, label_conflicts
 from .splits import sample_mask
@@ -309,14 +310,14 @@ class _Batcher:
         self.last_commit = time.perf_counter()
 
 
-def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str = "penultimate",
-              out=None, weights: str | None = None, *, labelled: bool | None = None, labels=None,
-              id_column: str | None = None, label_column: str | None = None, prune: bool = False,
-              sample: int | float | None = None, follow_links: bool = True, multi_label: bool = False,
-              overwrite: bool = False, batch_size: int | None = None, workers: int | None = None,
-              progress: bool = True, strict: bool = False, report: bool = False, engine: str = "local",
-              cluster=None, decode: str = "auto", **backbone_options):
+def featurize(data_dir, backbone: str | Backbone | BackboneOptions = DEFAULT_BACKBONE, layer: str | None = None,
+              out=None, weights: str | None = None, *, options: FeaturizeOptions | None = None,
+              report: bool = False, **keywords):
     """Featurize every image below `data_dir` into the store `out`; return the FeatureStore.
+
+    `backbone`: a BackboneOptions (pipeline.options), a ready Backbone, or a backbone name (with
+    `layer`, `weights` and any BackboneOptions field as a keyword). `options`: a FeaturizeOptions;
+    its fields may also be given as keywords (``progress=False``), which override it.
 
     Sub-folders of `data_dir` are classes (images at any depth below one belong to it); a flat
     folder gives unlabelled images. `labels`: a CSV (``id,label``) that labels the images
@@ -330,37 +331,46 @@ def featurize(data_dir, backbone: str | Backbone = DEFAULT_BACKBONE, layer: str 
     `decode`: "thread", "process" (pipeline.decodepool) or "auto" (processes from 8 usable cores on).
     `multi_label`: the CSV's label cells hold several tags (spaces or '|'); see pipeline/multilabel.py.
     """
-    if multi_label and labels is None:
-        raise UsageError("--multi-label reads several labels per image from a CSV: give --labels FILE.csv "
-                         "(and --label-column, e.g. tags)")
-    if engine != "local":
-        return _on_engine(engine, workers, cluster, locals(), backbone_options)
-    bb = backbone if isinstance(backbone, Backbone) else create_backbone(
-        backbone, layer, weights, batch_size=batch_size, **backbone_options)
-    choose_decode(decode, bb.per_image)  # a bad choice fails before any work
+    settings, options = featurize_settings(backbone, layer, weights, options, keywords)
+    bb = backbone if settings is None else settings.create()
+    if options.engine == "ray":
+        from .distributed import featurize_ray
+
+        return featurize_ray(data_dir, bb, options, out, report)
+    return featurize_local(data_dir, bb, options, out, report)
+
+
+def featurize_local(data_dir, bb: Backbone, options: FeaturizeOptions, out=None, report: bool = False):
+    """:func:`featurize` in this process: list, read and decode in a pool, run `bb`, write the store."""
+    o = options
+    choose_decode(o.decode, bb.per_image)  # a bad choice fails before any work
+    labels = o.labels
     if labels is not None and not isinstance(labels, CsvLabels):
-        labels = read_labels_csv(labels, id_column, label_column, multi_label=multi_label)
-    listing = list_images(data_dir, labelled, labels=labels, follow_links=follow_links)
-    present = {r.relpath for r in listing.records}  # what --prune keeps, sampled or not
-    if sample is not None:
-        keep = sample_mask([r.relpath for r in listing.records], [r.label for r in listing.records], sample)
+        labels = read_labels_csv(labels, o.id_column, o.label_column, multi_label=o.multi_label)
+    listing = list_images(data_dir, o.labelled, labels=labels, follow_links=o.follow_links)
+    present = {r.relpath for r in listing.records}  # what prune=True keeps, sampled or not
+    if o.sample is not None:
+        keep = sample_mask([r.relpath for r in listing.records], [r.label for r in listing.records], o.sample)
         listing.records = [r for r, k in zip(listing.records, keep) if k]
     if not listing.records:
         raise PipelineError(no_images_message(data_dir, listing))
-    run = RunReport(store=None, discovered=len(listing.records) + len(listing.unusable) - len(listing.unreadable),
-                    ignored=listing.ignored, links=listing.links,
-                    skipped=list(listing.unusable),
-                    listed=[r.relpath for r in listing.records], unlabelled=listing.unlabelled,
-                    unused_label_ids=listing.unused_label_ids)
-    writer = _open_writer(data_dir, bb, out, overwrite)
-    out = writer.root
+    run = new_run(listing)
+    writer = _open_writer(data_dir, bb, out, o.overwrite)
 
     def work():
         _check_same_folder(writer, data_dir)
-        _check_multi_label(writer, multi_label)
-        _run(listing.records, bb, writer, workers, progress, run, read_report(out), decode)
+        _check_multi_label(writer, o.multi_label)
+        _run(listing.records, bb, writer, o.workers, o.progress, run, read_report(writer.root), o.decode)
 
-    return commit_run(writer, run, listing, present if prune else None, work, strict, report)
+    return commit_run(writer, run, listing, present if o.prune else None, work, o.strict, report)
+
+
+def new_run(listing) -> RunReport:
+    """The report of a run about to featurize `listing`: what was found, before any image is read."""
+    return RunReport(store=None, discovered=len(listing.records) + len(listing.unusable) - len(listing.unreadable),
+                     ignored=listing.ignored, links=listing.links, skipped=list(listing.unusable),
+                     listed=[r.relpath for r in listing.records], unlabelled=listing.unlabelled,
+                     unused_label_ids=listing.unused_label_ids)
 
 
 def commit_run(writer, run: RunReport, listing, prune_keep: set | None, work, strict: bool, report: bool):
@@ -393,25 +403,9 @@ def end_run(run: RunReport, writer, strict: bool, report: bool):
     for s in run.skipped:
         log.warning("skipped %s: %s %s", s["path"], s["reason"], s.get("detail", ""))
     if strict and run.skipped:
-        raise PipelineError(f"{len(run.skipped)} image(s) could not be used (--strict); "
+        raise PipelineError(f"{len(run.skipped)} image(s) could not be used (strict=True); "
                             f"see {writer.root / 'report.json'}")
     return run if report else run.store
-
-
-def _on_engine(engine: str, workers, cluster, args: dict, backbone_options: dict):
-    """featurize on another engine (pipeline.distributed); its arguments are featurize's."""
-    if engine != "ray":
-        raise UsageError(f"unknown engine {engine!r}; choose local or ray")
-    if workers is not None:
-        raise UsageError("--workers sets decoding threads of --engine local; Ray sizes its tasks to the cluster")
-    if args.get("multi_label"):
-        raise UsageError("--multi-label runs on --engine local only for now")
-    if args.get("decode", "auto") != "auto":
-        raise UsageError("--decode chooses threads or processes of --engine local; Ray decodes in its own tasks")
-    from .distributed import featurize_ray
-
-    drop = {"engine", "workers", "backbone_options", "data_dir", "decode", "multi_label"}
-    return featurize_ray(args["data_dir"], **{k: v for k, v in args.items() if k not in drop}, **backbone_options)
 
 
 def _check_same_folder(writer, data_dir) -> None:
@@ -421,7 +415,7 @@ def _check_same_folder(writer, data_dir) -> None:
         before = w.meta.get("data_dir")
         if before and before != here and Path(before).is_dir() and w.live_rows():
             raise StoreError(f"{w.root} holds features of the images in {before}, not of {here}; "
-                             f"give another --out (or --overwrite to replace it)")
+                             f"give another out= (or overwrite=True to replace it)")
         w.meta["data_dir"] = here  # where report thumbnails come from
 
 
@@ -431,7 +425,7 @@ def _check_multi_label(writer, multi_label: bool) -> None:
         before = bool(w.meta.get("multi_label"))
         if before != multi_label and w.live_rows():
             raise UsageError(f"{w.root} holds {'multi' if before else 'single'}-label rows; featurize it "
-                             f"{'with' if before else 'without'} --multi-label, or use --overwrite to replace it")
+                             f"{'with' if before else 'without'} multi_label=True, or use overwrite=True to replace it")
         if multi_label:
             w.meta["multi_label"] = True
 
@@ -516,7 +510,7 @@ def _row(record: ImageRecord, sha: str, stat) -> dict:
 
 def default_store_path(data_dir, bb: Backbone, root: str | os.PathLike | None = None, *,
                        layer: str | None = None) -> Path:
-    """features/<folder>-<backbone>-<layer>: where a store goes when --out is not given."""
+    """features/<folder>-<backbone>-<layer>: where a store goes when `out` is not given."""
     root = Path(root or os.environ.get("TFP_FEATURES", "features"))
     name = Path(data_dir).resolve().name
     tag = Path(bb.name).stem if ("/" in bb.name or "." in bb.name) else bb.name

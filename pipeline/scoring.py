@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,12 @@ from .classifier import Classifier, load
 from .errors import UsageError
 from .exchange import is_feature_store, predict_store
 from .hints import did_you_mean
+from .options import SCORE_FEATURIZE, FeaturizeOptions, ScoreOptions, split_keywords
 from .outputs import atomic_open, check_output, csv_writer
 from .runner import featurize
 from .sources import is_uri
 
-UNKNOWN = "unknown"  # the prediction written when the top probability is below --reject-below
+UNKNOWN = "unknown"  # the prediction written when the top probability is below reject_below
 
 
 def score_cache_path(data_dir, request: dict, root=None) -> Path:
@@ -35,12 +37,13 @@ def score_cache_path(data_dir, request: dict, root=None) -> Path:
                   f"{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: str | None = None,
-          clip: float | None = None, progress: bool = True, workers: int | None = None, force: bool = False,
-          follow_links: bool = True, reject_below: float | None = None, trusted: bool = False,
-          engine: str = "local", cluster=None):
+def score(model, data_dir, out, options: ScoreOptions | None = None, *,
+          featurize_options: FeaturizeOptions | None = None, trusted: bool = False, **keywords):
     """Featurize `data_dir` (all sub-folders, reusing the cache) with the head's backbone and write `out`.
 
+    `options`: a ScoreOptions (pipeline.options: cache, no_cache, force, kaggle, clip, reject_below);
+    `featurize_options`: a FeaturizeOptions, of which score uses progress, workers, follow_links,
+    engine and cluster. Any of these fields may also be given as a keyword (``progress=False``).
     `data_dir` may also be a feature store: its rows are scored (``path`` is the row's id).
 
     Default CSV: ``path,prediction,<one probability column per class>``. With `kaggle`=CLASS:
@@ -54,38 +57,54 @@ def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: s
     this tool did not write (unless `force`). `trusted`: also load an old pickle-based head file
     (see :func:`pipeline.load`). `engine`/`cluster`: featurize on Ray (see featurize).
     """
+    o, run_options = _score_settings(options, featurize_options, keywords)
     clf = model if isinstance(model, Classifier) else load(model, trusted=trusted)
     check_output(out, "csv", inputs=[model if not isinstance(model, Classifier) else None],
-                 data_dir=data_dir, force=force)
-    if kaggle is not None:
-        _check_kaggle_class(kaggle, clf.classes_)
-    if reject_below is not None:
-        check_reject_below(reject_below, clf.classes_, kaggle)
-    if clf.multi_label and (kaggle is not None or reject_below is not None):
-        raise UsageError("this head is multi-label: it writes the predicted tags and a probability per tag; "
-                         "--kaggle and --reject-below apply to single-label heads")
+                 data_dir=data_dir, force=o.force)
+    _check_columns(clf, o)
     if is_feature_store(data_dir):  # a feature store's rows (made here or imported), scored as they are
         paths, proba, result = predict_store(clf, data_dir)
-        if kaggle is not None:
-            _write_kaggle(out, paths, proba, clf.classes_, kaggle, clip)
-        else:
-            _write_predictions(out, paths, proba, clf.classes_, reject_below, clf.thresholds_)
-        return result
+    else:
+        paths, proba, result = _featurize_and_predict(clf, data_dir, o, run_options)
+    if o.kaggle is not None:
+        _write_kaggle(out, paths, proba, clf.classes_, o.kaggle, o.clip)
+    else:
+        _write_predictions(out, paths, proba, clf.classes_, o.reject_below, clf.thresholds_)
+    return result
+
+
+def _score_settings(options, featurize_options, keywords: dict) -> tuple[ScoreOptions, FeaturizeOptions]:
+    """score's settings from its objects and keywords (a keyword overrides the object's field)."""
+    score_kw, run_kw = split_keywords("score", keywords, ScoreOptions, FeaturizeOptions)
+    if set(run_kw) - set(SCORE_FEATURIZE):
+        raise TypeError(f"score() got an unexpected keyword argument {sorted(set(run_kw) - set(SCORE_FEATURIZE))[0]!r}")
+    base = featurize_options or FeaturizeOptions()
+    run_kw = {k: run_kw.get(k, getattr(base, k)) for k in SCORE_FEATURIZE}
+    return replace(options or ScoreOptions(), **score_kw), FeaturizeOptions(labelled=False, **run_kw)
+
+
+def _check_columns(clf: Classifier, o: ScoreOptions) -> None:
+    """Refuse, before any work, a Kaggle class or a reject threshold this head cannot honour."""
+    if o.kaggle is not None:
+        _check_kaggle_class(o.kaggle, clf.classes_)
+    if o.reject_below is not None:
+        check_reject_below(o.reject_below, clf.classes_, o.kaggle)
+    if clf.multi_label and (o.kaggle is not None or o.reject_below is not None):
+        raise UsageError("this head is multi-label: it writes the predicted tags and a probability per tag; "
+                         "kaggle= and reject_below= apply to single-label heads")
+
+
+def _featurize_and_predict(clf: Classifier, data_dir, o: ScoreOptions, run_options: FeaturizeOptions):
+    """(paths, probabilities, RunReport): featurize into the cache (or a temporary store) and predict."""
     bb = backbone_from_spec(clf.spec)
-    tmp = Path(tempfile.mkdtemp(prefix="tfp-score-")) if no_cache else None
+    tmp = Path(tempfile.mkdtemp(prefix="tfp-score-")) if o.no_cache else None
     try:
-        store_dir = tmp / "features" if tmp else Path(cache) if cache else score_cache_path(data_dir, bb.request())
-        run = featurize(data_dir, bb, out=store_dir, labelled=False, progress=progress, workers=workers, report=True,
-                        follow_links=follow_links, engine=engine, cluster=cluster)
-        paths, proba = _predict_listed(clf, run)
+        store_dir = tmp / "features" if tmp else Path(o.cache) if o.cache else score_cache_path(data_dir, bb.request())
+        run = featurize(data_dir, bb, out=store_dir, options=run_options, report=True)
+        return (*_predict_listed(clf, run), run)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    if kaggle is not None:
-        _write_kaggle(out, paths, proba, clf.classes_, kaggle, clip)
-    else:
-        _write_predictions(out, paths, proba, clf.classes_, reject_below, clf.thresholds_)
-    return run
 
 
 def _predict_listed(clf: Classifier, run):
@@ -102,11 +121,11 @@ def _predict_listed(clf: Classifier, run):
 
 def check_reject_below(p: float, classes, kaggle: str | None = None) -> None:
     if not 0.0 < float(p) <= 1.0:
-        raise UsageError(f"--reject-below must be a probability in (0, 1], got {p!r}")
+        raise UsageError(f"reject_below= must be a probability in (0, 1], got {p!r}")
     if kaggle is not None:
-        raise UsageError("--reject-below changes the prediction column, which --kaggle does not write; use one of them")
+        raise UsageError("reject_below= changes the prediction column, which kaggle= does not write; use one of them")
     if UNKNOWN in [str(c) for c in classes]:
-        raise UsageError(f"this head has a class named {UNKNOWN!r}, so --reject-below could not be told apart from it")
+        raise UsageError(f"this head has a class named {UNKNOWN!r}, so reject_below= could not be told apart from it")
 
 
 def predicted_labels(proba: np.ndarray, classes, reject_below: float | None = None) -> list[str]:
@@ -138,7 +157,7 @@ def _check_kaggle_class(column: str, classes) -> None:
     """Refuse, before any image is featurized, a Kaggle column that is not a class (with the close match)."""
     classes = [str(c) for c in classes]
     if column not in classes:
-        raise UsageError(f"--kaggle {column!r} is not a class of this head{did_you_mean(column, classes)}; "
+        raise UsageError(f"kaggle={column!r} is not a class of this head{did_you_mean(column, classes)}; "
                          f"classes: {', '.join(classes)}")
 
 

@@ -28,7 +28,7 @@ def _regex_key(pattern: str):
     try:
         rx = re.compile(pattern)
     except re.error as e:
-        raise UsageError(f"--group-by {pattern!r} is not a valid regular expression ({e})") from None
+        raise UsageError(f"group_by={pattern!r} is not a valid regular expression ({e})") from None
 
     def key(path: str) -> str:
         m = rx.search(path.rsplit("/", 1)[-1])
@@ -84,9 +84,9 @@ def validation_mask(rows: list[dict], labels, fraction: float = 0.2, method: str
     images whose groups hash lowest (exact class proportions; adding files moves only a few).
     """
     if not 0 < fraction < 1:
-        raise UsageError(f"the validation fraction must be between 0 and 1, got {fraction}")
+        raise UsageError(f"holdout={fraction!r} must be a validation fraction between 0 and 1, e.g. 0.2")
     if method not in SPLIT_METHODS:
-        raise UsageError(f"unknown split method {method!r}; choose one of {', '.join(SPLIT_METHODS)}")
+        raise UsageError(f"split={method!r} is not a split method; choose one of {', '.join(SPLIT_METHODS)}")
     keys = group_keys(rows, group_by, groups)
     h = np.array([stable_fraction(k, seed) for k in keys])
     if method == "hash":
@@ -138,3 +138,13 @@ def write_split_csv(out, rows, labels, valid, force: bool = False) -> None:
         w = csv_writer(f)
         w.writerow(["path", "label", "split"])
         w.writerows((r["path"], str(label), "valid" if v else "train") for r, label, v in zip(rows, labels, valid))
+
+
+def split_store(store, options) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """(rows, labels, validation mask) of the labelled rows of `store` split by `options` (a SplitOptions)."""
+    from .training import groups_by_path
+
+    o = options
+    _, y, rows = store.labelled(with_rows=True)
+    groups = groups_by_path(o.groups, o.group_column, rows)
+    return rows, y, validation_mask(rows, y, o.holdout, o.split, o.group_by, groups, o.seed)

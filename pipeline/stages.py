@@ -74,7 +74,7 @@ def _workers(n: int) -> str:
 def hint(stage: str, workers: dict, cores: int, gpu: bool, per_image: bool, kind: str = "keras") -> str:
     """What to change to go faster when `stage` limits the run."""
     if stage == "decode":
-        if workers["decode"] < cores:
+        if workers["decode"] < cores - 1:  # decode processes leave one core to the run itself
             return f"decoding limits the run ({_workers(workers['decode'])} on {cores} cores): raise --workers to {cores}"
         return (f"decoding limits the run on all {cores} cores: store the images smaller (about twice the "
                 f"network's input size) or use a machine with more cores")

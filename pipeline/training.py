@@ -6,6 +6,7 @@ related images never straddle it) and reported on.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,44 +16,52 @@ from .errors import UsageError
 from .evaluation import classification_metrics
 from .heads import fit_head
 from .multilabel import fit_multilabel
+from .options import HeadOptions, SplitOptions, split_keywords
 from .splits import leaked, sample_mask, validation_mask
 from .store import FeatureStore, versions
 
 log = logging.getLogger(__name__)
 
 
-def train(store, head: str = "linear_svm", C: float | str = "auto", folds: int | str = 5, seed: int = 0, *,
-          holdout: float = 0.0, split: str = "hash", group_by: str | None = None, groups=None,
-          group_column: str | None = None, sample: int | float | None = None, pca: int | None = None,
-          class_weight: str | None = None) -> Classifier:
-    """Fit `head` (linear_svm, svm, logreg) on the labelled rows of `store` (a FeatureStore or its path).
+def train(store, head: str | HeadOptions = "linear_svm", split: str | SplitOptions = "hash", *,
+          sample: int | float | None = None, **keywords) -> Classifier:
+    """Fit a head (linear_svm, svm, logreg) on the labelled rows of `store` (a FeatureStore or its path).
 
+    `head`: a HeadOptions (pipeline.options) or a head name; `split`: a SplitOptions or the split
+    method. Their fields may also be given as keywords (``C=0.1, holdout=0.2``; `seed` sets both).
     holdout: fraction of images kept out for validation (split 'hash' or 'stratified', grouped by
     content, by the `group_by` regex on file names, or by `groups`: a {path: group} dict or a CSV
     with an id column and `group_column`). sample: train on N images per class (or a fraction).
     pca: reduce the standardised features to this many components first. class_weight: None or
     'balanced' (weights inversely proportional to class frequencies, recorded in the metrics).
     Classes with a single image are trained on and listed in ``metrics['unvalidated_classes']``.
-    A multi-label store (featurize --multi-label) gets one-vs-rest heads with a threshold per tag
+    A multi-label store (featurize multi_label=True) gets one-vs-rest heads with a threshold per tag
     tuned by cross-validation (pipeline/multilabel.py); ``clf.predict`` then returns label sets.
     The validation metrics land in ``clf.metrics['validation']``.
     """
+    head_kw, split_kw = split_keywords("train", keywords, HeadOptions, SplitOptions)
+    o = replace(head, **head_kw) if isinstance(head, HeadOptions) else HeadOptions(head, **head_kw)
+    if not isinstance(split, SplitOptions):
+        split = SplitOptions(split=split, **{"seed": o.seed, **split_kw})  # one seed unless told otherwise
+        split_kw = {}
+    s = replace(split, **split_kw)
     if not isinstance(store, FeatureStore):
         store = FeatureStore.open(Path(store))
     X, y, rows = store.labelled(with_rows=True)
     if len(y) == 0:
         raise UsageError(f"{store.root} has no labelled images; featurize a folder with one sub-folder per "
-                         f"class, or give --labels FILE.csv")
+                         f"class, or give labels=FILE.csv")
     valid = np.zeros(len(y), dtype=bool)
-    if holdout:
-        valid = validation_mask(rows, y, holdout, split, group_by, groups_by_path(groups, group_column, rows), seed)
+    if s.holdout:
+        valid = validation_mask(rows, y, s.holdout, s.split, s.group_by,
+                                groups_by_path(s.groups, s.group_column, rows), s.seed)
     train_idx = np.flatnonzero(~valid)
     if sample is not None:
-        sub = sample_mask([rows[i]["path"] for i in train_idx], y[train_idx], sample, seed)
+        sub = sample_mask([rows[i]["path"] for i in train_idx], y[train_idx], sample, o.seed)
         train_idx = train_idx[sub]
     fit = fit_multilabel if store.multi_label else fit_head  # one-vs-rest tags: pipeline/multilabel.py
-    model, metrics = fit(head, X[train_idx], y[train_idx], C=C, folds=folds, seed=seed, pca=pca,
-                         class_weight=class_weight)
+    model, metrics = fit(o.head, X[train_idx], y[train_idx], C=o.C, folds=o.folds, seed=o.seed, pca=o.pca,
+                         class_weight=o.class_weight)
     metrics["features"] = str(store.root)
     if valid.any():
         check = _validate_multilabel if store.multi_label else _validate

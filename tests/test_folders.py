@@ -44,10 +44,11 @@ def test_split_of_links_featurizes_and_records_link_targets(tmp_path, link_split
 def test_no_follow_links_refuses_the_split_and_says_why(tmp_path, link_split, capsys):
     _, split = link_split
     with pytest.raises(PipelineError, match=r"6 files ignored \(6 link_outside_root, e\.g\. cats/red_0\.jpg -> "
-                                            r".*shared/red/red_0\.jpg\).*--no-follow-links"):
+                                            r".*shared/red/red_0\.jpg\).*follow_links=False"):
         pipeline.featurize(split, out=tmp_path / "s", progress=False, follow_links=False)
     assert main(["featurize", str(split), "--out", str(tmp_path / "s2"), "--no-follow-links", "--no-progress"]) == 1
-    assert "link_outside_root" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "link_outside_root" in err and "not followed with --no-follow-links" in err  # the flag, on the CLI
 
 
 def test_no_images_message_counts_every_reason(tmp_path):

@@ -95,7 +95,7 @@ def test_two_layer_run_is_incremental_and_resumes_a_store_that_missed_rows(folde
 
 
 def test_several_layers_need_layer_in_out(folder, tmp_path, capsys):
-    with pytest.raises(UsageError, match=r"--out must contain \{layer\}"):
+    with pytest.raises(UsageError, match=r"out= must contain \{layer\}"):
         featurize(folder, layer="penultimate,logits", out=tmp_path / "one", progress=False)
     assert not (tmp_path / "one").exists()
     assert main(["featurize", str(folder), "--layer", "penultimate,penultimate", "--out", str(tmp_path / "x-{layer}")]) == 2
