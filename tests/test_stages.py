@@ -18,11 +18,12 @@ def _stages(out) -> dict:
 
 
 def test_large_pngs_on_one_worker_are_decode_bound(tmp_path, capsys):
-    # 1600x1600 noise PNGs take far longer to decode than the bundled TFLite model takes to run
+    # 2400x2400 noise PNGs take far longer to decode than the bundled TFLite model takes to run, and
+    # than committing their rows (a few fsyncs, slow on a busy disk)
     folder = tmp_path / "big"
     folder.mkdir()
-    for i in range(3):
-        arr = np.random.default_rng(i).integers(0, 256, (1600, 1600, 3), dtype=np.uint8)
+    for i in range(6):  # decoding grows with the images, committing them stays a commit or two
+        arr = np.random.default_rng(i).integers(0, 256, (2400, 2400, 3), dtype=np.uint8)
         Image.fromarray(arr).save(folder / f"big{i}.png", compress_level=1)
     out = tmp_path / "store"
     assert main(["featurize", str(folder), "--workers", "1", "--out", str(out), "--no-progress"]) == 0
