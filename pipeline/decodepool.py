@@ -93,7 +93,7 @@ def _exit_with(parent: int, every: float = 0.5) -> None:
 
 def _work(first_slot: int, pre: Preprocess, items: list) -> list:
     """Prepare each (record, known) of a chunk; decoded images go to the ring, small tuples come back."""
-    from .runner import _prepare
+    from .reader import prepare as _prepare
     from .stages import StageClock
 
     bb, out, clock = _DecodeOnly(pre), [], StageClock()
@@ -232,7 +232,7 @@ def _fit_to_shm(slots: int, image_bytes: int, shm_dir: str = "/dev/shm") -> int:
 
 def _stat_hit(record, known: dict):
     """(sha256, stat, result, notes) when the store has this file by stat (reuse, or skip as before), else None."""
-    from .runner import _cached, file_stat
+    from .reader import cached as _cached, file_stat
 
     try:
         stat = file_stat(record.path)

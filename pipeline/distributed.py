@@ -33,12 +33,13 @@ from .images import decode, list_images, no_images_message, read_bytes
 from .labels import CsvLabels, read_labels_csv
 from .options import FeaturizeOptions
 from .preprocess import Preprocess
-from .runner import (RunReport, _account, _Batcher, _cached, _check_same_folder, _open_writer, _progress,
-                     commit_run, file_stat, known_files, new_run)
+from .committer import Committer
+from .mapper import Mapper
+from .reader import cached as _cached, file_stat, known_files
+from .runner import RunReport, _account, _check_same_folder, _open_writer, _progress, commit_run, new_run
 from .sources import is_uri, list_uri, read_uri, stat_uri
 from .splits import sample_mask
 from .stages import StageClock
-from .store import read_report
 
 log = logging.getLogger(__name__)
 IMAGES_PER_PARTITION = 1000  # default partition size when --partitions is not given
@@ -80,8 +81,7 @@ def featurize_ray(data_dir, bb: Backbone, options: FeaturizeOptions, out=None, r
 
     def work():
         _check_source(writer, data_dir)
-        _run(listing.records, data_dir if is_uri(data_dir) else None, bb, writer, cluster, o.progress, run,
-             read_report(writer.root))
+        _run(listing.records, data_dir if is_uri(data_dir) else None, bb, writer, cluster, o.progress, run)
 
     return commit_run(writer, run, listing, present if o.prune else None, work, o.strict, report)
 
@@ -209,7 +209,7 @@ def connected(cluster: RayCluster):
 
 
 class _SpecOnce:
-    """What _Batcher needs of a backbone: the spec (asked of the cluster once, while the actors
+    """What the Mapper needs of a backbone: the spec (asked of the cluster once, while the actors
     start) and a flush size."""
 
     def __init__(self, ray, bb: Backbone, batch_size: int, ask: bool):
@@ -305,9 +305,8 @@ def _item(record, row: dict):
     return record, str(row["sha"]), stat, (row["features"] if status == "ok" else None), notes
 
 
-def _run(records, uri, bb: Backbone, writer, cluster: RayCluster, progress: bool, run: RunReport,
-         previous_report: dict) -> None:
-    known = known_files(writer, previous_report)
+def _run(records, uri, bb: Backbone, writer, cluster: RayCluster, progress: bool, run: RunReport) -> None:
+    known = known_files(writer)
     settled, todo = _plan(records, known, uri)
     bounds = partition_bounds(len(records), cluster.partitions)
     clock, start = StageClock(), time.perf_counter()
@@ -337,9 +336,9 @@ def _run(records, uri, bb: Backbone, writer, cluster: RayCluster, progress: bool
 
 
 def _commit_partitions(records, bounds, settled: dict, results: _Results, spec: _SpecOnce, writer, run: RunReport,
-                       clock: StageClock, progress: bool, name: str) -> _Batcher:
+                       clock: StageClock, progress: bool, name: str) -> Mapper:
     """Book every file in listing order and commit each partition's new rows as one part."""
-    batcher = _Batcher(spec, writer, run.skipped, clock)
+    batcher = Mapper(spec, Committer(writer, run.skipped, clock), clock)
     with _progress(len(records), progress, f"featurize {name} on ray") as bar:
         for lo, hi in bounds:
             for i in range(lo, hi):

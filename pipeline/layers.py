@@ -91,6 +91,13 @@ class LayerWriters:
         for w in self.writers:
             write_report(w.root, report)
 
+    def write_skips(self, skipped: list[dict]) -> None:
+        for w in self.writers:
+            w.write_skips(skipped)
+
+    def skip_cache(self) -> list[dict]:
+        return self.writers[0].skip_cache()
+
     def close(self) -> FeatureStore:
         try:
             self.stores = [w.close() for w in self.writers]

@@ -1,40 +1,40 @@
-"""read -> featurize -> write: turn a folder of images into a feature store.
+"""The runner: list a folder, then reader -> mapper -> committer into a feature store, and report.
 
-First the store says what it already has: a file whose stat is unchanged since its row (or
-its skip) was recorded is not read again; a changed one is hashed and its content decides.
-New or changed images are read and decoded by a pool of threads (Pillow releases the GIL), at
-most a few batches ahead of the network, so memory is bounded by the batch and not by the
-folder (measured: 4000 images peak within 8% of 1000). TensorFlow backbones run whole batches
-in the main thread while the pool decodes the next ones (a tf.data pipeline doing the same was
-10-25% slower here: BENCHMARKS.md); TFLite backbones run each image in the decoding thread
-itself (one interpreter per thread). Decoding is always the same Pillow function, for training
-and scoring alike. The network is built only when an image needs it, and a bad file is
-skipped and reported, never fatal.
+The stages (one job each, in the spirit of clip-retrieval's reader -> mapper -> writer):
+:mod:`pipeline.reader` says which files the store has already (its stat cache and skip cache) and
+reads, hashes and decodes the others in a pool of threads or processes; :mod:`pipeline.mapper`
+batches the pixels into buffers allocated once and runs the backbone (in a thread of its own, so
+the next batch fills meanwhile; per-image TFLite backbones featurize in the reader's threads);
+:mod:`pipeline.committer` commits the features to the store (:mod:`pipeline.store`'s commit
+protocol) in order, a second of work per commit. This module wires them for one folder, ends
+every run alike (withdraw, prune, close, report: :func:`commit_run`, shared with the Ray engine)
+and says where the time went (:mod:`pipeline.stages`). Memory follows the batch, not the folder
+(measured: 4000 images peak within 8% of 1000); a bad file is skipped and reported, never fatal.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
-from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from .backbones import DEFAULT_BACKBONE, Backbone
-from .decodepool import DecodePool, choose_decode, default_workers
+from .committer import Committer
+from .decodepool import choose_decode
 from .errors import ImageError, PipelineError, StoreError, UsageError
-from .images import ImageRecord, decode, list_images, no_images_message, read_bytes
+from .images import ImageRecord, list_images, no_images_message
 from .labels import CsvLabels, read_labels_csv
 from .options import BackboneOptions, FeaturizeOptions, featurize_settings
 from .layers import PLACEHOLDER, LayerWriters, layer_slug
 from .quality import duplicate_groups, label_conflicts
 from .splits import sample_mask
+from .mapper import Mapper
+from .reader import Reader, known_files
 from .stages import StageClock, cores, on_gpu
 from .stages import line as stages_line
-from .store import FeatureStore, open_writer, read_report
+from .store import FeatureStore, open_writer
 
 log = logging.getLogger(__name__)
 
@@ -99,78 +99,6 @@ class RunReport:
         return "\n".join(lines)
 
 
-def file_stat(path) -> list[int]:
-    """[size, mtime_ns, ctime_ns, inode]: ctime changes on every write, and no tool can set it back."""
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-
-
-def _cached(record: ImageRecord, stat, known: dict):
-    """(sha256, None) to reuse the stored row, (None, ImageError) to skip the file again as before,
-    or None: the file's stat (size, mtime, ctime, inode) is not what the store recorded."""
-    old = known["rows"].get(record.relpath)
-    if old is not None and old[1] == stat:
-        return old[0], None
-    bad = known["bad"].get(record.relpath)
-    if bad is not None and bad["stat"] == stat:
-        return None, ImageError(record.path, bad["reason"], bad.get("detail", ""))
-    return None
-
-
-def known_files(writer, previous_report: dict) -> dict:
-    """What the store knows: rows (path -> (sha256, stat)) and files skipped last time (path -> entry)."""
-    return {"rows": {r["path"]: (r["sha256"], r.get("stat")) for r in writer.live_rows()},
-            "bad": {b["path"]: b for b in previous_report.get("skipped", []) if b.get("stat")}}
-
-
-def _prepare(record: ImageRecord, bb: Backbone, known: dict, clock: StageClock | None = None):
-    """(record, sha256, stat, result, notes). result: None when cached, an ImageError, the decoded
-    uint8 image (H, W, 3), or, for a backbone that featurizes one image at a time in the calling
-    thread (TFLite), the feature row (D,) itself.
-
-    A file whose stat (size, mtime, ctime, inode) is unchanged since its row was stored has not
-    been written since: it is reused without reading it (and one skipped before is skipped again).
-    Any other file is read and hashed, and its content decides (a touched but identical file is
-    reused too). `clock` adds up the seconds spent reading, decoding and (per image) featurizing.
-    """
-    notes, stat = [], None
-    clock = clock or StageClock()
-    try:
-        with clock.timed("read"):
-            stat = file_stat(record.path)
-            hit = _cached(record, stat, known)
-            if hit is None:
-                data, sha = read_bytes(record.path)
-        if hit is not None:
-            return record, hit[0], stat, hit[1], notes
-        old = known["rows"].get(record.relpath)
-        if old is not None and old[0] == sha:
-            return record, sha, stat, None, notes
-        with clock.timed("decode"):
-            image = decode(data, bb.preprocess, record.path, notes)
-        if bb.per_image:
-            bb.load()  # built once, outside the timed forward pass
-            with clock.timed("forward"):
-                image = bb.featurize_one(image)
-        return record, sha, stat, image, notes
-    except OSError as e:
-        return record, None, stat, ImageError(record.path, f"io_error:{type(e).__name__}", e.strerror or str(e)), notes
-    except ImageError as e:
-        return record, None, stat, e, notes
-
-
-def bounded_map(fn, items, workers: int, window: int):
-    """Ordered map over a thread pool with at most `window` results in flight."""
-    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-        pending = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
 class _NoProgress:
     def __enter__(self):
         return self
@@ -188,126 +116,6 @@ def _progress(total: int, enabled: bool, desc: str):
     from .progress import progress_bar  # a bar on a terminal, a line now and then in a log
 
     return progress_bar(total, desc)
-
-
-class _Batcher:
-    """Collects prepared images (or feature rows) and commits full batches through the backbone to the store.
-
-    Images are copied into batch arrays allocated once, never stacked from a fresh list: at
-    thousands of images per second, allocating 70 MB a batch cost more than the network
-    (BENCHMARKS.md). With ``ahead=True`` the forward pass runs in one background thread and the
-    commit to the store in another, while the caller fills the next batch: a GPU then never
-    waits for the caller's bookkeeping nor for the store, and batches reach the store in order.
-    Batches featurized within COMMIT_EVERY_S are then committed as one part (one set of fsyncs):
-    a run killed with -9 loses at most about a second of work, however fast the batches come.
-    Without `ahead` (Ray: a partition per flush) every flush is committed at once.
-    """
-
-    COMMIT_EVERY_S = 1.0  # with `ahead`: batches done within a second are committed together
-
-    def __init__(self, backbone: Backbone, writer, skipped: list, clock: StageClock, ahead: bool = False):
-        self.backbone, self.writer, self.skipped, self.clock = backbone, writer, skipped, clock
-        self.buffers, self.slot, self.fill, self.rows = [], 0, 0, []
-        self.done, self.last_commit = [], time.perf_counter()  # featurized batches not yet committed
-        self.forwards, self.commits = deque(), deque()  # futures of the batches in flight, oldest first
-        self.threads = [ThreadPoolExecutor(1, thread_name_prefix=n) for n in ("forward", "write")] if ahead else []
-        self.computed = 0
-        self.spec_recorded = self.broken = False
-
-    def _record_spec(self):
-        if not self.spec_recorded:  # builds the network at the first item that needs it: that fixes the batch size
-            self.writer.set_spec(self.backbone.spec())
-            self.spec_recorded = True
-
-    def add(self, image, row):
-        """Book one item; `image` may be a view that changes after this returns (it is copied here)."""
-        self._record_spec()
-        if not self.buffers:
-            self.buffers = [np.empty((self.backbone.batch_size, *np.shape(image)), np.asarray(image).dtype)
-                            for _ in range(2 if self.threads else 1)]
-        self.buffers[self.slot][self.fill] = image
-        self.fill += 1
-        self.rows.append(row)
-        if self.fill == len(self.buffers[self.slot]):
-            self.flush()
-
-    def flush(self):
-        """Commit the items booked so far (in the background with `ahead`)."""
-        if not self.fill:
-            return
-        batch, rows = self.buffers[self.slot][:self.fill], self.rows
-        self.fill, self.rows = 0, []
-        if not self.threads:
-            return self.commit(batch, rows)
-        forward, write = self.threads
-        feats = forward.submit(self.features, batch)
-        self.forwards.append(feats)
-        self.commits.append(write.submit(self._store_when_done, feats, rows))
-        self.slot = (self.slot + 1) % len(self.buffers)
-        while len(self.forwards) >= len(self.buffers):  # the buffer to fill next is free again
-            self.forwards.popleft().result()
-        while len(self.commits) > 2:  # features waiting for the store stay few; errors surface here
-            self.commits.popleft().result()
-
-    def finish(self, failed: bool = False):
-        """Wait for the batches in flight, stop the threads and commit what they featurized; an error
-        is raised unless `failed` (the run fails already: the wait keeps the writer to one thread,
-        and batches featurized before the failure are still committed when the store allows)."""
-        try:
-            for future in [*self.forwards, *self.commits]:
-                future.exception() if failed else future.result()
-        finally:
-            self.forwards.clear(), self.commits.clear()
-            for thread in self.threads:
-                thread.shutdown(wait=True)
-        try:
-            self._commit_done()
-        except Exception:
-            if not failed:
-                raise
-            log.warning("could not commit the last featurized batches", exc_info=True)
-
-    def commit(self, batch: np.ndarray, rows: list[dict]) -> None:
-        """Featurize a batch of images (or take rows already featurized) and append it to the store."""
-        self.store(self.features(batch), rows)
-
-    def features(self, batch: np.ndarray) -> np.ndarray:
-        self._record_spec()  # builds the network on the first batch that needs it
-        if batch.ndim == 2:
-            return batch.copy()  # rows featurized already (the buffer is refilled meanwhile)
-        with self.clock.timed("forward"):
-            return self.backbone(batch)
-
-    def _store_when_done(self, feats, rows: list[dict]) -> None:
-        """In the write thread: store a batch once its forward pass is done; after a failure, nothing
-        more (the store then holds every batch before the failed one, and only those)."""
-        if self.broken:
-            return
-        try:
-            self.store(feats.result(), rows)
-        except BaseException:
-            self.broken = True
-            raise
-
-    def store(self, feats: np.ndarray, rows: list[dict]) -> None:
-        finite = np.isfinite(feats).all(axis=1)
-        for row in (r for r, ok in zip(rows, finite) if not ok):
-            self.skipped.append({"path": row["path"], "reason": "nonfinite_features",
-                                 "detail": "the network gave NaN or infinity for this image"})
-        self.done.append((feats[finite], [r for r, ok in zip(rows, finite) if ok]))
-        if not self.threads or time.perf_counter() - self.last_commit >= self.COMMIT_EVERY_S:
-            self._commit_done()
-
-    def _commit_done(self) -> None:
-        """Append the featurized batches not yet committed to the store, as one part."""
-        if self.done:
-            feats = self.done[0][0] if len(self.done) == 1 else np.concatenate([f for f, _ in self.done])
-            rows = [r for _, batch_rows in self.done for r in batch_rows]
-            self.done = []
-            with self.clock.timed("write"):
-                self.writer.append(feats, rows)
-            self.computed += len(rows)
-        self.last_commit = time.perf_counter()
 
 
 def featurize(data_dir, backbone: str | Backbone | BackboneOptions = DEFAULT_BACKBONE, layer: str | None = None,
@@ -360,7 +168,7 @@ def featurize_local(data_dir, bb: Backbone, options: FeaturizeOptions, out=None,
     def work():
         _check_same_folder(writer, data_dir)
         _check_multi_label(writer, o.multi_label)
-        _run(listing.records, bb, writer, o.workers, o.progress, run, read_report(writer.root), o.decode)
+        _run(listing.records, bb, writer, o, run)
 
     return commit_run(writer, run, listing, present if o.prune else None, work, o.strict, report)
 
@@ -394,6 +202,7 @@ def abandon(writer, run: RunReport) -> None:
     """A failed run: a first run leaves nothing behind; otherwise what was skipped so far is reported."""
     if not writer.discard_if_empty():
         writer.write_report(run.to_dict())
+        writer.write_skips(run.skipped)
         writer.abort()
 
 
@@ -453,40 +262,33 @@ def _finish(run: RunReport, writer) -> None:
     run.duplicates, run.label_conflicts = duplicate_groups(rows), label_conflicts(rows)
     run.complete = True
     writer.write_report(run.to_dict())
+    writer.write_skips(run.skipped)
 
 
-def _run(records, bb: Backbone, writer, workers, progress, run: RunReport, previous_report: dict,
-         decode: str = "auto") -> None:
-    known = known_files(writer, previous_report)
+def _run(records, bb: Backbone, writer, options: FeaturizeOptions, run: RunReport) -> None:
+    """reader -> mapper -> committer over `records`, timed by a StageClock (the report's ``stages``)."""
     clock = StageClock()
-    batcher = _Batcher(bb, writer, run.skipped, clock, ahead=True)
-    mode = choose_decode(decode, bb.per_image)
-    workers = workers or default_workers(mode)
+    reader = Reader(bb, known_files(writer), options.workers, options.decode, clock)
+    mapper = Mapper(bb, Committer(writer, run.skipped, clock, background=True), clock, ahead=True)
     start = time.perf_counter()
-    with _progress(len(records), progress, f"featurize {bb.name}") as bar:
-        window = max(2 * bb.batch_size, 4 * workers)
-        if mode == "process":  # the workers' read/decode time comes back
-            # a ring of 4 batches: the workers decode on while the forward pass holds both batch buffers
-            items = DecodePool(bb.preprocess, workers, 2 * window, chunk=16, clock=clock).map(records, known,
-                                                                                             views=True)
-        else:
-            items = bounded_map(lambda r: _prepare(r, bb, known, clock), records, workers, window)
+    with _progress(len(records), options.progress, f"featurize {bb.name}") as bar:
         try:
-            for item in items:
+            for item in reader.read(records):
                 bar.update(1)
-                _account(item, batcher, run)
-            batcher.flush()
+                _account(item, mapper, run)
+            mapper.flush()
         except BaseException:
-            batcher.finish(failed=True)
+            mapper.finish(failed=True)
             raise
-        batcher.finish()
-    run.computed = batcher.computed
+        mapper.finish()
+    run.computed = mapper.computed
+    w = reader.workers
     run.stages = clock.report(run.computed, time.perf_counter() - start,
-                              {"read": workers, "decode": workers, "forward": workers if bb.per_image else 1,
-                               "write": 1}, {"cores": cores(), "gpu": on_gpu(bb), "per_image": bb.per_image, "kind": bb.kind})
+                              {"read": w, "decode": w, "forward": w if bb.per_image else 1, "write": 1},
+                              {"cores": cores(), "gpu": on_gpu(bb), "per_image": bb.per_image, "kind": bb.kind})
 
 
-def _account(item, batcher: _Batcher, run: RunReport) -> None:
+def _account(item, batcher: Mapper, run: RunReport) -> None:
     """Book one prepared file: skipped, reused, or added to the batch."""
     record, sha, stat, result, notes = item
     run.notes += [{"path": record.relpath, "note": n} for n in notes]

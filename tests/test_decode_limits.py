@@ -35,7 +35,7 @@ def test_a_fifo_is_refused_at_once_instead_of_hanging_the_run(tmp_path):
 
 
 def test_a_file_swapped_for_a_fifo_after_listing_is_skipped_with_a_reason(tmp_path):
-    from pipeline.runner import _prepare
+    from pipeline.reader import prepare as _prepare
 
     class Stub:
         preprocess, per_image = Preprocess(size=(32, 32)), False

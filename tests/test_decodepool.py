@@ -14,7 +14,7 @@ from pipeline.decodepool import DecodePool, choose_decode
 from pipeline.errors import ImageError, UsageError
 from pipeline.images import list_images
 from pipeline.preprocess import Preprocess
-from pipeline.runner import _prepare
+from pipeline.reader import prepare as _prepare
 
 PRE = Preprocess(size=(40, 40), scaling="tf")
 NOTHING_KNOWN = {"rows": {}, "bad": {}}

@@ -161,17 +161,17 @@ def test_damaged_exif_block_keeps_the_pixels_and_notes_it(monkeypatch):
 
 def test_file_vanishing_between_listing_and_reading_is_reported(tmp_path, monkeypatch):
     import pipeline
-    import pipeline.runner as runner
+    import pipeline.reader as reader
     from conftest import make_class_tree
 
     data = make_class_tree(tmp_path / "data", per_class=2)
-    real = runner.file_stat
+    real = reader.file_stat
 
     def vanish(path):
         if str(path).endswith("red_1.jpg"):
             raise FileNotFoundError(2, "No such file or directory")
         return real(path)
-    monkeypatch.setattr(runner, "file_stat", vanish)
+    monkeypatch.setattr(reader, "file_stat", vanish)
     run = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
     assert [(s["path"], s["reason"]) for s in run.skipped] == [("red/red_1.jpg", "io_error:FileNotFoundError")]
     assert len(run.store) == 3

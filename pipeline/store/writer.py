@@ -15,9 +15,10 @@ from ..errors import StoreError
 from .log import _log_lines, _read_rows, live_indices
 from .pieces import (_STAGING, _check_part, _link_piece, _manifest, _part_checksums, _part_manifest_file, _parts,
                      _piece_len, _read_piece, _remove_part, _segment_dir, _write_piece, _atomic_write, chunklen_for)
-from .reader import FORMAT, FeatureStore, _read_meta, read_committed, versions, write_report
+from .reader import FORMAT, FeatureStore, _read_meta, read_committed, read_report, versions, write_report
 
 
+SKIPS_FILE = "skips.json"  # the skip cache: files a run could not use, with their stat
 MERGE_ROWS = 65536  # a run's parts become a segment once they hold this many rows (or 1/8 of the store)
 ADOPT_ROWS = 2048  # at close, parts at least this big each become a segment as they are (no rewrite)
 
@@ -136,6 +137,23 @@ class StoreWriter:
     def write_report(self, report: dict) -> None:
         write_report(self.root, report)
 
+    def write_skips(self, skipped: list[dict]) -> None:
+        """Record the files this run could not use, with their stat: the next run skips them unread
+        while their stat is unchanged (``skips.json``; the report is an output, not read back)."""
+        entries = [s for s in skipped if s.get("stat")]
+        _atomic_write(self.root / SKIPS_FILE, json.dumps(entries, ensure_ascii=False))
+
+    def skip_cache(self) -> list[dict]:
+        """The files the last run could not use ({path, reason, detail, stat}); stores written before
+        ``skips.json`` existed kept them in report.json."""
+        try:
+            entries = json.loads((self.root / SKIPS_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            entries = read_report(self.root).get("skipped", [])
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{self.root / SKIPS_FILE} is damaged ({e}); featurize again with --overwrite") from None
+        return [e for e in entries if isinstance(e, dict) and e.get("stat") and e.get("path")]
+
     def _merge_parts(self, adopt: bool = False) -> None:
         """Merge this run's parts into one new immutable segment listed in meta.json (with `adopt`,
         parts of ADOPT_ROWS rows or more each become a segment as they are)."""
@@ -239,7 +257,8 @@ def _lock(root: Path) -> int:
     return fd
 
 
-_STORE_FILES = ("segments", "parts", "features.bcolz", "rows.jsonl", "report.json", "skipped.json", "meta.json")
+_STORE_FILES = ("segments", "parts", "features.bcolz", "rows.jsonl", "report.json", "skipped.json", SKIPS_FILE,
+                "meta.json")
 
 
 def open_writer(root, request: dict, overwrite: bool = False) -> StoreWriter:

@@ -1,11 +1,12 @@
-"""The runner's batcher: forward and commit in background threads, batches committed in order, a second
-of work per commit, nothing featurized lost when the run fails."""
+"""The mapper and committer stages: forward and commit in background threads, batches committed in order,
+a second of work per commit, nothing featurized lost when the run fails."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.runner import _Batcher
+from pipeline.committer import Committer
+from pipeline.mapper import Mapper
 from pipeline.stages import StageClock
 from pipeline.store import FeatureStore, open_writer
 
@@ -39,11 +40,16 @@ def _rows(n):
     return [{"path": f"c/{i}.jpg", "label": "c", "sha256": f"h{i}"} for i in range(n)]
 
 
+def _stages(writer, backbone, ahead=True):
+    clock = StageClock()
+    return Mapper(backbone, Committer(writer, [], clock, background=ahead), clock, ahead=ahead)
+
+
 @pytest.mark.parametrize("every", [0.0, 60.0])  # a commit per batch / everything in one commit at the end
 def test_batches_reach_the_store_in_order_through_reused_buffers(tmp_path, every, monkeypatch):
-    monkeypatch.setattr(_Batcher, "COMMIT_EVERY_S", every)
+    monkeypatch.setattr(Committer, "COMMIT_EVERY_S", every)
     w = open_writer(tmp_path / "s", REQ)
-    b = _Batcher(FakeBackbone(), w, [], StageClock(), ahead=True)
+    b = _stages(w, FakeBackbone())
     view = np.zeros((2, 2, 3), np.uint8)
     for i, row in enumerate(_rows(10)):
         view[:] = i  # the same array every time, changed after add: the batcher must have copied it
@@ -59,7 +65,7 @@ def test_batches_reach_the_store_in_order_through_reused_buffers(tmp_path, every
 
 def test_a_failing_forward_pass_surfaces_and_earlier_batches_stay_committed(tmp_path):
     w = open_writer(tmp_path / "s", REQ)
-    b = _Batcher(FakeBackbone(fail_at=3), w, [], StageClock(), ahead=True)
+    b = _stages(w, FakeBackbone(fail_at=3))
     with pytest.raises(RuntimeError, match="fell over"):
         try:
             for image, row in zip(_images(16), _rows(16)):
@@ -77,8 +83,27 @@ def test_a_failing_forward_pass_surfaces_and_earlier_batches_stay_committed(tmp_
 
 def test_without_ahead_every_flush_is_its_own_commit(tmp_path):
     w = open_writer(tmp_path / "s", REQ)
-    b = _Batcher(FakeBackbone(), w, [], StageClock())
+    b = _stages(w, FakeBackbone(), ahead=False)
     for image, row in zip(_images(3), _rows(3)):
         b.add(image, row)
     b.flush()  # a partition's end (Ray): committed now, not later
     assert len(FeatureStore.open(tmp_path / "s")) == 3
+
+
+def test_nonfinite_features_are_skipped_with_their_reason(tmp_path):
+    class NaNs(FakeBackbone):
+        def __call__(self, images):
+            out = super().__call__(images)
+            out[1] = np.nan
+            return out
+
+    w = open_writer(tmp_path / "s", REQ)
+    skipped = []
+    clock = StageClock()
+    b = Mapper(NaNs(), Committer(w, skipped, clock, background=True), clock, ahead=True)
+    for image, row in zip(_images(4), _rows(4)):
+        b.add(image, row)
+    b.finish()
+    assert w.close().paths == ["c/0.jpg", "c/2.jpg", "c/3.jpg"]
+    assert skipped == [{"path": "c/1.jpg", "reason": "nonfinite_features",
+                        "detail": "the network gave NaN or infinity for this image"}]
