@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import backbone_from_spec, identity
+from .backbones import backbone_from_spec
 from .classifier import Classifier, load
 from .errors import UsageError
 from .exchange import is_feature_store, predict_store
@@ -19,19 +19,23 @@ from .hints import did_you_mean
 from .outputs import atomic_open, check_output, csv_writer
 from .runner import featurize
 from .sources import is_uri
+from .spec import FeatureSpec
 
 UNKNOWN = "unknown"  # the prediction written when the top probability is below --reject-below
 
 
-def score_cache_path(data_dir, request: dict, root=None) -> Path:
+def score_cache_path(data_dir, request, root=None) -> Path:
     """Where scoring caches the features of `data_dir`: keyed by the folder's resolved path and the
-    backbone's identity, never by the folder's name alone (two folders named ``test`` never share)."""
+    backbone's identity, never by the folder's name alone (two folders named ``test`` never share).
+    `request`: the backbone's FeatureSpec request (or its dict)."""
+    request = FeatureSpec.of(request)
     root = Path(root or os.environ.get("TFP_FEATURES", "features")) / "score-cache"
     where = data_dir.rstrip("/") if is_uri(data_dir) else str(Path(data_dir).resolve())  # a URI as it is
     folder = Path(where)
-    key = json.dumps({"folder": where, "features": identity(request, full=False)}, sort_keys=True, default=str)
-    tag = Path(request["backbone"]).stem if ("/" in request["backbone"] or "." in request["backbone"]) else request["backbone"]
-    return root / f"{folder.name}-{tag}-{request['layer'].replace('/', '_').replace(':', '_')}-" \
+    key = json.dumps({"folder": where, "features": request.identity(full=False)}, sort_keys=True, default=str)
+    name = request.backbone
+    tag = Path(name).stem if ("/" in name or "." in name) else name
+    return root / f"{folder.name}-{tag}-{request.layer.replace('/', '_').replace(':', '_')}-" \
                   f"{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
@@ -74,7 +78,7 @@ def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: s
     bb = backbone_from_spec(clf.spec)
     tmp = Path(tempfile.mkdtemp(prefix="tfp-score-")) if no_cache else None
     try:
-        store_dir = tmp / "features" if tmp else Path(cache) if cache else score_cache_path(data_dir, bb.request())
+        store_dir = tmp / "features" if tmp else Path(cache) if cache else score_cache_path(data_dir, bb.feature_request())
         run = featurize(data_dir, bb, out=store_dir, labelled=False, progress=progress, workers=workers, report=True,
                         follow_links=follow_links, engine=engine, cluster=cluster)
         paths, proba = _predict_listed(clf, run)

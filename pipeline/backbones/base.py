@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..preprocess import Preprocess
+from ..spec import FeatureSpec
 
 _LOAD_LOCK = threading.RLock()
 LAYER_ALIASES = ("logits", "penultimate", "predictions")  # predictions: class probabilities (softmax)
@@ -112,29 +113,36 @@ class Backbone:
             return (self._features(images) + self._features(mirrored)) / np.float32(2)
         return self._features(images)
 
-    def request(self) -> dict:
+    def feature_request(self) -> FeatureSpec:
         """What was asked for, known without loading the network (enough to match a cache)."""
-        return {
-            "backbone": self.name,
-            "kind": self.kind,
-            "model": self.source.get("sha256") or self.name,
-            "weights": self.source.get("weights_sha256") or self.source.get("weights"),
-            "layer": self.layer,
-            "preprocess": self.preprocess.to_dict(),
-            "precision": getattr(self, "precision", "float32"),
-            "tta": self.tta,
-            "source": dict(self.source),
-        }
+        return FeatureSpec(backbone=self.name, kind=self.kind, model=self.source.get("sha256") or self.name,
+                           weights=self.source.get("weights_sha256") or self.source.get("weights"),
+                           layer=self.layer, preprocess=self.preprocess.to_dict(),
+                           precision=getattr(self, "precision", "float32"), tta=self.tta,
+                           source=dict(self.source), extra=self._spec_extra())
+
+    def _spec_extra(self) -> dict:
+        """Information recorded in the spec that is not part of its identity (none by default)."""
+        return {}
+
+    def feature_spec(self, layer: int | None = None) -> FeatureSpec:
+        """The exact description of the features this backbone produces (of layer `layer` alone when given)."""
+        self.load()
+        if layer is None:
+            return self.feature_request().loaded_as(self.tensor, self.dim)
+        return self.feature_request().loaded_as(self.tensors[layer], self.dims[layer], self.layers[layer])
+
+    def request(self) -> dict:
+        """:meth:`feature_request` as stored (a dict)."""
+        return self.feature_request().to_dict()
 
     def spec(self) -> dict:
-        """The exact description of the features this backbone produces (stored everywhere)."""
-        self.load()
-        return {**self.request(), "tensor": self.tensor, "dim": self.dim}
+        """:meth:`feature_spec` as stored everywhere (a dict)."""
+        return self.feature_spec().to_dict()
 
     def layer_spec(self, i: int) -> dict:
         """The spec of layer i alone: what a single-layer backbone reading it records."""
-        self.load()
-        return {**self.request(), "layer": self.layers[i], "tensor": self.tensors[i], "dim": self.dims[i]}
+        return self.feature_spec(i).to_dict()
 
     def _set_layers(self, tensors: list[str], dims: list[int]) -> None:
         """Record the resolved tensors and widths of every layer; tensor/dim describe them all."""
@@ -164,38 +172,14 @@ def split_layers(layer: str) -> tuple[str, ...]:
     return names
 
 
-def identity(spec: dict, full: bool = True) -> dict:
-    """The parts of a feature spec that must agree for features to be interchangeable.
-
-    File locations may differ (a model copied elsewhere); contents, weights, layer and
-    preprocessing may not. full=False leaves out what is only known after loading the network.
-    Features imported from a file without this project's metadata name no network: all that
-    can be checked is that they are imported and their width.
-    """
-    if spec.get("backbone") == "imported":
-        return {"backbone": "imported", **({"dim": spec.get("dim")} if full else {})}
-    keys = ("kind", "model", "weights", "layer", "preprocess") + (("tensor", "dim") if full else ())
-    out = {k: spec.get(k) for k in keys}
-    out["precision"] = spec.get("precision", "float32")  # stores made before precision existed are float32
-    out["tta"] = spec.get("tta")  # stores made before TTA existed have none
-    return out
+def identity(spec, full: bool = True) -> dict:
+    """:meth:`FeatureSpec.identity` of a spec (a FeatureSpec or a dict as stored)."""
+    return FeatureSpec.of(spec).identity(full)
 
 
-def describe(spec: dict) -> str:
-    """One line naming a feature spec for error messages; what is not known yet (the tensor and D
-    before the network was loaded) is left out rather than shown as None."""
-    if spec.get("backbone") == "imported":
-        return f"features imported from {spec.get('source')} (D={spec.get('dim')})"
-    pre = spec.get("preprocess") or {}
-    size = "x".join(str(v) for v in pre.get("size") or [])
-    details = [spec.get("tensor"), f"D={spec['dim']}" if spec.get("dim") is not None else None,
-               f"{size} {pre.get('scaling') or ''}".strip() or None,
-               f"crop {pre['crop_fraction']}" if pre.get("crop_fraction") is not None else None,
-               spec["precision"] if spec.get("precision", "float32") != "float32" else None,
-               f"tta {spec['tta']}" if spec.get("tta") else None]
-    details = [str(d) for d in details if d]
-    return (f"{spec.get('backbone') or '?'} [{spec.get('kind') or '?'}] layer={spec.get('layer') or '?'}"
-            + (f" ({', '.join(details)})" if details else ""))
+def describe(spec) -> str:
+    """:meth:`FeatureSpec.describe` of a spec (a FeatureSpec or a dict as stored)."""
+    return FeatureSpec.of(spec).describe()
 
 
 def pool(x: np.ndarray) -> np.ndarray:

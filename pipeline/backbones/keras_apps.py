@@ -175,9 +175,9 @@ class KerasBackbone(Backbone):
         self.app = app
         self.precision = precision
 
-    def request(self) -> dict:
+    def _spec_extra(self) -> dict:
         # information only: identity() leaves it out, so stores are shared across backends
-        return {**super().request(), "keras_backend": self.keras_backend}
+        return {"keras_backend": self.keras_backend}
 
     def _build(self):
         keras = _keras(self.keras_backend)
