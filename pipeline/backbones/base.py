@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -46,10 +48,59 @@ def file_sha256(path) -> str:
     return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
+@dataclass(frozen=True)
+class BuildOptions:
+    """What :func:`pipeline.backbones.create_backbone` hands the kind it picked (each reads what applies).
+
+    preprocess: explicit preprocessing, a complete Preprocess or a mapping of some settings
+    (:func:`pipeline.preprocess.resolve_preprocess`); weights, precision and runtime (a KerasRuntime):
+    Keras applications; input_tensor: frozen graphs.
+    """
+
+    preprocess: Preprocess | Mapping | None = None
+    weights: str | None = None
+    precision: str | None = None
+    input_tensor: str | None = None
+    runtime: Any = None
+
+    @classmethod
+    def from_spec(cls, spec: FeatureSpec) -> "BuildOptions":
+        """The options that rebuild the backbone a feature spec describes."""
+        pre = spec.preprocess or {}
+        explicit = {k: pre.get(k) for k in ("size", "crop_fraction", "resample", "scaling")}
+        return cls(preprocess=explicit, weights=(spec.source or {}).get("weights"), precision=spec.precision)
+
+
 class Backbone:
-    """Base class. Subclasses set the attributes below and implement `_load` and `_forward`."""
+    """Base class. Subclasses set the attributes below and implement `_load`, `_forward` and `_layer_table`.
+
+    As a kind of the registry (:data:`pipeline.backbones.KINDS`), a subclass also says which names and
+    specs it `matches`, and `create`s itself from a name or (`from_spec`) from a feature spec.
+    """
 
     kind: str = "?"
+    spec_kinds: tuple[str, ...] = ()  # the values of FeatureSpec.kind this class makes
+
+    @classmethod
+    def matches(cls, what: "str | FeatureSpec") -> bool:
+        """True when this kind builds `what`: a --backbone value (name, path, handle) or a feature spec."""
+        if isinstance(what, FeatureSpec):
+            return what.kind in cls.spec_kinds
+        return cls._matches_name(str(what))
+
+    @classmethod
+    def _matches_name(cls, name: str) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def create(cls, name: str, layer: str, options: BuildOptions) -> "Backbone":  # pragma: no cover - abstract
+        """The (not yet loaded) backbone `name` reading `layer`."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_spec(cls, spec: FeatureSpec) -> "Backbone":
+        """The backbone that produced features described by `spec`; by default from the model file it records."""
+        return cls.create(model_file(spec), spec.layer, BuildOptions.from_spec(spec))
 
     def __init__(self, name: str, layer: str, preprocess: Preprocess, source: dict,
                  batch_size: int = 32):
@@ -152,6 +203,16 @@ class Backbone:
         classes = [d for layer, d in zip(self.layers, self.dims) if layer in ("logits", "predictions")]
         self.num_classes = classes[0] if classes else None
 
+    def list_layers(self) -> list[str]:
+        """The layers this backbone can read: the aliases the network has, then every layer or tensor name
+        (reads the network's structure; for Keras applications that builds the model)."""
+        aliases, names = self._layer_table()
+        return [a for a in LAYER_ALIASES if aliases.get(a)] + list(names)
+
+    def _layer_table(self, *network) -> tuple[dict, list[str]]:  # pragma: no cover - abstract
+        """({alias: layer or tensor name, None when the network has none}, every readable name)."""
+        raise NotImplementedError
+
     def _load(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -160,6 +221,41 @@ class Backbone:
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.name} layer={self.layer}>"
+
+
+def resolve_layer(layer: str, table: tuple[dict, list[str]], where: str, what: str = "layer", key=None) -> str:
+    """The layer or tensor name to read for `layer` (an alias or a name): the one rule of every kind.
+
+    table: :meth:`Backbone._layer_table`: what each alias is in this network (None: it has no
+    classifier) and every readable name; key: how a name asked for is compared with those (graphs
+    compare node names, ``pool:0`` -> ``pool``). Errors say what exists instead.
+    """
+    from ..errors import BackboneError, UnknownNameError
+    from ..hints import did_you_mean
+
+    aliases, names = table
+    if layer in LAYER_ALIASES:
+        if aliases.get(layer) is None:
+            raise BackboneError(f"{where} has no classifier, so no {layer!r} layer; "
+                                f"use --layer penultimate or a {what} name")
+        return aliases[layer]
+    if (key or str)(layer) not in set(names):
+        hint = did_you_mean(layer, [*LAYER_ALIASES, *names])
+        examples = ", ".join(repr(n) for n in [aliases.get("penultimate"), *list(names)[-4:]] if n)
+        raise UnknownNameError(f"{where} has no {what} {layer!r}{hint}; use {', '.join(LAYER_ALIASES)} "
+                               f"or a {what} name such as {examples}")
+    return layer
+
+
+def model_file(spec: FeatureSpec) -> str:
+    """The model file a feature spec records, refused when it is gone."""
+    path = (spec.source or {}).get("path") if isinstance(spec.source, dict) else None
+    if not path or not Path(path).exists():
+        from ..errors import BackboneError
+
+        raise BackboneError(f"the model file {path!r} that made these features is gone; "
+                            f"put it back or featurize with --backbone PATH and pass the features instead")
+    return path
 
 
 def split_layers(layer: str) -> tuple[str, ...]:
