@@ -34,7 +34,7 @@ _LOADED_KEYS = ("tensor", "dim")
 class FeatureSpec:
     """One feature spec. Not hashable (``source`` and ``preprocess`` are dicts); compare with ``==``."""
 
-    backbone: str
+    backbone: str | None = None
     kind: str | None = None
     model: str | None = None
     weights: str | None = None
@@ -47,16 +47,16 @@ class FeatureSpec:
     dim: int | None = None
     extra: dict = field(default_factory=dict)
     # the keys of the dict this spec was read from, in order: to_dict() gives that dict back exactly
-    keys: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    layout: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     # ---- the on-disk form ------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: Mapping) -> "FeatureSpec":
         """Read a spec as stored; older dicts may lack newer keys (precision, tta, tensor, dim...)."""
-        names = {f.name for f in fields(cls)} - {"extra", "keys"}
+        names = {f.name for f in fields(cls)} - {"extra", "layout"}
         known = {k: v for k, v in d.items() if k in names}  # a missing precision: float32, as before it existed
         extra = {k: v for k, v in d.items() if k not in names}
-        return cls(**known, extra=extra, keys=tuple(d))
+        return cls(**known, extra=extra, layout=tuple(d))
 
     @classmethod
     def of(cls, spec: "FeatureSpec | Mapping") -> "FeatureSpec":
@@ -67,18 +67,16 @@ class FeatureSpec:
     def imported(cls, source: str, sha256: str, dim: int) -> "FeatureSpec":
         """The spec of features imported from a file without this project's metadata."""
         return cls(IMPORTED, source=source, dim=dim, extra={"sha256": sha256},
-                   keys=("backbone", "source", "sha256", "dim"))
+                   layout=("backbone", "source", "sha256", "dim"))
 
     def to_dict(self) -> dict:
         """The JSON object stored on disk: the dict this spec was read from, or today's layout."""
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "keys")}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "layout")}
         values.update(self.extra)
-        if self.keys:
-            return {k: _copy(values.get(k)) for k in self.keys}
-        layout = _REQUEST_KEYS + tuple(self.extra)
-        if self.tensor is not None or self.dim is not None:
+        layout = self.layout or _REQUEST_KEYS + tuple(self.extra)
+        if not self.layout and (self.tensor is not None or self.dim is not None):
             layout += _LOADED_KEYS
-        return {k: _copy(values[k]) for k in layout}
+        return {k: _copy(values.get(k)) for k in layout}
 
     # ---- what is known when ----------------------------------------------------------------------
     @property
@@ -92,13 +90,13 @@ class FeatureSpec:
 
     def request(self) -> "FeatureSpec":
         """This spec without what only loading the network tells (tensor, D): what a run asks for."""
-        keys = tuple(k for k in self.keys if k not in _LOADED_KEYS)
-        return replace(self, tensor=None, dim=None, keys=keys)
+        layout = tuple(k for k in self.layout if k not in _LOADED_KEYS)
+        return replace(self, tensor=None, dim=None, layout=layout)
 
     def loaded_as(self, tensor: str | None, dim: int, layer: str | None = None) -> "FeatureSpec":
         """This request completed with what loading the network told (and one of its layers)."""
-        keys = tuple(k for k in self.keys if k not in _LOADED_KEYS) + _LOADED_KEYS if self.keys else ()
-        return replace(self, layer=self.layer if layer is None else layer, tensor=tensor, dim=int(dim), keys=keys)
+        layout = tuple(k for k in self.layout if k not in _LOADED_KEYS) + _LOADED_KEYS if self.layout else ()
+        return replace(self, layer=self.layer if layer is None else layer, tensor=tensor, dim=int(dim), layout=layout)
 
     # ---- comparing and naming ----------------------------------------------------------------------
     def identity(self, full: bool = True) -> dict:
