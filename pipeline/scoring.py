@@ -78,7 +78,7 @@ def score(model, data_dir, out, *, cache=None, no_cache: bool = False, kaggle: s
     bb = backbone_from_spec(clf.spec)
     tmp = Path(tempfile.mkdtemp(prefix="tfp-score-")) if no_cache else None
     try:
-        store_dir = tmp / "features" if tmp else Path(cache) if cache else score_cache_path(data_dir, bb.feature_request())
+        store_dir = tmp / "features" if tmp else Path(cache) if cache else score_cache_path(data_dir, bb.request())
         run = featurize(data_dir, bb, out=store_dir, labelled=False, progress=progress, workers=workers, report=True,
                         follow_links=follow_links, engine=engine, cluster=cluster)
         paths, proba = _predict_listed(clf, run)

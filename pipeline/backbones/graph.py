@@ -147,7 +147,8 @@ class GraphBackbone(Backbone):
         self.preset = GRAPH_PRESETS.get(path.name) if self.kind == "graphdef" else None
         self.input_tensor = input_tensor or (self.preset.input if self.preset else None)
         # the graph's own config: its preset, else the TF-Hub image convention, float [0, 1], 224x224
-        own = {"size": self.preset.size, "scaling": self.preset.scaling} if self.preset else {"size": 224, "scaling": "unit"}
+        own = ({"size": self.preset.size, "scaling": self.preset.scaling} if self.preset
+               else {"size": 224, "scaling": "unit"})
         super().__init__(spec, layer, resolve_preprocess(preprocess, own), source, batch_size)
 
     @classmethod
