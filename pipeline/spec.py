@@ -22,7 +22,7 @@ agree for features to be interchangeable; :meth:`FeatureSpec.describe` names a s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, Mapping
 
 IMPORTED = "imported"  # the backbone of features imported from a file that names no network
@@ -73,10 +73,16 @@ class FeatureSpec:
         """The JSON object stored on disk: the dict this spec was read from, or today's layout."""
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "layout")}
         values.update(self.extra)
-        layout = self.layout or _REQUEST_KEYS + tuple(self.extra)
-        if not self.layout and (self.tensor is not None or self.dim is not None):
-            layout += _LOADED_KEYS
-        return {k: _copy(values.get(k)) for k in layout}
+        if not self.layout:
+            layout = _REQUEST_KEYS + tuple(self.extra)
+            return {k: _copy(values[k]) for k in layout + (_LOADED_KEYS if self._has_loaded() else ())}
+        # a spec read from a dict: its keys as they were, then any other key set since (e.g. with replace())
+        later = [f.name for f in fields(self) if f.name in values and f.name not in self.layout
+                 and values[f.name] != _default(f)] + [k for k in self.extra if k not in self.layout]
+        return {k: _copy(values.get(k)) for k in (*self.layout, *later)}
+
+    def _has_loaded(self) -> bool:
+        return self.tensor is not None or self.dim is not None
 
     # ---- what is known when ----------------------------------------------------------------------
     @property
@@ -138,6 +144,10 @@ class FeatureSpec:
 
     def __str__(self) -> str:
         return self.describe()
+
+
+def _default(f):
+    return f.default_factory() if f.default is MISSING else f.default
 
 
 def _copy(value):

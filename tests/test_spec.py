@@ -81,3 +81,11 @@ def test_a_head_refuses_features_of_another_layer():
     clf.check_spec(FeatureSpec.from_dict(dict(OLD, source={"path": "/copied/b.tflite"})))  # moved model: fine
     with pytest.raises(SpecMismatchError, match="different layer, tensor"):
         clf.check_spec(dict(OLD, layer="logits", tensor="logits"), "these features")
+
+
+def test_a_key_set_on_an_old_spec_is_written_too():
+    # an old store's spec has no tta key; a spec derived from it with tta set must not lose it
+    from dataclasses import replace
+
+    derived = replace(FeatureSpec.from_dict(OLD), tta="flip").to_dict()
+    assert derived == {**OLD, "tta": "flip"} and list(derived)[:len(OLD)] == list(OLD)
