@@ -22,7 +22,7 @@ _EXPORTS = {
     "create_backbone": "backbones", "list_backbones": "backbones", "FeatureStore": "store",
     "Preprocess": "preprocess", "PipelineError": "errors", "UsageError": "errors", "BackboneError": "errors",
     "StoreError": "errors", "SpecMismatchError": "errors", "ModelFileError": "errors", "ImageError": "errors",
-    "export_features": "exchange", "import_features": "exchange",
+    "export_features": "exchange", "import_features": "exchange", "FeatureSpec": "spec",
     "BackboneOptions": "options", "FeaturizeOptions": "options", "HeadOptions": "options", "SplitOptions": "options",
     "ScoreOptions": "options",
 }

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import backbone_from_spec, describe, identity
+from .backbones import backbone_from_spec, describe
 from .errors import ModelFileError, SpecMismatchError
 from .hints import looks_like_pickle, unreadable_model
 from .inputs import as_list, decode_images, is_image_input
+from .spec import FeatureSpec
 
 _BACKBONE_LOCK = threading.Lock()
 
@@ -41,12 +42,18 @@ class Classifier:
         return int(self.spec["dim"])
 
     # ---- feature compatibility -------------------------------------------------------------
-    def check_spec(self, spec: dict, where: str = "the features") -> None:
-        """Refuse features made by another backbone, layer or preprocessing."""
-        if identity(spec) != identity(self.spec):
-            diff = [k for k, v in identity(self.spec).items() if identity(spec).get(k) != v]
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        """The spec of the features this head was trained on (``spec`` is its stored dict)."""
+        return FeatureSpec.of(self.spec)
+
+    def check_spec(self, spec, where: str = "the features") -> None:
+        """Refuse features made by another backbone, layer or preprocessing (`spec`: a FeatureSpec or dict)."""
+        mine, theirs = self.feature_spec, FeatureSpec.of(spec)
+        diff = mine.differences(theirs)
+        if diff:
             raise SpecMismatchError(
-                f"this head was trained on {describe(self.spec)}, but {where} come from {describe(spec)} "
+                f"this head was trained on {mine.describe()}, but {where} come from {theirs.describe()} "
                 f"(different {', '.join(diff)}); featurize with the head's backbone and layer")
 
     def _matrix(self, X) -> np.ndarray:

@@ -144,7 +144,8 @@ def compare(stores, heads=("linear_svm", "logreg"), C: float | str = "auto", fol
                 c = select_C(head, X, y, 5 if folds == "loo" else folds, seed, pca)[0]
             acc = cross_val_accuracy(head, X, y, c, folds, seed, pca)
             steps.done(f"{head} on {store.root}: accuracy {acc:.4f} (C={c:g})")
-            out.append({"features": str(store.root), "backbone": store.spec["backbone"], "layer": store.spec.get("layer", ""),
+            spec = store.feature_spec
+            out.append({"features": str(store.root), "backbone": spec.backbone, "layer": spec.layer or "",
                         "dim": pca or store.spec["dim"], "head": head, "C": c, "folds": folds, "pca": pca,
                         "accuracy": acc, "n": int(len(y))})
     return out

@@ -25,6 +25,7 @@ import numpy as np
 from .backbones.base import file_sha256
 from .errors import UsageError
 from .outputs import atomic_open
+from .spec import FeatureSpec
 from .store import FeatureStore, open_writer, versions
 
 META_KEY = "tf_feature_pipeline"
@@ -107,7 +108,7 @@ class Imported:
     labels: list[str | None]
     hashes: list[str] | None
     features: np.ndarray
-    spec: dict
+    spec: dict  # the feature spec as stored (FeatureSpec.to_dict)
 
 
 def _missing(file: Path, wanted: list[str], have: list[str]) -> None:
@@ -198,11 +199,13 @@ def _spec(file: Path, meta, dim: int) -> dict:
             spec = json.loads(meta)
         except ValueError as e:
             raise UsageError(f"{file}: its {META_KEY} metadata is not JSON ({e})") from e
+        if not isinstance(spec, dict) or not spec.get("backbone"):
+            raise UsageError(f"{file}: its {META_KEY} metadata is not a feature spec (no backbone named)")
         spec.pop("package_version", None)
         if spec.get("dim") != dim:
             raise UsageError(f"{file}: its metadata says D={spec.get('dim')}, its vectors have {dim} values")
-        return spec
-    return {"backbone": "imported", "source": file.name, "sha256": file_sha256(file), "dim": dim}
+        return FeatureSpec.from_dict(spec).to_dict()
+    return FeatureSpec.imported(file.name, file_sha256(file), dim).to_dict()
 
 
 def _check(file: Path, ids, labels, x: np.ndarray) -> None:
@@ -252,7 +255,7 @@ def import_features(file, out, columns: Columns | None = None, batch: int = 4096
     if Path(file).resolve() == out.resolve() or out.resolve() in Path(file).resolve().parents:
         raise UsageError(f"out={out} would write over the input {file}")
     spec = data.spec
-    request = {k: v for k, v in spec.items() if k not in ("tensor", "dim")}
+    request = FeatureSpec.of(spec).request().to_dict()
     hashes = _row_hashes(data)
     rows = [{"path": i, "label": lab, "sha256": h} for i, lab, h in zip(data.ids, data.labels, hashes)]
     existed = out.exists()

@@ -13,6 +13,7 @@ Scalings are named after the Keras ``preprocess_input`` modes they reproduce.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Mapping
 
 import numpy as np
 
@@ -95,6 +96,39 @@ class Preprocess:
                   resample=self.resample, scaling=self.scaling)
         kw.update({k: v for k, v in changes.items() if v is not None})
         return Preprocess(**kw)
+
+
+PREPROCESS_SETTINGS = ("size", "crop_fraction", "resample", "scaling")  # what a caller or a backbone may set
+
+
+def resolve_preprocess(explicit: "Preprocess | Mapping | None" = None, own: Mapping | None = None) -> Preprocess:
+    """The one precedence rule for preprocessing: explicit argument > the backbone's own config > library default.
+
+    explicit: what the caller asked for: a complete :class:`Preprocess` (wins as a whole) or a mapping of
+    some of size / crop_fraction / resample / scaling (``input_size`` is read as size; an int is a square);
+    None values never override. own: the same keys from the backbone's own config (a Keras application's
+    row, a graph preset, a TFLite model's input). Whatever neither sets is :class:`Preprocess`'s default.
+    """
+    if isinstance(explicit, Preprocess):
+        return explicit
+    settings: dict = {}
+    for layer in (own or {}, explicit or {}):
+        settings.update({k: v for k, v in _settings(layer).items() if v is not None})
+    return Preprocess(**settings)
+
+
+def _settings(values: Mapping) -> dict:
+    values = dict(values)
+    if "input_size" in values:
+        values["size"] = values.pop("input_size")
+    unknown = set(values) - set(PREPROCESS_SETTINGS)
+    if unknown:
+        raise UsageError(f"unknown preprocessing setting(s) {', '.join(sorted(unknown))}; "
+                         f"choose from {', '.join(PREPROCESS_SETTINGS)}")
+    size = values.get("size")
+    if isinstance(size, (int, str)):
+        values["size"] = (int(size),) * 2
+    return values
 
 
 def normalize(images, pre: Preprocess):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import backbone_from_spec, identity
+from .backbones import backbone_from_spec
 from .classifier import Classifier, load
 from .errors import UsageError
 from .exchange import is_feature_store, predict_store
@@ -21,19 +21,23 @@ from .options import SCORE_FEATURIZE, FeaturizeOptions, ScoreOptions, split_keyw
 from .outputs import atomic_open, check_output, csv_writer
 from .runner import featurize
 from .sources import is_uri
+from .spec import FeatureSpec
 
 UNKNOWN = "unknown"  # the prediction written when the top probability is below reject_below
 
 
-def score_cache_path(data_dir, request: dict, root=None) -> Path:
+def score_cache_path(data_dir, request, root=None) -> Path:
     """Where scoring caches the features of `data_dir`: keyed by the folder's resolved path and the
-    backbone's identity, never by the folder's name alone (two folders named ``test`` never share)."""
+    backbone's identity, never by the folder's name alone (two folders named ``test`` never share).
+    `request`: the backbone's FeatureSpec request (or its dict)."""
+    request = FeatureSpec.of(request)
     root = Path(root or os.environ.get("TFP_FEATURES", "features")) / "score-cache"
     where = data_dir.rstrip("/") if is_uri(data_dir) else str(Path(data_dir).resolve())  # a URI as it is
     folder = Path(where)
-    key = json.dumps({"folder": where, "features": identity(request, full=False)}, sort_keys=True, default=str)
-    tag = Path(request["backbone"]).stem if ("/" in request["backbone"] or "." in request["backbone"]) else request["backbone"]
-    return root / f"{folder.name}-{tag}-{request['layer'].replace('/', '_').replace(':', '_')}-" \
+    key = json.dumps({"folder": where, "features": request.identity(full=False)}, sort_keys=True, default=str)
+    name = request.backbone
+    tag = Path(name).stem if ("/" in name or "." in name) else name
+    return root / f"{folder.name}-{tag}-{request.layer.replace('/', '_').replace(':', '_')}-" \
                   f"{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
 from ..preprocess import Preprocess
+from ..spec import FeatureSpec
 
 _LOAD_LOCK = threading.RLock()
 LAYER_ALIASES = ("logits", "penultimate", "predictions")  # predictions: class probabilities (softmax)
@@ -45,10 +48,59 @@ def file_sha256(path) -> str:
     return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
+@dataclass(frozen=True)
+class BuildOptions:
+    """What :func:`pipeline.backbones.create_backbone` hands the kind it picked (each reads what applies).
+
+    preprocess: explicit preprocessing, a complete Preprocess or a mapping of some settings
+    (:func:`pipeline.preprocess.resolve_preprocess`); weights, precision and runtime (a KerasRuntime):
+    Keras applications; input_tensor: frozen graphs.
+    """
+
+    preprocess: Preprocess | Mapping | None = None
+    weights: str | None = None
+    precision: str | None = None
+    input_tensor: str | None = None
+    runtime: Any = None
+
+    @classmethod
+    def from_spec(cls, spec: FeatureSpec) -> "BuildOptions":
+        """The options that rebuild the backbone a feature spec describes."""
+        pre = spec.preprocess or {}
+        explicit = {k: pre.get(k) for k in ("size", "crop_fraction", "resample", "scaling")}
+        return cls(preprocess=explicit, weights=(spec.source or {}).get("weights"), precision=spec.precision)
+
+
 class Backbone:
-    """Base class. Subclasses set the attributes below and implement `_load` and `_forward`."""
+    """Base class. Subclasses set the attributes below and implement `_load`, `_forward` and `_layer_table`.
+
+    As a kind of the registry (:data:`pipeline.backbones.KINDS`), a subclass also says which names and
+    specs it `matches`, and `create`s itself from a name or (`from_spec`) from a feature spec.
+    """
 
     kind: str = "?"
+    spec_kinds: tuple[str, ...] = ()  # the values of FeatureSpec.kind this class makes
+
+    @classmethod
+    def matches(cls, what: "str | FeatureSpec") -> bool:
+        """True when this kind builds `what`: a --backbone value (name, path, handle) or a feature spec."""
+        if isinstance(what, FeatureSpec):
+            return what.kind in cls.spec_kinds
+        return cls._matches_name(str(what))
+
+    @classmethod
+    def _matches_name(cls, name: str) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def create(cls, name: str, layer: str, options: BuildOptions) -> "Backbone":  # pragma: no cover - abstract
+        """The (not yet loaded) backbone `name` reading `layer`."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_spec(cls, spec: FeatureSpec) -> "Backbone":
+        """The backbone that produced features described by `spec`; by default from the model file it records."""
+        return cls.create(model_file(spec), spec.layer, BuildOptions.from_spec(spec))
 
     def __init__(self, name: str, layer: str, preprocess: Preprocess, source: dict,
                  batch_size: int = 32):
@@ -112,29 +164,36 @@ class Backbone:
             return (self._features(images) + self._features(mirrored)) / np.float32(2)
         return self._features(images)
 
-    def request(self) -> dict:
+    def feature_request(self) -> FeatureSpec:
         """What was asked for, known without loading the network (enough to match a cache)."""
-        return {
-            "backbone": self.name,
-            "kind": self.kind,
-            "model": self.source.get("sha256") or self.name,
-            "weights": self.source.get("weights_sha256") or self.source.get("weights"),
-            "layer": self.layer,
-            "preprocess": self.preprocess.to_dict(),
-            "precision": getattr(self, "precision", "float32"),
-            "tta": self.tta,
-            "source": dict(self.source),
-        }
+        return FeatureSpec(backbone=self.name, kind=self.kind, model=self.source.get("sha256") or self.name,
+                           weights=self.source.get("weights_sha256") or self.source.get("weights"),
+                           layer=self.layer, preprocess=self.preprocess.to_dict(),
+                           precision=getattr(self, "precision", "float32"), tta=self.tta,
+                           source=dict(self.source), extra=self._spec_extra())
+
+    def _spec_extra(self) -> dict:
+        """Information recorded in the spec that is not part of its identity (none by default)."""
+        return {}
+
+    def feature_spec(self, layer: int | None = None) -> FeatureSpec:
+        """The exact description of the features this backbone produces (of layer `layer` alone when given)."""
+        self.load()
+        if layer is None:
+            return self.feature_request().loaded_as(self.tensor, self.dim)
+        return self.feature_request().loaded_as(self.tensors[layer], self.dims[layer], self.layers[layer])
+
+    def request(self) -> dict:
+        """:meth:`feature_request` as stored (a dict)."""
+        return self.feature_request().to_dict()
 
     def spec(self) -> dict:
-        """The exact description of the features this backbone produces (stored everywhere)."""
-        self.load()
-        return {**self.request(), "tensor": self.tensor, "dim": self.dim}
+        """:meth:`feature_spec` as stored everywhere (a dict)."""
+        return self.feature_spec().to_dict()
 
     def layer_spec(self, i: int) -> dict:
         """The spec of layer i alone: what a single-layer backbone reading it records."""
-        self.load()
-        return {**self.request(), "layer": self.layers[i], "tensor": self.tensors[i], "dim": self.dims[i]}
+        return self.feature_spec(i).to_dict()
 
     def _set_layers(self, tensors: list[str], dims: list[int]) -> None:
         """Record the resolved tensors and widths of every layer; tensor/dim describe them all."""
@@ -144,6 +203,16 @@ class Backbone:
         classes = [d for layer, d in zip(self.layers, self.dims) if layer in ("logits", "predictions")]
         self.num_classes = classes[0] if classes else None
 
+    def list_layers(self) -> list[str]:
+        """The layers this backbone can read: the aliases the network has, then every layer or tensor name
+        (reads the network's structure; for Keras applications that builds the model)."""
+        aliases, names = self._layer_table()
+        return [a for a in LAYER_ALIASES if aliases.get(a)] + list(names)
+
+    def _layer_table(self, *network) -> tuple[dict, list[str]]:  # pragma: no cover - abstract
+        """({alias: layer or tensor name, None when the network has none}, every readable name)."""
+        raise NotImplementedError
+
     def _load(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -152,6 +221,41 @@ class Backbone:
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.name} layer={self.layer}>"
+
+
+def resolve_layer(layer: str, table: tuple[dict, list[str]], where: str, what: str = "layer", key=None) -> str:
+    """The layer or tensor name to read for `layer` (an alias or a name): the one rule of every kind.
+
+    table: :meth:`Backbone._layer_table`: what each alias is in this network (None: it has no
+    classifier) and every readable name; key: how a name asked for is compared with those (graphs
+    compare node names, ``pool:0`` -> ``pool``). Errors say what exists instead.
+    """
+    from ..errors import BackboneError, UnknownNameError
+    from ..hints import did_you_mean
+
+    aliases, names = table
+    if layer in LAYER_ALIASES:
+        if aliases.get(layer) is None:
+            raise BackboneError(f"{where} has no classifier, so no {layer!r} layer; "
+                                f"use --layer penultimate or a {what} name")
+        return aliases[layer]
+    if (key or str)(layer) not in set(names):
+        hint = did_you_mean(layer, [*LAYER_ALIASES, *names])
+        examples = ", ".join(repr(n) for n in [aliases.get("penultimate"), *list(names)[-4:]] if n)
+        raise UnknownNameError(f"{where} has no {what} {layer!r}{hint}; use {', '.join(LAYER_ALIASES)} "
+                               f"or a {what} name such as {examples}")
+    return layer
+
+
+def model_file(spec: FeatureSpec) -> str:
+    """The model file a feature spec records, refused when it is gone."""
+    path = (spec.source or {}).get("path") if isinstance(spec.source, dict) else None
+    if not path or not Path(path).exists():
+        from ..errors import BackboneError
+
+        raise BackboneError(f"the model file {path!r} that made these features is gone; "
+                            f"put it back or featurize with --backbone PATH and pass the features instead")
+    return path
 
 
 def split_layers(layer: str) -> tuple[str, ...]:
@@ -164,38 +268,14 @@ def split_layers(layer: str) -> tuple[str, ...]:
     return names
 
 
-def identity(spec: dict, full: bool = True) -> dict:
-    """The parts of a feature spec that must agree for features to be interchangeable.
-
-    File locations may differ (a model copied elsewhere); contents, weights, layer and
-    preprocessing may not. full=False leaves out what is only known after loading the network.
-    Features imported from a file without this project's metadata name no network: all that
-    can be checked is that they are imported and their width.
-    """
-    if spec.get("backbone") == "imported":
-        return {"backbone": "imported", **({"dim": spec.get("dim")} if full else {})}
-    keys = ("kind", "model", "weights", "layer", "preprocess") + (("tensor", "dim") if full else ())
-    out = {k: spec.get(k) for k in keys}
-    out["precision"] = spec.get("precision", "float32")  # stores made before precision existed are float32
-    out["tta"] = spec.get("tta")  # stores made before TTA existed have none
-    return out
+def identity(spec, full: bool = True) -> dict:
+    """:meth:`FeatureSpec.identity` of a spec (a FeatureSpec or a dict as stored)."""
+    return FeatureSpec.of(spec).identity(full)
 
 
-def describe(spec: dict) -> str:
-    """One line naming a feature spec for error messages; what is not known yet (the tensor and D
-    before the network was loaded) is left out rather than shown as None."""
-    if spec.get("backbone") == "imported":
-        return f"features imported from {spec.get('source')} (D={spec.get('dim')})"
-    pre = spec.get("preprocess") or {}
-    size = "x".join(str(v) for v in pre.get("size") or [])
-    details = [spec.get("tensor"), f"D={spec['dim']}" if spec.get("dim") is not None else None,
-               f"{size} {pre.get('scaling') or ''}".strip() or None,
-               f"crop {pre['crop_fraction']}" if pre.get("crop_fraction") is not None else None,
-               spec["precision"] if spec.get("precision", "float32") != "float32" else None,
-               f"tta {spec['tta']}" if spec.get("tta") else None]
-    details = [str(d) for d in details if d]
-    return (f"{spec.get('backbone') or '?'} [{spec.get('kind') or '?'}] layer={spec.get('layer') or '?'}"
-            + (f" ({', '.join(details)})" if details else ""))
+def describe(spec) -> str:
+    """:meth:`FeatureSpec.describe` of a spec (a FeatureSpec or a dict as stored)."""
+    return FeatureSpec.of(spec).describe()
 
 
 def pool(x: np.ndarray) -> np.ndarray:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
-from ..errors import BackboneError, UnknownNameError
-from ..preprocess import Preprocess, normalize
-from ..hints import did_you_mean
+from ..errors import BackboneError
+from ..preprocess import Preprocess, normalize, resolve_preprocess
 from ..logs import native_output_quieted
-from .base import LAYER_ALIASES, Backbone, file_sha256, padded_call
+from ..spec import FeatureSpec
+from .base import LAYER_ALIASES, Backbone, BuildOptions, file_sha256, padded_call, resolve_layer
 
 
 @dataclass(frozen=True)
@@ -137,18 +138,32 @@ def _freeze_saved_model(path: Path):
 class GraphBackbone(Backbone):
     """A frozen GraphDef file, a SavedModel directory, or ``hub:HANDLE``."""
 
-    def __init__(self, spec: str, layer: str = "penultimate", preprocess: Preprocess | None = None,
+    spec_kinds = ("graphdef", "savedmodel")  # an instance's kind is one of them
+
+    def __init__(self, spec: str, layer: str = "penultimate", preprocess: Preprocess | Mapping | None = None,
                  input_tensor: str | None = None, batch_size: int = 32):
         self.kind, path, source = self._locate(spec)
         self.path = path
         self.preset = GRAPH_PRESETS.get(path.name) if self.kind == "graphdef" else None
         self.input_tensor = input_tensor or (self.preset.input if self.preset else None)
-        if preprocess is None:
-            if self.preset:
-                preprocess = Preprocess(size=(self.preset.size,) * 2, scaling=self.preset.scaling)
-            else:  # TF-Hub image convention: float [0, 1]; declare others with --scaling/--input-size
-                preprocess = Preprocess(size=(224, 224), scaling="unit")
-        super().__init__(spec, layer, preprocess, source, batch_size)
+        # the graph's own config: its preset, else the TF-Hub image convention, float [0, 1], 224x224
+        own = ({"size": self.preset.size, "scaling": self.preset.scaling} if self.preset
+               else {"size": 224, "scaling": "unit"})
+        super().__init__(spec, layer, resolve_preprocess(preprocess, own), source, batch_size)
+
+    @classmethod
+    def _matches_name(cls, name: str) -> bool:
+        return name.startswith("hub:") or Path(name).is_dir() or name.lower().endswith(".pb")
+
+    @classmethod
+    def create(cls, name: str, layer: str, options: BuildOptions) -> "GraphBackbone":
+        return cls(name, layer, options.preprocess, input_tensor=options.input_tensor)
+
+    @classmethod
+    def from_spec(cls, spec: FeatureSpec) -> "GraphBackbone":
+        if spec.backbone.startswith("hub:"):
+            return cls.create(spec.backbone, spec.layer, BuildOptions.from_spec(spec))
+        return super().from_spec(spec)
 
     @staticmethod
     def _locate(spec: str):
@@ -185,37 +200,34 @@ class GraphBackbone(Backbone):
         sinks = _sinks(gd)
         return gd, _tensor(inp), sinks[0] if len(sinks) == 1 else None
 
-    def _resolve_layer(self, gd, output, layer: str):
-        name = layer
-        layer = "logits" if layer == "predictions" else layer  # softmax applied in forward()
-        if self.preset and layer in LAYER_ALIASES:
-            return getattr(self.preset, layer)
-        if layer not in LAYER_ALIASES:
-            return _tensor(layer)
-        if output is None:
+    def _layer_table(self, gd=None, output=None) -> tuple[dict, list[str]]:
+        """Aliases: the preset's tensors, else found by walking back from the output (predictions: the
+        softmax of the logits, applied in forward); names: every node of the graph."""
+        if gd is None:
+            gd, _, output = self._graph()
+        if self.preset:
+            found = {"logits": self.preset.logits, "penultimate": self.preset.penultimate}
+        else:
+            found = find_layers(gd, output) if output is not None else {"logits": None, "penultimate": None}
+        return {**found, "predictions": found["logits"]}, [n.name for n in gd.node]
+
+    def _tensors(self, gd, output) -> list[str]:
+        """The tensor each requested layer reads."""
+        if output is None and not self.preset and any(layer in LAYER_ALIASES for layer in self.layers):
             raise BackboneError(f"{self.path}: cannot tell the output among {_sinks(gd)[:5]}; "
                                 f"pass --layer TENSOR (e.g. the pooled features feeding the classifier)")
-        tensor = find_layers(gd, output)[layer]
-        if tensor is None:
-            raise BackboneError(f"{self.path} has no classifier, so no {name!r} layer; "
-                                f"use --layer penultimate or a tensor name")
-        return tensor
+        table = self._layer_table(gd, output)
+        return [_tensor(resolve_layer(layer, table, str(self.path), "tensor", key=_node)) for layer in self.layers]
 
     def _load(self):
         tf = _tf()
         gd, inp, output = self._graph()
-        tensors = [self._resolve_layer(gd, output, layer) for layer in self.layers]
+        tensors = self._tensors(gd, output)
         wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(gd, name=""), [])
         try:  # every layer's tensor from one pass through the graph
             pruned = wrapped.prune(wrapped.graph.get_tensor_by_name(inp),
                                    [wrapped.graph.get_tensor_by_name(t) for t in tensors])
         except (KeyError, ValueError) as e:
-            nodes = [n.name for n in gd.node]
-            for layer, tensor in zip(self.layers, tensors):
-                if _node(tensor) not in nodes:
-                    hint = did_you_mean(layer, [*LAYER_ALIASES, *nodes])
-                    raise UnknownNameError(f"{self.path} has no tensor {tensor!r}{hint}; "
-                                           f"use {', '.join(LAYER_ALIASES)} or a tensor name") from e
             raise BackboneError(f"{self.path}: cannot read tensor(s) {', '.join(tensors)} from input {inp!r}: {e}") from e
         h, w = self.preprocess.size
         pre = self.preprocess

@@ -20,13 +20,14 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
-from ..errors import BackboneError, UnknownNameError, UsageError
-from ..preprocess import Preprocess
-from ..hints import did_you_mean
-from .base import LAYER_ALIASES, Backbone, file_sha256, padded_call
+from ..errors import BackboneError, UsageError
+from ..preprocess import Preprocess, resolve_preprocess
+from ..spec import FeatureSpec
+from .base import Backbone, BuildOptions, file_sha256, padded_call, resolve_layer
 
 
 @dataclass(frozen=True)
@@ -35,23 +36,30 @@ class KerasApp:
     size: int
     scaling: str  # Keras preprocess_input mode
     module: str  # keras.applications sub-module holding preprocess_input (used by tests)
+    dim: int | None = None  # width of the penultimate layer (checked by tests/test_registry.py)
+    classes: int = 1000  # width of the logits
+
+    @property
+    def preprocess(self) -> dict:
+        """The application's own preprocessing config (resolve_preprocess's middle layer)."""
+        return {"size": self.size, "scaling": self.scaling}
 
 
 KERAS_APPS: dict[str, KerasApp] = {
-    "inception_v3": KerasApp("InceptionV3", 299, "tf", "inception_v3"),
-    "inception_resnet_v2": KerasApp("InceptionResNetV2", 299, "tf", "inception_resnet_v2"),
-    "xception": KerasApp("Xception", 299, "tf", "xception"),
-    "vgg16": KerasApp("VGG16", 224, "caffe", "vgg16"),
-    "vgg19": KerasApp("VGG19", 224, "caffe", "vgg19"),
-    "resnet50": KerasApp("ResNet50", 224, "caffe", "resnet50"),
-    "resnet101": KerasApp("ResNet101", 224, "caffe", "resnet"),
-    "resnet152": KerasApp("ResNet152", 224, "caffe", "resnet"),
-    "resnet50_v2": KerasApp("ResNet50V2", 224, "tf", "resnet_v2"),
-    "mobilenet": KerasApp("MobileNet", 224, "tf", "mobilenet"),
-    "mobilenet_v2": KerasApp("MobileNetV2", 224, "tf", "mobilenet_v2"),
-    "densenet121": KerasApp("DenseNet121", 224, "torch", "densenet"),
-    "efficientnet_b0": KerasApp("EfficientNetB0", 224, "raw", "efficientnet"),
-    "efficientnet_b3": KerasApp("EfficientNetB3", 300, "raw", "efficientnet"),
+    "inception_v3": KerasApp("InceptionV3", 299, "tf", "inception_v3", 2048),
+    "inception_resnet_v2": KerasApp("InceptionResNetV2", 299, "tf", "inception_resnet_v2", 1536),
+    "xception": KerasApp("Xception", 299, "tf", "xception", 2048),
+    "vgg16": KerasApp("VGG16", 224, "caffe", "vgg16", 4096),
+    "vgg19": KerasApp("VGG19", 224, "caffe", "vgg19", 4096),
+    "resnet50": KerasApp("ResNet50", 224, "caffe", "resnet50", 2048),
+    "resnet101": KerasApp("ResNet101", 224, "caffe", "resnet", 2048),
+    "resnet152": KerasApp("ResNet152", 224, "caffe", "resnet", 2048),
+    "resnet50_v2": KerasApp("ResNet50V2", 224, "tf", "resnet_v2", 2048),
+    "mobilenet": KerasApp("MobileNet", 224, "tf", "mobilenet", 1024),
+    "mobilenet_v2": KerasApp("MobileNetV2", 224, "tf", "mobilenet_v2", 1280),
+    "densenet121": KerasApp("DenseNet121", 224, "torch", "densenet", 1024),
+    "efficientnet_b0": KerasApp("EfficientNetB0", 224, "raw", "efficientnet", 1280),
+    "efficientnet_b3": KerasApp("EfficientNetB3", 300, "raw", "efficientnet", 1536),
 }
 
 
@@ -149,12 +157,16 @@ class KerasRuntime:
 
 
 class KerasBackbone(Backbone):
+    """A Keras application of :data:`KERAS_APPS`; `preprocess`: explicit settings (resolve_preprocess)."""
+
     kind = "keras"
+    spec_kinds = ("keras",)
+
     def __init__(self, name: str, layer: str = "penultimate", weights: str | None = None,
-                 preprocess: Preprocess | None = None, batch_size: int | None = None, precision: str = "float32",
-                 runtime: KerasRuntime | None = None):
+                 preprocess: Preprocess | Mapping | None = None, batch_size: int | None = None,
+                 precision: str = "float32", runtime: KerasRuntime | None = None):
         app = KERAS_APPS[name]
-        pre = preprocess or Preprocess(size=(app.size, app.size), scaling=app.scaling)
+        pre = resolve_preprocess(preprocess, app.preprocess)
         if precision not in PRECISIONS:
             raise BackboneError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         source = {"constructor": f"keras.applications.{app.constructor}", "weights": "imagenet"}
@@ -175,9 +187,22 @@ class KerasBackbone(Backbone):
         self.app = app
         self.precision = precision
 
-    def request(self) -> dict:
+    @classmethod
+    def _matches_name(cls, name: str) -> bool:
+        return name in KERAS_APPS
+
+    @classmethod
+    def create(cls, name: str, layer: str, options: BuildOptions) -> "KerasBackbone":
+        return cls(name, layer, options.weights, options.preprocess, precision=options.precision or "float32",
+                   runtime=options.runtime)
+
+    @classmethod
+    def from_spec(cls, spec: FeatureSpec) -> "KerasBackbone":
+        return cls.create(spec.backbone, spec.layer, BuildOptions.from_spec(spec))
+
+    def _spec_extra(self) -> dict:
         # information only: identity() leaves it out, so stores are shared across backends
-        return {**super().request(), "keras_backend": self.keras_backend}
+        return {"keras_backend": self.keras_backend}
 
     def _build(self):
         keras = _keras(self.keras_backend)
@@ -204,22 +229,25 @@ class KerasBackbone(Backbone):
         finally:
             keras.mixed_precision.set_dtype_policy(policy)
 
-    def _feature_output(self, model, layer: str):
+    def _layer_table(self, model=None) -> tuple[dict, list[str]]:
+        """Aliases: logits is the last layer; penultimate the input of the classifier (Dense, or MobileNet's
+        1x1 Conv2D); predictions the softmax of the logits. Names: every layer of the model."""
         keras = _keras(self.keras_backend)
+        model = model if model is not None else self._build()
+        tops = [l for l in model.layers if isinstance(l, (keras.layers.Dense, keras.layers.Conv2D))]
+        last = model.layers[-1].name
+        aliases = {"logits": last, "predictions": last, "penultimate": tops[-1].name if tops else None}
+        return aliases, [l.name for l in model.layers]
+
+    def _feature_output(self, model, layer: str, table):
+        name = resolve_layer(layer, table, self.name)
         if layer == "logits":
-            return model.output, model.layers[-1].name
+            return model.output, name
         if layer == "predictions":
-            return keras.layers.Softmax()(model.output), f"softmax({model.layers[-1].name})"
-        if layer == "penultimate":  # the input of the classifier (Dense, or MobileNet's 1x1 Conv2D)
-            top = [l for l in model.layers if isinstance(l, (keras.layers.Dense, keras.layers.Conv2D))][-1]
-            return top.input, f"{top.name}:input"
-        try:
-            return model.get_layer(layer).output, layer
-        except ValueError as e:
-            names = ", ".join(l.name for l in model.layers[-8:])
-            hint = did_you_mean(layer, [*LAYER_ALIASES, *(l.name for l in model.layers)])
-            raise UnknownNameError(f"{self.name} has no layer {layer!r}{hint}; use one of "
-                                   f"{', '.join(LAYER_ALIASES)} or a layer name such as {names}") from e
+            return _keras(self.keras_backend).layers.Softmax()(model.output), f"softmax({name})"
+        if layer == "penultimate":
+            return model.get_layer(name).input, f"{name}:input"
+        return model.get_layer(name).output, name
 
     def _load(self):
         keras = _keras(self.keras_backend)
@@ -228,7 +256,8 @@ class KerasBackbone(Backbone):
             self.batch_size = GPU_BATCH if gpu else 32
         warn_precision(self.precision, gpu)
         model = self._build()
-        outputs, tensors = zip(*(self._feature_output(model, layer) for layer in self.layers))
+        table = self._layer_table(model)
+        outputs, tensors = zip(*(self._feature_output(model, layer, table) for layer in self.layers))
         feature_model = keras.Model(model.inputs, list(outputs))  # every layer from one forward pass
         self._set_layers(list(tensors), [int(np.prod(o.shape[1:] if len(o.shape) != 4 else o.shape[-1:]))
                                          for o in outputs])

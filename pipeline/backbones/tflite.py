@@ -14,15 +14,37 @@ import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
-from ..errors import BackboneError, UnknownNameError
-from ..preprocess import Preprocess, normalize
-from ..hints import did_you_mean
+from ..errors import BackboneError
+from ..preprocess import Preprocess, normalize, resolve_preprocess
 from ..logs import native_output_quieted
-from .base import LAYER_ALIASES, Backbone, file_sha256, pool
+from ..spec import FeatureSpec
+from .base import Backbone, BuildOptions, file_sha256, pool, resolve_layer
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A TFLite model shipped in pipeline/data, known by its registry name."""
+
+    file: str  # in DATA_DIR
+    dim: int  # width of the penultimate layer (checked by tests/test_registry.py)
+    classes: int  # width of the logits
+
+    @property
+    def path(self) -> Path:
+        return DATA_DIR / self.file
+
+
+BUNDLED_MODELS: dict[str, BundledModel] = {
+    "mobilenet_v2_quant": BundledModel("mobilenet_v2_1.0_224_quant.tflite", 1280, 1001),
+}
 
 _PASS_THROUGH = {"RESHAPE", "SQUEEZE", "DEQUANTIZE", "QUANTIZE", "ADD"}
 _CLASSIFIER_OPS = {"FULLY_CONNECTED", "CONV_2D"}
@@ -87,10 +109,9 @@ def with_output(path: str, tensor: str | list[str]) -> bytes | None:
         return None
 
 
-def find_layers(path: str) -> dict:
+def find_layers(path: str, it=None) -> dict:
     """{'logits': name|None, 'penultimate': name|None, 'output': name} from the op graph."""
-    _, OpResolverType = _interpreter_class()
-    it = _open_interpreter(path, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it = it or _structure_interpreter(path)
     names = {t["index"]: t["name"] for t in it.get_tensor_details()}
     producer = {}
     for op in it._get_ops_details():
@@ -114,11 +135,20 @@ def find_layers(path: str) -> dict:
             "output": names[out]}
 
 
+def _structure_interpreter(path: str):
+    """An interpreter without delegates, every tensor preserved: for reading the op graph, not for running."""
+    _, OpResolverType = _interpreter_class()
+    return _open_interpreter(path, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+
+
 class TFLiteBackbone(Backbone):
+    """A .tflite file or a bundled model; `preprocess`: explicit settings (resolve_preprocess)."""
+
     kind = "tflite"
+    spec_kinds = ("tflite",)
 
     def __init__(self, path, layer: str = "penultimate", name: str | None = None,
-                 preprocess: Preprocess | None = None, threads: int | None = None):
+                 preprocess: Preprocess | Mapping | None = None, threads: int | None = None):
         path = Path(path)
         if not path.is_file():
             raise BackboneError(f"TFLite model {str(path)!r} does not exist")
@@ -129,9 +159,9 @@ class TFLiteBackbone(Backbone):
             raise BackboneError(f"{path}: expects input of shape {shape}; only (N, H, W, 3) images are supported")
         self._in_dtype = np.dtype(inp["dtype"])
         self._in_quant = inp["quantization"]
-        # quantized uint8 models take pixels; float/int8 models take the declared scaling
-        default = "raw" if self._in_dtype == np.uint8 else "tf"
-        pre = preprocess or Preprocess(size=(shape[1], shape[2]), scaling=default)
+        # the model's own config: its input size; quantized uint8 models take pixels, float/int8 models "tf"
+        own = {"size": (shape[1], shape[2]), "scaling": "raw" if self._in_dtype == np.uint8 else "tf"}
+        pre = resolve_preprocess(preprocess, own)
         if tuple(pre.size) != (shape[1], shape[2]):
             raise BackboneError(f"{path} takes {shape[1]}x{shape[2]} images, but "
                                 f"{pre.size[0]}x{pre.size[1]} was requested")
@@ -142,26 +172,40 @@ class TFLiteBackbone(Backbone):
         self._local = threading.local()
         self._content = None
 
-    def _tensor_name(self, layer: str, layers: dict) -> str:
-        if layer not in LAYER_ALIASES:
-            return layer
-        if layer != "penultimate" and layers["logits"] is None:
-            raise BackboneError(f"{self.path} has no classifier, so no {layer!r} layer; use --layer penultimate")
-        return layers["output"] if layer == "predictions" else layers[layer]
+    @classmethod
+    def _matches_name(cls, name: str) -> bool:
+        return name in BUNDLED_MODELS or name.lower().endswith(".tflite")
+
+    @classmethod
+    def create(cls, name: str, layer: str, options: BuildOptions) -> "TFLiteBackbone":
+        path = BUNDLED_MODELS[name].path if name in BUNDLED_MODELS else Path(name)
+        return cls(path, layer, name=name, preprocess=options.preprocess)
+
+    @classmethod
+    def from_spec(cls, spec: FeatureSpec) -> "TFLiteBackbone":
+        if spec.backbone in BUNDLED_MODELS:
+            return cls.create(spec.backbone, spec.layer, BuildOptions.from_spec(spec))
+        return super().from_spec(spec)
+
+    def _layer_table(self, it=None) -> tuple[dict, list[str]]:
+        """Aliases from the op graph (predictions: the model's output, when it ends in a classifier);
+        names: every tensor of the model."""
+        it = it or _structure_interpreter(self.path)
+        found = find_layers(self.path, it)
+        aliases = {"logits": found["logits"], "penultimate": found["penultimate"],
+                   "predictions": found["output"] if found["logits"] is not None else None}
+        return aliases, [t["name"] for t in it.get_tensor_details()]
 
     def _load(self):
-        layers = find_layers(self.path)
-        tensors = [self._tensor_name(layer, layers) for layer in self.layers]
-        extra = [t for t in tensors if t != layers["output"]]
+        it = _structure_interpreter(self.path)
+        table = self._layer_table(it)
+        tensors = [resolve_layer(layer, table, self.path, "tensor") for layer in self.layers]
+        output = it.get_output_details()[0]["name"]
+        extra = [t for t in tensors if t != output]
         self._content = with_output(self.path, extra) if extra else None
-        it = self._interpreter()
-        details = {t["name"]: t for t in it.get_tensor_details()}
+        details = {t["name"]: t for t in self._interpreter().get_tensor_details()}
         dims, self._outputs = [], []
         for tensor in tensors:
-            if tensor not in details:
-                raise UnknownNameError(f"{self.path} has no tensor {tensor!r}"
-                                       f"{did_you_mean(tensor, [*LAYER_ALIASES, *details])}; use "
-                                       f"{', '.join(LAYER_ALIASES)} or a tensor name such as {layers['penultimate']!r}")
             t = details[tensor]
             self._outputs.append((t["index"], t["quantization"]))
             shape = [int(v) for v in t["shape"]]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backbones.base import describe
 from ..errors import StoreError
+from ..spec import FeatureSpec
 from .log import _read_rows, _rows_path, live_indices
 from .pieces import (_atomic_write, _check_manifest, _check_part, _parts, _piece_len, _read_piece, _segment_dir,
                      _segments)
@@ -95,7 +95,12 @@ class FeatureStore:
 
     @property
     def spec(self) -> dict:
+        """The feature spec as stored in meta.json (a dict); :attr:`feature_spec` is its typed form."""
         return self.meta["spec"]
+
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        return FeatureSpec.from_dict(self.meta["spec"])
 
     @property
     def paths(self) -> list[str]:
@@ -176,7 +181,7 @@ class FeatureStore:
         return (X, y, [r for r, k in zip(self._rows, keep) if k]) if with_rows else (X, y)
 
     def __repr__(self):
-        return f"<FeatureStore {self.root} n={len(self)} {describe(self.spec)}>"
+        return f"<FeatureStore {self.root} n={len(self)} {self.feature_spec.describe()}>"
 
 
 def _read_meta(root: Path) -> dict:
@@ -210,7 +215,7 @@ def verify(root) -> list[str]:
     bad = [r for r in store.rows if not {"path", "sha256"} <= set(r)]
     if bad:
         problems.append(f"{len(bad)} rows of {raw_path} lack a path or sha256, e.g. {bad[0]}")
-    if not store.spec.get("dim"):
+    if not store.feature_spec.dim:
         if len(store) or store.committed_rows:
             problems.append(f"{root / 'meta.json'} records no feature dimension")
         else:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backbones.base import describe, identity
 from ..errors import StoreError
+from ..spec import FeatureSpec
 from .log import _log_lines, _read_rows, live_indices
 from .pieces import (_STAGING, _check_part, _link_piece, _manifest, _part_checksums, _part_manifest_file, _parts,
                      _piece_len, _read_piece, _remove_part, _segment_dir, _write_piece, _atomic_write, chunklen_for)
@@ -125,13 +125,13 @@ class StoreWriter:
         if rows:
             self.append(np.zeros((len(rows), self.meta["spec"]["dim"]), np.float32), rows)
 
-    def set_spec(self, spec: dict) -> None:
+    def set_spec(self, spec: FeatureSpec | dict) -> None:
         """Record the loaded backbone's full spec (tensor, D); it must match what is stored."""
-        old = self.meta["spec"]
-        if old.get("dim") is not None and identity(old) != identity(spec):
-            raise StoreError(f"{self.root} holds features of {describe(old)}, not of {describe(spec)}; "
+        old, new = FeatureSpec.of(self.meta["spec"]), FeatureSpec.of(spec)
+        if old.loaded and old.differences(new):
+            raise StoreError(f"{self.root} holds features of {old.describe()}, not of {new.describe()}; "
                              f"use another --out, or --overwrite to replace it")
-        self.meta["spec"] = spec
+        self.meta["spec"] = new.to_dict()
         self._write_meta()
 
     def write_report(self, report: dict) -> None:
@@ -326,8 +326,8 @@ def _existing_meta(root: Path, request: dict, overwrite: bool) -> dict | None:
     existing = FeatureStore.open(root)
     if len(existing) == 0 and existing.spec.get("dim") is None:
         return None  # an empty store (a run that failed before its first batch) holds nothing to keep
-    old = existing.meta
-    if identity(old["spec"], full=False) != identity(request, full=False):
-        raise StoreError(f"{root} holds features of {describe(old['spec'])}, not of {describe(request)}; "
+    old, asked = existing.feature_spec, FeatureSpec.of(request)
+    if old.differences(asked, full=False):
+        raise StoreError(f"{root} holds features of {old.describe()}, not of {asked.describe()}; "
                          f"use another --out, or --overwrite to replace it")
-    return old
+    return existing.meta
