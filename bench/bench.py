@@ -50,7 +50,8 @@ from pipeline.backbones import create_backbone  # noqa: E402
 from pipeline.backbones.keras_apps import cpu_has_bf16  # noqa: E402
 from pipeline.decodepool import DecodePool, usable_cores  # noqa: E402
 from pipeline.reader import bounded_map, prepare as _prepare  # noqa: E402
-from pipeline.images import decode, list_images, read_bytes  # noqa: E402
+from pipeline.images import decode, read_bytes  # noqa: E402
+from pipeline.listing import list_images  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "catsdogs" / "train"
 

@@ -31,7 +31,8 @@ from pipeline.arrayhead import export as to_arrays  # noqa: E402
 from pipeline.backbones import create_backbone  # noqa: E402
 from pipeline.classifier import Classifier  # noqa: E402
 from pipeline.heads import make_head  # noqa: E402
-from pipeline.images import decode, list_images  # noqa: E402
+from pipeline.images import decode  # noqa: E402
+from pipeline.listing import list_images  # noqa: E402
 
 
 def tf_pixels(blobs, pre):

@@ -39,7 +39,7 @@ import pipeline  # noqa: E402
 from pipeline.backbones import create_backbone  # noqa: E402
 from pipeline.backbones.keras_apps import KERAS_APPS  # noqa: E402
 from pipeline.decodepool import DecodePool, default_workers, usable_cores  # noqa: E402
-from pipeline.images import list_images  # noqa: E402
+from pipeline.listing import list_images  # noqa: E402
 from pipeline.preprocess import Preprocess  # noqa: E402
 from pipeline.reader import bounded_map, prepare as _prepare  # noqa: E402
 from pipeline.stages import line as stages_line  # noqa: E402

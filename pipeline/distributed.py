@@ -1,7 +1,7 @@
 """featurize on Ray Data: partitions of the sorted listing, decoding in CPU tasks, the network in
 an actor pool, and every finished partition committed to the store by the driver.
 
-The listing is today's sorted one (:func:`pipeline.images.list_images`, or
+The listing is today's sorted one (:func:`pipeline.listing.list_images`, or
 :func:`pipeline.sources.list_uri` for ``s3://``, ``gs://``, ``file://``). Partition k holds images
 [k*n/P, (k+1)*n/P) of it, so the same command splits the same folder the same way on every run.
 The driver first asks the store what needs no work, exactly as the in-process runner does (a
@@ -29,7 +29,8 @@ import numpy as np
 
 from .backbones import Backbone, backbone_from_spec
 from .errors import ImageError, PipelineError, UsageError
-from .images import decode, list_images, no_images_message, read_bytes
+from .images import decode, read_bytes
+from .listing import list_images, no_images_message
 from .labels import CsvLabels, read_labels_csv
 from .options import FeaturizeOptions
 from .preprocess import Preprocess

@@ -75,7 +75,7 @@ def not_a_store(root: Path) -> str:
 
 def _holds_images(root: Path, limit: int = 2000) -> bool:
     """True when image files sit in `root` or in its sub-folders (class folders); looks at `limit` entries."""
-    from .images import IMAGE_EXTENSIONS
+    from .listing import IMAGE_EXTENSIONS
 
     folders, seen = [root], 0
     for _ in range(2):

@@ -67,10 +67,9 @@ class BackboneOptions:
 
     def create(self, layer: str | None = None):
         """The (not yet loaded) Backbone these options describe, reading `layer` (default: self.layer)."""
-        from .backbones import create_backbone
+        from .backbones import build_backbone
 
-        extra = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("backbone", "layer", "weights")}
-        return create_backbone(self.backbone, layer or self.layer, self.weights, **extra)
+        return build_backbone(self, layer)
 
 
 DECODE_CHOICES, ENGINES = ("auto", "thread", "process"), ("local", "ray")

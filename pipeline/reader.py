@@ -20,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .decodepool import DecodePool, choose_decode, default_workers
 from .errors import ImageError
-from .images import ImageRecord, decode, read_bytes
+from .images import decode, read_bytes
+from .listing import ImageRecord
 from .stages import StageClock
 
 

@@ -13,7 +13,9 @@ import hashlib
 import re
 import html
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -252,10 +254,25 @@ def _clipping(clip: dict) -> str:
     return f"<p>{advice}</p>" + _table(("clip", "log loss"), rows)
 
 
-def write_report(out_dir, metrics: dict, y_true, proba, paths, *, title: str, image_root=None, hashes=None,
-                 extra: dict | None = None, curve: dict | None = None, clip: dict | None = None,
-                 gallery_size: int = GALLERY_SIZE) -> Path:
+@dataclass(frozen=True)
+class Predictions:
+    """What a report shows: true labels, probabilities (N x classes) and the images they belong to.
+
+    `hashes`: the images' sha256 (thumbnails are named by them); `image_root`: the folder `paths` are
+    relative to (None: no thumbnails)."""
+
+    y_true: Any
+    proba: Any
+    paths: list[str]
+    hashes: list[str] | None = None
+    image_root: Any = None
+
+
+def write_report(out_dir, metrics: dict, predictions: Predictions, *, title: str, extra: dict | None = None,
+                 curve: dict | None = None, clip: dict | None = None, gallery_size: int = GALLERY_SIZE) -> Path:
     """Write ``out_dir/index.html`` and its PNGs; return the HTML path."""
+    p = predictions
+    y_true, proba, paths, hashes, image_root = p.y_true, p.proba, p.paths, p.hashes, p.image_root
     out = Path(out_dir)
     thumbs = out / "thumbs"
     thumbs.mkdir(parents=True, exist_ok=True)
@@ -353,7 +370,7 @@ def report_predictions(out_dir, metrics, y_true, proba, rows, store, *, title: s
         Y = y_true if np.ndim(y_true) == 2 else tag_matrix(y_true, metrics["classes"])
         return write_multilabel_report(out_dir, metrics, Y, proba, title=title, extra=extra)
     root = store.meta.get("data_dir")
-    return write_report(out_dir, metrics, y_true, proba, [r["path"] for r in rows], title=title,
-                        image_root=root if root and Path(root).is_dir() else None,
-                        hashes=[r["sha256"] for r in rows], extra=extra, curve=curve,
+    shown = Predictions(y_true, proba, [r["path"] for r in rows], [r["sha256"] for r in rows],
+                        root if root and Path(root).is_dir() else None)
+    return write_report(out_dir, metrics, shown, title=title, extra=extra, curve=curve,
                         clip=clip_suggestion(y_true, proba, metrics["classes"]))

@@ -24,7 +24,7 @@ from .backbones import DEFAULT_BACKBONE, Backbone
 from .committer import Committer
 from .decodepool import choose_decode
 from .errors import ImageError, PipelineError, StoreError, UsageError
-from .images import ImageRecord, list_images, no_images_message
+from .listing import ImageRecord, list_images, no_images_message
 from .labels import CsvLabels, read_labels_csv
 from .options import BackboneOptions, FeaturizeOptions, featurize_settings
 from .layers import PLACEHOLDER, LayerWriters, layer_slug

@@ -14,7 +14,8 @@ import os
 from functools import lru_cache
 
 from .errors import ImageError, UsageError
-from .images import IMAGE_EXTENSIONS, MAX_FILE_BYTES, Listing, _csv_listing, _is_hidden, folder_records
+from .images import MAX_FILE_BYTES
+from .listing import IMAGE_EXTENSIONS, Listing, _csv_listing, _is_hidden, folder_records
 
 
 def is_uri(data_dir) -> bool:
@@ -39,7 +40,7 @@ def _stat(info) -> list[int]:
 
 
 def list_uri(uri: str, labelled: bool | None = None, labels=None) -> Listing:
-    """The images below `uri` in a stable sorted order (see :func:`pipeline.images.list_images`).
+    """The images below `uri` in a stable sorted order (see :func:`pipeline.listing.list_images`).
 
     Records carry the path inside the file system (read with :func:`read_uri`).
     """

@@ -12,7 +12,8 @@ from PIL import Image
 
 import pipeline.images as images
 from pipeline.errors import ImageError
-from pipeline.images import ImageRecord, PixelBudget, decode, read_bytes
+from pipeline.images import PixelBudget, decode, read_bytes
+from pipeline.listing import ImageRecord
 from pipeline.preprocess import Preprocess
 
 

@@ -12,7 +12,7 @@ from conftest import img_bytes, noise_image
 from pipeline import decodepool
 from pipeline.decodepool import DecodePool, choose_decode
 from pipeline.errors import ImageError, UsageError
-from pipeline.images import list_images
+from pipeline.listing import list_images
 from pipeline.preprocess import Preprocess
 from pipeline.reader import prepare as _prepare
 

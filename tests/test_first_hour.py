@@ -176,7 +176,7 @@ def test_compare_announces_each_step(flow, capsys):
 # --- the HTML report ---
 
 def test_uncertain_gallery_holds_only_images_below_the_threshold_and_says_so(tmp_path):
-    from pipeline.report import UNCERTAIN_BELOW, gallery_indices, write_report
+    from pipeline.report import UNCERTAIN_BELOW, Predictions, gallery_indices, write_report
     from pipeline.evaluation import classification_metrics
 
     p = np.array([0.997, 0.55, 0.9, 0.7, 0.6])
@@ -184,8 +184,8 @@ def test_uncertain_gallery_holds_only_images_below_the_threshold_and_says_so(tmp
     y = np.array(["a", "a", "a", "b", "a"])
     assert gallery_indices(y, proba, ["a", "b"])["uncertain"] == [1, 4, 3]  # smallest margin first
     paths = [f"img{i}.jpg" for i in range(5)]
-    page = write_report(tmp_path / "r", classification_metrics(y, proba, ["a", "b"]), y, proba, paths, title="t",
-                        extra={"features": "x" * 400})
+    page = write_report(tmp_path / "r", classification_metrics(y, proba, ["a", "b"]), Predictions(y, proba, paths),
+                        title="t", extra={"features": "x" * 400})
     html = page.read_text(encoding="utf-8")
     section = html.split('<section id="uncertain">')[1].split("</section>")[0]
     assert f"top probability below {UNCERTAIN_BELOW:g}: 3 of 5" in section and "margin: 0.100" in section

@@ -12,7 +12,7 @@ import pipeline
 from conftest import make_class_tree
 from pipeline.cli import main
 from pipeline.errors import PipelineError
-from pipeline.images import list_images
+from pipeline.listing import list_images
 
 
 @pytest.fixture

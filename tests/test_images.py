@@ -12,7 +12,8 @@ from PIL import Image
 
 from conftest import img_bytes, noise_image
 from pipeline.errors import ImageError
-from pipeline.images import crop_box, decode, list_images
+from pipeline.images import crop_box, decode
+from pipeline.listing import list_images
 from pipeline.preprocess import Preprocess
 
 PRE = Preprocess(size=(32, 32), scaling="tf")

@@ -12,7 +12,7 @@ from conftest import make_class_tree
 from pipeline.cli import main
 from pipeline.errors import UsageError
 from pipeline.evaluation import classification_metrics
-from pipeline.report import REJECT_THRESHOLDS, coverage_curve, write_report
+from pipeline.report import REJECT_THRESHOLDS, Predictions, coverage_curve, write_report
 from pipeline.scoring import predicted_labels
 from test_report import parse_report
 
@@ -52,7 +52,7 @@ def test_coverage_curve_equals_direct_computation():
 def test_report_plots_accuracy_against_coverage(tmp_path):
     y, proba = toy_predictions()
     m = classification_metrics(y, proba, CLASSES)
-    page = write_report(tmp_path / "r", m, y, proba, [f"x/{i}.jpg" for i in range(len(y))], title="t")
+    page = write_report(tmp_path / "r", m, Predictions(y, proba, [f"x/{i}.jpg" for i in range(len(y))]), title="t")
     parsed = parse_report(page)
     assert "coverage.png" in parsed.images and (tmp_path / "r" / "coverage.png").read_bytes()[:4] == b"\x89PNG"
     section = page.read_text().split('<section id="coverage">')[1].split("</section>")[0]

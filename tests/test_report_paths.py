@@ -5,7 +5,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.evaluation import classification_metrics
-from pipeline.report import image_inside, write_report
+from pipeline.report import Predictions, image_inside, write_report
 
 
 def test_tampered_row_paths_and_hashes_never_leave_the_data_and_report_folders(tmp_path):
@@ -19,7 +19,7 @@ def test_tampered_row_paths_and_hashes_never_leave_the_data_and_report_folders(t
     y = np.array(["a", "a", "b"])
     metrics = classification_metrics(y, proba, ["a", "b"])
     before = {p for p in tmp_path.rglob("*")}
-    page = write_report(out, metrics, y, proba, paths, title="t", image_root=data, hashes=hashes)
+    page = write_report(out, metrics, Predictions(y, proba, paths, hashes, data), title="t")
     written = {p for p in tmp_path.rglob("*")} - before
     assert written and all(p.is_relative_to(out) or p == out.parent for p in written)
     thumbs = sorted(p.name for p in (out / "thumbs").iterdir())

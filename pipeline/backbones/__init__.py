@@ -56,35 +56,37 @@ def _check_options(spec: str, kind, weights, precision, keras_backend, jit_compi
 
 
 def create_backbone(spec: str = DEFAULT_BACKBONE, layer: str = "penultimate", weights: str | None = None,
-                    *, input_size=None, scaling=None, crop_fraction=None, resample=None,
-                    input_tensor=None, batch_size: int | None = None, precision: str | None = None,
-                    tta: str | None = None, keras_backend: str | None = None,
-                    jit_compile: bool = False) -> Backbone:
+                    **options) -> Backbone:
     """Resolve SPEC to a (not yet loaded) backbone reading `layer`.
 
-    input_size / scaling / crop_fraction / resample: explicit preprocessing (None: the backbone's own).
-    precision: float32 (default), bfloat16 or float16 compute for Keras applications.
-    tta: "flip" averages the features of each image and of its horizontal mirror (any kind).
-    keras_backend: tensorflow, jax or torch for Keras applications (default: $KERAS_BACKEND, else
-    tensorflow); jit_compile: XLA-compile the TensorFlow function.
+    `options`: any field of :class:`pipeline.options.BackboneOptions` -- input_size / scaling /
+    crop_fraction / resample (explicit preprocessing; None: the backbone's own), input_tensor,
+    batch_size, precision (float32, bfloat16 or float16 for Keras applications), tta ("flip"
+    averages the features of each image and of its mirror), keras_backend (tensorflow, jax or torch;
+    default: $KERAS_BACKEND, else tensorflow) and jit_compile (XLA on TensorFlow).
     """
-    _check_tta(tta)
-    spec = str(spec)
-    if batch_size is not None and int(batch_size) < 1:
-        raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    from ..options import BackboneOptions
+
+    return build_backbone(BackboneOptions(backbone=str(spec), layer=layer, weights=weights, **options))
+
+
+def build_backbone(o, layer: str | None = None) -> Backbone:
+    """The backbone a :class:`pipeline.options.BackboneOptions` describes, reading `layer` (default o.layer)."""
+    _check_tta(o.tta)
+    spec = str(o.backbone)
     kind = kind_of(spec)
-    _check_options(spec, kind, weights, precision, keras_backend, jit_compile)
+    _check_options(spec, kind, o.weights, o.precision, o.keras_backend, o.jit_compile)
     if kind is None:
         raise UnknownNameError(f"unknown backbone {spec!r}{did_you_mean(spec, names())}: give a registry name "
                                f"({', '.join(sorted(names()))}), a .tflite/.pb file, a SavedModel folder, "
                                f"or hub:HANDLE")
-    explicit = dict(input_size=input_size, scaling=scaling, crop_fraction=crop_fraction, resample=resample)
-    options = BuildOptions(preprocess=explicit, weights=weights, precision=precision, input_tensor=input_tensor,
-                           runtime=KerasRuntime(keras_backend, jit_compile))
-    bb = kind.create(spec, layer, options)
-    if batch_size:
-        bb.batch_size = int(batch_size)
-    bb.tta = tta
+    explicit = dict(input_size=o.input_size, scaling=o.scaling, crop_fraction=o.crop_fraction, resample=o.resample)
+    options = BuildOptions(preprocess=explicit, weights=o.weights, precision=o.precision,
+                           input_tensor=o.input_tensor, runtime=KerasRuntime(o.keras_backend, o.jit_compile))
+    bb = kind.create(spec, layer or o.layer, options)
+    if o.batch_size:
+        bb.batch_size = int(o.batch_size)
+    bb.tta = o.tta
     return bb
 
 
