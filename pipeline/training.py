@@ -13,7 +13,7 @@ import numpy as np
 from .classifier import Classifier
 from .errors import UsageError
 from .evaluation import classification_metrics
-from .heads import fit_head
+from .estimator import FeatureHead
 from .multilabel import fit_multilabel
 from .splits import leaked, sample_mask, validation_mask
 from .store import FeatureStore, versions
@@ -50,9 +50,12 @@ def train(store, head: str = "linear_svm", C: float | str = "auto", folds: int |
     if sample is not None:
         sub = sample_mask([rows[i]["path"] for i in train_idx], y[train_idx], sample, seed)
         train_idx = train_idx[sub]
-    fit = fit_multilabel if store.multi_label else fit_head  # one-vs-rest tags: pipeline/multilabel.py
-    model, metrics = fit(head, X[train_idx], y[train_idx], C=C, folds=folds, seed=seed, pca=pca,
-                         class_weight=class_weight)
+    if store.multi_label:  # one-vs-rest tags: pipeline/multilabel.py
+        model, metrics = fit_multilabel(head, X[train_idx], y[train_idx], C=C, folds=folds, seed=seed, pca=pca,
+                                        class_weight=class_weight)
+    else:
+        model = FeatureHead(head, C, folds, seed, pca, class_weight).fit(X[train_idx], y[train_idx])
+        metrics = dict(model.metrics_)
     metrics["features"] = str(store.root)
     if valid.any():
         check = _validate_multilabel if store.multi_label else _validate
