@@ -120,7 +120,8 @@ class FeatureHead(ClassifierMixin, BaseEstimator):
             scores = search.cv_results_["mean_test_score"].tolist()
             m.update(cv_accuracy=float(max(scores)), cv_folds=int(search.n_splits_),
                      cv_scores={str(c): v for c, v in zip(C_GRID[self.head], scores)})
-        m["calibration"] = calibration_note(self.model_)
+        m["calibration"] = (calibration_note(self.model_) if _has_proba(self) else
+                            "none (calibration_folds=0): decisions only, no probabilities")
         m["train_accuracy"] = float(np.mean(self.model_.predict(X) == y))
         return m
 
@@ -131,16 +132,19 @@ class FeatureHead(ClassifierMixin, BaseEstimator):
 
     def decision_function(self, X) -> np.ndarray:
         """Decision values: (N,) for two classes (positive: classes_[1]), else (N, n_classes)."""
-        return self.model_.decision_function(self._features(X))
+        X = self._features(X)
+        return self.model_.decision_function(X)
 
     @available_if(_has_proba)
     def predict_proba(self, X) -> np.ndarray:
         """(N, n_classes) probabilities, columns in the order of ``classes_``."""
-        return self.model_.predict_proba(self._features(X))
+        X = self._features(X)
+        return self.model_.predict_proba(X)
 
     def predict(self, X) -> np.ndarray:
         """The class the decision function ranks first (also the most probable one)."""
-        return self.model_.predict(self._features(X))
+        X = self._features(X)
+        return self.model_.predict(X)
 
     # ---- a head fitted elsewhere -----------------------------------------------------------------
     @classmethod

@@ -61,7 +61,8 @@ def check_labels(y: np.ndarray, min_per_class: int = 1) -> dict[str, int]:
     classes, counts = np.unique(np.asarray(y, dtype=str), return_counts=True)
     table = dict(zip(classes.tolist(), counts.tolist()))
     if len(classes) < 2:
-        raise UsageError(f"training needs at least 2 classes with images, found {table or 'none'}; "
+        found = f"one class ({table})" if table else "none"
+        raise UsageError(f"training needs at least 2 classes with images, found {found}; "
                          f"put each class's images in its own sub-folder")
     small = {c: n for c, n in table.items() if n < min_per_class}
     if small:
