@@ -132,7 +132,7 @@ def make_multilabel(classes, head: str = "logreg", C: float = 1.0, pca: int | No
     """An unfitted StandardScaler (+ PCA) + OneVsRest pipeline over the tags `classes`."""
     if head not in HEADS:
         raise UsageError(f"multi-label training supports the heads {', '.join(HEADS)}, not {head!r} "
-                         f"(an RBF SVM per tag cannot be saved as a head file yet); use --head logreg")
+                         f"(an RBF SVM per tag cannot be saved as a head file yet); use head='logreg'")
     steps = [("scale", StandardScaler())]
     if pca:
         steps.append(("pca", PCA(n_components=int(pca), random_state=0)))
@@ -314,7 +314,7 @@ def _check(head, Y, classes, X, pca, class_weight) -> None:
     if len(Y) < 4:
         raise UsageError(f"multi-label training needs at least 4 labelled images, found {len(Y)}")
     if pca and pca >= min(X.shape):
-        raise UsageError(f"--pca {pca} must be below the number of images ({len(X)}) and of features ({X.shape[1]})")
+        raise UsageError(f"pca={pca} must be below the number of images ({len(X)}) and of features ({X.shape[1]})")
 
 
 def validate(model, X, y, classes, rows_train, rows_valid) -> dict:

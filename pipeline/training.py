@@ -42,7 +42,7 @@ def train(store, head: str = "linear_svm", C: float | str = "auto", folds: int |
     X, y, rows = store.labelled(with_rows=True)
     if len(y) == 0:
         raise UsageError(f"{store.root} has no labelled images; featurize a folder with one sub-folder per "
-                         f"class, or give --labels FILE.csv")
+                         f"class, or with labels='FILE.csv' (a CSV of ids and labels)")
     valid = np.zeros(len(y), dtype=bool)
     if holdout:
         valid = validation_mask(rows, y, holdout, split, group_by, groups_by_path(groups, group_column, rows), seed)
