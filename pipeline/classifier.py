@@ -28,7 +28,8 @@ class Classifier:
 
     `model`: a fitted FeatureHead (pipeline/estimator.py), or a fitted scorer (a make_head() Pipeline, a
     loaded ArrayHead, a multi-label Pipeline); ``model`` is the fitted scorer that predicts. `params`: the
-    FeatureHead parameters of a bare scorer (default: those `metrics` record).
+    FeatureHead parameters of a bare scorer (default: those `metrics` record). `metrics` default to the
+    FeatureHead's ``metrics_``.
     """
 
     def __init__(self, model, classes, spec: dict, metrics: dict | None = None, versions: dict | None = None,
@@ -36,6 +37,7 @@ class Classifier:
         self._estimator = model if hasattr(model, "model_") and hasattr(model, "get_params") else None
         if self._estimator is not None:
             model = self._estimator.model_
+            metrics = dict(self._estimator.metrics_) if metrics is None else metrics
         self.model = model
         self._params = params
         self.classes_ = np.asarray(classes, dtype=object)

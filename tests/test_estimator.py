@@ -10,7 +10,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import pipeline
 from pipeline.classifier import Classifier
-from pipeline.errors import UsageError
+from pipeline.errors import SpecMismatchError, UsageError
 from pipeline.estimator import FeatureHead
 from pipeline.heads import C_GRID, HEADS, make_head, plateau_index, selection_splitter
 
@@ -167,8 +167,11 @@ def test_auto_C_with_nothing_to_validate_asks_for_a_number():
 # ---- Classifier: the spec check and persistence around the estimator ---------------------------
 def test_classifier_wraps_the_estimator_and_the_head_file_keeps_its_params(tmp_path):
     est = FeatureHead(head="svm", C="auto", seed=2, pca=5).fit(X, y)
-    clf = Classifier(est, est.classes_, SPEC, dict(est.metrics_))
-    assert clf.estimator is est and clf.model is est.model_ and clf.params == est.get_params()
+    clf = Classifier(est, est.classes_, SPEC)  # metrics: the estimator's training record
+    assert clf.metrics == est.metrics_ and clf.estimator is est and clf.model is est.model_
+    assert clf.params == est.get_params()
+    with pytest.raises(SpecMismatchError, match="X has 11 features, but this head is expecting 12"):
+        clf.predict_proba(X[:, :11])  # the spec check is the Classifier's
     again = pipeline.load(clf.save(tmp_path / "m.head.npz"))
     assert again.params == est.get_params() and again.metrics["C"] == est.C_
     loaded = again.estimator  # a FeatureHead predicting with the file's arrays
