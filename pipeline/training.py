@@ -35,7 +35,8 @@ def train(store, head: str = "linear_svm", C: float | str = "auto", folds: int |
     Classes with a single image are trained on and listed in ``metrics['unvalidated_classes']``.
     A multi-label store (featurize --multi-label) gets one-vs-rest heads with a threshold per tag
     tuned by cross-validation (pipeline/multilabel.py); ``clf.predict`` then returns label sets.
-    The validation metrics land in ``clf.metrics['validation']``.
+    The validation metrics land in ``clf.metrics['validation']``. A single-label head is a fitted
+    ``FeatureHead`` (pipeline/estimator.py): ``clf.estimator``, its settings ``clf.params``.
     """
     if not isinstance(store, FeatureStore):
         store = FeatureStore.open(Path(store))
