@@ -2,9 +2,10 @@
 
 The file (pipeline/headfile.py) holds the head's arrays and a JSON header: class names, the
 full feature spec (backbone, source, weights, layer, tensor, preprocessing, D), library
-versions and training metrics; it holds no code and loads under any scikit-learn version.
-Old joblib files load only when trusted. Scoring refuses features whose spec differs from
-the head's.
+versions, training metrics and the estimator's parameters; it holds no code and loads under
+any scikit-learn version. Old joblib files load only when trusted. Scoring refuses features
+whose spec differs from the head's. The head itself is a scikit-learn estimator,
+``FeatureHead`` (pipeline/estimator.py), kept as ``Classifier.estimator``.
 """
 from __future__ import annotations
 
@@ -24,10 +25,22 @@ _BACKBONE_LOCK = threading.Lock()
 
 
 class Classifier:
-    """A fitted head. ``predict``/``predict_proba`` take images (paths, bytes, PIL, uint8 arrays) or features."""
+    """A fitted head. ``predict``/``predict_proba`` take images (paths, bytes, PIL, uint8 arrays) or features.
 
-    def __init__(self, model, classes, spec: dict, metrics: dict | None = None, versions: dict | None = None):
+    `model`: a fitted FeatureHead (pipeline/estimator.py), or a fitted scorer (a make_head() Pipeline, a
+    loaded ArrayHead, a multi-label Pipeline); ``model`` is the fitted scorer that predicts. `params`: the
+    FeatureHead parameters of a bare scorer (default: those `metrics` record). `metrics` default to the
+    FeatureHead's ``metrics_``.
+    """
+
+    def __init__(self, model, classes, spec: dict, metrics: dict | None = None, versions: dict | None = None,
+                 params: dict | None = None):
+        self._estimator = model if hasattr(model, "model_") and hasattr(model, "get_params") else None
+        if self._estimator is not None:
+            model = self._estimator.model_
+            metrics = dict(self._estimator.metrics_) if metrics is None else metrics
         self.model = model
+        self._params = params
         self.classes_ = np.asarray(classes, dtype=object)
         self.spec = spec
         self.metrics = metrics or {}
@@ -36,6 +49,25 @@ class Classifier:
         self.train_hashes: list[str] = []  # sha256 prefixes (16 hex) of the training images, for leakage checks
         if list(model.classes_) != list(self.classes_):
             raise ModelFileError("class order of the fitted model and the recorded class names differ")
+
+    @property
+    def estimator(self):
+        """The head as a fitted scikit-learn estimator (a FeatureHead; get_params, clone, ...); for a bare or
+        loaded scorer, rebuilt around it on first use with its parameters. None for a multi-label head."""
+        if self._estimator is None and not self.multi_label:
+            from .estimator import FeatureHead
+
+            self._estimator = FeatureHead.fitted(self.model, self.params, self.metrics)
+        return self._estimator
+
+    @property
+    def params(self) -> dict | None:
+        """The estimator's parameters (head, C, folds, seed, pca, class_weight, ...); None for multi-label."""
+        if self._estimator is not None:
+            return self._estimator.get_params()
+        if self.multi_label:
+            return None
+        return dict(self._params) if self._params is not None else _params_from_metrics(self.metrics)
 
     @property
     def n_features_in_(self) -> int:
@@ -124,8 +156,7 @@ class Classifier:
     @property
     def thresholds_(self) -> np.ndarray | None:
         """The per-tag thresholds of a multi-label head; None for a single-label head."""
-        steps = getattr(self.model, "named_steps", None)
-        return getattr(steps["clf"] if steps else self.model, "thresholds_", None)
+        return _thresholds(self.model)
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path) -> Path:
@@ -138,8 +169,11 @@ class Classifier:
             head = export(self.model)
         except ValueError as e:
             raise ModelFileError(f"cannot save this head to {path}: {e}") from None
-        return write(path, head, {"spec": self.spec, "metrics": self.metrics, "versions": self.versions or versions(),
-                                  "train_hashes": list(self.train_hashes)})
+        header = {"spec": self.spec, "metrics": self.metrics, "versions": self.versions or versions(),
+                  "train_hashes": list(self.train_hashes)}
+        if self.params is not None:
+            header["params"] = self.params
+        return write(path, head, header)
 
     @classmethod
     def load(cls, path, trusted: bool = False) -> "Classifier":
@@ -156,8 +190,9 @@ class Classifier:
             payload = headfile.read_pickle(path, trusted)
         else:  # text, empty, an image...: say what the file is, not a guess
             raise ModelFileError(unreadable_model(path, None))
+        params = payload.get("params")  # absent from files saved before FeatureHead: taken from the metrics
         clf = cls(payload["model"], payload["classes"], payload["spec"], payload.get("metrics"),
-                  payload.get("versions"))
+                  payload.get("versions"), params if isinstance(params, dict) else None)
         if getattr(clf.model, "n_features_in_", clf.n_features_in_) != clf.n_features_in_:
             raise ModelFileError(f"{path}: the head expects {clf.model.n_features_in_} features but its feature "
                                  f"spec says {clf.n_features_in_}")
@@ -173,6 +208,20 @@ class Classifier:
 
     def __repr__(self):
         return f"<Classifier {self.metrics.get('head')} classes={list(self.classes_)} on {describe(self.spec)}>"
+
+
+def _thresholds(model) -> np.ndarray | None:
+    steps = getattr(model, "named_steps", None)
+    return getattr(steps["clf"] if steps else model, "thresholds_", None)
+
+
+def _params_from_metrics(metrics: dict) -> dict:
+    """The FeatureHead parameters a head's metrics record: head, C ('auto' when it was chosen by CV), pca,
+    class_weight; the rest take their defaults."""
+    params = {k: metrics[k] for k in ("head", "pca", "class_weight") if k in metrics}
+    if "C" in metrics:
+        params["C"] = "auto" if "cv_scores" in metrics else metrics["C"]
+    return params
 
 
 def load(path, trusted: bool = False) -> Classifier:

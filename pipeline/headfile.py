@@ -2,8 +2,9 @@
 
 One uncompressed ``np.savez`` archive: the head's arrays (see pipeline/arrayhead.py) and
 ``header``, a 0-d unicode array holding JSON: format, classes, spec (the feature spec), metrics,
-versions, train_hashes, head (scorer, probabilities, the name/dtype/shape of every array) and
-sha256 (of the arrays and of the rest of the header). Reading uses ``np.load(allow_pickle=False)``
+params (the FeatureHead's parameters; absent from older files), versions, train_hashes, head
+(scorer, probabilities, the name/dtype/shape of every array) and sha256 (of the arrays and of the
+rest of the header). Reading uses ``np.load(allow_pickle=False)``
 after checking every member's declared size against the file, so a file can fail to load but can
 never run code or allocate more than it holds; a file that does not parse or whose checksum
 does not match is refused with its reason.

@@ -5,12 +5,10 @@ Every fitted head gives probabilities: the SVMs are wrapped in ``TemperatureCali
 (pipeline/calibration.py: one SVM fitted on all the rows, its decision values mapped to
 probabilities by softmax(alpha * f) with one alpha > 0 fitted on cross-validated decision
 values), so the most probable class is always the SVM's own decision; logistic regression has
-its own probabilities.
+its own probabilities. The head as a scikit-learn estimator (fit, clone, GridSearchCV) is
+``FeatureHead`` in pipeline/estimator.py; this module holds its parts and the CV helpers.
 """
 from __future__ import annotations
-
-import logging
-import warnings
 
 import numpy as np
 from sklearn.decomposition import PCA
@@ -23,8 +21,6 @@ from sklearn.svm import SVC, LinearSVC
 from .calibration import TemperatureCalibrated
 from .errors import UsageError
 from .folds import RareClassKFold, too_small
-
-log = logging.getLogger(__name__)
 
 HEADS = {
     "linear_svm": lambda C, w=None: LinearSVC(C=C, max_iter=20000, class_weight=w),
@@ -42,9 +38,9 @@ C_GRID = {
 
 def _check_head(head: str, class_weight=None) -> None:
     if head not in HEADS:
-        raise UsageError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+        raise UsageError(f"unknown head: head={head!r}; choose one of {', '.join(HEADS)}")
     if class_weight not in CLASS_WEIGHTS:
-        raise UsageError(f"class_weight must be None or 'balanced', got {class_weight!r}")
+        raise UsageError(f"class_weight must be None or 'balanced', got class_weight={class_weight!r}")
 
 
 def make_head(head: str, C: float = 1.0, calibrate: bool = False, calibration_folds: int = 5,
@@ -65,7 +61,8 @@ def check_labels(y: np.ndarray, min_per_class: int = 1) -> dict[str, int]:
     classes, counts = np.unique(np.asarray(y, dtype=str), return_counts=True)
     table = dict(zip(classes.tolist(), counts.tolist()))
     if len(classes) < 2:
-        raise UsageError(f"training needs at least 2 classes with images, found {table or 'none'}; "
+        found = f"one class ({table})" if table else "none"
+        raise UsageError(f"training needs at least 2 classes with images, found {found}; "
                          f"put each class's images in its own sub-folder")
     small = {c: n for c, n in table.items() if n < min_per_class}
     if small:
@@ -85,30 +82,37 @@ def cv_splitter(y, folds: int | str = 5, seed: int = 0):
     return StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
 
 
+def plateau_index(cv_results) -> int:
+    """The C that GridSearchCV refits (its ``refit=`` callable): of the candidates whose mean accuracy equals
+    the best (within 1e-12), the middle one in grid order; small sets often score 100% for several C."""
+    scores = list(cv_results["mean_test_score"])
+    best = max(scores)
+    tied = [i for i, v in enumerate(scores) if v >= best - 1e-12]
+    return tied[len(tied) // 2]
+
+
 def select_C(head: str, X, y, folds: int | str = 5, seed: int = 0, pca: int | None = None,
              class_weight: str | None = None):
     """Pick C from the head's grid by cross-validated accuracy: (C, CV accuracy, {C: accuracy}).
 
     Folds: RareClassKFold (classes with one image train in every fold and are not validated).
-    When several C tie (small sets often score 100% for all), the middle one of the tie is taken.
+    The choice is ``plateau_index``, as in FeatureHead (pipeline/estimator.py); no model is refitted here.
     """
     search = GridSearchCV(make_head(head, pca=pca, class_weight=class_weight), {"clf__C": list(C_GRID[head])},
                           cv=selection_splitter(y, folds, seed), scoring="accuracy", refit=False)
     search.fit(X, y)
     scores = dict(zip(C_GRID[head], search.cv_results_["mean_test_score"].tolist()))
-    best = max(scores.values())
-    tied = [c for c, v in scores.items() if v >= best - 1e-12]
-    return float(tied[len(tied) // 2]), float(best), scores  # the middle of a plateau of equal scores
+    return float(C_GRID[head][plateau_index(search.cv_results_)]), float(max(scores.values())), scores
 
 
 def selection_splitter(y, folds: int | str = 5, seed: int = 0):
-    """The folds --C auto uses: leave-one-out, or RareClassKFold; a clear error when nothing can be validated."""
+    """The folds C='auto' uses: leave-one-out, or RareClassKFold; a clear error when nothing can be validated."""
     if folds == "loo":
         return LeaveOneOut()
     cv = RareClassKFold(int(folds), shuffle=True, random_state=seed)
     if cv.get_n_splits(y=y) < 2:
-        raise UsageError("--C auto needs a class with at least 2 images to cross-validate, but every class has "
-                         "one; give C as a number, e.g. --C 0.1")
+        raise UsageError("C='auto' needs a class with at least 2 images to cross-validate, but every class has "
+                         "one; give C as a number, e.g. C=0.1")
     return cv
 
 
@@ -152,36 +156,17 @@ def learning_curve(head: str, X, y, C: float, folds: int = 5, seed: int = 0, poi
 
 def fit_head(head: str, X, y, C: float | str = "auto", folds: int | str = 5, seed: int = 0, pca: int | None = None,
              class_weight: str | None = None):
-    """Fit the head on all rows; return (fitted pipeline, metrics dict).
+    """Fit the head on all rows (labels as strings); return (fitted pipeline, metrics dict).
 
-    Any class with at least one image is trained on; classes with one image cannot be validated
-    and are listed in metrics['unvalidated_classes']. class_weight: None or 'balanced'.
+    ``FeatureHead(head, C, folds, seed, pca, class_weight).fit(X, y)`` (pipeline/estimator.py), returned as
+    its ``model_`` and ``metrics_``. Any class with at least one image is trained on; classes with one image
+    cannot be validated and are listed in metrics['unvalidated_classes']. class_weight: None or 'balanced'.
     """
-    X = np.asarray(X, dtype=np.float32)
-    y = np.asarray(y, dtype=str)
-    counts = check_labels(y)
-    _check_head(head, class_weight)
-    if pca and pca >= min(X.shape):
-        raise UsageError(f"--pca {pca} must be below the number of images ({len(X)}) and of features ({X.shape[1]})")
-    metrics = {"head": head, "n_train": int(len(y)), "class_counts": counts, "pca": pca, "class_weight": class_weight,
-               "unvalidated_classes": too_small(y)}
-    with warnings.catch_warnings():  # many classes of few images is normal here, not "a regression problem"
-        warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
-        model = _fit(head, X, y, C, folds, seed, pca, class_weight, metrics)
-    metrics["calibration"] = calibration_note(model)
-    metrics["train_accuracy"] = float(np.mean(model.predict(X) == y))
-    return model, metrics
+    from .estimator import FeatureHead
 
-
-def _fit(head, X, y, C, folds, seed, pca, class_weight, metrics: dict):
-    if C == "auto":
-        C, cv_acc, table = select_C(head, X, y, folds, seed, pca, class_weight)
-        metrics.update(C=C, cv_accuracy=cv_acc, cv_folds=selection_splitter(y, folds, seed).get_n_splits(X, y),
-                       cv_scores={str(k): v for k, v in table.items()})
-        log.info("%s: C=%g chosen by %d-fold CV (accuracy %.4f)", head, C, metrics["cv_folds"], cv_acc)
-    else:
-        metrics["C"] = float(C)
-    return make_head(head, float(C), calibrate=True, pca=pca, seed=seed, class_weight=class_weight).fit(X, y)
+    est = FeatureHead(head, C, folds, seed, pca, class_weight).fit(np.asarray(X, dtype=np.float32),
+                                                                    np.asarray(y, dtype=str))
+    return est.model_, est.metrics_
 
 
 def calibration_note(model) -> str:

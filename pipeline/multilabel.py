@@ -132,7 +132,7 @@ def make_multilabel(classes, head: str = "logreg", C: float = 1.0, pca: int | No
     """An unfitted StandardScaler (+ PCA) + OneVsRest pipeline over the tags `classes`."""
     if head not in HEADS:
         raise UsageError(f"multi-label training supports the heads {', '.join(HEADS)}, not {head!r} "
-                         f"(an RBF SVM per tag cannot be saved as a head file yet); use head=logreg")
+                         f"(an RBF SVM per tag cannot be saved as a head file yet); use head='logreg'")
     steps = [("scale", StandardScaler())]
     if pca:
         steps.append(("pca", PCA(n_components=int(pca), random_state=0)))

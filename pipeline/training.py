@@ -14,7 +14,7 @@ import numpy as np
 from .classifier import Classifier
 from .errors import UsageError
 from .evaluation import classification_metrics
-from .heads import fit_head
+from .estimator import FeatureHead
 from .multilabel import fit_multilabel
 from .options import HeadOptions, SplitOptions, split_keywords
 from .splits import leaked, sample_mask, validation_mask
@@ -37,7 +37,8 @@ def train(store, head: str | HeadOptions = "linear_svm", split: str | SplitOptio
     Classes with a single image are trained on and listed in ``metrics['unvalidated_classes']``.
     A multi-label store (featurize multi_label=True) gets one-vs-rest heads with a threshold per tag
     tuned by cross-validation (pipeline/multilabel.py); ``clf.predict`` then returns label sets.
-    The validation metrics land in ``clf.metrics['validation']``.
+    The validation metrics land in ``clf.metrics['validation']``. A single-label head is a fitted
+    ``FeatureHead`` (pipeline/estimator.py): ``clf.estimator``, its settings ``clf.params``.
     """
     head_kw, split_kw = split_keywords("train", keywords, HeadOptions, SplitOptions)
     o = replace(head, **head_kw) if isinstance(head, HeadOptions) else HeadOptions(head, **head_kw)
@@ -50,7 +51,7 @@ def train(store, head: str | HeadOptions = "linear_svm", split: str | SplitOptio
     X, y, rows = store.labelled(with_rows=True)
     if len(y) == 0:
         raise UsageError(f"{store.root} has no labelled images; featurize a folder with one sub-folder per "
-                         f"class, or give labels=FILE.csv")
+                         f"class, or with labels='FILE.csv' (a CSV of ids and labels)")
     valid = np.zeros(len(y), dtype=bool)
     if s.holdout:
         valid = validation_mask(rows, y, s.holdout, s.split, s.group_by,
@@ -59,9 +60,12 @@ def train(store, head: str | HeadOptions = "linear_svm", split: str | SplitOptio
     if sample is not None:
         sub = sample_mask([rows[i]["path"] for i in train_idx], y[train_idx], sample, o.seed)
         train_idx = train_idx[sub]
-    fit = fit_multilabel if store.multi_label else fit_head  # one-vs-rest tags: pipeline/multilabel.py
-    model, metrics = fit(o.head, X[train_idx], y[train_idx], C=o.C, folds=o.folds, seed=o.seed, pca=o.pca,
-                         class_weight=o.class_weight)
+    if store.multi_label:  # one-vs-rest tags: pipeline/multilabel.py
+        model, metrics = fit_multilabel(o.head, X[train_idx], y[train_idx], C=o.C, folds=o.folds, seed=o.seed,
+                                        pca=o.pca, class_weight=o.class_weight)
+    else:
+        model = FeatureHead(o.head, o.C, o.folds, o.seed, o.pca, o.class_weight).fit(X[train_idx], y[train_idx])
+        metrics = dict(model.metrics_)
     metrics["features"] = str(store.root)
     if valid.any():
         check = _validate_multilabel if store.multi_label else _validate
