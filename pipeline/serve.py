@@ -245,7 +245,8 @@ def model_info(predictor, limits: ServeLimits, batch_size: int) -> dict:
 
     info = predictor.describe()
     trained_with = info.pop("trained_with")
-    return {"classes": predictor.classes, **info, "versions": {"trained_with": trained_with, "serving_with": versions()},
+    return {"classes": predictor.classes, **info,
+            "versions": {"trained_with": trained_with, "serving_with": versions()},
             "limits": {**asdict(limits), "batch_size": batch_size}}
 
 
@@ -309,8 +310,9 @@ def create_app(model, limits: ServeLimits | None = None):
         yield
         server.batcher.stop()
 
+    backbone = server.info["feature_spec"].get("backbone")
     app = FastAPI(title="tf-feature-pipeline", summary=f"{server.info['head']} head over "
-                  f"{server.info['feature_spec'].get('backbone')}: {', '.join(server.info['classes'])}", lifespan=lifespan)
+                  f"{backbone}: {', '.join(server.info['classes'])}", lifespan=lifespan)
     app.state.server = server
 
     @app.exception_handler(ServeError)
