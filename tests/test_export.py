@@ -274,3 +274,21 @@ def test_tf_decode_refuses_a_png_claiming_too_many_pixels():
     data[16:24] = struct.pack(">II", 40000, 40000)  # IHDR width and height
     with pytest.raises(tf.errors.InvalidArgumentError, match="too many pixels"):
         _tf_decode(bytes(data), Preprocess(size=(32, 32)))
+
+
+@pytest.mark.parametrize("resample", ["bilinear", "bicubic", "lanczos"])
+@pytest.mark.parametrize("size", [(56, 56), (240, 320)])
+def test_tf_resize_reproduces_pillows_arithmetic(resample, size):
+    # Pillow's fixed-point two-pass resize, done in TensorFlow: the same pixels, down- and upscaling
+    # (landscape images: Pillow 13 runs its horizontal pass first for them, as tfdecode does)
+    import tensorflow as tf
+
+    from pipeline.images import _RESAMPLE, crop_box
+    from pipeline.tfdecode import resize_box
+
+    image = noise_image(3, (150, 100)).resize((300, 200))
+    pre = Preprocess(size=size, crop_fraction=0.875, resample=resample)
+    left, top, right, bottom = crop_box(300, 200, pre)
+    want = np.asarray(image.resize(size[::-1], _RESAMPLE[resample], box=(left, top, right, bottom)))
+    got = resize_box(tf.constant(np.asarray(image)), (left, top, right - left, bottom - top), pre).numpy()
+    assert (got == want).all()
