@@ -6,11 +6,9 @@ orientation of JPEGs (read from the APP1 segment with byte ops and applied as Pi
 ``exif_transpose`` does), PNG transparency composited on white, the same centre crop box
 (``crop_box``, with the same half-to-even rounding) and the resize: for bilinear, bicubic and
 Lanczos, Pillow's own arithmetic (its filter weights in 22-bit fixed point, int32 sums, the
-horizontal pass then the vertical one with a uint8 image in between), so most images come out
-bit-identical; Pillow 13 runs the vertical pass first for some sizes (mostly tall images), and
-those differ by one level in a few percent of values (the README gives the effect on
-probabilities). "nearest" uses TensorFlow's antialiased box kernel. Formats: JPEG, PNG, GIF
-(first frame), BMP.
+two passes with a uint8 image in between, in the order Pillow 13 picks: older Pillows always
+run the horizontal pass first), so the pixels are Pillow's. "nearest" uses TensorFlow's
+antialiased box kernel. Formats: JPEG, PNG, GIF (first frame), BMP.
 Images over :data:`pipeline.images.MAX_PIXELS` are refused before decoding.
 """
 from __future__ import annotations
@@ -182,8 +180,14 @@ def resize_box(image, box, pre: Preprocess):
     h, w = pre.size
     if pre.resample in _FILTERS:
         left, top, bw, bh = box
-        image = _pillow_pass(tf.cast(image, tf.int32), 1, left, left + bw, w, pre.resample)  # Pillow: x first,
-        image = _pillow_pass(image, 0, top, top + bh, h, pre.resample)  # then y, uint8 in between
+        image = tf.cast(image, tf.int32)
+        x = lambda im: _pillow_pass(im, 1, left, left + bw, w, pre.resample)  # noqa: E731
+        y = lambda im: _pillow_pass(im, 0, top, top + bh, h, pre.resample)  # noqa: E731
+        in_h, in_w = tf.shape(image)[0], tf.shape(image)[1]
+        # Pillow 13 (python-pillow/Pillow#9549) runs the vertical pass first when the height is reduced
+        # by more than twice what the width is; otherwise horizontal first. A uint8 image in between.
+        vertical_first = (h < in_h) & (in_h - h > 2 * (in_w - w))
+        image = tf.cond(vertical_first, lambda: x(y(image)), lambda: y(x(image)))
         return tf.ensure_shape(tf.cast(image, tf.uint8), [h, w, 3])
     left, top, bw, bh = (tf.cast(v, tf.float32) for v in box)
     scale = tf.stack([h / bh, w / bw])

@@ -278,17 +278,18 @@ def test_tf_decode_refuses_a_png_claiming_too_many_pixels():
 
 @pytest.mark.parametrize("resample", ["bilinear", "bicubic", "lanczos"])
 @pytest.mark.parametrize("size", [(56, 56), (240, 320)])
-def test_tf_resize_reproduces_pillows_arithmetic(resample, size):
-    # Pillow's fixed-point two-pass resize, done in TensorFlow: the same pixels, down- and upscaling
-    # (landscape images: Pillow 13 runs its horizontal pass first for them, as tfdecode does)
+@pytest.mark.parametrize("shape", [(300, 200), (200, 420)])
+def test_tf_resize_reproduces_pillows_arithmetic(resample, size, shape):
+    # Pillow's fixed-point two-pass resize, done in TensorFlow: the same pixels, down- and upscaling,
+    # and for the tall image to 56x56 with the vertical pass first, as Pillow 13 does
     import tensorflow as tf
 
     from pipeline.images import _RESAMPLE, crop_box
     from pipeline.tfdecode import resize_box
 
-    image = noise_image(3, (150, 100)).resize((300, 200))
+    image = noise_image(3, (150, 100)).resize(shape)
     pre = Preprocess(size=size, crop_fraction=0.875, resample=resample)
-    left, top, right, bottom = crop_box(300, 200, pre)
+    left, top, right, bottom = crop_box(*shape, pre)
     want = np.asarray(image.resize(size[::-1], _RESAMPLE[resample], box=(left, top, right, bottom)))
     got = resize_box(tf.constant(np.asarray(image)), (left, top, right - left, bottom - top), pre).numpy()
     assert (got == want).all()
