@@ -100,7 +100,7 @@ def measure(name: str, models: Path, data, head: str, decoded: dict, tmp: Path) 
     print(f"{Path(name).stem} ({bb.dim}-d, {out.stat().st_size / 1e6:.1f} MB export), {head}, trained on "
           f"{int((~test).sum())}, tested on {int(test.sum())}: accuracy {acc:.1%} (Pillow) / {acc_tf:.1%} (TF decode)")
     print(f"  .tflite on Pillow pixels vs predict_proba: max |dp| {np.abs(p_pil - ref).max():.2e}")
-    print(f"  .tflite on TF-decoded pixels vs predict_proba: max |dp| {dp.max():.4f}, mean |dp| {dp.mean():.5f}; "
+    print(f"  .tflite on TF-decoded pixels vs predict_proba: max |dp| {dp.max():.2e}, mean |dp| {dp.mean():.2e}; "
           f"same prediction for {same.mean():.2%} ({int((~same).sum())} of {len(same)} differ)")
     for i in np.flatnonzero(~same):
         print(f"    differs: {records[np.flatnonzero(test)[i]].relpath}: p({clf.classes_[1]}) "
