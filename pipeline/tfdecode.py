@@ -6,14 +6,15 @@ orientation of JPEGs (read from the APP1 segment with byte ops and applied as Pi
 ``exif_transpose`` does), PNG transparency composited on white, the same centre crop box
 (``crop_box``, with the same half-to-even rounding) and the resize: for bilinear, bicubic and
 Lanczos, Pillow's own arithmetic (its filter weights in 22-bit fixed point, int32 sums, the
-two passes with a uint8 image in between, in the order Pillow 13 picks: older Pillows always
-run the horizontal pass first), so the pixels are Pillow's. "nearest" uses TensorFlow's
+two passes with a uint8 image in between, in the order the installed Pillow picks: 13 may run
+the vertical pass first, older ones never), so the pixels are Pillow's. "nearest" uses TensorFlow's
 antialiased box kernel. Formats: JPEG, PNG, GIF (first frame), BMP.
 Images over :data:`pipeline.images.MAX_PIXELS` are refused before decoding.
 """
 from __future__ import annotations
 
 import numpy as np
+import PIL
 
 from .images import MAX_PIXELS
 from .preprocess import Preprocess
@@ -185,8 +186,8 @@ def resize_box(image, box, pre: Preprocess):
         y = lambda im: _pillow_pass(im, 0, top, top + bh, h, pre.resample)  # noqa: E731
         in_h, in_w = tf.shape(image)[0], tf.shape(image)[1]
         # Pillow 13 (python-pillow/Pillow#9549) runs the vertical pass first when the height is reduced
-        # by more than twice what the width is; otherwise horizontal first. A uint8 image in between.
-        vertical_first = (h < in_h) & (in_h - h > 2 * (in_w - w))
+        # by more than twice what the width is; older Pillows horizontal first. A uint8 image in between.
+        vertical_first = (h < in_h) & (in_h - h > 2 * (in_w - w)) & _PILLOW_13
         image = tf.cond(vertical_first, lambda: x(y(image)), lambda: y(x(image)))
         return tf.ensure_shape(tf.cast(image, tf.uint8), [h, w, 3])
     left, top, bw, bh = (tf.cast(v, tf.float32) for v in box)
@@ -199,6 +200,7 @@ def resize_box(image, box, pre: Preprocess):
 
 # ---- Pillow's resampling (libImaging/Resample.c), step by step ------------------------------------
 _PRECISION_BITS = 32 - 8 - 2
+_PILLOW_13 = int(PIL.__version__.split(".")[0]) >= 13  # the pass order of the Pillow featurize uses
 
 
 def _bilinear(x):
