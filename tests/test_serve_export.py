@@ -105,7 +105,7 @@ def test_limits_and_bad_images_are_answered_as_for_a_head(served_saved_model, im
         pixels = httpx.post(f"{url}/predict", content=small.getvalue())
         bomb = httpx.post(f"{url}/predict", content=png_header_only(40000, 40000))
         bad = httpx.post(f"{url}/predict", files=[("files", ("page.jpg", b"<html></html>", "image/jpeg"))])
-        after = httpx.post(f"{url}/predict", content=Image_bytes((60, 50)))
+        after = httpx.post(f"{url}/predict", content=jpeg_bytes((60, 50)))
     assert body.status_code == 413 and body.json()["code"] == "body_too_large"
     assert many.status_code == 413 and many.json()["code"] == "too_many_images"
     for r in (pixels, bomb):
@@ -114,7 +114,7 @@ def test_limits_and_bad_images_are_answered_as_for_a_head(served_saved_model, im
     assert after.status_code == 200
 
 
-def Image_bytes(size) -> bytes:  # noqa: N802 - reads as what it makes
+def jpeg_bytes(size) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, (30, 30, 230)).save(buf, "JPEG")
     return buf.getvalue()
