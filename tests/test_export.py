@@ -81,11 +81,10 @@ def test_saved_model_equals_predict_proba(tiny_app, data, tmp_path, head, pca):
     want = clf.predict_proba(list(map(str, paths)))
     assert np.abs(got["probabilities"].numpy() - want).max() <= 1e-4
     assert [c.decode() for c in got["classes"].numpy()[0]] == list(clf.classes_)
-    # predict_bytes decodes the files in TensorFlow: the same predictions, nearly the same probabilities
+    # predict_bytes decodes the files in TensorFlow with Pillow's arithmetic: the same pixels, so the same numbers
     raw = loaded.signatures["predict_bytes"](images=tf.constant([p.read_bytes() for p in paths]))
     p_bytes = raw["probabilities"].numpy()
-    assert p_bytes.shape == want.shape and np.abs(p_bytes - want).max() < 0.05
-    assert (p_bytes.argmax(1) == want.argmax(1)).all()
+    assert p_bytes.shape == want.shape and np.abs(p_bytes - want).max() <= 1e-4
 
 
 @pytest.mark.parametrize("kind", ["savedmodel", "graphdef"])
