@@ -79,7 +79,7 @@ def main() -> None:
     dp = np.abs(p_pil - p_tf)
     same = (p_pil.argmax(1) == p_tf.argmax(1)).mean()
     acc = (np.asarray(clf.classes_)[p_pil.argmax(1)] == labels).mean()
-    print(f"held-out accuracy (Pillow) {acc:.1%}; max |dp| {dp.max():.4f}, mean |dp| {dp.mean():.5f}; "
+    print(f"held-out accuracy (Pillow) {acc:.1%}; max |dp| {dp.max():.2e}, mean |dp| {dp.mean():.2e}; "
           f"same prediction for {same:.2%} ({int(round((1 - same) * len(X)))} of {len(X)} differ)")
     for i in np.flatnonzero(p_pil.argmax(1) != p_tf.argmax(1)):
         print(f"  differs: {records[i].relpath}: p({clf.classes_[1]}) "

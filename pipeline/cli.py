@@ -155,7 +155,7 @@ def _store_parsers(sub) -> None:
 
 def _serve_parser(sub) -> None:
     sv = sub.add_parser("serve", help="serve a head over HTTP: POST /predict, GET /health, GET /model, /docs")
-    sv.add_argument("model")
+    sv.add_argument("model", help="a .head.npz head, or a SavedModel folder or .tflite file written by `export`")
     sv.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default: %(default)s, this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="default: %(default)s")
@@ -319,14 +319,14 @@ def cmd_import_features(a):
 def cmd_serve(a):
     from dataclasses import fields
 
-    from .classifier import load
+    from .predictors import load_predictor
 
     try:
         from .serve import ServeLimits, serve
     except ImportError as e:
         raise UsageError(f"serve needs FastAPI and uvicorn ({e}); pip install 'tf-feature-pipeline[serve]'") from e
     limits = ServeLimits(**{f.name: getattr(a, f.name) for f in fields(ServeLimits) if getattr(a, f.name) is not None})
-    serve(load(a.model, trusted=a.trust_pickle), a.host, a.port, limits)
+    serve(load_predictor(a.model, trusted=a.trust_pickle), a.host, a.port, limits)
 
 
 def cmd_demo(a):

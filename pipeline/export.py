@@ -7,11 +7,13 @@
   ``predict_bytes`` (a batch of encoded image files, input ``images``: decoded, EXIF-oriented,
   centre-cropped and resized in TensorFlow, see pipeline/tfdecode.py). Both return
   ``probabilities`` (N, n_classes) float32 and ``classes`` (N, n_classes) strings naming the
-  columns, in the order of the head's ``classes_``. The backbone is the head's own (Keras
+  columns, in the order of the head's ``classes_``; ``assets.extra/tf_feature_pipeline.json``
+  describes it for ``serve`` (pipeline/exportinfo.py). The backbone is the head's own (Keras
   applications and TensorFlow graphs: GraphDef, SavedModel, TF-Hub) with its pixel scaling,
   pooling and test-time flip, followed by the head as TensorFlow ops (pipeline/tfhead.py).
 * ``tflite``: one ``.tflite`` file with signature ``serving_default`` (input ``images``, uint8
-  (1, H, W, 3); outputs ``probabilities`` and ``classes``). A TensorFlow backbone is converted
+  (1, H, W, 3); outputs ``probabilities`` and ``classes``; the same description as a metadata
+  entry). A TensorFlow backbone is converted
   with the head in float; a TFLite backbone keeps its own (quantized) operators and the float
   head is appended after a DEQUANTIZE of its feature tensor (pipeline/tflitejoin.py); a float-input
   TFLite backbone gets its pixel scaling, converted alone, spliced in before it.
@@ -31,6 +33,7 @@ import numpy as np
 
 from .arrayhead import ArrayHead
 from .errors import PipelineError, UsageError
+from .exportinfo import export_info, tflite_with_info, write_saved_model_info
 
 FORMATS = ("saved_model", "tflite")
 
@@ -51,10 +54,11 @@ def export(classifier, out, fmt: str = "saved_model", force: bool = False) -> Pa
     bb = backbone_from_spec(classifier.spec)
     bb.load()
     classifier.check_spec(bb.spec(), "the rebuilt backbone's features")
+    info = export_info(classifier, bb, fmt)  # what `serve` needs to decode images for it (pipeline/exportinfo.py)
     if fmt == "tflite":
         data = _tflite_join(bb, head) if bb.kind == "tflite" else _tflite_convert(bb, head)
-        return _write_bytes(out, data)
-    return _write_saved_model(out, _module(bb, head))
+        return _write_bytes(out, tflite_with_info(data, info))
+    return _write_saved_model(out, _module(bb, head), info)
 
 
 def _array_head(classifier) -> ArrayHead:
@@ -130,7 +134,7 @@ def _head_probabilities(head, x, dtype=None):
     return head_probabilities(head, x, dtype)
 
 
-def _write_saved_model(out: Path, module) -> Path:
+def _write_saved_model(out: Path, module, info: dict) -> Path:
     import tensorflow as tf
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
@@ -138,6 +142,7 @@ def _write_saved_model(out: Path, module) -> Path:
         tf.saved_model.save(module, str(tmp), signatures={
             "serving_default": module.serve.get_concrete_function(),
             "predict_bytes": module.predict_bytes.get_concrete_function()})
+        write_saved_model_info(tmp, info)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         tmp.replace(out)

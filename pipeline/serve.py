@@ -1,14 +1,15 @@
-"""``python -m pipeline serve MODEL``: a head behind HTTP (FastAPI + uvicorn).
+"""``python -m pipeline serve MODEL``: a head, or a model written by ``export``, behind HTTP (FastAPI + uvicorn).
 
 ``POST /predict`` takes one image as the raw request body, or one or many files as
 multipart/form-data, and answers per image its ``filename``, ``prediction`` and ``probabilities``
 (an object: class -> probability). ``GET /health`` and ``GET /model`` (classes, feature spec,
 metrics, versions; no file-system paths) describe the server, ``/docs`` the API.
 
-The head and its backbone are loaded once, before the first request. Images are decoded in
-worker threads by :mod:`pipeline.inputs` (the same pixels featurize makes of the same file) and
-handed to one :class:`Batcher` thread, which runs the network and the head on the images of
-concurrent requests together. Every limit is one field of :class:`ServeLimits`; a request beyond
+The model is a predictor (pipeline/predictors.py: a head file over its backbone, an exported
+SavedModel or .tflite), loaded once, before the first request. Images are decoded in worker
+threads by :mod:`pipeline.inputs` (the same pixels featurize makes of the same file) and handed
+to one :class:`Batcher` thread, which runs the predictor on the images of concurrent requests
+together. Every limit is one field of :class:`ServeLimits`; a request beyond
 one is refused with a status and a stable ``code``, and error bodies carry no paths, tracebacks or
 library versions. Requests are read into memory: nothing touches the file system per request.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-import re
 import threading
 import time
 import uuid
@@ -31,8 +31,10 @@ from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
 from .errors import ImageError, UsageError
+from .exportinfo import without_paths  # noqa: F401 - kept importable from here
 from .images import MAX_PIXELS
 from .inputs import decode_bytes
+from .predictors import HeadPredictor
 
 log = logging.getLogger(__name__)
 MAX_FILENAME = 255  # characters of a client's file name echoed back
@@ -88,8 +90,8 @@ class Batcher:
     never kept waiting, and under load one network call serves many requests.
     """
 
-    def __init__(self, classifier, batch_size: int, wait_s: float, decoding=lambda: 0):
-        self.classifier, self.batch_size, self.wait_s, self.decoding = classifier, batch_size, wait_s, decoding
+    def __init__(self, predictor, batch_size: int, wait_s: float, decoding=lambda: 0):
+        self.predictor, self.batch_size, self.wait_s, self.decoding = predictor, batch_size, wait_s, decoding
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
 
@@ -133,8 +135,7 @@ class Batcher:
             if not jobs:
                 continue
             try:
-                proba = self.classifier.predict_proba(self.classifier.pixel_features(
-                    np.concatenate([j.pixels for j in jobs])))
+                proba = self.predictor.predict_pixels(np.concatenate([j.pixels for j in jobs]))
             except BaseException as e:  # noqa: BLE001 - handed to every waiting request
                 for j in jobs:
                     j.future.set_exception(e)
@@ -239,46 +240,29 @@ def decode_all(items, pre, max_pixels: int) -> np.ndarray:
 
 
 # ---- what /model shows -----------------------------------------------------------------------------
-_PATH_KEYS = {"path", "paths", "root", "features"}
-_ABSOLUTE = re.compile(r"^(/|~|[A-Za-z]:[\\/]|\\\\)")
-
-
-def without_paths(obj):
-    """A copy of `obj` without file-system locations: path-valued keys dropped, absolute paths cut to
-    their file name, and leaked training/validation file pairs reduced to their count."""
-    if isinstance(obj, dict):
-        return {k: (len(v) if k == "leakage" and isinstance(v, list) else without_paths(v))
-                for k, v in obj.items() if k not in _PATH_KEYS}
-    if isinstance(obj, (list, tuple)):
-        return [without_paths(v) for v in obj]
-    if isinstance(obj, str) and _ABSOLUTE.match(obj):
-        return re.split(r"[\\/]", obj)[-1]
-    return obj
-
-
-def model_info(classifier, limits: ServeLimits, batch_size: int) -> dict:
+def model_info(predictor, limits: ServeLimits, batch_size: int) -> dict:
     from .store import versions
 
-    return {"classes": [str(c) for c in classifier.classes_], "head": classifier.metrics.get("head"),
-            "feature_spec": without_paths(classifier.spec), "metrics": without_paths(classifier.metrics),
-            "versions": {"trained_with": classifier.versions, "serving_with": versions()},
+    info = predictor.describe()
+    trained_with = info.pop("trained_with")
+    return {"classes": predictor.classes, **info,
+            "versions": {"trained_with": trained_with, "serving_with": versions()},
             "limits": {**asdict(limits), "batch_size": batch_size}}
 
 
 # ---- the app -----------------------------------------------------------------------------------------
 class _Server:
-    """The state one app holds: the head, the limits, the batcher and the admission counters."""
+    """The state one app holds: the predictor, the limits, the batcher and the admission counters."""
 
-    def __init__(self, classifier, limits: ServeLimits):
-        self.classifier, self.limits = classifier, limits
-        bb = classifier.backbone  # builds and loads the network now, not on the first request
-        self.pre = bb.preprocess
-        self.batch_size = limits.batch_size or bb.batch_size
-        classifier.predict_proba(classifier.pixel_features(np.zeros((1, *self.pre.size, 3), np.uint8)))  # warm-up
+    def __init__(self, predictor, limits: ServeLimits):
+        self.predictor, self.limits = predictor, limits
+        self.pre = predictor.preprocess
+        self.batch_size = limits.batch_size or predictor.batch_size
+        predictor.predict_pixels(np.zeros((1, *self.pre.size, 3), np.uint8))  # warm-up
         self.in_flight = 0
         self.decoding = 0
-        self.batcher = Batcher(classifier, self.batch_size, limits.batch_wait_ms / 1000, lambda: self.decoding)
-        self.info = model_info(classifier, limits, self.batch_size)
+        self.batcher = Batcher(predictor, self.batch_size, limits.batch_wait_ms / 1000, lambda: self.decoding)
+        self.info = model_info(predictor, limits, self.batch_size)
 
     def admit(self) -> None:
         if self.in_flight >= self.limits.max_in_flight:
@@ -299,7 +283,7 @@ class _Server:
         finally:
             self.decoding -= 1
         proba = await asyncio.wrap_future(self.batcher.submit(pixels))
-        classes = [str(c) for c in self.classifier.classes_]
+        classes = self.predictor.classes
         return {"predictions": [{"filename": name, "prediction": classes[int(np.argmax(p))],
                                  "probabilities": dict(zip(classes, map(float, p)))}
                                 for (name, _), p in zip(items, proba)]}
@@ -314,9 +298,11 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {
                     "description": "the name to echo back for a raw-body image"}]}
 
 
-def create_app(classifier, limits: ServeLimits | None = None):
-    """The FastAPI app serving `classifier` (a :class:`pipeline.classifier.Classifier`) within `limits`."""
-    server = _Server(classifier, limits or ServeLimits())
+def create_app(model, limits: ServeLimits | None = None):
+    """The FastAPI app serving `model` within `limits`: a :class:`pipeline.classifier.Classifier` or a
+    predictor of :mod:`pipeline.predictors` (e.g. ``load_predictor("model.saved_model")``)."""
+    predictor = _predictor(model)
+    server = _Server(predictor, limits or ServeLimits())
 
     @asynccontextmanager
     async def lifespan(app):
@@ -324,8 +310,9 @@ def create_app(classifier, limits: ServeLimits | None = None):
         yield
         server.batcher.stop()
 
+    backbone = server.info["feature_spec"].get("backbone")
     app = FastAPI(title="tf-feature-pipeline", summary=f"{server.info['head']} head over "
-                  f"{classifier.spec.get('backbone')}: {', '.join(server.info['classes'])}", lifespan=lifespan)
+                  f"{backbone}: {', '.join(server.info['classes'])}", lifespan=lifespan)
     app.state.server = server
 
     @app.exception_handler(ServeError)
@@ -368,10 +355,14 @@ def _error_body(code: str, message: str, errors=None, request_id: str | None = N
     return body
 
 
-def serve(classifier, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits | None = None) -> None:
-    """Serve until interrupted (what ``python -m pipeline serve`` runs)."""
+def _predictor(model):
+    return HeadPredictor(model) if hasattr(model, "pixel_features") else model
+
+
+def serve(model, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits | None = None) -> None:
+    """Serve `model` (a Classifier or a predictor) until interrupted (what ``python -m pipeline serve`` runs)."""
     import uvicorn
 
-    app = create_app(classifier, limits)
-    print(f"serving {classifier!r} on http://{host}:{port} (API docs at /docs); Ctrl-C stops", flush=True)
+    app = create_app(model, limits)
+    print(f"serving {model!r} on http://{host}:{port} (API docs at /docs); Ctrl-C stops", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)

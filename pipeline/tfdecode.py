@@ -4,13 +4,17 @@ The same steps as Pillow's path: JPEG DCT-domain downscaling when the crop is at
 target (libjpeg's ``ratio``, chosen exactly as Pillow's ``draft`` chooses it), the EXIF
 orientation of JPEGs (read from the APP1 segment with byte ops and applied as Pillow's
 ``exif_transpose`` does), PNG transparency composited on white, the same centre crop box
-(``crop_box``, with the same half-to-even rounding) and an antialiased resize with the
-backbone's filter, rounded to uint8. What still differs is arithmetic: Pillow resizes in
-fixed point, one axis at a time with a uint8 image in between, TensorFlow in float; the
-README gives the effect on probabilities. Formats: JPEG, PNG, GIF (first frame), BMP.
+(``crop_box``, with the same half-to-even rounding) and the resize: for bilinear, bicubic and
+Lanczos, Pillow's own arithmetic (its filter weights in 22-bit fixed point, int32 sums, the
+two passes with a uint8 image in between, in the order the installed Pillow picks: 13 may run
+the vertical pass first, older ones never), so the pixels are Pillow's. "nearest" uses TensorFlow's
+antialiased box kernel. Formats: JPEG, PNG, GIF (first frame), BMP.
 Images over :data:`pipeline.images.MAX_PIXELS` are refused before decoding.
 """
 from __future__ import annotations
+
+import numpy as np
+import PIL
 
 from .images import MAX_PIXELS
 from .preprocess import Preprocess
@@ -171,12 +175,96 @@ def decode_image(data, pre: Preprocess):
 
 def resize_box(image, box, pre: Preprocess):
     """Pillow's resize(size, filter, box=...): the box is mapped onto the output, and the filter reads
-    pixels outside the box where the image has them (a crop-then-resize would not)."""
+    pixels outside the box where the image has them (a crop-then-resize would not). Bilinear, bicubic
+    and Lanczos follow Pillow's own arithmetic (:func:`_pillow_pass`), so the pixels are Pillow's."""
     tf = _tf()
-    left, top, bw, bh = (tf.cast(v, tf.float32) for v in box)
     h, w = pre.size
+    if pre.resample in _FILTERS:
+        left, top, bw, bh = box
+        image = tf.cast(image, tf.int32)
+        x = lambda im: _pillow_pass(im, 1, left, left + bw, w, pre.resample)  # noqa: E731
+        y = lambda im: _pillow_pass(im, 0, top, top + bh, h, pre.resample)  # noqa: E731
+        in_h, in_w = tf.shape(image)[0], tf.shape(image)[1]
+        # Pillow 13 (python-pillow/Pillow#9549) runs the vertical pass first when the height is reduced
+        # by more than twice what the width is; older Pillows horizontal first. A uint8 image in between.
+        vertical_first = (h < in_h) & (in_h - h > 2 * (in_w - w)) & _PILLOW_13
+        image = tf.cond(vertical_first, lambda: x(y(image)), lambda: y(x(image)))
+        return tf.ensure_shape(tf.cast(image, tf.uint8), [h, w, 3])
+    left, top, bw, bh = (tf.cast(v, tf.float32) for v in box)
     scale = tf.stack([h / bh, w / bw])
     resized = tf.raw_ops.ScaleAndTranslate(images=tf.cast(image, tf.float32)[None], size=[h, w], scale=scale,
                                            translation=-tf.stack([top, left]) * scale,
                                            kernel_type=_KERNELS[pre.resample], antialias=True)[0]
     return tf.ensure_shape(tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8), [h, w, 3])
+
+
+# ---- Pillow's resampling (libImaging/Resample.c), step by step ------------------------------------
+_PRECISION_BITS = 32 - 8 - 2
+_PILLOW_13 = int(PIL.__version__.split(".")[0]) >= 13  # the pass order of the Pillow featurize uses
+
+
+def _bilinear(x):
+    x = _tf().abs(x)
+    return _tf().where(x < 1.0, 1.0 - x, 0.0)
+
+
+def _bicubic(x, a=-0.5):
+    tf = _tf()
+    x = tf.abs(x)
+    return tf.where(x < 1.0, ((a + 2.0) * x - (a + 3.0)) * x * x + 1,
+                    tf.where(x < 2.0, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+
+
+def _lanczos(x):
+    tf = _tf()
+
+    def sinc(v):
+        safe = tf.where(tf.equal(v, 0.0), tf.ones_like(v), v) * np.pi
+        return tf.where(tf.equal(v, 0.0), tf.ones_like(v), tf.sin(safe) / safe)
+
+    return tf.where((x >= -3.0) & (x < 3.0), sinc(x) * sinc(x / 3.0), 0.0)
+
+
+_FILTERS = {"bilinear": (1.0, _bilinear), "bicubic": (2.0, _bicubic), "lanczos": (3.0, _lanczos)}
+
+
+def _coefficients(in_size, in0, in1, out_size: int, resample: str):
+    """Pillow's precompute_coeffs + normalize_coeffs_8bpc: per output pixel, the first input pixel of
+    each tap (clamped) and its weight in fixed point (22 fractional bits; 0 past the window)."""
+    tf = _tf()
+    support, fn = _FILTERS[resample]
+    in_size = tf.cast(in_size, tf.int64)
+    in0, in1 = tf.cast(in0, tf.float64), tf.cast(in1, tf.float64)
+    scale = (in1 - in0) / out_size
+    filterscale = tf.maximum(scale, 1.0)
+    support = support * filterscale
+    ksize = tf.cast(tf.math.ceil(support), tf.int64) * 2 + 1
+    center = in0 + (tf.range(out_size, dtype=tf.float64) + 0.5) * scale
+    xmin = tf.maximum(tf.cast(tf.floor(center - support + 0.5), tf.int64), 0)
+    count = tf.minimum(tf.cast(tf.floor(center + support + 0.5), tf.int64), in_size) - xmin
+    taps = tf.range(ksize, dtype=tf.int64)[None]
+    x = taps + xmin[:, None]
+    k = tf.where(taps < count[:, None], fn((tf.cast(x, tf.float64) - center[:, None] + 0.5) * (1.0 / filterscale)),
+                 tf.constant(0.0, tf.float64))
+    total = tf.math.cumsum(k, axis=1)[:, -1:]  # summed left to right, as the C loop does
+    k = tf.where(tf.not_equal(total, 0.0), k / tf.where(tf.not_equal(total, 0.0), total, 1.0), k)
+    fixed = tf.sign(k) * tf.floor(tf.abs(k) * (1 << _PRECISION_BITS) + 0.5)
+    return tf.minimum(x, in_size - 1), tf.cast(fixed, tf.int32)
+
+
+def _pillow_pass(image, axis: int, in0, in1, out_size: int, resample: str):
+    """One axis of Pillow's two-pass resize on an int32 (H, W, 3) image holding uint8 values: int32
+    sums of pixel x fixed-point weight, rounded and clipped to 0..255 (ImagingResampleHorizontal/Vertical)."""
+    tf = _tf()
+    index, weight = _coefficients(tf.shape(image)[axis], in0, in1, out_size, resample)
+    shape = [-1, 1, 1] if axis == 0 else [1, -1, 1]
+
+    def add(k, acc):
+        taps = tf.gather(image, index[:, k], axis=axis)
+        return k + 1, acc + taps * tf.reshape(weight[:, k], shape)
+
+    out_shape = tf.tensor_scatter_nd_update(tf.shape(image), [[axis]], [out_size])
+    acc0 = tf.fill(out_shape, tf.constant(1 << (_PRECISION_BITS - 1), tf.int32))
+    _, acc = tf.while_loop(lambda k, acc: k < tf.shape(index, out_type=tf.int64)[1], add,
+                           (tf.constant(0, tf.int64), acc0))
+    return tf.clip_by_value(tf.bitwise.right_shift(acc, _PRECISION_BITS), 0, 255)
