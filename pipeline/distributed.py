@@ -249,15 +249,14 @@ def _dataset(ray, todo: list[dict], blocks: int, uri, bb: Backbone):
     # a block per partition with work, and enough blocks of a batch or more to keep every worker busy
     blocks = max(1, min(len(todo), max(blocks, min(-(-len(todo) // bb.batch_size), 8 * cpus))))
     ds = ray.data.from_items(todo, override_num_blocks=blocks)
-    # a lost worker: its decode task runs again (3 times at most: a file that kills its decoder
-    # fails the run instead of looping), a lost actor restarts and its batches run again
+    # a lost worker costs time only: Ray Data reruns a decode task whose worker died, restarts a lost
+    # actor and reruns its batches (its defaults; setting them goes through the deprecated ray_remote_args)
     ds = ds.map_batches(decode_batch, fn_kwargs={"pre": bb.preprocess.to_dict(), "uri": uri},
-                        batch_size=bb.batch_size, batch_format="numpy", num_cpus=decode_cpus, max_retries=3)
+                        batch_size=bb.batch_size, batch_format="numpy", num_cpus=decode_cpus)
     batches = -(-len(todo) // bb.batch_size)
     pool = ray.data.ActorPoolStrategy(size=min(actors.pop("size"), blocks, batches))  # no idle actor on tiny runs
     ds = ds.map_batches(Forward, fn_constructor_kwargs={"request": bb.request(), "batch_size": bb.batch_size},
-                        batch_size=bb.batch_size, batch_format="numpy", compute=pool, max_restarts=-1,
-                        max_task_retries=-1, **actors)
+                        batch_size=bb.batch_size, batch_format="numpy", compute=pool, **actors)
     workers = {"read": max(1, int((cpus - actors.get("num_cpus", 0) * pool.max_size) / decode_cpus)),
                "forward": pool.max_size}
     return ds, workers, "num_gpus" in actors
