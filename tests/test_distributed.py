@@ -177,6 +177,7 @@ def _descendants_named(prefix: str) -> list[int]:
     return [pid for pid, title in titles.items() if title.startswith(prefix) and mine(pid)]
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the actor's process through /proc (Linux)")
 def test_a_backbone_actor_killed_mid_run_is_restarted_and_the_store_equals_in_process(cluster, tmp_path):
     import threading
 
