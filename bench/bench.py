@@ -397,30 +397,55 @@ def bench_layers(data: Path, n: int, work: Path, repeat: int) -> dict:
 
 def bench_ray(data: Path, n: int, work: Path, repeat: int, cpus: int = 2) -> dict:
     """img/s of featurize in-process (threads on `cpus` cores) and on a local Ray cluster of `cpus` CPUs:
-    bundled TFLite model, fresh stores, interleaved; the cluster is started once, outside the timing."""
+    bundled TFLite model, fresh stores, interleaved; the cluster is started once, outside the timing.
+
+    Timed on n images and on a quarter of them, so that each engine's time is fitted as
+    fixed + images / rate; from the fits, the image count above which Ray's overhead is <= 15%."""
     import ray
 
     from pipeline.distributed import RayCluster
 
-    folder = subset(data, n, work / "ray-data")
-    count = len(list_images(folder).records)
+    folders = {"large": subset(data, n, work / "ray-data"), "small": subset(data, n // 4, work / "ray-small")}
+    counts = {size: len(list_images(f).records) for size, f in folders.items()}
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
 
-    def run(engine):
+    def run(engine, size):
         def go():
             out = work / f"ray-{engine}"
             shutil.rmtree(out, ignore_errors=True)
             kw = {"engine": "ray", "cluster": RayCluster()} if engine == "ray" else {"workers": cpus}
-            t, _ = timed(lambda: pipeline.featurize(folder, "mobilenet_v2_quant", out=out, progress=False, **kw))
-            return rate(count, t)
+            t, _ = timed(lambda: pipeline.featurize(folders[size], "mobilenet_v2_quant", out=out, progress=False,
+                                                    **kw))
+            return t
         return go
 
     try:
-        res = interleaved({"local": run("local"), "ray": run("ray")}, repeat)
+        secs = interleaved({f"{e}_{s}": run(e, s) for s in ("large", "small") for e in ("local", "ray")}, repeat)
     finally:
         ray.shutdown()
-    return {"ray_n": count, "ray_cpus": cpus, "ray_local_ips": res["local"], "ray_ray_ips": res["ray"],
-            "ray_overhead": res["local"] / res["ray"] - 1}
+    fits = {e: _line(counts["small"], secs[f"{e}_small"], counts["large"], secs[f"{e}_large"])
+            for e in ("local", "ray")}
+    return {"ray_n": counts["large"], "ray_small_n": counts["small"], "ray_cpus": cpus,
+            "ray_local_ips": rate(counts["large"], secs["local_large"]), "ray_ray_ips": rate(counts["large"],
+                                                                                             secs["ray_large"]),
+            "ray_overhead": secs["ray_large"] / secs["local_large"] - 1,
+            "ray_small_overhead": secs["ray_small"] / secs["local_small"] - 1,
+            "ray_fixed_s": fits["ray"][0] - fits["local"][0], "ray_rate_ratio": fits["ray"][1] / fits["local"][1],
+            "ray_n_at_15": _amortized(fits["local"], fits["ray"], 0.15)}
+
+
+def _line(n1: int, t1: float, n2: int, t2: float) -> tuple[float, float]:
+    """(fixed seconds, seconds per image) of the line through two (images, seconds) points."""
+    per = (t2 - t1) / (n2 - n1)
+    return t1 - n1 * per, per
+
+
+def _amortized(local: tuple[float, float], ray: tuple[float, float], target: float) -> float:
+    """Images from which ray's time is within `target` of local's (inf: Ray's per-image cost alone exceeds it)."""
+    margin = (1 + target) * local[1] - ray[1]
+    if margin <= 0:
+        return float("inf")
+    return max(0.0, (ray[0] - (1 + target) * local[0]) / margin)
 
 
 def cold_cli_vs_cached(data: Path, work: Path, repeat: int) -> dict:
@@ -479,7 +504,12 @@ def report(results: list[dict], extra: dict) -> str:
     if "ray_overhead" in extra:
         lines.append(f"\nin-process vs Ray local (mobilenet_v2_quant, {extra['ray_n']} images, {extra['ray_cpus']} "
                      f"CPUs, fresh stores): in-process {extra['ray_local_ips']:.1f} img/s, Ray "
-                     f"{extra['ray_ray_ips']:.1f} img/s: Ray overhead {100 * extra['ray_overhead']:+.0f}%")
+                     f"{extra['ray_ray_ips']:.1f} img/s: Ray overhead {100 * extra['ray_overhead']:+.0f}% "
+                     f"({extra['ray_small_n']} images: {100 * extra['ray_small_overhead']:+.0f}%); fitted: Ray's "
+                     f"fixed cost {extra['ray_fixed_s']:.1f} s, per-image cost {extra['ray_rate_ratio']:.2f}x "
+                     f"in-process, overhead <= 15% "
+                     + (f"from {extra['ray_n_at_15']:.0f} images" if extra["ray_n_at_15"] != float("inf")
+                        else "at no size (Ray's per-image cost alone is over 1.15x)"))
     if "cli_cold_s" in extra:
         lines.append(f"\nCLI on the whole folder: cold {extra['cli_cold_s']:.1f} s, fully cached "
                      f"{extra['cli_cached_s']:.2f} s ({extra['cli_cold_s'] / extra['cli_cached_s']:.1f}x faster)")

@@ -157,12 +157,13 @@ def decode_batch(batch: dict, pre: dict, uri: str | None) -> dict:
 
 
 class Forward:
-    """Ray Data actor: builds the backbone once from its request, then featurizes decoded batches."""
+    """Ray Data actor: builds the backbone once from its request, then featurizes decoded batches.
+    The first row of every output batch carries the loaded backbone's spec (JSON) for the store."""
 
     def __init__(self, request: dict, batch_size: int):
         self.bb = backbone_from_spec(request)
         self.bb.batch_size = batch_size
-        self.bb.load()
+        self.spec = json.dumps(self.bb.spec())  # builds the network
 
     def __call__(self, batch: dict) -> dict:
         ok = np.flatnonzero(batch["status"] == "ok")
@@ -176,13 +177,8 @@ class Forward:
         out = {k: v for k, v in batch.items() if k != "image"}
         out["features"] = feats
         out["forward_s"] = np.full(n, (time.perf_counter() - start) / max(1, n))
+        out["spec"] = np.array([self.spec] + [""] * (n - 1), dtype=object)
         return out
-
-
-def _spec_of(request: dict, batch_size: int) -> dict:
-    bb = backbone_from_spec(request)
-    bb.batch_size = batch_size
-    return bb.spec()
 
 
 # --- the driver ----------------------------------------------------------------------------------
@@ -209,19 +205,15 @@ def connected(cluster: RayCluster):
             ray.shutdown()
 
 
-class _SpecOnce:
-    """What the Mapper needs of a backbone: the spec (asked of the cluster once, while the actors
-    start) and a flush size."""
+class _ClusterSpec:
+    """What the Mapper needs of a backbone: a flush size, and the spec an actor sent with its first
+    batch (no extra task, no model on the driver: the Mapper asks only once a computed row is back)."""
 
-    def __init__(self, ray, bb: Backbone, batch_size: int, ask: bool):
-        self.ray, self.batch_size = ray, batch_size
-        self._ref = ray.remote(_spec_of).options(num_cpus=0).remote(bb.request(), bb.batch_size) if ask else None
-        self._spec = None
+    def __init__(self, batch_size: int):
+        self.batch_size, self.sent = batch_size, None
 
     def spec(self) -> dict:
-        if self._spec is None:
-            self._spec = self.ray.get(self._ref)
-        return self._spec
+        return json.loads(self.sent)
 
 
 def _plan(records, known: dict, uri: str | None):
@@ -253,6 +245,8 @@ def _dataset(ray, todo: list[dict], blocks: int, uri, bb: Backbone):
     # a block per partition with work, and enough blocks of a batch or more to keep every worker busy
     blocks = max(1, min(len(todo), max(blocks, min(-(-len(todo) // bb.batch_size), 8 * cpus))))
     ds = ray.data.from_items(todo, override_num_blocks=blocks)
+    # a lost worker costs time only: Ray Data reruns a decode task whose worker died, restarts a lost
+    # actor and reruns its batches (its defaults; setting them goes through the deprecated ray_remote_args)
     ds = ds.map_batches(decode_batch, fn_kwargs={"pre": bb.preprocess.to_dict(), "uri": uri},
                         batch_size=bb.batch_size, batch_format="numpy", num_cpus=decode_cpus)
     batches = -(-len(todo) // bb.batch_size)
@@ -283,12 +277,13 @@ def actor_pool(resources: dict, per_image: bool) -> tuple[dict, float]:
 class _Results:
     """Rows of the cluster's output by listing index, pulled from the stream as they are needed."""
 
-    def __init__(self, batches, clock: StageClock):
-        self.batches, self.clock, self.rows = batches, clock, {}
+    def __init__(self, batches, clock: StageClock, spec: _ClusterSpec):
+        self.batches, self.clock, self.spec, self.rows = batches, clock, spec, {}
 
     def get(self, i: int) -> dict:
         while i not in self.rows:
             b = next(self.batches)
+            self.spec.sent = self.spec.sent or str(b["spec"][0])
             for stage in ("read", "decode", "forward"):
                 self.clock.busy[stage] += float(np.sum(b[f"{stage}_s"]))
             for j, idx in enumerate(b["idx"]):
@@ -321,10 +316,9 @@ def _run(records, uri, bb: Backbone, writer, cluster: RayCluster, progress: bool
             ds, workers, gpu = _dataset(ray, todo, len(busy), uri, bb)
             stream = ds.iter_batches(batch_size=None, batch_format="numpy").__iter__()
         try:
-            batcher = _commit_partitions(records, bounds, settled, _Results(stream, clock),
-                                         _SpecOnce(ray, bb, max(hi - lo for lo, hi in bounds), bool(todo)),
-                                         writer, run,
-                                         clock, progress, bb.name)
+            spec = _ClusterSpec(max(hi - lo for lo, hi in bounds))
+            batcher = _commit_partitions(records, bounds, settled, _Results(stream, clock, spec), spec, writer,
+                                         run, clock, progress, bb.name)
         finally:
             if hasattr(stream, "close"):
                 stream.close()  # before Ray shuts down
@@ -336,7 +330,7 @@ def _run(records, uri, bb: Backbone, writer, cluster: RayCluster, progress: bool
                               {"cores": workers["read"], "gpu": gpu, "per_image": False, "kind": bb.kind})
 
 
-def _commit_partitions(records, bounds, settled: dict, results: _Results, spec: _SpecOnce, writer, run: RunReport,
+def _commit_partitions(records, bounds, settled: dict, results: _Results, spec: _ClusterSpec, writer, run: RunReport,
                        clock: StageClock, progress: bool, name: str) -> Mapper:
     """Book every file in listing order and commit each partition's new rows as one part."""
     batcher = Mapper(spec, Committer(writer, run.skipped, clock), clock)

@@ -4,8 +4,9 @@ Only the images come from there; the feature store stays a local or mounted fold
 listed like a local folder (sorted relative paths, top-level sub-folders as classes, hidden
 names and other extensions ignored with the same reasons), read with the same size limit and
 hashed the same way. A file's stat on object storage is ``[size, mtime_ns]``: enough for the
-store's cache to reuse a row without reading the object again. Only ``file://`` is tested here;
-``s3://`` and ``gs://`` go through the same pyarrow calls (credentials as pyarrow finds them).
+store's cache to reuse a row without reading the object again. ``file://`` and ``s3://`` (against
+a moto server) are tested here; ``gs://`` goes through the same pyarrow calls, untested
+(credentials as pyarrow finds them).
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,3 +157,104 @@ def test_sigkill_of_the_driver_then_rerun_equals_a_clean_run(cluster, tmp_path):
     store = pipeline.FeatureStore.open(out)
     assert store.paths == clean.paths  # exactly one row per image, in listing order
     np.testing.assert_allclose(store.features, clean.features, rtol=1e-6, atol=1e-6)
+
+
+def _descendants_named(prefix: str) -> list[int]:
+    """PIDs of this process's descendants (the module's Ray cluster) whose title starts with `prefix`."""
+    parent, titles = {}, {}
+    for proc in Path("/proc").iterdir():
+        try:
+            parent[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            titles[int(proc.name)] = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except (ValueError, OSError):
+            continue  # not a process, or gone
+
+    def mine(pid: int) -> bool:
+        while pid > 1 and pid != os.getpid():
+            pid = parent.get(pid, 0)
+        return pid == os.getpid()
+
+    return [pid for pid, title in titles.items() if title.startswith(prefix) and mine(pid)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the actor's process through /proc (Linux)")
+def test_a_backbone_actor_killed_mid_run_is_restarted_and_the_store_equals_in_process(cluster, tmp_path):
+    import threading
+
+    data = tmp_path / "data"
+    n = 240
+    for c, base in (("a", (200, 40, 40)), ("b", (40, 40, 200))):
+        (data / c).mkdir(parents=True)
+        for i in range(n // 2):
+            noise_image(i + (0 if c == "a" else 10_000), (96, 72), base).save(data / c / f"{i:03d}.jpg")
+    out, result = tmp_path / "store", {}
+
+    def drive():
+        try:
+            result["run"] = pipeline.featurize(data, out=out, progress=False, report=True, engine="ray",
+                                               cluster=RayCluster(partitions=8))
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            result["error"] = e
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    rows, deadline, killed = out / "rows.jsonl", time.time() + 300, None
+    while time.time() < deadline and driver.is_alive():
+        actors = _descendants_named("ray::MapWorker(MapBatches(Forward))")
+        if actors and rows.exists() and rows.read_bytes().count(b"\n") >= n // 8:  # a partition is in
+            committed = rows.read_bytes().count(b"\n")
+            os.kill(actors[0], signal.SIGKILL)
+            killed = actors[0]
+            break
+        time.sleep(0.005)
+    driver_was_running = driver.is_alive()
+    driver.join(300)
+    assert killed is not None and driver_was_running and committed < n, "no actor was killed mid-run"
+    assert "error" not in result, f"the run failed after an actor was killed: {result.get('error')!r}"
+    run = result["run"]
+    assert (run.computed, run.reused, len(run.store)) == (n, 0, n)  # one run, every image, nothing lost
+    clean = pipeline.featurize(data, out=tmp_path / "clean", progress=False)
+    assert run.store.rows == clean.rows
+    np.testing.assert_allclose(run.store.features, clean.features, rtol=1e-6, atol=1e-6)
+    assert _report(run.store) == _report(clean)
+
+
+@pytest.fixture
+def s3_folder(folder):
+    """`folder` uploaded to a moto S3 server on 127.0.0.1 (the real S3 API over HTTP); its s3:// URI.
+
+    The endpoint and the (fake) keys travel in the URI, as pyarrow reads them, so the cluster's
+    workers reach the server without any environment of their own."""
+    pytest.importorskip("moto.server", reason="the s3:// test needs moto's server: pip install -e '.[test]'")
+    from moto.server import ThreadedMotoServer
+    from pyarrow import fs
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    uri = (f"s3://key:secret@photos/catalog/in?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+           f"&allow_bucket_creation=true")
+    s3, _ = fs.FileSystem.from_uri(uri)
+    s3.create_dir("photos")
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with s3.open_output_stream(f"photos/catalog/in/{path.relative_to(folder).as_posix()}") as f:
+                f.write(path.read_bytes())
+    yield uri
+    server.stop()
+
+
+def test_images_from_s3_through_pyarrow_on_ray_equal_the_local_folder(cluster, folder, s3_folder, tmp_path):
+    local = pipeline.featurize(folder, out=tmp_path / "local", progress=False)
+    run = pipeline.featurize(s3_folder, out=tmp_path / "s3", progress=False, report=True, engine="ray",
+                             cluster=RayCluster(partitions=2))
+    store = run.store
+    assert store.paths == local.paths and list(store.labels) == list(local.labels)
+    assert store.sha256 == local.sha256
+    np.testing.assert_allclose(store.features, local.features, rtol=1e-6, atol=1e-6)
+    assert [(s["path"], s["reason"]) for s in store.skipped] == [("red/broken.jpg", "not_an_image")]
+    assert store.report["ignored"] == local.report["ignored"]
+    assert store.meta["data_dir"] == s3_folder
+    again = pipeline.featurize(s3_folder, out=tmp_path / "s3", progress=False, report=True, engine="ray",
+                               cluster=RayCluster(partitions=2))
+    assert (again.computed, again.reused) == (0, 10)  # objects' [size, mtime] unchanged: nothing read again
