@@ -162,7 +162,7 @@ class Forward:
 
     def __init__(self, request: dict, batch_size: int):
         self.bb = backbone_from_spec(request)
-        self.bb.batch_size = batch_size
+        self.bb.fix_batch_size(batch_size)
         self.spec = json.dumps(self.bb.spec())  # builds the network
 
     def __call__(self, batch: dict) -> dict:

@@ -85,7 +85,7 @@ def build_backbone(o, layer: str | None = None) -> Backbone:
                            input_tensor=o.input_tensor, runtime=KerasRuntime(o.keras_backend, o.jit_compile))
     bb = kind.create(spec, layer or o.layer, options)
     if o.batch_size:
-        bb.batch_size = int(o.batch_size)
+        bb.fix_batch_size(o.batch_size)
     bb.tta = o.tta
     return bb
 

@@ -112,6 +112,7 @@ class Backbone:
         self.preprocess = preprocess
         self.source = source  # where the network comes from: paths, hashes, weights
         self.batch_size = batch_size
+        self._auto_batch = False  # True: a kind may pick the batch for the device when it loads (Keras: GPU 256)
         self.tensor: str | None = None  # the resolved layer/tensor name, set by _load
         self.dim: int | None = None
         self.num_classes: int | None = None  # classifier width when the layer is 'logits'
@@ -155,6 +156,10 @@ class Backbone:
             raise ValueError(f"{self.name} takes uint8 RGB batches of shape (N, {h}, {w}, 3), "
                              f"got {images.dtype} {images.shape}; decode with pipeline.images.decode")
         return images
+
+    def fix_batch_size(self, n: int) -> None:
+        """An explicit batch size: kept when the network is built (no default for the device)."""
+        self.batch_size, self._auto_batch = int(n), False
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = self._check(images)

@@ -181,9 +181,9 @@ class KerasBackbone(Backbone):
         self.keras_backend = resolve_keras_backend(runtime.keras_backend)
         use_keras_backend(self.keras_backend)  # fails fast, before any image is read
         self.jit_compile = runtime.jit_compile
-        self._auto_batch = not batch_size
         guess = GPU_BATCH if gpu_visible_cheaply() else 32
         super().__init__(name, layer, pre, source, int(batch_size or guess))
+        self._auto_batch = not batch_size
         self.app = app
         self.precision = precision
 
