@@ -207,8 +207,15 @@ def abandon(writer, run: RunReport) -> None:
 
 
 def end_run(run: RunReport, writer, strict: bool, report: bool):
-    """Close the store, warn about skipped files (fatal with `strict`); the RunReport or the store."""
-    _finish(run, writer)
+    """Close the store, warn about skipped files (fatal with `strict`); the RunReport or the store.
+    A store that cannot be closed (a full disk while merging) keeps its committed rows and gets the report."""
+    try:
+        _finish(run, writer)
+    except BaseException:
+        writer.write_report(run.to_dict())
+        writer.write_skips(run.skipped)
+        writer.abort()
+        raise
     for s in run.skipped:
         log.warning("skipped %s: %s %s", s["path"], s["reason"], s.get("detail", ""))
     if strict and run.skipped:

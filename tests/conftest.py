@@ -48,3 +48,21 @@ def make_class_tree(root: Path, per_class: int = 6, classes=("red", "blue"), siz
 @pytest.fixture
 def class_tree(tmp_path) -> Path:
     return make_class_tree(tmp_path / "data")
+
+
+def kill_once_committed(cmd: list[str], rows_file: Path, lines: int, timeout: float = 180, env=None) -> None:
+    """Run `cmd`, then SIGKILL it as soon as `rows_file` (a store's commit log) holds `lines` committed lines
+    (or the command ends first, or `timeout` seconds pass): the crash the resume tests recover from."""
+    import signal
+    import subprocess
+    import time
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3") if env is None else env
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if rows_file.exists() and rows_file.read_bytes().count(b"\n") >= lines:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

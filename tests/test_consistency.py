@@ -1,5 +1,6 @@
-"""Train/serve consistency (RELIABILITY.md C): one preprocessing path, batch and order invariance,
-determinism, a golden feature vector that catches drift across upgrades; and run-level faults."""
+"""Train/serve consistency (../shared/docs/RELIABILITY.md, section C): one preprocessing path, batch and
+order invariance, determinism, a golden feature vector that catches drift across upgrades; and run-level
+faults."""
 from __future__ import annotations
 
 import errno
@@ -84,7 +85,9 @@ def test_featurize_is_deterministic_and_independent_of_listing_order(tmp_path, m
 
 def test_disk_full_while_committing_keeps_committed_rows_and_writes_the_report(tmp_path, monkeypatch):
     import pipeline.store.writer as st
+    from pipeline.committer import Committer
 
+    monkeypatch.setattr(Committer, "COMMIT_EVERY_S", 0.0)  # a commit per batch: the second one fails
     data = make_class_tree(tmp_path / "data", per_class=40)
     real = st._write_piece
     calls = {"n": 0}
@@ -102,6 +105,26 @@ def test_disk_full_while_committing_keeps_committed_rows_and_writes_the_report(t
     assert len(pipeline.FeatureStore.open(tmp_path / "s")) == 32  # the first batch survived
     run = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
     assert run.computed == 48 and run.reused == 32 and len(run.store) == 80
+
+
+def test_disk_full_while_closing_the_store_keeps_every_row_and_writes_the_report(tmp_path, monkeypatch):
+    import pipeline.store.writer as st
+
+    data = make_class_tree(tmp_path / "data", per_class=40)
+    real = st._write_piece
+
+    def full_disk_in_segments(final, *a, **k):
+        if final.parent.name == "segments":  # the merge of the run's parts, at close
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(final, *a, **k)
+    monkeypatch.setattr(st, "_write_piece", full_disk_in_segments)
+    with pytest.raises(OSError, match="No space left"):
+        pipeline.featurize(data, out=tmp_path / "s", progress=False, batch_size=32)
+    monkeypatch.undo()
+    assert (tmp_path / "s" / "report.json").exists() and not list((tmp_path / "s").rglob(".staging-*"))
+    assert len(pipeline.FeatureStore.open(tmp_path / "s")) == 80  # committed as parts, readable
+    run = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
+    assert run.computed == 0 and run.reused == 80 and len(run.store) == 80
 
 
 def test_bgr_or_float_arrays_are_refused_not_silently_rescaled():

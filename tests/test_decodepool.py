@@ -157,20 +157,23 @@ def test_sigkill_with_process_decode_resumes_and_leaves_no_shared_memory(tmp_pat
     model = export_saved_model(tiny_keras_model(), tmp_path / "sm")
     data = tmp_path / "data"
     data.mkdir()
-    n = 600
-    for i in range(n):
-        noise_image(i, (320, 240)).save(data / f"{i:03d}.jpg")
+    n = 2000  # long enough that the first commit (a second of batches) lands while the workers decode
+    for i in range(50):
+        noise_image(i, (320, 240)).save(data / f"{i:04d}.jpg")
+    for i in range(50, n):
+        (data / f"{i:04d}.jpg").write_bytes((data / f"{i % 50:04d}.jpg").read_bytes())
     cmd = [sys.executable, "-m", "pipeline", "featurize", str(data), "--backbone", model, "--input-size", str(SIZE),
            "--scaling", "tf", "--out", str(tmp_path / "store"), "--batch-size", "4", "--decode", "process",
            "--workers", "2", "--no-progress"]
     before = _shm_names()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows, deadline = tmp_path / "store" / "rows.jsonl", time.time() + 180
+    during = set()
     while time.time() < deadline and proc.poll() is None:
-        if rows.exists() and rows.read_bytes().count(b"\n") >= 40:
+        during = _shm_names() - before
+        if during and rows.exists() and rows.read_bytes().count(b"\n") >= 40:
             break
         time.sleep(0.005)
-    during = _shm_names() - before
     proc.send_signal(signal.SIGKILL)
     assert during, "the run's ring of decoded images should be in /dev/shm"
     proc.wait()

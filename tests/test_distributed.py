@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 import pipeline
-from conftest import make_class_tree, noise_image
+from conftest import kill_once_committed, make_class_tree, noise_image
 from pipeline.cli import main
 from pipeline.distributed import RayCluster, partition_bounds
 
@@ -137,15 +136,7 @@ def test_sigkill_of_the_driver_then_rerun_equals_a_clean_run(cluster, tmp_path):
     out = tmp_path / "store"
     cmd = [sys.executable, "-m", "pipeline", "featurize", str(data), "--out", str(out), "--engine", "ray",
            "--address", cluster, "--partitions", "12", "--no-progress"]
-    proc = subprocess.Popen(cmd, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rows, deadline = out / "rows.jsonl", time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if rows.exists() and rows.read_bytes().count(b"\n") >= 4:  # a first partition is committed
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_once_committed(cmd, out / "rows.jsonl", 4)  # once a first partition is committed
     partial = pipeline.FeatureStore.open(out)
     assert 4 <= len(partial) < n, "the driver was not killed mid-run"
     assert len(partial) % 4 == 0  # whole partitions only

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_class_tree, noise_image
+from conftest import kill_once_committed, make_class_tree, noise_image
 from models_for_tests import SIZE, export_saved_model, frozen_graph_def, tflite_model, tiny_keras_model
 from pipeline import FeatureStore, featurize
 from pipeline.backbones import create_backbone
@@ -104,10 +104,8 @@ def test_several_layers_need_layer_in_out(folder, tmp_path, capsys):
 
 def test_two_layer_run_killed_mid_way_resumes_to_single_layer_results(tmp_path):
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
     data = tmp_path / "data"
     for c, base in (("a", (200, 40, 40)), ("b", (40, 40, 200))):
@@ -117,15 +115,7 @@ def test_two_layer_run_killed_mid_way_resumes_to_single_layer_results(tmp_path):
     out = tmp_path / "m-{layer}"
     cmd = [sys.executable, "-m", "pipeline", "featurize", str(data), "--layer", "penultimate,logits", "--out", str(out),
            "--batch-size", "4", "--workers", "1", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rows = tmp_path / "m-logits" / "rows.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if rows.exists() and rows.read_bytes().count(b"\n") >= 20:
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_once_committed(cmd, tmp_path / "m-logits" / "rows.jsonl", 20, timeout=120, env=dict(os.environ))
     assert 20 <= len(FeatureStore.open(tmp_path / "m-logits")) < 160, "the run was not interrupted mid-way"
     resumed = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert resumed.returncode == 0, resumed.stderr

@@ -29,7 +29,7 @@ def encode(im, fmt="JPEG", **kw) -> bytes:
 
 
 def bad_files() -> dict[str, tuple[bytes, str]]:
-    """relpath -> (bytes, expected skip reason): the unreadable part of RELIABILITY.md section A."""
+    """relpath -> (bytes, expected skip reason): the unreadable part of ../shared/docs/RELIABILITY.md, section A."""
     j = encode(noise_image(1, (256, 256)), quality=90)
     flipped = bytearray(j)
     mid = len(j) // 2
@@ -53,7 +53,7 @@ def bad_files() -> dict[str, tuple[bytes, str]]:
 
 
 def good_files() -> dict[str, bytes]:
-    """Readable oddities that must be featurized (RELIABILITY.md A06-A18, A22, A24, A31)."""
+    """Readable oddities that must be featurized (../shared/docs/RELIABILITY.md A06-A18, A22, A24, A31)."""
     rgb = noise_image(7, (64, 48))
     exif = Image.new("RGB", (40, 20), (200, 10, 10)).getexif()
     exif[0x0112] = 6

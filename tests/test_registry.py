@@ -102,12 +102,11 @@ def test_a_kind_lists_its_layers_and_rebuilds_from_a_spec():
 
 def test_an_explicit_batch_size_survives_building_a_keras_application():
     """--batch-size 8 is the batch the network runs, not the device default picked when it is built."""
-    pytest.importorskip("jax")
     from pipeline.backbones import create_backbone
 
-    bb = create_backbone("mobilenet_v2", weights="random", keras_backend="jax", input_size=32, batch_size=8)
+    bb = create_backbone("mobilenet_v2", weights="random", input_size=32, batch_size=8)
     bb.load()
     assert bb.batch_size == 8
-    auto = create_backbone("mobilenet_v2", weights="random", keras_backend="jax", input_size=32)
+    auto = create_backbone("mobilenet_v2", weights="random", input_size=32)
     auto.load()
-    assert auto.batch_size == 32  # the CPU default
+    assert auto.batch_size == (256 if auto.device == "GPU" else 32)  # the device's default

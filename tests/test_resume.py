@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 
 import pipeline
-from conftest import noise_image
+from conftest import kill_once_committed, noise_image
 
 
 def _featurize_cmd(data, out):
@@ -27,15 +25,7 @@ def test_sigkill_mid_run_then_resume_equals_clean_run(tmp_path):
             noise_image(i + (0 if c == "a" else 10_000), (320, 240), base).save(data / c / f"{i:03d}.jpg")
     out = tmp_path / "store"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.Popen(_featurize_cmd(data, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    rows = out / "rows.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if rows.exists() and rows.read_bytes().count(b"\n") >= 40:
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_once_committed(_featurize_cmd(data, out), out / "rows.jsonl", 40, timeout=120, env=env)
     partial = pipeline.FeatureStore.open(out)  # committed batches stay readable
     assert 40 <= len(partial) < n, "the run was not interrupted mid-way"
     assert partial.features.shape == (len(partial), 1280)
