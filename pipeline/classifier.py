@@ -19,6 +19,7 @@ from .backbones import backbone_from_spec, describe
 from .errors import ModelFileError, SpecMismatchError
 from .hints import looks_like_pickle, unreadable_model
 from .inputs import as_list, decode_images, is_image_input
+from .mapper import map_in_batches
 from .spec import FeatureSpec
 
 _BACKBONE_LOCK = threading.Lock()
@@ -114,17 +115,18 @@ class Classifier:
         image. Safe to call from several threads. Decoded one batch at a time: memory follows the batch.
         """
         bb, items = self.backbone, as_list(images)
-        out = [bb(decode_images(items[i:i + bb.batch_size], bb.preprocess, start=i))
-               for i in range(0, len(items), bb.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.n_features_in_), np.float32)
+        if not items:
+            return np.zeros((0, self.n_features_in_), np.float32)
+        return map_in_batches(bb, len(items), lambda a, b: decode_images(items[a:b], bb.preprocess, start=a))
 
     def pixel_features(self, pixels: np.ndarray) -> np.ndarray:
         """Features of an already decoded uint8 batch (N, h, w, 3), in chunks of the backbone's batch size."""
         bb = self.backbone
         if len(pixels) == 1 and bb.per_image:  # one image: in this thread, no hand-off to the backbone's pool
             return bb.featurize_one(pixels[0])[None]
-        out = [bb(pixels[start:start + bb.batch_size]) for start in range(0, len(pixels), bb.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.n_features_in_), np.float32)
+        if not len(pixels):
+            return np.zeros((0, self.n_features_in_), np.float32)
+        return map_in_batches(bb, len(pixels), lambda a, b: pixels[a:b])
 
     def _as_features(self, X):
         if is_image_input(X):

@@ -317,8 +317,9 @@ def _run(records, uri, bb: Backbone, writer, cluster: RayCluster, progress: bool
             stream = ds.iter_batches(batch_size=None, batch_format="numpy").__iter__()
         try:
             spec = _ClusterSpec(max(hi - lo for lo, hi in bounds))
-            batcher = _commit_partitions(records, bounds, settled, _Results(stream, clock, spec), spec, writer,
-                                         run, clock, progress, bb.name)
+            batcher = _commit_partitions(records, bounds, settled, _Results(stream, clock, spec),
+                                         Mapper(spec, Committer(writer, run.skipped, clock), clock), run,
+                                         f"featurize {bb.name} on ray" if progress else None)
         finally:
             if hasattr(stream, "close"):
                 stream.close()  # before Ray shuts down
@@ -330,11 +331,11 @@ def _run(records, uri, bb: Backbone, writer, cluster: RayCluster, progress: bool
                               {"cores": workers["read"], "gpu": gpu, "per_image": False, "kind": bb.kind})
 
 
-def _commit_partitions(records, bounds, settled: dict, results: _Results, spec: _ClusterSpec, writer, run: RunReport,
-                       clock: StageClock, progress: bool, name: str) -> Mapper:
-    """Book every file in listing order and commit each partition's new rows as one part."""
-    batcher = Mapper(spec, Committer(writer, run.skipped, clock), clock)
-    with _progress(len(records), progress, f"featurize {name} on ray") as bar:
+def _commit_partitions(records, bounds, settled: dict, results: _Results, batcher: Mapper, run: RunReport,
+                       progress: str | None) -> Mapper:
+    """Book every file in listing order and commit each partition's new rows as one part (`progress`: the
+    bar's title, None for no bar)."""
+    with _progress(len(records), progress is not None, progress or "") as bar:
         for lo, hi in bounds:
             for i in range(lo, hi):
                 _account(settled.pop(i) if i in settled else _item(records[i], results.get(i)), batcher, run)

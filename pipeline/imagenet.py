@@ -9,6 +9,7 @@ import numpy as np
 from .backbones import create_backbone
 from .errors import BackboneError
 from .images import load_image
+from .mapper import map_in_batches
 from .options import BackboneOptions
 
 LABELS_FILE = Path(__file__).resolve().parent / "data" / "imagenet_labels.txt"
@@ -41,11 +42,9 @@ def predict_imagenet(images, backbone="mobilenet_v2_quant", top: int = 5, weight
         bb = create_backbone(backbone, "logits", weights, **options) if isinstance(backbone, str) else backbone
     bb.load()
     names = imagenet_labels(bb.num_classes or bb.dim)
-    results = []
-    for start in range(0, len(images), bb.batch_size):
-        chunk = list(images[start:start + bb.batch_size])
-        proba = softmax(bb(np.stack([load_image(p, bb.preprocess) for p in chunk])))
-        for path, row in zip(chunk, proba):
-            best = np.argsort(-row)[:top]
-            results.append((str(path), [(names[i], float(row[i])) for i in best]))
-    return results
+    images = list(images)
+    if not images:
+        return []
+    proba = softmax(map_in_batches(bb, len(images),
+                                   lambda a, b: np.stack([load_image(p, bb.preprocess) for p in images[a:b]])))
+    return [(str(path), [(names[i], float(row[i])) for i in np.argsort(-row)[:top]]) for path, row in zip(images, proba)]

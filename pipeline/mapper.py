@@ -10,6 +10,7 @@ backbone featurized them in the reader's threads) pass through unchanged.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -82,3 +83,12 @@ class Mapper:
             return batch.copy()
         with self.clock.timed("forward"):
             return self.backbone(batch)
+
+
+def map_in_batches(backbone, n: int, pixels: Callable[[int, int], np.ndarray]) -> np.ndarray:
+    """Features (n, D) of n images held by the caller, a backbone batch at a time: ``pixels(start, stop)``
+    gives the uint8 batch of images start..stop, decoded only then (memory follows the batch). What
+    ``Classifier.features`` and ``predict_imagenet`` run; a folder goes through :class:`Mapper` instead."""
+    step = backbone.batch_size
+    out = [backbone(pixels(i, min(i + step, n))) for i in range(0, n, step)]
+    return np.concatenate(out) if out else np.zeros((0, backbone.dim or 0), np.float32)
