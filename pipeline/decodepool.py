@@ -61,7 +61,7 @@ def choose_decode(decode: str, per_image: bool, cores: int | None = None) -> str
 
 @dataclass(frozen=True)
 class _DecodeOnly:
-    """What runner._prepare needs of a backbone to decode (no network: workers never build one)."""
+    """What reader.prepare needs of a backbone to decode (no network: workers never build one)."""
 
     preprocess: Preprocess
     per_image: bool = False
@@ -116,7 +116,7 @@ def _known_for(record, known: dict) -> dict:
 
 
 class DecodePool:
-    """Worker processes that prepare files for the runner: ``map`` is a drop-in for runner.bounded_map's role."""
+    """Worker processes that prepare files for the runner: ``map`` is a drop-in for reader.bounded_map's role."""
 
     def __init__(self, preprocess: Preprocess, workers: int | None = None, window: int = 256, chunk: int = 8,
                  clock=None):
@@ -127,7 +127,7 @@ class DecodePool:
         self.views = False
 
     def map(self, records, known: dict, views: bool = False):
-        """Yield (record, sha256, stat, result, notes) per record, in order, like runner._prepare.
+        """Yield (record, sha256, stat, result, notes) per record, in order, like reader.prepare.
 
         Files the store already has by stat are answered here without a worker; the workers (and
         the shared memory) are started at the first file that must be read. With `views`, a decoded
@@ -145,7 +145,7 @@ class DecodePool:
             nonlocal shm, pool
             shm = shared_memory.SharedMemory(create=True, size=int(np.prod(shape)))
             ctx = multiprocessing.get_context("forkserver")  # never fork a process that may hold TF threads
-            ctx.set_forkserver_preload(["pipeline.runner"])  # workers fork with the decoder already imported
+            ctx.set_forkserver_preload(["pipeline.reader"])  # workers fork with the decoder already imported
             pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_attach,
                                        initargs=(shm.name, shape, os.getpid()))
             return pool, np.ndarray(shape, np.uint8, buffer=shm.buf)
