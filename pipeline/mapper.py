@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .errors import PipelineError
 from .stages import StageClock
 
 
@@ -40,10 +41,16 @@ class Mapper:
     def add(self, image, row: dict) -> None:
         """Book one item; `image` may be a view that changes after this returns (it is copied here)."""
         self._record_spec()
+        image = np.asarray(image)
         if not self.buffers:
-            self.buffers = [np.empty((self.backbone.batch_size, *np.shape(image)), np.asarray(image).dtype)
+            self.buffers = [np.empty((self.backbone.batch_size, *image.shape), image.dtype)
                             for _ in range(2 if self.thread else 1)]
-        self.buffers[self.slot][self.fill] = image
+        buffer = self.buffers[self.slot]
+        if image.shape != buffer.shape[1:] or image.dtype != buffer.dtype:  # never broadcast or cast silently
+            raise PipelineError(f"{row.get('path', 'an item')} was prepared as {image.dtype} {image.shape}, the "
+                                f"batch holds {buffer.dtype} {buffer.shape[1:]}: every item of a run must be alike; "
+                                f"this is a bug, please report it")
+        buffer[self.fill] = image
         self.fill += 1
         self.rows.append(row)
         if self.fill == len(self.buffers[self.slot]):

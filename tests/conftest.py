@@ -50,6 +50,15 @@ def class_tree(tmp_path) -> Path:
     return make_class_tree(tmp_path / "data")
 
 
+def noise_class_tree(data: Path, n: int, size=(320, 240)) -> Path:
+    """Two classes a and b (reddish, bluish) of n // 2 distinct noise JPEGs each: a folder worth killing runs in."""
+    for c, base in (("a", (200, 40, 40)), ("b", (40, 40, 200))):
+        (data / c).mkdir(parents=True)
+        for i in range(n // 2):
+            noise_image(i + (0 if c == "a" else 10_000), size, base).save(data / c / f"{i:03d}.jpg")
+    return data
+
+
 def kill_once_committed(cmd: list[str], rows_file: Path, lines: int, timeout: float = 180, env=None) -> None:
     """Run `cmd`, then SIGKILL it as soon as `rows_file` (a store's commit log) holds `lines` committed lines
     (or the command ends first, or `timeout` seconds pass): the crash the resume tests recover from."""

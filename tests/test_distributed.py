@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import pipeline
-from conftest import kill_once_committed, make_class_tree, noise_image
+from conftest import kill_once_committed, make_class_tree, noise_class_tree, noise_image
 from pipeline.cli import main
 from pipeline.distributed import RayCluster, partition_bounds
 
@@ -129,10 +129,7 @@ def test_engine_flags_are_checked(tmp_path, folder, capsys):
 def test_sigkill_of_the_driver_then_rerun_equals_a_clean_run(cluster, tmp_path):
     data = tmp_path / "data"
     n = 48
-    for c, base in (("a", (200, 40, 40)), ("b", (40, 40, 200))):
-        (data / c).mkdir(parents=True)
-        for i in range(n // 2):
-            noise_image(i + (0 if c == "a" else 10_000), (320, 240), base).save(data / c / f"{i:03d}.jpg")
+    noise_class_tree(data, n, (320, 240))
     out = tmp_path / "store"
     cmd = [sys.executable, "-m", "pipeline", "featurize", str(data), "--out", str(out), "--engine", "ray",
            "--address", cluster, "--partitions", "12", "--no-progress"]
@@ -174,10 +171,7 @@ def test_a_backbone_actor_killed_mid_run_is_restarted_and_the_store_equals_in_pr
 
     data = tmp_path / "data"
     n = 240
-    for c, base in (("a", (200, 40, 40)), ("b", (40, 40, 200))):
-        (data / c).mkdir(parents=True)
-        for i in range(n // 2):
-            noise_image(i + (0 if c == "a" else 10_000), (96, 72), base).save(data / c / f"{i:03d}.jpg")
+    noise_class_tree(data, n, (96, 72))
     out, result = tmp_path / "store", {}
 
     def drive():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import kill_once_committed, make_class_tree, noise_image
+from conftest import kill_once_committed, make_class_tree, noise_class_tree, noise_image
 from models_for_tests import SIZE, export_saved_model, frozen_graph_def, tflite_model, tiny_keras_model
 from pipeline import FeatureStore, featurize
 from pipeline.backbones import create_backbone
@@ -108,10 +108,7 @@ def test_two_layer_run_killed_mid_way_resumes_to_single_layer_results(tmp_path):
     import sys
 
     data = tmp_path / "data"
-    for c, base in (("a", (200, 40, 40)), ("b", (40, 40, 200))):
-        (data / c).mkdir(parents=True)
-        for i in range(80):
-            noise_image(i + (0 if c == "a" else 10_000), (160, 120), base).save(data / c / f"{i:03d}.jpg")
+    noise_class_tree(data, 160, (160, 120))
     out = tmp_path / "m-{layer}"
     cmd = [sys.executable, "-m", "pipeline", "featurize", str(data), "--layer", "penultimate,logits", "--out", str(out),
            "--batch-size", "4", "--workers", "1", "--no-progress"]

@@ -107,3 +107,13 @@ def test_nonfinite_features_are_skipped_with_their_reason(tmp_path):
     assert w.close().paths == ["c/0.jpg", "c/2.jpg", "c/3.jpg"]
     assert skipped == [{"path": "c/1.jpg", "reason": "nonfinite_features",
                         "detail": "the network gave NaN or infinity for this image"}]
+
+
+def test_an_item_unlike_the_batch_is_refused_not_broadcast(tmp_path):
+    from pipeline.errors import PipelineError
+
+    w = open_writer(tmp_path / "s", REQ)
+    b = _stages(w, FakeBackbone(), ahead=False)
+    b.add(np.zeros((2, 2, 3), np.uint8), _rows(1)[0])
+    with pytest.raises(PipelineError, match="c/1.jpg was prepared as uint8 \\(2, 2\\)"):
+        b.add(np.zeros((2, 2), np.uint8), _rows(2)[1])  # grey: would broadcast into (2, 2, 3) silently

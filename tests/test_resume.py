@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 import pipeline
-from conftest import kill_once_committed, noise_image
+from conftest import kill_once_committed, noise_class_tree
 
 
 def _featurize_cmd(data, out):
@@ -19,10 +19,7 @@ def _featurize_cmd(data, out):
 def test_sigkill_mid_run_then_resume_equals_clean_run(tmp_path):
     data = tmp_path / "data"
     n = 400
-    for c, base in (("a", (200, 40, 40)), ("b", (40, 40, 200))):
-        (data / c).mkdir(parents=True)
-        for i in range(n // 2):
-            noise_image(i + (0 if c == "a" else 10_000), (320, 240), base).save(data / c / f"{i:03d}.jpg")
+    noise_class_tree(data, n, (320, 240))
     out = tmp_path / "store"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     kill_once_committed(_featurize_cmd(data, out), out / "rows.jsonl", 40, timeout=120, env=env)

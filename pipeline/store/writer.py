@@ -162,8 +162,9 @@ class StoreWriter:
             return
         seg_dir = self.root / "segments"
         seg_dir.mkdir(exist_ok=True)
-        if adopt and all(_piece_len(f) >= ADOPT_ROWS for _, f in parts):
-            return self._adopt_parts(parts, seg_dir)
+        lengths = [_piece_len(f) for _, f in parts] if adopt else []
+        if adopt and min(lengths) >= ADOPT_ROWS:
+            return self._adopt_parts(parts, lengths, seg_dir)
         for _, f in parts:
             _check_part(f)
         dim = self.meta["spec"]["dim"]
@@ -176,12 +177,11 @@ class StoreWriter:
         for _, f in parts:
             _remove_part(f)
 
-    def _adopt_parts(self, parts: list, seg_dir: Path) -> None:
+    def _adopt_parts(self, parts: list, lengths: list[int], seg_dir: Path) -> None:
         """Each part becomes a segment under a second name, keeping the checksums written with it (every
         read checks them); then meta.json lists them."""
-        for start, f in parts:
+        for (start, f), n in zip(parts, lengths):
             name = f"seg-{len(self.meta['segments']):06d}-{start:012d}.bcolz"
-            n = _piece_len(f)
             _link_piece(f, seg_dir / name)
             self.meta["segments"].append({"name": name, "rows": n, "files": _part_checksums(f)})
             self._base += n
