@@ -6,8 +6,9 @@ The listing is today's sorted one (:func:`pipeline.listing.list_images`, or
 [k*n/P, (k+1)*n/P) of it, so the same command splits the same folder the same way on every run.
 The driver first asks the store what needs no work, exactly as the in-process runner does (a
 file whose stat is unchanged keeps its row, or is skipped again); the other files flow through
-Ray Data in listing order: ``map_batches`` tasks read, hash and decode them (1 CPU each), and a
-pool of actors (a callable class that builds the backbone once from its request, never pickled
+Ray Data in listing order: ``map_batches`` tasks read, hash and decode them (1 CPU each; on a
+cluster without GPUs Ray Data fuses them into the actors, see :func:`actor_pool`), and a pool of
+actors (a callable class that builds the backbone once from its request, never pickled
 to it; one GPU each when the cluster has GPUs) featurizes the decoded images. As partition k
 completes, the driver books its files in listing order (reused, skipped with a reason, or a new
 row) and appends its rows with :meth:`pipeline.store.StoreWriter.append` (staging, rename,
@@ -235,7 +236,8 @@ def _plan(records, known: dict, uri: str | None):
 
 
 def _dataset(ray, todo: list[dict], blocks: int, uri, bb: Backbone):
-    """The Ray Data pipeline: decode tasks, then the backbone's actor pool, in listing order."""
+    """The Ray Data pipeline: decode tasks, then the backbone's actor pool, in listing order (on CPU
+    clusters Ray Data fuses the two: see :func:`actor_pool`)."""
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
@@ -253,8 +255,9 @@ def _dataset(ray, todo: list[dict], blocks: int, uri, bb: Backbone):
     pool = ray.data.ActorPoolStrategy(size=min(actors.pop("size"), blocks, batches))  # no idle actor on tiny runs
     ds = ds.map_batches(Forward, fn_constructor_kwargs={"request": bb.request(), "batch_size": bb.batch_size},
                         batch_size=bb.batch_size, batch_format="numpy", compute=pool, **actors)
-    workers = {"read": max(1, int((cpus - actors.get("num_cpus", 0) * pool.max_size) / decode_cpus)),
-               "forward": pool.max_size}
+    decoders = (pool.max_size if fused(actors, decode_cpus)
+                else max(1, int((cpus - actors.get("num_cpus", 0) * pool.max_size) / decode_cpus)))
+    workers = {"read": decoders, "forward": pool.max_size}
     return ds, workers, "num_gpus" in actors
 
 
@@ -262,16 +265,24 @@ def actor_pool(resources: dict, per_image: bool) -> tuple[dict, float]:
     """(the backbone's actor pool: its size and resources per actor, CPUs per decode task) for a cluster.
 
     With GPUs: one actor per GPU, decode tasks of 1 CPU on every core. CPU only, a backbone run one
-    image at a time on one thread (TFLite): one actor per core (3/4 CPU), decode tasks of 1/4 CPU,
-    as the network costs about 4 times the decode (BENCHMARKS.md). A TensorFlow backbone on CPUs
-    uses every core of its node: one actor (1 CPU) per 2 CPUs, decode tasks of 1 CPU.
+    image at a time on one thread (TFLite): one actor per core (1 CPU), and decode tasks that ask for
+    the same, so that Ray Data fuses them into the actors: each core reads, decodes and featurizes
+    its batches in one process, as the in-process runner's threads do, and no decoded image crosses
+    the object store (half the worker processes to start per run; BENCHMARKS.md, "Ray"). A
+    TensorFlow backbone on CPUs uses every core of its node through its own threads: one actor
+    (1 CPU) per 2 CPUs, with the decode tasks fused into it the same way.
     """
     gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
     if gpus:
         return {"num_gpus": 1, "size": gpus}, 1.0
     if per_image:
-        return {"num_cpus": 0.75, "size": cpus}, 0.25
+        return {"num_cpus": 1, "size": cpus}, 1.0
     return {"num_cpus": 1, "size": max(1, cpus // 2)}, 1.0
+
+
+def fused(actors: dict, decode_cpus: float) -> bool:
+    """Whether Ray Data fuses the decode tasks into the backbone's actors (same resources, no GPU)."""
+    return "num_gpus" not in actors and actors.get("num_cpus") == decode_cpus
 
 
 class _Results:

@@ -185,7 +185,7 @@ def test_a_backbone_actor_killed_mid_run_is_restarted_and_the_store_equals_in_pr
     driver.start()
     rows, deadline, killed = out / "rows.jsonl", time.time() + 300, None
     while time.time() < deadline and driver.is_alive():
-        actors = _descendants_named("ray::MapWorker(MapBatches(Forward))")
+        actors = _descendants_named("ray::MapWorker(")  # the backbone actors (decode fused into them)
         if actors and rows.exists() and rows.read_bytes().count(b"\n") >= n // 8:  # a partition is in
             committed = rows.read_bytes().count(b"\n")
             os.kill(actors[0], signal.SIGKILL)
@@ -243,3 +243,16 @@ def test_images_from_s3_through_pyarrow_on_ray_equal_the_local_folder(cluster, f
     again = pipeline.featurize(s3_folder, out=tmp_path / "s3", progress=False, report=True, engine="ray",
                                cluster=RayCluster(partitions=2))
     assert (again.computed, again.reused) == (0, 10)  # objects' [size, mtime] unchanged: nothing read again
+
+
+def test_cpu_clusters_decode_inside_the_backbone_actors_and_gpu_clusters_beside_them():
+    """On CPUs the decode tasks ask for the actors' resources, so Ray Data fuses them (one process per
+    core, no decoded image through the object store); with GPUs every core decodes for the GPU actors."""
+    from pipeline.distributed import actor_pool, fused
+
+    actors, decode = actor_pool({"CPU": 4.0}, per_image=True)  # TFLite: one actor per core
+    assert actors.pop("size") == 4 and fused(actors, decode)
+    actors, decode = actor_pool({"CPU": 8.0}, per_image=False)  # TensorFlow threads over 2 cores
+    assert actors.pop("size") == 4 and fused(actors, decode)
+    actors, decode = actor_pool({"CPU": 16.0, "GPU": 2.0}, per_image=False)
+    assert actors.pop("size") == 2 and actors["num_gpus"] == 1 and not fused(actors, decode)
