@@ -159,12 +159,14 @@ def decode_batch(batch: dict, pre: dict, uri: str | None) -> dict:
 
 class Forward:
     """Ray Data actor: builds the backbone once from its request, then featurizes decoded batches.
-    The first row of every output batch carries the loaded backbone's spec (JSON) for the store."""
+    The first row of every output batch carries the loaded backbone's spec (JSON) for the store,
+    and every row the time the actor became ready (the run's ``startup_s``)."""
 
     def __init__(self, request: dict, batch_size: int):
         self.bb = backbone_from_spec(request)
         self.bb.fix_batch_size(batch_size)
         self.spec = json.dumps(self.bb.spec())  # builds the network
+        self.ready = time.time()  # wall clock: the driver compares it with its own
 
     def __call__(self, batch: dict) -> dict:
         ok = np.flatnonzero(batch["status"] == "ok")
@@ -179,6 +181,7 @@ class Forward:
         out["features"] = feats
         out["forward_s"] = np.full(n, (time.perf_counter() - start) / max(1, n))
         out["spec"] = np.array([self.spec] + [""] * (n - 1), dtype=object)
+        out["ready"] = np.full(n, self.ready)
         return out
 
 
@@ -290,10 +293,12 @@ class _Results:
 
     def __init__(self, batches, clock: StageClock, spec: _ClusterSpec):
         self.batches, self.clock, self.spec, self.rows = batches, clock, spec, {}
+        self.ready = None  # when the first backbone actor was ready (wall clock)
 
     def get(self, i: int) -> dict:
         while i not in self.rows:
             b = next(self.batches)
+            self.ready = min(self.ready or np.inf, float(np.min(b["ready"])))
             self.spec.sent = self.spec.sent or str(b["spec"][0])
             for stage in ("read", "decode", "forward"):
                 self.clock.busy[stage] += float(np.sum(b[f"{stage}_s"]))
@@ -316,7 +321,7 @@ def _run(records, uri, bb: Backbone, writer, cluster: RayCluster, progress: bool
     known = known_files(writer)
     settled, todo = _plan(records, known, uri)
     bounds = partition_bounds(len(records), cluster.partitions)
-    clock, start = StageClock(), time.perf_counter()
+    clock, start, started = StageClock(), time.perf_counter(), time.time()
     with connected(cluster) as ray:
         workers = {"read": 1, "forward": 1}
         gpu = False
@@ -328,7 +333,8 @@ def _run(records, uri, bb: Backbone, writer, cluster: RayCluster, progress: bool
             stream = ds.iter_batches(batch_size=None, batch_format="numpy").__iter__()
         try:
             spec = _ClusterSpec(max(hi - lo for lo, hi in bounds))
-            batcher = _commit_partitions(records, bounds, settled, _Results(stream, clock, spec),
+            results = _Results(stream, clock, spec)
+            batcher = _commit_partitions(records, bounds, settled, results,
                                          Mapper(spec, Committer(writer, run.skipped, clock), clock), run,
                                          f"featurize {bb.name} on ray" if progress else None)
         finally:
@@ -340,6 +346,8 @@ def _run(records, uri, bb: Backbone, writer, cluster: RayCluster, progress: bool
                               {"read": workers["read"], "decode": workers["read"], "forward": workers["forward"],
                                "write": 1},
                               {"cores": workers["read"], "gpu": gpu, "per_image": False, "kind": bb.kind})
+    if results.ready is not None:  # Ray (and a local cluster) starting, up to the first backbone built
+        run.stages["startup_s"] = round(max(0.0, results.ready - started), 4)
 
 
 def _commit_partitions(records, bounds, settled: dict, results: _Results, batcher: Mapper, run: RunReport,

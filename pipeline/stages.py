@@ -2,7 +2,9 @@
 
 Each stage's busy seconds are summed over the threads that ran it: ``read`` (stat, file I/O and
 sha256), ``decode`` (decode, orientation, crop and resize), ``forward`` (the network) and
-``write`` (committing batches to the store). A stage run by W threads at once can keep up with
+``write`` (committing batches to the store). A Ray run also records ``startup_s``: the seconds
+before its first backbone actor was ready (a local cluster starting, Ray starting worker
+processes, the backbone built), when no image can be featurized yet. A stage run by W threads at once can keep up with
 the others while its busy seconds divided by W stay below theirs, so the bottleneck is the
 stage with the most busy seconds per worker. Decoding always runs in the worker pool; the
 network runs there too for backbones that featurize one image per call (TFLite), else in the
@@ -17,6 +19,7 @@ import time
 from contextlib import contextmanager
 
 STAGES = ("read", "decode", "forward", "write")
+STARTUP_SHARE = 0.25  # a Ray run whose start-up is over this share of its time says so
 
 
 def cores() -> int:
@@ -99,5 +102,10 @@ def line(stages: dict) -> str:
         return "stages: nothing was featurized (every image came from the cache)"
     w = stages["workers"]
     parts = ", ".join(f"{s} {stages[f'{s}_s']:.2f} s" + (f" ({_workers(w[s])})" if w[s] > 1 else "") for s in STAGES)
-    return (f"stages: {parts}; {stages['images_per_s']:.1f} images/s; bottleneck: {stages['bottleneck']} "
-            f"— {stages['hint']}")
+    out = (f"stages: {parts}; {stages['images_per_s']:.1f} images/s; bottleneck: {stages['bottleneck']} "
+           f"— {stages['hint']}")
+    startup = stages.get("startup_s")
+    if startup is not None and startup > STARTUP_SHARE * stages["wall_s"]:
+        out += (f"\nRay took {startup:.1f} s of this {stages['wall_s']:.1f} s run to start before any image was "
+                f"featurized: for a folder this small, --engine local is faster")
+    return out

@@ -256,3 +256,14 @@ def test_cpu_clusters_decode_inside_the_backbone_actors_and_gpu_clusters_beside_
     assert actors.pop("size") == 4 and fused(actors, decode)
     actors, decode = actor_pool({"CPU": 16.0, "GPU": 2.0}, per_image=False)
     assert actors.pop("size") == 2 and actors["num_gpus"] == 1 and not fused(actors, decode)
+
+
+def test_a_small_ray_run_reports_its_start_up_and_points_to_the_local_engine(cluster, folder, tmp_path, capsys):
+    """On a folder of a dozen images most of a Ray run is Ray starting its workers: the report measures
+    it (`stages.startup_s`) and the summary says that --engine local is faster for such a folder."""
+    assert main(["featurize", str(folder), "--engine", "ray", "--out", str(tmp_path / "s")]) == 0
+    stages = json.loads((tmp_path / "s" / "report.json").read_text())["stages"]
+    assert 0 < stages["startup_s"] <= stages["wall_s"]
+    out = capsys.readouterr()
+    assert "--engine local is faster" in out.out + out.err
+    assert "startup_s" not in pipeline.featurize(folder, out=tmp_path / "local", progress=False).report["stages"]
