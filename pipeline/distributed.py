@@ -83,7 +83,7 @@ def featurize_ray(data_dir, bb: Backbone, options: FeaturizeOptions, out=None, r
 
     def work():
         _check_source(writer, data_dir)
-        _run(listing.records, data_dir if is_uri(data_dir) else None, bb, writer, cluster, o.progress, run)
+        _run(listing, data_dir if is_uri(data_dir) else None, bb, writer, cluster, o.progress, run)
 
     return commit_run(writer, run, listing, present if o.prune else None, work, o.strict, report)
 
@@ -114,21 +114,22 @@ def _check_source(writer, data_dir) -> None:
 
 # --- what runs on the cluster ------------------------------------------------------------------
 
-def _read(uri: str | None, path: str, into: dict):
-    """(bytes, sha256) of a local file or an object below `uri`; its stat goes to into["stat"] first."""
+def _read(uri: str | None, path: str, listed: str, into: dict):
+    """(bytes, sha256) of a local file or an object below `uri`; its stat goes to into["stat"] first
+    (an object's as the listing gave it, `listed` as JSON: no request per object but the read)."""
     if uri is None:
         into["stat"] = file_stat(path)
         return read_bytes(path)
-    into["stat"] = stat_uri(uri, path)
+    into["stat"] = json.loads(listed) if listed else stat_uri(uri, path)
     return read_uri(uri, path, into["stat"][0])
 
 
-def _decode_one(uri, path: str, old_sha: str, pre: Preprocess, out: dict, j: int) -> None:
+def _decode_one(uri, path: str, old_sha: str, listed: str, pre: Preprocess, out: dict, j: int) -> None:
     """Read, hash and decode one file into row j of `out` (status ok, reused or skipped)."""
     notes, t0 = [], time.perf_counter()
     status, sha, reason, detail, t1, got = "skipped", "", "", "", None, {"stat": None}
     try:
-        data, sha = _read(uri, path, got)
+        data, sha = _read(uri, path, listed, got)
         t1 = time.perf_counter()
         if sha == old_sha:
             status = "reused"
@@ -147,13 +148,13 @@ def _decode_one(uri, path: str, old_sha: str, pre: Preprocess, out: dict, j: int
 
 
 def decode_batch(batch: dict, pre: dict, uri: str | None) -> dict:
-    """Ray Data task: a batch of files (idx, path, old_sha) -> decoded uint8 images and their status."""
+    """Ray Data task: a batch of files (idx, path, old_sha, stat) -> decoded uint8 images and their status."""
     pre = Preprocess.from_dict(pre)
     n = len(batch["idx"])
     out = {k: [] for k in ("status", "sha", "stat", "reason", "detail", "notes", "read_s", "decode_s")}
     out["image"] = np.zeros((n, *pre.size, 3), np.uint8)
-    for j, (path, old) in enumerate(zip(batch["path"], batch["old_sha"])):
-        _decode_one(uri, str(path), str(old), pre, out, j)
+    for j, (path, old, listed) in enumerate(zip(batch["path"], batch["old_sha"], batch["stat"])):
+        _decode_one(uri, str(path), str(old), str(listed), pre, out, j)
     return {"idx": np.asarray(batch["idx"], np.int64), **{k: np.asarray(v) for k, v in out.items()}}
 
 
@@ -220,21 +221,25 @@ class _ClusterSpec:
         return json.loads(self.sent)
 
 
-def _plan(records, known: dict, uri: str | None):
-    """({index: prepared item} the store settles without reading, [files for the cluster])."""
+def _plan(records, known: dict, uri: str | None, listed: dict):
+    """({index: prepared item} the store settles without reading, [files for the cluster]).
+
+    An object's stat is the one its listing gave (`listed`: path -> [size, mtime_ns]), so a rerun over
+    millions of objects asks the store nothing per object; a local file is stat'ed here."""
     settled, todo = {}, []
     for i, r in enumerate(records):
-        old = known["rows"].get(r.relpath)
+        old, stat = known["rows"].get(r.relpath), listed.get(str(r.path))
         if old is not None or r.relpath in known["bad"]:
             try:
-                stat = file_stat(r.path) if uri is None else stat_uri(uri, r.path)
+                stat = stat or (file_stat(r.path) if uri is None else stat_uri(uri, r.path))
             except OSError:
                 stat = None  # the task reports why
             hit = _cached(r, stat, known) if stat is not None else None
             if hit is not None:
                 settled[i] = (r, hit[0], stat, hit[1], [])
                 continue
-        todo.append({"idx": i, "path": str(r.path), "old_sha": old[0] if old else ""})
+        todo.append({"idx": i, "path": str(r.path), "old_sha": old[0] if old else "",
+                     "stat": json.dumps(stat) if stat is not None and uri is not None else ""})
     return settled, todo
 
 
@@ -317,9 +322,9 @@ def _item(record, row: dict):
     return record, str(row["sha"]), stat, (row["features"] if status == "ok" else None), notes
 
 
-def _run(records, uri, bb: Backbone, writer, cluster: RayCluster, progress: bool, run: RunReport) -> None:
-    known = known_files(writer)
-    settled, todo = _plan(records, known, uri)
+def _run(listing, uri, bb: Backbone, writer, cluster: RayCluster, progress: bool, run: RunReport) -> None:
+    records, known = listing.records, known_files(writer)
+    settled, todo = _plan(records, known, uri, listing.stats)
     bounds = partition_bounds(len(records), cluster.partitions)
     clock, start, started = StageClock(), time.perf_counter(), time.time()
     with connected(cluster) as ray:

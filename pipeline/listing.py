@@ -44,6 +44,7 @@ class Listing:
     unlabelled: list[str] = field(default_factory=list)  # images a labels CSV gives no label
     unused_label_ids: list[str] = field(default_factory=list)  # CSV ids that match no image
     unusable: list[dict] = field(default_factory=list)  # images/folders that cannot be used: {path, reason, detail}
+    stats: dict = field(default_factory=dict)  # object storage: path -> [size, mtime_ns] as listed (sources.py)
     links: dict[str, str] = field(default_factory=dict)  # symlinks met (relpath, folders ending in /) -> target
     unreadable: list[str] = field(default_factory=list)  # folders that could not be listed (relpath/, ./ the root)
 

@@ -43,7 +43,8 @@ def _stat(info) -> list[int]:
 def list_uri(uri: str, labelled: bool | None = None, labels=None) -> Listing:
     """The images below `uri` in a stable sorted order (see :func:`pipeline.listing.list_images`).
 
-    Records carry the path inside the file system (read with :func:`read_uri`).
+    Records carry the path inside the file system (read with :func:`read_uri`); ``Listing.stats``
+    holds each image's ``[size, mtime_ns]`` as the listing gave it.
     """
     from pyarrow import fs
 
@@ -53,7 +54,7 @@ def list_uri(uri: str, labelled: bool | None = None, labels=None) -> Listing:
         infos = filesys.get_file_info(fs.FileSelector(base, recursive=True))
     except (FileNotFoundError, OSError) as e:
         raise UsageError(f"image location {uri!r} cannot be listed: {e}") from e
-    found, ignored = [], []
+    found, ignored, stats = [], [], {}
     for info in infos:
         if info.type != fs.FileType.File:
             continue
@@ -67,11 +68,13 @@ def list_uri(uri: str, labelled: bool | None = None, labels=None) -> Listing:
             ignored.append((rel, "ignored_extension"))
         else:
             found.append((rel, info.path))
+            stats[info.path] = _stat(info)
     found.sort(key=lambda item: item[0])
     ignored.sort()
-    if labels is not None:
-        return _csv_listing(found, ignored, [], labels)
-    return _folder_listing(uri, found, ignored, labelled)
+    listing = (_csv_listing(found, ignored, [], labels) if labels is not None
+               else _folder_listing(uri, found, ignored, labelled))
+    listing.stats = stats  # what the store's cache compares: no request per object on a rerun
+    return listing
 
 
 def _folder_listing(uri: str, found, ignored, labelled) -> Listing:

@@ -229,7 +229,8 @@ def s3_folder(folder):
     server.stop()
 
 
-def test_images_from_s3_through_pyarrow_on_ray_equal_the_local_folder(cluster, folder, s3_folder, tmp_path):
+def test_images_from_s3_through_pyarrow_on_ray_equal_the_local_folder(cluster, folder, s3_folder, tmp_path,
+                                                                        monkeypatch):
     local = pipeline.featurize(folder, out=tmp_path / "local", progress=False)
     run = pipeline.featurize(s3_folder, out=tmp_path / "s3", progress=False, report=True, engine="ray",
                              cluster=RayCluster(partitions=2))
@@ -240,9 +241,32 @@ def test_images_from_s3_through_pyarrow_on_ray_equal_the_local_folder(cluster, f
     assert [(s["path"], s["reason"]) for s in store.skipped] == [("red/broken.jpg", "not_an_image")]
     assert store.report["ignored"] == local.report["ignored"]
     assert store.meta["data_dir"] == s3_folder
+
+
+    def no_request_per_object(uri, path):
+        raise AssertionError(f"{path} was asked for its stat: the listing gave it")
+
+    monkeypatch.setattr("pipeline.distributed.stat_uri", no_request_per_object)
     again = pipeline.featurize(s3_folder, out=tmp_path / "s3", progress=False, report=True, engine="ray",
                                cluster=RayCluster(partitions=2))
     assert (again.computed, again.reused) == (0, 10)  # objects' [size, mtime] unchanged: nothing read again
+
+
+def test_a_cluster_task_reads_an_object_with_the_stat_its_listing_gave(s3_folder, monkeypatch):
+    """One request per new object (the read), none for its stat: over millions of objects a HEAD
+    each would double the requests."""
+    from pipeline.distributed import decode_batch
+    from pipeline.preprocess import Preprocess
+    from pipeline.sources import list_uri
+
+    listing = list_uri(s3_folder)
+    monkeypatch.setattr("pipeline.distributed.stat_uri", lambda uri, path: pytest.fail(f"HEAD of {path}"))
+    paths = [str(r.path) for r in listing.records]
+    out = decode_batch({"idx": np.arange(len(paths)), "path": paths, "old_sha": [""] * len(paths),
+                        "stat": [json.dumps(listing.stats[p]) for p in paths]},
+                       Preprocess(size=(32, 32)).to_dict(), s3_folder)
+    assert list(out["status"]).count("ok") == 10 and [json.loads(s) for s in out["stat"]] == [
+        listing.stats[p] for p in paths]
 
 
 def test_cpu_clusters_decode_inside_the_backbone_actors_and_gpu_clusters_beside_them():
