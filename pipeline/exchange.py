@@ -299,8 +299,23 @@ def predict_store(clf, store):
     """(ids, probabilities, StoreScoring) for every live row of a store; refuses another spec."""
     store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     clf.check_spec(store.spec, str(store.root))
-    proba = clf.predict_proba(store.features) if len(store) else np.zeros((0, len(clf.classes_)))
-    return store.paths, proba, StoreScoring(store)
+    return store.paths, store_proba(clf, store), StoreScoring(store)
 
 
-__all__ = ["export_features", "import_features", "read_features", "Columns", "predict_store"]
+def store_proba(clf, store: FeatureStore, keep=None) -> np.ndarray:
+    """`clf`'s probabilities for the store's live rows (or those at the sorted positions `keep`),
+    computed a chunk of rows at a time: the store's features are never all in memory at once."""
+    keep = None if keep is None else np.asarray(keep, np.int64)
+    out, start = [], 0
+    for x in store.feature_chunks():
+        end = start + len(x)
+        if keep is not None:
+            a, b = np.searchsorted(keep, [start, end])
+            x = x[keep[a:b] - start]
+        if len(x):
+            out.append(clf.predict_proba(x))
+        start = end
+    return np.concatenate(out) if out else np.zeros((0, len(clf.classes_)))
+
+
+__all__ = ["export_features", "import_features", "read_features", "Columns", "predict_store", "store_proba"]

@@ -15,7 +15,7 @@ import numpy as np
 from .backbones import backbone_from_spec
 from .classifier import Classifier, load
 from .errors import UsageError
-from .exchange import is_feature_store, predict_store
+from .exchange import is_feature_store, predict_store, store_proba
 from .hints import did_you_mean
 from .options import SCORE_FEATURIZE, FeaturizeOptions, ScoreOptions, split_keywords
 from .outputs import atomic_open, check_output, csv_writer
@@ -119,8 +119,7 @@ def _predict_listed(clf: Classifier, run):
     wanted = set(run.listed) - unusable  # the store may also hold rows of images since removed
     keep = [i for i, p in enumerate(store.paths) if p in wanted]
     paths = [store.paths[i] for i in keep]
-    proba = clf.predict_proba(store.features[keep]) if keep else np.zeros((0, len(clf.classes_)))
-    return paths, proba
+    return paths, store_proba(clf, store, keep)
 
 
 def check_reject_below(p: float, classes, kaggle: str | None = None) -> None:

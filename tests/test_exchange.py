@@ -210,3 +210,27 @@ def test_a_column_of_strings_is_not_features(tmp_path):
     with pytest.raises(ValueError, match="lists of string, not of numbers"):
         import_features(f, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_scoring_reads_the_store_a_chunk_at_a_time_and_writes_what_one_pass_would(stores, tmp_path, monkeypatch):
+    """A store larger than memory is scored chunk by chunk (here 3 rows at a time): the CSV is the one
+    the whole feature matrix gives, for a store given as it is and for images featurized first."""
+    import pipeline.store.reader as reader_module
+    from pipeline import load, score
+
+    assert main(["train", str(stores["train"].root), "--C", "0.01", "--out", str(tmp_path / "h.joblib")]) == 0
+    clf, test = load(tmp_path / "h.joblib"), stores["test"]
+    whole = dict(zip(test.paths, clf.predict_proba(test.features)))
+    reads = []
+    monkeypatch.setattr(reader_module, "CHUNK_ROWS", 3)
+    monkeypatch.setattr(reader_module.FeatureStore, "features", property(lambda s: pytest.fail("read whole")))
+    original = reader_module.live_chunks
+    monkeypatch.setattr(reader_module, "live_chunks", lambda *a: (reads.append(len(c)) or c for c in original(*a)))
+    for source, kw in ((test.root, {}), (stores["test_dir"], {"cache": tmp_path / "cache", "progress": False})):
+        out = tmp_path / f"p{len(reads)}.csv"
+        score(tmp_path / "h.joblib", source, out, **kw)
+        got = _csv(out)
+        assert sorted(got) == sorted(whole)
+        for path, p in whole.items():
+            assert [float(got[path][str(c)]) for c in clf.classes_] == pytest.approx(p, abs=1e-6)
+    assert reads and max(reads) <= 3

@@ -70,3 +70,23 @@ def test_long_runs_merge_their_parts_during_the_run(tmp_path, monkeypatch):
     np.testing.assert_array_equal(FeatureStore.open(root).features, x)  # readable mid-run
     np.testing.assert_array_equal(w.close().features, x)
     assert not list((root / "parts").iterdir())
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 64])
+def test_feature_chunks_read_the_live_rows_piece_by_piece_equal_to_the_whole(tmp_path, monkeypatch, size):
+    """Scoring a store larger than memory reads it a chunk at a time: across segments and parts, with
+    superseded and withdrawn rows, the chunks are exactly the live rows' features, each at most `size`."""
+    monkeypatch.setattr(writer_module, "ADOPT_ROWS", 3)
+    root = tmp_path / "s"
+    w, x = _write(root, [3, 4])
+    w.close()  # two segments
+    w = open_writer(root, REQ)
+    w.set_spec(SPEC)
+    w.append(np.full((2, 3), -1.0, np.float32), [rows(1, 1)[0], rows(5, 1)[0]])  # supersede rows 1 and 5
+    w.remove({"c/3.jpg": "gone"})  # a part of uncommitted-to-segment rows, plus a withdrawal
+    store = FeatureStore.open(root)  # reads segments and the open run's parts
+    chunks = list(store.feature_chunks(size))
+    assert all(0 < len(c) <= size for c in chunks)
+    np.testing.assert_array_equal(np.concatenate(chunks), store.features)
+    assert len(store) == 6 and store.paths == ["c/0.jpg", "c/2.jpg", "c/4.jpg", "c/6.jpg", "c/1.jpg", "c/5.jpg"]
+    w.abort()

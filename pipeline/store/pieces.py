@@ -160,19 +160,20 @@ def _remove_part(folder: Path) -> None:
     _part_manifest_file(folder).unlink(missing_ok=True)
 
 
-def _read_piece(folder: Path, rows: int, dim: int) -> np.ndarray:
+def _read_piece(folder: Path, rows: int, dim: int, start: int = 0) -> np.ndarray:
+    """Rows [start, rows) of a piece's feature array (it must hold at least `rows`)."""
     try:
         arr = _bcolz().open(str(folder), mode="r")
         if len(arr) < rows:
             raise StoreError(f"{folder} holds {len(arr)} rows, {rows} expected")
-        x = np.asarray(arr[:rows], dtype=np.float32)
+        x = np.asarray(arr[start:rows], dtype=np.float32)
     except StoreError:
         raise
     except Exception as e:
         raise StoreError(f"the feature array {folder} is damaged ({type(e).__name__}: {e}); "
                          f"featurize again with --overwrite") from e
-    if x.shape != (rows, dim):
-        raise StoreError(f"{folder} has shape {x.shape}, expected ({rows}, {dim})")
+    if x.shape != (rows - start, dim):
+        raise StoreError(f"{folder} has shape {x.shape}, expected ({rows - start}, {dim})")
     return x
 
 

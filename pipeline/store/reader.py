@@ -16,6 +16,7 @@ from .pieces import (_atomic_write, _check_manifest, _check_part, _parts, _piece
 
 log = logging.getLogger(__name__)
 FORMAT = "tf-feature-pipeline/store-2"
+CHUNK_ROWS = 16384  # rows of features read at a time by FeatureStore.feature_chunks (D=2048: 128 MiB)
 
 
 def versions() -> dict:
@@ -32,14 +33,13 @@ def versions() -> dict:
     return out
 
 
-def read_committed(root: Path, meta: dict, n: int) -> np.ndarray:
-    """The features of the first `n` rows of the log, superseded ones included, in log order.
+def committed_pieces(root: Path, meta: dict, n: int):
+    """(folder, rows) of each piece holding the first `n` rows of the log, in log order.
 
-    Segments and parts are checked against their checksums first; rows the log lists but no
+    Segments and parts are checked against their checksums as they come; rows the log lists but no
     piece holds, or pieces holding more rows than the log lists, are refused.
     """
-    dim = meta["spec"]["dim"] or 0
-    blocks, have = [], 0
+    have = 0
     for seg in _segments(meta, root):
         folder = _segment_dir(root, seg["name"])
         rows = seg["rows"] if seg["rows"] is not None else n
@@ -48,8 +48,8 @@ def read_committed(root: Path, meta: dict, n: int) -> np.ndarray:
                              f"{have + rows}: lines were removed from the log; featurize again with --overwrite")
         if seg.get("files"):
             _check_manifest(folder, seg["files"])
-        blocks.append(_read_piece(folder, rows, dim))
-        have += len(blocks[-1])
+        yield folder, rows
+        have += rows
     for start, folder in _parts(root):
         if start < have or have >= n:
             continue  # already merged into a segment, or not committed
@@ -57,12 +57,34 @@ def read_committed(root: Path, meta: dict, n: int) -> np.ndarray:
             raise StoreError(f"rows {have}..{start - 1} of {root} are missing (no part holds them); "
                              f"featurize again with --overwrite")
         _check_part(folder)
-        blocks.append(_read_piece(folder, min(_piece_len(folder), n - have), dim))
-        have += len(blocks[-1])
+        rows = min(_piece_len(folder), n - have)
+        yield folder, rows
+        have += rows
     if have < n:
         raise StoreError(f"{root} holds features for {have} rows but its log lists {n}; "
                          f"featurize again with --overwrite")
+
+
+def read_committed(root: Path, meta: dict, n: int) -> np.ndarray:
+    """The features of the first `n` rows of the log, superseded ones included, in log order
+    (each piece checked first, see :func:`committed_pieces`)."""
+    dim = meta["spec"]["dim"] or 0
+    blocks = [_read_piece(folder, rows, dim) for folder, rows in committed_pieces(root, meta, n)]
     return np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
+
+
+def live_chunks(root: Path, meta: dict, n: int, live: np.ndarray, size: int):
+    """The features of the `live` rows (sorted log indices below `n`), in order, `size` rows of the
+    log at a time: a store far larger than memory is read piece by piece, never whole."""
+    dim, start = meta["spec"]["dim"] or 0, 0
+    for folder, rows in committed_pieces(root, meta, n):
+        for lo in range(0, rows, size):
+            hi = min(rows, lo + size)
+            a, b = np.searchsorted(live, [start + lo, start + hi])
+            if b > a:
+                x = _read_piece(folder, hi, dim, lo)
+                yield x if b - a == hi - lo else x[live[a:b] - start - lo]
+        start += rows
 
 
 class FeatureStore:
@@ -148,6 +170,16 @@ class FeatureStore:
         if self._features is None:
             self._features = self._load_features()
         return self._features
+
+    def feature_chunks(self, size: int | None = None):
+        """The features of the live rows, in order, at most `size` (default CHUNK_ROWS) rows at a time:
+        what scoring a store larger than memory reads (``features`` holds them all at once)."""
+        size = size or CHUNK_ROWS
+        if self._features is not None:
+            for s in range(0, len(self), size):
+                yield self._features[s:s + size]
+            return
+        yield from live_chunks(self.root, self.meta, self._committed, self._live, size)
 
     def _load_features(self) -> np.ndarray:
         for attempt in range(3):

@@ -1,0 +1,88 @@
+"""Peak memory of `score` on a large feature store, for this checkout and optionally others.
+
+It writes a store of N random D-wide feature rows (import-features from an .npz), fits a logistic
+regression head on a small store with the same spec, then runs
+`python -m pipeline score HEAD STORE --out CSV` in a fresh process per checkout, alternating
+checkouts, and reads the process's peak resident memory (/usr/bin/time's "Maximum resident set
+size"). The store's features alone are N x D x 4 bytes.
+
+    .venv/bin/python bench/score_memory.py --n 200000 --dim 1280 [--other /path/to/old/checkout]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def write_npz(path: Path, n: int, dim: int, spec: str, labelled: bool, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, dim), dtype=np.float32)
+    labels = np.where(np.arange(n) % 2 == 0, "a", "b")
+    if labelled:
+        x[labels == "a", :8] += 2.0  # something to learn
+    arrays = {"id": np.array([f"img{i:09d}.jpg" for i in range(n)]), "features": x, "spec": np.array(spec)}
+    if labelled:
+        arrays["label"] = labels
+    np.savez(path, **arrays)
+
+
+def peak_rss_mib(repo: Path, args: list[str]) -> tuple[float, float]:
+    """(peak RSS in MiB, seconds) of `python -m pipeline ARGS` run from `repo`."""
+    t = time.perf_counter()
+    r = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "pipeline", *args], cwd=repo,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"score failed in {repo}:\n{r.stderr[-2000:]}")
+    kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1))
+    return kb / 1024, time.perf_counter() - t
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=200_000)
+    p.add_argument("--dim", type=int, default=1280)
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--other", type=Path, action="append", default=[], help="another checkout to compare")
+    a = p.parse_args()
+
+    import pipeline
+    from pipeline.exchange import import_features
+    from pipeline.spec import FeatureSpec
+
+    spec = json.dumps(FeatureSpec.imported("bench-score-memory", "0" * 64, a.dim).to_dict())
+    with tempfile.TemporaryDirectory(prefix="tfp-scoremem-") as tmp:
+        tmp = Path(tmp)
+        write_npz(tmp / "train.npz", 400, a.dim, spec, True, 0)
+        write_npz(tmp / "big.npz", a.n, a.dim, spec, False, 1)
+        import_features(tmp / "train.npz", tmp / "train")
+        import_features(tmp / "big.npz", tmp / "big")
+        (tmp / "big.npz").unlink()
+        head = tmp / "bench.head.npz"
+        pipeline.train(tmp / "train", head="logreg", C=1.0).save(head)
+        feats = a.n * a.dim * 4 / 2**20
+        print(f"score of a store of {a.n} rows x D={a.dim} (features {feats:.0f} MiB), peak RSS per run:")
+        repos = [REPO, *[o.resolve() for o in a.other]]
+        results = {r: [] for r in repos}
+        for k in range(a.repeat):
+            for r in repos:
+                out = tmp / f"pred-{k}-{len(results[r])}-{r.name}.csv"
+                results[r].append(peak_rss_mib(r, ["score", str(head), str(tmp / "big"), "--out", str(out)]))
+        for r in repos:
+            rss = ", ".join(f"{m:.0f} MiB ({s:.1f} s)" for m, s in results[r])
+            print(f"  {r}: {rss}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
