@@ -5,6 +5,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from .errors import UsageError
+from .exchange import store_proba
 
 
 def classification_metrics(y_true, proba: np.ndarray, classes) -> dict:
@@ -65,14 +66,14 @@ def evaluate(model, store) -> dict:
 def predictions(model, store) -> tuple[dict, np.ndarray, np.ndarray, list[dict]]:
     """(metrics, y_true, probabilities, rows) of `model` on the labelled rows of `store`."""
     model.check_spec(store.spec, str(store.root))
-    X, y, rows = store.labelled(with_rows=True)
+    keep, y, rows = store.labelled_rows()
     if len(y) == 0:
         raise ValueError(f"{store.root} has no labelled images to evaluate on")
     if bool(getattr(model, "multi_label", False)) != store.multi_label:
         kind = {True: "multi-label", False: "single-label"}
         raise UsageError(f"this head is {kind[bool(getattr(model, 'multi_label', False))]} but {store.root} is "
                          f"{kind[store.multi_label]}; evaluate on features labelled the way the head was trained")
-    proba = model.predict_proba(X)
+    proba = store_proba(model, store, keep)  # a chunk of features at a time
     if store.multi_label:
         from .multilabel import multilabel_metrics, tag_matrix
 

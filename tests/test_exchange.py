@@ -214,7 +214,8 @@ def test_a_column_of_strings_is_not_features(tmp_path):
 
 def test_scoring_reads_the_store_a_chunk_at_a_time_and_writes_what_one_pass_would(stores, tmp_path, monkeypatch):
     """A store larger than memory is scored chunk by chunk (here 3 rows at a time): the CSV is the one
-    the whole feature matrix gives, for a store given as it is and for images featurized first."""
+    the whole feature matrix gives, for a store given as it is and for images featurized first; the
+    probabilities `evaluate` computes too."""
     import pipeline.store.reader as reader_module
     from pipeline import load, score
 
@@ -234,3 +235,7 @@ def test_scoring_reads_the_store_a_chunk_at_a_time_and_writes_what_one_pass_woul
         for path, p in whole.items():
             assert [float(got[path][str(c)]) for c in clf.classes_] == pytest.approx(p, abs=1e-6)
     assert reads and max(reads) <= 3
+    from pipeline.evaluation import predictions  # evaluate reads a chunk at a time too
+
+    _, y, proba, rows = predictions(clf, FeatureStore.open(test.root))
+    np.testing.assert_allclose(proba, [whole[r["path"]] for r in rows], atol=1e-9)

@@ -201,6 +201,12 @@ class FeatureStore:
 
         Images that appear under two labels (same content) are left out, with a warning.
         """
+        keep, y, rows = self.labelled_rows()
+        X = self.features[keep]
+        return (X, y, rows) if with_rows else (X, y)
+
+    def labelled_rows(self):
+        """(positions, y, rows) of the rows :meth:`labelled` uses, without reading any feature."""
         from ..quality import conflict_mask
 
         y = self.labels
@@ -208,9 +214,8 @@ class FeatureStore:
         if conflicts.any():
             log.warning("%s: %d images appear under two labels (same content) and are left out; "
                         "see `python -m pipeline verify %s`", self.root, int(conflicts.sum()), self.root)
-        keep = np.array([v is not None for v in y], dtype=bool) & ~conflicts
-        X, y = self.features[keep], y[keep].astype(str)
-        return (X, y, [r for r, k in zip(self._rows, keep) if k]) if with_rows else (X, y)
+        keep = np.flatnonzero(np.array([v is not None for v in y], dtype=bool) & ~conflicts)
+        return keep, y[keep].astype(str), [self._rows[i] for i in keep]
 
     def __repr__(self):
         return f"<FeatureStore {self.root} n={len(self)} {self.feature_spec.describe()}>"
