@@ -1,9 +1,10 @@
-"""Peak memory of `score` on a large feature store, for this checkout and optionally others.
+"""Peak memory of `score` and `export-features` on a large feature store, for this checkout and
+optionally others.
 
 It writes a store of N random D-wide feature rows (import-features from an .npz), fits a logistic
 regression head on a small store with the same spec, then runs
-`python -m pipeline score HEAD STORE --out CSV` in a fresh process per checkout, alternating
-checkouts, and reads the process's peak resident memory (/usr/bin/time's "Maximum resident set
+`python -m pipeline score HEAD STORE --out CSV` and `export-features STORE --out F.parquet|F.npz`
+in a fresh process per checkout, alternating checkouts, and reads the process's peak resident memory (/usr/bin/time's "Maximum resident set
 size"). The store's features alone are N x D x 4 bytes.
 
     .venv/bin/python bench/score_memory.py --n 200000 --dim 1280 [--other /path/to/old/checkout]
@@ -71,16 +72,21 @@ def main() -> int:
         head = tmp / "bench.head.npz"
         pipeline.train(tmp / "train", head="logreg", C=1.0).save(head)
         feats = a.n * a.dim * 4 / 2**20
-        print(f"score of a store of {a.n} rows x D={a.dim} (features {feats:.0f} MiB), peak RSS per run:")
         repos = [REPO, *[o.resolve() for o in a.other]]
-        results = {r: [] for r in repos}
-        for k in range(a.repeat):
+        commands = {"score": lambda out: ["score", str(head), str(tmp / "big"), "--out", str(out) + ".csv"],
+                    "export .parquet": lambda out: ["export-features", str(tmp / "big"), "--out", str(out) + ".parquet"],
+                    "export .npz": lambda out: ["export-features", str(tmp / "big"), "--out", str(out) + ".npz"]}
+        for name, argv in commands.items():
+            print(f"{name} of a store of {a.n} rows x D={a.dim} (features {feats:.0f} MiB), peak RSS per run:")
+            results = {r: [] for r in repos}
+            for k in range(a.repeat):
+                for i, r in enumerate(repos):
+                    out = tmp / f"out-{k}-{i}"
+                    results[r].append(peak_rss_mib(r, argv(out)))
+                    for f in tmp.glob(f"out-{k}-{i}.*"):
+                        f.unlink()
             for r in repos:
-                out = tmp / f"pred-{k}-{len(results[r])}-{r.name}.csv"
-                results[r].append(peak_rss_mib(r, ["score", str(head), str(tmp / "big"), "--out", str(out)]))
-        for r in repos:
-            rss = ", ".join(f"{m:.0f} MiB ({s:.1f} s)" for m, s in results[r])
-            print(f"  {r}: {rss}")
+                print(f"  {r}: " + ", ".join(f"{m:.0f} MiB ({s:.1f} s)" for m, s in results[r]))
     return 0
 
 

@@ -58,35 +58,60 @@ def _check_target(out: Path, inputs: list[Path], force: bool) -> None:
 
 
 def export_features(store, out, force: bool = False) -> Path:
-    """Write the live rows of `store` (a path or FeatureStore) to `out` (.parquet or .npz); return `out`."""
+    """Write the live rows of `store` (a path or FeatureStore) to `out` (.parquet or .npz); return `out`.
+
+    The features are read and written a chunk of rows at a time (a Parquet row group, or a slice of
+    the .npz's ``features`` array), so a store larger than memory exports."""
     out = Path(out)
     ext = _format(out, "out=")
     store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     _check_target(out, [store.root], force)
-    x = np.ascontiguousarray(store.features, dtype=np.float32)
-    labels = [None if v is None else str(v) for v in store.labels]
+    columns = {"ids": store.paths, "labels": [None if v is None else str(v) for v in store.labels],
+               "sha256": store.sha256}
     writer = _write_parquet if ext == ".parquet" else _write_npz
     with atomic_open(out, "wb") as f:  # a new O_EXCL temp file, fsynced and renamed: never a planted link
-        writer(f, store.paths, labels, store.sha256, x, _export_spec(store))
+        writer(f, store, columns, _export_spec(store))
     return out
 
 
-def _write_parquet(f, ids, labels, hashes, x: np.ndarray, spec: str) -> None:
+def _write_parquet(f, store: FeatureStore, columns: dict, spec: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    dim = x.shape[1]
-    features = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1), pa.float32()), dim)
-    table = pa.table({"id": pa.array(ids, pa.string()), "label": pa.array(labels, pa.string()),
-                      "sha256": pa.array(hashes, pa.string()), "features": features})
-    table = table.replace_schema_metadata({META_KEY: spec})
-    pq.write_table(table, f)
+    dim = store.spec["dim"]
+    schema = pa.schema([("id", pa.string()), ("label", pa.string()), ("sha256", pa.string()),
+                        ("features", pa.list_(pa.float32(), dim))], metadata={META_KEY: spec})
+    with pq.ParquetWriter(f, schema) as w:
+        start = 0
+        for x in store.feature_chunks():
+            end = start + len(x)
+            flat = pa.array(np.ascontiguousarray(x, np.float32).reshape(-1), pa.float32())
+            w.write_table(pa.table({"id": pa.array(columns["ids"][start:end], pa.string()),
+                                    "label": pa.array(columns["labels"][start:end], pa.string()),
+                                    "sha256": pa.array(columns["sha256"][start:end], pa.string()),
+                                    "features": pa.FixedSizeListArray.from_arrays(flat, dim)}, schema=schema))
+            start = end
+        if start == 0:
+            w.write_table(schema.empty_table())
 
 
-def _write_npz(f, ids, labels, hashes, x: np.ndarray, spec: str) -> None:
-    np.savez(f, features=x, ids=np.array(ids, dtype=str).reshape(len(ids)),
-             labels=np.array(["" if v is None else v for v in labels], dtype=str).reshape(len(labels)),
-             sha256=np.array(hashes, dtype=str).reshape(len(hashes)), spec=np.array(spec, dtype=str))
+def _write_npz(f, store: FeatureStore, columns: dict, spec: str) -> None:
+    """An .npz as numpy.savez writes it (uncompressed .npy members), `features` streamed in chunks."""
+    import zipfile
+
+    n, dim = len(store), store.spec["dim"]
+    small = {"ids": np.array(columns["ids"], dtype=str).reshape(n),
+             "labels": np.array(["" if v is None else v for v in columns["labels"]], dtype=str).reshape(n),
+             "sha256": np.array(columns["sha256"], dtype=str).reshape(n), "spec": np.array(spec, dtype=str)}
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
+        with z.open("features.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_2_0(member, {"descr": np.dtype("<f4").str, "fortran_order": False,
+                                                          "shape": (n, dim)})
+            for x in store.feature_chunks():
+                member.write(np.ascontiguousarray(x, "<f4").tobytes())
+        for name, arr in small.items():
+            with z.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, arr, allow_pickle=False)
 
 
 # ---- import ------------------------------------------------------------------------------------

@@ -215,13 +215,14 @@ def test_a_column_of_strings_is_not_features(tmp_path):
 def test_scoring_reads_the_store_a_chunk_at_a_time_and_writes_what_one_pass_would(stores, tmp_path, monkeypatch):
     """A store larger than memory is scored chunk by chunk (here 3 rows at a time): the CSV is the one
     the whole feature matrix gives, for a store given as it is and for images featurized first; the
-    probabilities `evaluate` computes too."""
+    probabilities `evaluate` computes too, and the exports hold the same features."""
     import pipeline.store.reader as reader_module
     from pipeline import load, score
 
     assert main(["train", str(stores["train"].root), "--C", "0.01", "--out", str(tmp_path / "h.joblib")]) == 0
     clf, test = load(tmp_path / "h.joblib"), stores["test"]
-    whole = dict(zip(test.paths, clf.predict_proba(test.features)))
+    feats = np.array(test.features)
+    whole = dict(zip(test.paths, clf.predict_proba(feats)))
     reads = []
     monkeypatch.setattr(reader_module, "CHUNK_ROWS", 3)
     monkeypatch.setattr(reader_module.FeatureStore, "features", property(lambda s: pytest.fail("read whole")))
@@ -239,3 +240,11 @@ def test_scoring_reads_the_store_a_chunk_at_a_time_and_writes_what_one_pass_woul
 
     _, y, proba, rows = predictions(clf, FeatureStore.open(test.root))
     np.testing.assert_allclose(proba, [whole[r["path"]] for r in rows], atol=1e-9)
+
+    # and exports stream the features, a Parquet row group or an .npz slice per chunk
+    table = pq.read_table(export_features(test.root, tmp_path / "e.parquet"))
+    assert table.column("id").to_pylist() == test.paths and pq.ParquetFile(tmp_path / "e.parquet").num_row_groups > 1
+    np.testing.assert_array_equal(np.stack(table.column("features").to_numpy(zero_copy_only=False)), feats)
+    with np.load(export_features(test.root, tmp_path / "e.npz"), allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["features"], feats)
+        assert list(z["ids"]) == test.paths
