@@ -39,10 +39,9 @@ def write_npz(path: Path, n: int, dim: int, spec: str, labelled: bool, seed: int
 
 
 def peak_rss_mib(repo: Path, args: list[str]) -> tuple[float, float]:
-    """(peak RSS in MiB, seconds) of `python -m pipeline ARGS` run from `repo`."""
+    """(peak RSS in MiB, seconds) of `python ARGS` run from `repo`."""
     t = time.perf_counter()
-    r = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "pipeline", *args], cwd=repo,
-                       capture_output=True, text=True)
+    r = subprocess.run(["/usr/bin/time", "-v", sys.executable, *args], cwd=repo, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"score failed in {repo}:\n{r.stderr[-2000:]}")
     kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1))
@@ -73,9 +72,13 @@ def main() -> int:
         pipeline.train(tmp / "train", head="logreg", C=1.0).save(head)
         feats = a.n * a.dim * 4 / 2**20
         repos = [REPO, *[o.resolve() for o in a.other]]
-        commands = {"score": lambda out: ["score", str(head), str(tmp / "big"), "--out", str(out) + ".csv"],
-                    "export .parquet": lambda out: ["export-features", str(tmp / "big"), "--out", str(out) + ".parquet"],
-                    "export .npz": lambda out: ["export-features", str(tmp / "big"), "--out", str(out) + ".npz"]}
+        cli, big = ["-m", "pipeline"], str(tmp / "big")
+        load = f"from pipeline import FeatureStore; print(FeatureStore.open({big!r}).features.shape)"
+        commands = {"score": lambda out: [*cli, "score", str(head), big, "--out", str(out) + ".csv"],
+                    "export .parquet": lambda out: [*cli, "export-features", big, "--out", str(out) + ".parquet"],
+                    "export .npz": lambda out: [*cli, "export-features", big, "--out", str(out) + ".npz"],
+                    "verify": lambda out: [*cli, "verify", big],
+                    "FeatureStore.features": lambda out: ["-c", load]}
         for name, argv in commands.items():
             print(f"{name} of a store of {a.n} rows x D={a.dim} (features {feats:.0f} MiB), peak RSS per run:")
             results = {r: [] for r in repos}

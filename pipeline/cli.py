@@ -282,8 +282,8 @@ def cmd_verify(a):
         raise PipelineError("; ".join(problems))
     store = FeatureStore.open(a.features_dir)
     r = store.report
-    print(f"OK: {a.features_dir} holds {len(store)} rows of D={store.spec['dim']} ({store.spec['backbone']}, "
-          f"layer {store.spec['layer']}), {len(store.skipped)} files skipped by the last run")
+    print(f"OK: {a.features_dir} holds {len(store)} rows of {store.feature_spec.describe()}, "
+          f"{len(store.skipped)} files skipped by the last run")
     for c in r.get("label_conflicts", []):
         print(f"label_conflict: {', '.join(c['paths'])} are the same image labelled {' and '.join(c['labels'])}")
     if r.get("duplicates"):

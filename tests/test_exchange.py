@@ -204,6 +204,16 @@ def test_npz_import_with_labels_and_no_metadata(tmp_path):
         import_features(f, tmp_path / "s")
 
 
+
+def test_verify_says_an_imported_store_is_sound_and_where_its_features_come_from(tmp_path, capsys):
+    f = tmp_path / "emb.npz"
+    np.savez(f, id=np.array(["a", "b"]), features=np.ones((2, 4), np.float32))
+    assert main(["import-features", str(f), "--out", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(tmp_path / "s")]) == 0  # was a KeyError: an imported spec has no layer
+    assert "holds 2 rows of features imported from emb.npz (D=4)" in capsys.readouterr().out
+
+
 def test_a_column_of_strings_is_not_features(tmp_path):
     f = tmp_path / "s.parquet"
     pq.write_table(pa.table({"id": ["a"], "features": pa.array([["x", "y"]], pa.list_(pa.string()))}), f)

@@ -184,8 +184,7 @@ class FeatureStore:
     def _load_features(self) -> np.ndarray:
         for attempt in range(3):
             try:
-                x = self._read_all()
-                return x if len(self._live) == len(x) else x[self._live]
+                return self._read_all()
             except StoreError:
                 fresh = _read_meta(self.root)
                 same_log = _rows_path(self.root, fresh) == _rows_path(self.root, self.meta)
@@ -194,7 +193,13 @@ class FeatureStore:
                 self.meta = fresh  # a run merged its parts into a new segment while we read: read again
 
     def _read_all(self) -> np.ndarray:
-        return read_committed(self.root, self.meta, self._committed)
+        """The live rows' features, filled a chunk at a time into one array (no second copy)."""
+        x = np.empty((len(self._live), self.meta["spec"]["dim"] or 0), np.float32)
+        at = 0
+        for chunk in live_chunks(self.root, self.meta, self._committed, self._live, CHUNK_ROWS):
+            x[at:at + len(chunk)] = chunk
+            at += len(chunk)
+        return x
 
     def labelled(self, with_rows: bool = False):
         """(X, y) for the rows that have a label, (X, y, rows) with `with_rows`.
@@ -258,12 +263,12 @@ def verify(root) -> list[str]:
         else:
             problems.append(f"{root} is empty and unusable: no run has stored a row in it yet (featurize into it)")
         return problems
-    try:
-        x = store.features
+    try:  # a chunk of rows at a time: a store larger than memory is verified too
+        nonfinite = sum(int((~np.isfinite(x)).any(axis=1).sum()) for x in store.feature_chunks())
     except StoreError as e:
         return problems + [str(e)]
-    if not np.isfinite(x).all():
-        problems.append(f"{int((~np.isfinite(x)).any(axis=1).sum())} feature rows in {root} hold NaN or infinity")
+    if nonfinite:
+        problems.append(f"{nonfinite} feature rows in {root} hold NaN or infinity")
     return problems
 
 
