@@ -37,7 +37,7 @@ from .options import FeaturizeOptions
 from .preprocess import Preprocess
 from .committer import Committer
 from .mapper import Mapper
-from .reader import cached as _cached, file_stat, known_files
+from .reader import cached as _cached, file_stat, known_files, known_row
 from .runner import RunReport, _account, _check_same_folder, _open_writer, _progress, commit_run, new_run
 from .sources import is_uri, list_uri, read_uri, stat_uri
 from .splits import sample_mask
@@ -221,7 +221,7 @@ def _plan(records, known: dict, uri: str | None):
     """({index: prepared item} the store settles without reading, [files for the cluster])."""
     settled, todo = {}, []
     for i, r in enumerate(records):
-        old = known["rows"].get(r.relpath)
+        old = known_row(r, known)
         if old is not None or r.relpath in known["bad"]:
             try:
                 stat = file_stat(r.path) if uri is None else stat_uri(uri, r.path)
