@@ -188,3 +188,15 @@ def test_oversized_file_is_refused_before_reading(tmp_path, monkeypatch):
     with pytest.raises(ImageError, match="file_too_large") as e:
         read_bytes(path)
     assert e.value.path == str(path)
+
+
+@pytest.mark.parametrize("value", [70_000, -5])
+def test_32bit_integer_pixels_outside_16_bits_are_refused_not_wrapped(value):
+    """RELIABILITY A15: an int32 (mode I) TIFF beyond 0..65535 has no defined range; scaling it as 16 bits
+    wrapped 70000 round to a dark 16 (and any negative value to garbage) with no error."""
+    data = encode(Image.fromarray(np.full((8, 8), value, np.int32)), "TIFF")
+    with pytest.raises(ImageError, match="unsupported_mode.*no defined range") as e:
+        decode(data, PRE, "scan.tif")
+    assert e.value.path == "scan.tif"
+    ok = encode(Image.fromarray(np.full((8, 8), 65535, np.int32)), "TIFF")
+    assert (decode(ok, PRE) == 255).all()
