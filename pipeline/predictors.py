@@ -34,7 +34,6 @@ REFUSED_OPS = frozenset({
     "ExperimentalDatasetToTFRecord", "SaveDataset", "SaveDatasetV2", "LoadDataset", "Save", "SaveSlices",
     "InitializeTableFromTextFile", "InitializeTableFromTextFileV2", "DebugIdentityV2", "DebugIdentityV3",
     "FileSystemSetConfiguration"})
-_SAVER_FUNCTIONS = ("__inference__traced_save", "__inference__traced_restore")  # run on save/restore only
 
 
 def load_predictor(path, trusted: bool = False):
@@ -145,9 +144,8 @@ def check_saved_model_ops(folder: Path) -> None:
     found = set()
     for mg in sm.meta_graphs:
         found.update(n.op for n in mg.graph_def.node if n.op in REFUSED_OPS)
-        for fn in mg.graph_def.library.function:
-            if not fn.signature.name.startswith(_SAVER_FUNCTIONS):
-                found.update(n.op for n in fn.node_def if n.op in REFUSED_OPS)
+        for fn in mg.graph_def.library.function:  # every function: a name proves nothing (any can be chosen)
+            found.update(n.op for n in fn.node_def if n.op in REFUSED_OPS)
     if found:
         raise ModelFileError(f"{folder}: the SavedModel's graph holds {', '.join(sorted(found))}, ops that reach the "
                              f"file system or Python when run; it is not served (exports of this project hold none)")

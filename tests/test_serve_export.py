@@ -223,3 +223,25 @@ def test_a_tflite_file_without_the_export_description_is_refused():
 
     with pytest.raises(ModelFileError, match="export the head again"):
         load_predictor(DATA_DIR / "mobilenet_v2_1.0_224_quant.tflite")
+
+
+def test_a_file_reading_function_named_like_the_saver_is_refused_too(saved_model, tmp_path, monkeypatch):
+    """RELIABILITY D01/D10 (a model file is code): the deny-list skipped every function whose name began with
+    TF's saver prefix, and a Python function called `_traced_save_x` gets exactly such a name, so a serving
+    signature reading any file on the server passed the check and was served."""
+    import shutil
+
+    import tensorflow as tf
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not serve me")
+
+    def _traced_save_disguised(images):
+        return {"classes": tf.io.read_file(str(secret))}
+    folder = _plain_saved_model(tmp_path / "disguised", _traced_save_disguised)
+    shutil.copytree(saved_model[1] / "assets.extra", folder / "assets.extra")
+    loaded = []
+    monkeypatch.setattr(tf.saved_model, "load", lambda *a, **k: loaded.append(a))
+    with pytest.raises(ModelFileError, match="ReadFile"):
+        load_predictor(folder)
+    assert loaded == []
