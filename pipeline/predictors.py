@@ -34,6 +34,9 @@ REFUSED_OPS = frozenset({
     "ExperimentalDatasetToTFRecord", "SaveDataset", "SaveDatasetV2", "LoadDataset", "Save", "SaveSlices",
     "InitializeTableFromTextFile", "InitializeTableFromTextFileV2", "DebugIdentityV2", "DebugIdentityV3",
     "FileSystemSetConfiguration"})
+# ops that read or write checkpoint files at a path the graph chooses: in an export, only the saver's own
+# functions (run by save and restore, never by a signature) hold them
+CHECKPOINT_OPS = frozenset({"SaveV2", "RestoreV2", "MergeV2Checkpoints", "RestoreSlice", "Restore"})
 
 
 def load_predictor(path, trusted: bool = False):
@@ -133,7 +136,8 @@ class SavedModelPredictor(_Exported):
 
 
 def check_saved_model_ops(folder: Path) -> None:
-    """Refuse a SavedModel whose serving graph holds one of :data:`REFUSED_OPS`, before loading it."""
+    """Refuse a SavedModel whose graph holds one of :data:`REFUSED_OPS`, or whose signatures (and the init op
+    that runs at load) reach one of :data:`CHECKPOINT_OPS`, before loading it."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     sm = saved_model_pb2.SavedModel()
@@ -146,9 +150,46 @@ def check_saved_model_ops(folder: Path) -> None:
         found.update(n.op for n in mg.graph_def.node if n.op in REFUSED_OPS)
         for fn in mg.graph_def.library.function:  # every function: a name proves nothing (any can be chosen)
             found.update(n.op for n in fn.node_def if n.op in REFUSED_OPS)
+        found.update(_signature_ops(mg) & CHECKPOINT_OPS)
     if found:
         raise ModelFileError(f"{folder}: the SavedModel's graph holds {', '.join(sorted(found))}, ops that reach the "
                              f"file system or Python when run; it is not served (exports of this project hold none)")
+
+
+def _signature_ops(mg) -> set[str]:
+    """The ops a MetaGraph's signatures run: the nodes their tensors come from and every function these
+    call, transitively (the saver's functions, called only by save and restore, are not among them)."""
+    nodes = {n.name: n for n in mg.graph_def.node}
+    fns = {f.signature.name: f for f in mg.graph_def.library.function}
+    todo = [t.name for sig in mg.signature_def.values() for t in (*sig.inputs.values(), *sig.outputs.values())]
+    seen_nodes, seen_fns, ops = set(), set(), set()
+    while todo:
+        name = todo.pop().lstrip("^").split(":")[0]
+        if name in seen_nodes or name not in nodes:
+            continue
+        seen_nodes.add(name)
+        node = nodes[name]
+        ops.add(node.op)
+        todo += list(node.input)
+        calls = _called(node)
+        while calls:
+            f = calls.pop()
+            if f in fns and f not in seen_fns:
+                seen_fns.add(f)
+                for inner in fns[f].node_def:
+                    ops.add(inner.op)
+                    calls += _called(inner)
+    return ops
+
+
+def _called(node) -> list[str]:
+    """Names of the functions a node calls (PartitionedCall's f, If/While branches, any func attribute)."""
+    names = []
+    for attr in node.attr.values():
+        if attr.HasField("func"):
+            names.append(attr.func.name)
+        names += [f.name for f in attr.list.func]
+    return names
 
 
 class TFLitePredictor(_Exported):
