@@ -160,9 +160,20 @@ def _remove_part(folder: Path) -> None:
     _part_manifest_file(folder).unlink(missing_ok=True)
 
 
+def _open_piece(folder: Path):
+    """The bcolz carray of a piece, opened (its JSON metadata read, no chunk yet) and refused unless it holds
+    float32 rows: bcolz unpickles the chunks of an object array when they are read, which runs any code."""
+    arr = _bcolz().open(str(folder), mode="r")
+    if arr.dtype != np.float32 or arr.ndim != 2:
+        raise StoreError(f"the feature array {folder} holds {arr.dtype} {arr.shape}, not float32 rows; it was not "
+                         f"written by this tool and is not read (reading some kinds runs code): featurize again "
+                         f"with --overwrite")
+    return arr
+
+
 def _read_piece(folder: Path, rows: int, dim: int) -> np.ndarray:
     try:
-        arr = _bcolz().open(str(folder), mode="r")
+        arr = _open_piece(folder)
         if len(arr) < rows:
             raise StoreError(f"{folder} holds {len(arr)} rows, {rows} expected")
         x = np.asarray(arr[:rows], dtype=np.float32)
@@ -177,7 +188,7 @@ def _read_piece(folder: Path, rows: int, dim: int) -> np.ndarray:
 
 
 def _piece_len(folder: Path) -> int:
-    return len(_bcolz().open(str(folder), mode="r"))
+    return len(_open_piece(folder))
 
 
 def _segment_dir(root: Path, name: str) -> Path:
