@@ -130,6 +130,7 @@ def _file_parsers(sub) -> None:
     cv.add_argument("--out", required=True, help="head file to write (NAME.head.npz)")
     cv.add_argument("--trust-pickle", action="store_true",
                     help="required to read an old .joblib head: it is a pickle and can run code; only for files you trust")
+    cv.add_argument("--force", action="store_true", help="replace --out even if it is not a head this tool wrote")
     ex = sub.add_parser("export", help="a head with its backbone -> one SavedModel or TFLite model (image -> probabilities)")
     ex.add_argument("model", help="head file (.head.npz)")
     ex.add_argument("--format", required=True, choices=["saved_model", "tflite"])
@@ -259,7 +260,9 @@ def cmd_suspects(a):
 
 def cmd_convert(a):
     from .headfile import convert
+    from .outputs import check_output
 
+    check_output(a.out, "head", inputs=(a.model,), force=a.force)
     clf, path = convert(a.model, a.out, trusted=a.trust_pickle)
     print(f"{a.model} ({clf.metrics.get('head')}, {len(clf.classes_)} classes) -> {path}")
 
