@@ -179,13 +179,15 @@ def cmd_featurize(a):
 
 
 def cmd_train(a):
-    from .outputs import check_output
+    from .outputs import check_output, check_report_dir
     from .store import FeatureStore
     from .summary import train_report, train_summary
     from .training import train
 
     check_output(a.out, "head", force=a.force)
     store, head = FeatureStore.open(a.features_dir), from_args(HeadOptions, a)
+    if a.report:  # before training, not after
+        check_report_dir(a.report, store.meta.get("data_dir"))
     if a.learning_curve and store.multi_label:
         raise UsageError("--learning-curve is for single-label stores; this one is multi-label")
     clf = train(store, head, from_args(SplitOptions, a), sample=a.sample)
