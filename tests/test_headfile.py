@@ -188,3 +188,12 @@ def test_a_planted_pickle_never_runs_without_trust_pickle(command, tmp_path, cap
     # the same file with the flag is unpickled: the pickle above is armed
     assert main(["convert", str(evil), "--out", str(tmp_path / "new.head.npz"), "--trust-pickle"]) != 0
     assert marker.exists()
+
+
+def test_a_folder_given_as_the_head_is_named_a_folder_not_missing(tmp_path):
+    """RELIABILITY E-ERR: `evaluate DATA_DIR STORE` (arguments swapped, or a SavedModel export) said the
+    folder "does not exist", sending the user looking for a file that is there."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    with pytest.raises(ModelFileError, match="'.*photos' is a folder, not a head file"):
+        pipeline.load(folder)
