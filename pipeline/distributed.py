@@ -85,7 +85,7 @@ def featurize_ray(data_dir, bb: Backbone, options: FeaturizeOptions, out=None, r
         _check_source(writer, data_dir)
         _run(listing.records, data_dir if is_uri(data_dir) else None, bb, writer, cluster, o.progress, run)
 
-    return commit_run(writer, run, listing, present if o.prune else None, work, o.strict, report)
+    return commit_run(writer, run, listing, present if o.prune else None, work, o.strict, report, present=present)
 
 
 def _listing(data_dir, labelled, labels, follow_links: bool, sample):
