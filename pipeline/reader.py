@@ -39,15 +39,16 @@ def known_row(record: ImageRecord, known: dict):
 
 
 def cached(record: ImageRecord, stat, known: dict):
-    """(sha256, None) to reuse the stored row, (None, ImageError) to skip the file again as before,
-    or None: the file's stat (size, mtime, ctime, inode) or its label is not what the store recorded."""
+    """(sha256, None) to reuse the stored row, (None, ImageError) to skip the file again as before (its
+    bytes were bad), or None: the file's stat (size, mtime, ctime, inode) or its label is not what the store
+    recorded, or reading it failed (``io_error:*``), which may not happen again."""
     old = known_row(record, known)
     if old is not None and old[1] == stat:
         return old[0], None
     bad = known["bad"].get(record.relpath)
-    if bad is not None and bad["stat"] == stat:
+    if bad is not None and bad["stat"] == stat and not bad["reason"].startswith("io_error:"):
         return None, ImageError(record.path, bad["reason"], bad.get("detail", ""))
-    return None
+    return None  # an I/O error (too many open files, a network mount) says nothing of the file: read it again
 
 
 def known_files(writer) -> dict:

@@ -33,3 +33,33 @@ def test_a_corrected_labels_csv_relabels_the_stored_rows(tmp_path):
         np.testing.assert_allclose(row, before[path], atol=1e-6)
     again = pipeline.featurize(images, labels=csv, out=out, progress=False, report=True)
     assert again.reused == 4 and again.computed == 0
+
+
+def test_a_file_that_hit_an_io_error_is_read_again_next_run(tmp_path, monkeypatch):
+    """RELIABILITY A32/E-NOLOSS: the skip cache skips a file unread while its stat is unchanged. That suits bad
+    bytes, but an I/O error (too many open files, a network mount) is about that moment: the file was skipped
+    on every later run with the old "Too many open files", and only touching it brought it back."""
+    import errno
+
+    import pipeline.reader as reader
+    from conftest import make_class_tree
+
+    data = make_class_tree(tmp_path / "data", per_class=2)
+    real = reader.read_bytes
+
+    def flaky(path):
+        if str(path).endswith("red_1.jpg"):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(path)
+    monkeypatch.setattr(reader, "read_bytes", flaky)
+    first = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True, workers=1)
+    assert [(s["path"], s["reason"]) for s in first.skipped] == [("red/red_1.jpg", "io_error:OSError")]
+    monkeypatch.setattr(reader, "read_bytes", real)
+    again = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
+    assert again.skipped == [] and again.computed == 1 and "red/red_1.jpg" in again.store.paths
+    (data / "blue" / "blue_0.jpg").write_bytes(b"not an image")  # bad bytes stay skipped unread until changed
+    assert [s["reason"] for s in pipeline.featurize(data, out=tmp_path / "s", progress=False,
+                                                   report=True).skipped] == ["not_an_image"]
+    monkeypatch.setattr(reader, "read_bytes", lambda path: (_ for _ in ()).throw(AssertionError(f"read {path}")))
+    assert [s["reason"] for s in pipeline.featurize(data, out=tmp_path / "s", progress=False,
+                                                   report=True).skipped] == ["not_an_image"]
