@@ -128,6 +128,18 @@ def _check_manifest(folder: Path, manifest: dict) -> None:
                          f"featurize again with --overwrite")
 
 
+def _check_sizes(store: Path, folder: Path, manifest: dict | None) -> None:
+    """The check of a segment each run makes before building on it: its files are there, at their recorded
+    sizes (their bytes are checked when read, and by `verify`)."""
+    if not folder.is_dir():
+        raise StoreError(f"{folder} is missing: the store {store} is damaged; featurize again with --overwrite")
+    for rel, (size, _) in (manifest or {}).items():
+        f = folder / rel
+        if not f.is_file() or f.stat().st_size != size:
+            raise StoreError(f"{f} is missing or changed: the store {store} is damaged; featurize again with "
+                             f"--overwrite")
+
+
 def _part_manifest_file(folder: Path) -> Path:
     return folder.with_name(folder.name + ".json")
 
