@@ -33,7 +33,20 @@ REFUSED_OPS = frozenset({
     "TextLineDataset", "FixedLengthRecordDataset", "FixedLengthRecordDatasetV2", "DatasetToTFRecord",
     "ExperimentalDatasetToTFRecord", "SaveDataset", "SaveDatasetV2", "LoadDataset", "Save", "SaveSlices",
     "InitializeTableFromTextFile", "InitializeTableFromTextFileV2", "DebugIdentityV2", "DebugIdentityV3",
-    "FileSystemSetConfiguration"})
+    "FileSystemSetConfiguration",
+    # event files, old-style readers, datasets over files, databases or the network, debug dumps, proto
+    # descriptors read from a path: no export holds them either
+    "CreateSummaryFileWriter", "CreateSummaryDbWriter", "ImportEvent", "WriteSummary", "WriteRawProtoSummary",
+    "WriteScalarSummary", "WriteImageSummary", "WriteAudioSummary", "WriteHistogramSummary", "WriteGraphSummary",
+    "TextLineReader", "TextLineReaderV2", "TFRecordReader", "TFRecordReaderV2", "FixedLengthRecordReader",
+    "FixedLengthRecordReaderV2", "IdentityReader", "IdentityReaderV2", "LMDBReader", "ReaderRead", "ReaderReadV2",
+    "CSVDataset", "CSVDatasetV2", "ExperimentalCSVDataset", "SqlDataset", "ExperimentalSqlDataset", "LMDBDataset",
+    "ExperimentalLMDBDataset", "SnapshotDataset", "SnapshotDatasetV2", "SnapshotDatasetReader",
+    "SnapshotChunkDataset", "SnapshotNestedDatasetReader", "ListSnapshotChunksDataset", "DataServiceDataset",
+    "DataServiceDatasetV2", "DataServiceDatasetV3", "DataServiceDatasetV4", "RegisterDataset", "RegisterDatasetV2",
+    "DistributedSave", "MatchingFilesDataset", "ExperimentalMatchingFilesDataset", "CacheDataset", "CacheDatasetV2",
+    "LoadAndRemapMatrix", "GenerateVocabRemapping", "DebugIdentity", "DebugNanCount", "DebugNumericSummary",
+    "DecodeProtoV2", "EncodeProto"})
 # ops that read or write checkpoint files at a path the graph chooses: in an export, only the saver's own
 # functions (run by save and restore, never by a signature) hold them
 CHECKPOINT_OPS = frozenset({"SaveV2", "RestoreV2", "MergeV2Checkpoints", "RestoreSlice", "Restore"})

@@ -271,3 +271,23 @@ def test_a_signature_that_writes_checkpoint_files_is_refused(saved_model, tmp_pa
     with pytest.raises(ModelFileError, match="SaveV2"):
         load_predictor(folder)
     assert loaded == [] and not list(tmp_path.glob("planted*"))
+
+
+def test_a_signature_that_writes_event_files_is_refused(saved_model, tmp_path, monkeypatch):
+    """RELIABILITY D01: a summary writer in a serving signature writes event files under any folder the graph
+    names, on every request; such ops (and file/network datasets, old readers) were missing from the list."""
+    import shutil
+
+    import tensorflow as tf
+
+    def logs(images):
+        tf.raw_ops.CreateSummaryFileWriter(writer=tf.raw_ops.SummaryWriter(), logdir=str(tmp_path / "planted"),
+                                          max_queue=1, flush_millis=1, filename_suffix="")
+        return {"classes": tf.constant("cat")}
+    folder = _plain_saved_model(tmp_path / "logs", logs)
+    shutil.copytree(saved_model[1] / "assets.extra", folder / "assets.extra")
+    loaded = []
+    monkeypatch.setattr(tf.saved_model, "load", lambda *a, **k: loaded.append(a))
+    with pytest.raises(ModelFileError, match="CreateSummaryFileWriter"):
+        load_predictor(folder)
+    assert loaded == []
