@@ -183,6 +183,9 @@ class Classifier:
         from . import headfile
 
         path = Path(path)
+        if path.is_dir():
+            raise ModelFileError(f"model file {str(path)!r} is a folder, not a head file; give the head written by "
+                                 f"`python -m pipeline train --out NAME.head.npz`")
         if not path.is_file():
             raise ModelFileError(f"model file {str(path)!r} does not exist; train one with `python -m pipeline train`")
         if headfile.is_head_file(path):

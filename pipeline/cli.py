@@ -130,6 +130,7 @@ def _file_parsers(sub) -> None:
     cv.add_argument("--out", required=True, help="head file to write (NAME.head.npz)")
     cv.add_argument("--trust-pickle", action="store_true",
                     help="required to read an old .joblib head: it is a pickle and can run code; only for files you trust")
+    cv.add_argument("--force", action="store_true", help="replace --out even if it is not a head this tool wrote")
     ex = sub.add_parser("export", help="a head with its backbone -> one SavedModel or TFLite model (image -> probabilities)")
     ex.add_argument("model", help="head file (.head.npz)")
     ex.add_argument("--format", required=True, choices=["saved_model", "tflite"])
@@ -178,13 +179,15 @@ def cmd_featurize(a):
 
 
 def cmd_train(a):
-    from .outputs import check_output
+    from .outputs import check_output, check_report_dir
     from .store import FeatureStore
     from .summary import train_report, train_summary
     from .training import train
 
     check_output(a.out, "head", force=a.force)
     store, head = FeatureStore.open(a.features_dir), from_args(HeadOptions, a)
+    if a.report:  # before training, not after
+        check_report_dir(a.report, store.meta.get("data_dir"))
     if a.learning_curve and store.multi_label:
         raise UsageError("--learning-curve is for single-label stores; this one is multi-label")
     clf = train(store, head, from_args(SplitOptions, a), sample=a.sample)
@@ -259,7 +262,9 @@ def cmd_suspects(a):
 
 def cmd_convert(a):
     from .headfile import convert
+    from .outputs import check_output
 
+    check_output(a.out, "head", inputs=(a.model,), force=a.force)
     clf, path = convert(a.model, a.out, trusted=a.trust_pickle)
     print(f"{a.model} ({clf.metrics.get('head')}, {len(clf.classes_)} classes) -> {path}")
 

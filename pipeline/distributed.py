@@ -37,7 +37,7 @@ from .options import FeaturizeOptions
 from .preprocess import Preprocess
 from .committer import Committer
 from .mapper import Mapper
-from .reader import cached as _cached, file_stat, known_files
+from .reader import cached as _cached, file_stat, known_files, known_row
 from .runner import RunReport, _account, _check_same_folder, _open_writer, _progress, commit_run, new_run
 from .sources import is_uri, list_uri, read_uri, stat_uri
 from .splits import sample_mask
@@ -85,7 +85,7 @@ def featurize_ray(data_dir, bb: Backbone, options: FeaturizeOptions, out=None, r
         _check_source(writer, data_dir)
         _run(listing, data_dir if is_uri(data_dir) else None, bb, writer, cluster, o.progress, run)
 
-    return commit_run(writer, run, listing, present if o.prune else None, work, o.strict, report)
+    return commit_run(writer, run, listing, present if o.prune else None, work, o.strict, report, present=present)
 
 
 def _listing(data_dir, labelled, labels, follow_links: bool, sample):
@@ -228,7 +228,7 @@ def _plan(records, known: dict, uri: str | None, listed: dict):
     millions of objects asks the store nothing per object; a local file is stat'ed here."""
     settled, todo = {}, []
     for i, r in enumerate(records):
-        old, stat = known["rows"].get(r.relpath), listed.get(str(r.path))
+        old, stat = known_row(r, known), listed.get(str(r.path))
         if old is not None or r.relpath in known["bad"]:
             try:
                 stat = stat or (file_stat(r.path) if uri is None else stat_uri(uri, r.path))

@@ -135,7 +135,11 @@ def _draft(im: Image.Image, pre: Preprocess) -> None:
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(im, dtype=np.uint32)
+        arr = np.asarray(im)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):  # 32-bit values: no defined range to scale
+            raise ImageError("", "unsupported_mode", f"32-bit integer pixels from {arr.min()} to {arr.max()} "
+                             "have no defined range (0 to 65535 is scaled); save the image as 8 or 16 bits")
+        arr = arr.astype(np.uint32)
         top = 65535 if im.mode.startswith("I;16") or arr.max() > 255 else 255
         im = Image.fromarray((arr * 255 // top).astype(np.uint8), "L")
     elif im.mode == "F":

@@ -57,12 +57,12 @@ class LayerWriters:
         return self.writers[0].root
 
     def live_rows(self) -> list[dict]:
-        """The rows every layer's store holds alike (path, sha256, stat): files the run may reuse."""
+        """The rows every layer's store holds alike (path, sha256, stat, label): files the run may reuse."""
         def live(w):
             return {r["path"]: r for r in w.live_rows()}
 
         first, others = live(self.writers[0]), [live(w) for w in self.writers[1:]]
-        key = lambda r: (r["sha256"], r.get("stat"))  # noqa: E731
+        key = lambda r: (r["sha256"], r.get("stat"), r.get("label"))  # noqa: E731
         return [r for p, r in first.items() if all(p in o and key(o[p]) == key(r) for o in others)]
 
     def remove(self, withdrawn: dict[str, str]) -> None:

@@ -120,6 +120,36 @@ def check_output(path, kind: str, *, inputs=(), data_dir=None, force: bool = Fal
     return path
 
 
+REPORT_GENERATOR = '<meta name="generator" content="tf-feature-pipeline">'  # in every HTML report's head
+
+
+def check_report_dir(path, data_dir=None) -> Path:
+    """Refuse a report folder that would destroy or pollute something: return it when it is safe to write.
+
+    A report goes to a new or empty folder, or over a report this tool wrote (its index.html); never
+    into the image folder `data_dir`, where its thumbnails would become images of the data set.
+    """
+    path = Path(path)
+    if data_dir is not None and _inside(path, Path(data_dir)):
+        raise UsageError(f"--report {str(path)!r} is inside the data folder {data_dir}: its thumbnails would be "
+                         f"featurized as images next time; choose a folder outside it")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--report {str(path)!r} exists and is not a folder; give a new folder for the report")
+    if path.is_dir() and any(path.iterdir()) and not _looks_like_our_report(path / "index.html"):
+        raise UsageError(f"--report {str(path)!r} is a folder holding files that are not a report of this tool; "
+                         f"choose a new or empty folder")
+    return path
+
+
+def _looks_like_our_report(page: Path) -> bool:
+    """index.html written by this tool (reports before the generator tag show their confusion or PR plot)."""
+    try:
+        text = page.read_text(encoding="utf-8", errors="replace")[:200_000]
+    except OSError:
+        return False
+    return REPORT_GENERATOR in text or 'src="confusion.png"' in text or 'src="pr.png"' in text
+
+
 def _inside(path: Path, folder: Path) -> bool:
     try:
         return path.resolve().is_relative_to(folder.resolve())

@@ -33,8 +33,23 @@ REFUSED_OPS = frozenset({
     "TextLineDataset", "FixedLengthRecordDataset", "FixedLengthRecordDatasetV2", "DatasetToTFRecord",
     "ExperimentalDatasetToTFRecord", "SaveDataset", "SaveDatasetV2", "LoadDataset", "Save", "SaveSlices",
     "InitializeTableFromTextFile", "InitializeTableFromTextFileV2", "DebugIdentityV2", "DebugIdentityV3",
-    "FileSystemSetConfiguration"})
-_SAVER_FUNCTIONS = ("__inference__traced_save", "__inference__traced_restore")  # run on save/restore only
+    "FileSystemSetConfiguration",
+    # event files, old-style readers, datasets over files, databases or the network, debug dumps, proto
+    # descriptors read from a path: no export holds them either
+    "CreateSummaryFileWriter", "CreateSummaryDbWriter", "ImportEvent", "WriteSummary", "WriteRawProtoSummary",
+    "WriteScalarSummary", "WriteImageSummary", "WriteAudioSummary", "WriteHistogramSummary", "WriteGraphSummary",
+    "TextLineReader", "TextLineReaderV2", "TFRecordReader", "TFRecordReaderV2", "FixedLengthRecordReader",
+    "FixedLengthRecordReaderV2", "IdentityReader", "IdentityReaderV2", "LMDBReader", "ReaderRead", "ReaderReadV2",
+    "CSVDataset", "CSVDatasetV2", "ExperimentalCSVDataset", "SqlDataset", "ExperimentalSqlDataset", "LMDBDataset",
+    "ExperimentalLMDBDataset", "SnapshotDataset", "SnapshotDatasetV2", "SnapshotDatasetReader",
+    "SnapshotChunkDataset", "SnapshotNestedDatasetReader", "ListSnapshotChunksDataset", "DataServiceDataset",
+    "DataServiceDatasetV2", "DataServiceDatasetV3", "DataServiceDatasetV4", "RegisterDataset", "RegisterDatasetV2",
+    "DistributedSave", "MatchingFilesDataset", "ExperimentalMatchingFilesDataset", "CacheDataset", "CacheDatasetV2",
+    "LoadAndRemapMatrix", "GenerateVocabRemapping", "DebugIdentity", "DebugNanCount", "DebugNumericSummary",
+    "DecodeProtoV2", "EncodeProto"})
+# ops that read or write checkpoint files at a path the graph chooses: in an export, only the saver's own
+# functions (run by save and restore, never by a signature) hold them
+CHECKPOINT_OPS = frozenset({"SaveV2", "RestoreV2", "MergeV2Checkpoints", "RestoreSlice", "Restore"})
 
 
 def load_predictor(path, trusted: bool = False):
@@ -134,7 +149,8 @@ class SavedModelPredictor(_Exported):
 
 
 def check_saved_model_ops(folder: Path) -> None:
-    """Refuse a SavedModel whose serving graph holds one of :data:`REFUSED_OPS`, before loading it."""
+    """Refuse a SavedModel whose graph holds one of :data:`REFUSED_OPS`, or whose signatures (and the init op
+    that runs at load) reach one of :data:`CHECKPOINT_OPS`, before loading it."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     sm = saved_model_pb2.SavedModel()
@@ -145,12 +161,48 @@ def check_saved_model_ops(folder: Path) -> None:
     found = set()
     for mg in sm.meta_graphs:
         found.update(n.op for n in mg.graph_def.node if n.op in REFUSED_OPS)
-        for fn in mg.graph_def.library.function:
-            if not fn.signature.name.startswith(_SAVER_FUNCTIONS):
-                found.update(n.op for n in fn.node_def if n.op in REFUSED_OPS)
+        for fn in mg.graph_def.library.function:  # every function: a name proves nothing (any can be chosen)
+            found.update(n.op for n in fn.node_def if n.op in REFUSED_OPS)
+        found.update(_signature_ops(mg) & CHECKPOINT_OPS)
     if found:
         raise ModelFileError(f"{folder}: the SavedModel's graph holds {', '.join(sorted(found))}, ops that reach the "
                              f"file system or Python when run; it is not served (exports of this project hold none)")
+
+
+def _signature_ops(mg) -> set[str]:
+    """The ops a MetaGraph's signatures run: the nodes their tensors come from and every function these
+    call, transitively (the saver's functions, called only by save and restore, are not among them)."""
+    nodes = {n.name: n for n in mg.graph_def.node}
+    fns = {f.signature.name: f for f in mg.graph_def.library.function}
+    todo = [t.name for sig in mg.signature_def.values() for t in (*sig.inputs.values(), *sig.outputs.values())]
+    seen_nodes, seen_fns, ops = set(), set(), set()
+    while todo:
+        name = todo.pop().lstrip("^").split(":")[0]
+        if name in seen_nodes or name not in nodes:
+            continue
+        seen_nodes.add(name)
+        node = nodes[name]
+        ops.add(node.op)
+        todo += list(node.input)
+        calls = _called(node)
+        while calls:
+            f = calls.pop()
+            if f in fns and f not in seen_fns:
+                seen_fns.add(f)
+                for inner in fns[f].node_def:
+                    ops.add(inner.op)
+                    calls += _called(inner)
+    return ops
+
+
+def _called(node) -> list[str]:
+    """Names of the functions a node calls (PartitionedCall's f, If/While branches, any func attribute)."""
+    names = []
+    for attr in node.attr.values():
+        if attr.HasField("func"):
+            names.append(attr.func.name)
+        names += [f.name for f in attr.list.func]
+    return names
 
 
 class TFLitePredictor(_Exported):

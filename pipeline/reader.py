@@ -31,21 +31,29 @@ def file_stat(path) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
-def cached(record: ImageRecord, stat, known: dict):
-    """(sha256, None) to reuse the stored row, (None, ImageError) to skip the file again as before,
-    or None: the file's stat (size, mtime, ctime, inode) is not what the store recorded."""
+def known_row(record: ImageRecord, known: dict):
+    """The store's (sha256, stat, label) for `record`'s path, or None when it has none or its label is
+    no longer the record's (a corrected labels CSV): such a row is featurized again, never kept as it was."""
     old = known["rows"].get(record.relpath)
+    return old if old is not None and old[2] == record.label else None
+
+
+def cached(record: ImageRecord, stat, known: dict):
+    """(sha256, None) to reuse the stored row, (None, ImageError) to skip the file again as before (its
+    bytes were bad), or None: the file's stat (size, mtime, ctime, inode) or its label is not what the store
+    recorded, or reading it failed (``io_error:*``), which may not happen again."""
+    old = known_row(record, known)
     if old is not None and old[1] == stat:
         return old[0], None
     bad = known["bad"].get(record.relpath)
-    if bad is not None and bad["stat"] == stat:
+    if bad is not None and bad["stat"] == stat and not bad["reason"].startswith("io_error:"):
         return None, ImageError(record.path, bad["reason"], bad.get("detail", ""))
-    return None
+    return None  # an I/O error (too many open files, a network mount) says nothing of the file: read it again
 
 
 def known_files(writer) -> dict:
-    """What the store knows: rows (path -> (sha256, stat)) and files it skipped (path -> entry with stat)."""
-    return {"rows": {r["path"]: (r["sha256"], r.get("stat")) for r in writer.live_rows()},
+    """What the store knows: rows (path -> (sha256, stat, label)) and files it skipped (path -> entry with stat)."""
+    return {"rows": {r["path"]: (r["sha256"], r.get("stat"), r.get("label")) for r in writer.live_rows()},
             "bad": {b["path"]: b for b in writer.skip_cache()}}
 
 
@@ -64,7 +72,7 @@ def prepare(record: ImageRecord, bb, known: dict, clock: StageClock | None = Non
                 data, sha = read_bytes(record.path)
         if hit is not None:
             return record, hit[0], stat, hit[1], notes
-        old = known["rows"].get(record.relpath)
+        old = known_row(record, known)
         if old is not None and old[0] == sha:
             return record, sha, stat, None, notes
         with clock.timed("decode"):

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .outputs import REPORT_GENERATOR, check_report_dir
+
 log = logging.getLogger(__name__)
 
 GALLERY_SIZE = 24
@@ -299,7 +301,8 @@ def write_report(out_dir, metrics: dict, predictions: Predictions, *, title: str
         sections.append(("clipping", "Log loss and clipping", _clipping(clip)))
     sections.append(("correct", *galleries["correct"]))
     nav = " · ".join(f'<a href="#{k}">{html.escape(t)}</a>' for k, t, _ in sections)
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">{REPORT_GENERATOR}"
+             f"<title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><nav>{nav}</nav>"]
     parts += [f'<section id="{k}"><h2>{html.escape(t)}</h2>{body}</section>' for k, t, body in sections]
     parts.append("</body></html>\n")
@@ -363,13 +366,14 @@ def report_predictions(out_dir, metrics, y_true, proba, rows, store, *, title: s
     """The report of predictions on a store's labelled rows, thumbnails from the store's data folder."""
     from .evaluation import clip_suggestion
 
+    root = store.meta.get("data_dir")
+    check_report_dir(out_dir, root)
     if metrics.get("multi_label"):  # tags: a per-tag table with AP and threshold (pipeline/report_multilabel.py)
         from .multilabel import tag_matrix
         from .report_multilabel import write_multilabel_report
 
         Y = y_true if np.ndim(y_true) == 2 else tag_matrix(y_true, metrics["classes"])
         return write_multilabel_report(out_dir, metrics, Y, proba, title=title, extra=extra)
-    root = store.meta.get("data_dir")
     shown = Predictions(y_true, proba, [r["path"] for r in rows], [r["sha256"] for r in rows],
                         root if root and Path(root).is_dir() else None)
     return write_report(out_dir, metrics, shown, title=title, extra=extra, curve=curve,

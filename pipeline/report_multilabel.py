@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .outputs import REPORT_GENERATOR
 from .report import _CSS, _plots, _table
 
 
@@ -70,6 +71,6 @@ def write_multilabel_report(out_dir, metrics: dict, Y, P, *, title: str, extra: 
             f"cross-validation on the training images to maximise the micro-F1 of all tags.</p></section>"
             f'<section id="per-class"><h2>Per tag</h2>{_per_tag(metrics)}</section>')
     page = out / "index.html"
-    page.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+    page.write_text(f"<!doctype html><html><head><meta charset='utf-8'>{REPORT_GENERATOR}<title>{html.escape(title)}</title>"
                     f"<style>{_CSS}</style></head><body>{body}</body></html>", encoding="utf-8")
     return page

@@ -55,6 +55,7 @@ class RunReport:
     listed: list[str] = field(default_factory=list)  # relative paths of the images this run was given
     unlabelled: list[str] = field(default_factory=list)  # images a labels CSV has no row for
     unused_label_ids: list[str] = field(default_factory=list)
+    not_in_folder: list[str] = field(default_factory=list)  # rows kept of files no longer listed (no prune)
     duplicates: list[list[str]] = field(default_factory=list)
     label_conflicts: list[dict] = field(default_factory=list)
     complete: bool = False
@@ -67,7 +68,8 @@ class RunReport:
                 "ignored": [{"path": p, "reason": r} for p, r in self.ignored],
                 "links": [{"path": p, "target": t} for p, t in self.links.items()],
                 "unlabelled": self.unlabelled, "labels_without_image": len(self.unused_label_ids),
-                "unused_label_ids": self.unused_label_ids[:1000], "duplicates": self.duplicates,
+                "unused_label_ids": self.unused_label_ids[:1000], "not_in_folder": len(self.not_in_folder),
+                "not_in_folder_paths": self.not_in_folder[:1000], "duplicates": self.duplicates,
                 "label_conflicts": self.label_conflicts, "stages": self.stages}
 
     def summary(self) -> str:
@@ -79,6 +81,10 @@ class RunReport:
         lines += [f"  note {n['path']}: {n['note']}" for n in self.notes]
         if self.pruned:
             lines.append(f"  pruned {self.pruned} rows of files no longer in the folder")
+        if self.not_in_folder:
+            lines.append(f"  {len(self.not_in_folder)} rows are of files no longer in the folder (e.g. "
+                         f"{self.not_in_folder[0]}): kept in the store, so train still uses them; "
+                         f"featurize --prune drops them")
         counts = Counter(reason for _, reason in self.ignored)
         if counts:
             lines.append("  ignored (not images to featurize): " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
@@ -170,7 +176,7 @@ def featurize_local(data_dir, bb: Backbone, options: FeaturizeOptions, out=None,
         _check_multi_label(writer, o.multi_label)
         _run(listing.records, bb, writer, o, run)
 
-    return commit_run(writer, run, listing, present if o.prune else None, work, o.strict, report)
+    return commit_run(writer, run, listing, present if o.prune else None, work, o.strict, report, present=present)
 
 
 def new_run(listing) -> RunReport:
@@ -181,10 +187,12 @@ def new_run(listing) -> RunReport:
                      unused_label_ids=listing.unused_label_ids)
 
 
-def commit_run(writer, run: RunReport, listing, prune_keep: set | None, work, strict: bool, report: bool):
+def commit_run(writer, run: RunReport, listing, prune_keep: set | None, work, strict: bool, report: bool,
+               present: set | None = None):
     """Run `work()` (which appends to `writer`), withdraw the rows of files now unusable, prune when
     `prune_keep` (the paths present) is given, close: the RunReport (`report`) or the store. Any engine's
-    run ends here, so they all withdraw, prune and fail alike."""
+    run ends here, so they all withdraw, prune and fail alike. Without pruning, the rows kept of files
+    not in `present` are listed in the report (``not_in_folder``)."""
     try:
         work()
         _withdraw_skipped(writer, run)
@@ -192,6 +200,9 @@ def commit_run(writer, run: RunReport, listing, prune_keep: set | None, work, st
             # rows below a folder that could not be listed are kept: their files may well exist
             unlisted = {r["path"] for r in writer.live_rows() if listing.below_unreadable(r["path"])}
             run.pruned = writer.prune(prune_keep | unlisted)
+        elif present is not None:
+            run.not_in_folder = sorted(r["path"] for r in writer.live_rows()
+                                       if r["path"] not in present and not listing.below_unreadable(r["path"]))
     except BaseException:
         abandon(writer, run)
         raise

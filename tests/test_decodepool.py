@@ -73,7 +73,7 @@ def test_process_pool_equals_the_thread_path_file_by_file(tmp_path):
 def test_files_known_by_stat_start_no_worker(tmp_path, monkeypatch):
     records = [r for r in _folder(tmp_path / "imgs") if r.path.exists()]
     first = [_prepare(r, _Decoder(), NOTHING_KNOWN) for r in records]
-    known = {"rows": {r.relpath: (sha, stat) for r, sha, stat, res, _ in first if not isinstance(res, ImageError)},
+    known = {"rows": {r.relpath: (sha, stat, r.label) for r, sha, stat, res, _ in first if not isinstance(res, ImageError)},
              "bad": {r.relpath: {"path": r.relpath, "reason": res.reason, "detail": res.detail, "stat": stat}
                      for r, sha, stat, res, _ in first if isinstance(res, ImageError)}}
 
@@ -90,7 +90,7 @@ def test_files_known_by_stat_start_no_worker(tmp_path, monkeypatch):
 def test_changed_file_among_cached_ones_is_decoded_in_order(tmp_path):
     records = _folder(tmp_path / "imgs")
     first = [_prepare(r, _Decoder(), NOTHING_KNOWN) for r in records]
-    known = {"rows": {r.relpath: (sha, stat) for r, sha, stat, res, _ in first if not isinstance(res, ImageError)},
+    known = {"rows": {r.relpath: (sha, stat, r.label) for r, sha, stat, res, _ in first if not isinstance(res, ImageError)},
              "bad": {}}
     noise_image(99, (80, 80)).save(records[3].path, quality=90)  # rewritten: new content
     got = list(DecodePool(PRE, workers=2, window=4, chunk=2).map(records, known))

@@ -188,3 +188,26 @@ def test_a_planted_pickle_never_runs_without_trust_pickle(command, tmp_path, cap
     # the same file with the flag is unpickled: the pickle above is armed
     assert main(["convert", str(evil), "--out", str(tmp_path / "new.head.npz"), "--trust-pickle"]) != 0
     assert marker.exists()
+
+
+def test_a_folder_given_as_the_head_is_named_a_folder_not_missing(tmp_path):
+    """RELIABILITY E-ERR: `evaluate DATA_DIR STORE` (arguments swapped, or a SavedModel export) said the
+    folder "does not exist", sending the user looking for a file that is there."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    with pytest.raises(ModelFileError, match="'.*photos' is a folder, not a head file"):
+        pipeline.load(folder)
+
+
+def test_an_old_pickle_from_another_scikit_learn_version_is_refused_naming_both(tmp_path, monkeypatch):
+    """RELIABILITY B13: even trusted, a head-1 pickle saved under another scikit-learn is refused (sklearn calls
+    loading it unsupported), naming both versions and the fix, instead of a warning and a maybe-wrong head."""
+    import sklearn
+    import sklearn.base
+
+    monkeypatch.setattr(sklearn.base, "__version__", "0.0.1")  # what __getstate__ records in the pickle
+    path, _, _ = legacy_head(tmp_path)
+    monkeypatch.undo()
+    with pytest.raises(ModelFileError, match=rf"saved with scikit-learn 0\.0\.1, this is {sklearn.__version__}; "
+                                             r"retrain"):
+        pipeline.load(path, trusted=True)

@@ -188,3 +188,48 @@ def test_oversized_file_is_refused_before_reading(tmp_path, monkeypatch):
     with pytest.raises(ImageError, match="file_too_large") as e:
         read_bytes(path)
     assert e.value.path == str(path)
+
+
+@pytest.mark.parametrize("value", [70_000, -5])
+def test_32bit_integer_pixels_outside_16_bits_are_refused_not_wrapped(value):
+    """RELIABILITY A15: an int32 (mode I) TIFF beyond 0..65535 has no defined range; scaling it as 16 bits
+    wrapped 70000 round to a dark 16 (and any negative value to garbage) with no error."""
+    data = encode(Image.fromarray(np.full((8, 8), value, np.int32)), "TIFF")
+    with pytest.raises(ImageError, match="unsupported_mode.*no defined range") as e:
+        decode(data, PRE, "scan.tif")
+    assert e.value.path == "scan.tif"
+    ok = encode(Image.fromarray(np.full((8, 8), 65535, np.int32)), "TIFF")
+    assert (decode(ok, PRE) == 255).all()
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "PCX", "TGA", "SGI", "PPM", "DDS", "QOI", "JPEG2000", "SPIDER"])
+def test_formats_outside_the_allowlist_are_refused_though_pillow_reads_them(fmt):
+    """RELIABILITY A07/D12: decoding goes through an explicit allowlist of formats, so the attack surface of
+    Pillow's other decoders (renamed .jpg or not) is never reached."""
+    data = img_bytes("RGB", (16, 16), fmt, color=(10, 200, 30))
+    Image.open(io.BytesIO(data)).load()  # a real image Pillow could decode
+    with pytest.raises(ImageError, match="not_an_image") as e:
+        decode(data, PRE, "cats/renamed.jpg")
+    assert e.value.path == "cats/renamed.jpg"
+
+
+def test_palette_transparency_bilevel_and_cmyk_give_the_colours_a_viewer_shows():
+    """RELIABILITY A11, A12, A13: a palette PNG's transparent index composites on white like RGBA (not the
+    hidden palette colour), a bilevel white image is 255 (not 1), a solid CMYK JPEG decodes to its RGB colour."""
+    p = Image.new("P", (16, 16), 1)
+    p.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    assert (decode(encode(p, "PNG", transparency=1), PRE) == 255).all()
+    assert (decode(encode(p, "PNG"), PRE) == [255, 0, 0]).all()  # without tRNS: the palette's red
+    assert (decode(img_bytes("1", (16, 16), "PNG", color=1), PRE) == 255).all()
+    cmyk = decode(img_bytes("CMYK", (16, 16), "JPEG", color=(0, 255, 255, 0), quality=95), PRE)
+    assert np.abs(cmyk.astype(int) - [255, 0, 0]).max() <= 8
+
+
+def test_a_gif_of_thousands_of_frames_gives_its_first_frame():
+    """RELIABILITY A18/D11: only frame 0 is decoded, whatever the frame count."""
+    frames = [Image.new("RGB", (4, 4), (200, (i * 13) % 256, i % 256)) for i in range(2000)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    assert Image.open(io.BytesIO(buf.getvalue())).n_frames == 2000
+    out = decode(buf.getvalue(), PRE).astype(int)
+    assert np.abs(out - [200, 0, 0]).max() <= 8

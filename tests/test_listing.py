@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import pipeline
-from conftest import make_class_tree
+from conftest import img_bytes, make_class_tree
 from pipeline.cli import main
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, UsageError
 from pipeline.listing import list_images
 
 
@@ -178,3 +178,16 @@ def test_score_follows_links_unless_told_not_to(tmp_path, link_split, capsys):
     assert main(["score", str(model), str(split), "--out", str(tmp_path / "q.csv"), "--cache", str(tmp_path / "c2"),
                  "--no-follow-links", "--no-progress"]) == 1
     assert "6 link_outside_root" in capsys.readouterr().err and not (tmp_path / "q.csv").exists()
+
+
+def test_class_folders_differing_only_by_unicode_normalisation_are_refused(tmp_path):
+    """RELIABILITY A29: "café" typed on two systems (NFC, and NFD as macOS writes it) looks like one class but
+    would train as two; refused before any image is read, naming both, with exit 2."""
+    data = tmp_path / "data"
+    for name in ("caf\u00e9", "cafe\u0301"):
+        (data / name).mkdir(parents=True)
+        (data / name / "a.jpg").write_bytes(img_bytes())
+    assert main(["featurize", str(data), "--out", str(tmp_path / "s"), "--no-progress"]) == 2
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(UsageError, match="differ only by case or accents encoding: 'caf.+' and 'caf.+'"):
+        list_images(data)

@@ -103,3 +103,19 @@ def test_formula_cells_are_neutralised_in_every_csv(tmp_path):
 def test_safe_cell_leaves_plain_values_alone():
     assert safe_cell("cats/1.jpg") == "cats/1.jpg" and safe_cell("0.25") == "0.25" and safe_cell(3) == 3
     assert safe_cell("+1") == "'+1" and safe_cell("\tx") == "'\tx"
+
+
+def test_convert_refuses_an_image_its_input_and_a_foreign_file_but_force_replaces_the_latter(trained, tmp_path, capsys):
+    """RELIABILITY B08/E-NOPARTIAL (outputs never destroy inputs): `convert --out` wrote a head over a photo,
+    over the file being converted and over any other file, with exit 0; it is refused like `train --out`."""
+    root, data, model = trained
+    image = data / "red" / "red_2.jpg"
+    before, head_before = image.read_bytes(), model.read_bytes()
+    assert main(["convert", str(model), "--out", str(image)]) == 2 and image.read_bytes() == before
+    assert main(["convert", str(model), "--out", str(model)]) == 2 and model.read_bytes() == head_before
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    assert main(["convert", str(model), "--out", str(notes)]) == 2 and notes.read_text() == "my notes"
+    assert "force" in capsys.readouterr().err
+    assert main(["convert", str(model), "--out", str(notes), "--force"]) == 0
+    assert pipeline.load(notes).classes_.tolist() == ["blue", "red"]

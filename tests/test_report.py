@@ -176,3 +176,24 @@ def test_demo_runs_offline_and_writes_its_reports(tmp_path, capsys):
     parse_report(tmp_path / "m" / "demo-cars-report" / "index.html")
     with open(tmp_path / "m" / "demo-cars-predictions.csv", newline="") as f:
         assert len(f.read().splitlines()) == 8  # header + the 7 test cars
+
+
+def test_report_refuses_a_folder_of_other_files_and_the_data_folder(evaluated, tmp_path, capsys):
+    """RELIABILITY E-NOLOSS / outputs never destroy inputs: `--report DIR` wrote index.html and PNGs over a
+    folder's own files, and inside the data folder its thumbnails became images of the next featurize.
+    Both are refused before anything is written (train: before training); a report is rewritten in place."""
+    root, _ = evaluated
+    model, feat = str(root / "m.joblib"), str(root / "feat")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<html>my own page</html>")
+    assert main(["evaluate", model, feat, "--report", str(site)]) == 2
+    assert (site / "index.html").read_text() == "<html>my own page</html>" and len(list(site.iterdir())) == 1
+    inside = root / "data" / "red" / "report"
+    assert main(["evaluate", model, feat, "--report", str(inside)]) == 2 and not inside.exists()
+    assert main(["train", feat, "--C", "1", "--out", str(tmp_path / "h.head.npz"), "--report", str(inside)]) == 2
+    assert not inside.exists() and not (tmp_path / "h.head.npz").exists()
+    assert "inside the data folder" in capsys.readouterr().err
+    ours = tmp_path / "ours"
+    assert main(["evaluate", model, feat, "--report", str(ours)]) == 0
+    assert main(["evaluate", model, feat, "--report", str(ours)]) == 0  # its own report: replaced

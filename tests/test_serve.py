@@ -336,3 +336,29 @@ def test_cli_serve_answers_on_loopback(head, tmp_path):
 def test_limits_that_cannot_work_are_refused_with_the_value(kw, match):
     with pytest.raises(pipeline.UsageError, match=match):
         ServeLimits(**kw)
+
+
+def test_exif_alpha_palette_and_16_bit_images_are_served_as_score_reads_them(head, tmp_path):
+    """RELIABILITY C03: the EXIF, alpha, palette and bit-depth policies are the same through HTTP as through
+    `score` (one decoder): each tricky file gets the probabilities score writes for it."""
+    _, _, clf = head
+    folder = tmp_path / "tricky"
+    folder.mkdir()
+    photo = noise_image(7, (90, 60), (230, 30, 30))
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    photo.save(folder / "rotated.jpg", exif=exif, quality=92)
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(photo.size))
+    rgba.save(folder / "alpha.png")
+    photo.convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.png", transparency=0)
+    Image.fromarray(np.asarray(photo.convert("L"), np.uint16) * 257).save(folder / "deep.png")
+    pipeline.score(clf, folder, tmp_path / "pred.csv", cache=tmp_path / "cache", progress=False)
+    rows = {r["path"]: r for r in csv.DictReader(open(tmp_path / "pred.csv"))}
+    assert set(rows) == {"rotated.jpg", "alpha.png", "palette.png", "deep.png"}
+    with running(clf) as (url, _):
+        r = httpx.post(f"{url}/predict", files=files_of(sorted(folder.iterdir())), timeout=60)
+    assert r.status_code == 200, r.text
+    for p in r.json()["predictions"]:
+        for c, v in p["probabilities"].items():
+            assert abs(v - float(rows[p["filename"]][c])) <= 1e-6, p["filename"]

@@ -21,7 +21,7 @@ pytest.importorskip("fastapi", reason="serve needs the [serve] extra: FastAPI, u
 from conftest import REPO  # noqa: E402
 from pipeline.backbones import create_backbone  # noqa: E402
 from pipeline.errors import ModelFileError  # noqa: E402
-from pipeline.predictors import SavedModelPredictor, TFLitePredictor, load_predictor  # noqa: E402
+from pipeline.predictors import SavedModelPredictor, TFLitePredictor, check_saved_model_ops, load_predictor  # noqa: E402
 from pipeline.serve import ServeLimits  # noqa: E402
 from test_export import _classifier, _files, tiny_app  # noqa: E402,F401 - tiny_app is a fixture
 from test_serve import files_of, png_header_only, running, wait_until  # noqa: E402
@@ -223,3 +223,71 @@ def test_a_tflite_file_without_the_export_description_is_refused():
 
     with pytest.raises(ModelFileError, match="export the head again"):
         load_predictor(DATA_DIR / "mobilenet_v2_1.0_224_quant.tflite")
+
+
+def test_a_file_reading_function_named_like_the_saver_is_refused_too(saved_model, tmp_path, monkeypatch):
+    """RELIABILITY D01/D10 (a model file is code): the deny-list skipped every function whose name began with
+    TF's saver prefix, and a Python function called `_traced_save_x` gets exactly such a name, so a serving
+    signature reading any file on the server passed the check and was served."""
+    import shutil
+
+    import tensorflow as tf
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not serve me")
+
+    def _traced_save_disguised(images):
+        return {"classes": tf.io.read_file(str(secret))}
+    folder = _plain_saved_model(tmp_path / "disguised", _traced_save_disguised)
+    shutil.copytree(saved_model[1] / "assets.extra", folder / "assets.extra")
+    loaded = []
+    monkeypatch.setattr(tf.saved_model, "load", lambda *a, **k: loaded.append(a))
+    with pytest.raises(ModelFileError, match="ReadFile"):
+        load_predictor(folder)
+    assert loaded == []
+
+
+def test_a_signature_that_writes_checkpoint_files_is_refused(saved_model, tmp_path, monkeypatch):
+    """RELIABILITY D01: SaveV2 in a serving signature writes files wherever the graph says on every request.
+    Exports hold it only in the saver's functions, which no signature calls: the export is still served."""
+    import shutil
+
+    import tensorflow as tf
+
+    planted = tmp_path / "planted"
+
+    def writes(images):
+        tf.raw_ops.SaveV2(prefix=str(planted), tensor_names=["x"], shape_and_slices=[""], tensors=[tf.constant(1.)])
+        return {"classes": tf.constant("cat")}
+    folder = _plain_saved_model(tmp_path / "writes", writes)
+    shutil.copytree(saved_model[1] / "assets.extra", folder / "assets.extra")
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    export = saved_model_pb2.SavedModel.FromString((saved_model[1] / "saved_model.pb").read_bytes())
+    assert any(n.op == "SaveV2" for f in export.meta_graphs[0].graph_def.library.function for n in f.node_def)
+    check_saved_model_ops(saved_model[1])  # the real export: SaveV2 in its saver only, passes
+    loaded = []
+    monkeypatch.setattr(tf.saved_model, "load", lambda *a, **k: loaded.append(a))
+    with pytest.raises(ModelFileError, match="SaveV2"):
+        load_predictor(folder)
+    assert loaded == [] and not list(tmp_path.glob("planted*"))
+
+
+def test_a_signature_that_writes_event_files_is_refused(saved_model, tmp_path, monkeypatch):
+    """RELIABILITY D01: a summary writer in a serving signature writes event files under any folder the graph
+    names, on every request; such ops (and file/network datasets, old readers) were missing from the list."""
+    import shutil
+
+    import tensorflow as tf
+
+    def logs(images):
+        tf.raw_ops.CreateSummaryFileWriter(writer=tf.raw_ops.SummaryWriter(), logdir=str(tmp_path / "planted"),
+                                          max_queue=1, flush_millis=1, filename_suffix="")
+        return {"classes": tf.constant("cat")}
+    folder = _plain_saved_model(tmp_path / "logs", logs)
+    shutil.copytree(saved_model[1] / "assets.extra", folder / "assets.extra")
+    loaded = []
+    monkeypatch.setattr(tf.saved_model, "load", lambda *a, **k: loaded.append(a))
+    with pytest.raises(ModelFileError, match="CreateSummaryFileWriter"):
+        load_predictor(folder)
+    assert loaded == []

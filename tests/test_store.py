@@ -235,3 +235,41 @@ def test_reader_opened_before_a_merge_still_reads_the_rows(tmp_path):
     reader = FeatureStore.open(root)  # sees the rows as parts of a run in progress
     w.close()  # the parts become a segment and are deleted
     assert reader.features.tolist() == [[1, 1], [2, 2]]
+
+
+class _Planted:
+    """Pickled into an object array: unpickling it sets a flag, as a store made to run code would."""
+    ran = []
+
+    def __reduce__(self):
+        return (_Planted.ran.append, ("code from the store ran",))
+
+
+def test_a_segment_of_objects_is_refused_before_anything_is_unpickled(tmp_path):
+    """RELIABILITY D04: bcolz unpickles the chunks of an object-dtype carray when they are read. A store handed
+    over with such a segment (its checksums recomputed, or the legacy layout that has none) ran its code when
+    any command read the features; it must be refused from the array's declared dtype, before reading."""
+    import shutil
+
+    import bcolz
+
+    from pipeline.store import verify
+
+    root = tmp_path / "s"
+    w = open_writer(root, REQ)
+    w.set_spec(spec(4))
+    w.append(np.ones((3, 4), np.float32), rows(0, 3))
+    w.close()
+    meta = json.loads((root / "meta.json").read_text())
+    seg = root / "segments" / meta["segments"][0]["name"]
+    shutil.rmtree(seg)
+    planted = np.zeros((3, 4), dtype=object)
+    planted[0, 0] = _Planted()
+    bcolz.carray(planted, rootdir=str(seg), mode="w").flush()
+    del meta["segments"][0]["files"]  # or checksums recomputed: whoever made the folder can do either
+    (root / "meta.json").write_text(json.dumps(meta))
+    _Planted.ran.clear()
+    with pytest.raises(StoreError, match="not float32 rows.*featurize again with --overwrite"):
+        FeatureStore.open(root).features
+    assert "not float32 rows" in verify(root)[0]
+    assert _Planted.ran == []

@@ -150,3 +150,23 @@ def test_store_written_before_line_checksums_still_reads(tmp_path):
     w.append(np.full((1, 4), 9, np.float32), rows(6, 1))
     assert FeatureStore.open(w.close().root).features[:, 0].tolist() == [0, 1, 2, 3, 4, 5, 9]
     shutil.rmtree(tmp_path / "s")
+
+
+@pytest.mark.parametrize("damage", ["log deleted", "segment deleted", "chunk file deleted"])
+def test_featurize_refuses_to_build_on_a_store_whose_log_or_segments_are_gone(tmp_path, damage):
+    """RELIABILITY B03/B06: with its rows.jsonl or a segment's files gone, featurize reused or appended rows
+    and exited 0 (a deleted log even got 6 new lines over 6 orphaned feature rows), leaving the damage for
+    train to find. Opening the store to write refuses it, naming the file, with the fix."""
+    make_store(tmp_path / "s").close()
+    seg = next((tmp_path / "s" / "segments").iterdir())
+    if damage == "log deleted":
+        (tmp_path / "s" / "rows.jsonl").unlink()
+    elif damage == "segment deleted":
+        shutil.rmtree(seg)
+    else:
+        next(seg.rglob("__0.blp")).unlink()
+    expected = {"log deleted": "lists 0 rows but the store's segments hold 6", "segment deleted": f"{seg.name} is "
+                "missing", "chunk file deleted": "__0.blp is missing or changed"}[damage]
+    with pytest.raises(StoreError, match=f"{expected}.*featurize again with --overwrite"):
+        open_writer(tmp_path / "s", REQ)
+    open_writer(tmp_path / "s", REQ, overwrite=True).close()  # the fix it names works

@@ -128,6 +128,18 @@ def _check_manifest(folder: Path, manifest: dict) -> None:
                          f"featurize again with --overwrite")
 
 
+def _check_sizes(store: Path, folder: Path, manifest: dict | None) -> None:
+    """The check of a segment each run makes before building on it: its files are there, at their recorded
+    sizes (their bytes are checked when read, and by `verify`)."""
+    if not folder.is_dir():
+        raise StoreError(f"{folder} is missing: the store {store} is damaged; featurize again with --overwrite")
+    for rel, (size, _) in (manifest or {}).items():
+        f = folder / rel
+        if not f.is_file() or f.stat().st_size != size:
+            raise StoreError(f"{f} is missing or changed: the store {store} is damaged; featurize again with "
+                             f"--overwrite")
+
+
 def _part_manifest_file(folder: Path) -> Path:
     return folder.with_name(folder.name + ".json")
 
@@ -160,10 +172,21 @@ def _remove_part(folder: Path) -> None:
     _part_manifest_file(folder).unlink(missing_ok=True)
 
 
+def _open_piece(folder: Path):
+    """The bcolz carray of a piece, opened (its JSON metadata read, no chunk yet) and refused unless it holds
+    float32 rows: bcolz unpickles the chunks of an object array when they are read, which runs any code."""
+    arr = _bcolz().open(str(folder), mode="r")
+    if arr.dtype != np.float32 or arr.ndim != 2:
+        raise StoreError(f"the feature array {folder} holds {arr.dtype} {arr.shape}, not float32 rows; it was not "
+                         f"written by this tool and is not read (reading some kinds runs code): featurize again "
+                         f"with --overwrite")
+    return arr
+
+
 def _read_piece(folder: Path, rows: int, dim: int, start: int = 0) -> np.ndarray:
     """Rows [start, rows) of a piece's feature array (it must hold at least `rows`)."""
     try:
-        arr = _bcolz().open(str(folder), mode="r")
+        arr = _open_piece(folder)
         if len(arr) < rows:
             raise StoreError(f"{folder} holds {len(arr)} rows, {rows} expected")
         x = np.asarray(arr[start:rows], dtype=np.float32)
@@ -178,7 +201,7 @@ def _read_piece(folder: Path, rows: int, dim: int, start: int = 0) -> np.ndarray
 
 
 def _piece_len(folder: Path) -> int:
-    return len(_bcolz().open(str(folder), mode="r"))
+    return len(_open_piece(folder))
 
 
 def _segment_dir(root: Path, name: str) -> Path:

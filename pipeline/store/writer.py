@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import StoreError
 from ..spec import FeatureSpec
 from .log import _log_lines, _read_rows, live_indices
-from .pieces import (_STAGING, _check_part, _link_piece, _manifest, _part_checksums, _part_manifest_file, _parts,
+from .pieces import (_STAGING, _check_part, _check_sizes, _link_piece, _manifest, _part_checksums, _part_manifest_file, _parts,
                      _piece_len, _read_piece, _remove_part, _segment_dir, _write_piece, _atomic_write, chunklen_for)
 from .reader import FORMAT, FeatureStore, _read_meta, read_committed, read_report, versions, write_report
 
@@ -40,6 +40,7 @@ class StoreWriter:
         rows_path = root / self.meta["rows_file"]
         self.rows, end = _read_rows(rows_path)
         self._base = self._adopt_legacy()
+        self._check_segments(rows_path)
         self._next = self._recover()
         (root / "parts").mkdir(exist_ok=True)
         self._rows_file = open(rows_path, "ab")
@@ -53,6 +54,15 @@ class StoreWriter:
                                      if legacy.exists() and self.rows else [])
             self.meta["format"] = FORMAT
         return sum(s["rows"] for s in self.meta["segments"])
+
+    def _check_segments(self, rows_path: Path) -> None:
+        """Refuse to build on a damaged store (appending would only bury the damage): segments holding more
+        rows than the log lists (its lines were lost), or segment files missing or of another size."""
+        if self._base > len(self.rows):
+            raise StoreError(f"{rows_path} lists {len(self.rows)} rows but the store's segments hold {self._base}: "
+                             f"lines were removed from the log; featurize again with --overwrite")
+        for seg in self.meta["segments"]:
+            _check_sizes(self.root, _segment_dir(self.root, seg["name"]), seg.get("files"))
 
     def _recover(self) -> int:
         """Remove what a killed run left half done; return the next row index to write."""
