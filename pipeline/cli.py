@@ -338,6 +338,7 @@ def cmd_demo(a):
     print(f"features:    {r['features']}")
     print(f"model:       {r['model']}")
     print(f"report:      {r['report']}")
+    print(f"json report: {r['report_json']}")
     print(f"html report: {r['report_html']}")
     print(f"predictions: {r['predictions']}")
 
