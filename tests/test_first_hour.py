@@ -138,6 +138,15 @@ def test_tensorflow_import_notices_are_kept_off_stderr():
         assert notice not in r.stderr
 
 
+def test_export_keeps_tensorflow_import_notices_off_stderr(flow, tmp_path):
+    # export is the first command to import TensorFlow in its process: its CUDA probing stays off stderr
+    _, _, _, model = flow
+    r = run_cli("export", model, "--format", "tflite", "--out", tmp_path / "m.tflite")
+    assert r.returncode == 0, r.stderr
+    for notice in ("absl::InitializeLog", "Could not find cuda drivers", "cuInit", "oneDNN"):
+        assert notice not in r.stderr
+
+
 def test_runtime_notices_are_split_from_what_else_was_written():
     from pipeline.logs import split_notices
 
