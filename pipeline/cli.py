@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 
 from .arguments import add_group, as_flags, from_args, positive_int
 from .backbones.base import describe
@@ -343,6 +344,7 @@ def cmd_demo(a):
     print(f"features:    {r['features']}")
     print(f"model:       {r['model']}")
     print(f"report:      {r['report']}")
+    print(f"json report: {r['report_json']}")
     print(f"html report: {r['report_html']}")
     print(f"predictions: {r['predictions']}")
 
@@ -369,6 +371,8 @@ def main(argv=None) -> int:
     try:
         COMMANDS[args.command](args)
     except PipelineError as e:  # the library names parameters (batch_size=0): say the flags instead
+        if args.verbose:  # -v: where it was raised, then the same one-line reason
+            traceback.print_exc()
         print(f"error: {as_flags(str(e), *_command_parsers(parser, args.command))}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt:

@@ -50,7 +50,9 @@ def export(classifier, out, fmt: str = "saved_model", force: bool = False) -> Pa
         raise UsageError(f"{classifier.spec['backbone']} is a TFLite backbone: it can be exported with "
                          f"format=tflite only (TensorFlow cannot run a TFLite model inside a SavedModel)")
     from .backbones import backbone_from_spec
+    from .backbones.graph import _tf
 
+    _tf()  # import TensorFlow with its CUDA/oneDNN notices kept off stderr (pipeline/logs.py; -v shows them)
     bb = backbone_from_spec(classifier.spec)
     bb.load()
     classifier.check_spec(bb.spec(), "the rebuilt backbone's features")

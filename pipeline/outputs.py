@@ -20,8 +20,9 @@ from .errors import UsageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-# first header cells of the CSVs this tool writes (score, --kaggle, split, suspects)
-OUR_CSV_HEADERS = (("path", "prediction"), ("id", "label"), ("path", "label", "split"), ("path", "label"))
+# first header cells of the CSVs this tool writes (score, multi-label score, --kaggle, split, suspects)
+OUR_CSV_HEADERS = (("path", "prediction"), ("path", "labels"), ("id", "label"), ("path", "label", "split"),
+                   ("path", "label"))
 
 
 @contextlib.contextmanager

@@ -215,8 +215,9 @@ class TFLitePredictor(_Exported):
 
         Interpreter, _ = _interpreter_class()
         try:
-            with native_output_quieted():
+            with native_output_quieted():  # XNNPACK's notice when tensors are allocated (shown with -v)
                 it = Interpreter(model_path=str(self.path), num_threads=os.cpu_count() or 1)
+                it.allocate_tensors()
             self._run = it.get_signature_runner("serving_default")
         except (ValueError, RuntimeError) as e:
             raise ModelFileError(f"{self.path} is not a usable TFLite model: {e}") from e

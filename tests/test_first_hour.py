@@ -117,6 +117,18 @@ def test_batch_size_0_is_refused_and_layer_help_lists_predictions(capsys):
     assert "predictions" in " ".join(capsys.readouterr().out.split())
 
 
+def test_v_shows_the_traceback_of_a_reported_error_too(tmp_path, capsys):
+    # README: a one-line reason on stderr, `-v` shows the traceback; the exit status stays the same
+    args = ["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.head.npz")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: ") and "does not exist" in err
+    assert main(["-v", *args]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err
+    assert err.splitlines()[-1].startswith("error: ") and "does not exist" in err.splitlines()[-1]
+
+
 # --- noise and silence ---
 
 def test_featurize_into_a_log_is_quiet_whole_lines_and_v_shows_the_runtime(flow, tmp_path):
@@ -133,6 +145,15 @@ def test_featurize_into_a_log_is_quiet_whole_lines_and_v_shows_the_runtime(flow,
 def test_tensorflow_import_notices_are_kept_off_stderr():
     code = "from pipeline.backbones.graph import _tf; _tf()"
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for notice in ("absl::InitializeLog", "Could not find cuda drivers", "cuInit", "oneDNN"):
+        assert notice not in r.stderr
+
+
+def test_export_keeps_tensorflow_import_notices_off_stderr(flow, tmp_path):
+    # export is the first command to import TensorFlow in its process: its CUDA probing stays off stderr
+    _, _, _, model = flow
+    r = run_cli("export", model, "--format", "tflite", "--out", tmp_path / "m.tflite")
     assert r.returncode == 0, r.stderr
     for notice in ("absl::InitializeLog", "Could not find cuda drivers", "cuInit", "oneDNN"):
         assert notice not in r.stderr

@@ -169,6 +169,8 @@ def test_cli_featurize_train_score_evaluate_report(tmp_path, capsys):
     right = sum(set(r["labels"].split()) == ({"red", "warm"} if r["path"].startswith("red") else
                                              {r["path"].split("_")[0], "cool"}) for r in got)
     assert right >= 15, got  # 18 training images: nearly every tag set is recalled exactly
+    # rerunning replaces the CSV it wrote (a path,labels,... header is this tool's, like path,prediction)
+    assert main(["score", str(model), str(images), "--out", str(out), "--no-cache", "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(model), str(store), "--json", "--report", str(tmp_path / "e")]) == 0
     m = json.loads(capsys.readouterr().out)

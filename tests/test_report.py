@@ -173,6 +173,7 @@ def test_demo_runs_offline_and_writes_its_reports(tmp_path, capsys):
     assert "100.00% from the SVM's own decisions" in printed
     for name in ("demo-cars.head.npz", "demo-cars-report.txt", "demo-cars-report.json", "demo-cars-predictions.csv"):
         assert (tmp_path / "m" / name).is_file()
+        assert name in printed  # the demo says where each file it wrote is
     parse_report(tmp_path / "m" / "demo-cars-report" / "index.html")
     with open(tmp_path / "m" / "demo-cars-predictions.csv", newline="") as f:
         assert len(f.read().splitlines()) == 8  # header + the 7 test cars

@@ -93,6 +93,18 @@ def test_served_tflite_export_of_the_bundled_quantized_backbone(images, tmp_path
     assert info["feature_spec"]["backbone"] == "mobilenet_v2_quant" and info["feature_spec"]["dim"] == 1280
 
 
+def test_a_served_tflite_export_keeps_the_xnnpack_notice_off_stderr(images, tmp_path):
+    # serve is quiet by default, as featurize is: TFLite's "Created ... XNNPACK delegate" only with -v
+    paths, labels = images
+    clf = _classifier(create_backbone("mobilenet_v2_quant", "penultimate"), paths, labels, "logreg")
+    model = clf.export(tmp_path / "model.tflite", format="tflite")
+    code = ("import numpy as np; from pipeline.predictors import load_predictor; "
+            f"p = load_predictor({str(model)!r}); print(p.predict_pixels(np.zeros((1, 224, 224, 3), np.uint8)).shape)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == f"(1, {len(clf.classes_)})", r.stderr
+    assert "XNNPACK" not in r.stderr
+
+
 def test_limits_and_bad_images_are_answered_as_for_a_head(served_saved_model, images):
     # 413 (body, images per request), 422 with featurize's reason codes, then the server goes on serving
     paths, _ = images
