@@ -97,6 +97,9 @@ def split_summary(y, valid, out) -> str:
 
 def suspects_table(found: list[dict], n_labelled: int, head: str, top: int | None) -> str:
     """The `top` most doubtful of :func:`pipeline.quality.suspects` (all with top 0 or None)."""
+    if not found:
+        return (f"0 of {n_labelled} labelled images are predicted as another class by a held-out {head}: "
+                f"no suspects")
     shown = found[:top] if top else found
     lines = [f"{len(found)} of {n_labelled} labelled images are predicted as another class by a held-out "
              f"{head}; the {len(shown)} most doubtful:",
