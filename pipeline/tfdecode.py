@@ -20,7 +20,6 @@ from .images import MAX_PIXELS
 from .preprocess import Preprocess
 
 _HEAD_BYTES = 1 << 17  # where the EXIF segment and the size fields are looked for
-_KERNELS = {"bilinear": "triangle", "bicubic": "keyscubic", "nearest": "box", "lanczos": "lanczos3"}
 
 
 def _tf():
@@ -138,15 +137,118 @@ def _pixel_check(pixels):
 
 
 def _decode_png(data):
-    """PNG composited on white, as pipeline.images._to_rgb does for images with transparency."""
+    """A PNG as pipeline.images._to_rgb sees it: 16-bit grey scaled (x * 255 // 65535, not the high
+    byte), alpha and palette transparency composited on white, and a tRNS colour key of a grey or
+    RGB PNG ignored (Pillow's modes L, I;16 and RGB carry no alpha). libpng's own conversions do the
+    rest: 16-bit colour keeps the high byte (Pillow's RGB;16B), 1/2/4-bit grey is scaled up."""
     tf = _tf()
     b = _Bytes(data)
     pixels = b.u32(16) * b.u32(20)  # IHDR width x height
+    depth, colour = b.at(24), b.at(25)
     with tf.control_dependencies([_pixel_check(pixels)]):
-        rgba = tf.cast(tf.io.decode_png(data, channels=4), tf.float32)
+        alpha = tf.equal(colour, 4) | tf.equal(colour, 6) | (tf.equal(colour, 3) & _png_has_trns(data))
+        grey16 = tf.equal(colour, 0) & tf.equal(depth, 16)
+        # channels=4 only where there is alpha: libpng fills a missing alpha of a 1/2/4-bit PNG
+        # with 1, 3 or 15 instead of 255 (TensorFlow 2.21), which would blend the image into white
+        return tf.case([(alpha, lambda: _on_white(tf.io.decode_png(data, channels=4))),
+                        (grey16, lambda: _scale16(tf.io.decode_png(data, channels=1, dtype=tf.uint16)))],
+                       default=lambda: tf.io.decode_png(data, channels=3))
+
+
+def _png_has_trns(data):
+    """Whether a tRNS chunk comes before the first IDAT (a walk over the chunk headers)."""
+    tf = _tf()
+    size = tf.cast(tf.strings.length(data), tf.int64)
+    eight = tf.constant(8, tf.int64)
+
+    def header(offset):
+        offset = tf.minimum(offset, size)  # Substr refuses a start past the end
+        raw = tf.io.decode_raw(tf.strings.join([tf.strings.substr(data, offset, eight), b"\0" * 8]), tf.uint8)[:8]
+        length = tf.reduce_sum(tf.cast(raw[:4], tf.int64) * tf.constant([1 << 24, 1 << 16, 1 << 8, 1], tf.int64))
+        return length, tf.strings.substr(data, tf.minimum(offset + 4, size), tf.constant(4, tf.int64))
+
+    def more(offset, found):
+        kind = header(offset)[1]
+        return (offset + 8 <= size) & ~found & tf.not_equal(kind, b"IDAT") & tf.not_equal(kind, b"IEND")
+
+    def step(offset, found):
+        length, kind = header(offset)
+        return offset + 12 + length, tf.equal(kind, b"tRNS")
+
+    return tf.while_loop(more, step, (eight, tf.constant(False)), maximum_iterations=4096)[1]
+
+
+def _on_white(rgba):
+    """Pillow's alpha_composite onto opaque white, then RGB. Its integer arithmetic (7 extra bits,
+    divisions by 255 rounded) equals round((c * a + 255 * (255 - a)) / 255) for every c and a
+    (tests/test_tfdecode.py checks all 65,536 pairs), which this computes in float32."""
+    tf = _tf()
+    rgba = tf.cast(rgba, tf.float32)
     alpha = rgba[..., 3:] / 255.0
     rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
     return tf.cast(tf.clip_by_value(tf.round(rgb), 0, 255), tf.uint8)
+
+
+def _scale16(grey):
+    """pipeline.images._to_rgb for I;16: x * 255 // 65535 (libpng's 8-bit output keeps the high byte)."""
+    tf = _tf()
+    level = tf.cast(grey, tf.int32) * 255 // 65535
+    return tf.cast(tf.tile(level, [1, 1, 3]), tf.uint8)
+
+
+def _gif_blocks(b: _Bytes):
+    """Offsets of the first image descriptor of a GIF (-1 if not found) and of the last graphic control
+    extension before it (-1 if none), walking the blocks after the header and global colour table."""
+    tf = _tf()
+    packed = b.at(10)
+    start = 13 + tf.where(packed >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), packed % 8), 0)
+
+    def skip_sub_blocks(p):  # data sub-blocks: a length byte, that many bytes, ..., a 0 byte
+        return tf.while_loop(lambda q: (q < b.n) & tf.not_equal(b.at(q), 0), lambda q: q + 1 + b.at(q), (p,),
+                             maximum_iterations=1 << 16)[0] + 1
+
+    def more(offset, gce):
+        return (offset < b.n) & tf.equal(b.at(offset), 0x21)
+
+    def step(offset, gce):
+        gce = tf.where(tf.equal(b.at(offset + 1), 0xF9) & tf.equal(b.at(offset + 2), 4), offset, gce)
+        return skip_sub_blocks(offset + 2), gce
+
+    offset, gce = tf.while_loop(more, step, (start, tf.constant(-1, tf.int64)), maximum_iterations=1 << 12)
+    return tf.where((offset < b.n) & tf.equal(b.at(offset), 0x2C), offset, -1), gce
+
+
+def _gif_transparency_on_white(data):
+    """A GIF whose first frame has a transparent colour index, rewritten so that index is opaque
+    white: what compositing on white gives (pipeline.images._to_rgb), which TensorFlow's GIF decoder
+    cannot do itself (it paints transparent pixels black). Other GIFs pass unchanged."""
+    tf = _tf()
+    b = _Bytes(data)
+    image, gce = _gif_blocks(b)
+    local = b.at(image + 9) >= 128
+    table = tf.where(local, image + 10, tf.where(b.at(10) >= 128, tf.constant(13, tf.int64), -1))
+    entries = tf.bitwise.left_shift(tf.constant(2, tf.int64), tf.where(local, b.at(image + 9), b.at(10)) % 8)
+    flags, index = b.at(gce + 3), b.at(gce + 6)
+    rewrite = (image >= 0) & (gce >= 0) & tf.equal(flags % 2, 1) & (table >= 0) & (index < entries)
+
+    def put(text, at, value, n: int):  # n bytes at `at` replaced by `value`
+        at = tf.cast(at, tf.int32)
+        return tf.strings.join([tf.strings.substr(text, 0, at), value,
+                                tf.strings.substr(text, at + n, tf.strings.length(text))])
+
+    def opaque_white():
+        cleared = tf.gather(tf.constant([bytes([v]) for v in range(256)]), flags - 1)  # flag bit 0 off
+        return put(put(data, table + 3 * index, b"\xff\xff\xff", 3), gce + 3, cleared, 1)
+
+    return tf.cond(rewrite, opaque_white, lambda: data)
+
+
+def _decode_other(data):
+    """GIF (first frame, transparency on white) and BMP."""
+    tf = _tf()
+    is_gif = tf.equal(tf.strings.substr(data, 0, 3), b"GIF")
+    data = tf.cond(is_gif, lambda: _gif_transparency_on_white(data), lambda: data)
+    return tf.io.decode_image(data, channels=3, expand_animations=False)
 
 
 def orient(image, orientation):
@@ -166,8 +268,7 @@ def decode_image(data, pre: Preprocess):
     is_png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
     orientation = tf.cond(is_jpeg, lambda: jpeg_orientation(data), lambda: tf.constant(1))
     image = tf.cond(is_jpeg, lambda: _decode_jpeg(data, orientation, pre),
-                    lambda: tf.cond(is_png, lambda: _decode_png(data),
-                                    lambda: tf.io.decode_image(data, channels=3, expand_animations=False)))
+                    lambda: tf.cond(is_png, lambda: _decode_png(data), lambda: _decode_other(data)))
     image = orient(image, orientation)
     shape = tf.shape(image)
     return resize_box(image, crop_box(shape[1], shape[0], pre), pre)
@@ -176,7 +277,8 @@ def decode_image(data, pre: Preprocess):
 def resize_box(image, box, pre: Preprocess):
     """Pillow's resize(size, filter, box=...): the box is mapped onto the output, and the filter reads
     pixels outside the box where the image has them (a crop-then-resize would not). Bilinear, bicubic
-    and Lanczos follow Pillow's own arithmetic (:func:`_pillow_pass`), so the pixels are Pillow's."""
+    and Lanczos follow Pillow's own arithmetic (:func:`_pillow_pass`), nearest its choice of source
+    pixels (:func:`_pillow_nearest`), so the pixels are Pillow's."""
     tf = _tf()
     h, w = pre.size
     if pre.resample in _FILTERS:
@@ -190,12 +292,25 @@ def resize_box(image, box, pre: Preprocess):
         vertical_first = (h < in_h) & (in_h - h > 2 * (in_w - w)) & _PILLOW_13
         image = tf.cond(vertical_first, lambda: x(y(image)), lambda: y(x(image)))
         return tf.ensure_shape(tf.cast(image, tf.uint8), [h, w, 3])
-    left, top, bw, bh = (tf.cast(v, tf.float32) for v in box)
-    scale = tf.stack([h / bh, w / bw])
-    resized = tf.raw_ops.ScaleAndTranslate(images=tf.cast(image, tf.float32)[None], size=[h, w], scale=scale,
-                                           translation=-tf.stack([top, left]) * scale,
-                                           kernel_type=_KERNELS[pre.resample], antialias=True)[0]
-    return tf.ensure_shape(tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8), [h, w, 3])
+    return tf.ensure_shape(_pillow_nearest(image, box, pre.size), [h, w, 3])
+
+
+def _nearest_index(in0, in_len, out_size: int):
+    """The source pixel of each output pixel in Pillow's NEAREST resize of the box [in0, in0 + in_len):
+    ImagingScaleAffine steps a double from in0 + step / 2 by step = in_len / out_size and truncates it
+    (a running sum, as its C loop does: cumsum adds in order)."""
+    tf = _tf()
+    step = tf.cast(in_len, tf.float64) / out_size
+    start = tf.cast(in0, tf.float64) + step * 0.5
+    return tf.cast(tf.math.cumsum(tf.concat([start[None], tf.fill([out_size - 1], step)], 0)), tf.int32)
+
+
+def _pillow_nearest(image, box, size):
+    """Pillow's resize(size, NEAREST, box=...): whole source pixels picked by _nearest_index."""
+    tf = _tf()
+    left, top, bw, bh = box
+    rows = tf.gather(image, _nearest_index(top, bh, size[0]), axis=0)
+    return tf.gather(rows, _nearest_index(left, bw, size[1]), axis=1)
 
 
 # ---- Pillow's resampling (libImaging/Resample.c), step by step ------------------------------------
