@@ -45,18 +45,26 @@ def _save(im: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def png_raw(arr: np.ndarray, colour_type: int, extra: bytes = b"") -> bytes:
-    """A PNG written by hand (Pillow cannot write 16-bit colour): uint8 or big-endian uint16 samples."""
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_raw(arr: np.ndarray, colour_type: int, before: bytes = b"", after: bytes = b"") -> bytes:
+    """A PNG written by hand (Pillow cannot write 16-bit colour): uint8 or big-endian uint16 samples,
+    with extra chunks before and after the image data."""
     depth = 16 if arr.dtype == np.uint16 else 8
     h, w = arr.shape[:2]
     rows = arr.astype(">u2" if depth == 16 else np.uint8).reshape(h, -1).view(np.uint8)
     raw = b"".join(b"\0" + rows[i].tobytes() for i in range(h))
-
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
     ihdr = struct.pack(">IIBBBBB", w, h, depth, colour_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + extra + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + before + png_chunk(b"IDAT", zlib.compress(raw))
+            + after + png_chunk(b"IEND", b""))
+
+
+def exif_block(orientation: int) -> bytes:
+    ex = Image.Exif()
+    ex[0x0112] = orientation
+    return ex.tobytes()
 
 
 def _palette(w, h, seed, colours=16):
@@ -103,6 +111,9 @@ CASES = {
     ).astype(np.uint16), 6),
     "A16 EXIF orientation 6 JPEG": lambda w, h, s: _exif_jpeg(w, h, s, 6),
     "A16 EXIF orientation 8 JPEG": lambda w, h, s: _exif_jpeg(w, h, s, 8),
+    "A16 EXIF orientation 6 PNG": lambda w, h, s: _save(Image.fromarray(_noise(w, h, 3, s)), "PNG", exif=exif_block(6)),
+    "A16 EXIF orientation 5 PNG, eXIf after IDAT, Exif prefix": lambda w, h, s: png_raw(
+        _noise(w, h, 3, s), 2, after=png_chunk(b"eXIf", exif_block(5))),
 }
 
 

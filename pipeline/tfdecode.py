@@ -78,9 +78,13 @@ def _exif_start(b: _Bytes):
 
 def jpeg_orientation(data):
     """The EXIF orientation tag (0x0112) of a JPEG, 1 when absent or out of range."""
-    tf = _tf()
     b = _Bytes(data)
-    t = _exif_start(b)
+    return _tiff_orientation(b, _exif_start(b))
+
+
+def _tiff_orientation(b: _Bytes, t):
+    """The orientation tag of the first IFD of the TIFF block (EXIF) starting at t; 1 if t < 0, absent or out of range."""
+    tf = _tf()
     little = tf.equal(b.at(t), 0x49)  # "II": little-endian TIFF
     ifd = t + b.u32(t + 4, little)
     count = tf.clip_by_value(b.u16(ifd, little), 0, 512)
@@ -120,14 +124,17 @@ def _draft_ratio(data, orientation, pre: Preprocess):
     return tf.where(need < 0.5, ratio, 1), tf.cast(H, tf.int64) * tf.cast(W, tf.int64)
 
 
-def _decode_jpeg(data, orientation, pre):
+def _decode_jpeg(data, pre):
+    """A JPEG and its EXIF orientation (which the DCT scale depends on)."""
     tf = _tf()
+    orientation = jpeg_orientation(data)
     ratio, pixels = _draft_ratio(data, orientation, pre)
     with tf.control_dependencies([_pixel_check(pixels)]):
         index = tf.cast(tf.math.log(tf.cast(ratio, tf.float32)) / tf.math.log(2.0) + 0.5, tf.int32)
     # INTEGER_ACCURATE (libjpeg's ISLOW) is Pillow's IDCT: the decoded pixels are bit-identical
-    return tf.switch_case(index, [lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r, dct_method="INTEGER_ACCURATE")
-                                  for r in (1, 2, 4, 8)])
+    image = tf.switch_case(index, [lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r, dct_method="INTEGER_ACCURATE")
+                                   for r in (1, 2, 4, 8)])
+    return image, orientation
 
 
 def _pixel_check(pixels):
@@ -137,26 +144,34 @@ def _pixel_check(pixels):
 
 
 def _decode_png(data):
-    """A PNG as pipeline.images._to_rgb sees it: 16-bit grey scaled (x * 255 // 65535, not the high
-    byte), alpha and palette transparency composited on white, and a tRNS colour key of a grey or
-    RGB PNG ignored (Pillow's modes L, I;16 and RGB carry no alpha). libpng's own conversions do the
-    rest: 16-bit colour keeps the high byte (Pillow's RGB;16B), 1/2/4-bit grey is scaled up."""
+    """A PNG as pipeline.images sees it, and its EXIF orientation (an eXIf chunk, as Pillow reads it).
+
+    As _to_rgb: 16-bit grey scaled (x * 255 // 65535, not the high byte), alpha and palette
+    transparency composited on white, and a tRNS colour key of a grey or RGB PNG ignored (Pillow's
+    modes L, I;16 and RGB carry no alpha). libpng's own conversions do the rest: 16-bit colour
+    keeps the high byte (Pillow's RGB;16B), 1/2/4-bit grey is scaled up."""
     tf = _tf()
     b = _Bytes(data)
     pixels = b.u32(16) * b.u32(20)  # IHDR width x height
     depth, colour = b.at(24), b.at(25)
+    trns, exif = _png_chunks(data)
+    alpha = tf.equal(colour, 4) | tf.equal(colour, 6) | (tf.equal(colour, 3) & trns)
+    grey16 = tf.equal(colour, 0) & tf.equal(depth, 16)
     with tf.control_dependencies([_pixel_check(pixels)]):
-        alpha = tf.equal(colour, 4) | tf.equal(colour, 6) | (tf.equal(colour, 3) & _png_has_trns(data))
-        grey16 = tf.equal(colour, 0) & tf.equal(depth, 16)
         # channels=4 only where there is alpha: libpng fills a missing alpha of a 1/2/4-bit PNG
         # with 1, 3 or 15 instead of 255 (TensorFlow 2.21), which would blend the image into white
-        return tf.case([(alpha, lambda: _on_white(tf.io.decode_png(data, channels=4))),
-                        (grey16, lambda: _scale16(tf.io.decode_png(data, channels=1, dtype=tf.uint16)))],
-                       default=lambda: tf.io.decode_png(data, channels=3))
+        image = tf.case([(alpha, lambda: _on_white(tf.io.decode_png(data, channels=4))),
+                         (grey16, lambda: _scale16(tf.io.decode_png(data, channels=1, dtype=tf.uint16)))],
+                        default=lambda: tf.io.decode_png(data, channels=3))
+    block = tf.strings.substr(data, tf.maximum(exif, 0), _HEAD_BYTES)
+    prefixed = tf.equal(tf.strings.substr(block, 0, 6), b"Exif\0\0")  # not in the PNG spec; Pillow skips it
+    start = tf.where(exif < 0, tf.constant(-1, tf.int64), tf.where(prefixed, tf.constant(6, tf.int64), 0))
+    return image, _tiff_orientation(_Bytes(block), start)
 
 
-def _png_has_trns(data):
-    """Whether a tRNS chunk comes before the first IDAT (a walk over the chunk headers)."""
+def _png_chunks(data):
+    """A walk over the chunk headers up to IEND: whether a tRNS chunk comes before the first IDAT,
+    and the offset of the last eXIf chunk's data (-1 if none; Pillow reads one after IDAT too)."""
     tf = _tf()
     size = tf.cast(tf.strings.length(data), tf.int64)
     eight = tf.constant(8, tf.int64)
@@ -167,15 +182,17 @@ def _png_has_trns(data):
         length = tf.reduce_sum(tf.cast(raw[:4], tf.int64) * tf.constant([1 << 24, 1 << 16, 1 << 8, 1], tf.int64))
         return length, tf.strings.substr(data, tf.minimum(offset + 4, size), tf.constant(4, tf.int64))
 
-    def more(offset, found):
-        kind = header(offset)[1]
-        return (offset + 8 <= size) & ~found & tf.not_equal(kind, b"IDAT") & tf.not_equal(kind, b"IEND")
+    def more(offset, idat, trns, exif):
+        return (offset + 8 <= size) & tf.not_equal(header(offset)[1], b"IEND")
 
-    def step(offset, found):
+    def step(offset, idat, trns, exif):
         length, kind = header(offset)
-        return offset + 12 + length, tf.equal(kind, b"tRNS")
+        return (offset + 12 + length, idat | tf.equal(kind, b"IDAT"), trns | (~idat & tf.equal(kind, b"tRNS")),
+                tf.where(tf.equal(kind, b"eXIf"), offset + 8, exif))
 
-    return tf.while_loop(more, step, (eight, tf.constant(False)), maximum_iterations=4096)[1]
+    state = (eight, tf.constant(False), tf.constant(False), tf.constant(-1, tf.int64))
+    _, _, trns, exif = tf.while_loop(more, step, state, maximum_iterations=1 << 16)
+    return trns, exif
 
 
 def _on_white(rgba):
@@ -266,9 +283,9 @@ def decode_image(data, pre: Preprocess):
     tf = _tf()
     is_jpeg = tf.equal(tf.strings.substr(data, 0, 2), b"\xff\xd8")
     is_png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
-    orientation = tf.cond(is_jpeg, lambda: jpeg_orientation(data), lambda: tf.constant(1))
-    image = tf.cond(is_jpeg, lambda: _decode_jpeg(data, orientation, pre),
-                    lambda: tf.cond(is_png, lambda: _decode_png(data), lambda: _decode_other(data)))
+    image, orientation = tf.cond(is_jpeg, lambda: _decode_jpeg(data, pre),
+                                 lambda: tf.cond(is_png, lambda: _decode_png(data),
+                                                 lambda: (_decode_other(data), tf.constant(1))))
     image = orient(image, orientation)
     shape = tf.shape(image)
     return resize_box(image, crop_box(shape[1], shape[0], pre), pre)
