@@ -85,3 +85,19 @@ def test_cmyk_jpeg_is_off_by_at_most_one_level_before_resizing():
     pillow, ours = _both(data, Preprocess(size=(16, 24), resample="nearest"))
     diff = pillow.astype(int) - ours
     assert diff.min() >= 0 and diff.max() == 1
+
+
+def test_decoder_survives_a_saved_model_round_trip(tmp_path):
+    # the ops predict_bytes runs (chunk walks, GIF rewrite, tf.case) saved and reloaded, on a mixed batch
+    from pipeline.tfdecode import decode_image
+
+    pre = Preprocess(size=(12, 10), crop_fraction=0.875, resample="nearest")
+    module = tf.Module()
+    module.decode = tf.function(
+        lambda images: tf.map_fn(lambda d: decode_image(d, pre), images,
+                                 fn_output_signature=tf.TensorSpec([12, 10, 3], tf.uint8)),
+        input_signature=[tf.TensorSpec([None], tf.string)])
+    tf.saved_model.save(module, str(tmp_path / "m"))
+    blobs = [CASES[name](37, 29, 0) for name in EXACT]
+    got = tf.saved_model.load(str(tmp_path / "m")).decode(tf.constant(blobs)).numpy()
+    assert (got == np.stack([decode(b, pre) for b in blobs])).all()
