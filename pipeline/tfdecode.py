@@ -221,7 +221,7 @@ def _gif_blocks(b: _Bytes):
     start = 13 + tf.where(packed >= 128, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), packed % 8), 0)
 
     def skip_sub_blocks(p):  # data sub-blocks: a length byte, that many bytes, ..., a 0 byte
-        return tf.while_loop(lambda q: (q < b.n) & tf.not_equal(b.at(q), 0), lambda q: q + 1 + b.at(q), (p,),
+        return tf.while_loop(lambda q: (q < b.n) & tf.not_equal(b.at(q), 0), lambda q: (q + 1 + b.at(q),), (p,),
                              maximum_iterations=1 << 16)[0] + 1
 
     def more(offset, gce):
@@ -235,10 +235,21 @@ def _gif_blocks(b: _Bytes):
     return tf.where((offset < b.n) & tf.equal(b.at(offset), 0x2C), offset, -1), gce
 
 
-def _gif_transparency_on_white(data):
-    """A GIF whose first frame has a transparent colour index, rewritten so that index is opaque
-    white: what compositing on white gives (pipeline.images._to_rgb), which TensorFlow's GIF decoder
-    cannot do itself (it paints transparent pixels black). Other GIFs pass unchanged."""
+def _put(text, at, value, n: int):
+    """text with the n bytes at `at` replaced by `value` (n bytes)."""
+    tf = _tf()
+    at = tf.cast(at, tf.int32)
+    return tf.strings.join([tf.strings.substr(text, 0, at), value,
+                            tf.strings.substr(text, at + n, tf.strings.length(text))])
+
+
+def _decode_gif(data):
+    """The first frame of a GIF as Pillow gives it, on its canvas: the logical screen (grown to hold the
+    frame), the part the frame does not cover in colour 0 of the frame's palette, and a transparent
+    colour index white, as compositing on white makes it (the canvas too then: Pillow fills it with
+    that index). TensorFlow's decoder paints transparent pixels black and returns the frame's own
+    rectangle, so the bytes are rewritten first (the index made opaque white, the frame moved to the
+    origin) and the canvas is added after."""
     tf = _tf()
     b = _Bytes(data)
     image, gce = _gif_blocks(b)
@@ -246,26 +257,64 @@ def _gif_transparency_on_white(data):
     table = tf.where(local, image + 10, tf.where(b.at(10) >= 128, tf.constant(13, tf.int64), -1))
     entries = tf.bitwise.left_shift(tf.constant(2, tf.int64), tf.where(local, b.at(image + 9), b.at(10)) % 8)
     flags, index = b.at(gce + 3), b.at(gce + 6)
-    rewrite = (image >= 0) & (gce >= 0) & tf.equal(flags % 2, 1) & (table >= 0) & (index < entries)
+    transparent = (image >= 0) & (gce >= 0) & tf.equal(flags % 2, 1) & (table >= 0) & (index < entries)
+    fill = tf.where(transparent, tf.constant([255, 255, 255], tf.int64),
+                    tf.where(table >= 0, b.at(table + tf.range(3, dtype=tf.int64)), tf.zeros([3], tf.int64)))
 
-    def put(text, at, value, n: int):  # n bytes at `at` replaced by `value`
-        at = tf.cast(at, tf.int32)
-        return tf.strings.join([tf.strings.substr(text, 0, at), value,
-                                tf.strings.substr(text, at + n, tf.strings.length(text))])
-
-    def opaque_white():
+    def opaque_white(text):
         cleared = tf.gather(tf.constant([bytes([v]) for v in range(256)]), flags - 1)  # flag bit 0 off
-        return put(put(data, table + 3 * index, b"\xff\xff\xff", 3), gce + 3, cleared, 1)
+        return _put(_put(text, table + 3 * index, b"\xff\xff\xff", 3), gce + 3, cleared, 1)
 
-    return tf.cond(rewrite, opaque_white, lambda: data)
+    left, top = b.u16(image + 1, True), b.u16(image + 3, True)
+    canvas = (tf.maximum(b.u16(6, True), left + b.u16(image + 5, True))
+              * tf.maximum(b.u16(8, True), top + b.u16(image + 7, True)))
+    data = tf.cond(image >= 0, lambda: _put(data, image + 1, b"\0" * 4, 4), lambda: data)  # frame at (0, 0)
+    data = tf.cond(transparent, lambda: opaque_white(data), lambda: data)
+    with tf.control_dependencies([_pixel_check(canvas)]):  # as Pillow's limit, on the screen's size
+        frame = tf.io.decode_gif(data)[0]
+    left, top = tf.cast(left, tf.int32), tf.cast(top, tf.int32)
+    fh, fw = tf.shape(frame)[0], tf.shape(frame)[1]
+    h = tf.maximum(tf.cast(b.u16(8, True), tf.int32), top + fh)
+    w = tf.maximum(tf.cast(b.u16(6, True), tf.int32), left + fw)
+    pad = [[top, h - top - fh], [left, w - left - fw], [0, 0]]
+    inside = tf.pad(tf.ones([fh, fw, 1], tf.bool), pad)
+    return tf.where(inside, tf.pad(frame, pad), tf.cast(fill, tf.uint8))
+
+
+def _decode_bmp(data):
+    """A BMP as Pillow gives it: TensorFlow's decoder returns the indices of an 8-bit palette BMP as
+    grey levels, so they are looked up in the file's colour table (BGR0 entries after the header).
+    1- and 4-bit and run-length-encoded BMPs, which TensorFlow cannot decode, are refused by name."""
+    tf = _tf()
+    b = _Bytes(data)
+    bits, compression = b.u16(28, True), b.u32(30, True)
+    width, height = b.u32(18, True), b.u32(22, True)
+    height = tf.where(height >= 1 << 31, (1 << 32) - height, height)  # negative: rows stored top-down
+    ok = tf.debugging.Assert((bits >= 8) & (compression != 1) & (compression != 2), [
+        "predict_bytes cannot decode 1- or 4-bit or run-length-encoded BMP files; convert the image "
+        "to PNG or decode it with the project's decoder (pipeline.images) and use serving_default"])
+    with tf.control_dependencies([ok, _pixel_check(width * height)]):
+        palette8 = tf.equal(bits, 8)
+
+    def through_palette():
+        count = b.u32(46, True)
+        count = tf.where((count == 0) | (count > 256), tf.constant(256, tf.int64), count)
+        entry = 14 + b.u32(14, True) + 4 * tf.range(256, dtype=tf.int64)
+        table = b.at(entry[:, None] + tf.constant([2, 1, 0], tf.int64))  # BGR0 -> RGB
+        table = tf.where(tf.range(256, dtype=tf.int64)[:, None] < count, table, tf.zeros_like(table))
+        return tf.gather(tf.cast(table, tf.uint8), tf.cast(tf.io.decode_bmp(data, channels=0)[..., 0], tf.int32))
+
+    return tf.cond(palette8, through_palette, lambda: tf.io.decode_bmp(data, channels=3))
 
 
 def _decode_other(data):
-    """GIF (first frame, transparency on white) and BMP."""
+    """GIF (first frame, as _decode_gif) and BMP (as _decode_bmp)."""
     tf = _tf()
     is_gif = tf.equal(tf.strings.substr(data, 0, 3), b"GIF")
-    data = tf.cond(is_gif, lambda: _gif_transparency_on_white(data), lambda: data)
-    return tf.io.decode_image(data, channels=3, expand_animations=False)
+    is_bmp = tf.equal(tf.strings.substr(data, 0, 2), b"BM")
+    return tf.cond(is_gif, lambda: _decode_gif(data),
+                   lambda: tf.cond(is_bmp, lambda: _decode_bmp(data),
+                                   lambda: tf.io.decode_image(data, channels=3, expand_animations=False)))
 
 
 def orient(image, orientation):

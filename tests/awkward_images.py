@@ -101,3 +101,21 @@ CASES = {
     "A16 EXIF orientation 5 PNG, eXIf after IDAT, Exif prefix": lambda w, h, s: png_raw(
         _noise(w, h, 3, s), 2, after=png_chunk(b"eXIf", exif_block(5))),
 }
+
+
+def gif_in_larger_screen(w, h, seed, **save) -> bytes:
+    """A GIF whose only frame sits at (2, 1) on a logical screen 5 and 3 pixels larger."""
+    buf = io.BytesIO()
+    _palette(w, h, seed).save(buf, "GIF", **save)
+    data = bytearray(buf.getvalue())
+    data[6:10] = struct.pack("<HH", w + 5, h + 3)
+    at = data.index(b"\x2c", 13 + 3 * 16)  # the image descriptor, after the 16-colour table
+    data[at + 1:at + 5] = struct.pack("<HH", 2, 1)
+    return bytes(data)
+
+
+CASES["A11 P GIF, frame inside a larger screen"] = gif_in_larger_screen
+CASES["A11 P GIF + transparency, frame inside a larger screen"] = lambda w, h, s: gif_in_larger_screen(
+    w, h, s, transparency=3)
+CASES["A11 P BMP, 8-bit palette"] = lambda w, h, s: _save(_palette(w, h, s), "BMP")
+CASES["A09 L BMP"] = lambda w, h, s: _save(Image.fromarray(_noise(w, h, 1, s)[..., 0], "L"), "BMP")

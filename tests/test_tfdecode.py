@@ -101,3 +101,23 @@ def test_decoder_survives_a_saved_model_round_trip(tmp_path):
     blobs = [CASES[name](37, 29, 0) for name in EXACT]
     got = tf.saved_model.load(str(tmp_path / "m")).decode(tf.constant(blobs)).numpy()
     assert (got == np.stack([decode(b, pre) for b in blobs])).all()
+
+
+def test_bmp_tensorflow_cannot_decode_is_refused_by_name():
+    # a 1-bit BMP: TensorFlow has no decoder for it; the error says what to do instead
+    buf = io.BytesIO()
+    Image.fromarray(np.eye(8, dtype=bool)).save(buf, "BMP")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="cannot decode 1- or 4-bit"):
+        _tf_decoder(Preprocess(size=(8, 8)))(tf.constant(buf.getvalue()))
+
+
+def test_gif_claiming_a_huge_screen_is_refused_before_decoding():
+    # the canvas predict_bytes builds for a GIF is the logical screen: Pillow's pixel limit holds for it
+    import struct
+
+    buf = io.BytesIO()
+    Image.new("P", (8, 8)).save(buf, "GIF")
+    data = bytearray(buf.getvalue())
+    data[6:10] = struct.pack("<HH", 60000, 60000)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="too many pixels"):
+        _tf_decoder(Preprocess(size=(8, 8)))(tf.constant(bytes(data)))
