@@ -17,6 +17,7 @@ tf = pytest.importorskip("tensorflow")
 
 # CMYK JPEGs are the one known gap (see test_cmyk_jpeg_is_off_by_at_most_one_level_before_resizing)
 EXACT = [name for name in CASES if "CMYK" not in name]
+AS_IS = Preprocess(size=(16, 24), resample="nearest")  # 24x16 images keep their pixels
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,12 +42,14 @@ def test_tf_decode_gives_pillows_pixels(case, resample):
 
 
 def test_transparency_is_composited_as_pillow_does_for_every_value_and_alpha():
-    # all 65,536 (value, alpha) pairs of an RGBA PNG; same size, so the resize copies pixels
+    # all 65,536 (value, alpha) pairs of an RGBA PNG, on white: Pillow's integer arithmetic, exactly
+    from pipeline.tfdecode import _on_white
+
     v, a = np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8))
     buf = io.BytesIO()
     Image.fromarray(np.dstack([v, 255 - v, v // 2, a]), "RGBA").save(buf, "PNG")
-    pillow, ours = _both(buf.getvalue(), Preprocess(size=(256, 256)))
-    assert (pillow == ours).all()
+    ours = _on_white(tf.io.decode_png(buf.getvalue(), channels=4)).numpy()
+    assert (ours == decode(buf.getvalue(), Preprocess(size=(256, 256)))).all()
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -68,12 +71,12 @@ def test_nearest_picks_pillows_source_pixels(seed):
 
 def test_gif_transparency_turns_white_in_both_decoders():
     # TensorFlow's GIF decoder paints a transparent index black; predict_bytes must see white
-    p = Image.new("P", (8, 8), 1)
+    p = Image.new("P", (24, 16), 1)
     p.putpalette([10, 20, 30, 200, 0, 0] + [0] * 762)
     p.putpixel((0, 0), 0)
     buf = io.BytesIO()
     p.save(buf, "GIF", transparency=1)
-    pillow, ours = _both(buf.getvalue(), Preprocess(size=(8, 8), resample="nearest"))
+    pillow, ours = _both(buf.getvalue(), AS_IS)
     assert ours[0, 0].tolist() == [10, 20, 30] and ours[4, 4].tolist() == [255, 255, 255]
     assert (pillow == ours).all()
 
@@ -82,7 +85,7 @@ def test_cmyk_jpeg_is_off_by_at_most_one_level_before_resizing():
     # the documented gap: TensorFlow's decode_jpeg converts CMYK to RGB itself, truncating C*K/255
     # where Pillow rounds, and exposes no raw CMYK; at the image's own size the values differ by <= 1
     data = CASES["A13 CMYK JPEG"](24, 16, 0)
-    pillow, ours = _both(data, Preprocess(size=(16, 24), resample="nearest"))
+    pillow, ours = _both(data, AS_IS)
     diff = pillow.astype(int) - ours
     assert diff.min() >= 0 and diff.max() == 1
 
@@ -108,7 +111,7 @@ def test_bmp_tensorflow_cannot_decode_is_refused_by_name():
     buf = io.BytesIO()
     Image.fromarray(np.eye(8, dtype=bool)).save(buf, "BMP")
     with pytest.raises(tf.errors.InvalidArgumentError, match="cannot decode 1- or 4-bit"):
-        _tf_decoder(Preprocess(size=(8, 8)))(tf.constant(buf.getvalue()))
+        _tf_decoder(AS_IS)(tf.constant(buf.getvalue()))
 
 
 def test_gif_claiming_a_huge_screen_is_refused_before_decoding():
@@ -120,4 +123,4 @@ def test_gif_claiming_a_huge_screen_is_refused_before_decoding():
     data = bytearray(buf.getvalue())
     data[6:10] = struct.pack("<HH", 60000, 60000)
     with pytest.raises(tf.errors.InvalidArgumentError, match="too many pixels"):
-        _tf_decoder(Preprocess(size=(8, 8)))(tf.constant(bytes(data)))
+        _tf_decoder(AS_IS)(tf.constant(bytes(data)))
