@@ -1,14 +1,25 @@
 """pipeline/images.py ``decode`` written as TensorFlow ops, for the ``predict_bytes`` signature of an export.
 
-The same steps as Pillow's path: JPEG DCT-domain downscaling when the crop is at least twice the
-target (libjpeg's ``ratio``, chosen exactly as Pillow's ``draft`` chooses it), the EXIF
-orientation of JPEGs (read from the APP1 segment with byte ops and applied as Pillow's
-``exif_transpose`` does), PNG transparency composited on white, the same centre crop box
-(``crop_box``, with the same half-to-even rounding) and the resize: for bilinear, bicubic and
-Lanczos, Pillow's own arithmetic (its filter weights in 22-bit fixed point, int32 sums, the
-two passes with a uint8 image in between, in the order the installed Pillow picks: 13 may run
-the vertical pass first, older ones never), so the pixels are Pillow's. "nearest" uses TensorFlow's
-antialiased box kernel. Formats: JPEG, PNG, GIF (first frame), BMP.
+The same steps as Pillow's path, giving Pillow's pixels (bench/decode_parity.py, tests/test_tfdecode.py):
+
+* JPEG: DCT-domain downscaling when the crop is at least twice the target (libjpeg's ``ratio``,
+  chosen exactly as Pillow's ``draft`` chooses it), libjpeg's ISLOW IDCT as Pillow runs it, and
+  the EXIF orientation (read from the APP1 segment with byte ops, applied as ``exif_transpose``).
+* PNG: alpha and palette transparency (tRNS) composited on white (Pillow's rounding), a tRNS
+  colour key of a grey or RGB PNG ignored as Pillow's L/RGB modes ignore it, 16-bit grey scaled
+  by x * 255 // 65535 (16-bit colour keeps the high byte, as in Pillow), 1/2/4-bit images
+  expanded without libpng's bogus alpha, and the EXIF orientation of an eXIf chunk.
+* GIF: the first frame on its logical screen, a transparent index white; BMP: 8-bit palettes
+  looked up in the file's colour table (1/4-bit and RLE BMPs are refused by name).
+* The same centre crop box (``crop_box``, with the same half-to-even rounding) and the resize:
+  for bilinear, bicubic and Lanczos, Pillow's own arithmetic (its filter weights in 22-bit fixed
+  point, int32 sums, the two passes with a uint8 image in between, in the order the installed
+  Pillow picks: 13 may run the vertical pass first, older ones never); for nearest, the source
+  pixels Pillow picks.
+
+One known difference: a CMYK JPEG. TensorFlow's ``decode_jpeg`` converts CMYK to RGB itself as
+C * K // 255 where Pillow rounds, and gives no access to the CMYK samples, so about half the values
+are one level lower before the resize (at most 1-3 levels after it, bench/decode_parity.py).
 Images over :data:`pipeline.images.MAX_PIXELS` are refused before decoding.
 """
 from __future__ import annotations
