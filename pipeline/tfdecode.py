@@ -279,7 +279,7 @@ def _decode_gif(data):
     left, top = b.u16(image + 1, True), b.u16(image + 3, True)
     canvas = (tf.maximum(b.u16(6, True), left + b.u16(image + 5, True))
               * tf.maximum(b.u16(8, True), top + b.u16(image + 7, True)))
-    data = tf.cond(image >= 0, lambda: _put(data, image + 1, b"\0" * 4, 4), lambda: data)  # frame at (0, 0)
+    data = tf.cond((image >= 0) & (left + top > 0), lambda: _put(data, image + 1, b"\0" * 4, 4), lambda: data)  # to (0, 0)
     data = tf.cond(transparent, lambda: opaque_white(data), lambda: data)
     with tf.control_dependencies([_pixel_check(canvas)]):  # as Pillow's limit, on the screen's size
         frame = tf.io.decode_gif(data)[0]
@@ -287,9 +287,10 @@ def _decode_gif(data):
     fh, fw = tf.shape(frame)[0], tf.shape(frame)[1]
     h = tf.maximum(tf.cast(b.u16(8, True), tf.int32), top + fh)
     w = tf.maximum(tf.cast(b.u16(6, True), tf.int32), left + fw)
-    pad = [[top, h - top - fh], [left, w - left - fw], [0, 0]]
-    inside = tf.pad(tf.ones([fh, fw, 1], tf.bool), pad)
-    return tf.where(inside, tf.pad(frame, pad), tf.cast(fill, tf.uint8))
+    pad = [[top, h - top - fh], [left, w - left - fw]]
+    fill = tf.cast(fill, tf.uint8)
+    on_canvas = lambda: tf.stack([tf.pad(frame[..., c], pad, constant_values=fill[c]) for c in range(3)], -1)  # noqa: E731
+    return tf.cond(tf.equal(h * w, fh * fw), lambda: frame, on_canvas)
 
 
 def _decode_bmp(data):
