@@ -263,12 +263,13 @@ def _decode_gif(data):
     origin) and the canvas is added after."""
     tf = _tf()
     b = _Bytes(data)
-    image, gce = _gif_blocks(b)
-    local = b.at(image + 9) >= 128
+    image, gce = _gif_blocks(b)  # image < 0: not within the first _HEAD_BYTES; decoded as TensorFlow does
+    found = image >= 0
+    local = found & (b.at(image + 9) >= 128)
     table = tf.where(local, image + 10, tf.where(b.at(10) >= 128, tf.constant(13, tf.int64), -1))
     entries = tf.bitwise.left_shift(tf.constant(2, tf.int64), tf.where(local, b.at(image + 9), b.at(10)) % 8)
     flags, index = b.at(gce + 3), b.at(gce + 6)
-    transparent = (image >= 0) & (gce >= 0) & tf.equal(flags % 2, 1) & (table >= 0) & (index < entries)
+    transparent = found & (gce >= 0) & tf.equal(flags % 2, 1) & (table >= 0) & (index < entries)
     fill = tf.where(transparent, tf.constant([255, 255, 255], tf.int64),
                     tf.where(table >= 0, b.at(table + tf.range(3, dtype=tf.int64)), tf.zeros([3], tf.int64)))
 
@@ -276,10 +277,9 @@ def _decode_gif(data):
         cleared = tf.gather(tf.constant([bytes([v]) for v in range(256)]), flags - 1)  # flag bit 0 off
         return _put(_put(text, table + 3 * index, b"\xff\xff\xff", 3), gce + 3, cleared, 1)
 
-    left, top = b.u16(image + 1, True), b.u16(image + 3, True)
-    canvas = (tf.maximum(b.u16(6, True), left + b.u16(image + 5, True))
-              * tf.maximum(b.u16(8, True), top + b.u16(image + 7, True)))
-    data = tf.cond((image >= 0) & (left + top > 0), lambda: _put(data, image + 1, b"\0" * 4, 4), lambda: data)  # to (0, 0)
+    left, top, fw, fh = (tf.where(found, b.u16(image + k, True), 0) for k in (1, 3, 5, 7))
+    canvas = tf.maximum(b.u16(6, True), left + fw) * tf.maximum(b.u16(8, True), top + fh)
+    data = tf.cond(left + top > 0, lambda: _put(data, image + 1, b"\0" * 4, 4), lambda: data)  # to (0, 0)
     data = tf.cond(transparent, lambda: opaque_white(data), lambda: data)
     with tf.control_dependencies([_pixel_check(canvas)]):  # as Pillow's limit, on the screen's size
         frame = tf.io.decode_gif(data)[0]
