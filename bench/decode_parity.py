@@ -6,8 +6,9 @@ project's Pillow decoder (pipeline/images.py), over the awkward inputs of RELIAB
 
 Every case of tests/awkward_images.py (fixed seeds) is built at each source size and decoded both
 ways for every resampling filter the project offers (pipeline.preprocess.RESAMPLING) and each
-output size (height x width; the second one with crop_fraction 0.875). Printed: one markdown row per case and filter, with the
-largest |difference| in levels and the share of uint8 values that differ, over all sizes.
+output size (height x width; the second one with crop_fraction 0.875). Printed: one markdown row
+per case, a cell per filter with the largest |difference| in levels and the share of uint8 values
+that differ, over all sizes.
 
 ``--time`` instead times one warm decode to 224x224 (median of 15) of a photo of
 ../shared/data/catsdogs and of that photo as a 1200x900 PNG and GIF, interleaved with the same

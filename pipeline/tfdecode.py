@@ -94,7 +94,7 @@ def jpeg_orientation(data):
 
 
 def _tiff_orientation(b: _Bytes, t):
-    """The orientation tag of the first IFD of the TIFF block (EXIF) starting at t; 1 if t < 0, absent or out of range."""
+    """The orientation tag in the first IFD of the TIFF block (EXIF) at t; 1 if t < 0, absent or out of range."""
     tf = _tf()
     little = tf.equal(b.at(t), 0x49)  # "II": little-endian TIFF
     ifd = t + b.u32(t + 4, little)
@@ -289,7 +289,10 @@ def _decode_gif(data):
     w = tf.maximum(tf.cast(b.u16(6, True), tf.int32), left + fw)
     pad = [[top, h - top - fh], [left, w - left - fw]]
     fill = tf.cast(fill, tf.uint8)
-    on_canvas = lambda: tf.stack([tf.pad(frame[..., c], pad, constant_values=fill[c]) for c in range(3)], -1)  # noqa: E731
+
+    def on_canvas():
+        return tf.stack([tf.pad(frame[..., c], pad, constant_values=fill[c]) for c in range(3)], -1)
+
     return tf.cond(tf.equal(h * w, fh * fw), lambda: frame, on_canvas)
 
 

@@ -64,7 +64,8 @@ def test_nearest_picks_pillows_source_pixels(seed):
         left, top = int(rng.integers(0, W)), int(rng.integers(0, H))
         bw, bh = int(rng.integers(1, W - left + 1)), int(rng.integers(1, H - top + 1))
         image = rng.integers(0, 256, (H, W, 3)).astype(np.uint8)
-        want = np.asarray(Image.fromarray(image).resize((w, h), _RESAMPLE["nearest"], box=(left, top, left + bw, top + bh)))
+        box = (left, top, left + bw, top + bh)
+        want = np.asarray(Image.fromarray(image).resize((w, h), _RESAMPLE["nearest"], box=box))
         got = _pillow_nearest(tf.constant(image), (left, top, bw, bh), (h, w)).numpy()
         assert (got == want).all(), (W, H, w, h, left, top, bw, bh)
 
