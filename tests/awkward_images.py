@@ -119,3 +119,22 @@ CASES["A11 P GIF + transparency, frame inside a larger screen"] = lambda w, h, s
     w, h, s, transparency=3)
 CASES["A11 P BMP, 8-bit palette"] = lambda w, h, s: _save(_palette(w, h, s), "BMP")
 CASES["A09 L BMP"] = lambda w, h, s: _save(Image.fromarray(_noise(w, h, 1, s)[..., 0], "L"), "BMP")
+
+
+def gif_local_table(w, h, seed, **save) -> bytes:
+    """The GIF Pillow writes, its global colour table moved into the first frame's (local) table."""
+    buf = io.BytesIO()
+    _palette(w, h, seed).save(buf, "GIF", **save)
+    data = bytearray(buf.getvalue())
+    packed = data[10]
+    size = 3 * (2 << (packed & 7))
+    table = bytes(data[13:13 + size])
+    data[10] = packed & 0x78  # no global table
+    del data[13:13 + size]
+    at = data.index(b"\x2c", 13)
+    data[at + 9] = (data[at + 9] & 0x40) | 0x80 | (packed & 7)  # a local table of the same size
+    data[at + 10:at + 10] = table
+    return bytes(data)
+
+
+CASES["A11 P GIF + transparency, local colour table"] = lambda w, h, s: gif_local_table(w, h, s, transparency=3)
