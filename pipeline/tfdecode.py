@@ -25,7 +25,6 @@ Images over :data:`pipeline.images.MAX_PIXELS` are refused before decoding.
 """
 from __future__ import annotations
 
-
 from .images import MAX_PIXELS
 from .preprocess import Preprocess
 from .tfresize import _pillow_nearest, _tf, resize_box  # noqa: F401 - _pillow_nearest: tests
