@@ -65,6 +65,9 @@ def export_features(store, out, force: bool = False) -> Path:
     out = Path(out)
     ext = _format(out, "out=")
     store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
+    if not store.spec.get("dim"):
+        raise UsageError(f"{store.root} holds no rows yet (no run has stored a feature in it): nothing to "
+                         f"export; featurize into it first")
     _check_target(out, [store.root], force)
     columns = {"ids": store.paths, "labels": [None if v is None else str(v) for v in store.labels],
                "sha256": store.sha256}

@@ -258,3 +258,17 @@ def test_scoring_reads_the_store_a_chunk_at_a_time_and_writes_what_one_pass_woul
     with np.load(export_features(test.root, tmp_path / "e.npz"), allow_pickle=False) as z:
         np.testing.assert_array_equal(z["features"], feats)
         assert list(z["ids"]) == test.paths
+
+
+def test_exporting_a_store_no_run_has_written_to_is_refused(tmp_path, capsys):
+    """An empty folder given as --out to a run that stored nothing stays an empty store (D unknown):
+    exporting it says so instead of writing an .npz that cannot be loaded."""
+    from pipeline.store import open_writer
+
+    (tmp_path / "s").mkdir()
+    open_writer(tmp_path / "s", {"backbone": "b", "kind": "tflite", "model": "m", "weights": None,
+                                 "layer": "penultimate", "preprocess": {"size": [2, 2]}, "source": {}}).abort()
+    assert (tmp_path / "s" / "meta.json").exists()
+    for ext in ("npz", "parquet"):
+        assert main(["export-features", str(tmp_path / "s"), "--out", str(tmp_path / f"e.{ext}")]) == 2
+        assert "holds no rows yet" in capsys.readouterr().err and not (tmp_path / f"e.{ext}").exists()

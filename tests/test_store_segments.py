@@ -90,3 +90,23 @@ def test_feature_chunks_read_the_live_rows_piece_by_piece_equal_to_the_whole(tmp
     np.testing.assert_array_equal(np.concatenate(chunks), store.features)
     assert len(store) == 6 and store.paths == ["c/0.jpg", "c/2.jpg", "c/4.jpg", "c/6.jpg", "c/1.jpg", "c/5.jpg"]
     w.abort()
+
+
+@pytest.mark.parametrize("new_rows", [0, 1])
+def test_a_reader_follows_a_run_that_merges_the_parts_while_it_reads(tmp_path, new_rows):
+    """A store open for reading while another run merges its parts into a segment (and removes the
+    parts), with or without rows appended meanwhile: the reader still gets its rows' features,
+    whole or in chunks, instead of calling the store damaged."""
+    root = tmp_path / "s"
+    w, x = _write(root, [3, 2])
+    w.abort()  # committed parts left in place, as a running featurize has them
+    readers = [FeatureStore.open(root) for _ in range(3)]
+    chunks = readers[2].feature_chunks(2)
+    first = next(chunks)  # one chunk read before the merge, the rest after
+    w = open_writer(root, REQ)
+    w.append(np.full((new_rows, 3), -1.0, np.float32), rows(5, new_rows))
+    w.close()
+    assert not list((root / "parts").iterdir())
+    np.testing.assert_array_equal(readers[0].features, x)
+    np.testing.assert_array_equal(np.concatenate(list(readers[1].feature_chunks(2))), x)
+    np.testing.assert_array_equal(np.concatenate([first, *chunks]), x)

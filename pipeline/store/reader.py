@@ -33,16 +33,22 @@ def versions() -> dict:
     return out
 
 
-def committed_pieces(root: Path, meta: dict, n: int):
+def committed_pieces(root: Path, meta: dict, n: int, strict: bool = True):
     """(folder, rows) of each piece holding the first `n` rows of the log, in log order.
 
     Segments and parts are checked against their checksums as they come; rows the log lists but no
-    piece holds, or pieces holding more rows than the log lists, are refused.
+    piece holds, or pieces holding more rows than the log lists, are refused. Not `strict`: a reader
+    whose run merged while it read may find a last segment holding rows appended after it opened
+    the log; it reads the first `n`.
     """
     have = 0
     for seg in _segments(meta, root):
         folder = _segment_dir(root, seg["name"])
         rows = seg["rows"] if seg["rows"] is not None else n
+        if not strict and seg["rows"] is not None and have + rows > n:
+            rows = n - have
+            if rows <= 0:
+                break
         if seg["rows"] is not None and have + rows > n:
             raise StoreError(f"{_rows_path(root, meta)} lists {n} rows but the store's segments hold "
                              f"{have + rows}: lines were removed from the log; featurize again with --overwrite")
@@ -73,11 +79,11 @@ def read_committed(root: Path, meta: dict, n: int) -> np.ndarray:
     return np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float32)
 
 
-def live_chunks(root: Path, meta: dict, n: int, live: np.ndarray, size: int):
+def live_chunks(root: Path, meta: dict, n: int, live: np.ndarray, size: int, strict: bool = True):
     """The features of the `live` rows (sorted log indices below `n`), in order, `size` rows of the
     log at a time: a store far larger than memory is read piece by piece, never whole."""
     dim, start = meta["spec"]["dim"] or 0, 0
-    for folder, rows in committed_pieces(root, meta, n):
+    for folder, rows in committed_pieces(root, meta, n, strict):
         for lo in range(0, rows, size):
             hi = min(rows, lo + size)
             a, b = np.searchsorted(live, [start + lo, start + hi])
@@ -173,30 +179,34 @@ class FeatureStore:
 
     def feature_chunks(self, size: int | None = None):
         """The features of the live rows, in order, at most `size` (default CHUNK_ROWS) rows at a time:
-        what scoring a store larger than memory reads (``features`` holds them all at once)."""
+        what scoring a store larger than memory reads (``features`` holds them all at once).
+
+        A run that merges its parts into a segment while this reads (and removes the parts) is
+        followed: the reading goes on from the new segment, where it had got to."""
         size = size or CHUNK_ROWS
         if self._features is not None:
             for s in range(0, len(self), size):
                 yield self._features[s:s + size]
             return
-        yield from live_chunks(self.root, self.meta, self._committed, self._live, size)
-
-    def _load_features(self) -> np.ndarray:
+        done, merged = 0, False
         for attempt in range(3):
             try:
-                return self._read_all()
+                for x in live_chunks(self.root, self.meta, self._committed, self._live[done:], size, not merged):
+                    done += len(x)
+                    yield x
+                return
             except StoreError:
                 fresh = _read_meta(self.root)
                 same_log = _rows_path(self.root, fresh) == _rows_path(self.root, self.meta)
                 if attempt == 2 or not same_log or fresh.get("segments") == self.meta.get("segments"):
                     raise
-                self.meta = fresh  # a run merged its parts into a new segment while we read: read again
+                self.meta, merged = fresh, True
 
-    def _read_all(self) -> np.ndarray:
+    def _load_features(self) -> np.ndarray:
         """The live rows' features, filled a chunk at a time into one array (no second copy)."""
         x = np.empty((len(self._live), self.meta["spec"]["dim"] or 0), np.float32)
         at = 0
-        for chunk in live_chunks(self.root, self.meta, self._committed, self._live, CHUNK_ROWS):
+        for chunk in self.feature_chunks():
             x[at:at + len(chunk)] = chunk
             at += len(chunk)
         return x
