@@ -14,7 +14,7 @@ import numpy as np
 
 from .backbones import backbone_from_spec
 from .classifier import Classifier, load
-from .errors import UsageError
+from .errors import StoreError, UsageError
 from .exchange import is_feature_store, predict_store, store_proba
 from .hints import did_you_mean
 from .options import SCORE_FEATURIZE, FeaturizeOptions, ScoreOptions, split_keywords
@@ -104,8 +104,14 @@ def _featurize_and_predict(clf: Classifier, data_dir, o: ScoreOptions, run_optio
     tmp = Path(tempfile.mkdtemp(prefix="tfp-score-")) if o.no_cache else None
     try:
         store_dir = tmp / "features" if tmp else Path(o.cache) if o.cache else score_cache_path(data_dir, bb.request())
-        run = featurize(data_dir, bb, out=store_dir, options=run_options, report=True)
-        return (*_predict_listed(clf, run), run)
+        try:
+            run = featurize(data_dir, bb, out=store_dir, options=run_options, report=True)
+            return (*_predict_listed(clf, run), run)
+        except StoreError as e:
+            if tmp is not None or "--overwrite" not in str(e):
+                raise
+            raise StoreError(f"{str(e).split('; featurize again with --overwrite')[0]}; this is score's feature "
+                             f"cache: delete {store_dir} and score again (or score with --no-cache)") from e
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -108,3 +108,22 @@ def test_a_full_disk_while_writing_the_csv_keeps_the_old_csv_whole(head, tmp_pat
         pipeline.score(clf, folder, out, cache=tmp_path / "c", progress=False)
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".p.csv")) == []  # no temp left
+
+
+def test_a_damaged_score_cache_names_the_folder_to_delete_not_a_flag_score_lacks(head, tmp_path, monkeypatch,
+                                                                                  capsys):
+    clf, model = head
+    monkeypatch.setenv("TFP_FEATURES", str(tmp_path / "features"))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    noise_image(5, base=(30, 30, 230)).save(folder / "x.jpg")
+    argv = ["score", str(model), str(folder), "--out", str(tmp_path / "p.csv"), "--no-progress"]
+    assert main(argv) == 0
+    cache = next((tmp_path / "features" / "score-cache").iterdir())
+    (cache / "rows.jsonl").unlink()  # the cache's commit log is lost
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"delete {cache}" in err and "--no-cache" in err and "--overwrite" not in err
+    shutil.rmtree(cache)
+    assert main(argv) == 0  # as the message says
