@@ -201,6 +201,22 @@ def _plain_saved_model(path, fn):
     return path
 
 
+def _refused_before_loading(fn, folder, saved_model, monkeypatch, match: str) -> None:
+    """A SavedModel of `fn` carrying this project's export description is refused (naming `match`)
+    before TensorFlow loads it."""
+    import shutil
+
+    import tensorflow as tf
+
+    folder = _plain_saved_model(folder, fn)
+    shutil.copytree(saved_model[1] / "assets.extra", folder / "assets.extra")
+    loaded = []
+    monkeypatch.setattr(tf.saved_model, "load", lambda *a, **k: loaded.append(a))
+    with pytest.raises(ModelFileError, match=match):
+        load_predictor(folder)
+    assert loaded == []
+
+
 def test_a_saved_model_not_exported_by_this_project_is_refused(tmp_path):
     # without the export's description serve cannot decode images as featurize does: refused, not guessed
     import tensorflow as tf
@@ -214,19 +230,12 @@ def test_a_saved_model_not_exported_by_this_project_is_refused(tmp_path):
 
 def test_a_saved_model_whose_graph_reads_files_is_refused_before_loading(saved_model, tmp_path, monkeypatch):
     # a graph is code of a kind: one that reads files when run is not served, even with our description
-    import shutil
-
     import tensorflow as tf
 
     secret = tmp_path / "secret.txt"
     secret.write_text("do not serve me")
-    folder = _plain_saved_model(tmp_path / "evil", lambda images: {"classes": tf.io.read_file(str(secret))})
-    shutil.copytree(saved_model[1] / "assets.extra", folder / "assets.extra")
-    loaded = []
-    monkeypatch.setattr(tf.saved_model, "load", lambda *a, **k: loaded.append(a))
-    with pytest.raises(ModelFileError, match="ReadFile"):
-        load_predictor(folder)
-    assert loaded == []
+    _refused_before_loading(lambda images: {"classes": tf.io.read_file(str(secret))}, tmp_path / "evil",
+                            saved_model, monkeypatch, "ReadFile")
 
 
 def test_a_tflite_file_without_the_export_description_is_refused():
@@ -241,8 +250,6 @@ def test_a_file_reading_function_named_like_the_saver_is_refused_too(saved_model
     """RELIABILITY D01/D10 (a model file is code): the deny-list skipped every function whose name began with
     TF's saver prefix, and a Python function called `_traced_save_x` gets exactly such a name, so a serving
     signature reading any file on the server passed the check and was served."""
-    import shutil
-
     import tensorflow as tf
 
     secret = tmp_path / "secret.txt"
@@ -250,20 +257,12 @@ def test_a_file_reading_function_named_like_the_saver_is_refused_too(saved_model
 
     def _traced_save_disguised(images):
         return {"classes": tf.io.read_file(str(secret))}
-    folder = _plain_saved_model(tmp_path / "disguised", _traced_save_disguised)
-    shutil.copytree(saved_model[1] / "assets.extra", folder / "assets.extra")
-    loaded = []
-    monkeypatch.setattr(tf.saved_model, "load", lambda *a, **k: loaded.append(a))
-    with pytest.raises(ModelFileError, match="ReadFile"):
-        load_predictor(folder)
-    assert loaded == []
+    _refused_before_loading(_traced_save_disguised, tmp_path / "disguised", saved_model, monkeypatch, "ReadFile")
 
 
 def test_a_signature_that_writes_checkpoint_files_is_refused(saved_model, tmp_path, monkeypatch):
     """RELIABILITY D01: SaveV2 in a serving signature writes files wherever the graph says on every request.
     Exports hold it only in the saver's functions, which no signature calls: the export is still served."""
-    import shutil
-
     import tensorflow as tf
 
     planted = tmp_path / "planted"
@@ -271,35 +270,22 @@ def test_a_signature_that_writes_checkpoint_files_is_refused(saved_model, tmp_pa
     def writes(images):
         tf.raw_ops.SaveV2(prefix=str(planted), tensor_names=["x"], shape_and_slices=[""], tensors=[tf.constant(1.)])
         return {"classes": tf.constant("cat")}
-    folder = _plain_saved_model(tmp_path / "writes", writes)
-    shutil.copytree(saved_model[1] / "assets.extra", folder / "assets.extra")
     from tensorflow.core.protobuf import saved_model_pb2
 
     export = saved_model_pb2.SavedModel.FromString((saved_model[1] / "saved_model.pb").read_bytes())
     assert any(n.op == "SaveV2" for f in export.meta_graphs[0].graph_def.library.function for n in f.node_def)
     check_saved_model_ops(saved_model[1])  # the real export: SaveV2 in its saver only, passes
-    loaded = []
-    monkeypatch.setattr(tf.saved_model, "load", lambda *a, **k: loaded.append(a))
-    with pytest.raises(ModelFileError, match="SaveV2"):
-        load_predictor(folder)
-    assert loaded == [] and not list(tmp_path.glob("planted*"))
+    _refused_before_loading(writes, tmp_path / "writes", saved_model, monkeypatch, "SaveV2")
+    assert not list(tmp_path.glob("planted*"))
 
 
 def test_a_signature_that_writes_event_files_is_refused(saved_model, tmp_path, monkeypatch):
     """RELIABILITY D01: a summary writer in a serving signature writes event files under any folder the graph
     names, on every request; such ops (and file/network datasets, old readers) were missing from the list."""
-    import shutil
-
     import tensorflow as tf
 
     def logs(images):
         tf.raw_ops.CreateSummaryFileWriter(writer=tf.raw_ops.SummaryWriter(), logdir=str(tmp_path / "planted"),
                                           max_queue=1, flush_millis=1, filename_suffix="")
         return {"classes": tf.constant("cat")}
-    folder = _plain_saved_model(tmp_path / "logs", logs)
-    shutil.copytree(saved_model[1] / "assets.extra", folder / "assets.extra")
-    loaded = []
-    monkeypatch.setattr(tf.saved_model, "load", lambda *a, **k: loaded.append(a))
-    with pytest.raises(ModelFileError, match="CreateSummaryFileWriter"):
-        load_predictor(folder)
-    assert loaded == []
+    _refused_before_loading(logs, tmp_path / "logs", saved_model, monkeypatch, "CreateSummaryFileWriter")
