@@ -56,7 +56,7 @@ report: install  ## make report MODEL=models/x.head.npz FEATURES=features/... RE
 screenshot: install  ## the whole page of REPORT/index.html in headless Chromium (apt-get install chromium) -> REPORT/screenshot.png
 	@command -v chromium >/dev/null || { echo "needs Debian's chromium: apt-get install chromium"; exit 2; }
 	@test -f "$(REPORT)/index.html" || { echo "no $(REPORT)/index.html: run make demo, or make report REPORT=dir"; exit 2; }
-	@$(PY) -m pipeline.screenshot "$(REPORT)"
+	@$(PY) -m pipeline.reports.screenshot "$(REPORT)"
 
 suspects: install  ## make suspects FEATURES=features/...: likely mislabelled images
 	@test -n "$(FEATURES)" || { echo "usage: make suspects FEATURES=dir"; exit 2; }
@@ -80,7 +80,7 @@ backbones: install
 	$(PY) -m pipeline backbones
 
 reference: install  ## reproduce the reference accuracies on ../shared (catsdogs, cars)
-	$(PY) -m pytest -q -m shared -p no:randomly tests/test_reference.py -s
+	$(PY) -m pytest -q -m shared -p no:randomly tests/realdata/test_reference.py -s
 
 clean:
 	rm -rf $(VENV) build *.egg-info

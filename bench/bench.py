@@ -18,7 +18,7 @@ For each model it times, on the same images and batch size:
   onednn_bf16_bound  the fp32 model with oneDNN's auto-mixed bfloat16 graph rewrite (grappler option
               auto_mixed_precision_onednn_bfloat16), and its cosine to fp32
   decode      (--models decode) the decode stage alone at 299 px, read + sha256 + decode, against the
-              number of cores: a thread pool and pipeline.decodepool's processes; and featurize end to
+              number of cores: a thread pool and pipeline.featurizer.decodepool's processes; and featurize end to
               end with --decode thread and --decode process (mobilenet_v2, random weights)
 and, for the TFLite model, the peak memory (max RSS of a `featurize` subprocess) for 1000 and
 4000 images. `--models layers` times featurize with one layer (penultimate) and with two
@@ -48,10 +48,11 @@ sys.path.insert(0, str(REPO))
 import pipeline  # noqa: E402
 from pipeline.backbones import create_backbone  # noqa: E402
 from pipeline.backbones.keras_apps import cpu_has_bf16  # noqa: E402
-from pipeline.decodepool import DecodePool, usable_cores  # noqa: E402
-from pipeline.reader import bounded_map, prepare as _prepare  # noqa: E402
-from pipeline.images import decode, read_bytes  # noqa: E402
-from pipeline.listing import list_images  # noqa: E402
+from pipeline.dataset.listing import list_images  # noqa: E402
+from pipeline.decode.images import decode, read_bytes  # noqa: E402
+from pipeline.featurizer.decodepool import DecodePool, usable_cores  # noqa: E402
+from pipeline.featurizer.prepare import prepare as _prepare  # noqa: E402
+from pipeline.featurizer.reader import bounded_map  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "catsdogs" / "train"
 
@@ -334,7 +335,6 @@ def stage_costs(data: Path, n: int = 200) -> dict:
     """ms per image of each stage on one core, and what importing TensorFlow costs (what TFLite runs avoid)."""
     import io
 
-    from ai_edge_litert.interpreter import Interpreter
     from PIL import Image
 
     from pipeline.backbones.tflite import _open_interpreter, with_output
@@ -403,7 +403,7 @@ def bench_ray(data: Path, n: int, work: Path, repeat: int, cpus: int = 2) -> dic
     fixed + images / rate; from the fits, the image count above which Ray's overhead is <= 15%."""
     import ray
 
-    from pipeline.distributed import RayCluster
+    from pipeline.engines.ray import RayCluster
 
     folders = {"large": subset(data, n, work / "ray-data"), "small": subset(data, n // 4, work / "ray-small")}
     counts = {size: len(list_images(f).records) for size, f in folders.items()}

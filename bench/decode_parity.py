@@ -1,5 +1,5 @@
-"""Pixels of the TensorFlow decoder (pipeline/tfdecode.py, what ``predict_bytes`` runs) against the
-project's Pillow decoder (pipeline/images.py), over the awkward inputs of RELIABILITY.md A08-A14, A16.
+"""Pixels of the TensorFlow decoder (pipeline/decode/tfdecode.py, what ``predict_bytes`` runs) against the
+project's Pillow decoder (pipeline/decode/images.py), over the awkward inputs of RELIABILITY.md A08-A14, A16.
 
     python bench/decode_parity.py [--sizes 37x29,300x220,900x660] [--out 32x32,48x56]
     python bench/decode_parity.py --time [OLD_TFDECODE.py] [--shared ../shared]
@@ -12,7 +12,7 @@ that differ, over all sizes.
 
 ``--time`` instead times one warm decode to 224x224 (median of 15) of a photo of
 ../shared/data/catsdogs and of that photo as a 1200x900 PNG and GIF, interleaved with the same
-decode by an older tfdecode.py when its path is given (e.g. ``git show REV:pipeline/tfdecode.py``).
+decode by an older tfdecode.py when its path is given (e.g. ``git show REV:pipeline/decode/tfdecode.py``).
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from awkward_images import CASES  # noqa: E402
-from pipeline.images import decode  # noqa: E402
+
+from pipeline.decode.images import decode  # noqa: E402
 from pipeline.preprocess import RESAMPLING, Preprocess  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def measure(sizes, outs):
     """{(case, filter): (max |diff|, differing values, values)} over all source and output sizes."""
     import tensorflow as tf
 
-    from pipeline.tfdecode import decode_image
+    from pipeline.decode.tfdecode import decode_image
 
     rows = {}
     for resample in RESAMPLING:
@@ -78,7 +79,7 @@ def time_decoders(old_path: str | None, shared: Path) -> None:
     """Median ms of one warm decode per file and filter, the old module (if any) interleaved with this one."""
     import tensorflow as tf
 
-    import pipeline.tfdecode as new
+    import pipeline.decode.tfdecode as new
 
     modules = {"this": new}
     if old_path:

@@ -60,8 +60,8 @@ def build(work: Path, n: int) -> tuple[Path, Path]:
 
 def measure(data: str, store: str) -> dict:
     """In this (fresh) process: bytes added by the listing, the writer's row log, and known_files."""
-    from pipeline.listing import list_images
-    from pipeline.reader import known_files
+    from pipeline.dataset.listing import list_images
+    from pipeline.featurizer.prepare import known_files
     from pipeline.store import open_writer
 
     out, before = {}, rss()

@@ -4,7 +4,7 @@
                                  [--weights random] [--limit N]
 
 On ../shared/data/catsdogs/train: every image is decoded twice, by the project's Pillow decoder
-(pipeline/images.py) and by pipeline/tfdecode.py (the ops ``predict_bytes`` runs). A calibrated
+(pipeline/decode/images.py) and by pipeline/decode/tfdecode.py (the ops ``predict_bytes`` runs). A calibrated
 linear SVM (C=0.01) is trained on the Pillow features of one half of the images and scores the
 other half, both ways round (2 folds). Printed: the pixel difference, max and mean |delta p|,
 and the share of images whose predicted class is the same.
@@ -27,18 +27,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.arrayhead import export as to_arrays  # noqa: E402
 from pipeline.backbones import create_backbone  # noqa: E402
-from pipeline.classifier import Classifier  # noqa: E402
-from pipeline.heads import make_head  # noqa: E402
-from pipeline.images import decode  # noqa: E402
-from pipeline.listing import list_images  # noqa: E402
+from pipeline.dataset.listing import list_images  # noqa: E402
+from pipeline.decode.images import decode  # noqa: E402
+from pipeline.heads.arrayhead import export as to_arrays  # noqa: E402
+from pipeline.heads.classifier import Classifier  # noqa: E402
+from pipeline.heads.selection import make_head  # noqa: E402
 
 
 def tf_pixels(blobs, pre):
     import tensorflow as tf
 
-    from pipeline.tfdecode import decode_image
+    from pipeline.decode.tfdecode import decode_image
 
     fn = tf.function(lambda d: decode_image(d, pre))
     return np.stack([fn(tf.constant(b)).numpy() for b in blobs])

@@ -9,12 +9,12 @@ no ``predict_bytes`` signature), and a ``.tflite`` file cannot decode images its
 built-in operators have no JPEG/PNG decoding or string ops (TensorFlow's would have to ride along
 as "select TF ops", which plain LiteRT runtimes and phones without the Flex library cannot run).
 Whoever deploys it decodes first. This script measures the two ways they can: the project's
-Pillow decoder (what ``serve`` does) and TensorFlow's (pipeline/tfdecode.py: the very ops
+Pillow decoder (what ``serve`` does) and TensorFlow's (pipeline/decode/tfdecode.py: the very ops
 ``predict_bytes`` runs in a SavedModel export), each feeding the exported file's
 ``serving_default`` signature, run by LiteRT's interpreter.
 
 catsdogs (../shared/data/catsdogs/train: the only folder it has) is split by the project's own
-stratified hash split (pipeline/splits.py, seed 0) into a training and a test part. For each
+stratified hash split (pipeline/dataset/splits.py, seed 0) into a training and a test part. For each
 bundled real-weights backbone (penultimate layer), a calibrated head is trained on the Pillow
 features of the training part, exported with ``Classifier.export(format="tflite")`` (the backbone
 stays quantized), and the test part is scored three ways: predict_proba on Pillow pixels (the
@@ -36,12 +36,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.arrayhead import export as to_arrays  # noqa: E402
 from pipeline.backbones import create_backbone  # noqa: E402
-from pipeline.classifier import Classifier  # noqa: E402
-from pipeline.heads import make_head  # noqa: E402
-from pipeline.images import decode, list_images  # noqa: E402
-from pipeline.splits import validation_mask  # noqa: E402
+from pipeline.dataset.splits import validation_mask  # noqa: E402
+from pipeline.decode.images import decode, list_images  # noqa: E402
+from pipeline.heads.arrayhead import export as to_arrays  # noqa: E402
+from pipeline.heads.classifier import Classifier  # noqa: E402
+from pipeline.heads.selection import make_head  # noqa: E402
 
 BACKBONES = ("mobilenet_v2_quant", "tf2_mobilenet_v2_1.0_224_ptq.tflite",
              "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite")
@@ -59,7 +59,7 @@ def split(root: Path, fraction: float):
 def tf_pixels(blobs, pre):
     import tensorflow as tf
 
-    from pipeline.tfdecode import decode_image
+    from pipeline.decode.tfdecode import decode_image
 
     fn = tf.function(lambda d: decode_image(d, pre))
     return np.stack([fn(tf.constant(b)).numpy() for b in blobs])

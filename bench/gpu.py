@@ -38,11 +38,12 @@ import numpy as np  # noqa: E402
 import pipeline  # noqa: E402
 from pipeline.backbones import create_backbone  # noqa: E402
 from pipeline.backbones.keras_apps import KERAS_APPS  # noqa: E402
-from pipeline.decodepool import DecodePool, default_workers, usable_cores  # noqa: E402
-from pipeline.listing import list_images  # noqa: E402
+from pipeline.dataset.listing import list_images  # noqa: E402
+from pipeline.featurizer.decodepool import DecodePool, default_workers, usable_cores  # noqa: E402
+from pipeline.featurizer.prepare import prepare as _prepare  # noqa: E402
+from pipeline.featurizer.reader import bounded_map  # noqa: E402
+from pipeline.featurizer.stages import line as stages_line  # noqa: E402
 from pipeline.preprocess import Preprocess  # noqa: E402
-from pipeline.reader import bounded_map, prepare as _prepare  # noqa: E402
-from pipeline.stages import line as stages_line  # noqa: E402
 
 # Featurize FOLDER with MODEL and WEIGHTS in float32 on the CPU (JAX_PLATFORMS=cpu) into STORE.
 _CPU_REFERENCE = """

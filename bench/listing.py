@@ -25,9 +25,9 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=Path, default=REPO.parent / "shared" / "data" / "catsdogs" / "train" / "cats")
     a = p.parse_args(argv)
     try:
-        from pipeline.listing import list_images
+        from pipeline.dataset.listing import list_images
     except ImportError:  # versions before listing.py
-        from pipeline.images import list_images
+        from pipeline.decode.images import list_images
     sources = sorted(f for f in a.images.iterdir() if f.suffix.lower() in (".jpg", ".jpeg"))
     work = Path(tempfile.mkdtemp(prefix="tfp-listing-"))
     try:

@@ -59,8 +59,8 @@ def plain_ovr(X, Y, train, valid, C: float) -> dict:
 def measure(catbreeds, work, heads=(("logreg", "auto"), ("linear_svm", "auto"))) -> dict:
     """Featurize (cached in `work`), split, and return the held-out micro-F1 figures."""
     import pipeline
-    from pipeline.multilabel import tag_matrix, tags_of
-    from pipeline.splits import validation_mask
+    from pipeline.dataset.splits import validation_mask
+    from pipeline.heads.multilabel import tag_matrix, tags_of
 
     catbreeds, work = Path(catbreeds), Path(work)
     work.mkdir(parents=True, exist_ok=True)

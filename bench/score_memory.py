@@ -59,8 +59,8 @@ def main() -> int:
     a = p.parse_args()
 
     import pipeline
-    from pipeline.exchange import import_features
     from pipeline.spec import FeatureSpec
+    from pipeline.store.exchange import import_features
 
     spec = json.dumps(FeatureSpec.imported("bench-score-memory", "0" * 64, a.dim).to_dict())
     with tempfile.TemporaryDirectory(prefix="tfp-scoremem-") as tmp:

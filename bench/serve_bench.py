@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import pipeline  # noqa: E402
-from pipeline.listing import list_images  # noqa: E402
+from pipeline.dataset.listing import list_images  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "catsdogs" / "train"
 

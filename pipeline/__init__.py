@@ -17,12 +17,12 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 _EXPORTS = {
-    "featurize": "runner", "train": "training", "load": "classifier", "Classifier": "classifier",
-    "score": "scoring", "evaluate": "evaluation", "compare": "evaluation", "predict_imagenet": "imagenet",
+    "featurize": "featurizer.runner", "train": "heads.training", "load": "heads.classifier", "Classifier": "heads.classifier",
+    "score": "scoring.batch", "evaluate": "heads.evaluation", "compare": "heads.evaluation", "predict_imagenet": "scoring.imagenet",
     "create_backbone": "backbones", "list_backbones": "backbones", "FeatureStore": "store",
     "Preprocess": "preprocess", "PipelineError": "errors", "UsageError": "errors", "BackboneError": "errors",
     "StoreError": "errors", "SpecMismatchError": "errors", "ModelFileError": "errors", "ImageError": "errors",
-    "export_features": "exchange", "import_features": "exchange", "FeatureSpec": "spec",
+    "export_features": "store.exchange", "import_features": "store.exchange", "FeatureSpec": "spec",
     "BackboneOptions": "options", "FeaturizeOptions": "options", "HeadOptions": "options", "SplitOptions": "options",
     "ScoreOptions": "options",
 }

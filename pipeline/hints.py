@@ -4,8 +4,6 @@ where a feature store is expected."""
 from __future__ import annotations
 
 import difflib
-import os
-from pathlib import Path
 
 
 def close_matches(word: str, choices, n: int = 3) -> list[str]:
@@ -61,37 +59,3 @@ def unreadable_model(path, error: Exception | None) -> str:
     if isinstance(error, EOFError) or "EOF" in str(error):
         return f"{path} is a joblib file cut short ({reason}): it is incomplete; retrain the head or restore the file"
     return f"{path} is a joblib file this tool cannot read ({reason}); retrain the head or restore the file"
-
-
-def not_a_store(root: Path) -> str:
-    """Why `root` cannot be opened as a store, and what to run instead (an image folder is featurized first)."""
-    if _holds_images(root):
-        out = Path("features") / root.resolve().name
-        return (f"{root} is a folder of images, not a feature store; featurize it first into a store folder "
-                f"(`python -m pipeline featurize {root} --out {out}`) and pass {out} instead")
-    what = "does not exist" if not root.exists() else "is not a feature store (no meta.json)"
-    return f"{root} {what}; create a store with `python -m pipeline featurize DATA_DIR --out {root}`"
-
-
-def _holds_images(root: Path, limit: int = 2000) -> bool:
-    """True when image files sit in `root` or in its sub-folders (class folders); looks at `limit` entries."""
-    from .listing import IMAGE_EXTENSIONS
-
-    folders, seen = [root], 0
-    for _ in range(2):
-        subs = []
-        for folder in folders:
-            try:
-                entries = list(os.scandir(folder))
-            except OSError:
-                continue
-            for e in entries:
-                seen += 1
-                if seen > limit:
-                    return False
-                if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
-                    return True
-                if e.is_dir(follow_symlinks=False) and not e.name.startswith("."):
-                    subs.append(e.path)
-        folders = subs
-    return False

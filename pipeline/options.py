@@ -4,7 +4,7 @@ is featurized (`FeaturizeOptions`), which head (`HeadOptions`), which validation
 Library functions take these objects (``featurize(data, BackboneOptions("resnet50"),
 options=FeaturizeOptions(workers=4))``); their old keyword arguments build them
 (:func:`featurize_settings`). Each field's metadata declares its command-line flag once
-(pipeline/arguments.py builds every argparse group from it). Bad values are refused when an object
+(pipeline/cli/arguments.py builds every argparse group from it). Bad values are refused when an object
 is made, naming the parameter (``batch_size=0 must be ...``); the CLI rewrites ``name=`` to the flag.
 """
 from __future__ import annotations
@@ -65,12 +65,6 @@ class BackboneOptions:
     def __post_init__(self):
         _positive("batch_size", self.batch_size)
 
-    def create(self, layer: str | None = None):
-        """The (not yet loaded) Backbone these options describe, reading `layer` (default: self.layer)."""
-        from .backbones import build_backbone
-
-        return build_backbone(self, layer)
-
 
 DECODE_CHOICES, ENGINES = ("auto", "thread", "process"), ("local", "ray")
 
@@ -79,7 +73,7 @@ DECODE_CHOICES, ENGINES = ("auto", "thread", "process"), ("local", "ray")
 class FeaturizeOptions:
     """How a folder becomes a feature store: which images and labels, how many workers, where it runs.
 
-    `cluster`: a pipeline.distributed.RayCluster for engine="ray" (default: a local one).
+    `cluster`: a pipeline.engines.ray.RayCluster for engine="ray" (default: a local one).
     """
 
     labelled: bool | None = _flag(None, "ignore sub-folders as classes", flag="--unlabelled",

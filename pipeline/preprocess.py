@@ -4,7 +4,7 @@ A backbone's preprocessing is part of the model. It is split in two halves that 
 different places but are described together here:
 
 * geometry (input size, centre crop, resampling) runs on the CPU while decoding, in
-  :mod:`pipeline.images`, and yields a ``uint8`` RGB image of exactly ``size``;
+  :mod:`pipeline.decode.images`, and yields a ``uint8`` RGB image of exactly ``size``;
 * pixel scaling (colour order, scale, mean, std) runs inside the backbone's compiled
   forward function, via :func:`normalize`.
 

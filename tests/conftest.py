@@ -75,3 +75,22 @@ def kill_once_committed(cmd: list[str], rows_file: Path, lines: int, timeout: fl
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+@pytest.fixture(scope="module")
+def tiny_app():
+    """The tiny test CNN registered as the Keras application 'tiny_cnn' (32x32, 'tf' scaling)."""
+    import keras
+    from models_for_tests import SIZE, tiny_keras_model
+
+    from pipeline.backbones.keras_apps import KERAS_APPS, KerasApp
+
+    def TinyCNN(weights=None, include_top=True, classifier_activation=None):  # noqa: N802 - a Keras constructor
+        model = tiny_keras_model()
+        return keras.Model(model.input, model.get_layer("logits").output)
+
+    mp = pytest.MonkeyPatch()
+    mp.setitem(KERAS_APPS, "tiny_cnn", KerasApp("TinyCNN", SIZE, "tf", "mobilenet"))
+    mp.setattr(keras.applications, "TinyCNN", TinyCNN, raising=False)
+    yield "tiny_cnn"
+    mp.undo()

@@ -77,3 +77,35 @@ def tflite_model(model, path, quantized: bool) -> str:
     with open(path, "wb") as f:
         f.write(conv.convert())
     return str(path)
+
+
+COLOURS = {"red": (230, 30, 30), "blue": (30, 30, 230), "green": (30, 200, 30)}
+
+
+def colour_files(root, classes=("red", "blue", "green"), per_class=6, size=(90, 70)):
+    """`per_class` JPEGs of noise around each colour in `root`: (paths, labels)."""
+    import numpy as np
+    from conftest import noise_image
+
+    paths, labels = [], []
+    for ci, c in enumerate(classes):
+        for i in range(per_class):
+            p = root / f"{c}_{i}.jpg"
+            noise_image(100 * ci + i, size, COLOURS[c]).save(p, quality=90)
+            paths.append(p)
+            labels.append(c)
+    return paths, np.asarray(labels)
+
+
+def calibrated_classifier(bb, paths, labels, head="linear_svm", pca=None):
+    """A calibrated head over `bb`'s features of `paths`, as a Classifier with `bb`'s spec."""
+    import numpy as np
+
+    from pipeline.decode.images import decode
+    from pipeline.heads.arrayhead import export as to_arrays
+    from pipeline.heads.classifier import Classifier
+    from pipeline.heads.selection import make_head
+
+    images = np.stack([decode(p.read_bytes(), bb.preprocess) for p in paths])
+    model = make_head(head, C=1.0, calibrate=True, pca=pca, calibration_folds=3).fit(bb(images), labels)
+    return Classifier(to_arrays(model), model.classes_, bb.spec())

@@ -154,7 +154,7 @@ class Backbone:
         h, w = self.preprocess.size
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, 3):
             raise ValueError(f"{self.name} takes uint8 RGB batches of shape (N, {h}, {w}, 3), "
-                             f"got {images.dtype} {images.shape}; decode with pipeline.images.decode")
+                             f"got {images.dtype} {images.shape}; decode with pipeline.decode.images.decode")
         return images
 
     def fix_batch_size(self, n: int) -> None:

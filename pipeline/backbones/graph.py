@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Mapping
 
 from ..errors import BackboneError
-from ..preprocess import Preprocess, normalize, resolve_preprocess
 from ..logs import native_output_quieted
+from ..preprocess import Preprocess, normalize, resolve_preprocess
 from ..spec import FeatureSpec
 from .base import LAYER_ALIASES, Backbone, BuildOptions, file_sha256, padded_call, resolve_layer
 
@@ -48,7 +48,7 @@ _CLASSIFIER_OPS = {"MatMul", "Conv2D"}
 _GPU_READY = False
 
 
-def _tf():
+def import_tensorflow():
     """Import TensorFlow once, letting GPU memory grow on demand (TF places ops on the GPU itself)."""
     global _GPU_READY
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -106,7 +106,7 @@ def _sinks(graph_def) -> list[str]:
 
 
 def _read_graph_def(path: Path):
-    tf = _tf()
+    tf = import_tensorflow()
     gd = tf.compat.v1.GraphDef()
     try:
         gd.ParseFromString(path.read_bytes())
@@ -117,7 +117,7 @@ def _read_graph_def(path: Path):
 
 def _freeze_saved_model(path: Path):
     """(graph_def, input tensor, output tensor) of a SavedModel's serving signature."""
-    tf = _tf()
+    tf = import_tensorflow()
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     try:
@@ -220,7 +220,7 @@ class GraphBackbone(Backbone):
         return [_tensor(resolve_layer(layer, table, str(self.path), "tensor", key=_node)) for layer in self.layers]
 
     def _load(self):
-        tf = _tf()
+        tf = import_tensorflow()
         gd, inp, output = self._graph()
         tensors = self._tensors(gd, output)
         wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(gd, name=""), [])

@@ -93,9 +93,9 @@ def use_keras_backend(name: str) -> None:
 def _keras(backend: str = "tensorflow"):
     use_keras_backend(backend)
     if backend == "tensorflow":
-        from .graph import _tf
+        from .graph import import_tensorflow
 
-        _tf()  # configures GPUs (memory growth) before Keras touches them
+        import_tensorflow()  # configures GPUs (memory growth) before Keras touches them
     elif backend == "jax":
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # grow GPU memory on demand
     import keras

@@ -21,8 +21,8 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import BackboneError
-from ..preprocess import Preprocess, normalize, resolve_preprocess
 from ..logs import native_output_quieted
+from ..preprocess import Preprocess, normalize, resolve_preprocess
 from ..spec import FeatureSpec
 from .base import Backbone, BuildOptions, file_sha256, pool, resolve_layer
 
@@ -50,7 +50,8 @@ _PASS_THROUGH = {"RESHAPE", "SQUEEZE", "DEQUANTIZE", "QUANTIZE", "ADD"}
 _CLASSIFIER_OPS = {"FULLY_CONNECTED", "CONV_2D"}
 
 
-def _interpreter_class():
+def interpreter_class():
+    """(Interpreter, OpResolverType) from LiteRT, or from TensorFlow's tf.lite where LiteRT is absent."""
     try:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError:  # pragma: no cover - fallback for environments without LiteRT
@@ -63,7 +64,7 @@ def _interpreter_class():
 
 def _input_details(path: str) -> dict:
     """The model's input tensor details, from an interpreter without delegates (cheap: nothing is prepared)."""
-    Interpreter, OpResolverType = _interpreter_class()
+    Interpreter, OpResolverType = interpreter_class()
     try:
         it = Interpreter(model_path=path, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         return it.get_input_details()[0]
@@ -74,7 +75,7 @@ def _input_details(path: str) -> dict:
 def _open_interpreter(path: str, content: bytes | None = None, **kw):
     """An allocated interpreter; from `content` (a model rewritten to output the layer) when given,
     else from the file with every tensor preserved (how intermediate layers are read without it)."""
-    Interpreter, _ = _interpreter_class()
+    Interpreter, _ = interpreter_class()
     try:
         with native_output_quieted():  # "INFO: Created TensorFlow Lite XNNPACK delegate" (shown with -v)
             if content is not None:
@@ -137,7 +138,7 @@ def find_layers(path: str, it=None) -> dict:
 
 def _structure_interpreter(path: str):
     """An interpreter without delegates, every tensor preserved: for reading the op graph, not for running."""
-    _, OpResolverType = _interpreter_class()
+    _, OpResolverType = interpreter_class()
     return _open_interpreter(path, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
 
 

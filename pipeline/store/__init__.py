@@ -28,9 +28,10 @@ reads them; meta.json counts the rows its segments hold, so a log cut short is r
 """
 from __future__ import annotations
 
+from ..versions import versions  # noqa: F401 (kept here for old imports)
 from .log import live_indices
 from .pieces import _write_piece, chunklen_for
-from .reader import FORMAT, FeatureStore, read_report, verify, versions, write_report
+from .reader import FORMAT, FeatureStore, read_report, verify, write_report
 from .writer import StoreWriter, open_writer
 
 __all__ = ["FORMAT", "FeatureStore", "StoreWriter", "chunklen_for", "live_indices", "open_writer", "read_report",

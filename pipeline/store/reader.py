@@ -3,34 +3,29 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import StoreError
 from ..spec import FeatureSpec
+from .duplicates import conflict_mask
 from .log import _read_rows, _rows_path, live_indices
-from .pieces import (_atomic_write, _check_manifest, _check_part, _parts, _piece_len, _read_piece, _segment_dir,
-                     _segments)
+from .pieces import (
+    _atomic_write,
+    _check_manifest,
+    _check_part,
+    _parts,
+    _piece_len,
+    _read_piece,
+    _segment_dir,
+    _segments,
+)
 
 log = logging.getLogger(__name__)
 FORMAT = "tf-feature-pipeline/store-2"
 CHUNK_ROWS = 16384  # rows of features read at a time by FeatureStore.feature_chunks (D=2048: 128 MiB)
-
-
-def versions() -> dict:
-    """Library versions recorded in every artifact."""
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for dist in ("tensorflow", "keras", "ai-edge-litert", "numpy", "scikit-learn", "bcolz-zipline",
-                 "joblib", "pillow", "tf-feature-pipeline"):
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 def committed_pieces(root: Path, meta: dict, n: int, strict: bool = True):
@@ -222,8 +217,6 @@ class FeatureStore:
 
     def labelled_rows(self):
         """(positions, y, rows) of the rows :meth:`labelled` uses, without reading any feature."""
-        from ..quality import conflict_mask
-
         y = self.labels
         conflicts = conflict_mask(self._rows)
         if conflicts.any():
@@ -239,8 +232,6 @@ class FeatureStore:
 def _read_meta(root: Path) -> dict:
     meta_path = root / "meta.json"
     if not meta_path.is_file():
-        from ..hints import not_a_store
-
         raise StoreError(not_a_store(root))
     try:
         meta = json.loads(meta_path.read_text())
@@ -293,3 +284,37 @@ def read_report(root) -> dict:
 def write_report(root, report: dict) -> None:
     """Write a run's report (skipped files and reasons...) as ``report.json`` in the store, atomically."""
     _atomic_write(Path(root) / "report.json", json.dumps(report, indent=1, ensure_ascii=False))
+
+
+def not_a_store(root: Path) -> str:
+    """Why `root` cannot be opened as a store, and what to run instead (an image folder is featurized first)."""
+    if _holds_images(root):
+        out = Path("features") / root.resolve().name
+        return (f"{root} is a folder of images, not a feature store; featurize it first into a store folder "
+                f"(`python -m pipeline featurize {root} --out {out}`) and pass {out} instead")
+    what = "does not exist" if not root.exists() else "is not a feature store (no meta.json)"
+    return f"{root} {what}; create a store with `python -m pipeline featurize DATA_DIR --out {root}`"
+
+
+def _holds_images(root: Path, limit: int = 2000) -> bool:
+    """True when image files sit in `root` or in its sub-folders (class folders); looks at `limit` entries."""
+    from ..decode.images import IMAGE_EXTENSIONS  # only on this error path (imports Pillow)
+
+    folders, seen = [root], 0
+    for _ in range(2):
+        subs = []
+        for folder in folders:
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for e in entries:
+                seen += 1
+                if seen > limit:
+                    return False
+                if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
+                    return True
+                if e.is_dir(follow_symlinks=False) and not e.name.startswith("."):
+                    subs.append(e.path)
+        folders = subs
+    return False

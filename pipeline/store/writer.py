@@ -12,11 +12,26 @@ import numpy as np
 
 from ..errors import StoreError
 from ..spec import FeatureSpec
+from ..versions import versions
 from .log import _log_lines, _read_rows, live_indices
-from .pieces import (_STAGING, _check_part, _check_sizes, _link_piece, _manifest, _part_checksums, _part_manifest_file, _parts,
-                     _piece_len, _read_piece, _remove_part, _segment_dir, _write_piece, _atomic_write, chunklen_for)
-from .reader import FORMAT, FeatureStore, _read_meta, read_committed, read_report, versions, write_report
-
+from .pieces import (
+    _STAGING,
+    _atomic_write,
+    _check_part,
+    _check_sizes,
+    _link_piece,
+    _manifest,
+    _part_checksums,
+    _part_manifest_file,
+    _parts,
+    _piece_len,
+    _read_piece,
+    _remove_part,
+    _segment_dir,
+    _write_piece,
+    chunklen_for,
+)
+from .reader import FORMAT, FeatureStore, _read_meta, read_committed, read_report, write_report
 
 SKIPS_FILE = "skips.json"  # the skip cache: files a run could not use, with their stat
 MERGE_ROWS = 65536  # a run's parts become a segment once they hold this many rows (or 1/8 of the store)

@@ -1,0 +1,369 @@
+"""featurize on Ray Data: partitions of the sorted listing, decoding in CPU tasks, the network in
+an actor pool, and every finished partition committed to the store by the driver.
+
+The listing is today's sorted one (:func:`pipeline.dataset.listing.list_images`, or
+:func:`pipeline.dataset.sources.list_uri` for ``s3://``, ``gs://``, ``file://``). Partition k holds images
+[k*n/P, (k+1)*n/P) of it, so the same command splits the same folder the same way on every run.
+The driver first asks the store what needs no work, exactly as the in-process runner does (a
+file whose stat is unchanged keeps its row, or is skipped again); the other files flow through
+Ray Data in listing order: ``map_batches`` tasks read, hash and decode them (1 CPU each; on a
+cluster without GPUs Ray Data fuses them into the actors, see :func:`actor_pool`), and a pool of
+actors (a callable class that builds the backbone once from its request, never pickled
+to it; one GPU each when the cluster has GPUs) featurizes the decoded images. As partition k
+completes, the driver books its files in listing order (reused, skipped with a reason, or a new
+row) and appends its rows with :meth:`pipeline.store.StoreWriter.append` (staging, rename,
+commit log). A killed driver or a lost worker loses at most the partitions in flight; the same
+command resumes where the committed rows end. The store equals the in-process store of the
+same folder: same rows in the same order, same skipped files and reasons, same report (its
+``stages`` describe the cluster).
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backbones import Backbone, backbone_from_spec
+from ..dataset.labels import CsvLabels, read_labels_csv
+from ..dataset.listing import list_images, no_images_message
+from ..dataset.sources import is_uri, list_uri, read_uri, stat_uri
+from ..dataset.splits import sample_mask
+from ..decode.images import decode, read_bytes
+from ..errors import ImageError, PipelineError, UsageError
+from ..featurizer.committer import Committer
+from ..featurizer.mapper import Mapper
+from ..featurizer.prepare import cached as _cached
+from ..featurizer.prepare import file_stat, known_files, known_row
+from ..featurizer.runner import RunReport, _account, _check_same_folder, _open_writer, _progress, commit_run, new_run
+from ..featurizer.stages import StageClock
+from ..options import FeaturizeOptions
+from ..preprocess import Preprocess
+
+log = logging.getLogger(__name__)
+IMAGES_PER_PARTITION = 1000  # default partition size when --partitions is not given
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    """Where a Ray run goes: `address` None starts a local cluster sized to this machine ("auto"
+    or "ray://HOST:PORT" joins one); `partitions` None gives one per IMAGES_PER_PARTITION images."""
+
+    address: str | None = None
+    partitions: int | None = None
+
+    def __post_init__(self):
+        if self.partitions is not None and int(self.partitions) < 1:
+            raise UsageError(f"partitions={self.partitions!r} must be a positive number")
+
+
+def partition_bounds(n: int, partitions: int | None) -> list[tuple[int, int]]:
+    """[lo, hi) of each partition of n listed images: contiguous, deterministic, none empty."""
+    p = partitions or -(-n // IMAGES_PER_PARTITION)
+    p = max(1, min(int(p), n))
+    return [(k * n // p, (k + 1) * n // p) for k in range(p)]
+
+
+def featurize_ray(data_dir, bb: Backbone, options: FeaturizeOptions, out=None, report: bool = False):
+    """:func:`pipeline.featurizer.runner.featurize` on a Ray cluster (``options.cluster``, default: a local one):
+    the same store and report as in-process."""
+    o = options
+    cluster = o.cluster or RayCluster()
+    if len(bb.layers) > 1:
+        raise UsageError("engine=ray featurizes one layer per run; run it once per layer, or use engine=local")
+    labels = o.labels
+    if labels is not None and not isinstance(labels, CsvLabels):
+        labels = read_labels_csv(labels, o.id_column, o.label_column)
+    listing, present = _listing(data_dir, o.labelled, labels, o.follow_links, o.sample)
+    run = new_run(listing)
+    writer = _open_writer(data_dir, bb, out, o.overwrite)
+
+    def work():
+        _check_source(writer, data_dir)
+        _run(listing, data_dir if is_uri(data_dir) else None, bb, writer, cluster, o.progress, run)
+
+    return commit_run(writer, run, listing, present if o.prune else None, work, o.strict, report, present=present)
+
+
+def _listing(data_dir, labelled, labels, follow_links: bool, sample):
+    """(the listing to featurize, every path present for prune=True): a local folder or a URI."""
+    listing = (list_uri(data_dir, labelled, labels) if is_uri(data_dir)
+               else list_images(data_dir, labelled, labels=labels, follow_links=follow_links))
+    present = {r.relpath for r in listing.records}
+    if sample is not None:
+        keep = sample_mask([r.relpath for r in listing.records], [r.label for r in listing.records], sample)
+        listing.records = [r for r, k in zip(listing.records, keep) if k]
+    if not listing.records:
+        raise PipelineError(no_images_message(data_dir, listing))
+    return listing, present
+
+
+def _check_source(writer, data_dir) -> None:
+    """A store holds one location's images: a local folder as in-process, a URI recorded as it is."""
+    if not is_uri(data_dir):
+        return _check_same_folder(writer, data_dir)
+    before = writer.meta.get("data_dir")
+    if before and before != data_dir and is_uri(before) and writer.live_rows():
+        raise PipelineError(f"{writer.root} holds features of the images in {before}, not of {data_dir}; "
+                            f"give another out= (or overwrite=True to replace it)")
+    writer.meta["data_dir"] = data_dir
+
+
+# --- what runs on the cluster ------------------------------------------------------------------
+
+def _read(uri: str | None, path: str, listed: str, into: dict):
+    """(bytes, sha256) of a local file or an object below `uri`; its stat goes to into["stat"] first
+    (an object's as the listing gave it, `listed` as JSON: no request per object but the read)."""
+    if uri is None:
+        into["stat"] = file_stat(path)
+        return read_bytes(path)
+    into["stat"] = json.loads(listed) if listed else stat_uri(uri, path)
+    return read_uri(uri, path, into["stat"][0])
+
+
+def _decode_one(uri, path: str, old_sha: str, listed: str, pre: Preprocess, out: dict, j: int) -> None:
+    """Read, hash and decode one file into row j of `out` (status ok, reused or skipped)."""
+    notes, t0 = [], time.perf_counter()
+    status, sha, reason, detail, t1, got = "skipped", "", "", "", None, {"stat": None}
+    try:
+        data, sha = _read(uri, path, listed, got)
+        t1 = time.perf_counter()
+        if sha == old_sha:
+            status = "reused"
+        else:
+            out["image"][j] = decode(data, pre, path, notes)
+            status = "ok"
+    except OSError as e:
+        reason, detail = f"io_error:{type(e).__name__}", e.strerror or str(e)
+    except ImageError as e:
+        reason, detail = e.reason, e.detail
+    t2 = time.perf_counter()
+    t1 = t1 or t2
+    for key, value in (("status", status), ("sha", sha), ("stat", json.dumps(got["stat"])), ("reason", reason),
+                       ("detail", detail), ("notes", json.dumps(notes)), ("read_s", t1 - t0), ("decode_s", t2 - t1)):
+        out[key].append(value)
+
+
+def decode_batch(batch: dict, pre: dict, uri: str | None) -> dict:
+    """Ray Data task: a batch of files (idx, path, old_sha, stat) -> decoded uint8 images and their status."""
+    pre = Preprocess.from_dict(pre)
+    n = len(batch["idx"])
+    out = {k: [] for k in ("status", "sha", "stat", "reason", "detail", "notes", "read_s", "decode_s")}
+    out["image"] = np.zeros((n, *pre.size, 3), np.uint8)
+    for j, (path, old, listed) in enumerate(zip(batch["path"], batch["old_sha"], batch["stat"])):
+        _decode_one(uri, str(path), str(old), str(listed), pre, out, j)
+    return {"idx": np.asarray(batch["idx"], np.int64), **{k: np.asarray(v) for k, v in out.items()}}
+
+
+class Forward:
+    """Ray Data actor: builds the backbone once from its request, then featurizes decoded batches.
+    The first row of every output batch carries the loaded backbone's spec (JSON) for the store,
+    and every row the time the actor became ready (the run's ``startup_s``)."""
+
+    def __init__(self, request: dict, batch_size: int):
+        self.bb = backbone_from_spec(request)
+        self.bb.fix_batch_size(batch_size)
+        self.spec = json.dumps(self.bb.spec())  # builds the network
+        self.ready = time.time()  # wall clock: the driver compares it with its own
+
+    def __call__(self, batch: dict) -> dict:
+        ok = np.flatnonzero(batch["status"] == "ok")
+        n = len(batch["status"])
+        feats = np.zeros((n, self.bb.dim), np.float32)
+        start = time.perf_counter()
+        if len(ok):
+            images = batch["image"][ok]
+            feats[ok] = (np.stack([self.bb.featurize_one(im) for im in images]) if self.bb.per_image
+                         else self.bb(images))
+        out = {k: v for k, v in batch.items() if k != "image"}
+        out["features"] = feats
+        out["forward_s"] = np.full(n, (time.perf_counter() - start) / max(1, n))
+        out["spec"] = np.array([self.spec] + [""] * (n - 1), dtype=object)
+        out["ready"] = np.full(n, self.ready)
+        return out
+
+
+# --- the driver ----------------------------------------------------------------------------------
+
+@contextmanager
+def connected(cluster: RayCluster):
+    """Ray, initialised: an existing session as it is, else the cluster at `address`, else a local one."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        try:
+            if cluster.address:
+                ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
+            else:
+                ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        except ConnectionError as e:
+            raise PipelineError(f"cannot reach the Ray cluster at {cluster.address!r}: {e}; start one with "
+                                f"`ray start --head`, or give no address= for a local one") from e
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+class _ClusterSpec:
+    """What the Mapper needs of a backbone: a flush size, and the spec an actor sent with its first
+    batch (no extra task, no model on the driver: the Mapper asks only once a computed row is back)."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size, self.sent = batch_size, None
+
+    def spec(self) -> dict:
+        return json.loads(self.sent)
+
+
+def _plan(records, known: dict, uri: str | None, listed: dict):
+    """({index: prepared item} the store settles without reading, [files for the cluster]).
+
+    An object's stat is the one its listing gave (`listed`: path -> [size, mtime_ns]), so a rerun over
+    millions of objects asks the store nothing per object; a local file is stat'ed here."""
+    settled, todo = {}, []
+    for i, r in enumerate(records):
+        old, stat = known_row(r, known), listed.get(str(r.path))
+        if old is not None or r.relpath in known["bad"]:
+            try:
+                stat = stat or (file_stat(r.path) if uri is None else stat_uri(uri, r.path))
+            except OSError:
+                stat = None  # the task reports why
+            hit = _cached(r, stat, known) if stat is not None else None
+            if hit is not None:
+                settled[i] = (r, hit[0], stat, hit[1], [])
+                continue
+        todo.append({"idx": i, "path": str(r.path), "old_sha": old[0] if old else "",
+                     "stat": json.dumps(stat) if stat is not None and uri is not None else ""})
+    return settled, todo
+
+
+def _dataset(ray, todo: list[dict], blocks: int, uri, bb: Backbone):
+    """The Ray Data pipeline: decode tasks, then the backbone's actor pool, in listing order (on CPU
+    clusters Ray Data fuses the two: see :func:`actor_pool`)."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    actors, decode_cpus = actor_pool(ray.cluster_resources(), bb.per_image)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    # a block per partition with work, and enough blocks of a batch or more to keep every worker busy
+    blocks = max(1, min(len(todo), max(blocks, min(-(-len(todo) // bb.batch_size), 8 * cpus))))
+    ds = ray.data.from_items(todo, override_num_blocks=blocks)
+    # a lost worker costs time only: Ray Data reruns a decode task whose worker died, restarts a lost
+    # actor and reruns its batches (its defaults; setting them goes through the deprecated ray_remote_args)
+    ds = ds.map_batches(decode_batch, fn_kwargs={"pre": bb.preprocess.to_dict(), "uri": uri},
+                        batch_size=bb.batch_size, batch_format="numpy", num_cpus=decode_cpus)
+    batches = -(-len(todo) // bb.batch_size)
+    pool = ray.data.ActorPoolStrategy(size=min(actors.pop("size"), blocks, batches))  # no idle actor on tiny runs
+    ds = ds.map_batches(Forward, fn_constructor_kwargs={"request": bb.request(), "batch_size": bb.batch_size},
+                        batch_size=bb.batch_size, batch_format="numpy", compute=pool, **actors)
+    decoders = (pool.max_size if fused(actors, decode_cpus)
+                else max(1, int((cpus - actors.get("num_cpus", 0) * pool.max_size) / decode_cpus)))
+    workers = {"read": decoders, "forward": pool.max_size}
+    return ds, workers, "num_gpus" in actors
+
+
+def actor_pool(resources: dict, per_image: bool) -> tuple[dict, float]:
+    """(the backbone's actor pool: its size and resources per actor, CPUs per decode task) for a cluster.
+
+    With GPUs: one actor per GPU, decode tasks of 1 CPU on every core. CPU only, a backbone run one
+    image at a time on one thread (TFLite): one actor per core (1 CPU), and decode tasks that ask for
+    the same, so that Ray Data fuses them into the actors: each core reads, decodes and featurizes
+    its batches in one process, as the in-process runner's threads do, and no decoded image crosses
+    the object store (half the worker processes to start per run; BENCHMARKS.md, "Ray"). A
+    TensorFlow backbone on CPUs uses every core of its node through its own threads: one actor
+    (1 CPU) per 2 CPUs, with the decode tasks fused into it the same way.
+    """
+    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    if gpus:
+        return {"num_gpus": 1, "size": gpus}, 1.0
+    if per_image:
+        return {"num_cpus": 1, "size": cpus}, 1.0
+    return {"num_cpus": 1, "size": max(1, cpus // 2)}, 1.0
+
+
+def fused(actors: dict, decode_cpus: float) -> bool:
+    """Whether Ray Data fuses the decode tasks into the backbone's actors (same resources, no GPU)."""
+    return "num_gpus" not in actors and actors.get("num_cpus") == decode_cpus
+
+
+class _Results:
+    """Rows of the cluster's output by listing index, pulled from the stream as they are needed."""
+
+    def __init__(self, batches, clock: StageClock, spec: _ClusterSpec):
+        self.batches, self.clock, self.spec, self.rows = batches, clock, spec, {}
+        self.ready = None  # when the first backbone actor was ready (wall clock)
+
+    def get(self, i: int) -> dict:
+        while i not in self.rows:
+            b = next(self.batches)
+            self.ready = min(self.ready or np.inf, float(np.min(b["ready"])))
+            self.spec.sent = self.spec.sent or str(b["spec"][0])
+            for stage in ("read", "decode", "forward"):
+                self.clock.busy[stage] += float(np.sum(b[f"{stage}_s"]))
+            for j, idx in enumerate(b["idx"]):
+                self.rows[int(idx)] = {k: b[k][j] for k in ("status", "sha", "stat", "reason", "detail",
+                                                            "notes", "features")}
+        return self.rows.pop(i)
+
+
+def _item(record, row: dict):
+    """A cluster row as the runner's prepared item: (record, sha256, stat, result, notes)."""
+    stat, notes = json.loads(str(row["stat"])), json.loads(str(row["notes"]))
+    status = str(row["status"])
+    if status == "skipped":
+        return record, None, stat, ImageError(record.path, str(row["reason"]), str(row["detail"])), notes
+    return record, str(row["sha"]), stat, (row["features"] if status == "ok" else None), notes
+
+
+def _run(listing, uri, bb: Backbone, writer, cluster: RayCluster, progress: bool, run: RunReport) -> None:
+    records, known = listing.records, known_files(writer)
+    settled, todo = _plan(records, known, uri, listing.stats)
+    bounds = partition_bounds(len(records), cluster.partitions)
+    clock, start, started = StageClock(), time.perf_counter(), time.time()
+    with connected(cluster) as ray:
+        workers = {"read": 1, "forward": 1}
+        gpu = False
+        stream = (b for b in ())
+        if todo:
+            los = [lo for lo, _ in bounds]
+            busy = {bisect.bisect_right(los, t["idx"]) - 1 for t in todo}  # partitions with work
+            ds, workers, gpu = _dataset(ray, todo, len(busy), uri, bb)
+            stream = ds.iter_batches(batch_size=None, batch_format="numpy").__iter__()
+        try:
+            spec = _ClusterSpec(max(hi - lo for lo, hi in bounds))
+            results = _Results(stream, clock, spec)
+            batcher = _commit_partitions(records, bounds, settled, results,
+                                         Mapper(spec, Committer(writer, run.skipped, clock), clock), run,
+                                         f"featurize {bb.name} on ray" if progress else None)
+        finally:
+            if hasattr(stream, "close"):
+                stream.close()  # before Ray shuts down
+    run.computed = batcher.computed
+    # Ray sizes the workers, so the hints speak of cores and backbones, never of --workers
+    run.stages = clock.report(run.computed, time.perf_counter() - start,
+                              {"read": workers["read"], "decode": workers["read"], "forward": workers["forward"],
+                               "write": 1},
+                              {"cores": workers["read"], "gpu": gpu, "per_image": False, "kind": bb.kind})
+    if results.ready is not None:  # Ray (and a local cluster) starting, up to the first backbone built
+        run.stages["startup_s"] = round(max(0.0, results.ready - started), 4)
+
+
+def _commit_partitions(records, bounds, settled: dict, results: _Results, batcher: Mapper, run: RunReport,
+                       progress: str | None) -> Mapper:
+    """Book every file in listing order and commit each partition's new rows as one part (`progress`: the
+    bar's title, None for no bar)."""
+    with _progress(len(records), progress is not None, progress or "") as bar:
+        for lo, hi in bounds:
+            for i in range(lo, hi):
+                _account(settled.pop(i) if i in settled else _item(records[i], results.get(i)), batcher, run)
+            batcher.flush()  # the partition's rows: one part, one commit
+            bar.update(hi - lo)
+    return batcher

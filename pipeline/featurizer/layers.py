@@ -1,0 +1,110 @@
+"""Several layers from one forward pass: one feature store per layer, written side by side.
+
+``featurize --layer penultimate,logits`` builds one backbone that reads every layer in the same
+call (its features are the layers' side by side). :class:`LayerWriters` looks to the runner like
+one store writer and splits each committed batch by columns into one store per layer, each with
+the spec a single-layer run records, so the stores equal single-layer runs and are resumable and
+incremental like them: a file is reused only when every layer's store holds it unchanged.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UsageError
+from ..store import FeatureStore, StoreWriter, open_writer, write_report
+
+PLACEHOLDER = "{layer}"
+
+
+def layer_slug(layer: str) -> str:
+    """A layer or tensor name as it appears in a folder name."""
+    return layer.replace("/", "_").replace(":", "_")
+
+
+def layer_paths(out, layers) -> list[Path]:
+    """One store folder per layer: `out` with {layer} replaced; refused when it has no {layer}."""
+    if PLACEHOLDER not in str(out):
+        raise UsageError(f"out={out}: with several layers ({', '.join(layers)}) each gets its own store, so "
+                         f"out= must contain {PLACEHOLDER}, e.g. out=features/train-{PLACEHOLDER}")
+    return [Path(str(out).replace(PLACEHOLDER, layer_slug(layer))) for layer in layers]
+
+
+class LayerWriters:
+    """One :class:`StoreWriter` per layer of a multi-layer backbone, behind the writer interface."""
+
+    def __init__(self, writers: list[StoreWriter], backbone):
+        self.writers, self.backbone = writers, backbone
+        self.stores: list[FeatureStore] = []
+
+    @classmethod
+    def open(cls, out, backbone, overwrite: bool, data_dir) -> "LayerWriters":
+        writers = []
+        try:
+            for i, path in enumerate(layer_paths(out, backbone.layers)):
+                request = {**backbone.request(), "layer": backbone.layers[i]}
+                writers.append(open_writer(path, request, overwrite=overwrite))
+                writers[-1].meta["data_dir"] = str(Path(data_dir).resolve())
+        except BaseException:
+            for w in writers:
+                w.abort()
+            raise
+        return cls(writers, backbone)
+
+    @property
+    def root(self) -> Path:
+        return self.writers[0].root
+
+    def live_rows(self) -> list[dict]:
+        """The rows every layer's store holds alike (path, sha256, stat, label): files the run may reuse."""
+        def live(w):
+            return {r["path"]: r for r in w.live_rows()}
+
+        first, others = live(self.writers[0]), [live(w) for w in self.writers[1:]]
+        key = lambda r: (r["sha256"], r.get("stat"), r.get("label"))  # noqa: E731
+        return [r for p, r in first.items() if all(p in o and key(o[p]) == key(r) for o in others)]
+
+    def remove(self, withdrawn: dict[str, str]) -> None:
+        for w in self.writers:
+            w.remove(withdrawn)
+
+    def discard_if_empty(self) -> bool:
+        """After a failed first run: remove the stores it created and left empty (True if all were)."""
+        return all([w.discard_if_empty() for w in self.writers])
+
+    def set_spec(self, spec: dict) -> None:
+        """Record each layer's own spec (the backbone's `spec` covers all layers side by side)."""
+        for i, w in enumerate(self.writers):
+            w.set_spec(self.backbone.layer_spec(i))
+
+    def append(self, features: np.ndarray, rows: list[dict]) -> None:
+        """Commit a batch to every layer's store: its columns, split by each layer's width."""
+        edges = np.cumsum([0, *self.backbone.dims])
+        for w, a, b in zip(self.writers, edges[:-1], edges[1:]):
+            w.append(features[:, a:b], rows)
+
+    def prune(self, keep_paths: set[str]) -> int:
+        return max(w.prune(keep_paths) for w in self.writers)
+
+    def write_report(self, report: dict) -> None:
+        for w in self.writers:
+            write_report(w.root, report)
+
+    def write_skips(self, skipped: list[dict]) -> None:
+        for w in self.writers:
+            w.write_skips(skipped)
+
+    def skip_cache(self) -> list[dict]:
+        return self.writers[0].skip_cache()
+
+    def close(self) -> FeatureStore:
+        try:
+            self.stores = [w.close() for w in self.writers]
+        finally:
+            self.abort()
+        return self.stores[0]
+
+    def abort(self) -> None:
+        for w in self.writers:
+            w.abort()

@@ -1,0 +1,354 @@
+"""Multi-label heads: several labels (tags) per image, one-vs-rest, a threshold per tag tuned by CV.
+
+Labels come from a CSV column holding several tags separated by spaces or ``|`` (Kaggle Planet's
+``tags``: ``"clear primary water"``). In a store, a row's label is its tags, sorted, joined by one
+space, and ``meta.json`` records ``"multi_label": true`` (single-label stores are unchanged).
+
+The head is StandardScaler (+ PCA) -> :class:`OneVsRest`: one binary head per tag (``logreg`` or
+``linear_svm``), so tag k has its own probability p_k = sigmoid(alpha_k * f_k) of its decision
+value f_k, and is predicted when p_k >= its threshold t_k. Everything is tuned on out-of-fold
+decision values (shuffled K-fold, seeded), one pass per C: ``--C auto`` picks the C with the
+best mean average precision over the tags (which no monotone map of f_k changes); for
+``linear_svm`` alpha_k is the temperature that fits the out-of-fold values best (as in
+pipeline/heads/calibration.py), for ``logreg`` alpha_k = 1 (its own probabilities); then the thresholds
+maximise micro-F1 on the out-of-fold probabilities: from the best single threshold, each tag in
+turn takes the threshold best for the micro-F1 of all tags, until none changes; a tag with fewer
+than MIN_POSITIVES images keeps the single threshold.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from scipy.special import expit
+from sklearn import metrics as skm
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.decomposition import PCA
+from sklearn.model_selection import KFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from ..dataset.labels import normalise, split_tags, tags_of  # noqa: F401 (normalise: part of this API)
+from ..errors import UsageError
+
+log = logging.getLogger(__name__)
+
+THRESHOLDS = np.round(np.arange(0.02, 0.981, 0.02), 2)  # candidates for the tuned thresholds
+MIN_POSITIVES = 3  # tags with fewer out-of-fold positives use the single best threshold
+HEADS = ("linear_svm", "logreg")
+
+
+# ---- tags ----------------------------------------------------------------------------------------
+def tag_matrix(labels, classes) -> np.ndarray:
+    """(N, K) booleans: image i has tag classes[k]. Tags outside `classes` are refused, by name."""
+    index = {c: k for k, c in enumerate(classes)}
+    Y = np.zeros((len(labels), len(classes)), dtype=bool)
+    unknown = set()
+    for i, v in enumerate(labels):
+        for t in split_tags(v):
+            if t in index:
+                Y[i, index[t]] = True
+            else:
+                unknown.add(t)
+    if unknown:
+        raise UsageError(f"tags {', '.join(sorted(unknown)[:10])} are not classes of this head "
+                         f"({', '.join(classes[:20])}); evaluate on features tagged with the head's classes")
+    return Y
+
+
+def label_sets(proba: np.ndarray, classes, thresholds) -> list[list[str]]:
+    """The tags of each row whose probability reaches its threshold, in class order."""
+    hits = np.asarray(proba) >= np.asarray(thresholds)[None, :]
+    names = [str(c) for c in classes]
+    return [[names[k] for k in np.flatnonzero(row)] for row in hits]
+
+
+# ---- the estimator -------------------------------------------------------------------------------
+def _binary(head: str, C: float, class_weight):
+    from .selection import HEADS as FACTORIES
+
+    return FACTORIES[head](float(C), class_weight)
+
+
+class OneVsRest(ClassifierMixin, BaseEstimator):
+    """One binary head per column of an indicator matrix Y; ``decision_function`` and ``predict_proba``
+    are (N, K): p_k = sigmoid(alphas_[k] * f_k), rows need not sum to 1; ``predict`` is Y-shaped
+    booleans (probability >= ``thresholds_``). alphas_ = 1 and thresholds_ = 0.5 until tuned.
+
+    A column that is constant in the training rows (possible inside a CV fold) predicts that constant;
+    such a fitted head cannot be saved.
+    """
+
+    def __init__(self, classes=(), head: str = "logreg", C: float = 1.0, class_weight=None):
+        self.classes, self.head, self.C, self.class_weight = classes, head, C, class_weight
+
+    def fit(self, X, Y):
+        Y = np.asarray(Y, dtype=bool)
+        self.classes_ = np.asarray(list(self.classes), dtype=object)
+        if Y.ndim != 2 or Y.shape[1] != len(self.classes_):
+            raise ValueError(f"Y must be (N, {len(self.classes_)}) booleans, got shape {Y.shape}")
+        self.estimators_ = []
+        for k in range(Y.shape[1]):
+            col = Y[:, k]
+            if col.all() or not col.any():
+                self.estimators_.append(bool(col[0]))  # constant in these rows
+            else:
+                self.estimators_.append(clone(_binary(self.head, self.C, self.class_weight)).fit(X, col.astype(int)))
+        self.alphas_ = np.ones(len(self.classes_))
+        self.thresholds_ = np.full(len(self.classes_), 0.5)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """(N, K) decision values; a tag constant in the training rows gets +-50 (probability ~1 or ~0)."""
+        cols = [np.full(len(X), 50.0 if e else -50.0) if isinstance(e, bool) else e.decision_function(X)
+                for e in self.estimators_]
+        return np.column_stack(cols).astype(np.float64)
+
+    def predict_proba(self, X) -> np.ndarray:
+        return expit(self.alphas_[None, :] * self.decision_function(X))
+
+    def predict(self, X) -> np.ndarray:
+        return self.predict_proba(X) >= self.thresholds_[None, :]
+
+
+def make_multilabel(classes, head: str = "logreg", C: float = 1.0, pca: int | None = None,
+                    class_weight=None) -> Pipeline:
+    """An unfitted StandardScaler (+ PCA) + OneVsRest pipeline over the tags `classes`."""
+    if head not in HEADS:
+        raise UsageError(f"multi-label training supports the heads {', '.join(HEADS)}, not {head!r} "
+                         f"(an RBF SVM per tag cannot be saved as a head file yet); use head='logreg'")
+    steps = [("scale", StandardScaler())]
+    if pca:
+        steps.append(("pca", PCA(n_components=int(pca), random_state=0)))
+    return Pipeline(steps + [("clf", OneVsRest(list(classes), head, float(C), class_weight))])
+
+
+# ---- cross-validation, C and thresholds ------------------------------------------------------------
+def out_of_fold(head, X, Y, classes, C, folds: int = 5, seed: int = 0, pca=None, class_weight=None) -> np.ndarray:
+    """(N, K) out-of-fold decision values of the head with C (shuffled K-fold, seeded)."""
+    F = np.zeros(Y.shape)
+    for tr, te in KFold(n_folds(folds, len(X)), shuffle=True, random_state=seed).split(X):
+        model = make_multilabel(classes, head, C, pca, class_weight).fit(X[tr], Y[tr])
+        F[te] = model.decision_function(X[te])
+    return F
+
+
+def n_folds(folds, n: int) -> int:
+    return int(min(5 if folds == "loo" else int(folds), n))
+
+
+def fit_alphas(head: str, Y, F) -> np.ndarray:
+    """Per tag: 1 for logreg (its own probabilities), else the temperature fitted on decision values F."""
+    from .calibration import fit_alpha
+
+    if head == "logreg":
+        return np.ones(Y.shape[1])
+    return np.array([fit_alpha(F[:, k], Y[:, k].astype(int), 2) if 0 < Y[:, k].sum() < len(Y) else 1.0
+                     for k in range(Y.shape[1])])
+
+
+def mean_ap(Y, F) -> float:
+    """Mean over the tags (with positives) of their average precision."""
+    return float(np.mean([skm.average_precision_score(Y[:, k], F[:, k]) for k in range(Y.shape[1]) if Y[:, k].any()]))
+
+
+def micro_f1(Y, P, thresholds) -> float:
+    return float(skm.f1_score(Y, P >= np.asarray(thresholds)[None, :], average="micro", zero_division=0))
+
+
+def tune_thresholds(Y, P, candidates=THRESHOLDS, min_positives: int = MIN_POSITIVES,
+                    passes: int = 5) -> tuple[np.ndarray, float]:
+    """(per-tag thresholds, the best single threshold), both maximising micro-F1 on (Y, P).
+
+    Starting from the best single threshold, each tag in turn takes the threshold that maximises
+    the micro-F1 of all tags with the others held (the middle of a run of ties), until nothing
+    changes; tags with fewer than `min_positives` positives keep the single threshold.
+    """
+    Y, P, cand = np.asarray(Y, dtype=bool), np.asarray(P), np.asarray(candidates)
+    hits = [P[:, k, None] >= cand[None, :] for k in range(Y.shape[1])]  # per tag (N, T): memory N x T
+    tp = np.array([(h & Y[:, k, None]).sum(0) for k, h in enumerate(hits)])  # (K, T) counts at each candidate
+    fp = np.array([(h & ~Y[:, k, None]).sum(0) for k, h in enumerate(hits)])
+    fn = Y.sum(0)[:, None] - tp
+
+    def f1(tp_, fp_, fn_):
+        return np.divide(2 * tp_, 2 * tp_ + fp_ + fn_, out=np.zeros(np.shape(tp_), float), where=2 * tp_ + fp_ + fn_ > 0)
+
+    s = int(np.searchsorted(cand, _best(f1(tp.sum(0), fp.sum(0), fn.sum(0)), cand)))
+    at = np.full(Y.shape[1], s)
+    tunable = np.flatnonzero(Y.sum(0) >= min_positives)
+    for _ in range(passes):
+        before = at.copy()
+        for k in tunable:
+            rows = np.arange(len(at))
+            others = [v[rows, at].sum() - v[k, at[k]] for v in (tp, fp, fn)]
+            at[k] = np.searchsorted(cand, _best(f1(others[0] + tp[k], others[1] + fp[k], others[2] + fn[k]), cand))
+        if np.array_equal(at, before):
+            break
+    return cand[at].astype(float), float(cand[s])
+
+
+def _best(scores: np.ndarray, candidates) -> float:
+    tied = np.flatnonzero(scores >= scores.max() - 1e-12)
+    return float(candidates[tied[len(tied) // 2]])
+
+
+def multilabel_metrics(Y, P, classes, thresholds) -> dict:
+    """micro/macro F1, precision, recall at `thresholds`; per-tag AP, F1 and threshold; micro F1 at 0.5."""
+    Y, P = np.asarray(Y, dtype=bool), np.asarray(P, dtype=float)
+    classes, t = [str(c) for c in classes], np.asarray(thresholds, dtype=float)
+    pred = P >= t[None, :]
+    p, r, f, s = skm.precision_recall_fscore_support(Y, pred, average=None, zero_division=0)
+    ap = [float(skm.average_precision_score(Y[:, k], P[:, k])) if Y[:, k].any() else None for k in range(len(classes))]
+    scored = [a for a in ap if a is not None]
+    return {
+        "multi_label": True, "n": int(len(Y)), "classes": classes,
+        "micro_f1": micro_f1(Y, P, t), "macro_f1": float(skm.f1_score(Y, pred, average="macro", zero_division=0)),
+        "micro_precision": float(skm.precision_score(Y, pred, average="micro", zero_division=0)),
+        "micro_recall": float(skm.recall_score(Y, pred, average="micro", zero_division=0)),
+        "subset_accuracy": float(np.mean(np.all(pred == Y, axis=1))),
+        "micro_f1_at_0.5": micro_f1(Y, P, np.full(len(classes), 0.5)),
+        "mean_average_precision": float(np.mean(scored)) if scored else None,
+        "per_class": {c: {"average_precision": ap[k], "threshold": float(t[k]), "precision": float(p[k]),
+                          "recall": float(r[k]), "f1": float(f[k]), "support": int(s[k])}
+                      for k, c in enumerate(classes)},
+    }
+
+
+def refuse_multi_label(store, command: str) -> None:
+    """`command` treats each label as one class: refuse a multi-label store, saying what to use."""
+    if store.multi_label:
+        raise UsageError(f"{command} works on single-label stores, and {store.root} is multi-label (tags); "
+                         f"use train (one-vs-rest heads, thresholds per tag) and evaluate")
+
+
+def format_multilabel(m: dict) -> str:
+    """The metrics of :func:`multilabel_metrics` as a short table."""
+    map_ = m.get("mean_average_precision")
+    lines = [f"n={m['n']}  micro-F1 {m['micro_f1']:.4f}  macro-F1 {m['macro_f1']:.4f}  micro precision "
+             f"{m['micro_precision']:.4f}  micro recall {m['micro_recall']:.4f}  subset accuracy "
+             f"{m['subset_accuracy']:.4f}  (micro-F1 at 0.5: {m['micro_f1_at_0.5']:.4f})"
+             + (f"  mean AP {map_:.4f}" if map_ is not None else "")]
+    if m.get("seen_in_training"):
+        lines.append(f"warning: {len(m['seen_in_training'])} of these images were in the training set "
+                     f"(identical content), e.g. {m['seen_in_training'][0]}: these figures are optimistic")
+    width = max(len("tag"), *(len(c) for c in m["classes"]))
+    lines.append(f"{'tag':<{width}}     AP  threshold  precision  recall     f1  support")
+    for c, v in m["per_class"].items():
+        ap = f"{v['average_precision']:.3f}" if v["average_precision"] is not None else "    -"
+        lines.append(f"{c:<{width}}  {ap}  {v['threshold']:9.2f}  {v['precision']:9.3f}  {v['recall']:6.3f}  "
+                     f"{v['f1']:5.3f}  {v['support']:7d}")
+    return "\n".join(lines)
+
+
+# ---- training ---------------------------------------------------------------------------------------
+def fit_multilabel(head: str, X, y, C: float | str = "auto", folds: int | str = 5, seed: int = 0,
+                   pca: int | None = None, class_weight: str | None = None):
+    """Fit one-vs-rest heads on the tags of `y` (stored label strings); return (fitted pipeline, metrics).
+
+    C: a number, or 'auto' (the grid of `head`, by the mean average precision of out-of-fold decision
+    values). alphas and thresholds are tuned on the out-of-fold values of the chosen C.
+    """
+    from .selection import C_GRID
+
+    X = np.asarray(X, dtype=np.float32)
+    classes = tags_of(y)
+    Y = tag_matrix(y, classes)
+    _check(head, Y, classes, X, pca, class_weight)
+    metrics = {"head": head, "multi_label": True, "n_train": int(len(Y)), "pca": pca, "class_weight": class_weight,
+               "class_counts": {c: int(n) for c, n in zip(classes, Y.sum(0))},
+               "cv_folds": n_folds(folds, len(X))}
+    if C == "auto":
+        table = {c: out_of_fold(head, X, Y, classes, c, folds, seed, pca, class_weight) for c in C_GRID[head]}
+        scores = {c: mean_ap(Y, F) for c, F in table.items()}
+        C = max(scores, key=lambda c: (round(scores[c], 9), -abs(np.log10(c) - np.log10(0.1))))
+        F = table[C]
+        metrics["cv_scores"] = {str(k): v for k, v in scores.items()}
+        log.info("%s: C=%g chosen by %d-fold CV (mean average precision %.4f)", head, C, metrics["cv_folds"], scores[C])
+    else:
+        F = out_of_fold(head, X, Y, classes, float(C), folds, seed, pca, class_weight)
+    alphas = fit_alphas(head, Y, F)
+    P = expit(alphas[None, :] * F)
+    thresholds, single = tune_thresholds(Y, P)
+    model = make_multilabel(classes, head, float(C), pca, class_weight).fit(X, Y)
+    model.named_steps["clf"].alphas_, model.named_steps["clf"].thresholds_ = alphas, thresholds
+    cv = multilabel_metrics(Y, P, classes, thresholds)
+    metrics.update(C=float(C), thresholds={c: float(t) for c, t in zip(classes, thresholds)},
+                   single_threshold=single, unvalidated_classes=[c for c, n in zip(classes, Y.sum(0))
+                                                                 if n < MIN_POSITIVES],
+                   cv={k: cv[k] for k in ("micro_f1", "macro_f1", "micro_f1_at_0.5", "mean_average_precision")}
+                   | {"micro_f1_single_threshold": micro_f1(Y, P, np.full(len(classes), single))},
+                   calibration=(f"temperature scaling per tag (sigmoid(alpha_k f_k), alpha_k fitted on "
+                                f"{metrics['cv_folds']}-fold cross-validated decision values)" if head == "linear_svm"
+                                else "LogisticRegression's own probabilities, one per tag"))
+    metrics["train_micro_f1"] = micro_f1(Y, model.predict_proba(X), thresholds)
+    return model, metrics
+
+
+def _check(head, Y, classes, X, pca, class_weight) -> None:
+    from .selection import _check_head
+
+    _check_head(head, class_weight)
+    make_multilabel(classes, head)  # refuses heads without a multi-label form
+    if len(classes) < 2:
+        raise UsageError(f"multi-label training needs at least 2 tags, found {classes or 'none'}")
+    everywhere = [c for c, col in zip(classes, Y.T) if col.all()]
+    if everywhere:
+        raise UsageError(f"tags {', '.join(everywhere)} are on every image, so there is nothing to learn about "
+                         f"them; drop them from the labels CSV")
+    if len(Y) < 4:
+        raise UsageError(f"multi-label training needs at least 4 labelled images, found {len(Y)}")
+    if pca and pca >= min(X.shape):
+        raise UsageError(f"pca={pca} must be below the number of images ({len(X)}) and of features ({X.shape[1]})")
+
+
+def validate(model, X, y, classes, rows_train, rows_valid) -> dict:
+    """Metrics of the fitted head on held-out rows; tags unseen in training are left out."""
+    from ..dataset.splits import leaked
+
+    known = set(classes)
+    y = [" ".join(t for t in split_tags(v) if t in known) for v in y]
+    m = multilabel_metrics(tag_matrix(y, classes), model.predict_proba(X), classes,
+                           model.named_steps["clf"].thresholds_)
+    pairs = leaked(rows_train, rows_valid)
+    m["leakage"] = [{"train": t, "validation": v} for t, v in pairs]
+    return m
+
+
+def summary(clf, path) -> str:
+    """What `train` prints for a multi-label head."""
+    m = clf.metrics
+    cv = m["cv"]
+    lines = [f"{m['head']} C={m['C']:g} on {m['n_train']} images, {len(clf.classes_)} tags (one-vs-rest) -> {path}",
+             f"{m['cv_folds']}-fold CV micro-F1 {cv['micro_f1']:.4f} with the tuned thresholds (tuned on these "
+             f"folds: optimistic), {cv['micro_f1_single_threshold']:.4f} at the best single threshold "
+             f"{m['single_threshold']:.2f}, {cv['micro_f1_at_0.5']:.4f} at 0.5; mean AP "
+             f"{cv['mean_average_precision']:.4f}",
+             f"probabilities: {m['calibration']}",
+             "thresholds: " + ", ".join(f"{c} {t:.2f}" for c, t in list(m["thresholds"].items())[:30])
+             + (" ..." if len(m["thresholds"]) > 30 else "")]
+    if m.get("unvalidated_classes"):
+        lines.append(f"{len(m['unvalidated_classes'])} tags have fewer than {MIN_POSITIVES} images: they use the "
+                     f"single threshold: {', '.join(m['unvalidated_classes'][:20])}")
+    return "\n".join(lines)
+
+
+def cross_validated(store, head: str, C: float, folds: int | str = 5, seed: int = 0, pca: int | None = None):
+    """(metrics, Y, out-of-fold probabilities, rows) of a multi-label store, thresholds tuned on them."""
+    X, y, rows = store.labelled(with_rows=True)
+    classes = tags_of(y)
+    Y = tag_matrix(y, classes)
+    F = out_of_fold(head, X, Y, classes, C, folds, seed, pca)
+    P = expit(fit_alphas(head, Y, F)[None, :] * F)
+    return multilabel_metrics(Y, P, classes, tune_thresholds(Y, P)[0]), Y, P, rows
+
+
+def write_label_sets(out, paths, proba, classes, thresholds) -> None:
+    """CSV ``path,labels,<one probability column per tag>``; labels: the predicted tags, space-separated."""
+    from ..outputs import atomic_open, csv_writer
+
+    with atomic_open(out, newline="") as f:
+        w = csv_writer(f)
+        w.writerow(["path", "labels", *[str(c) for c in classes]])
+        for p, tags, row in zip(paths, label_sets(proba, classes, thresholds), proba):
+            w.writerow([p, " ".join(tags), *(f"{v:.6f}" for v in row)])

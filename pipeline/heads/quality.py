@@ -1,0 +1,49 @@
+"""Data quality: likely mislabelled images (exact duplicates: pipeline/store/duplicates.py).
+
+"Clean data matters more than a good model": these read a feature store's rows (path, label,
+sha256) and features, and say which images to look at.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def suspects(store, head: str = "logreg", C: float | str = "auto", folds: int = 5, seed: int = 0,
+             top: int | None = 20) -> list[dict]:
+    """Likely mislabelled images, most suspicious first, from out-of-fold predicted probabilities.
+
+    Each entry: path, label (given), predicted, p_label (the probability the held-out head gives
+    the given label), p_predicted. Only images the held-out head assigns to another class are
+    listed, ranked by p_label, lowest first; `top` caps the list (None: all).
+    """
+    from .multilabel import refuse_multi_label
+    from .selection import cross_val_proba, select_C
+
+    refuse_multi_label(store, "suspects")
+    X, y, rows = store.labelled(with_rows=True)
+    if C == "auto":
+        C = select_C(head, X, y, folds, seed)[0]
+    proba = cross_val_proba(head, X, y, C, folds, seed)
+    classes = np.unique(y)
+    given = np.searchsorted(classes, y)
+    p_label = proba[np.arange(len(y)), given]
+    best = np.argmax(proba, axis=1)
+    order = np.argsort(p_label, kind="stable")
+    out = [{"path": rows[i]["path"], "label": str(y[i]), "predicted": str(classes[best[i]]),
+            "p_label": float(p_label[i]), "p_predicted": float(proba[i, best[i]])}
+           for i in order if best[i] != given[i]]
+    return out[:top] if top else out
+
+
+SUSPECT_COLUMNS = ("path", "label", "predicted", "p_label", "p_predicted")
+
+
+def write_suspects_csv(out, found: list[dict], force: bool = False) -> None:
+    """Write the ranked suspects (see :func:`suspects`) as a CSV, atomically and spreadsheet-safe."""
+    from ..outputs import atomic_open, check_output, csv_writer
+
+    check_output(out, "csv", force=force)
+    with atomic_open(out, newline="") as f:
+        w = csv_writer(f)
+        w.writerow(SUSPECT_COLUMNS)
+        w.writerows([r[k] for k in SUSPECT_COLUMNS] for r in found)

@@ -1,0 +1,1 @@
+"""What the commands print and write for people: summaries, HTML reports with plots, a screenshot helper."""

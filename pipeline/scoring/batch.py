@@ -1,0 +1,185 @@
+"""Batch scoring: every image below a folder -> a CSV of predictions and class probabilities."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..backbones import backbone_from_spec
+from ..dataset.sources import is_uri
+from ..errors import StoreError, UsageError
+from ..featurizer.runner import featurize
+from ..heads.classifier import Classifier, load
+from ..hints import did_you_mean
+from ..options import SCORE_FEATURIZE, FeaturizeOptions, ScoreOptions, split_keywords
+from ..outputs import atomic_open, check_output, csv_writer
+from ..spec import FeatureSpec
+from ..store.exchange import is_feature_store, predict_store, store_proba
+
+UNKNOWN = "unknown"  # the prediction written when the top probability is below reject_below
+
+
+def score_cache_path(data_dir, request, root=None) -> Path:
+    """Where scoring caches the features of `data_dir`: keyed by the folder's resolved path and the
+    backbone's identity, never by the folder's name alone (two folders named ``test`` never share).
+    `request`: the backbone's FeatureSpec request (or its dict)."""
+    request = FeatureSpec.of(request)
+    root = Path(root or os.environ.get("TFP_FEATURES", "features")) / "score-cache"
+    where = data_dir.rstrip("/") if is_uri(data_dir) else str(Path(data_dir).resolve())  # a URI as it is
+    folder = Path(where)
+    key = json.dumps({"folder": where, "features": request.identity(full=False)}, sort_keys=True, default=str)
+    name = request.backbone
+    tag = Path(name).stem if ("/" in name or "." in name) else name
+    return root / f"{folder.name}-{tag}-{request.layer.replace('/', '_').replace(':', '_')}-" \
+                  f"{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def score(model, data_dir, out, options: ScoreOptions | None = None, *,
+          featurize_options: FeaturizeOptions | None = None, trusted: bool = False, **keywords):
+    """Featurize `data_dir` (all sub-folders, reusing the cache) with the head's backbone and write `out`.
+
+    `options`: a ScoreOptions (pipeline.options: cache, no_cache, force, kaggle, clip, reject_below);
+    `featurize_options`: a FeaturizeOptions, of which score uses progress, workers, follow_links,
+    engine and cluster. Any of these fields may also be given as a keyword (``progress=False``).
+    `data_dir` may also be a feature store: its rows are scored (``path`` is the row's id).
+
+    Default CSV: ``path,prediction,<one probability column per class>``. With `kaggle`=CLASS:
+    ``id,label`` where label is the probability of CLASS clipped to [clip, 1 - clip] and id comes
+    from the file name (the Dogs vs Cats Redux submission format). `reject_below`: the prediction
+    is ``unknown`` where the top probability is below it. Returns the RunReport.
+
+    The features are cached in `cache` (default: :func:`score_cache_path`); `no_cache` uses a
+    temporary store removed afterwards. Only images read successfully in this run get a row in
+    the CSV. `out` is written atomically and never over an input (the head, an image) or a file
+    this tool did not write (unless `force`). `trusted`: also load an old pickle-based head file
+    (see :func:`pipeline.load`). `engine`/`cluster`: featurize on Ray (see featurize).
+    """
+    o, run_options = _score_settings(options, featurize_options, keywords)
+    clf = model if isinstance(model, Classifier) else load(model, trusted=trusted)
+    check_output(out, "csv", inputs=[model if not isinstance(model, Classifier) else None],
+                 data_dir=data_dir, force=o.force)
+    _check_columns(clf, o)
+    if is_feature_store(data_dir):  # a feature store's rows (made here or imported), scored as they are
+        paths, proba, result = predict_store(clf, data_dir)
+    else:
+        paths, proba, result = _featurize_and_predict(clf, data_dir, o, run_options)
+    if o.kaggle is not None:
+        _write_kaggle(out, paths, proba, clf.classes_, o.kaggle, o.clip)
+    else:
+        _write_predictions(out, paths, proba, clf.classes_, o.reject_below, clf.thresholds_)
+    return result
+
+
+def _score_settings(options, featurize_options, keywords: dict) -> tuple[ScoreOptions, FeaturizeOptions]:
+    """score's settings from its objects and keywords (a keyword overrides the object's field)."""
+    score_kw, run_kw = split_keywords("score", keywords, ScoreOptions, FeaturizeOptions)
+    if set(run_kw) - set(SCORE_FEATURIZE):
+        raise TypeError(f"score() got an unexpected keyword argument {sorted(set(run_kw) - set(SCORE_FEATURIZE))[0]!r}")
+    base = featurize_options or FeaturizeOptions()
+    run_kw = {k: run_kw.get(k, getattr(base, k)) for k in SCORE_FEATURIZE}
+    return replace(options or ScoreOptions(), **score_kw), FeaturizeOptions(labelled=False, **run_kw)
+
+
+def _check_columns(clf: Classifier, o: ScoreOptions) -> None:
+    """Refuse, before any work, a Kaggle class or a reject threshold this head cannot honour."""
+    if o.kaggle is not None:
+        _check_kaggle_class(o.kaggle, clf.classes_)
+    if o.reject_below is not None:
+        check_reject_below(o.reject_below, clf.classes_, o.kaggle)
+    if clf.multi_label and (o.kaggle is not None or o.reject_below is not None):
+        raise UsageError("this head is multi-label: it writes the predicted tags and a probability per tag; "
+                         "kaggle= and reject_below= apply to single-label heads")
+
+
+def _featurize_and_predict(clf: Classifier, data_dir, o: ScoreOptions, run_options: FeaturizeOptions):
+    """(paths, probabilities, RunReport): featurize into the cache (or a temporary store) and predict."""
+    bb = backbone_from_spec(clf.spec)
+    tmp = Path(tempfile.mkdtemp(prefix="tfp-score-")) if o.no_cache else None
+    try:
+        store_dir = tmp / "features" if tmp else Path(o.cache) if o.cache else score_cache_path(data_dir, bb.request())
+        try:
+            run = featurize(data_dir, bb, out=store_dir, options=run_options, report=True)
+            return (*_predict_listed(clf, run), run)
+        except StoreError as e:
+            if tmp is not None or "--overwrite" not in str(e):
+                raise
+            raise StoreError(f"{str(e).split('; featurize again with --overwrite')[0]}; this is score's feature "
+                             f"cache: delete {store_dir} and score again (or score with --no-cache)") from e
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _predict_listed(clf: Classifier, run):
+    """(paths, probabilities) of the images this run listed and could read: never a stale row."""
+    store = run.store
+    clf.check_spec(store.spec, str(store.root))
+    unusable = {s["path"] for s in run.skipped}
+    wanted = set(run.listed) - unusable  # the store may also hold rows of images since removed
+    keep = [i for i, p in enumerate(store.paths) if p in wanted]
+    paths = [store.paths[i] for i in keep]
+    return paths, store_proba(clf, store, keep)
+
+
+def check_reject_below(p: float, classes, kaggle: str | None = None) -> None:
+    if not 0.0 < float(p) <= 1.0:
+        raise UsageError(f"reject_below= must be a probability in (0, 1], got {p!r}")
+    if kaggle is not None:
+        raise UsageError("reject_below= changes the prediction column, which kaggle= does not write; use one of them")
+    if UNKNOWN in [str(c) for c in classes]:
+        raise UsageError(f"this head has a class named {UNKNOWN!r}, so reject_below= could not be told apart from it")
+
+
+def predicted_labels(proba: np.ndarray, classes, reject_below: float | None = None) -> list[str]:
+    """The top class of each row of `proba`, or UNKNOWN where its probability is below `reject_below`."""
+    classes = [str(c) for c in classes]
+    top = np.argmax(proba, axis=1)
+    return [UNKNOWN if reject_below is not None and row[i] < reject_below else classes[i]
+            for row, i in zip(proba, top)]
+
+
+def _write_predictions(out, paths, proba, classes, reject_below=None, thresholds=None):
+    if thresholds is not None:  # multi-label: path,labels,<tag>... (pipeline/heads/multilabel.py)
+        from ..heads.multilabel import write_label_sets
+
+        return write_label_sets(out, paths, proba, classes, thresholds)
+    with atomic_open(out, newline="") as f:
+        w = csv_writer(f)
+        w.writerow(["path", "prediction", *[str(c) for c in classes]])
+        for p, label, row in zip(paths, predicted_labels(proba, classes, reject_below), proba):
+            w.writerow([p, label, *(f"{v:.6f}" for v in row)])
+
+
+def kaggle_id(path: str) -> str:
+    """'test/1234.jpg' -> '1234'."""
+    return os.path.splitext(path.rsplit("/", 1)[-1])[0]
+
+
+def _check_kaggle_class(column: str, classes) -> None:
+    """Refuse, before any image is featurized, a Kaggle column that is not a class (with the close match)."""
+    classes = [str(c) for c in classes]
+    if column not in classes:
+        raise UsageError(f"kaggle={column!r} is not a class of this head{did_you_mean(column, classes)}; "
+                         f"classes: {', '.join(classes)}")
+
+
+def _write_kaggle(out, paths, proba, classes, column, clip):
+    classes = [str(c) for c in classes]
+    _check_kaggle_class(column, classes)
+    p = proba[:, classes.index(column)]
+    if clip:
+        p = np.clip(p, clip, 1.0 - clip)
+    ids = [kaggle_id(x) for x in paths]
+    order = sorted(range(len(ids)), key=lambda i: (int(ids[i]) if re.fullmatch(r"\d+", ids[i]) else float("inf"), ids[i]))
+    with atomic_open(out, newline="") as f:
+        w = csv_writer(f)
+        w.writerow(["id", "label"])
+        for i in order:
+            w.writerow([ids[i], f"{p[i]:.6f}"])

@@ -1,0 +1,202 @@
+"""Every backbone kind gives the network's own outputs for logits, penultimate and a named layer."""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+from models_for_tests import (
+    SIZE,
+    export_saved_model,
+    frozen_graph_def,
+    submodel_outputs,
+    tflite_model,
+    tiny_keras_model,
+)
+
+from pipeline.backbones import create_backbone
+from pipeline.backbones.base import identity
+from pipeline.backbones.keras_apps import KERAS_APPS
+from pipeline.errors import BackboneError, UsageError
+from pipeline.preprocess import Preprocess, normalize
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_keras_model()
+
+
+@pytest.fixture(scope="module")
+def expected(tiny):
+    return submodel_outputs(tiny, normalize(IMAGES, Preprocess(size=(SIZE, SIZE), scaling="tf")))
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_APPS))
+def test_keras_scaling_equals_keras_preprocess_input(name):
+    # our in-graph scaling must equal Keras' own preprocess_input for that family
+    app = KERAS_APPS[name]
+    keras_pre = importlib.import_module(f"keras.applications.{app.module}").preprocess_input
+    img = np.random.default_rng(1).integers(0, 256, (2, 40, 30, 3)).astype(np.uint8)
+    ours = normalize(img, Preprocess(size=(app.size, app.size), scaling=app.scaling))
+    np.testing.assert_allclose(ours, keras_pre(img.astype(np.float32).copy()), rtol=1e-5, atol=1e-4)
+
+
+def test_savedmodel_layers_equal_model_outputs(tiny, expected, tmp_path):
+    path = export_saved_model(tiny, tmp_path / "sm")
+    for layer in ("predictions", "logits", "penultimate"):
+        bb = create_backbone(path, layer, input_size=SIZE, scaling="tf")
+        np.testing.assert_allclose(bb(IMAGES), expected[layer], rtol=1e-4, atol=1e-5)
+    assert bb.spec()["kind"] == "savedmodel" and bb.dim == 8
+    gd, _, _ = bb._graph()
+    relu = next(n.name for n in gd.node if n.op == "Relu")  # the conv map, named as in the graph
+    bb = create_backbone(path, relu, input_size=SIZE, scaling="tf")
+    np.testing.assert_allclose(bb(IMAGES), expected["conv"], rtol=1e-4, atol=1e-5)
+
+
+def test_frozen_graphdef_layers_equal_model_outputs(tiny, expected, tmp_path):
+    path, inp, names = frozen_graph_def(tiny, tmp_path / "frozen.pb")
+    for layer, key in (("logits", "logits"), ("penultimate", "penultimate"), ("predictions", "predictions"),
+                       (names["conv"], "conv")):
+        bb = create_backbone(path, layer, input_size=SIZE, scaling="tf", input_tensor=inp)
+        np.testing.assert_allclose(bb(IMAGES), expected[key], rtol=1e-4, atol=1e-5)
+
+
+def test_graphdef_unknown_tensor_is_a_clear_error(tiny, tmp_path):
+    path, inp, _ = frozen_graph_def(tiny, tmp_path / "frozen.pb")
+    bb = create_backbone(path, "no_such_tensor", input_size=SIZE, scaling="tf", input_tensor=inp)
+    with pytest.raises(BackboneError, match="no_such_tensor"):
+        bb.load()
+
+
+def test_float_tflite_layers_equal_model_outputs(tiny, expected, tmp_path):
+    path = tflite_model(tiny, tmp_path / "tiny.tflite", quantized=False)
+    for layer in ("logits", "penultimate", "predictions"):
+        bb = create_backbone(path, layer, scaling="tf")
+        np.testing.assert_allclose(bb(IMAGES), expected[layer], rtol=1e-4, atol=1e-4)
+    conv = _tensor_with_shape(path, [1, SIZE - 2, SIZE - 2, 8])  # the ReLU'd conv map
+    bb = create_backbone(path, conv, scaling="tf")
+    np.testing.assert_allclose(bb(IMAGES), expected["conv"], rtol=1e-4, atol=1e-4)
+
+
+def test_quantized_tflite_dequantizes_and_finds_presoftmax_logits(tiny, expected, tmp_path):
+    path = tflite_model(tiny, tmp_path / "tinyq.tflite", quantized=True)
+    bb = create_backbone(path, "logits", scaling="tf")
+    assert bb.preprocess.scaling == "tf"  # a uint8 model whose input is not pixel-quantized keeps the declared scaling
+    logits = bb(IMAGES)
+    # the tensor feeding the softmax, dequantized: close to the float model's logits
+    assert np.corrcoef(logits.ravel(), expected["logits"].ravel())[0, 1] > 0.98
+    pen = create_backbone(path, "penultimate", scaling="tf")(IMAGES)
+    assert pen.shape == expected["penultimate"].shape
+    assert np.corrcoef(pen.ravel(), expected["penultimate"].ravel())[0, 1] > 0.98
+
+
+def _tensor_with_shape(path, shape):
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_path=str(path)).get_tensor_details()
+    return [t["name"] for t in details if list(t["shape"]) == shape][-1]
+
+
+@pytest.mark.slow
+def test_keras_application_with_local_weights_file(tmp_path):
+    # a Keras application with a local weights file gives the network's own outputs
+    import keras
+
+    model = keras.applications.MobileNetV2(weights=None, classifier_activation=None)
+    weights = tmp_path / "mnv2.weights.h5"
+    model.save_weights(weights)
+    img = RNG.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    x = keras.applications.mobilenet_v2.preprocess_input(img.astype(np.float32))
+    own = {"logits": model.output, "penultimate": model.get_layer("global_average_pooling2d").output,
+           "Conv_1": model.get_layer("Conv_1").output}
+    for layer, tensor in own.items():
+        want = np.asarray(keras.Model(model.input, tensor)(x, training=False))
+        want = want.mean(axis=(1, 2)) if want.ndim == 4 else want
+        bb = create_backbone("mobilenet_v2", layer, weights=str(weights))
+        np.testing.assert_allclose(bb(img), want, rtol=1e-3, atol=1e-4)
+    assert bb.spec()["source"]["weights_sha256"]
+
+
+def test_keras_offline_without_weights_says_what_to_pass(monkeypatch):
+    import keras
+
+    def offline(*a, **k):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3] name resolution")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    monkeypatch.setattr("keras.src.utils.file_utils.get_file", offline)
+    bb = create_backbone("vgg16", "penultimate")
+    with pytest.raises(BackboneError, match="--weights FILE"):
+        bb.load()
+
+
+def test_unknown_backbone_lists_choices():
+    with pytest.raises(BackboneError, match="mobilenet_v2_quant"):
+        create_backbone("resnet9000")
+
+
+def test_weights_only_for_keras_apps():
+    with pytest.raises(ValueError, match="--weights"):
+        create_backbone("mobilenet_v2_quant", weights="x.h5")
+
+
+def test_hub_handle_to_a_local_savedmodel(tiny, expected, tmp_path):
+    # hub:HANDLE goes through tensorflow_hub.resolve (a URL downloads; a local folder is used as is)
+    path = export_saved_model(tiny, tmp_path / "hubmodel")
+    bb = create_backbone(f"hub:{path}", "penultimate", input_size=SIZE, scaling="tf")
+    np.testing.assert_allclose(bb(IMAGES), expected["penultimate"], rtol=1e-4, atol=1e-5)
+    assert bb.spec()["source"]["handle"] == path
+
+
+@pytest.mark.slow
+def test_keras_application_with_legacy_h5_weights(tmp_path):
+    # the legacy .h5 files Keras downloads (e.g. ..._weights_tf_dim_ordering_tf_kernels.h5) load too
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    model = keras.applications.MobileNetV2(weights=None, classifier_activation=None)
+    path = tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    img = RNG.integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+    want = np.asarray(model(keras.applications.mobilenet_v2.preprocess_input(img.astype(np.float32))))
+    np.testing.assert_allclose(create_backbone("mobilenet_v2", "logits", weights=str(path))(img), want,
+                               rtol=1e-3, atol=1e-4)
+
+
+def test_bfloat16_precision_is_close_to_float32_and_part_of_the_spec():
+    images = np.random.default_rng(3).integers(0, 256, (2, 224, 224, 3)).astype(np.uint8)
+    fp32 = create_backbone("mobilenet", "penultimate", weights="random")
+    again = create_backbone("mobilenet", "penultimate", weights="random")
+    bf16 = create_backbone("mobilenet", "penultimate", weights="random", precision="bfloat16")
+    a, b = fp32(images), bf16(images)
+    np.testing.assert_array_equal(a, again(images))  # "random" weights are seeded: the same network each time
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert b.dtype == np.float32 and cos.min() > 0.99
+    assert bf16.spec()["precision"] == "bfloat16" and identity(bf16.spec()) != identity(fp32.spec())
+    with pytest.raises(UsageError, match="precision bfloat16 applies to Keras"):
+        create_backbone("mobilenet_v2_quant", precision="bfloat16")
+
+
+def test_tensorflow_backbone_featurize_equals_direct_calls_skips_bad_files_and_resumes(tiny, tmp_path):
+    from conftest import make_class_tree
+
+    import pipeline
+    from pipeline.decode.images import load_image
+
+    model = export_saved_model(tiny, tmp_path / "sm")
+    data = make_class_tree(tmp_path / "data", per_class=5)
+    (data / "red" / "broken.jpg").write_bytes(b"<html>404</html>")
+    opts = dict(input_size=SIZE, scaling="tf", batch_size=4, progress=False, report=True)
+    run = pipeline.featurize(data, model, "penultimate", out=tmp_path / "s", **opts)
+    assert [(s["path"], s["reason"]) for s in run.skipped] == [("red/broken.jpg", "not_an_image")]
+    assert run.computed == 10 and len(run.store) == 10
+    bb = create_backbone(model, "penultimate", input_size=SIZE, scaling="tf")
+    direct = bb(np.stack([load_image(data / p, bb.preprocess) for p in run.store.paths]))
+    np.testing.assert_allclose(run.store.features, direct, rtol=1e-5, atol=1e-6)
+    again = pipeline.featurize(data, model, "penultimate", out=tmp_path / "s", **opts)
+    assert again.computed == 0 and again.reused == 10

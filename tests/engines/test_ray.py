@@ -1,0 +1,293 @@
+"""featurize/score --engine ray on a local 2-CPU Ray cluster: the same store, report and CSV as in-process,
+resumable after a SIGKILL of the driver, and images read through a file:// URI."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import kill_once_committed, make_class_tree, noise_class_tree, noise_image
+
+import pipeline
+from pipeline.cli import main
+from pipeline.engines.ray import RayCluster, partition_bounds
+
+ray = pytest.importorskip("ray", reason="the Ray engine needs ray[data]: pip install -e '.[ray]'")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local Ray cluster of 2 CPUs for the whole module (starting one takes seconds)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Two classes of 5 images, a file that is not an image, one that is ignored, one hidden, a hidden folder."""
+    data = make_class_tree(tmp_path / "data", per_class=5)
+    (data / "red" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (data / "blue" / "notes.txt").write_text("not an image")
+    (data / "blue" / ".hidden.jpg").write_bytes(b"x")
+    (data / "blue" / ".thumbnails").mkdir()
+    (data / "blue" / ".thumbnails" / "t.jpg").write_bytes(b"x")  # a hidden folder is not walked
+    return data
+
+
+def _report(store) -> dict:
+    r = json.loads((store.root / "report.json").read_text())
+    r.pop("stages")  # busy seconds: not the same in two runs
+    return r
+
+
+def test_score_cache_of_a_uri_is_keyed_by_the_uri_not_the_working_directory(tmp_path, monkeypatch):
+    from pipeline.backbones import create_backbone
+    from pipeline.scoring.batch import score_cache_path
+
+    request = create_backbone("mobilenet_v2_quant").request()
+    first = score_cache_path("s3://bucket/photos/", request, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert score_cache_path("s3://bucket/photos", request, tmp_path) == first
+    assert first.name.startswith("photos-mobilenet_v2_quant-penultimate-")
+    assert score_cache_path("gs://bucket/photos", request, tmp_path) != first
+
+
+def test_partitions_are_contiguous_deterministic_and_cover_the_listing():
+    assert partition_bounds(10, 3) == [(0, 3), (3, 6), (6, 10)]
+    assert partition_bounds(2, 5) == [(0, 1), (1, 2)]  # never an empty partition
+    assert partition_bounds(2500, None) == [(0, 833), (833, 1666), (1666, 2500)]  # 1000 images each at most
+
+
+def test_ray_store_equals_in_process_store_row_for_row(cluster, folder, tmp_path):
+    local = pipeline.featurize(folder, out=tmp_path / "local", progress=False)
+    run = pipeline.featurize(folder, out=tmp_path / "ray", progress=False, report=True, engine="ray",
+                             cluster=RayCluster(partitions=3))
+    store = run.store
+    assert store.rows == local.rows  # paths, labels, sha256 and stat, in the same order
+    np.testing.assert_allclose(store.features, local.features, rtol=1e-6, atol=1e-6)
+    assert _report(store) == _report(local)
+    assert [s["path"] for s in run.skipped] == ["red/broken.jpg"] and run.skipped[0]["reason"] == "not_an_image"
+    assert len(list((tmp_path / "ray" / "segments").iterdir())) == 1  # the partitions' parts merged at the end
+    again = pipeline.featurize(folder, out=tmp_path / "ray", progress=False, report=True, engine="ray",
+                               cluster=RayCluster(partitions=3))
+    assert (again.computed, again.reused, len(again.store)) == (0, 10, 10)  # nothing recomputed
+    assert again.skipped[0]["path"] == "red/broken.jpg"
+
+    # a touched file keeps its row, a rewritten one gets a new row: as in-process
+    st = (folder / "red" / "red_0.jpg").stat()
+    os.utime(folder / "red" / "red_0.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    noise_image(999, (80, 60), (230, 30, 30)).save(folder / "red" / "red_1.jpg")
+    changed = pipeline.featurize(folder, out=tmp_path / "ray", progress=False, report=True, engine="ray",
+                                 cluster=RayCluster(partitions=3))
+    local_changed = pipeline.featurize(folder, out=tmp_path / "local", progress=False, report=True)
+    assert (changed.computed, changed.reused) == (local_changed.computed, local_changed.reused) == (1, 9)
+    assert changed.store.rows == local_changed.store.rows
+    np.testing.assert_allclose(changed.store.features, local_changed.store.features, rtol=1e-6, atol=1e-6)
+
+
+def test_images_through_a_file_uri_and_score_on_ray(cluster, folder, tmp_path, capsys):
+    local = pipeline.featurize(folder, out=tmp_path / "local", progress=False)
+    uri = folder.resolve().as_uri()  # file:///... read through pyarrow.fs, as s3:// and gs:// would be
+    store = pipeline.featurize(uri, out=tmp_path / "uri", progress=False, engine="ray", cluster=RayCluster())
+    assert store.paths == local.paths and list(store.labels) == list(local.labels)
+    assert store.sha256 == local.sha256
+    np.testing.assert_allclose(store.features, local.features, rtol=1e-6, atol=1e-6)
+    assert [s["reason"] for s in store.skipped] == ["not_an_image"]
+    assert store.report["ignored"] == local.report["ignored"]  # the same files ignored, for the same reasons
+    assert store.meta["data_dir"] == uri
+
+    head = tmp_path / "head.joblib"
+    pipeline.train(local, head="logreg", C=1.0).save(head)
+    assert main(["score", str(head), str(folder), "--out", str(tmp_path / "local.csv"), "--no-cache",
+                 "--no-progress"]) == 0
+    assert main(["score", str(head), str(folder), "--out", str(tmp_path / "ray.csv"), "--no-cache",
+                 "--no-progress", "--engine", "ray", "--partitions", "2"]) == 0
+    assert (tmp_path / "ray.csv").read_text() == (tmp_path / "local.csv").read_text()
+
+
+def test_engine_flags_are_checked(tmp_path, folder, capsys):
+    assert main(["featurize", str(folder), "--out", str(tmp_path / "s"), "--partitions", "2"]) == 2
+    assert "--engine ray" in capsys.readouterr().err
+    assert main(["featurize", str(folder), "--out", str(tmp_path / "s"), "--engine", "ray", "--workers", "2"]) == 2
+    assert "--workers" in capsys.readouterr().err
+    assert main(["featurize", str(folder), "--out", str(tmp_path / "s"), "--engine", "ray",
+                 "--partitions", "0"]) == 2
+    assert main(["featurize", str(folder), "--out", str(tmp_path / "s"), "--engine", "ray",
+                 "--layer", "penultimate,logits"]) == 2
+    assert "one layer per run" in capsys.readouterr().err
+    assert main(["featurize", "nosuchscheme://bucket/x", "--out", str(tmp_path / "s"), "--engine", "ray"]) == 2
+    assert "nosuchscheme://bucket/x" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_sigkill_of_the_driver_then_rerun_equals_a_clean_run(cluster, tmp_path):
+    data = tmp_path / "data"
+    n = 48
+    noise_class_tree(data, n, (320, 240))
+    out = tmp_path / "store"
+    cmd = [sys.executable, "-m", "pipeline", "featurize", str(data), "--out", str(out), "--engine", "ray",
+           "--address", cluster, "--partitions", "12", "--no-progress"]
+    kill_once_committed(cmd, out / "rows.jsonl", 4)  # once a first partition is committed
+    partial = pipeline.FeatureStore.open(out)
+    assert 4 <= len(partial) < n, "the driver was not killed mid-run"
+    assert len(partial) % 4 == 0  # whole partitions only
+
+    resumed = pipeline.featurize(data, out=out, progress=False, report=True, engine="ray",
+                                 cluster=RayCluster(partitions=12))
+    assert resumed.reused == len(partial) and resumed.computed == n - len(partial)
+    clean = pipeline.featurize(data, out=tmp_path / "clean", progress=False)
+    store = pipeline.FeatureStore.open(out)
+    assert store.paths == clean.paths  # exactly one row per image, in listing order
+    np.testing.assert_allclose(store.features, clean.features, rtol=1e-6, atol=1e-6)
+
+
+def _descendants_named(prefix: str) -> list[int]:
+    """PIDs of this process's descendants (the module's Ray cluster) whose title starts with `prefix`."""
+    parent, titles = {}, {}
+    for proc in Path("/proc").iterdir():
+        try:
+            parent[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            titles[int(proc.name)] = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except (ValueError, OSError):
+            continue  # not a process, or gone
+
+    def mine(pid: int) -> bool:
+        while pid > 1 and pid != os.getpid():
+            pid = parent.get(pid, 0)
+        return pid == os.getpid()
+
+    return [pid for pid, title in titles.items() if title.startswith(prefix) and mine(pid)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the actor's process through /proc (Linux)")
+def test_a_backbone_actor_killed_mid_run_is_restarted_and_the_store_equals_in_process(cluster, tmp_path):
+    import threading
+
+    data = tmp_path / "data"
+    n = 240
+    noise_class_tree(data, n, (96, 72))
+    out, result = tmp_path / "store", {}
+
+    def drive():
+        try:
+            result["run"] = pipeline.featurize(data, out=out, progress=False, report=True, engine="ray",
+                                               cluster=RayCluster(partitions=8))
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            result["error"] = e
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    rows, deadline, killed = out / "rows.jsonl", time.time() + 300, None
+    while time.time() < deadline and driver.is_alive():
+        actors = _descendants_named("ray::MapWorker(")  # the backbone actors (decode fused into them)
+        if actors and rows.exists() and rows.read_bytes().count(b"\n") >= n // 8:  # a partition is in
+            committed = rows.read_bytes().count(b"\n")
+            os.kill(actors[0], signal.SIGKILL)
+            killed = actors[0]
+            break
+        time.sleep(0.005)
+    driver_was_running = driver.is_alive()
+    driver.join(300)
+    assert killed is not None and driver_was_running and committed < n, "no actor was killed mid-run"
+    assert "error" not in result, f"the run failed after an actor was killed: {result.get('error')!r}"
+    run = result["run"]
+    assert (run.computed, run.reused, len(run.store)) == (n, 0, n)  # one run, every image, nothing lost
+    clean = pipeline.featurize(data, out=tmp_path / "clean", progress=False)
+    assert run.store.rows == clean.rows
+    np.testing.assert_allclose(run.store.features, clean.features, rtol=1e-6, atol=1e-6)
+    assert _report(run.store) == _report(clean)
+
+
+@pytest.fixture
+def s3_folder(folder):
+    """`folder` uploaded to a moto S3 server on 127.0.0.1 (the real S3 API over HTTP); its s3:// URI.
+
+    The endpoint and the (fake) keys travel in the URI, as pyarrow reads them, so the cluster's
+    workers reach the server without any environment of their own."""
+    pytest.importorskip("moto.server", reason="the s3:// test needs moto's server: pip install -e '.[test]'")
+    from moto.server import ThreadedMotoServer
+    from pyarrow import fs
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    uri = (f"s3://key:secret@photos/catalog/in?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+           f"&allow_bucket_creation=true")
+    s3, _ = fs.FileSystem.from_uri(uri)
+    s3.create_dir("photos")
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with s3.open_output_stream(f"photos/catalog/in/{path.relative_to(folder).as_posix()}") as f:
+                f.write(path.read_bytes())
+    yield uri
+    server.stop()
+
+
+def test_images_from_s3_through_pyarrow_on_ray_equal_the_local_folder(cluster, folder, s3_folder, tmp_path,
+                                                                        monkeypatch):
+    local = pipeline.featurize(folder, out=tmp_path / "local", progress=False)
+    run = pipeline.featurize(s3_folder, out=tmp_path / "s3", progress=False, report=True, engine="ray",
+                             cluster=RayCluster(partitions=2))
+    store = run.store
+    assert store.paths == local.paths and list(store.labels) == list(local.labels)
+    assert store.sha256 == local.sha256
+    np.testing.assert_allclose(store.features, local.features, rtol=1e-6, atol=1e-6)
+    assert [(s["path"], s["reason"]) for s in store.skipped] == [("red/broken.jpg", "not_an_image")]
+    assert store.report["ignored"] == local.report["ignored"]
+    assert store.meta["data_dir"] == s3_folder
+
+
+    def no_request_per_object(uri, path):
+        raise AssertionError(f"{path} was asked for its stat: the listing gave it")
+
+    monkeypatch.setattr("pipeline.engines.ray.stat_uri", no_request_per_object)
+    again = pipeline.featurize(s3_folder, out=tmp_path / "s3", progress=False, report=True, engine="ray",
+                               cluster=RayCluster(partitions=2))
+    assert (again.computed, again.reused) == (0, 10)  # objects' [size, mtime] unchanged: nothing read again
+
+
+def test_a_cluster_task_reads_an_object_with_the_stat_its_listing_gave(s3_folder, monkeypatch):
+    """One request per new object (the read), none for its stat: over millions of objects a HEAD
+    each would double the requests."""
+    from pipeline.dataset.sources import list_uri
+    from pipeline.engines.ray import decode_batch
+    from pipeline.preprocess import Preprocess
+
+    listing = list_uri(s3_folder)
+    monkeypatch.setattr("pipeline.engines.ray.stat_uri", lambda uri, path: pytest.fail(f"HEAD of {path}"))
+    paths = [str(r.path) for r in listing.records]
+    out = decode_batch({"idx": np.arange(len(paths)), "path": paths, "old_sha": [""] * len(paths),
+                        "stat": [json.dumps(listing.stats[p]) for p in paths]},
+                       Preprocess(size=(32, 32)).to_dict(), s3_folder)
+    assert list(out["status"]).count("ok") == 10 and [json.loads(s) for s in out["stat"]] == [
+        listing.stats[p] for p in paths]
+
+
+def test_cpu_clusters_decode_inside_the_backbone_actors_and_gpu_clusters_beside_them():
+    """On CPUs the decode tasks ask for the actors' resources, so Ray Data fuses them (one process per
+    core, no decoded image through the object store); with GPUs every core decodes for the GPU actors."""
+    from pipeline.engines.ray import actor_pool, fused
+
+    actors, decode = actor_pool({"CPU": 4.0}, per_image=True)  # TFLite: one actor per core
+    assert actors.pop("size") == 4 and fused(actors, decode)
+    actors, decode = actor_pool({"CPU": 8.0}, per_image=False)  # TensorFlow threads over 2 cores
+    assert actors.pop("size") == 4 and fused(actors, decode)
+    actors, decode = actor_pool({"CPU": 16.0, "GPU": 2.0}, per_image=False)
+    assert actors.pop("size") == 2 and actors["num_gpus"] == 1 and not fused(actors, decode)
+
+
+def test_a_small_ray_run_reports_its_start_up_and_points_to_the_local_engine(cluster, folder, tmp_path, capsys):
+    """On a folder of a dozen images most of a Ray run is Ray starting its workers: the report measures
+    it (`stages.startup_s`) and the summary says that --engine local is faster for such a folder."""
+    assert main(["featurize", str(folder), "--engine", "ray", "--out", str(tmp_path / "s")]) == 0
+    stages = json.loads((tmp_path / "s" / "report.json").read_text())["stages"]
+    assert 0 < stages["startup_s"] <= stages["wall_s"]
+    out = capsys.readouterr()
+    assert "--engine local is faster" in out.out + out.err
+    assert "startup_s" not in pipeline.featurize(folder, out=tmp_path / "local", progress=False).report["stages"]

@@ -1,0 +1,124 @@
+"""Several layers from one forward pass: equal to single-layer runs, one store each, resumable."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import kill_once_committed, make_class_tree, noise_class_tree, noise_image
+from models_for_tests import SIZE, export_saved_model, frozen_graph_def, tflite_model, tiny_keras_model
+
+from pipeline import FeatureStore, featurize
+from pipeline.backbones import create_backbone
+from pipeline.cli import main
+from pipeline.errors import UsageError
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+LAYERS = ["penultimate", "logits", "predictions"]
+
+
+def _assert_side_by_side(make, layers=LAYERS):
+    # the multi-layer backbone's features are each single-layer backbone's, side by side
+    multi = make(",".join(layers))
+    x = multi(IMAGES)
+    singles = [make(layer) for layer in layers]
+    assert x.shape == (len(IMAGES), sum(s.load().dim for s in singles))
+    assert multi.dims == [s.dim for s in singles] and multi.tensors == [s.tensor for s in singles]
+    start = 0
+    for i, single in enumerate(singles):
+        np.testing.assert_allclose(x[:, start:start + single.dim], single(IMAGES), rtol=0, atol=1e-5)
+        assert multi.layer_spec(i) == single.spec()
+        start += single.dim
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_keras_model()
+
+
+def test_tflite_reads_several_layers_in_one_call(tiny, tmp_path):
+    path = tflite_model(tiny, tmp_path / "tiny.tflite", quantized=False)
+    _assert_side_by_side(lambda layer: create_backbone(path, layer, scaling="tf"))
+
+
+def test_savedmodel_and_graphdef_read_several_layers_in_one_call(tiny, tmp_path):
+    sm = export_saved_model(tiny, tmp_path / "sm")
+    _assert_side_by_side(lambda layer: create_backbone(sm, layer, input_size=SIZE, scaling="tf"))
+    pb, inp, names = frozen_graph_def(tiny, tmp_path / "frozen.pb")
+    _assert_side_by_side(lambda layer: create_backbone(pb, layer, input_size=SIZE, scaling="tf", input_tensor=inp),
+                         ["logits", names["conv"], "predictions"])
+
+
+def test_keras_application_reads_several_layers_in_one_call():
+    images = np.random.default_rng(1).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    multi = create_backbone("mobilenet", "penultimate,logits", "random")
+    x = multi(images)
+    for i, layer in enumerate(("penultimate", "logits")):
+        single = create_backbone("mobilenet", layer, "random")
+        a = sum(multi.dims[:i])
+        np.testing.assert_allclose(x[:, a:a + multi.dims[i]], single(images), rtol=0, atol=1e-5)
+        assert multi.layer_spec(i) == single.spec()
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_class_tree(tmp_path / "data", per_class=5)
+
+
+def test_featurize_two_layers_equals_two_single_layer_runs(folder, tmp_path):
+    run = featurize(folder, layer="penultimate,logits", out=tmp_path / "m-{layer}", progress=False, workers=2,
+                    report=True)
+    assert [s.root.name for s in run.stores] == ["m-penultimate", "m-logits"]
+    for layer in ("penultimate", "logits"):
+        single = featurize(folder, layer=layer, out=tmp_path / f"s-{layer}", progress=False, workers=2)
+        multi = FeatureStore.open(tmp_path / f"m-{layer}")
+        assert multi.paths == single.paths and multi.sha256 == single.sha256
+        assert multi.spec == single.spec
+        assert np.abs(multi.features - single.features).max() <= 1e-5
+        assert multi.report["featurized"] == 10
+
+
+def test_two_layer_run_is_incremental_and_resumes_a_store_that_missed_rows(folder, tmp_path):
+    out = tmp_path / "m-{layer}"
+    featurize(folder, layer="penultimate,logits", out=out, progress=False, workers=2)
+    noise_image(99, (80, 60), (230, 30, 30)).save(folder / "red" / "new.jpg")
+    run = featurize(folder, layer="penultimate,logits", out=out, progress=False, workers=2, report=True)
+    assert (run.computed, run.reused) == (1, 10)
+    # a run killed between the two stores' commits: the logits store lacks a row the other has
+    featurize(folder, layer="logits", out=tmp_path / "m-logits", progress=False, overwrite=True, sample=3)
+    run = featurize(folder, layer="penultimate,logits", out=out, progress=False, workers=2, report=True)
+    assert run.computed == 11 - 6 and run.reused == 6
+    single = featurize(folder, layer="logits", out=tmp_path / "s", progress=False)
+    multi = FeatureStore.open(tmp_path / "m-logits")
+    assert sorted(multi.paths) == sorted(single.paths)
+    order = [multi.paths.index(p) for p in single.paths]
+    assert np.abs(multi.features[order] - single.features).max() <= 1e-5
+    assert len(FeatureStore.open(tmp_path / "m-penultimate")) == 11
+
+
+def test_several_layers_need_layer_in_out(folder, tmp_path, capsys):
+    with pytest.raises(UsageError, match=r"out= must contain \{layer\}"):
+        featurize(folder, layer="penultimate,logits", out=tmp_path / "one", progress=False)
+    assert not (tmp_path / "one").exists()
+    assert main(["featurize", str(folder), "--layer", "penultimate,penultimate", "--out", str(tmp_path / "x-{layer}")]) == 2
+    assert "each once" in capsys.readouterr().err
+
+
+def test_two_layer_run_killed_mid_way_resumes_to_single_layer_results(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    noise_class_tree(data, 160, (160, 120))
+    out = tmp_path / "m-{layer}"
+    cmd = [sys.executable, "-m", "pipeline", "featurize", str(data), "--layer", "penultimate,logits", "--out", str(out),
+           "--batch-size", "4", "--workers", "1", "--no-progress"]
+    kill_once_committed(cmd, tmp_path / "m-logits" / "rows.jsonl", 20, timeout=120, env=dict(os.environ))
+    assert 20 <= len(FeatureStore.open(tmp_path / "m-logits")) < 160, "the run was not interrupted mid-way"
+    resumed = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert resumed.returncode == 0, resumed.stderr
+    for layer in ("penultimate", "logits"):
+        store = FeatureStore.open(tmp_path / f"m-{layer}")
+        clean = featurize(data, layer=layer, out=tmp_path / f"clean-{layer}", progress=False)
+        assert len(store) == 160 and sorted(store.paths) == clean.paths
+        order = np.argsort(store.paths)
+        assert np.abs(store.features[order] - clean.features).max() <= 1e-5

@@ -1,0 +1,364 @@
+"""`serve`: real HTTP on 127.0.0.1 with the bundled MobileNetV2 and a head trained on tiny generated images."""
+from __future__ import annotations
+
+import builtins
+import csv
+import io
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from contextlib import contextmanager
+
+import httpx
+import numpy as np
+import pytest
+from conftest import REPO, make_class_tree, noise_image
+from PIL import Image
+
+import pipeline
+from pipeline.heads.classifier import Classifier
+from pipeline.store import versions
+
+uvicorn = pytest.importorskip("uvicorn", reason="serve needs the [serve] extra: FastAPI, uvicorn, python-multipart")
+pytest.importorskip("fastapi", reason="serve needs the [serve] extra: FastAPI, uvicorn, python-multipart")
+from pipeline.serving.serve import ServeLimits, create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    data = make_class_tree(root / "data", per_class=5)
+    store = pipeline.featurize(data, "mobilenet_v2_quant", out=root / "feat", progress=False)
+    return root, data, pipeline.train(store, head="logreg", C=1.0)
+
+
+@contextmanager
+def running(clf, limits=None):
+    """The app served by uvicorn in a thread on a free loopback port; yields (base url, server state)."""
+    app = create_app(clf, limits)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    for _ in range(1000):
+        if server.started:
+            break
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app.state.server
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+class GatedModel:
+    """The head's sklearn model, whose predict_proba waits for `gate` once armed; records batch sizes."""
+
+    def __init__(self, model):
+        self.model, self.classes_ = model, model.classes_
+        self.gate, self.armed, self.batches = threading.Event(), False, []
+
+    def predict_proba(self, X):
+        if self.armed:
+            self.batches.append(len(X))
+            self.gate.wait(30)
+        return self.model.predict_proba(X)
+
+
+def gated(clf):
+    model = GatedModel(clf.model)
+    return Classifier(model, clf.classes_, clf.spec, clf.metrics, clf.versions), model
+
+
+def files_of(paths):
+    return [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+
+
+def wait_until(cond):
+    for _ in range(3000):
+        if cond():
+            return
+        time.sleep(0.01)
+    pytest.fail("condition never reached")
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels in 57 bytes (a decompression bomb's header)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+            + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND")))
+
+
+def test_served_probabilities_equal_what_score_writes(head, tmp_path):
+    root, data, clf = head
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for i, src in enumerate([data / "red" / "red_0.jpg", data / "blue" / "blue_1.jpg"]):
+        (folder / src.name).write_bytes(src.read_bytes())
+    noise_image(55, (500, 375), (30, 30, 230)).save(folder / "photo.jpg", quality=90)
+    pipeline.score(clf, folder, tmp_path / "pred.csv", cache=tmp_path / "cache", progress=False)
+    rows = {r["path"]: r for r in csv.DictReader(open(tmp_path / "pred.csv"))}
+    with running(clf) as (url, _):
+        multi = httpx.post(f"{url}/predict", files=files_of(sorted(folder.iterdir())), timeout=60)
+        raw = httpx.post(f"{url}/predict", params={"filename": "photo.jpg"},
+                         content=(folder / "photo.jpg").read_bytes(), headers={"content-type": "image/jpeg"})
+    assert multi.status_code == 200 and raw.status_code == 200, (multi.text, raw.text)
+    served = multi.json()["predictions"] + raw.json()["predictions"]
+    assert [p["filename"] for p in served] == ["blue_1.jpg", "photo.jpg", "red_0.jpg", "photo.jpg"]
+    for p in served:
+        row = rows[p["filename"]]
+        assert p["prediction"] == row["prediction"]
+        assert set(p["probabilities"]) == {"blue", "red"}
+        for c, v in p["probabilities"].items():
+            assert abs(v - float(row[c])) <= 1e-6
+
+
+def test_health_model_and_docs_without_file_system_paths(head):
+    root, _, clf = head
+    with running(clf) as (url, _):
+        health = httpx.get(f"{url}/health")
+        model = httpx.get(f"{url}/model")
+        docs = httpx.get(f"{url}/docs")
+        openapi = httpx.get(f"{url}/openapi.json").json()
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    info = model.json()
+    assert info["classes"] == ["blue", "red"] and info["head"] == "logreg"
+    assert info["feature_spec"]["dim"] == 1280 and info["feature_spec"]["backbone"] == "mobilenet_v2_quant"
+    assert info["versions"]["trained_with"]["scikit-learn"] and info["metrics"]["n_train"] == 10
+    assert "features" in clf.metrics and "features" not in info["metrics"]  # the training store's location
+    assert info["limits"]["max_images"] == ServeLimits().max_images
+    assert "path" not in info["feature_spec"]["source"]
+    assert str(root) not in model.text and str(REPO) not in model.text and '"/' not in model.text
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert "multipart/form-data" in json.dumps(openapi["paths"]["/predict"])
+
+
+def test_body_over_the_limit_is_413_declared_or_streamed(head):
+    _, data, clf = head
+    with running(clf, ServeLimits(max_body_bytes=2000)) as (url, _):
+        declared = httpx.post(f"{url}/predict", content=b"x" * 2001)
+
+        def chunks():  # chunked upload, no Content-Length: the cap holds while streaming
+            for _ in range(4):
+                yield b"y" * 1000
+
+        streamed = httpx.post(f"{url}/predict", content=chunks())
+        ok = httpx.post(f"{url}/predict", content=img_under(1900))
+    assert declared.status_code == 413 and declared.json()["code"] == "body_too_large"
+    assert streamed.status_code == 413 and streamed.json()["code"] == "body_too_large"
+    assert ok.status_code == 200  # the server goes on serving
+
+
+def img_under(limit: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(buf, "PNG")
+    assert len(buf.getvalue()) < limit
+    return buf.getvalue()
+
+
+def test_pixels_over_the_limit_are_422_too_many_pixels_before_decoding(head):
+    _, _, clf = head
+    small = io.BytesIO()
+    Image.new("RGB", (200, 100)).save(small, "PNG")
+    with running(clf, ServeLimits(max_pixels=10_000)) as (url, _):
+        over = httpx.post(f"{url}/predict", content=small.getvalue())
+    with running(clf) as (url, _):
+        bomb = httpx.post(f"{url}/predict", content=png_header_only(40000, 40000))  # default limit
+        after = httpx.post(f"{url}/predict", content=img_under(10_000))
+    for r in (over, bomb):
+        assert r.status_code == 422 and r.json()["code"] == "too_many_pixels"
+        assert r.json()["errors"][0]["reason"] == "too_many_pixels"
+    assert after.status_code == 200
+
+
+def test_bad_images_get_featurize_reason_codes_and_bodies_leak_nothing(head, tmp_path):
+    _, data, clf = head
+    good = (data / "red" / "red_0.jpg").read_bytes()
+    bad = {"page.jpg": b"<html>not found</html>", "empty.jpg": b"", "cut.jpg": good[: len(good) // 2],
+           "script.png": b"#!/bin/sh\nrm -rf /\n"}
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for name, content in bad.items():
+        (folder / name).write_bytes(content)
+    (folder / "good.jpg").write_bytes(good)
+    run = pipeline.featurize(folder, "mobilenet_v2_quant", out=tmp_path / "f", progress=False, report=True)
+    featurize_reasons = {s["path"]: s["reason"] for s in run.skipped}
+    with running(clf) as (url, _):
+        r = httpx.post(f"{url}/predict", files=[("files", (n, c, "image/jpeg")) for n, c in
+                                                 [("good.jpg", good), *bad.items()]])
+        after = httpx.post(f"{url}/predict", content=good)
+    assert r.status_code == 422
+    body = r.json()
+    assert {e["filename"]: e["reason"] for e in body["errors"]} == featurize_reasons
+    assert [e["index"] for e in body["errors"]] == [1, 2, 3, 4] and body["code"] == body["errors"][0]["reason"]
+    text = r.text
+    for leak in (str(tmp_path), str(REPO), "Traceback", "site-packages", versions()["pillow"], versions()["numpy"]):
+        assert leak not in text
+    assert after.status_code == 200
+
+
+def test_images_per_request_over_the_limit_is_413(head):
+    _, data, clf = head
+    paths = sorted((data / "red").iterdir())[:3]
+    with running(clf, ServeLimits(max_images=2)) as (url, _):
+        over = httpx.post(f"{url}/predict", files=files_of(paths))
+        ok = httpx.post(f"{url}/predict", files=files_of(paths[:2]))
+        none = httpx.post(f"{url}/predict", headers={"content-type": "multipart/form-data; boundary=x"},
+                          content=b"--x--\r\n")
+    assert over.status_code == 413 and over.json()["code"] == "too_many_images"
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == 2
+    assert none.status_code == 400 and none.json()["code"] == "no_image"
+
+
+def test_a_request_over_its_time_limit_is_504_and_the_server_recovers(head):
+    _, data, clf = head
+    slow, model = gated(clf)
+    with running(slow, ServeLimits(timeout_s=2.0)) as (url, _):
+        model.armed = True  # the next network call waits until the gate opens
+        r = httpx.post(f"{url}/predict", content=(data / "red" / "red_1.jpg").read_bytes(), timeout=30)
+        model.gate.set()
+        after = httpx.post(f"{url}/predict", content=(data / "red" / "red_1.jpg").read_bytes(), timeout=30)
+    assert r.status_code == 504 and r.json()["code"] == "timeout"
+    assert after.status_code == 200 and after.json()["predictions"][0]["prediction"] == "red"
+
+
+def test_requests_beyond_the_in_flight_limit_get_503_with_retry_after(head):
+    _, data, clf = head
+    slow, model = gated(clf)
+    image = (data / "blue" / "blue_0.jpg").read_bytes()
+    with running(slow, ServeLimits(max_in_flight=2)) as (url, state):
+        model.armed = True
+        with httpx.Client(timeout=30) as client:
+            results = []
+            threads = [threading.Thread(target=lambda: results.append(client.post(f"{url}/predict", content=image)))
+                       for _ in range(2)]
+            for t in threads:
+                t.start()
+            wait_until(lambda: state.in_flight == 2)
+            refused = client.post(f"{url}/predict", content=image)
+            model.gate.set()
+            for t in threads:
+                t.join()
+    assert refused.status_code == 503 and refused.json()["code"] == "overloaded"
+    assert refused.headers["retry-after"] == "1"
+    assert [r.status_code for r in results] == [200, 200]
+
+
+def test_concurrent_requests_are_answered_in_shared_batches(head):
+    _, data, clf = head
+    slow, model = gated(clf)
+    paths = sorted(data.rglob("*.jpg"))[:8]
+    with running(slow) as (url, state):
+        model.armed = True
+        with httpx.Client(timeout=30) as client:
+            results = {}
+            threads = [threading.Thread(target=lambda p=p: results.__setitem__(
+                p.name, client.post(f"{url}/predict", content=p.read_bytes()))) for p in paths]
+            for t in threads:
+                t.start()
+            wait_until(lambda: model.batches and state.batcher._queue.qsize() == 8 - model.batches[0])
+            model.gate.set()  # the first batch ran with what had arrived; every other request waits in the queue
+            for t in threads:
+                t.join()
+    # the first network call took what had arrived, the second every request queued behind it
+    assert len(model.batches) <= 2 and sum(model.batches) == 8
+    for p in paths:
+        got = results[p.name].json()["predictions"][0]["probabilities"]
+        want = clf.predict_proba([str(p)])[0]
+        np.testing.assert_allclose([got["blue"], got["red"]], want, atol=1e-6)
+
+
+def test_requests_never_touch_the_file_system_and_names_are_only_echoed(head, tmp_path, monkeypatch):
+    _, data, clf = head
+    image = (data / "red" / "red_2.jpg").read_bytes()
+    names = ["../../etc/passwd", "..\\..\\win.ini", "/abs/x.jpg", "C:\\x.jpg", "a.jpg\x00.php", "..", "n" * 300,
+             "\u2024\u2024/x.jpg"]
+    opened = []
+
+    def refuse(*args, **kw):
+        opened.append(args[0] if args else kw)
+        raise PermissionError("no file access while serving")
+
+    with running(clf) as (url, _):
+        with httpx.Client(timeout=30) as client:
+            monkeypatch.setattr(builtins, "open", refuse)
+            monkeypatch.setattr(io, "open", refuse)
+            monkeypatch.setattr(os, "open", refuse)
+            multi = client.post(f"{url}/predict", files=[("files", (n, image, "image/jpeg")) for n in names])
+            raw = client.post(f"{url}/predict", params={"filename": "../../x.jpg"}, content=image)
+            monkeypatch.undo()
+    assert opened == []
+    assert multi.status_code == 200 and raw.status_code == 200
+    echoed = [p["filename"] for p in multi.json()["predictions"]]
+    assert len(echoed) == len(names) and all(0 < len(n) <= 255 for n in echoed)
+    assert raw.json()["predictions"][0]["filename"] == "../../x.jpg"
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_cli_serve_answers_on_loopback(head, tmp_path):
+    root, data, clf = head
+    model = clf.save(tmp_path / "m.joblib")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", str(model), "--port", str(port),
+                             "--max-images", "3"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        r = httpx.post(f"http://127.0.0.1:{port}/predict", content=(data / "blue" / "blue_2.jpg").read_bytes())
+        limits = httpx.get(f"http://127.0.0.1:{port}/model").json()["limits"]
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0].decode()
+    assert r.status_code == 200 and r.json()["predictions"][0]["prediction"] == "blue", out
+    assert limits["max_images"] == 3
+    assert f"http://127.0.0.1:{port}" in out
+
+
+@pytest.mark.parametrize("kw, match", [({"max_images": 0}, "max_images must be at least 1, got 0"),
+                                       ({"max_pixels": 10**9}, "at most featurize's limit"),
+                                       ({"timeout_s": 0}, "timeout_s must be > 0")])
+def test_limits_that_cannot_work_are_refused_with_the_value(kw, match):
+    with pytest.raises(pipeline.UsageError, match=match):
+        ServeLimits(**kw)
+
+
+def test_exif_alpha_palette_and_16_bit_images_are_served_as_score_reads_them(head, tmp_path):
+    """RELIABILITY C03: the EXIF, alpha, palette and bit-depth policies are the same through HTTP as through
+    `score` (one decoder): each tricky file gets the probabilities score writes for it."""
+    _, _, clf = head
+    folder = tmp_path / "tricky"
+    folder.mkdir()
+    photo = noise_image(7, (90, 60), (230, 30, 30))
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    photo.save(folder / "rotated.jpg", exif=exif, quality=92)
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(photo.size))
+    rgba.save(folder / "alpha.png")
+    photo.convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.png", transparency=0)
+    Image.fromarray(np.asarray(photo.convert("L"), np.uint16) * 257).save(folder / "deep.png")
+    pipeline.score(clf, folder, tmp_path / "pred.csv", cache=tmp_path / "cache", progress=False)
+    rows = {r["path"]: r for r in csv.DictReader(open(tmp_path / "pred.csv"))}
+    assert set(rows) == {"rotated.jpg", "alpha.png", "palette.png", "deep.png"}
+    with running(clf) as (url, _):
+        r = httpx.post(f"{url}/predict", files=files_of(sorted(folder.iterdir())), timeout=60)
+    assert r.status_code == 200, r.text
+    for p in r.json()["predictions"]:
+        for c, v in p["probabilities"].items():
+            assert abs(v - float(rows[p["filename"]][c])) <= 1e-6, p["filename"]
