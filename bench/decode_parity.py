@@ -1,5 +1,5 @@
 """Pixels of the TensorFlow decoder (pipeline/decode/tfdecode.py, what ``predict_bytes`` runs) against the
-project's Pillow decoder (pipeline/decode/images.py), over the awkward inputs of RELIABILITY.md A08-A14, A16.
+project's Pillow decoder (pipeline/decode/images.py), over the awkward inputs of ../shared/docs/RELIABILITY.md A08-A14, A16.
 
     python bench/decode_parity.py [--sizes 37x29,300x220,900x660] [--out 32x32,48x56]
     python bench/decode_parity.py --time [OLD_TFDECODE.py] [--shared ../shared]

@@ -1,7 +1,7 @@
-"""Awkward images for the decoder (RELIABILITY.md A08-A14, A16), built from fixed seeds.
+"""Awkward images for the decoder (../shared/docs/RELIABILITY.md A08-A14, A16), built from fixed seeds.
 
 Each entry of :data:`CASES` maps a name to ``make(width, height, seed) -> encoded bytes``. Used by
-tests/test_tfdecode.py and bench/decode_parity.py (TensorFlow's decoding against Pillow's).
+tests/decode/test_tfdecode.py and bench/decode_parity.py (TensorFlow's decoding against Pillow's).
 """
 from __future__ import annotations
 

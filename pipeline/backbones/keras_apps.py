@@ -10,7 +10,7 @@ Keras fixes its backend when it is first imported, so the choice is made before 
 and is an error once Keras runs another backend in the process. Under jax and torch nothing
 imports TensorFlow. uint8 batches go to the device and are normalised there, inside the
 compiled function (``tf.function``, ``jax.jit``). Float32 features of the backends agree to
-cosine 0.9999 (tests/test_keras_backend.py), so the backend is recorded in the feature spec as
+cosine 0.9999 (tests/backbones/test_keras_backend.py), so the backend is recorded in the feature spec as
 information and is not part of its identity: a store made on one backend is reused by another.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ class KerasApp:
     size: int
     scaling: str  # Keras preprocess_input mode
     module: str  # keras.applications sub-module holding preprocess_input (used by tests)
-    dim: int | None = None  # width of the penultimate layer (checked by tests/test_registry.py)
+    dim: int | None = None  # width of the penultimate layer (checked by tests/backbones/test_registry.py)
     classes: int = 1000  # width of the logits
 
     @property

@@ -34,7 +34,7 @@ class BundledModel:
     """A TFLite model shipped in pipeline/data, known by its registry name."""
 
     file: str  # in DATA_DIR
-    dim: int  # width of the penultimate layer (checked by tests/test_registry.py)
+    dim: int  # width of the penultimate layer (checked by tests/backbones/test_registry.py)
     classes: int  # width of the logits
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..backbones import DEFAULT_BACKBONE
+from ..backbones import DATA_DIR, DEFAULT_BACKBONE
 from ..featurizer.runner import featurize
 from ..heads.evaluation import cross_validated, format_metrics
 from ..heads.selection import cross_val_accuracy, learning_curve
@@ -12,7 +12,7 @@ from ..heads.training import train
 from ..reports.report import report_predictions
 from ..scoring.batch import score
 
-CARS = Path(__file__).resolve().parent / "data" / "cars"
+CARS = DATA_DIR / "cars"
 
 
 def run_demo(features_dir="features", models_dir="models", progress: bool = True) -> dict:

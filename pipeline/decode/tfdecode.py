@@ -1,6 +1,6 @@
 """pipeline/decode/images.py ``decode`` written as TensorFlow ops, for the ``predict_bytes`` signature of an export.
 
-The same steps as Pillow's path, giving Pillow's pixels (bench/decode_parity.py, tests/test_tfdecode.py):
+The same steps as Pillow's path, giving Pillow's pixels (bench/decode_parity.py, tests/decode/test_tfdecode.py):
 
 * JPEG: DCT-domain downscaling when the crop is at least twice the target (libjpeg's ``ratio``,
   chosen exactly as Pillow's ``draft`` chooses it), libjpeg's ISLOW IDCT as Pillow runs it, and
@@ -202,7 +202,7 @@ def _png_chunks(data):
 def _on_white(rgba):
     """Pillow's alpha_composite onto opaque white, then RGB. Its integer arithmetic (7 extra bits,
     divisions by 255 rounded) equals round((c * a + 255 * (255 - a)) / 255) for every c and a
-    (tests/test_tfdecode.py checks all 65,536 pairs), which this computes in float32."""
+    (tests/decode/test_tfdecode.py checks all 65,536 pairs), which this computes in float32."""
     tf = _tf()
     rgba = tf.cast(rgba, tf.float32)
     alpha = rgba[..., 3:] / 255.0

@@ -1,7 +1,7 @@
 """Pillow's resize written as TensorFlow ops, for :mod:`pipeline.decode.tfdecode`: the box mapped onto the
 output as ``Image.resize(size, filter, box=...)`` maps it, Pillow's own fixed-point arithmetic for
 bilinear, bicubic and Lanczos (libImaging/Resample.c, step by step) and its choice of source pixels
-for nearest, so the pixels are Pillow's (tests/test_tfdecode.py, tests/test_export.py)."""
+for nearest, so the pixels are Pillow's (tests/decode/test_tfdecode.py, tests/export/test_export.py)."""
 from __future__ import annotations
 
 import numpy as np

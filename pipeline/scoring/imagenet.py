@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
-from ..backbones import build_backbone, create_backbone
+from ..backbones import DATA_DIR, build_backbone, create_backbone
 from ..decode.images import load_image
 from ..errors import BackboneError
 from ..featurizer.mapper import map_in_batches
 from ..options import BackboneOptions
 
-LABELS_FILE = Path(__file__).resolve().parent / "data" / "imagenet_labels.txt"
+LABELS_FILE = DATA_DIR / "imagenet_labels.txt"
 
 
 def imagenet_labels(num_classes: int) -> list[str]:

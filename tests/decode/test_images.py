@@ -164,16 +164,16 @@ def test_file_vanishing_between_listing_and_reading_is_reported(tmp_path, monkey
     from conftest import make_class_tree
 
     import pipeline
-    import pipeline.featurizer.prepare as reader
+    import pipeline.featurizer.prepare as prepare
 
     data = make_class_tree(tmp_path / "data", per_class=2)
-    real = reader.file_stat
+    real = prepare.file_stat
 
     def vanish(path):
         if str(path).endswith("red_1.jpg"):
             raise FileNotFoundError(2, "No such file or directory")
         return real(path)
-    monkeypatch.setattr(reader, "file_stat", vanish)
+    monkeypatch.setattr(prepare, "file_stat", vanish)
     run = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
     assert [(s["path"], s["reason"]) for s in run.skipped] == [("red/red_1.jpg", "io_error:FileNotFoundError")]
     assert len(run.store) == 3

@@ -1,5 +1,5 @@
 """predict_bytes' TensorFlow decoder (pipeline/decode/tfdecode.py) gives the Pillow decoder's pixels
-(pipeline/decode/images.py) on the awkward inputs of RELIABILITY.md A08-A14 and A16, for every filter."""
+(pipeline/decode/images.py) on the awkward inputs of ../shared/docs/RELIABILITY.md A08-A14 and A16, for every filter."""
 from __future__ import annotations
 
 import functools

@@ -43,24 +43,24 @@ def test_a_file_that_hit_an_io_error_is_read_again_next_run(tmp_path, monkeypatc
 
     from conftest import make_class_tree
 
-    import pipeline.featurizer.reader as reader
+    import pipeline.featurizer.prepare as prepare
 
     data = make_class_tree(tmp_path / "data", per_class=2)
-    real = reader.read_bytes
+    real = prepare.read_bytes
 
     def flaky(path):
         if str(path).endswith("red_1.jpg"):
             raise OSError(errno.EMFILE, "Too many open files")
         return real(path)
-    monkeypatch.setattr(reader, "read_bytes", flaky)
+    monkeypatch.setattr(prepare, "read_bytes", flaky)
     first = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True, workers=1)
     assert [(s["path"], s["reason"]) for s in first.skipped] == [("red/red_1.jpg", "io_error:OSError")]
-    monkeypatch.setattr(reader, "read_bytes", real)
+    monkeypatch.setattr(prepare, "read_bytes", real)
     again = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
     assert again.skipped == [] and again.computed == 1 and "red/red_1.jpg" in again.store.paths
     (data / "blue" / "blue_0.jpg").write_bytes(b"not an image")  # bad bytes stay skipped unread until changed
     assert [s["reason"] for s in pipeline.featurize(data, out=tmp_path / "s", progress=False,
                                                    report=True).skipped] == ["not_an_image"]
-    monkeypatch.setattr(reader, "read_bytes", lambda path: (_ for _ in ()).throw(AssertionError(f"read {path}")))
+    monkeypatch.setattr(prepare, "read_bytes", lambda path: (_ for _ in ()).throw(AssertionError(f"read {path}")))
     assert [s["reason"] for s in pipeline.featurize(data, out=tmp_path / "s", progress=False,
                                                    report=True).skipped] == ["not_an_image"]

@@ -354,7 +354,7 @@ def test_featurize_sample_takes_a_stable_sample_per_class_and_train_sample_agree
 
 
 def test_a_skipped_file_is_not_reread_until_it_changes(tmp_path, monkeypatch):
-    import pipeline.featurizer.reader as reader
+    import pipeline.featurizer.prepare as prepare
 
     data = make_class_tree(tmp_path / "data", per_class=2)
     bad = data / "red" / "download.jpg"
@@ -362,7 +362,7 @@ def test_a_skipped_file_is_not_reread_until_it_changes(tmp_path, monkeypatch):
     first = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
     assert [s["reason"] for s in first.skipped] == ["not_an_image"]
     (tmp_path / "s" / "report.json").unlink()  # an output: the skip cache is the store's own (skips.json)
-    monkeypatch.setattr(reader, "read_bytes", lambda p: pytest.fail(f"{p} read again"))
+    monkeypatch.setattr(prepare, "read_bytes", lambda p: pytest.fail(f"{p} read again"))
     again = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
     assert [s["reason"] for s in again.skipped] == ["not_an_image"] and again.reused == 4
     monkeypatch.undo()
