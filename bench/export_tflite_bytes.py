@@ -38,7 +38,8 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.backbones import create_backbone  # noqa: E402
 from pipeline.dataset.splits import validation_mask  # noqa: E402
-from pipeline.decode.images import decode, list_images  # noqa: E402
+from pipeline.dataset.listing import list_images  # noqa: E402
+from pipeline.decode.images import decode  # noqa: E402
 from pipeline.heads.arrayhead import export as to_arrays  # noqa: E402
 from pipeline.heads.classifier import Classifier  # noqa: E402
 from pipeline.heads.selection import make_head  # noqa: E402
