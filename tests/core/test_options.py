@@ -146,7 +146,9 @@ def test_score_takes_settings_objects_like_keywords(folder, tmp_path):
         pipeline.score(clf, folder, tmp_path / "s.csv", sample=2)
     with pytest.raises(UsageError, match="cache= and no_cache=True exclude each other"):
         pipeline.score(clf, folder, tmp_path / "n.csv", cache=tmp_path / "c", no_cache=True)
-    assert not (tmp_path / "s.csv").exists() and not (tmp_path / "n.csv").exists()
+    with pytest.raises(UsageError, match="workers= sets decoding threads of engine=local"):  # the engine's check
+        pipeline.score(clf, folder, tmp_path / "w.csv", engine="ray", workers=2)
+    assert not any((tmp_path / f"{name}.csv").exists() for name in "snw")
 
 
 # the choices the settings check without importing heavy modules are those the library accepts
