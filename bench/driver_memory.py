@@ -1,5 +1,5 @@
 """Memory the driver of a run holds per image: the listing, the store's row log, and what the
-runner knows of the store on a rerun (docs/scaling.md, "What breaks first").
+engine knows of the store on a rerun (docs/scaling.md, "What breaks first").
 
 It builds N empty image files in 100 class folders and a store of N rows shaped like a featurize
 run's (path, label, sha256, 4-int stat; features of width 8, since feature arrays live on disk, not

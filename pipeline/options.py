@@ -66,14 +66,17 @@ class BackboneOptions:
         _positive("batch_size", self.batch_size)
 
 
-DECODE_CHOICES, ENGINES = ("auto", "thread", "process"), ("local", "ray")
+DECODE_CHOICES = ("auto", "thread", "process")
+ENGINES = ("local", "ray")  # the names of pipeline.engines.REGISTRY, without importing the engines
 
 
 @dataclass(frozen=True)
 class FeaturizeOptions:
     """How a folder becomes a feature store: which images and labels, how many workers, where it runs.
 
-    `cluster`: a pipeline.engines.ray.RayCluster for engine="ray" (default: a local one).
+    `engine`: a name of the engine registry (pipeline.engines.REGISTRY), which checks the settings it
+    cannot honour when a run starts (e.g. ``workers=`` on Ray); `cluster`: that engine's cluster, e.g. a
+    pipeline.engines.ray.RayCluster for engine="ray" (default: a local one).
     """
 
     labelled: bool | None = _flag(None, "ignore sub-folders as classes", flag="--unlabelled",
@@ -109,18 +112,6 @@ class FeaturizeOptions:
         if self.multi_label and self.labels is None:
             raise UsageError("multi_label=True reads several labels per image from a CSV: give labels=FILE.csv "
                              "(and label_column=, e.g. tags)")
-        if self.engine == "ray":
-            self._check_ray()
-        elif self.cluster is not None:
-            raise UsageError("cluster= applies to engine=ray")
-
-    def _check_ray(self) -> None:
-        if self.workers is not None:
-            raise UsageError("workers= sets decoding threads of engine=local; Ray sizes its tasks to the cluster")
-        if self.multi_label:
-            raise UsageError("multi_label=True runs on engine=local only for now")
-        if self.decode != "auto":
-            raise UsageError("decode= chooses threads or processes of engine=local; Ray decodes in its own tasks")
 
 
 HEADS = ("linear_svm", "svm", "logreg")  # the same names as heads.HEADS, without importing scikit-learn

@@ -77,6 +77,26 @@ def kill_once_committed(cmd: list[str], rows_file: Path, lines: int, timeout: fl
     proc.wait()
 
 
+def descendants_named(prefix: str, ancestor: int | None = None) -> list[int]:
+    """PIDs of the descendants of `ancestor` (default: this process, e.g. its Ray cluster; a Ray node's raylet
+    for the workers of that node) whose title starts with `prefix` (Linux: read from /proc)."""
+    ancestor = os.getpid() if ancestor is None else ancestor
+    parent, titles = {}, {}
+    for proc in Path("/proc").iterdir():
+        try:
+            parent[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            titles[int(proc.name)] = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except (ValueError, OSError):
+            continue  # not a process, or gone
+
+    def below(pid: int) -> bool:
+        while pid > 1 and pid != ancestor:
+            pid = parent.get(pid, 0)
+        return pid == ancestor
+
+    return [pid for pid, title in titles.items() if title.startswith(prefix) and below(pid)]
+
+
 @pytest.fixture(scope="module")
 def tiny_app():
     """The tiny test CNN registered as the Keras application 'tiny_cnn' (32x32, 'tf' scaling)."""

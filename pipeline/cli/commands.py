@@ -12,6 +12,7 @@ import sys
 import traceback
 
 from ..backbones.base import describe
+from ..engines import REGISTRY, engine_class
 from ..errors import PipelineError, UsageError
 from ..options import BackboneOptions, FeaturizeOptions, HeadOptions, ScoreOptions, SplitOptions
 from .arguments import add_group, as_flags, from_args, positive_int
@@ -24,22 +25,19 @@ TRUST_HELP = ("also load an old .joblib head (format head-1): it is a pickle and
 
 
 def _engine_options(p: argparse.ArgumentParser) -> None:
+    """--engine, and each registered engine's own flags (declared by the engine class)."""
     add_group(p, FeaturizeOptions, only=("engine",))
-    p.add_argument("--address", help="with --engine ray: join this cluster (auto, or ray://HOST:PORT); "
-                                     "default: start a local one sized to this machine")
-    p.add_argument("--partitions", type=int, help="with --engine ray: split the sorted listing into N partitions, "
-                                                  "each committed when done (default: one per 1000 images)")
+    for name in REGISTRY:
+        engine_class(name).add_arguments(p)
 
 
 def _cluster(a):
-    """The RayCluster of --engine ray (None for local runs)."""
-    if a.engine != "ray":
-        if a.address or a.partitions:
-            raise UsageError("--address and --partitions apply to --engine ray")
-        return None
-    from ..engines.ray import RayCluster
-
-    return RayCluster(a.address, a.partitions)
+    """The cluster of --engine from its own flags (None for local runs); another engine's flags are refused."""
+    for name in REGISTRY:
+        flags = engine_class(name).flags
+        if name != a.engine and any(getattr(a, f, None) for f in flags):
+            raise UsageError(f"{' and '.join('--' + f.replace('_', '-') for f in flags)} apply to --engine {name}")
+    return engine_class(a.engine).cluster_from_args(a)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,7 +171,7 @@ def _serve_parser(sub) -> None:
 
 
 def cmd_featurize(a):
-    from ..featurizer.runner import featurize
+    from ..engines import featurize
 
     options = from_args(FeaturizeOptions, a, cluster=_cluster(a))
     print(featurize(a.data_dir, from_args(BackboneOptions, a), out=a.out, options=options, report=True).summary())

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..backbones import DATA_DIR, DEFAULT_BACKBONE
-from ..featurizer.runner import featurize
+from ..engines import featurize
 from ..heads.evaluation import cross_validated, format_metrics
 from ..heads.selection import cross_val_accuracy, learning_curve
 from ..heads.training import train

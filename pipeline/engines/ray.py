@@ -1,10 +1,12 @@
-"""featurize on Ray Data: partitions of the sorted listing, decoding in CPU tasks, the network in
-an actor pool, and every finished partition committed to the store by the driver.
+"""The Ray engine (``engine="ray"``, :class:`RayEngine`): featurize on Ray Data: partitions of the sorted
+listing, decoding in CPU tasks, the network in an actor pool, and every finished partition committed
+to the store by the driver. :class:`RayEngine` also holds what only this engine checks and its
+command-line flags (``--address``, ``--partitions`` -> :class:`RayCluster`).
 
 The listing is today's sorted one (:func:`pipeline.dataset.listing.list_images`, or
 :func:`pipeline.dataset.sources.list_uri` for ``s3://``, ``gs://``, ``file://``). Partition k holds images
 [k*n/P, (k+1)*n/P) of it, so the same command splits the same folder the same way on every run.
-The driver first asks the store what needs no work, exactly as the in-process runner does (a
+The driver first asks the store what needs no work, exactly as the local engine does (a
 file whose stat is unchanged keeps its row, or is skipped again); the other files flow through
 Ray Data in listing order: ``map_batches`` tasks read, hash and decode them (1 CPU each; on a
 cluster without GPUs Ray Data fuses them into the actors, see :func:`actor_pool`), and a pool of
@@ -29,20 +31,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backbones import Backbone, backbone_from_spec
-from ..dataset.labels import CsvLabels, read_labels_csv
-from ..dataset.listing import list_images, no_images_message
 from ..dataset.sources import is_uri, list_uri, read_uri, stat_uri
-from ..dataset.splits import sample_mask
 from ..decode.images import decode, read_bytes
 from ..errors import ImageError, PipelineError, UsageError
 from ..featurizer.committer import Committer
 from ..featurizer.mapper import Mapper
-from ..featurizer.prepare import cached as _cached
+from ..featurizer.prepare import cached as cached_row
 from ..featurizer.prepare import file_stat, known_files, known_row
-from ..featurizer.runner import RunReport, _account, _check_same_folder, _open_writer, _progress, commit_run, new_run
 from ..featurizer.stages import StageClock
 from ..options import FeaturizeOptions
 from ..preprocess import Preprocess
+from .base import Engine, account, progress
+from .report import RunReport
 
 log = logging.getLogger(__name__)
 IMAGES_PER_PARTITION = 1000  # default partition size when --partitions is not given
@@ -68,49 +68,46 @@ def partition_bounds(n: int, partitions: int | None) -> list[tuple[int, int]]:
     return [(k * n // p, (k + 1) * n // p) for k in range(p)]
 
 
-def featurize_ray(data_dir, bb: Backbone, options: FeaturizeOptions, out=None, report: bool = False):
-    """:func:`pipeline.featurizer.runner.featurize` on a Ray cluster (``options.cluster``, default: a local one):
-    the same store and report as in-process."""
-    o = options
-    cluster = o.cluster or RayCluster()
-    if len(bb.layers) > 1:
-        raise UsageError("engine=ray featurizes one layer per run; run it once per layer, or use engine=local")
-    labels = o.labels
-    if labels is not None and not isinstance(labels, CsvLabels):
-        labels = read_labels_csv(labels, o.id_column, o.label_column)
-    listing, present = _listing(data_dir, o.labelled, labels, o.follow_links, o.sample)
-    run = new_run(listing)
-    writer = _open_writer(data_dir, bb, out, o.overwrite)
+class RayEngine(Engine):
+    """featurize on a Ray cluster (``options.cluster``: a :class:`RayCluster`, default a local one): the same
+    store and report as in-process. DATA_DIR may also be an ``s3://``, ``gs://`` or ``file://`` URI."""
 
-    def work():
-        _check_source(writer, data_dir)
-        _run(listing, data_dir if is_uri(data_dir) else None, bb, writer, cluster, o.progress, run)
+    name = "ray"
+    flags = ("address", "partitions")
 
-    return commit_run(writer, run, listing, present if o.prune else None, work, o.strict, report, present=present)
+    @classmethod
+    def check(cls, options: FeaturizeOptions) -> None:
+        if options.workers is not None:
+            raise UsageError("workers= sets decoding threads of engine=local; Ray sizes its tasks to the cluster")
+        if options.multi_label:
+            raise UsageError("multi_label=True runs on engine=local only for now")
+        if options.decode != "auto":
+            raise UsageError("decode= chooses threads or processes of engine=local; Ray decodes in its own tasks")
 
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        parser.add_argument("--address", help="with --engine ray: join this cluster (auto, or ray://HOST:PORT); "
+                                              "default: start a local one sized to this machine")
+        parser.add_argument("--partitions", type=int, help="with --engine ray: split the sorted listing into N "
+                                                           "partitions, each committed when done (default: one "
+                                                           "per 1000 images)")
 
-def _listing(data_dir, labelled, labels, follow_links: bool, sample):
-    """(the listing to featurize, every path present for prune=True): a local folder or a URI."""
-    listing = (list_uri(data_dir, labelled, labels) if is_uri(data_dir)
-               else list_images(data_dir, labelled, labels=labels, follow_links=follow_links))
-    present = {r.relpath for r in listing.records}
-    if sample is not None:
-        keep = sample_mask([r.relpath for r in listing.records], [r.label for r in listing.records], sample)
-        listing.records = [r for r, k in zip(listing.records, keep) if k]
-    if not listing.records:
-        raise PipelineError(no_images_message(data_dir, listing))
-    return listing, present
+    @classmethod
+    def cluster_from_args(cls, args) -> RayCluster:
+        return RayCluster(args.address, args.partitions)
 
+    def check_backbone(self, bb: Backbone) -> None:
+        if len(bb.layers) > 1:
+            raise UsageError("engine=ray featurizes one layer per run; run it once per layer, or use engine=local")
 
-def _check_source(writer, data_dir) -> None:
-    """A store holds one location's images: a local folder as in-process, a URI recorded as it is."""
-    if not is_uri(data_dir):
-        return _check_same_folder(writer, data_dir)
-    before = writer.meta.get("data_dir")
-    if before and before != data_dir and is_uri(before) and writer.live_rows():
-        raise PipelineError(f"{writer.root} holds features of the images in {before}, not of {data_dir}; "
-                            f"give another out= (or overwrite=True to replace it)")
-    writer.meta["data_dir"] = data_dir
+    def list(self, data_dir, labels):
+        if is_uri(data_dir):
+            return list_uri(data_dir, self.options.labelled, labels)
+        return super().list(data_dir, labels)
+
+    def work(self, listing, data_dir, bb: Backbone, writer, run: RunReport) -> None:
+        cluster = self.options.cluster or RayCluster()
+        _run(listing, data_dir if is_uri(data_dir) else None, bb, writer, cluster, self.options.progress, run)
 
 
 # --- what runs on the cluster ------------------------------------------------------------------
@@ -235,7 +232,7 @@ def _plan(records, known: dict, uri: str | None, listed: dict):
                 stat = stat or (file_stat(r.path) if uri is None else stat_uri(uri, r.path))
             except OSError:
                 stat = None  # the task reports why
-            hit = _cached(r, stat, known) if stat is not None else None
+            hit = cached_row(r, stat, known) if stat is not None else None
             if hit is not None:
                 settled[i] = (r, hit[0], stat, hit[1], [])
                 continue
@@ -276,7 +273,7 @@ def actor_pool(resources: dict, per_image: bool) -> tuple[dict, float]:
     With GPUs: one actor per GPU, decode tasks of 1 CPU on every core. CPU only, a backbone run one
     image at a time on one thread (TFLite): one actor per core (1 CPU), and decode tasks that ask for
     the same, so that Ray Data fuses them into the actors: each core reads, decodes and featurizes
-    its batches in one process, as the in-process runner's threads do, and no decoded image crosses
+    its batches in one process, as the local engine's threads do, and no decoded image crosses
     the object store (half the worker processes to start per run; BENCHMARKS.md, "Ray"). A
     TensorFlow backbone on CPUs uses every core of its node through its own threads: one actor
     (1 CPU) per 2 CPUs, with the decode tasks fused into it the same way.
@@ -315,7 +312,7 @@ class _Results:
 
 
 def _item(record, row: dict):
-    """A cluster row as the runner's prepared item: (record, sha256, stat, result, notes)."""
+    """A cluster row as the reader's prepared item: (record, sha256, stat, result, notes)."""
     stat, notes = json.loads(str(row["stat"])), json.loads(str(row["notes"]))
     status = str(row["status"])
     if status == "skipped":
@@ -323,7 +320,7 @@ def _item(record, row: dict):
     return record, str(row["sha"]), stat, (row["features"] if status == "ok" else None), notes
 
 
-def _run(listing, uri, bb: Backbone, writer, cluster: RayCluster, progress: bool, run: RunReport) -> None:
+def _run(listing, uri, bb: Backbone, writer, cluster: RayCluster, show: bool, run: RunReport) -> None:
     records, known = listing.records, known_files(writer)
     settled, todo = _plan(records, known, uri, listing.stats)
     bounds = partition_bounds(len(records), cluster.partitions)
@@ -342,7 +339,7 @@ def _run(listing, uri, bb: Backbone, writer, cluster: RayCluster, progress: bool
             results = _Results(stream, clock, spec)
             batcher = _commit_partitions(records, bounds, settled, results,
                                          Mapper(spec, Committer(writer, run.skipped, clock), clock), run,
-                                         f"featurize {bb.name} on ray" if progress else None)
+                                         f"featurize {bb.name} on ray" if show else None)
         finally:
             if hasattr(stream, "close"):
                 stream.close()  # before Ray shuts down
@@ -357,13 +354,13 @@ def _run(listing, uri, bb: Backbone, writer, cluster: RayCluster, progress: bool
 
 
 def _commit_partitions(records, bounds, settled: dict, results: _Results, batcher: Mapper, run: RunReport,
-                       progress: str | None) -> Mapper:
-    """Book every file in listing order and commit each partition's new rows as one part (`progress`: the
-    bar's title, None for no bar)."""
-    with _progress(len(records), progress is not None, progress or "") as bar:
+                       title: str | None) -> Mapper:
+    """Book every file in listing order and commit each partition's new rows as one part (`title`: the
+    progress bar's, None for no bar)."""
+    with progress(len(records), title is not None, title or "") as bar:
         for lo, hi in bounds:
             for i in range(lo, hi):
-                _account(settled.pop(i) if i in settled else _item(records[i], results.get(i)), batcher, run)
+                account(settled.pop(i) if i in settled else _item(records[i], results.get(i)), batcher, run)
             batcher.flush()  # the partition's rows: one part, one commit
             bar.update(hi - lo)
     return batcher

@@ -2,7 +2,7 @@
 
 Pillow holds the GIL for part of every decode, so a pool of threads stops scaling after a few
 cores (measured on 16 cores: 16 threads 1,318 img/s, 16 processes 4,130). :class:`DecodePool`
-runs the runner's per-file work (stat check against the store, read + sha256, decode) in worker
+runs the reader's per-file work (stat check against the store, read + sha256, decode) in worker
 processes, as many as the cores this process may use (``os.sched_getaffinity``). Decoded pixels
 are written by the workers into a ring of slots in one shared-memory block and copied out by
 the parent, so only a few small tuples per file travel through pipes; results come back in the
@@ -116,7 +116,7 @@ def _known_for(record, known: dict) -> dict:
 
 
 class DecodePool:
-    """Worker processes that prepare files for the runner: ``map`` is a drop-in for reader.bounded_map's role."""
+    """Worker processes that prepare files for the reader: ``map`` is a drop-in for reader.bounded_map's role."""
 
     def __init__(self, preprocess: Preprocess, workers: int | None = None, window: int = 256, chunk: int = 8,
                  clock=None):
@@ -132,7 +132,7 @@ class DecodePool:
         Files the store already has by stat are answered here without a worker; the workers (and
         the shared memory) are started at the first file that must be read. With `views`, a decoded
         image is a view of its slot in the shared ring, valid only until the next item is asked for
-        (the runner copies it straight into its batch): no allocation and no copy per image, which
+        (the mapper copies it straight into its batch): no allocation and no copy per image, which
         at thousands of images per second is what bounded the parent (BENCHMARKS.md).
         """
         self.views = views

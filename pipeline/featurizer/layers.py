@@ -1,7 +1,7 @@
 """Several layers from one forward pass: one feature store per layer, written side by side.
 
 ``featurize --layer penultimate,logits`` builds one backbone that reads every layer in the same
-call (its features are the layers' side by side). :class:`LayerWriters` looks to the runner like
+call (its features are the layers' side by side). :class:`LayerWriters` looks to an engine like
 one store writer and splits each committed batch by columns into one store per layer, each with
 the spec a single-layer run records, so the stores equal single-layer runs and are resumable and
 incremental like them: a file is reused only when every layer's store holds it unchanged.

@@ -14,8 +14,8 @@ import numpy as np
 
 from ..backbones import backbone_from_spec
 from ..dataset.sources import is_uri
+from ..engines import check_options, featurize
 from ..errors import StoreError, UsageError
-from ..featurizer.runner import featurize
 from ..heads.classifier import Classifier, load
 from ..hints import did_you_mean
 from ..options import SCORE_FEATURIZE, FeaturizeOptions, ScoreOptions, split_keywords
@@ -84,7 +84,9 @@ def _score_settings(options, featurize_options, keywords: dict) -> tuple[ScoreOp
         raise TypeError(f"score() got an unexpected keyword argument {sorted(set(run_kw) - set(SCORE_FEATURIZE))[0]!r}")
     base = featurize_options or FeaturizeOptions()
     run_kw = {k: run_kw.get(k, getattr(base, k)) for k in SCORE_FEATURIZE}
-    return replace(options or ScoreOptions(), **score_kw), FeaturizeOptions(labelled=False, **run_kw)
+    run_options = FeaturizeOptions(labelled=False, **run_kw)
+    check_options(run_options)  # e.g. workers= on Ray: refused before the head is loaded
+    return replace(options or ScoreOptions(), **score_kw), run_options
 
 
 def _check_columns(clf: Classifier, o: ScoreOptions) -> None:

@@ -9,8 +9,8 @@ from conftest import make_class_tree
 import pipeline
 from pipeline.backbones import backbone_from_spec, create_backbone
 from pipeline.cli import main
+from pipeline.engines.base import default_store_path
 from pipeline.errors import SpecMismatchError, StoreError, UsageError
-from pipeline.featurizer.runner import default_store_path
 
 # lopsided images (bright left half) so that the mirror gives different features
 IMAGES = np.random.default_rng(0).integers(0, 128, (3, 224, 224, 3), dtype=np.uint8)

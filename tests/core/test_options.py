@@ -9,6 +9,7 @@ from conftest import make_class_tree
 import pipeline
 from pipeline.cli.arguments import as_flags, from_args
 from pipeline.cli.commands import _command_parsers, build_parser, main
+from pipeline.engines import check_options
 from pipeline.errors import UsageError
 from pipeline.options import BackboneOptions, FeaturizeOptions, HeadOptions, ScoreOptions, SplitOptions
 
@@ -48,7 +49,8 @@ def test_unknown_keyword_is_a_type_error_naming_it(folder, tmp_path):
     (lambda: FeaturizeOptions(workers=0), r"workers=0 must be an integer >= 1"),
     (lambda: FeaturizeOptions(decode="fork"), r"decode='fork' is not one of 'auto', 'thread', 'process'"),
     (lambda: FeaturizeOptions(multi_label=True), r"multi_label=True reads several labels .* labels=FILE.csv"),
-    (lambda: FeaturizeOptions(engine="ray", workers=2), r"workers= sets decoding threads of engine=local"),
+    (lambda: check_options(FeaturizeOptions(engine="ray", workers=2)), r"workers= sets decoding threads of engine=local"),
+    (lambda: check_options(FeaturizeOptions(cluster="somewhere")), r"cluster= applies to engine=ray"),
     (lambda: HeadOptions(folds=1), r"folds=1 must be 'loo' or an integer >= 2"),
     (lambda: HeadOptions(C=-1.0), r"C=-1.0 must be a positive number"),
     (lambda: SplitOptions(holdout=1.5), r"holdout=1.5 must be a fraction in \[0, 1\)"),
@@ -62,6 +64,9 @@ def test_featurize_refuses_a_bad_keyword_value_naming_the_parameter(folder, tmp_
     with pytest.raises(UsageError, match="batch_size=0"):
         pipeline.featurize(folder, out=tmp_path / "b", batch_size=0, progress=False)
     assert not (tmp_path / "b").exists()
+    with pytest.raises(UsageError, match="workers= sets decoding threads of engine=local"):  # the engine's check
+        pipeline.featurize(folder, out=tmp_path / "r", engine="ray", workers=2, progress=False)
+    assert not (tmp_path / "r").exists()
 
 
 # train: HeadOptions and SplitOptions, or the keywords they replace, fit the same head
@@ -141,12 +146,14 @@ def test_score_takes_settings_objects_like_keywords(folder, tmp_path):
         pipeline.score(clf, folder, tmp_path / "s.csv", sample=2)
     with pytest.raises(UsageError, match="cache= and no_cache=True exclude each other"):
         pipeline.score(clf, folder, tmp_path / "n.csv", cache=tmp_path / "c", no_cache=True)
-    assert not (tmp_path / "s.csv").exists() and not (tmp_path / "n.csv").exists()
+    with pytest.raises(UsageError, match="workers= sets decoding threads of engine=local"):  # the engine's check
+        pipeline.score(clf, folder, tmp_path / "w.csv", engine="ray", workers=2)
+    assert not any((tmp_path / f"{name}.csv").exists() for name in "snw")
 
 
 # the choices the settings check without importing heavy modules are those the library accepts
 def test_settings_choices_match_the_library():
-    from pipeline import backbones, options
+    from pipeline import backbones, engines, options
     from pipeline.dataset import splits
     from pipeline.featurizer import decodepool
     from pipeline.heads import selection as heads
@@ -154,3 +161,4 @@ def test_settings_choices_match_the_library():
     assert set(options.HEADS) == set(heads.HEADS)
     assert options.DEFAULT_BACKBONE == backbones.DEFAULT_BACKBONE
     assert options.SPLITS == splits.SPLIT_METHODS and options.DECODE_CHOICES == decodepool.DECODE_CHOICES
+    assert options.ENGINES == tuple(engines.REGISTRY)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import kill_once_committed, make_class_tree, noise_class_tree, noise_image
+from conftest import descendants_named, kill_once_committed, make_class_tree, noise_class_tree, noise_image
 
 import pipeline
 from pipeline.cli import main
@@ -147,24 +147,6 @@ def test_sigkill_of_the_driver_then_rerun_equals_a_clean_run(cluster, tmp_path):
     np.testing.assert_allclose(store.features, clean.features, rtol=1e-6, atol=1e-6)
 
 
-def _descendants_named(prefix: str) -> list[int]:
-    """PIDs of this process's descendants (the module's Ray cluster) whose title starts with `prefix`."""
-    parent, titles = {}, {}
-    for proc in Path("/proc").iterdir():
-        try:
-            parent[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            titles[int(proc.name)] = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-        except (ValueError, OSError):
-            continue  # not a process, or gone
-
-    def mine(pid: int) -> bool:
-        while pid > 1 and pid != os.getpid():
-            pid = parent.get(pid, 0)
-        return pid == os.getpid()
-
-    return [pid for pid, title in titles.items() if title.startswith(prefix) and mine(pid)]
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the actor's process through /proc (Linux)")
 def test_a_backbone_actor_killed_mid_run_is_restarted_and_the_store_equals_in_process(cluster, tmp_path):
     import threading
@@ -185,7 +167,7 @@ def test_a_backbone_actor_killed_mid_run_is_restarted_and_the_store_equals_in_pr
     driver.start()
     rows, deadline, killed = out / "rows.jsonl", time.time() + 300, None
     while time.time() < deadline and driver.is_alive():
-        actors = _descendants_named("ray::MapWorker(")  # the backbone actors (decode fused into them)
+        actors = descendants_named("ray::MapWorker(")  # the backbone actors (decode fused into them)
         if actors and rows.exists() and rows.read_bytes().count(b"\n") >= n // 8:  # a partition is in
             committed = rows.read_bytes().count(b"\n")
             os.kill(actors[0], signal.SIGKILL)

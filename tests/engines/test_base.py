@@ -1,4 +1,4 @@
-"""The runner: how a featurize run ends and what its report tells about the store it leaves."""
+"""How every engine's run ends (pipeline.engines.base.commit_run) and what its report tells about the store it leaves."""
 from __future__ import annotations
 
 from conftest import make_class_tree

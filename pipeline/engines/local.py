@@ -1,0 +1,62 @@
+"""The local engine (``engine="local"``, the default): the featurizer stages in this process.
+
+:mod:`pipeline.featurizer.reader` says which files the store has already (its stat cache and skip cache)
+and reads, hashes and decodes the others in a pool of threads or processes;
+:mod:`pipeline.featurizer.mapper` batches the pixels into buffers allocated once and runs the backbone
+(in a thread of its own, so the next batch fills meanwhile; per-image TFLite backbones featurize in
+the reader's threads); :mod:`pipeline.featurizer.committer` commits the features to the store in
+order, a second of work per commit; :mod:`pipeline.featurizer.stages` says where the time went.
+Memory follows the batch, not the folder (measured: 4000 images peak within 8% of 1000); a bad file
+is skipped and reported, never fatal. The run's start and end are :class:`pipeline.engines.base.Engine`'s.
+"""
+from __future__ import annotations
+
+import time
+
+from ..backbones import Backbone
+from ..errors import UsageError
+from ..featurizer.committer import Committer
+from ..featurizer.decodepool import choose_decode
+from ..featurizer.mapper import Mapper
+from ..featurizer.prepare import known_files
+from ..featurizer.reader import Reader
+from ..featurizer.stages import StageClock, cores, on_gpu
+from ..options import FeaturizeOptions
+from .base import Engine, account, progress
+from .report import RunReport
+
+
+class LocalEngine(Engine):
+    """reader -> mapper -> committer in this process, over threads or decode processes."""
+
+    name = "local"
+
+    @classmethod
+    def check(cls, options: FeaturizeOptions) -> None:
+        if options.cluster is not None:
+            raise UsageError("cluster= applies to engine=ray")
+
+    def check_backbone(self, bb: Backbone) -> None:
+        choose_decode(self.options.decode, bb.per_image)  # a bad choice fails before any work
+
+    def work(self, listing, data_dir, bb: Backbone, writer, run: RunReport) -> None:
+        """reader -> mapper -> committer over the listing, timed by a StageClock (the report's ``stages``)."""
+        o, records, clock = self.options, listing.records, StageClock()
+        reader = Reader(bb, known_files(writer), o.workers, o.decode, clock)
+        mapper = Mapper(bb, Committer(writer, run.skipped, clock, background=True), clock, ahead=True)
+        start = time.perf_counter()
+        with progress(len(records), o.progress, f"featurize {bb.name}") as bar:
+            try:
+                for item in reader.read(records):
+                    bar.update(1)
+                    account(item, mapper, run)
+                mapper.flush()
+            except BaseException:
+                mapper.finish(failed=True)
+                raise
+            mapper.finish()
+        run.computed = mapper.computed
+        w = reader.workers
+        run.stages = clock.report(run.computed, time.perf_counter() - start,
+                                  {"read": w, "decode": w, "forward": w if bb.per_image else 1, "write": 1},
+                                  {"cores": cores(), "gpu": on_gpu(bb), "per_image": bb.per_image, "kind": bb.kind})

@@ -1,0 +1,35 @@
+"""The engine registry: each name is one Engine class, imported on first use; nothing imports Ray until a
+Ray run connects, and an engine's own command-line flags are refused with another engine."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from pipeline.cli import main
+from pipeline.engines import REGISTRY, engine_class
+from pipeline.engines.base import Engine
+from pipeline.options import ENGINES
+
+
+def test_each_name_is_one_engine_class_named_so():
+    for name in REGISTRY:
+        cls = engine_class(name)
+        assert issubclass(cls, Engine) and cls.name == name
+    assert tuple(REGISTRY) == ENGINES  # options checks the names without importing the engines
+
+
+def test_import_pipeline_and_a_local_run_never_import_ray(tmp_path):
+    from conftest import make_class_tree
+
+    data = make_class_tree(tmp_path / "data", per_class=1)
+    code = ("import sys, pipeline; pipeline.featurize(sys.argv[1], out=sys.argv[2], progress=False); "
+            "from pipeline.engines import engine_class; engine_class('ray'); import pipeline.cli; "
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    out = subprocess.run([sys.executable, "-c", code, str(data), str(tmp_path / "s")], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_another_engines_flags_are_refused_naming_them(tmp_path, capsys):
+    assert main(["featurize", str(tmp_path), "--address", "auto"]) == 2
+    assert "--address and --partitions apply to --engine ray" in capsys.readouterr().err
