@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# Ray clusters the tests start (tests/engines/) use 127.0.0.1 only: with this, Ray takes the loopback
+# address as every node's address (binding and connecting there) instead of the machine's own address.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TFP_SHARED", REPO.parent / "shared"))
 

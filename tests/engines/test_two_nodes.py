@@ -2,8 +2,8 @@
 engine="ray" writes the store engine="local" writes, row for row, with a backbone actor on each node;
 a worker node lost mid-run loses nothing once the same run is done again.
 
-Ray connects through the machine's own address (on Linux it turns 127.0.0.1 into that address, so
-the nodes cannot be bound to the loopback interface alone)."""
+Both nodes and the driver use 127.0.0.1 only (tests/conftest.py sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0,
+which makes Ray take the loopback address as each node's address); the first test checks it."""
 from __future__ import annotations
 
 import os
@@ -54,6 +54,8 @@ def _assert_same_store(store, local) -> None:
 
 
 def test_two_nodes_write_the_local_store_row_for_row(two_nodes, tmp_path):
+    assert two_nodes.address.startswith("127.0.0.1:") and all(
+        n.node_ip_address == "127.0.0.1" for n in [two_nodes.head_node, *two_nodes.worker_nodes])
     data = make_class_tree(tmp_path / "data", per_class=6)
     (data / "red" / "broken.jpg").write_bytes(b"not a jpeg at all")
     local = pipeline.featurize(data, out=tmp_path / "local", batch_size=2, progress=False, report=True)
