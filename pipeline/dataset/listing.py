@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..decode.images import IMAGE_EXTENSIONS
+from ..decode.formats import IMAGE_EXTENSIONS
 from ..errors import UsageError
 from .labels import check_class_names, match_labels
 

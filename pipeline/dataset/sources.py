@@ -14,7 +14,7 @@ import hashlib
 import os
 from functools import lru_cache
 
-from ..decode.images import IMAGE_EXTENSIONS, MAX_FILE_BYTES
+from ..decode.formats import IMAGE_EXTENSIONS, MAX_FILE_BYTES
 from ..errors import ImageError, UsageError
 from .listing import Listing, _csv_listing, _is_hidden, folder_records
 

@@ -21,14 +21,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
 from ..preprocess import Preprocess
+from .formats import ALLOWED_FORMATS, IMAGE_EXTENSIONS, MAX_FILE_BYTES, MAX_PIXELS  # noqa: F401 (this API)
 
 log = logging.getLogger(__name__)
 Image.init()  # register every plugin so the format allowlist below resolves
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
-MAX_PIXELS = 80_000_000  # refuse larger images before decoding (a 57-byte PNG can claim 40000x40000)
-MAX_FILE_BYTES = 256 << 20  # refuse larger files before reading them (no photo is that big)
 MAX_PIXELS_IN_FLIGHT = 2 * MAX_PIXELS  # decoded pixels held at once by all decoders of a process
 ALPHA_BACKGROUND = (255, 255, 255)
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,

@@ -26,7 +26,7 @@ Images over :data:`pipeline.decode.images.MAX_PIXELS` are refused before decodin
 from __future__ import annotations
 
 from ..preprocess import Preprocess
-from .images import MAX_PIXELS
+from .formats import MAX_PIXELS
 from .tfresize import _pillow_nearest, _tf, resize_box  # noqa: F401 - _pillow_nearest: tests
 
 _HEAD_BYTES = 1 << 17  # where the EXIF segment and the size fields are looked for

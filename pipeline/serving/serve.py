@@ -30,7 +30,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
-from ..decode.images import MAX_PIXELS
+from ..decode.formats import MAX_PIXELS
 from ..decode.inputs import decode_bytes
 from ..errors import ImageError, UsageError
 from ..export.info import without_paths  # noqa: F401 - kept importable from here

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..decode.formats import IMAGE_EXTENSIONS
 from ..errors import StoreError
 from ..spec import FeatureSpec
 from .duplicates import conflict_mask
@@ -298,7 +299,6 @@ def not_a_store(root: Path) -> str:
 
 def _holds_images(root: Path, limit: int = 2000) -> bool:
     """True when image files sit in `root` or in its sub-folders (class folders); looks at `limit` entries."""
-    from ..decode.images import IMAGE_EXTENSIONS  # only on this error path (imports Pillow)
 
     folders, seen = [root], 0
     for _ in range(2):
