@@ -123,7 +123,7 @@ class FeaturizeOptions:
             raise UsageError("decode= chooses threads or processes of engine=local; Ray decodes in its own tasks")
 
 
-HEADS = ("linear_svm", "svm", "logreg")  # the same names as heads.HEADS, without importing scikit-learn
+HEADS = ("linear_svm", "svm", "logreg")  # the names of heads.kinds.KINDS, without importing scikit-learn
 
 
 @dataclass(frozen=True)
