@@ -210,13 +210,13 @@ def from_sklearn(model) -> ArrayHead:
     if set(steps) - {"scale", "pca", "clf"} or "scale" not in steps or "clf" not in steps:
         raise ValueError(f"not a head this project trains: steps {list(steps) or type(model).__name__}")
     clf, arrays = steps["clf"], _scale_arrays(steps)
-    kind = kind_of(clf)
+    bare = kind_of(clf)  # an uncalibrated classifier of a head kind
     if isinstance(clf, TemperatureCalibrated):
         arrays["calibration.alpha"] = np.asarray(clf.alpha_, dtype=np.float64)
         est, probabilities = clf.estimator_, "temperature"
     elif type(clf).__name__ == "CalibratedClassifierCV":  # head-1 files: per-class sigmoids, one SVM
         est, probabilities = _legacy_calibrated(clf, arrays)
-    elif kind is not None and not kind.needs_calibration:  # logits: their own probabilities
+    elif bare is not None and not bare.needs_calibration:  # logits: their own probabilities
         est, probabilities = clf, "sigmoid" if len(clf.classes_) == 2 else "softmax"
     else:
         raise ValueError(f"cannot save a {type(clf).__name__} head")

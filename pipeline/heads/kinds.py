@@ -101,4 +101,3 @@ def kind_of(estimator) -> HeadKind | None:
         if isinstance(estimator, kind.estimator):
             return kind
     return None
-
