@@ -114,7 +114,7 @@ class FeaturizeOptions:
                              "(and label_column=, e.g. tags)")
 
 
-HEADS = ("linear_svm", "svm", "logreg")  # the same names as heads.HEADS, without importing scikit-learn
+HEADS = ("linear_svm", "svm", "logreg")  # the names of heads.kinds.KINDS, without importing scikit-learn
 
 
 @dataclass(frozen=True)

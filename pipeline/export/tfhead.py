@@ -4,7 +4,8 @@ The same arrays and the same steps as ``ArrayHead.predict_proba`` (scale, option
 linear or RBF decision values with scikit-learn's one-vs-rest shape, then temperature scaling,
 logistic softmax/sigmoid or the legacy per-class sigmoids), so an exported model needs neither
 scikit-learn nor this package. ``dtype`` float64 reproduces the numpy code to ~1e-12 (SavedModel);
-TFLite has no float64 kernels, so it gets float32 (~1e-6).
+TFLite has no float64 kernels, so it gets float32 (~1e-6). ``SCORERS`` holds the decision values of each
+scorer a head kind can name (``HeadKind.scorer``, pipeline/heads/kinds.py), as ``arrayhead.SCORERS`` does.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def head_probabilities(head: ArrayHead, features, dtype=None):
     z = (tf.cast(features, dtype) - a["scale.mean"]) / a["scale.scale"]
     if "pca.components" in a:
         z = tf.matmul(z - a["pca.mean"], a["pca.components"], transpose_b=True)
-    f = _linear(a, z) if head.scorer == "linear" else _rbf(head, a, z)
+    f = SCORERS[head.scorer](head, a, z)
     if len(head.classes_) == 2:  # binary decision values f -> the columns [0, f]
         f = tf.concat([tf.zeros_like(f), f], axis=1)
     if head.probabilities == "temperature":
@@ -34,7 +35,7 @@ def head_probabilities(head: ArrayHead, features, dtype=None):
     return tf.cast(p, tf.float32)
 
 
-def _linear(a, z):
+def _linear(head: ArrayHead, a, z):
     import tensorflow as tf
 
     return tf.matmul(z, a["linear.coef"], transpose_b=True) + a["linear.intercept"]
@@ -60,6 +61,9 @@ def _rbf(head: ArrayHead, a, z):
                          + a["rbf.intercept"][p])
             p += 1
     return _ovr(pairs, n, z.dtype)
+
+
+SCORERS = {"linear": _linear, "rbf": _rbf}  # scorer -> (head, constant arrays, features) -> decision values
 
 
 def _ovr(pairs, n: int, dtype):

@@ -197,45 +197,49 @@ def _ovr(pairs: np.ndarray, n: int) -> np.ndarray:
 
 
 def from_sklearn(model) -> ArrayHead:
-    """The arrays of a fitted make_head() Pipeline (scale, optional pca, clf). ValueError for anything else."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.svm import SVC
+    """The arrays of a fitted make_head() Pipeline (scale, optional pca, clf). ValueError for anything else.
 
+    The classifier's head kind (pipeline/heads/kinds.py, found by its type) names the scorer its arrays are.
+    """
     from .calibration import TemperatureCalibrated
+    from .kinds import kind_of
 
     steps = dict(getattr(model, "named_steps", {}))
     if type(steps.get("clf")).__name__ == "OneVsRest":
         return _from_one_vs_rest(model)
     if set(steps) - {"scale", "pca", "clf"} or "scale" not in steps or "clf" not in steps:
         raise ValueError(f"not a head this project trains: steps {list(steps) or type(model).__name__}")
-    scaler, pca, clf = steps["scale"], steps.get("pca"), steps["clf"]
-    arrays = {"scale.mean": scaler.mean_, "scale.scale": scaler.scale_}
-    if pca is not None:
-        if pca.whiten:
-            raise ValueError("a whitened PCA cannot be saved")
-        arrays.update({"pca.components": pca.components_, "pca.mean": pca.mean_})
+    clf, arrays = steps["clf"], _scale_arrays(steps)
+    bare = kind_of(clf)  # an uncalibrated classifier of a head kind
     if isinstance(clf, TemperatureCalibrated):
         arrays["calibration.alpha"] = np.asarray(clf.alpha_, dtype=np.float64)
         est, probabilities = clf.estimator_, "temperature"
     elif type(clf).__name__ == "CalibratedClassifierCV":  # head-1 files: per-class sigmoids, one SVM
         est, probabilities = _legacy_calibrated(clf, arrays)
-    elif isinstance(clf, LogisticRegression):
+    elif bare is not None and not bare.needs_calibration:  # logits: their own probabilities
         est, probabilities = clf, "sigmoid" if len(clf.classes_) == 2 else "softmax"
     else:
         raise ValueError(f"cannot save a {type(clf).__name__} head")
-    if isinstance(est, SVC):
-        if est.kernel != "rbf" or est.decision_function_shape != "ovr":
-            raise ValueError(f"only RBF SVCs with ovr decisions can be saved, not kernel={est.kernel!r}")
-        arrays.update({"rbf.support_vectors": est.support_vectors_, "rbf.dual_coef": est.dual_coef_,
-                       "rbf.intercept": est.intercept_, "rbf.n_support": est.n_support_.astype(np.int64),
-                       "rbf.gamma": np.asarray(est._gamma, dtype=np.float64)})
-        scorer = "rbf"
-    elif hasattr(est, "coef_"):
-        arrays.update({"linear.coef": est.coef_, "linear.intercept": np.atleast_1d(est.intercept_)})
-        scorer = "linear"
-    else:
+    kind = kind_of(est)
+    if kind is None:
         raise ValueError(f"cannot save a {type(est).__name__} head")
-    return ArrayHead(model.classes_, arrays, scorer, probabilities)
+    arrays.update(_SCORER_ARRAYS[kind.scorer](est))
+    return ArrayHead(model.classes_, arrays, kind.scorer, probabilities)
+
+
+def _linear_arrays(est) -> dict:
+    return {"linear.coef": est.coef_, "linear.intercept": np.atleast_1d(est.intercept_)}
+
+
+def _rbf_arrays(est) -> dict:
+    if est.kernel != "rbf" or est.decision_function_shape != "ovr":
+        raise ValueError(f"only RBF SVCs with ovr decisions can be saved, not kernel={est.kernel!r}")
+    return {"rbf.support_vectors": est.support_vectors_, "rbf.dual_coef": est.dual_coef_,
+            "rbf.intercept": est.intercept_, "rbf.n_support": est.n_support_.astype(np.int64),
+            "rbf.gamma": np.asarray(est._gamma, dtype=np.float64)}
+
+
+_SCORER_ARRAYS = {"linear": _linear_arrays, "rbf": _rbf_arrays}  # a fitted classifier's arrays, per scorer
 
 
 def _scale_arrays(steps: dict) -> dict:
@@ -250,13 +254,15 @@ def _scale_arrays(steps: dict) -> dict:
 
 def _from_one_vs_rest(model) -> ArrayHead:
     """A multi-label head: one linear binary head per tag, stacked, with its alpha and threshold."""
+    from .kinds import kind_of
+
     steps = dict(model.named_steps)
     ovr, arrays = steps["clf"], _scale_arrays(steps)
     coef, intercept = [], []
     for tag, est in zip(ovr.classes_, ovr.estimators_):
         if isinstance(est, bool):
             raise ValueError(f"tag {tag!r} is constant in the training rows; no head was fitted for it")
-        if not hasattr(est, "coef_"):
+        if getattr(kind_of(est), "scorer", None) != "linear":
             raise ValueError(f"cannot save a multi-label {type(est).__name__} head")
         coef.append(np.ravel(est.coef_))
         intercept.append(float(np.ravel(est.intercept_)[0]))

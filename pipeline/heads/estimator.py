@@ -7,13 +7,14 @@
 and ``Pipeline`` work with it. ``model_`` is the fitted StandardScaler (+ PCA) + classifier of
 pipeline/heads/selection.py, the SVMs temperature-calibrated (pipeline/heads/calibration.py).
 
-``C="auto"``: ``GridSearchCV`` over the head's grid (``heads.C_GRID``), accuracy on the folds of
-``heads.selection_splitter`` (RareClassKFold: one-image classes train in every fold and are never
-validated; or leave-one-out), with ``refit=heads.plateau_index``: of the C values whose mean
+``C="auto"``: ``GridSearchCV`` over the head's grid (``HeadKind.c_grid``, pipeline/heads/kinds.py), accuracy on
+the folds of ``selection_splitter`` (RareClassKFold: one-image classes train in every fold and are never
+validated; or leave-one-out), with ``refit=plateau_index``: of the C values whose mean
 accuracy equals the best, the middle one in grid order (the rule ``select_C`` has always used).
 
 :class:`pipeline.heads.classifier.Classifier` wraps a fitted FeatureHead with the feature-spec check and
 persistence (the ``.head.npz`` file); multi-label heads (pipeline/heads/multilabel.py) are not FeatureHeads.
+``fit_head(head, X, y, ...)`` is the same fit as a function: (fitted pipeline, metrics).
 """
 from __future__ import annotations
 
@@ -30,22 +31,17 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..errors import UsageError
 from .folds import too_small
-from .selection import (
-    C_GRID,
-    NEEDS_CALIBRATION,
-    _check_head,
-    calibration_note,
-    check_labels,
-    make_head,
-    plateau_index,
-    selection_splitter,
-)
+from .kinds import KINDS, check_head
+from .selection import calibration_note, check_labels, make_head, plateau_index, selection_splitter
 
 log = logging.getLogger(__name__)
 
 
 def _has_proba(est) -> bool:
-    return est.head not in NEEDS_CALIBRATION or bool(est.calibration_folds)
+    """Whether ``predict_proba`` exists: heads with their own probabilities, or calibrated ones (an unknown head
+    name is refused by ``fit``, not here)."""
+    kind = KINDS.get(est.head)
+    return kind is None or not kind.needs_calibration or bool(est.calibration_folds)
 
 
 class FeatureHead(ClassifierMixin, BaseEstimator):
@@ -89,7 +85,7 @@ class FeatureHead(ClassifierMixin, BaseEstimator):
         return self
 
     def _check_params(self) -> None:
-        _check_head(self.head, self.class_weight)
+        check_head(self.head, self.class_weight)
         C = self.C
         if not (C == "auto" if isinstance(C, str) else
                 isinstance(C, numbers.Real) and not isinstance(C, bool) and np.isfinite(C) and C > 0):
@@ -106,15 +102,15 @@ class FeatureHead(ClassifierMixin, BaseEstimator):
     def _search_C(self, X, y) -> GridSearchCV:
         """GridSearchCV over the head's C grid, refitted at the C the plateau rule picks."""
         search = GridSearchCV(make_head(self.head, pca=self.pca, class_weight=self.class_weight),
-                              {"clf__C": list(C_GRID[self.head])}, cv=selection_splitter(y, self.folds, self.seed),
-                              scoring="accuracy", refit=plateau_index)
+                              {"clf__C": list(KINDS[self.head].c_grid)},
+                              cv=selection_splitter(y, self.folds, self.seed), scoring="accuracy", refit=plateau_index)
         search.fit(X, y)
         log.info("%s: C=%g chosen by %d-fold CV (accuracy %.4f)", self.head, search.best_params_["clf__C"],
                  search.n_splits_, max(search.cv_results_["mean_test_score"].tolist()))
         return search
 
     def _fit_model(self, X, y, search):
-        calibrate = bool(self.calibration_folds) and self.head in NEEDS_CALIBRATION
+        calibrate = bool(self.calibration_folds) and KINDS[self.head].needs_calibration
         if search is not None and not calibrate:
             return search.best_estimator_  # the chosen C refitted on every row is the head itself
         return make_head(self.head, self.C_, calibrate=calibrate, calibration_folds=self.calibration_folds,
@@ -127,7 +123,7 @@ class FeatureHead(ClassifierMixin, BaseEstimator):
         if search is not None:
             scores = search.cv_results_["mean_test_score"].tolist()
             m.update(cv_accuracy=float(max(scores)), cv_folds=int(search.n_splits_),
-                     cv_scores={str(c): v for c, v in zip(C_GRID[self.head], scores)})
+                     cv_scores={str(c): v for c, v in zip(KINDS[self.head].c_grid, scores)})
         m["calibration"] = (calibration_note(self.model_) if _has_proba(self) else
                             "none (calibration_folds=0): decisions only, no probabilities")
         m["train_accuracy"] = float(np.mean(self.model_.predict(X) == y))
@@ -172,3 +168,16 @@ class FeatureHead(ClassifierMixin, BaseEstimator):
 
 def _whole(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def fit_head(head: str, X, y, C: float | str = "auto", folds: int | str = 5, seed: int = 0, pca: int | None = None,
+             class_weight: str | None = None):
+    """Fit the head on all rows (labels as strings); return (fitted pipeline, metrics dict).
+
+    ``FeatureHead(head, C, folds, seed, pca, class_weight).fit(X, y)``, returned as its ``model_`` and
+    ``metrics_``. Any class with at least one image is trained on; classes with one image cannot be validated
+    and are listed in metrics['unvalidated_classes']. class_weight: None or 'balanced'.
+    """
+    est = FeatureHead(head, C, folds, seed, pca, class_weight).fit(np.asarray(X, dtype=np.float32),
+                                                                    np.asarray(y, dtype=str))
+    return est.model_, est.metrics_

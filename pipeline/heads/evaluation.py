@@ -120,15 +120,14 @@ def compare(stores, heads=("linear_svm", "logreg"), C: float | str = "auto", fol
     C: 'auto' (chosen by CV per head and store), a number, or {head: C or 'auto'}.
     progress: a line on stderr as each (store, head) starts and ends.
     """
-    from ..hints import did_you_mean
     from ..progress import Steps
     from ..store import FeatureStore
+    from .kinds import get
     from .multilabel import refuse_multi_label
-    from .selection import HEADS, check_labels, cross_val_accuracy, select_C
+    from .selection import check_labels, cross_val_accuracy, select_C
 
     for head in heads:  # before any store is read
-        if head not in HEADS:
-            raise UsageError(f"unknown head {head!r}{did_you_mean(head, HEADS)}; choose from {', '.join(HEADS)}")
+        get(head)
     out = []
     steps = Steps(len(stores) * len(heads), enabled=progress)
     cv = "leave-one-out" if folds == "loo" else f"{folds}-fold"

@@ -4,7 +4,8 @@ Labels come from a CSV column holding several tags separated by spaces or ``|`` 
 ``tags``: ``"clear primary water"``). In a store, a row's label is its tags, sorted, joined by one
 space, and ``meta.json`` records ``"multi_label": true`` (single-label stores are unchanged).
 
-The head is StandardScaler (+ PCA) -> :class:`OneVsRest`: one binary head per tag (``logreg`` or
+The head is StandardScaler (+ PCA) -> :class:`OneVsRest`: one binary head per tag, of a head kind with
+a one-vs-rest form (``HeadKind.multi_label_ok`` in pipeline/heads/kinds.py: ``logreg`` or
 ``linear_svm``), so tag k has its own probability p_k = sigmoid(alpha_k * f_k) of its decision
 value f_k, and is predicted when p_k >= its threshold t_k. Everything is tuned on out-of-fold
 decision values (shuffled K-fold, seeded), one pass per C: ``--C auto`` picks the C with the
@@ -30,12 +31,12 @@ from sklearn.preprocessing import StandardScaler
 
 from ..dataset.labels import normalise, split_tags, tags_of  # noqa: F401 (normalise: part of this API)
 from ..errors import UsageError
+from .kinds import KINDS, check_head, multi_label_kind
 
 log = logging.getLogger(__name__)
 
 THRESHOLDS = np.round(np.arange(0.02, 0.981, 0.02), 2)  # candidates for the tuned thresholds
 MIN_POSITIVES = 3  # tags with fewer out-of-fold positives use the single best threshold
-HEADS = ("linear_svm", "logreg")
 
 
 # ---- tags ----------------------------------------------------------------------------------------
@@ -64,19 +65,13 @@ def label_sets(proba: np.ndarray, classes, thresholds) -> list[list[str]]:
 
 
 # ---- the estimator -------------------------------------------------------------------------------
-def _binary(head: str, C: float, class_weight):
-    from .selection import HEADS as FACTORIES
-
-    return FACTORIES[head](float(C), class_weight)
-
-
 class OneVsRest(ClassifierMixin, BaseEstimator):
     """One binary head per column of an indicator matrix Y; ``decision_function`` and ``predict_proba``
     are (N, K): p_k = sigmoid(alphas_[k] * f_k), rows need not sum to 1; ``predict`` is Y-shaped
     booleans (probability >= ``thresholds_``). alphas_ = 1 and thresholds_ = 0.5 until tuned.
 
     A column that is constant in the training rows (possible inside a CV fold) predicts that constant;
-    such a fitted head cannot be saved.
+    such a fitted head cannot be saved. `head`: the name of the binary heads' kind (pipeline/heads/kinds.py).
     """
 
     def __init__(self, classes=(), head: str = "logreg", C: float = 1.0, class_weight=None):
@@ -93,7 +88,8 @@ class OneVsRest(ClassifierMixin, BaseEstimator):
             if col.all() or not col.any():
                 self.estimators_.append(bool(col[0]))  # constant in these rows
             else:
-                self.estimators_.append(clone(_binary(self.head, self.C, self.class_weight)).fit(X, col.astype(int)))
+                binary = KINDS[self.head].make(self.C, self.class_weight)
+                self.estimators_.append(clone(binary).fit(X, col.astype(int)))
         self.alphas_ = np.ones(len(self.classes_))
         self.thresholds_ = np.full(len(self.classes_), 0.5)
         self.n_features_in_ = X.shape[1]
@@ -114,10 +110,9 @@ class OneVsRest(ClassifierMixin, BaseEstimator):
 
 def make_multilabel(classes, head: str = "logreg", C: float = 1.0, pca: int | None = None,
                     class_weight=None) -> Pipeline:
-    """An unfitted StandardScaler (+ PCA) + OneVsRest pipeline over the tags `classes`."""
-    if head not in HEADS:
-        raise UsageError(f"multi-label training supports the heads {', '.join(HEADS)}, not {head!r} "
-                         f"(an RBF SVM per tag cannot be saved as a head file yet); use head='logreg'")
+    """An unfitted StandardScaler (+ PCA) + OneVsRest pipeline over the tags `classes`; `head` must be a kind
+    with a one-vs-rest form (``HeadKind.multi_label_ok``)."""
+    multi_label_kind(head)
     steps = [("scale", StandardScaler())]
     if pca:
         steps.append(("pca", PCA(n_components=int(pca), random_state=0)))
@@ -139,10 +134,10 @@ def n_folds(folds, n: int) -> int:
 
 
 def fit_alphas(head: str, Y, F) -> np.ndarray:
-    """Per tag: 1 for logreg (its own probabilities), else the temperature fitted on decision values F."""
+    """Per tag: 1 for heads with their own probabilities (logreg), else the temperature fitted on decision values F."""
     from .calibration import fit_alpha
 
-    if head == "logreg":
+    if not KINDS[head].needs_calibration:
         return np.ones(Y.shape[1])
     return np.array([fit_alpha(F[:, k], Y[:, k].astype(int), 2) if 0 < Y[:, k].sum() < len(Y) else 1.0
                      for k in range(Y.shape[1])])
@@ -249,8 +244,6 @@ def fit_multilabel(head: str, X, y, C: float | str = "auto", folds: int | str = 
     C: a number, or 'auto' (the grid of `head`, by the mean average precision of out-of-fold decision
     values). alphas and thresholds are tuned on the out-of-fold values of the chosen C.
     """
-    from .selection import C_GRID
-
     X = np.asarray(X, dtype=np.float32)
     classes = tags_of(y)
     Y = tag_matrix(y, classes)
@@ -259,7 +252,7 @@ def fit_multilabel(head: str, X, y, C: float | str = "auto", folds: int | str = 
                "class_counts": {c: int(n) for c, n in zip(classes, Y.sum(0))},
                "cv_folds": n_folds(folds, len(X))}
     if C == "auto":
-        table = {c: out_of_fold(head, X, Y, classes, c, folds, seed, pca, class_weight) for c in C_GRID[head]}
+        table = {c: out_of_fold(head, X, Y, classes, c, folds, seed, pca, class_weight) for c in KINDS[head].c_grid}
         scores = {c: mean_ap(Y, F) for c, F in table.items()}
         C = max(scores, key=lambda c: (round(scores[c], 9), -abs(np.log10(c) - np.log10(0.1))))
         F = table[C]
@@ -279,17 +272,16 @@ def fit_multilabel(head: str, X, y, C: float | str = "auto", folds: int | str = 
                    cv={k: cv[k] for k in ("micro_f1", "macro_f1", "micro_f1_at_0.5", "mean_average_precision")}
                    | {"micro_f1_single_threshold": micro_f1(Y, P, np.full(len(classes), single))},
                    calibration=(f"temperature scaling per tag (sigmoid(alpha_k f_k), alpha_k fitted on "
-                                f"{metrics['cv_folds']}-fold cross-validated decision values)" if head == "linear_svm"
-                                else "LogisticRegression's own probabilities, one per tag"))
+                                f"{metrics['cv_folds']}-fold cross-validated decision values)"
+                                if KINDS[head].needs_calibration
+                                else f"{KINDS[head].estimator.__name__}'s own probabilities, one per tag"))
     metrics["train_micro_f1"] = micro_f1(Y, model.predict_proba(X), thresholds)
     return model, metrics
 
 
 def _check(head, Y, classes, X, pca, class_weight) -> None:
-    from .selection import _check_head
-
-    _check_head(head, class_weight)
-    make_multilabel(classes, head)  # refuses heads without a multi-label form
+    check_head(head, class_weight)
+    multi_label_kind(head)  # refuses heads without a multi-label form
     if len(classes) < 2:
         raise UsageError(f"multi-label training needs at least 2 tags, found {classes or 'none'}")
     everywhere = [c for c, col in zip(classes, Y.T) if col.all()]

@@ -1,54 +1,34 @@
 """scikit-learn heads: a StandardScaler and a classifier in one Pipeline, C chosen by CV.
 
-Heads: ``linear_svm`` (LinearSVC), ``svm`` (SVC, RBF kernel), ``logreg`` (LogisticRegression).
-Every fitted head gives probabilities: the SVMs are wrapped in ``TemperatureCalibrated``
-(pipeline/heads/calibration.py: one SVM fitted on all the rows, its decision values mapped to
-probabilities by softmax(alpha * f) with one alpha > 0 fitted on cross-validated decision
-values), so the most probable class is always the SVM's own decision; logistic regression has
-its own probabilities. The head as a scikit-learn estimator (fit, clone, GridSearchCV) is
-``FeatureHead`` in pipeline/heads/estimator.py; this module holds its parts and the CV helpers.
+Heads: ``linear_svm`` (LinearSVC), ``svm`` (SVC, RBF kernel), ``logreg`` (LogisticRegression): the
+kinds of pipeline/heads/kinds.py, which also hold each one's C grid. Every fitted head gives
+probabilities: the SVMs are wrapped in ``TemperatureCalibrated`` (pipeline/heads/calibration.py:
+one SVM fitted on all the rows, its decision values mapped to probabilities by softmax(alpha * f)
+with one alpha > 0 fitted on cross-validated decision values), so the most probable class is
+always the SVM's own decision; logistic regression has its own probabilities. The head as a
+scikit-learn estimator (fit, clone, GridSearchCV) is ``FeatureHead`` in pipeline/heads/estimator.py
+(with ``fit_head``); this module holds its parts and the CV helpers.
 """
 from __future__ import annotations
 
 import numpy as np
 from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, LeaveOneOut, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC, LinearSVC
 
 from ..errors import UsageError
 from .calibration import TemperatureCalibrated
 from .folds import RareClassKFold, too_small
-
-HEADS = {
-    "linear_svm": lambda C, w=None: LinearSVC(C=C, max_iter=20000, class_weight=w),
-    "svm": lambda C, w=None: SVC(C=C, kernel="rbf", gamma="scale", class_weight=w),
-    "logreg": lambda C, w=None: LogisticRegression(C=C, max_iter=5000, class_weight=w),
-}
-CLASS_WEIGHTS = (None, "balanced")
-NEEDS_CALIBRATION = {"linear_svm", "svm"}
-C_GRID = {
-    "linear_svm": (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
-    "svm": (0.1, 1.0, 10.0, 100.0),
-    "logreg": (1e-3, 1e-2, 1e-1, 1.0, 10.0),
-}
-
-
-def _check_head(head: str, class_weight=None) -> None:
-    if head not in HEADS:
-        raise UsageError(f"unknown head: head={head!r}; choose one of {', '.join(HEADS)}")
-    if class_weight not in CLASS_WEIGHTS:
-        raise UsageError(f"class_weight must be None or 'balanced', got class_weight={class_weight!r}")
+from .kinds import check_head
 
 
 def make_head(head: str, C: float = 1.0, calibrate: bool = False, calibration_folds: int = 5,
               pca: int | None = None, seed: int = 0, class_weight: str | None = None) -> Pipeline:
     """An unfitted StandardScaler (+ PCA to `pca` components) + classifier pipeline."""
-    _check_head(head, class_weight)
-    clf = HEADS[head](float(C), class_weight)
-    if calibrate and head in NEEDS_CALIBRATION:
+    kind = check_head(head, class_weight)
+    clf = kind.make(C, class_weight)
+    if calibrate and kind.needs_calibration:
         clf = TemperatureCalibrated(clf, cv=calibration_folds, seed=seed)
     steps = [("scale", StandardScaler())]
     if pca:
@@ -98,11 +78,12 @@ def select_C(head: str, X, y, folds: int | str = 5, seed: int = 0, pca: int | No
     Folds: RareClassKFold (classes with one image train in every fold and are not validated).
     The choice is ``plateau_index``, as in FeatureHead (pipeline/heads/estimator.py); no model is refitted here.
     """
-    search = GridSearchCV(make_head(head, pca=pca, class_weight=class_weight), {"clf__C": list(C_GRID[head])},
+    grid = check_head(head, class_weight).c_grid
+    search = GridSearchCV(make_head(head, pca=pca, class_weight=class_weight), {"clf__C": list(grid)},
                           cv=selection_splitter(y, folds, seed), scoring="accuracy", refit=False)
     search.fit(X, y)
-    scores = dict(zip(C_GRID[head], search.cv_results_["mean_test_score"].tolist()))
-    return float(C_GRID[head][plateau_index(search.cv_results_)]), float(max(scores.values())), scores
+    scores = dict(zip(grid, search.cv_results_["mean_test_score"].tolist()))
+    return float(grid[plateau_index(search.cv_results_)]), float(max(scores.values())), scores
 
 
 def selection_splitter(y, folds: int | str = 5, seed: int = 0):
@@ -152,21 +133,6 @@ def learning_curve(head: str, X, y, C: float, folds: int = 5, seed: int = 0, poi
             valid_acc[i, f] = np.mean(model.predict(X[te]) == y[te])
     return {"per_class": ks, "train_mean": train_acc.mean(1).tolist(), "train_std": train_acc.std(1).tolist(),
             "valid_mean": valid_acc.mean(1).tolist(), "valid_std": valid_acc.std(1).tolist(), "folds": len(splits)}
-
-
-def fit_head(head: str, X, y, C: float | str = "auto", folds: int | str = 5, seed: int = 0, pca: int | None = None,
-             class_weight: str | None = None):
-    """Fit the head on all rows (labels as strings); return (fitted pipeline, metrics dict).
-
-    ``FeatureHead(head, C, folds, seed, pca, class_weight).fit(X, y)`` (pipeline/heads/estimator.py), returned as
-    its ``model_`` and ``metrics_``. Any class with at least one image is trained on; classes with one image
-    cannot be validated and are listed in metrics['unvalidated_classes']. class_weight: None or 'balanced'.
-    """
-    from .estimator import FeatureHead
-
-    est = FeatureHead(head, C, folds, seed, pca, class_weight).fit(np.asarray(X, dtype=np.float32),
-                                                                    np.asarray(y, dtype=str))
-    return est.model_, est.metrics_
 
 
 def calibration_note(model) -> str:

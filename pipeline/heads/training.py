@@ -41,12 +41,7 @@ def train(store, head: str | HeadOptions = "linear_svm", split: str | SplitOptio
     The validation metrics land in ``clf.metrics['validation']``. A single-label head is a fitted
     ``FeatureHead`` (pipeline/heads/estimator.py): ``clf.estimator``, its settings ``clf.params``.
     """
-    head_kw, split_kw = split_keywords("train", keywords, HeadOptions, SplitOptions)
-    o = replace(head, **head_kw) if isinstance(head, HeadOptions) else HeadOptions(head, **head_kw)
-    if not isinstance(split, SplitOptions):
-        split = SplitOptions(split=split, **{"seed": o.seed, **split_kw})  # one seed unless told otherwise
-        split_kw = {}
-    s = replace(split, **split_kw)
+    o, s = _settings(head, split, keywords)
     if not isinstance(store, FeatureStore):
         store = FeatureStore.open(Path(store))
     X, y, rows = store.labelled(with_rows=True)
@@ -74,6 +69,16 @@ def train(store, head: str | HeadOptions = "linear_svm", split: str | SplitOptio
     clf = Classifier(model, [str(c) for c in model.classes_], store.spec, metrics, versions())
     clf.train_hashes = sorted({rows[i]["sha256"][:16] for i in train_idx})
     return clf
+
+
+def _settings(head, split, keywords: dict) -> tuple[HeadOptions, SplitOptions]:
+    """train's HeadOptions and SplitOptions from its arguments; a keyword overrides the objects' field."""
+    head_kw, split_kw = split_keywords("train", keywords, HeadOptions, SplitOptions)
+    o = replace(head, **head_kw) if isinstance(head, HeadOptions) else HeadOptions(head, **head_kw)
+    if not isinstance(split, SplitOptions):
+        split = SplitOptions(split=split, **{"seed": o.seed, **split_kw})  # one seed unless told otherwise
+        split_kw = {}
+    return o, replace(split, **split_kw)
 
 
 def _validate(model, X, y, rows, train_idx, valid_idx) -> dict:

@@ -156,9 +156,9 @@ def test_settings_choices_match_the_library():
     from pipeline import backbones, engines, options
     from pipeline.dataset import splits
     from pipeline.featurizer import decodepool
-    from pipeline.heads import selection as heads
+    from pipeline.heads import kinds
 
-    assert set(options.HEADS) == set(heads.HEADS)
+    assert options.HEADS == tuple(kinds.KINDS) == kinds.NAMES  # the same names, in the same order
     assert options.DEFAULT_BACKBONE == backbones.DEFAULT_BACKBONE
     assert options.SPLITS == splits.SPLIT_METHODS and options.DECODE_CHOICES == decodepool.DECODE_CHOICES
     assert options.ENGINES == tuple(engines.REGISTRY)

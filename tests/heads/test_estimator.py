@@ -12,7 +12,8 @@ import pipeline
 from pipeline.errors import SpecMismatchError, UsageError
 from pipeline.heads.classifier import Classifier
 from pipeline.heads.estimator import FeatureHead
-from pipeline.heads.selection import C_GRID, HEADS, make_head, plateau_index, selection_splitter
+from pipeline.heads.kinds import KINDS
+from pipeline.heads.selection import make_head, plateau_index, selection_splitter
 
 DIM = 12
 SPEC = {"backbone": "toy", "kind": "toy", "model": "toy.tflite", "weights": None, "layer": "penultimate",
@@ -36,7 +37,7 @@ def _not_supported(est) -> dict:
                                               "records it in JSON, and per-class dicts are refused"}
 
 
-@parametrize_with_checks([FeatureHead(head=h, C=1.0) for h in HEADS], expected_failed_checks=_not_supported)
+@parametrize_with_checks([FeatureHead(head=h, C=1.0) for h in KINDS], expected_failed_checks=_not_supported)
 def test_sklearn_estimator_checks(estimator, check):
     # scikit-learn's own checks (input validation, n_features_in_, pickling, idempotent fit, ...), fixed C
     check(estimator)
@@ -54,7 +55,7 @@ def test_fit_returns_self_and_learns_classes_and_C():
     assert not hasattr(est, "classes_")
     assert est.fit(X, y) is est
     assert list(est.classes_) == ["c0", "c1", "c2"] and est.n_features_in_ == DIM
-    assert est.C_ in C_GRID["svm"] and est.C == "auto"  # the parameter stays as given
+    assert est.C_ in KINDS["svm"].c_grid and est.C == "auto"  # the parameter stays as given
     assert est.metrics_["C"] == est.C_ and est.metrics_["cv_folds"] == 5 and est.metrics_["n_train"] == 30
 
 
@@ -89,7 +90,7 @@ def test_cross_val_score_and_grid_search_use_it():
 
 
 @pytest.mark.parametrize("n_classes", [2, 4])
-@pytest.mark.parametrize("head", list(HEADS))
+@pytest.mark.parametrize("head", list(KINDS))
 def test_predict_is_the_argmax_of_the_decision_function(head, n_classes):
     Xn, yn = blobs(n_classes, 6, seed=n_classes, noise=4.0)  # overlapping: some training rows misclassified
     est = FeatureHead(head=head, C=1.0).fit(Xn, yn)
@@ -110,9 +111,9 @@ def test_without_calibration_the_svms_have_no_probabilities():
 # ---- C chosen by GridSearchCV with the plateau rule ------------------------------------------
 def old_select_C(head, X, y, folds=5, seed=0):
     """The selection as it was before FeatureHead (heads.select_C, refit=False): the middle of the tie."""
-    search = GridSearchCV(make_head(head), {"clf__C": list(C_GRID[head])}, cv=selection_splitter(y, folds, seed),
-                          scoring="accuracy", refit=False).fit(X, y)
-    scores = dict(zip(C_GRID[head], search.cv_results_["mean_test_score"].tolist()))
+    search = GridSearchCV(make_head(head), {"clf__C": list(KINDS[head].c_grid)},
+                          cv=selection_splitter(y, folds, seed), scoring="accuracy", refit=False).fit(X, y)
+    scores = dict(zip(KINDS[head].c_grid, search.cv_results_["mean_test_score"].tolist()))
     best = max(scores.values())
     tied = [c for c, v in scores.items() if v >= best - 1e-12]
     return float(tied[len(tied) // 2]), scores
@@ -139,7 +140,7 @@ def test_refit_callable_takes_the_middle_of_a_plateau_not_the_first_best():
     assert plateau_index(cv_results) == 2
     assert plateau_index({"mean_test_score": np.array([1.0, 1.0, 0.9, 1.0 - 1e-13])}) == 1
     est = FeatureHead(head="svm").fit(*blobs(seed=4, spread=6.0))
-    assert set(est.metrics_["cv_scores"].values()) == {1.0} and est.C_ == C_GRID["svm"][2] == 10.0
+    assert set(est.metrics_["cv_scores"].values()) == {1.0} and est.C_ == KINDS["svm"].c_grid[2] == 10.0
 
 
 # ---- errors name the parameter --------------------------------------------------------------

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UsageError
+from pipeline.heads.estimator import fit_head
 from pipeline.heads.evaluation import classification_metrics
-from pipeline.heads.selection import C_GRID, fit_head
+from pipeline.heads.kinds import KINDS
 
 rng = np.random.default_rng(0)
 CENTRES = rng.normal(0, 3, (3, 20))
@@ -20,7 +21,7 @@ def test_three_class_heads_give_probabilities_and_cv_choice(head):
     proba = model.predict_proba(X)
     assert proba.shape == (45, 3) and np.allclose(proba.sum(axis=1), 1)
     assert list(model.classes_) == ["ant", "bee", "cow"]
-    assert m["C"] in C_GRID[head] and m["cv_accuracy"] > 0.9 and m["cv_folds"] == 5
+    assert m["C"] in KINDS[head].c_grid and m["cv_accuracy"] > 0.9 and m["cv_folds"] == 5
 
 
 def test_fixed_C_is_used_as_given():
