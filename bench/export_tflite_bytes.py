@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.backbones import create_backbone  # noqa: E402
-from pipeline.dataset.splits import validation_mask  # noqa: E402
 from pipeline.dataset.listing import list_images  # noqa: E402
+from pipeline.dataset.splits import validation_mask  # noqa: E402
 from pipeline.decode.images import decode  # noqa: E402
 from pipeline.heads.arrayhead import export as to_arrays  # noqa: E402
 from pipeline.heads.classifier import Classifier  # noqa: E402

@@ -9,9 +9,9 @@ import pytest
 from conftest import img_bytes, noise_image
 from PIL import Image
 
-from pipeline.featurizer import decodepool
 from pipeline.dataset.listing import list_images
 from pipeline.errors import ImageError, UsageError
+from pipeline.featurizer import decodepool
 from pipeline.featurizer.decodepool import DecodePool, choose_decode
 from pipeline.featurizer.prepare import prepare as _prepare
 from pipeline.preprocess import Preprocess
