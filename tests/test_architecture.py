@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -94,7 +94,7 @@ class Import:
         return f"{self.importer} (line {self.line})"
 
 
-@lru_cache(maxsize=None)
+@cache
 def modules() -> dict[str, Path]:
     """Dotted name -> file, for every module of the package (a package is its __init__.py)."""
     found = {}
@@ -125,7 +125,7 @@ def absolute(importer: str, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-@lru_cache(maxsize=None)
+@cache
 def imports() -> tuple[Import, ...]:
     """Every import of a pipeline module by a pipeline module, wherever it stands in the file."""
     found = []
