@@ -43,7 +43,7 @@ def test_a_file_that_hit_an_io_error_is_read_again_next_run(tmp_path, monkeypatc
 
     from conftest import make_class_tree
 
-    import pipeline.featurizer.reader as reader
+    import pipeline.featurizer.prepare as reader  # where the reader stage reads files (read_bytes)
 
     data = make_class_tree(tmp_path / "data", per_class=2)
     real = reader.read_bytes

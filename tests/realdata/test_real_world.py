@@ -354,7 +354,7 @@ def test_featurize_sample_takes_a_stable_sample_per_class_and_train_sample_agree
 
 
 def test_a_skipped_file_is_not_reread_until_it_changes(tmp_path, monkeypatch):
-    import pipeline.featurizer.reader as reader
+    import pipeline.featurizer.prepare as reader  # where the reader stage reads files (read_bytes)
 
     data = make_class_tree(tmp_path / "data", per_class=2)
     bad = data / "red" / "download.jpg"
