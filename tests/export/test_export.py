@@ -28,14 +28,28 @@ def _decoded(paths, pre):
     return np.stack([decode(p.read_bytes(), pre) for p in paths])
 
 
+@pytest.fixture(scope="module")
+def tiny_export(tiny_app, data, tmp_path_factory):
+    """export(head, pca): a calibrated head over the tiny CNN and its SavedModel, each exported once per module."""
+    done = {}
+
+    def export(head="linear_svm", pca=None):
+        if (head, pca) not in done:
+            paths, labels = data
+            clf = calibrated_classifier(create_backbone(tiny_app, "penultimate", weights="random"), paths, labels,
+                                        head, pca)
+            done[head, pca] = clf, clf.export(tmp_path_factory.mktemp("export") / "model", format="saved_model")
+        return done[head, pca]
+    return export
+
+
 @pytest.mark.parametrize("head,pca", [("linear_svm", None), ("svm", 4), ("logreg", None)])
-def test_saved_model_equals_predict_proba(tiny_app, data, tmp_path, head, pca):
+def test_saved_model_equals_predict_proba(tiny_export, data, head, pca):
     # serving_default on images decoded by the project's decoder gives predict_proba's numbers
     import tensorflow as tf
 
-    paths, labels = data
-    clf = calibrated_classifier(create_backbone(tiny_app, "penultimate", weights="random"), paths, labels, head, pca)
-    out = clf.export(tmp_path / "model", format="saved_model")
+    paths, _ = data
+    clf, out = tiny_export(head, pca)
     loaded = tf.saved_model.load(str(out))
     assert set(loaded.signatures) == {"serving_default", "predict_bytes"}
     got = loaded.signatures["serving_default"](images=tf.constant(_decoded(paths, clf_pre(clf))))
@@ -90,11 +104,10 @@ def test_tflite_backbone_with_flip_is_refused_with_the_reason(data, tmp_path):
     assert not (tmp_path / "m.tflite").exists()
 
 
-def test_saved_model_loads_without_this_package(tiny_app, data, tmp_path):
+def test_saved_model_loads_without_this_package(tiny_export, data, tmp_path):
     # a fresh process with only TensorFlow loads and runs the export
-    paths, labels = data
-    clf = calibrated_classifier(create_backbone(tiny_app, "penultimate", weights="random"), paths, labels)
-    out = clf.export(tmp_path / "model")
+    paths, _ = data
+    clf, out = tiny_export()  # the linear SVM's SavedModel, as exported for test_saved_model_equals_predict_proba
     np.save(tmp_path / "x.npy", _decoded(paths[:4], clf_pre(clf)))
     code = ("import json, sys, numpy as np, tensorflow as tf\n"
             f"m = tf.saved_model.load({str(out)!r})\n"
