@@ -43,6 +43,7 @@ def tiny_export(tiny_app, data, tmp_path_factory):
     return export
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head,pca", [("linear_svm", None), ("svm", 4), ("logreg", None)])
 def test_saved_model_equals_predict_proba(tiny_export, data, head, pca):
     # serving_default on images decoded by the project's decoder gives predict_proba's numbers
@@ -62,6 +63,7 @@ def test_saved_model_equals_predict_proba(tiny_export, data, head, pca):
     assert p_bytes.shape == want.shape and np.abs(p_bytes - want).max() <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["savedmodel", "graphdef"])
 def test_saved_model_from_a_tensorflow_graph_backbone(data, tmp_path, kind):
     # a SavedModel folder or a frozen GraphDef as the backbone: exported as constants, same numbers
@@ -85,6 +87,7 @@ def clf_pre(clf) -> Preprocess:
     return Preprocess.from_dict(clf.spec["preprocess"])
 
 
+@pytest.mark.slow
 def test_saved_model_keeps_the_test_time_flip(tiny_app, data, tmp_path):
     # a head trained on --tta flip features: the export averages the image and its mirror too
     import tensorflow as tf
@@ -104,6 +107,7 @@ def test_tflite_backbone_with_flip_is_refused_with_the_reason(data, tmp_path):
     assert not (tmp_path / "m.tflite").exists()
 
 
+@pytest.mark.slow
 def test_saved_model_loads_without_this_package(tiny_export, data, tmp_path):
     # a fresh process with only TensorFlow loads and runs the export
     paths, _ = data
@@ -129,6 +133,7 @@ def _run_tflite(path, images):
     return np.concatenate([o["probabilities"] for o in out]), [c.decode() for c in out[0]["classes"][0]]
 
 
+@pytest.mark.slow
 def test_tflite_from_keras_backbone_equals_predict_proba(tiny_app, data, tmp_path):
     paths, labels = data
     clf = calibrated_classifier(create_backbone(tiny_app, "penultimate", weights="random"), paths, labels, "svm")
@@ -138,6 +143,7 @@ def test_tflite_from_keras_backbone_equals_predict_proba(tiny_app, data, tmp_pat
     assert classes == list(clf.classes_)
 
 
+@pytest.mark.slow
 def test_tflite_bundled_quantized_backbone_stays_quantized(data, tmp_path):
     # the bundled full-integer MobileNetV2 keeps its uint8 operators; the head runs after it in float
     from ai_edge_litert.interpreter import Interpreter
@@ -158,6 +164,7 @@ def test_tflite_bundled_quantized_backbone_stays_quantized(data, tmp_path):
     assert it.get_input_details()[0]["dtype"] == np.uint8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantized", [False, True])
 def test_tflite_from_other_tflite_backbones(data, tmp_path, quantized):
     # a float TFLite model gets its pixel scaling prepended; a quantized one its head after a DEQUANTIZE
