@@ -27,11 +27,16 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: install  ## the whole flow offline on the bundled cars sample
 	$(PY) -m pipeline demo
 
-test: install  ## the full test suite (tests needing ../shared skip without it; -rs prints why)
-	$(PY) -m pytest -q -rs
+# Tests run on 2 pytest-xdist workers, one test file per worker at a time (module fixtures are built once);
+# TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+PYTEST_N := -n $(TEST_WORKERS) --dist loadfile
 
-test-fast: install
-	$(PY) -m pytest -q -rs -m "not slow and not shared"
+test: install  ## the full test suite (tests needing ../shared skip without it; -rs prints why)
+	$(PY) -m pytest -q -rs $(PYTEST_N)
+
+test-fast: install  ## every test but the slow ones and those needing ../shared (about a minute on 2 cores)
+	$(PY) -m pytest -q -rs $(PYTEST_N) -m "not slow and not shared"
 
 features: install  ## make features DATA=path/to/images [BACKBONE=...] [LAYER=...] [OUT=features/...]
 	@test -n "$(DATA)" || { echo "usage: make features DATA=folder [BACKBONE=$(BACKBONE)] [LAYER=$(LAYER)] [OUT=dir]"; exit 2; }

@@ -44,6 +44,7 @@ def test_keras_scaling_equals_keras_preprocess_input(name):
     np.testing.assert_allclose(ours, keras_pre(img.astype(np.float32).copy()), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_savedmodel_layers_equal_model_outputs(tiny, expected, tmp_path):
     path = export_saved_model(tiny, tmp_path / "sm")
     for layer in ("predictions", "logits", "penultimate"):
@@ -56,6 +57,7 @@ def test_savedmodel_layers_equal_model_outputs(tiny, expected, tmp_path):
     np.testing.assert_allclose(bb(IMAGES), expected["conv"], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_frozen_graphdef_layers_equal_model_outputs(tiny, expected, tmp_path):
     path, inp, names = frozen_graph_def(tiny, tmp_path / "frozen.pb")
     for layer, key in (("logits", "logits"), ("penultimate", "penultimate"), ("predictions", "predictions"),
@@ -71,6 +73,7 @@ def test_graphdef_unknown_tensor_is_a_clear_error(tiny, tmp_path):
         bb.load()
 
 
+@pytest.mark.slow
 def test_float_tflite_layers_equal_model_outputs(tiny, expected, tmp_path):
     path = tflite_model(tiny, tmp_path / "tiny.tflite", quantized=False)
     for layer in ("logits", "penultimate", "predictions"):
@@ -81,6 +84,7 @@ def test_float_tflite_layers_equal_model_outputs(tiny, expected, tmp_path):
     np.testing.assert_allclose(bb(IMAGES), expected["conv"], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_quantized_tflite_dequantizes_and_finds_presoftmax_logits(tiny, expected, tmp_path):
     path = tflite_model(tiny, tmp_path / "tinyq.tflite", quantized=True)
     bb = create_backbone(path, "logits", scaling="tf")
@@ -120,6 +124,7 @@ def test_keras_application_with_local_weights_file(tmp_path):
     assert bb.spec()["source"]["weights_sha256"]
 
 
+@pytest.mark.slow
 def test_keras_offline_without_weights_says_what_to_pass(monkeypatch):
     import keras
 
@@ -143,6 +148,7 @@ def test_weights_only_for_keras_apps():
         create_backbone("mobilenet_v2_quant", weights="x.h5")
 
 
+@pytest.mark.slow
 def test_hub_handle_to_a_local_savedmodel(tiny, expected, tmp_path):
     # hub:HANDLE goes through tensorflow_hub.resolve (a URL downloads; a local folder is used as is)
     path = export_saved_model(tiny, tmp_path / "hubmodel")
@@ -168,6 +174,7 @@ def test_keras_application_with_legacy_h5_weights(tmp_path):
                                rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_bfloat16_precision_is_close_to_float32_and_part_of_the_spec():
     images = np.random.default_rng(3).integers(0, 256, (2, 224, 224, 3)).astype(np.uint8)
     fp32 = create_backbone("mobilenet", "penultimate", weights="random")
@@ -182,6 +189,7 @@ def test_bfloat16_precision_is_close_to_float32_and_part_of_the_spec():
         create_backbone("mobilenet_v2_quant", precision="bfloat16")
 
 
+@pytest.mark.slow
 def test_tensorflow_backbone_featurize_equals_direct_calls_skips_bad_files_and_resumes(tiny, tmp_path):
     from conftest import make_class_tree
 

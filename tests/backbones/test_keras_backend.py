@@ -67,6 +67,7 @@ def test_keras_backend_is_refused_for_tflite_backbones():
         create_backbone("mobilenet_v2_quant", keras_backend="jax")
 
 
+@pytest.mark.slow
 def test_switching_backend_after_keras_was_imported_says_how_to_fix():
     code = ("import keras\nfrom pipeline.backbones import create_backbone\n"
             "create_backbone('mobilenet_v2', weights='random', keras_backend='tensorflow')")

@@ -108,6 +108,7 @@ def test_a_kind_lists_its_layers_and_rebuilds_from_a_spec():
     assert isinstance(again, TFLiteBackbone) and again.feature_spec() == bb.feature_spec()
 
 
+@pytest.mark.slow
 def test_an_explicit_batch_size_survives_building_a_keras_application():
     """--batch-size 8 is the batch the network runs, not the device default picked when it is built."""
     from pipeline.backbones import create_backbone

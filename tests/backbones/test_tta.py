@@ -17,6 +17,7 @@ IMAGES = np.random.default_rng(0).integers(0, 128, (3, 224, 224, 3), dtype=np.ui
 IMAGES[:, :, :112] += 120
 
 
+@pytest.mark.slow
 def test_flip_features_are_the_mean_of_image_and_mirror_tflite():
     plain, flip = create_backbone("mobilenet_v2_quant"), create_backbone("mobilenet_v2_quant", tta="flip")
     expected = (plain(IMAGES) + plain(IMAGES[:, :, ::-1].copy())) / 2
@@ -25,6 +26,7 @@ def test_flip_features_are_the_mean_of_image_and_mirror_tflite():
     np.testing.assert_allclose(flip.featurize_one(IMAGES[1]), expected[1], rtol=1e-6, atol=1e-6)  # per-image path
 
 
+@pytest.mark.slow
 def test_flip_features_are_the_mean_of_image_and_mirror_savedmodel(tmp_path):
     from models_for_tests import SIZE, export_saved_model, tiny_keras_model
 
@@ -42,6 +44,7 @@ def test_unknown_tta_is_refused():
         create_backbone("mobilenet_v2_quant", tta="rotate")
 
 
+@pytest.mark.slow
 def test_tta_is_part_of_the_spec_of_stores_and_heads(tmp_path):
     data = make_class_tree(tmp_path / "data", per_class=3)
     store = pipeline.featurize(data, out=tmp_path / "flip", progress=False, tta="flip")

@@ -131,6 +131,7 @@ def test_v_shows_the_traceback_of_a_reported_error_too(tmp_path, capsys):
 
 # --- noise and silence ---
 
+@pytest.mark.slow
 def test_featurize_into_a_log_is_quiet_whole_lines_and_v_shows_the_runtime(flow, tmp_path):
     _, data, _, _ = flow
     r = run_cli("featurize", data, "--out", tmp_path / "s")
@@ -142,6 +143,7 @@ def test_featurize_into_a_log_is_quiet_whole_lines_and_v_shows_the_runtime(flow,
     assert r.returncode == 0 and "XNNPACK delegate" in r.stderr  # what the default run keeps off the log
 
 
+@pytest.mark.slow
 def test_tensorflow_import_notices_are_kept_off_stderr():
     code = "from pipeline.backbones.graph import import_tensorflow; import_tensorflow()"
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -150,6 +152,7 @@ def test_tensorflow_import_notices_are_kept_off_stderr():
         assert notice not in r.stderr
 
 
+@pytest.mark.slow
 def test_export_keeps_tensorflow_import_notices_off_stderr(flow, tmp_path):
     # export is the first command to import TensorFlow in its process: its CUDA probing stays off stderr
     _, _, _, model = flow

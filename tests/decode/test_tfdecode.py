@@ -31,6 +31,7 @@ def _both(data: bytes, pre: Preprocess) -> tuple[np.ndarray, np.ndarray]:
     return decode(data, pre), _tf_decoder(pre)(tf.constant(data)).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resample", RESAMPLING)
 @pytest.mark.parametrize("case", EXACT)
 def test_tf_decode_gives_pillows_pixels(case, resample):
@@ -70,6 +71,7 @@ def test_nearest_picks_pillows_source_pixels(seed):
         assert (got == want).all(), (W, H, w, h, left, top, bw, bh)
 
 
+@pytest.mark.slow
 def test_gif_transparency_turns_white_in_both_decoders():
     # TensorFlow's GIF decoder paints a transparent index black; predict_bytes must see white
     p = Image.new("P", (24, 16), 1)
@@ -91,6 +93,7 @@ def test_cmyk_jpeg_is_off_by_at_most_one_level_before_resizing():
     assert diff.min() >= 0 and diff.max() == 1
 
 
+@pytest.mark.slow
 def test_decoder_survives_a_saved_model_round_trip(tmp_path):
     # the ops predict_bytes runs (chunk walks, GIF rewrite, tf.case) saved and reloaded, on a mixed batch
     from pipeline.decode.tfdecode import decode_image

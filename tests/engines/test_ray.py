@@ -18,6 +18,7 @@ from pipeline.cli import main
 from pipeline.engines.ray import RayCluster, partition_bounds
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs ray[data]: pip install -e '.[ray]'")
+pytestmark = pytest.mark.slow  # a local Ray cluster: seconds to start, seconds per run
 
 
 @pytest.fixture(scope="module")

@@ -28,14 +28,29 @@ def _decoded(paths, pre):
     return np.stack([decode(p.read_bytes(), pre) for p in paths])
 
 
+@pytest.fixture(scope="module")
+def tiny_export(tiny_app, data, tmp_path_factory):
+    """export(head, pca): a calibrated head over the tiny CNN and its SavedModel, each exported once per module."""
+    done = {}
+
+    def export(head="linear_svm", pca=None):
+        if (head, pca) not in done:
+            paths, labels = data
+            clf = calibrated_classifier(create_backbone(tiny_app, "penultimate", weights="random"), paths, labels,
+                                        head, pca)
+            done[head, pca] = clf, clf.export(tmp_path_factory.mktemp("export") / "model", format="saved_model")
+        return done[head, pca]
+    return export
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("head,pca", [("linear_svm", None), ("svm", 4), ("logreg", None)])
-def test_saved_model_equals_predict_proba(tiny_app, data, tmp_path, head, pca):
+def test_saved_model_equals_predict_proba(tiny_export, data, head, pca):
     # serving_default on images decoded by the project's decoder gives predict_proba's numbers
     import tensorflow as tf
 
-    paths, labels = data
-    clf = calibrated_classifier(create_backbone(tiny_app, "penultimate", weights="random"), paths, labels, head, pca)
-    out = clf.export(tmp_path / "model", format="saved_model")
+    paths, _ = data
+    clf, out = tiny_export(head, pca)
     loaded = tf.saved_model.load(str(out))
     assert set(loaded.signatures) == {"serving_default", "predict_bytes"}
     got = loaded.signatures["serving_default"](images=tf.constant(_decoded(paths, clf_pre(clf))))
@@ -48,6 +63,7 @@ def test_saved_model_equals_predict_proba(tiny_app, data, tmp_path, head, pca):
     assert p_bytes.shape == want.shape and np.abs(p_bytes - want).max() <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["savedmodel", "graphdef"])
 def test_saved_model_from_a_tensorflow_graph_backbone(data, tmp_path, kind):
     # a SavedModel folder or a frozen GraphDef as the backbone: exported as constants, same numbers
@@ -71,6 +87,7 @@ def clf_pre(clf) -> Preprocess:
     return Preprocess.from_dict(clf.spec["preprocess"])
 
 
+@pytest.mark.slow
 def test_saved_model_keeps_the_test_time_flip(tiny_app, data, tmp_path):
     # a head trained on --tta flip features: the export averages the image and its mirror too
     import tensorflow as tf
@@ -90,11 +107,11 @@ def test_tflite_backbone_with_flip_is_refused_with_the_reason(data, tmp_path):
     assert not (tmp_path / "m.tflite").exists()
 
 
-def test_saved_model_loads_without_this_package(tiny_app, data, tmp_path):
+@pytest.mark.slow
+def test_saved_model_loads_without_this_package(tiny_export, data, tmp_path):
     # a fresh process with only TensorFlow loads and runs the export
-    paths, labels = data
-    clf = calibrated_classifier(create_backbone(tiny_app, "penultimate", weights="random"), paths, labels)
-    out = clf.export(tmp_path / "model")
+    paths, _ = data
+    clf, out = tiny_export()  # the linear SVM's SavedModel, as exported for test_saved_model_equals_predict_proba
     np.save(tmp_path / "x.npy", _decoded(paths[:4], clf_pre(clf)))
     code = ("import json, sys, numpy as np, tensorflow as tf\n"
             f"m = tf.saved_model.load({str(out)!r})\n"
@@ -116,6 +133,7 @@ def _run_tflite(path, images):
     return np.concatenate([o["probabilities"] for o in out]), [c.decode() for c in out[0]["classes"][0]]
 
 
+@pytest.mark.slow
 def test_tflite_from_keras_backbone_equals_predict_proba(tiny_app, data, tmp_path):
     paths, labels = data
     clf = calibrated_classifier(create_backbone(tiny_app, "penultimate", weights="random"), paths, labels, "svm")
@@ -125,6 +143,7 @@ def test_tflite_from_keras_backbone_equals_predict_proba(tiny_app, data, tmp_pat
     assert classes == list(clf.classes_)
 
 
+@pytest.mark.slow
 def test_tflite_bundled_quantized_backbone_stays_quantized(data, tmp_path):
     # the bundled full-integer MobileNetV2 keeps its uint8 operators; the head runs after it in float
     from ai_edge_litert.interpreter import Interpreter
@@ -145,6 +164,7 @@ def test_tflite_bundled_quantized_backbone_stays_quantized(data, tmp_path):
     assert it.get_input_details()[0]["dtype"] == np.uint8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantized", [False, True])
 def test_tflite_from_other_tflite_backbones(data, tmp_path, quantized):
     # a float TFLite model gets its pixel scaling prepended; a quantized one its head after a DEQUANTIZE

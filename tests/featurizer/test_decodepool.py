@@ -146,6 +146,7 @@ def _shm_names() -> set:
         return set()
 
 
+@pytest.mark.slow
 def test_sigkill_with_process_decode_resumes_and_leaves_no_shared_memory(tmp_path):
     import signal
     import subprocess

@@ -34,11 +34,13 @@ def tiny():
     return tiny_keras_model()
 
 
+@pytest.mark.slow
 def test_tflite_reads_several_layers_in_one_call(tiny, tmp_path):
     path = tflite_model(tiny, tmp_path / "tiny.tflite", quantized=False)
     _assert_side_by_side(lambda layer: create_backbone(path, layer, scaling="tf"))
 
 
+@pytest.mark.slow
 def test_savedmodel_and_graphdef_read_several_layers_in_one_call(tiny, tmp_path):
     sm = export_saved_model(tiny, tmp_path / "sm")
     _assert_side_by_side(lambda layer: create_backbone(sm, layer, input_size=SIZE, scaling="tf"))
@@ -47,6 +49,7 @@ def test_savedmodel_and_graphdef_read_several_layers_in_one_call(tiny, tmp_path)
                          ["logits", names["conv"], "predictions"])
 
 
+@pytest.mark.slow
 def test_keras_application_reads_several_layers_in_one_call():
     images = np.random.default_rng(1).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     multi = create_backbone("mobilenet", "penultimate,logits", "random")
@@ -102,6 +105,7 @@ def test_several_layers_need_layer_in_out(folder, tmp_path, capsys):
     assert "each once" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_layer_run_killed_mid_way_resumes_to_single_layer_results(tmp_path):
     import os
     import subprocess

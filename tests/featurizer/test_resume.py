@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import kill_once_committed, noise_class_tree
 
 import pipeline
@@ -16,6 +17,7 @@ def _featurize_cmd(data, out):
             "--workers", "1", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_clean_run(tmp_path):
     data = tmp_path / "data"
     n = 400

@@ -17,6 +17,7 @@ def _stages(out) -> dict:
     return json.loads((out / "report.json").read_text())["stages"]
 
 
+@pytest.mark.slow
 def test_large_pngs_on_one_worker_are_decode_bound(tmp_path, capsys):
     # 2400x2400 noise PNGs take far longer to decode than the bundled TFLite model takes to run, and
     # than committing their rows (a few fsyncs, slow on a busy disk)

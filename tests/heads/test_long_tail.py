@@ -43,6 +43,7 @@ def test_classes_with_one_image_are_trained_on_and_named(head, C):
         assert np.mean(pred[np.isin(yt, singletons)] == yt[np.isin(yt, singletons)]) > 0.5
 
 
+@pytest.mark.slow
 def test_held_out_accuracy_is_at_least_a_plain_logistic_regression():
     # the yardstick: StandardScaler + LogisticRegression(C=0.1) on the same features
     (X, y), (Xt, yt), _ = long_tail(seed=1, test_per_class=3)
@@ -71,6 +72,7 @@ def test_balanced_class_weight_is_used_and_recorded(tmp_path):
         fit_head("linear_svm", X, y, C=1.0, class_weight="auto")
 
 
+@pytest.mark.slow
 def test_cli_trains_a_csv_labelled_long_tail_with_auto_and_fixed_C(tmp_path, capsys):
     # a dog-breed-like folder: one flat folder of images, labels in a CSV, 104 classes, 26 with one image
     images = tmp_path / "images"

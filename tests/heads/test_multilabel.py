@@ -226,7 +226,10 @@ def test_catbreeds_breed_and_group_tags(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_multilabel", REPO / "bench" / "multilabel.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    r = bench.measure(needs_shared("data", "catbreeds"), tmp_path, heads=(("linear_svm", "auto"),))  # ~1 min
-    ours = r["linear_svm_Cauto"]["micro_f1"]
+    # C as the auto search picks it on these features (bench/multilabel.py with C auto gives 0.0001): the search
+    # over 5 C x 5 folds x 7 tags took a minute and is tested on synthetic tags in this file; the thresholds are
+    # still tuned by 5-fold CV on the training part
+    r = bench.measure(needs_shared("data", "catbreeds"), tmp_path, heads=(("linear_svm", 0.0001),))
+    ours = r["linear_svm_C0.0001"]["micro_f1"]
     assert r["n_valid"] > 250 and ours > r["plain_0.5"]
     assert ours > r["single_oracle"]  # even the single threshold that is best on the held-out images

@@ -219,6 +219,7 @@ def test_images_per_request_over_the_limit_is_413(head):
     assert none.status_code == 400 and none.json()["code"] == "no_image"
 
 
+@pytest.mark.slow
 def test_a_request_over_its_time_limit_is_504_and_the_server_recovers(head):
     _, data, clf = head
     slow, model = gated(clf)
@@ -304,6 +305,7 @@ def test_requests_never_touch_the_file_system_and_names_are_only_echoed(head, tm
     assert sorted(os.listdir(tmp_path)) == []
 
 
+@pytest.mark.slow
 def test_cli_serve_answers_on_loopback(head, tmp_path):
     root, data, clf = head
     model = clf.save(tmp_path / "m.joblib")

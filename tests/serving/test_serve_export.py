@@ -17,6 +17,7 @@ from PIL import Image
 
 pytest.importorskip("uvicorn", reason="serve needs the [serve] extra: FastAPI, uvicorn, python-multipart")
 pytest.importorskip("fastapi", reason="serve needs the [serve] extra: FastAPI, uvicorn, python-multipart")
+pytestmark = pytest.mark.slow  # every test serves or refuses a TensorFlow export
 
 from conftest import REPO  # noqa: E402
 from models_for_tests import calibrated_classifier, colour_files  # noqa: E402
