@@ -143,22 +143,56 @@ def test_featurize_into_a_log_is_quiet_whole_lines_and_v_shows_the_runtime(flow,
     assert r.returncode == 0 and "XNNPACK delegate" in r.stderr  # what the default run keeps off the log
 
 
+TF_NOTICES = ("absl::InitializeLog", "Could not find cuda drivers", "cuInit", "oneDNN")
+
+# `pipeline export` in a fresh process, with import_tensorflow wrapped to record whether TensorFlow was still
+# unimported at its first call (then it is the call that imports TensorFlow): one TensorFlow import serves both
+# tests below, instead of one subprocess each (about 10 s apiece)
+_EXPORT_RECORDING_THE_FIRST_IMPORT = """
+import os, runpy, sys
+import pipeline.backbones.graph as graph
+real, calls = graph.import_tensorflow, []
+def import_tensorflow():
+    if not calls:
+        calls.append(1)
+        with open(os.environ["FIRST_TF_IMPORT"], "w") as f:
+            f.write(str("tensorflow" not in sys.modules))
+    return real()
+graph.import_tensorflow = import_tensorflow
+sys.argv[0] = "pipeline"
+runpy.run_module("pipeline", run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def fresh_export(flow, tmp_path_factory):
+    """(CompletedProcess, the .tflite written, whether import_tensorflow's first call imported TensorFlow)."""
+    _, _, _, model = flow
+    tmp = tmp_path_factory.mktemp("fresh_export")
+    out, first = tmp / "m.tflite", tmp / "first_import.txt"
+    r = subprocess.run([sys.executable, "-c", _EXPORT_RECORDING_THE_FIRST_IMPORT, "export", str(model), "--format",
+                        "tflite", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "FIRST_TF_IMPORT": str(first)})
+    return r, out, first.read_text() if first.exists() else None
+
+
 @pytest.mark.slow
-def test_tensorflow_import_notices_are_kept_off_stderr():
-    code = "from pipeline.backbones.graph import import_tensorflow; import_tensorflow()"
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+def test_tensorflow_import_notices_are_kept_off_stderr(fresh_export):
+    # import_tensorflow() importing TensorFlow in a fresh process (export's first step): nothing on stderr
+    r, _, first_import = fresh_export
     assert r.returncode == 0, r.stderr
-    for notice in ("absl::InitializeLog", "Could not find cuda drivers", "cuInit", "oneDNN"):
+    assert first_import == "True", "import_tensorflow was not called, or TensorFlow was imported before it"
+    for notice in TF_NOTICES:
         assert notice not in r.stderr
 
 
 @pytest.mark.slow
-def test_export_keeps_tensorflow_import_notices_off_stderr(flow, tmp_path):
+def test_export_keeps_tensorflow_import_notices_off_stderr(fresh_export):
     # export is the first command to import TensorFlow in its process: its CUDA probing stays off stderr
-    _, _, _, model = flow
-    r = run_cli("export", model, "--format", "tflite", "--out", tmp_path / "m.tflite")
+    r, out, _ = fresh_export
     assert r.returncode == 0, r.stderr
-    for notice in ("absl::InitializeLog", "Could not find cuda drivers", "cuInit", "oneDNN"):
+    assert out.is_file()
+    for notice in TF_NOTICES:
         assert notice not in r.stderr
 
 
