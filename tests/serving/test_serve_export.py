@@ -44,6 +44,14 @@ def saved_model(tiny_app, images, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def tflite_export(images, tmp_path_factory):
+    """The bundled MobileNetV2 (uint8) + a logistic head exported as one .tflite: (classifier, file)."""
+    paths, labels = images
+    clf = calibrated_classifier(create_backbone("mobilenet_v2_quant", "penultimate"), paths, labels, "logreg")
+    return clf, clf.export(tmp_path_factory.mktemp("tflite") / "model.tflite", format="tflite")
+
+
+@pytest.fixture(scope="module")
 def served_saved_model(saved_model):
     return load_predictor(saved_model[1])
 
@@ -78,11 +86,11 @@ def test_served_saved_model_equals_predict_proba(saved_model, served_saved_model
     assert str(paths[0].parent) not in text and str(folder.parent) not in text and str(REPO) not in text
 
 
-def test_served_tflite_export_of_the_bundled_quantized_backbone(images, tmp_path):
+def test_served_tflite_export_of_the_bundled_quantized_backbone(tflite_export, images):
     # the bundled MobileNetV2 (uint8) + a logistic head as one .tflite: served within the TFLite tolerance
-    paths, labels = images
-    clf = calibrated_classifier(create_backbone("mobilenet_v2_quant", "penultimate"), paths, labels, "logreg")
-    predictor = load_predictor(clf.export(tmp_path / "model.tflite", format="tflite"))
+    paths, _ = images
+    clf, model = tflite_export
+    predictor = load_predictor(model)
     assert isinstance(predictor, TFLitePredictor)
     with running(predictor) as (url, _):
         served = _served(url, paths)
@@ -95,11 +103,9 @@ def test_served_tflite_export_of_the_bundled_quantized_backbone(images, tmp_path
     assert info["feature_spec"]["backbone"] == "mobilenet_v2_quant" and info["feature_spec"]["dim"] == 1280
 
 
-def test_a_served_tflite_export_keeps_the_xnnpack_notice_off_stderr(images, tmp_path):
+def test_a_served_tflite_export_keeps_the_xnnpack_notice_off_stderr(tflite_export):
     # serve is quiet by default, as featurize is: TFLite's "Created ... XNNPACK delegate" only with -v
-    paths, labels = images
-    clf = calibrated_classifier(create_backbone("mobilenet_v2_quant", "penultimate"), paths, labels, "logreg")
-    model = clf.export(tmp_path / "model.tflite", format="tflite")
+    clf, model = tflite_export  # the export test_served_tflite_export_of_the_bundled_quantized_backbone serves
     code = ("import numpy as np; from pipeline.serving.predictors import load_predictor; "
             f"p = load_predictor({str(model)!r}); print(p.predict_pixels(np.zeros((1, 224, 224, 3), np.uint8)).shape)")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
