@@ -63,6 +63,19 @@ def noise_class_tree(data: Path, n: int, size=(320, 240)) -> Path:
     return data
 
 
+def pipeline_cmd(*args: str, commit_every_s: float = 0.1) -> list[str]:
+    """`python -m pipeline ARGS` with the writer committing every `commit_every_s` seconds instead of every
+    second: a run to be killed mid-way is killed right after a first small commit, so its folder can be a few
+    times that commit's size instead of a few seconds' worth of images (resuming it and the clean run to compare
+    with then take a fraction of the time). The commit path itself is the same."""
+    import sys
+
+    code = ("import sys; from pipeline.featurizer.committer import Committer; "
+            f"Committer.COMMIT_EVERY_S = {float(commit_every_s)!r}; "
+            "from pipeline.cli import main; sys.exit(main(sys.argv[1:]))")
+    return [sys.executable, "-c", code, *args]
+
+
 def kill_once_committed(cmd: list[str], rows_file: Path, lines: int, timeout: float = 180, env=None) -> None:
     """Run `cmd`, then SIGKILL it as soon as `rows_file` (a store's commit log) holds `lines` committed lines
     (or the command ends first, or `timeout` seconds pass): the crash the resume tests recover from."""

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import img_bytes, noise_image
+from conftest import img_bytes, noise_image, pipeline_cmd
 from PIL import Image
 
 from pipeline.dataset.listing import list_images
@@ -107,12 +107,20 @@ def test_choice_of_decode_mode():
         choose_decode("fork", per_image=False)
 
 
-def test_featurize_with_process_decode_equals_thread_decode(tmp_path):
-    from models_for_tests import SIZE, export_saved_model, tiny_keras_model
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory) -> str:
+    """The tiny test CNN as a SavedModel, exported once for the module (read only by the tests)."""
+    from models_for_tests import export_saved_model, tiny_keras_model
+
+    return export_saved_model(tiny_keras_model(), tmp_path_factory.mktemp("decodepool") / "sm")
+
+
+def test_featurize_with_process_decode_equals_thread_decode(tmp_path, saved_model):
+    from models_for_tests import SIZE
 
     import pipeline
 
-    model = export_saved_model(tiny_keras_model(), tmp_path / "sm")
+    model = saved_model
     records = _folder(tmp_path / "imgs")
     stores = {}
     for mode in ("thread", "process"):
@@ -147,27 +155,27 @@ def _shm_names() -> set:
 
 
 @pytest.mark.slow
-def test_sigkill_with_process_decode_resumes_and_leaves_no_shared_memory(tmp_path):
+def test_sigkill_with_process_decode_resumes_and_leaves_no_shared_memory(tmp_path, capsys, saved_model):
     import signal
     import subprocess
-    import sys
     import time
 
-    from models_for_tests import SIZE, export_saved_model, tiny_keras_model
+    from models_for_tests import SIZE
 
     import pipeline
+    from pipeline.cli import main
 
-    model = export_saved_model(tiny_keras_model(), tmp_path / "sm")
+    model = saved_model
     data = tmp_path / "data"
     data.mkdir()
-    n = 2000  # long enough that the first commit (a second of batches) lands while the workers decode
+    n = 500  # commits every 0.1 s (pipeline_cmd): the first lands while the workers still have most to decode
     for i in range(50):
         noise_image(i, (320, 240)).save(data / f"{i:04d}.jpg")
     for i in range(50, n):
         (data / f"{i:04d}.jpg").write_bytes((data / f"{i % 50:04d}.jpg").read_bytes())
-    cmd = [sys.executable, "-m", "pipeline", "featurize", str(data), "--backbone", model, "--input-size", str(SIZE),
-           "--scaling", "tf", "--out", str(tmp_path / "store"), "--batch-size", "4", "--decode", "process",
-           "--workers", "2", "--no-progress"]
+    args = ["featurize", str(data), "--backbone", model, "--input-size", str(SIZE), "--scaling", "tf",
+            "--out", str(tmp_path / "store"), "--batch-size", "4", "--decode", "process", "--workers", "2", "--no-progress"]
+    cmd = pipeline_cmd(*args)
     before = _shm_names()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows, deadline = tmp_path / "store" / "rows.jsonl", time.time() + 180
@@ -182,9 +190,9 @@ def test_sigkill_with_process_decode_resumes_and_leaves_no_shared_memory(tmp_pat
     proc.wait()
     partial = pipeline.FeatureStore.open(tmp_path / "store")
     assert 40 <= len(partial) < n, "the run was not interrupted mid-way"
-    resumed = subprocess.run(cmd, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"{len(partial)} reused" in resumed.stdout
+    capsys.readouterr()
+    assert main(args) == 0  # the resumed run: in this process (only the killed one needs a process of its own)
+    assert f"{len(partial)} reused" in capsys.readouterr().out
     clean = pipeline.featurize(data, model, out=tmp_path / "clean", input_size=SIZE, scaling="tf", decode="thread",
                                progress=False)
     store = pipeline.FeatureStore.open(tmp_path / "store")

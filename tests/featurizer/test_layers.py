@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import kill_once_committed, make_class_tree, noise_class_tree, noise_image
+from conftest import kill_once_committed, make_class_tree, noise_class_tree, noise_image, pipeline_cmd
 from models_for_tests import SIZE, export_saved_model, frozen_graph_def, tflite_model, tiny_keras_model
 
 from pipeline import FeatureStore, featurize
@@ -106,23 +106,20 @@ def test_several_layers_need_layer_in_out(folder, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_two_layer_run_killed_mid_way_resumes_to_single_layer_results(tmp_path):
+def test_two_layer_run_killed_mid_way_resumes_to_single_layer_results(tmp_path, capsys):
     import os
-    import subprocess
-    import sys
 
-    data = tmp_path / "data"
-    noise_class_tree(data, 160, (160, 120))
+    data, n = tmp_path / "data", 80  # commits every 0.1 s (pipeline_cmd): killed at 20 rows, most is still to do
+    noise_class_tree(data, n, (160, 120))
     out = tmp_path / "m-{layer}"
-    cmd = [sys.executable, "-m", "pipeline", "featurize", str(data), "--layer", "penultimate,logits", "--out", str(out),
-           "--batch-size", "4", "--workers", "1", "--no-progress"]
-    kill_once_committed(cmd, tmp_path / "m-logits" / "rows.jsonl", 20, timeout=120, env=dict(os.environ))
-    assert 20 <= len(FeatureStore.open(tmp_path / "m-logits")) < 160, "the run was not interrupted mid-way"
-    resumed = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    assert resumed.returncode == 0, resumed.stderr
+    args = ["featurize", str(data), "--layer", "penultimate,logits", "--out", str(out), "--batch-size", "4",
+            "--workers", "1", "--no-progress"]
+    kill_once_committed(pipeline_cmd(*args), tmp_path / "m-logits" / "rows.jsonl", 20, timeout=120, env=dict(os.environ))
+    assert 20 <= len(FeatureStore.open(tmp_path / "m-logits")) < n, "the run was not interrupted mid-way"
+    assert main(args) == 0  # the resumed run: in this process (only the killed one needs a process of its own)
     for layer in ("penultimate", "logits"):
         store = FeatureStore.open(tmp_path / f"m-{layer}")
         clean = featurize(data, layer=layer, out=tmp_path / f"clean-{layer}", progress=False)
-        assert len(store) == 160 and sorted(store.paths) == clean.paths
+        assert len(store) == n and sorted(store.paths) == clean.paths
         order = np.argsort(store.paths)
         assert np.abs(store.features[order] - clean.features).max() <= 1e-5
