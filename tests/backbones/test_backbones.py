@@ -116,11 +116,14 @@ def test_keras_application_with_local_weights_file(tmp_path):
     x = keras.applications.mobilenet_v2.preprocess_input(img.astype(np.float32))
     own = {"logits": model.output, "penultimate": model.get_layer("global_average_pooling2d").output,
            "Conv_1": model.get_layer("Conv_1").output}
-    for layer, tensor in own.items():
-        want = np.asarray(keras.Model(model.input, tensor)(x, training=False))
-        want = want.mean(axis=(1, 2)) if want.ndim == 4 else want
-        bb = create_backbone("mobilenet_v2", layer, weights=str(weights))
-        np.testing.assert_allclose(bb(img), want, rtol=1e-3, atol=1e-4)
+    wants = [np.asarray(y) for y in keras.Model(model.input, list(own.values()))(x, training=False)]
+    wants = [w.mean(axis=(1, 2)) if w.ndim == 4 else w for w in wants]
+    # one network, every layer side by side (one build and one trace instead of one per layer)
+    bb = create_backbone("mobilenet_v2", ",".join(own), weights=str(weights))
+    got = bb(img)
+    assert bb.dims == [w.shape[1] for w in wants] == [1000, 1280, 1280]
+    for layer, have, want in zip(own, np.split(got, np.cumsum(bb.dims)[:-1], axis=1), wants):
+        np.testing.assert_allclose(have, want, rtol=1e-3, atol=1e-4, err_msg=layer)
     assert bb.spec()["source"]["weights_sha256"]
 
 
