@@ -136,7 +136,7 @@ def test_keras_offline_without_weights_says_what_to_pass(monkeypatch):
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
     monkeypatch.setattr("keras.src.utils.file_utils.get_file", offline)
-    bb = create_backbone("vgg16", "penultimate")
+    bb = create_backbone("mobilenet_v2", "penultimate")  # any application: the smallest builds fastest
     with pytest.raises(BackboneError, match="--weights FILE"):
         bb.load()
 
