@@ -30,7 +30,7 @@ demo: install  ## the whole flow offline on the bundled cars sample
 # Tests run on 2 pytest-xdist workers, one test file per worker at a time (module fixtures are built once);
 # TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
-PYTEST_N := -n $(TEST_WORKERS) --dist loadfile
+PYTEST_N := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: install  ## the full test suite (tests needing ../shared skip without it; -rs prints why)
 	$(PY) -m pytest -q -rs $(PYTEST_N)
