@@ -83,7 +83,7 @@ def time_decoders(old_path: str | None, shared: Path) -> None:
 
     modules = {"this": new}
     if old_path:
-        spec = importlib.util.spec_from_file_location("pipeline._tfdecode_old", old_path)
+        spec = importlib.util.spec_from_file_location("pipeline.decode._tfdecode_old", old_path)  # beside tfdecode
         modules["old"] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(modules["old"])
     print("| filter | file | " + " | ".join(f"{k} (ms)" for k in modules) + " |")

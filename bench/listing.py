@@ -26,8 +26,11 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         from pipeline.dataset.listing import list_images
-    except ImportError:  # versions before listing.py
-        from pipeline.decode.images import list_images
+    except ImportError:  # versions before the package was laid out by stage
+        try:
+            from pipeline.listing import list_images
+        except ImportError:  # versions before listing.py
+            from pipeline.images import list_images
     sources = sorted(f for f in a.images.iterdir() if f.suffix.lower() in (".jpg", ".jpeg"))
     work = Path(tempfile.mkdtemp(prefix="tfp-listing-"))
     try:
