@@ -87,10 +87,7 @@ class NvImageCodecJpeg:
                                                allow_any_depth=False)
 
     def decode(self, blobs: list[bytes]) -> list:
-        import jax.dlpack
-
-        images = self._decoder.decode(blobs, params=self._params)
-        return [None if im is None else jax.dlpack.from_dlpack(im) for im in images]
+        return list(self._decoder.decode(blobs, params=self._params))  # CUDA arrays (or None): jaxresize.pad_stack
 
 
 class TorchvisionJpeg:
@@ -105,7 +102,6 @@ class TorchvisionJpeg:
             raise ImportError("torch sees no CUDA device")
 
     def decode(self, blobs: list[bytes]) -> list:
-        import jax.dlpack
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -114,7 +110,7 @@ class TorchvisionJpeg:
             decoded = decode_jpeg(tensors, mode=ImageReadMode.RGB, device="cuda")
         except RuntimeError:  # one bad file fails the batch: decode one by one to find it
             decoded = [self._one(t) for t in tensors]
-        return [None if t is None else jax.dlpack.from_dlpack(t.permute(1, 2, 0).contiguous()) for t in decoded]
+        return [None if t is None else t.permute(1, 2, 0) for t in decoded]  # (H, W, 3) views: jaxresize.pad_stack
 
     @staticmethod
     def _one(tensor):
@@ -193,6 +189,8 @@ class GpuDecoder:
             boxes = [crop_box(*reversed(upright_size(items[i].height, items[i].width, items[i].orientation)), self.pre)
                      for i in order]
             resized = resize_batch([sources[i] for i in order], boxes, self.pre, [items[i].orientation for i in order])
+            if len(order) + len(failed) == len(items):  # every image read was decoded on the GPU: the batch as it is
+                return resized, failed, fell_back
             ready.update({i: resized[j] for j, i in enumerate(order)})
         for i, it in enumerate(items):
             if not isinstance(it, Encoded):

@@ -101,3 +101,8 @@ def test_exif_orientation_folds_into_the_resize(resample):
     got = np.asarray(jaxresize.resize_batch(images, boxes, pre, orientations=list(range(1, 9))))
     for o, want in enumerate(wants, start=1):
         assert (got[o - 1] == want).all(), f"orientation {o}: {int((got[o - 1] != want).sum())} values differ"
+
+
+def test_buckets_grow_by_a_quarter_of_an_octave():
+    # at most 25% padding, and a few sizes per doubling: few compiled programs for a folder of many sizes
+    assert [jaxresize._bucket(n) for n in (1, 64, 65, 500, 513, 1000, 3000)] == [64, 64, 128, 512, 640, 1024, 3072]
