@@ -7,12 +7,16 @@ small wheels and JPEGs that ``make bench-gpu-prepare`` puts in ``.gpu/`` (BENCHM
     python3 bench/gpu.py --images .gpu/imgs --smoke  # here, on CPU: checks that the script runs
 
 For each model (Keras application, random weights saved once to a .weights.h5 file and loaded by
-both sides) and precision it prints:
+both sides), precision and decode mode it prints:
   bound        img/s of the backbone's own batched call on uint8 images already in memory
-  e2e          pipeline.featurize on a folder of JPEGs into a fresh store (--decode process)
+  e2e          pipeline.featurize on a folder of JPEGs into a fresh store: --decode process (Pillow in
+               worker processes) and --decode gpu with each GPU JPEG library that loads (nvimgcodec,
+               torchvision), side by side
   cosine_min   lowest cosine between this run's features and float32 features of the same files
-               computed on the CPU (a subprocess with JAX_PLATFORMS=cpu)
-and, once, the decode stage's img/s (read + sha256 + decode at 299 px) with threads and processes.
+               computed on the CPU from Pillow's pixels (a subprocess with JAX_PLATFORMS=cpu)
+and, once, the decode stage's img/s (read + sha256 + decode at 299 px) with threads and processes, and
+per GPU library the pixel parity with Pillow (max and mean |delta| of the network-sized uint8 images) and
+whether the JAX resize on the GPU gives Pillow's pixels exactly for the same decoded input.
 TensorFlow is never imported; the script fails if it was.
 """
 from __future__ import annotations
@@ -39,6 +43,8 @@ import pipeline  # noqa: E402
 from pipeline.backbones import create_backbone  # noqa: E402
 from pipeline.backbones.keras_apps import KERAS_APPS  # noqa: E402
 from pipeline.dataset.listing import list_images  # noqa: E402
+from pipeline.decode import gpujpeg, jaxresize  # noqa: E402
+from pipeline.decode.images import crop_box, decode  # noqa: E402
 from pipeline.featurizer.decodepool import DecodePool, default_workers, usable_cores  # noqa: E402
 from pipeline.featurizer.prepare import prepare as _prepare  # noqa: E402
 from pipeline.featurizer.reader import bounded_map  # noqa: E402
@@ -129,6 +135,44 @@ def cosine_min(store, ref: dict) -> float:
     return float(np.min(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
 
 
+def gpu_libraries(names: str) -> list[str]:
+    """The GPU JPEG libraries of `names` that load here (pillow-full, the CPU stand-in, always does)."""
+    usable = []
+    for name in names.split(","):
+        try:
+            gpujpeg.find_library(name)
+            usable.append(name)
+        except Exception as e:  # noqa: BLE001 - a library that does not load is reported and left out
+            print(f"{name}: not usable here ({type(e).__name__}: {e})", flush=True)
+    return usable
+
+
+def pixel_parity(folder: Path, library: str, pre: Preprocess) -> dict:
+    """The GPU path's network-sized pixels against Pillow's (decode + crop + resize on the CPU), and the JAX
+    resize on the device against Pillow's resize of the same decoded pixels (expected: 0 values differ)."""
+    blobs = [r.path.read_bytes() for r in list_images(folder, labelled=False).records]
+    items = [gpujpeg.inspect(b, pre) for b in blobs]
+    jpegs = [(b, it) for b, it in zip(blobs, items) if isinstance(it, gpujpeg.Encoded)]
+    batch, failed, fell_back = gpujpeg.GpuDecoder(gpujpeg.find_library(library), pre)([it for _, it in jpegs],
+                                                                                     [str(i) for i in range(len(jpegs))])
+    ok = [i for i in range(len(jpegs)) if i not in {j for j, _ in failed}]
+    cpu = np.stack([decode(jpegs[i][0], pre) for i in ok]).astype(np.int16)
+    delta = np.abs(np.asarray(batch).astype(np.int16) - cpu)
+    # the resize alone: Pillow's full-size decode (no DCT scaling) resized on the device vs by Pillow
+    from PIL import Image, ImageOps
+
+    import io
+    uprights = [np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(b))).convert("RGB")) for b, _ in jpegs[:64]]
+    boxes = [crop_box(u.shape[1], u.shape[0], pre) for u in uprights]
+    on_device = np.asarray(jaxresize.resize_batch(uprights, boxes, pre))
+    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
+    pillow = np.stack([np.asarray(Image.fromarray(u).resize(pre.size[::-1], resample[pre.resample], box=bx))
+                       for u, bx in zip(uprights, boxes)])
+    return {"library": library, "size": pre.size[0], "jpegs": len(jpegs), "failed": len(failed), "fell_back": len(fell_back),
+            "pixel_max_abs": int(delta.max()), "pixel_mean_abs": float(delta.mean()),
+            "resize_values_differing": int((on_device != pillow).sum())}
+
+
 def bench_model(model: str, precision: str, a, folder: Path, ref: dict, weights: Path, work: Path) -> dict:
     bb = create_backbone(model, "penultimate", weights=str(weights), keras_backend="jax", precision=precision,
                          batch_size=a.batch)
@@ -141,16 +185,17 @@ def bench_model(model: str, precision: str, a, folder: Path, ref: dict, weights:
     t, _ = timed(lambda: [bb(images) for _ in range(a.bound_rounds)])
     res = {"model": model, "precision": precision, "batch": bs, "device": bb.device, "build_s": build,
            "bound": rate(bs * a.bound_rounds, t)}
-    store = work / f"{model}-{precision}-store"
     n = len(list_images(folder, labelled=False).records)
-    t, run = timed(lambda: pipeline.featurize(folder, bb, out=store, decode="process", workers=a.workers,
-                                              progress=False, report=True))
-    assert run.computed == n, run.summary()
-    res["e2e"] = rate(n, t)
-    res["e2e_over_bound"] = res["e2e"] / res["bound"]
-    res["cosine_min"] = cosine_min(run.store, ref)
-    res["stages"] = run.stages
-    print(stages_line(run.stages), flush=True)
+    res["runs"] = []
+    for decode_mode, library in [("process", None)] + [("gpu", lib) for lib in a.libraries]:
+        bb.decoder = library  # None: the run decides (Pillow for process); a library name: that GPU decoder
+        store = work / f"{model}-{precision}-{library or decode_mode}-store"
+        t, run = timed(lambda: pipeline.featurize(folder, bb, out=store, decode=decode_mode, workers=a.workers,
+                                                  progress=False, report=True))
+        assert run.computed == n, run.summary()
+        res["runs"].append({"decode": library or decode_mode, "e2e": rate(n, t), "e2e_over_bound": rate(n, t) / res["bound"],
+                            "cosine_min": cosine_min(run.store, ref), "stages": run.stages})
+        print(stages_line(run.stages), flush=True)
     return res
 
 
@@ -158,11 +203,16 @@ def report(results: list[dict], extra: dict) -> str:
     lines = [f"\n{extra['header']}",
              f"decode stage, 299 px, {extra['workers']} workers, {extra['n']} JPEGs: threads "
              f"{extra['decode_threads']:.0f} img/s, processes {extra['decode_processes']:.0f} img/s",
-             f"{'model':<14} {'precision':<9} {'batch':>5} {'device':>6} {'bound':>8} {'e2e':>8} {'e2e/bound':>9} "
-             f"{'cos vs CPU fp32':>15}"]
+             f"{'model':<14} {'precision':<9} {'batch':>5} {'device':>6} {'bound':>8} {'decode':>11} {'e2e':>8} "
+             f"{'e2e/bound':>9} {'cos vs CPU fp32':>15}"]
     for r in results:
-        lines.append(f"{r['model']:<14} {r['precision']:<9} {r['batch']:>5} {r['device']:>6} {r['bound']:8.0f} "
-                     f"{r['e2e']:8.0f} {r['e2e_over_bound']:9.2f} {r['cosine_min']:15.5f}")
+        for run in r["runs"]:
+            lines.append(f"{r['model']:<14} {r['precision']:<9} {r['batch']:>5} {r['device']:>6} {r['bound']:8.0f} "
+                         f"{run['decode']:>11} {run['e2e']:8.0f} {run['e2e_over_bound']:9.2f} {run['cosine_min']:15.5f}")
+    for p in extra.get("parity", []):
+        lines.append(f"pixels at {p['size']} px, {p['library']} vs Pillow on {p['jpegs']} JPEGs: max |delta| {p['pixel_max_abs']}, mean "
+                     f"{p['pixel_mean_abs']:.3f} ({p['failed']} unreadable, {p['fell_back']} fell back to the CPU); "
+                     f"JAX resize vs Pillow, same decoded pixels: {p['resize_values_differing']} values differ")
     return "\n".join(lines)
 
 
@@ -177,12 +227,15 @@ def parse(argv):
                    help="decode processes (default: the pipeline's own, usable cores - 1)")
     p.add_argument("--bound-rounds", type=int, default=10)
     p.add_argument("--reference-n", type=int, default=64, help="images also featurized on the CPU for the cosine")
-    p.add_argument("--smoke", action="store_true", help="a tiny run that only checks the script (CPU is fine)")
+    p.add_argument("--gpu-libraries", default="nvimgcodec,torchvision",
+                   help="GPU JPEG libraries to measure --decode gpu with (those that load; none: CPU decode only)")
+    p.add_argument("--smoke", action="store_true", help="a tiny run that only checks the script (CPU is fine; the GPU "
+                   "decoder is replaced by its CPU stand-in, pillow-full)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     a = p.parse_args(argv)
     if a.smoke:
         a.models, a.precisions, a.n, a.batch, a.bound_rounds, a.reference_n = "mobilenet_v2", "float32", 16, 8, 1, 4
-        a.workers = min(a.workers, 2)
+        a.workers, a.gpu_libraries = min(a.workers, 2), "pillow-full"
     return a
 
 
@@ -194,7 +247,10 @@ def main(argv=None) -> int:
     try:
         folder = replicate(a.images, a.n, work / "jpegs")
         ref_folder = replicate(folder, a.reference_n, work / "reference")
+        a.libraries = gpu_libraries(a.gpu_libraries) if a.gpu_libraries else []
+        sizes = [Preprocess(size=(s, s)) for s in (299, 224)]  # InceptionV3's input and ResNet50's
         extra = {"n": a.n, "workers": a.workers, **decode_rates(folder, a.workers),
+                 "parity": [pixel_parity(a.images, lib, pre) for lib in a.libraries for pre in sizes],
                  "header": f"{time.strftime('%Y-%m-%d')} {platform.node()}, {usable_cores()} usable cores, "
                            f"jax {jax.__version__} on {jax.devices()[0].device_kind}, python {platform.python_version()}"}
         results = []

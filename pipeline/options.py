@@ -66,7 +66,7 @@ class BackboneOptions:
         _positive("batch_size", self.batch_size)
 
 
-DECODE_CHOICES = ("auto", "thread", "process")
+DECODE_CHOICES = ("auto", "thread", "process", "gpu")
 ENGINES = ("local", "ray")  # the names of pipeline.engines.REGISTRY, without importing the engines
 
 
@@ -97,7 +97,9 @@ class FeaturizeOptions:
     progress: bool = _flag(True, None, flag="--no-progress", action="store_false")
     workers: int | None = _flag(None, "decoding threads or processes (default: the usable cores)",
                                 type="positive_int")
-    decode: str = _flag("auto", "decode in a thread pool or in worker processes (auto: processes from 8 cores on)",
+    decode: str = _flag("auto", "decode in a thread pool, in worker processes, or JPEGs on the GPU (gpu: a Keras "
+                        "backbone on JAX with a CUDA GPU and nvImageCodec or torchvision; auto: gpu where all "
+                        "of that is present, else processes from 8 cores on)",
                         choices=DECODE_CHOICES)
     engine: str = _flag("local", "local: this process (default); ray: a Ray cluster (DATA_DIR may be s3://, "
                         "gs:// or file://)", choices=ENGINES)

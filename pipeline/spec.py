@@ -13,6 +13,8 @@ and new files read the same:
     preprocess  :meth:`pipeline.preprocess.Preprocess.to_dict`
     precision   float32, bfloat16 or float16 (missing in stores made before it existed: float32)
     tta         test-time augmentation: null or ``flip`` (missing in older stores: null)
+    decoder     which JPEG decoder made the pixels: ``pillow`` (the CPU path; not written, so every
+                store made before it existed reads as pillow) or a GPU library (``--decode gpu``)
     source      where the network came from: paths, hashes, constructor
     tensor, dim the resolved tensor and feature width D; absent from a *request* (not loaded yet)
 
@@ -28,6 +30,7 @@ from typing import Any, Mapping
 IMPORTED = "imported"  # the backbone of features imported from a file that names no network
 _REQUEST_KEYS = ("backbone", "kind", "model", "weights", "layer", "preprocess", "precision", "tta", "source")
 _LOADED_KEYS = ("tensor", "dim")
+DEFAULT_DECODER = "pillow"  # pipeline.decode.images on the CPU; a GPU decoder's name otherwise
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class FeatureSpec:
     preprocess: dict | None = None
     precision: str = "float32"
     tta: str | None = None
+    decoder: str = DEFAULT_DECODER
     source: Any = field(default_factory=dict)  # a dict; the file name of imported features
     tensor: str | None = None
     dim: int | None = None
@@ -74,7 +78,7 @@ class FeatureSpec:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "layout")}
         values.update(self.extra)
         if not self.layout:
-            layout = _REQUEST_KEYS + tuple(self.extra)
+            layout = _REQUEST_KEYS + (("decoder",) if self.decoder != DEFAULT_DECODER else ()) + tuple(self.extra)
             return {k: _copy(values[k]) for k in layout + (_LOADED_KEYS if self._has_loaded() else ())}
         # a spec read from a dict: its keys as they were, then any other key set since (e.g. with replace())
         later = [f.name for f in fields(self) if f.name in values and f.name not in self.layout
@@ -117,7 +121,7 @@ class FeatureSpec:
             return {"backbone": IMPORTED, **({"dim": self.dim} if full else {})}
         keys = ("kind", "model", "weights", "layer", "preprocess") + (_LOADED_KEYS if full else ())
         out = {k: getattr(self, k) for k in keys}
-        out["precision"], out["tta"] = self.precision, self.tta
+        out["precision"], out["tta"], out["decoder"] = self.precision, self.tta, self.decoder
         return out
 
     def differences(self, other: "FeatureSpec | Mapping", full: bool = True) -> list[str]:
@@ -137,7 +141,8 @@ class FeatureSpec:
                    f"{size} {pre.get('scaling') or ''}".strip() or None,
                    f"crop {pre['crop_fraction']}" if pre.get("crop_fraction") is not None else None,
                    self.precision if self.precision != "float32" else None,
-                   f"tta {self.tta}" if self.tta else None]
+                   f"tta {self.tta}" if self.tta else None,
+                   f"decoder {self.decoder}" if self.decoder != DEFAULT_DECODER else None]
         details = [str(d) for d in details if d]
         return (f"{self.backbone or '?'} [{self.kind or '?'}] layer={self.layer or '?'}"
                 + (f" ({', '.join(details)})" if details else ""))
@@ -159,4 +164,4 @@ def _copy(value):
     return value
 
 
-__all__ = ["FeatureSpec", "IMPORTED"]
+__all__ = ["DEFAULT_DECODER", "FeatureSpec", "IMPORTED"]

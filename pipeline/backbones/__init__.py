@@ -102,7 +102,7 @@ def backbone_from_spec(spec: FeatureSpec | dict) -> Backbone:
         raise BackboneError(f"cannot rebuild a {spec.kind!r} backbone from {model_file(spec)}; featurize with "
                             f"--backbone PATH and pass the features instead")
     bb = kind.from_spec(spec)
-    bb.tta = spec.tta
+    bb.tta, bb.decoder = spec.tta, spec.decoder  # scoring decodes as the head's features were
     return bb
 
 

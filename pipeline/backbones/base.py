@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..preprocess import Preprocess
-from ..spec import FeatureSpec
+from ..spec import DEFAULT_DECODER, FeatureSpec
 
 _LOAD_LOCK = threading.RLock()
 LAYER_ALIASES = ("logits", "penultimate", "predictions")  # predictions: class probabilities (softmax)
@@ -118,6 +118,9 @@ class Backbone:
         self.num_classes: int | None = None  # classifier width when the layer is 'logits'
         self._loaded = False
         self.tta: str | None = None  # test-time augmentation: None or one of TTA_MODES
+        # the JPEG decoder its features come from: None until a run decides (pillow, or a GPU library for
+        # --decode gpu); a backbone rebuilt from a spec keeps the spec's
+        self.decoder: str | None = None
 
     per_image = False  # True: featurize_one() is the fast path (runs in the decoding threads)
 
@@ -150,7 +153,8 @@ class Backbone:
         return self
 
     def _check(self, images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images)
+        if not _on_device(images):  # a batch decoded on the GPU (--decode gpu) stays there
+            images = np.asarray(images)
         h, w = self.preprocess.size
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, 3):
             raise ValueError(f"{self.name} takes uint8 RGB batches of shape (N, {h}, {w}, 3), "
@@ -165,7 +169,7 @@ class Backbone:
         images = self._check(images)
         self.load()
         if self.tta == "flip":
-            mirrored = np.ascontiguousarray(images[:, :, ::-1])
+            mirrored = images[:, :, ::-1] if _on_device(images) else np.ascontiguousarray(images[:, :, ::-1])
             return (self._features(images) + self._features(mirrored)) / np.float32(2)
         return self._features(images)
 
@@ -175,6 +179,7 @@ class Backbone:
                            weights=self.source.get("weights_sha256") or self.source.get("weights"),
                            layer=self.layer, preprocess=self.preprocess.to_dict(),
                            precision=getattr(self, "precision", "float32"), tta=self.tta,
+                           decoder=self.decoder or DEFAULT_DECODER,
                            source=dict(self.source), extra=self._spec_extra())
 
     def _spec_extra(self) -> dict:
@@ -304,3 +309,8 @@ def padded_call(fn, images: np.ndarray, batch_size: int) -> np.ndarray:
         pad = np.zeros((target - n, *images.shape[1:]), images.dtype)
         return np.asarray(fn(np.concatenate([images, pad])))[:n]
     return np.asarray(fn(images))
+
+
+def _on_device(images) -> bool:
+    """True for an array on an accelerator (a JAX array from --decode gpu): checked and passed on as it is."""
+    return not isinstance(images, np.ndarray) and type(images).__module__.startswith(("jax", "jaxlib"))

@@ -16,7 +16,8 @@ import time
 from ..backbones import Backbone
 from ..errors import UsageError
 from ..featurizer.committer import Committer
-from ..featurizer.decodepool import choose_decode
+from ..decode.gpujpeg import GpuDecoder, find_library
+from ..featurizer.gpumapper import GpuMapper, decide, runs_on_jax
 from ..featurizer.mapper import Mapper
 from ..featurizer.prepare import known_files
 from ..featurizer.reader import Reader
@@ -37,13 +38,18 @@ class LocalEngine(Engine):
             raise UsageError("cluster= applies to engine=ray")
 
     def check_backbone(self, bb: Backbone) -> None:
-        choose_decode(self.options.decode, bb.per_image)  # a bad choice fails before any work
+        # a bad choice fails before any work; the decoder is decided before the store is opened (it is in the spec)
+        self.mode, self.library = decide(self.options.decode, bb)
 
     def work(self, listing, data_dir, bb: Backbone, writer, run: RunReport) -> None:
         """reader -> mapper -> committer over the listing, timed by a StageClock (the report's ``stages``)."""
         o, records, clock = self.options, listing.records, StageClock()
-        reader = Reader(bb, known_files(writer), o.workers, o.decode, clock)
-        mapper = Mapper(bb, Committer(writer, run.skipped, clock, background=True), clock, ahead=True)
+        reader = Reader(bb, known_files(writer), o.workers, self.mode, clock)
+        committer = Committer(writer, run.skipped, clock, background=True)
+        if self.mode == "gpu":
+            mapper = GpuMapper(bb, committer, clock, GpuDecoder(self.library, bb.preprocess))
+        else:
+            mapper = Mapper(bb, committer, clock, ahead=True)
         start = time.perf_counter()
         with progress(len(records), o.progress, f"featurize {bb.name}") as bar:
             try:
@@ -56,7 +62,17 @@ class LocalEngine(Engine):
                 raise
             mapper.finish()
         run.computed = mapper.computed
-        w = reader.workers
+        w, gpu = reader.workers, on_gpu(bb)
         run.stages = clock.report(run.computed, time.perf_counter() - start,
                                   {"read": w, "decode": w, "forward": w if bb.per_image else 1, "write": 1},
-                                  {"cores": cores(), "gpu": on_gpu(bb), "per_image": bb.per_image, "kind": bb.kind})
+                                  {"cores": cores(), "gpu": gpu, "per_image": bb.per_image, "kind": bb.kind,
+                                   "gpu_decoder": self._idle_gpu_decoder(bb, gpu)})
+        if self.mode == "gpu":
+            run.stages.update(decoder=bb.decoder, gpu_fallback=mapper.fell_back)
+
+    def _idle_gpu_decoder(self, bb: Backbone, gpu: bool) -> str | None:
+        """The GPU JPEG library a CPU-decoding run on a GPU could have used (the bottleneck hint names it)."""
+        if self.mode == "gpu" or not gpu or not runs_on_jax(bb):
+            return None
+        library = find_library(None)
+        return library.name if library is not None else None

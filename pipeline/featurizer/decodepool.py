@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import ImageError
 from ..preprocess import Preprocess
 
-DECODE_CHOICES = ("auto", "thread", "process")
+DECODE_CHOICES = ("auto", "thread", "process", "gpu")
 PROCESS_MIN_CORES = 8  # 'auto' takes processes from here on (2 cores: threads measured faster, BENCHMARKS.md)
 
 
@@ -52,6 +52,10 @@ def choose_decode(decode: str, per_image: bool, cores: int | None = None) -> str
         from ..errors import UsageError
 
         raise UsageError(f"unknown decode mode {decode!r}; choose one of {', '.join(DECODE_CHOICES)}")
+    if decode == "gpu":  # pipeline.featurizer.gpumapper.decide chooses gpu, and refuses it where it cannot run
+        from ..errors import UsageError
+
+        raise UsageError("decode='gpu' needs a Keras backbone on JAX with a CUDA GPU (pipeline.featurizer.gpumapper)")
     if per_image:  # they featurize inside the decoding thread, one interpreter per thread
         return "thread"
     if decode == "auto":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from ..dataset.listing import ImageRecord
+from ..decode.gpujpeg import inspect
 from ..decode.images import decode, read_bytes
 from ..errors import ImageError
 from .stages import StageClock
@@ -45,11 +46,12 @@ def known_files(writer) -> dict:
             "bad": {b["path"]: b for b in writer.skip_cache()}}
 
 
-def prepare(record: ImageRecord, bb, known: dict, clock: StageClock | None = None):
+def prepare(record: ImageRecord, bb, known: dict, clock: StageClock | None = None, gpu: bool = False):
     """(record, sha256, stat, result, notes). result: None when cached, an ImageError, the decoded
     uint8 image (H, W, 3), or, for a backbone that featurizes one image at a time in the calling
-    thread (TFLite), the feature row (D,) itself. `clock` adds up the seconds spent reading,
-    decoding and (per image) featurizing."""
+    thread (TFLite), the feature row (D,) itself. With `gpu` (``--decode gpu``) a JPEG is not decoded
+    here: result is its :class:`~pipeline.decode.gpujpeg.Encoded` bytes, for the GPU. `clock` adds up
+    the seconds spent reading, decoding and (per image) featurizing."""
     notes, stat = [], None
     clock = clock or StageClock()
     try:
@@ -64,7 +66,7 @@ def prepare(record: ImageRecord, bb, known: dict, clock: StageClock | None = Non
         if old is not None and old[0] == sha:
             return record, sha, stat, None, notes
         with clock.timed("decode"):
-            image = decode(data, bb.preprocess, record.path, notes)
+            image = (inspect if gpu else decode)(data, bb.preprocess, record.path, notes)
         if bb.per_image:
             bb.load()  # built once, outside the timed forward pass
             with clock.timed("forward"):

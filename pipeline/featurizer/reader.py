@@ -45,8 +45,9 @@ class Reader:
     def __init__(self, bb, known: dict, workers: int | None = None, decode: str = "auto",
                  clock: StageClock | None = None):
         self.bb, self.known, self.clock = bb, known, clock or StageClock()
-        self.mode = choose_decode(decode, bb.per_image)
-        self.workers = workers or default_workers(self.mode)
+        # gpu (chosen by pipeline.featurizer.gpumapper.decide): threads read, hash and parse headers; the GPU decodes
+        self.mode = "gpu" if decode == "gpu" else choose_decode(decode, bb.per_image)
+        self.workers = workers or default_workers("thread" if self.mode == "gpu" else self.mode)
 
     def read(self, records):
         window = max(2 * self.bb.batch_size, 4 * self.workers)
@@ -54,4 +55,5 @@ class Reader:
             # a ring of 4 batches: the workers decode on while the network holds both batch buffers
             pool = DecodePool(self.bb.preprocess, self.workers, 2 * window, chunk=16, clock=self.clock)
             return pool.map(records, self.known, views=True)
-        return bounded_map(lambda r: prepare(r, self.bb, self.known, self.clock), records, self.workers, window)
+        gpu = self.mode == "gpu"
+        return bounded_map(lambda r: prepare(r, self.bb, self.known, self.clock, gpu), records, self.workers, window)

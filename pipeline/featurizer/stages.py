@@ -19,6 +19,7 @@ import time
 from contextlib import contextmanager
 
 STAGES = ("read", "decode", "forward", "write")
+GPU_DECODE = "gpu_decode"  # --decode gpu: JPEG decode + resize of a batch on the GPU (the mapper's thread)
 STARTUP_SHARE = 0.25  # a Ray run whose start-up is over this share of its time says so
 
 
@@ -30,8 +31,12 @@ def cores() -> int:
 
 
 def on_gpu(bb) -> bool:
-    """True when a TensorFlow backbone has a GPU to run on (TFLite always runs on the CPU)."""
-    if bb.kind == "tflite" or "tensorflow" not in sys.modules:
+    """True when a TensorFlow backbone, or a Keras one on JAX, has a GPU to run on (TFLite always runs on the CPU)."""
+    if bb.kind == "tflite":
+        return False
+    if getattr(bb, "keras_backend", None) == "jax" and "jax" in sys.modules:
+        return sys.modules["jax"].default_backend() in ("gpu", "cuda", "rocm")
+    if "tensorflow" not in sys.modules:
         return False
     return bool(sys.modules["tensorflow"].config.list_physical_devices("GPU"))
 
@@ -51,19 +56,20 @@ class StageClock:
         finally:
             elapsed = time.perf_counter() - start
             with self._lock:
-                self.busy[stage] += elapsed
+                self.busy[stage] = self.busy.get(stage, 0.0) + elapsed  # gpu_decode only in runs that have it
 
     def add(self, busy: dict) -> None:
         """Add busy seconds measured elsewhere (a worker process's own clock)."""
         with self._lock:
             for stage, seconds in busy.items():
-                self.busy[stage] += seconds
+                self.busy[stage] = self.busy.get(stage, 0.0) + seconds
 
     def report(self, images: int, wall_s: float, workers: dict, hint_context: dict) -> dict:
         """The ``stages`` object of report.json: busy seconds, workers, images/s, bottleneck and a hint."""
-        per_worker = {s: self.busy[s] / max(1, workers[s]) for s in STAGES}
-        neck = max(STAGES, key=per_worker.get) if images else None
-        out = {f"{s}_s": round(self.busy[s], 4) for s in STAGES}
+        stages = tuple(self.busy)
+        per_worker = {s: self.busy[s] / max(1, workers.get(s, 1)) for s in stages}
+        neck = max(stages, key=per_worker.get) if images else None
+        out = {f"{s}_s": round(self.busy[s], 4) for s in stages}
         out.update(workers=dict(workers), images=images, wall_s=round(wall_s, 4),
                    images_per_s=round(images / wall_s, 2) if images and wall_s > 0 else None,
                    bottleneck=neck, hint=hint(neck, workers, **hint_context) if neck else None)
@@ -74,8 +80,16 @@ def _workers(n: int) -> str:
     return f"{n} worker{'s' if n != 1 else ''}"
 
 
-def hint(stage: str, workers: dict, cores: int, gpu: bool, per_image: bool, kind: str = "keras") -> str:
-    """What to change to go faster when `stage` limits the run."""
+def hint(stage: str, workers: dict, cores: int, gpu: bool, per_image: bool, kind: str = "keras",
+         gpu_decoder: str | None = None) -> str:
+    """What to change to go faster when `stage` limits the run (`gpu_decoder`: a GPU JPEG library this
+    machine has, for a run that decoded on the CPU)."""
+    if stage == GPU_DECODE:
+        return ("decoding on the GPU limits the run: raise --batch-size (bigger decode batches), or store the "
+                "images smaller (about twice the network's input size)")
+    if stage == "decode" and gpu and gpu_decoder:
+        return (f"decoding on the CPU limits the run while the GPU waits: use --decode gpu ({gpu_decoder} "
+                f"decodes the JPEGs on the GPU)")
     if stage == "decode":
         if workers["decode"] < cores - 1:  # decode processes leave one core to the run itself
             return f"decoding limits the run ({_workers(workers['decode'])} on {cores} cores): raise --workers to {cores}"
@@ -101,7 +115,9 @@ def line(stages: dict) -> str:
     if not stages.get("bottleneck"):
         return "stages: nothing was featurized (every image came from the cache)"
     w = stages["workers"]
-    parts = ", ".join(f"{s} {stages[f'{s}_s']:.2f} s" + (f" ({_workers(w[s])})" if w[s] > 1 else "") for s in STAGES)
+    names = [s for s in (*STAGES[:2], GPU_DECODE, *STAGES[2:]) if f"{s}_s" in stages]
+    parts = ", ".join(f"{s} {stages[f'{s}_s']:.2f} s" + (f" ({_workers(w[s])})" if w.get(s, 1) > 1 else "")
+                      for s in names)
     out = (f"stages: {parts}; {stages['images_per_s']:.1f} images/s; bottleneck: {stages['bottleneck']} "
            f"— {stages['hint']}")
     startup = stages.get("startup_s")
