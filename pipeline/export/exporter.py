@@ -42,6 +42,7 @@ def export(classifier, out, fmt: str = "saved_model", force: bool = False) -> Pa
     """Write `classifier` (a :class:`~pipeline.heads.classifier.Classifier`) with its backbone to `out`."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    classifier.check_cpu_decoder("an export (it decodes images with TensorFlow's ops, built to give Pillow's pixels)")
     head = _array_head(classifier)
     out = _check_out(Path(out), force)
     if fmt == "tflite" and out.is_dir():

@@ -16,10 +16,10 @@ import numpy as np
 
 from ..backbones import backbone_from_spec, describe
 from ..decode.inputs import as_list, decode_images, is_image_input
-from ..errors import ModelFileError, SpecMismatchError
+from ..errors import ModelFileError, SpecMismatchError, UsageError
 from ..featurizer.mapper import map_in_batches
 from ..hints import looks_like_pickle, unreadable_model
-from ..spec import FeatureSpec
+from ..spec import DEFAULT_DECODER, FeatureSpec
 from . import headfile
 from .headfile import LEGACY_CALIBRATION
 
@@ -97,6 +97,15 @@ class Classifier:
                                     f"{self.n_features_in_} features from {describe(self.spec)}")
         return X
 
+    def check_cpu_decoder(self, what: str) -> None:
+        """Refuse to give this head features of `what` when its own were decoded on the GPU (``--decode gpu``):
+        the decoder is part of the features (docs/performance.md), and only a folder can be decoded there."""
+        decoder = FeatureSpec.of(self.spec).decoder
+        if decoder != DEFAULT_DECODER:
+            raise UsageError(f"this head was trained on features of JPEGs decoded on the GPU ({decoder}), and {what} "
+                             f"would give it Pillow's pixels: score a folder with `score` on a GPU machine (it decodes "
+                             f"as training did), or retrain it on a store featurized with --decode thread")
+
     @property
     def backbone(self):
         """The head's own backbone, rebuilt from its spec and loaded on first use (once, thread-safe)."""
@@ -115,6 +124,7 @@ class Classifier:
         (N, H, W, 3)), alone or in a list (:mod:`pipeline.decode.inputs`). Errors are ImageErrors naming the
         image. Safe to call from several threads. Decoded one batch at a time: memory follows the batch.
         """
+        self.check_cpu_decoder("images decoded one by one (by Pillow, on the CPU)")
         bb, items = self.backbone, as_list(images)
         if not items:
             return np.zeros((0, self.n_features_in_), np.float32)

@@ -118,3 +118,23 @@ def test_a_jax_backbone_featurizes_from_bytes_as_the_cpu_path_does(tmp_path):
     assert out["skipped"] == ["truncated"]  # the CPU decoder's reason for a file no decoder reads
     assert "gpu_decode_s" in out["stages"] and out["stages"]["decoder"] == "pillow-full"
     assert "decoder" in out["mixed"]  # a store never holds rows of two decoders
+
+
+def test_a_gpu_decoded_head_refuses_images_given_one_by_one_and_export(tmp_path):
+    # serve, the Python API and export decode with Pillow (or TensorFlow ops built to match it): a head trained on
+    # GPU-decoded features would get other pixels than it was trained on, so it says so instead
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from pipeline.heads.classifier import Classifier
+
+    spec = {"backbone": "mobilenet_v2_quant", "kind": "tflite", "model": "0" * 64, "weights": None, "layer": "penultimate",
+            "preprocess": {"size": [224, 224], "crop_fraction": 1.0, "resample": "bilinear", "scaling": "raw"}, "dim": 4}
+    model = LogisticRegression().fit(np.eye(4), ["a", "b", "a", "b"])
+    clf = Classifier(model, ["a", "b"], spec)
+    gpu = Classifier(model, ["a", "b"], {**spec, "decoder": "nvimgcodec"})
+    with pytest.raises(UsageError, match=r"decoded on the GPU \(nvimgcodec\).*retrain it on a store featurized with"):
+        gpu.features([b"not even decoded"])
+    with pytest.raises(UsageError, match="an export"):
+        gpu.export(tmp_path / "model")
+    clf.check_cpu_decoder("anything")  # a CPU-decoded head: nothing to say
