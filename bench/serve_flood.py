@@ -11,6 +11,8 @@ statuses it answered and whether the next ordinary request then answers 200:
   20 MB bodies  --bodies concurrent POSTs of 20,000,000 random bytes (under the 20 MiB body limit)
   slow headers  --slow connections sending their request headers one byte every --drip-s seconds:
                 how many the server still holds open after --slow-s seconds
+and, once, the slow-header flood against plain uvicorn (a trivial app) with its own settings turned
+tight: timeout_keep_alive=2, limit_concurrency, h11_max_incomplete_event_size=4096.
 Every flood is bounded in count and time (--request-timeout per request). The head is a logreg head
 over the bundled mobilenet_v2_quant, trained here on a few generated images.
 """
@@ -203,6 +205,45 @@ def flood(code: Path, model: Path, action) -> dict:
         server.close()
 
 
+class PlainUvicorn:
+    """uvicorn's own guards alone, on a trivial app in a thread of this process: `timeout_keep_alive`,
+    `limit_concurrency` and h11's `h11_max_incomplete_event_size` (does any of them close a slow-header client?)."""
+
+    def __init__(self, connections: int):
+        import uvicorn
+
+        async def hello(scope, receive, send):
+            if scope["type"] == "http":
+                await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+                await send({"type": "http.response.body", "body": b""})
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.settings = {"timeout_keep_alive": 2, "limit_concurrency": connections + 2,
+                         "h11_max_incomplete_event_size": 4096}
+        self.server = uvicorn.Server(uvicorn.Config(hello, log_level="error", http="h11", **self.settings))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+
+    request = Server.request
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+def uvicorn_alone(args) -> dict:
+    server = PlainUvicorn(args.slow)
+    try:
+        return {"settings": server.settings, **slow_headers(server, args.slow, args.slow_s, args.drip_s)}
+    finally:
+        server.close()
+
+
 def run(args) -> dict:
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
            "load_average_before": [round(x, 1) for x in os.getloadavg()], "runs": {}}
@@ -218,6 +259,7 @@ def run(args) -> dict:
                                        lambda s: concurrent_posts(s, body, args.bodies, args.request_timeout))
             res["slow_headers"] = flood(code, model, lambda s: slow_headers(s, args.slow, args.slow_s, args.drip_s))
             print(json.dumps({key: res}, indent=1), flush=True)
+        out["slow_headers_uvicorn_alone"] = uvicorn_alone(args)
     out["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
     return out
 

@@ -175,10 +175,12 @@ def _serve_parser(sub) -> None:
                              ("--max-connections", int, "open connections (beyond: 503 and closed; default 256)"),
                              ("--header-timeout-s", float, "seconds a connection has to send complete request "
                               "headers, else it is closed (default 10)"),
-                             ("--keep-alive-s", float, "idle keep-alive connections are closed after this (default 5)")]:
+                             ("--keep-alive-s", float, "idle keep-alive connections are closed after this "
+                              "(default 5)")]:
         sv.add_argument(flag, type=kind, help=what)
     sv.add_argument("--verbose-model", action="store_true",
-                    help="GET /model lists the exact versions of Python and every library (default: this package's only)")
+                    help="GET /model lists the exact versions of Python and every library "
+                         "(default: this package's only)")
 
 
 def cmd_featurize(a):

@@ -12,6 +12,11 @@ to one :class:`Batcher` thread, which runs the predictor on the images of concur
 together. Every limit is one field of :class:`ServeLimits`; a request beyond
 one is refused with a status and a stable ``code``, and error bodies carry no paths, tracebacks or
 library versions. Requests are read into memory: nothing touches the file system per request.
+
+What all requests together may hold is bounded too: request bodies and decoded pixels each draw on
+one :class:`pipeline.serving.budget.Budget` (a request waits up to ``queue_wait_s``, then gets 503
+with ``Retry-After``), and :func:`serve` runs uvicorn with :mod:`pipeline.serving.connections`'s
+protocol (a connection cap and a deadline for request headers) and a keep-alive timeout.
 """
 from __future__ import annotations
 
@@ -20,8 +25,8 @@ import errno
 import io
 import logging
 import queue
-import threading
 import socket
+import threading
 import time
 import uuid
 import warnings
@@ -472,7 +477,8 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         if e.errno == errno.EADDRINUSE:
             raise PipelineError(f"port {port} is in use: pass --port") from None
-        raise PipelineError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass another --host or --port") from None
+        raise PipelineError(f"cannot listen on {host}:{port} ({e.strerror or e}); "
+                            "pass another --host or --port") from None
     sock.listen(2048)
     return sock
 

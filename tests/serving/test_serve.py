@@ -316,7 +316,8 @@ def test_cli_serve_answers_on_loopback(head, tmp_path):
     port = sock.getsockname()[1]
     sock.close()
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", str(model), "--port", str(port),
-                             "--max-images", "3"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--max-images", "3", "--max-connections", "7", "--verbose-model"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         for _ in range(600):
             try:
@@ -325,12 +326,13 @@ def test_cli_serve_answers_on_loopback(head, tmp_path):
             except httpx.TransportError:
                 time.sleep(0.1)
         r = httpx.post(f"http://127.0.0.1:{port}/predict", content=(data / "blue" / "blue_2.jpg").read_bytes())
-        limits = httpx.get(f"http://127.0.0.1:{port}/model").json()["limits"]
+        info = httpx.get(f"http://127.0.0.1:{port}/model").json()
     finally:
         proc.terminate()
         out = proc.communicate(timeout=30)[0].decode()
     assert r.status_code == 200 and r.json()["predictions"][0]["prediction"] == "blue", out
-    assert limits["max_images"] == 3
+    assert info["limits"]["max_images"] == 3 and info["limits"]["max_connections"] == 7
+    assert info["versions"]["serving_with"]["python"] == versions()["python"]  # --verbose-model
     assert f"http://127.0.0.1:{port}" in out
 
 
@@ -538,3 +540,12 @@ def test_serve_on_a_busy_port_exits_1_naming_the_port_before_announcing(tmp_path
 def test_server_wide_limits_that_cannot_work_are_refused(kw, match):
     with pytest.raises(pipeline.UsageError, match=match):
         ServeLimits(**kw)
+
+
+def test_every_limit_is_a_serve_flag():
+    from dataclasses import fields
+
+    from pipeline.cli.commands import build_parser
+
+    args = build_parser().parse_args(["serve", "m.head.npz", "--verbose-model"])
+    assert {f.name for f in fields(ServeLimits)} <= set(vars(args)) and args.verbose_model
