@@ -518,6 +518,7 @@ def test_limits_beyond_one_request_are_listed_in_model(head):
     assert limits["max_pixels_in_flight"] == ServeLimits().max_pixels_in_flight
 
 
+@pytest.mark.slow
 def test_serve_on_a_busy_port_exits_1_naming_the_port_before_announcing(tmp_path):
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
