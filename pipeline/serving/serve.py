@@ -252,9 +252,14 @@ async def read_images(request, limits: ServeLimits) -> list[tuple[str | None, by
 
 def body_share(request, limits: ServeLimits) -> int:
     """Bytes of the body budget a request takes before its body is read: its declared Content-Length
-    (one over the limit is refused by :func:`read_body`), else (chunked) the whole per-request limit."""
+    (over the limit: 413 at once, without waiting), else (chunked) the whole per-request limit."""
     declared = request.headers.get("content-length", "")
-    return min(int(declared), limits.max_body_bytes) if declared.isdigit() else limits.max_body_bytes
+    if not declared.isdigit():
+        return limits.max_body_bytes
+    if int(declared) > limits.max_body_bytes:
+        raise ServeError(413, "body_too_large",
+                         f"the request body of {declared} bytes exceeds the limit of {limits.max_body_bytes}")
+    return int(declared)
 
 
 def pixel_share(items, max_pixels: int) -> int:
@@ -360,24 +365,36 @@ class _Server:
     async def read_and_decode(self, request) -> tuple[list, np.ndarray]:
         """(file names, network input) of a request, within the server's body and pixel budgets: the body is
         read once its bytes fit the body budget and held until decoded; decoding starts once the pixels of
-        its largest image fit the pixel budget. (A cancelled request gives its shares back only after its
-        decode thread has finished: the thread is not abandoned.)"""
+        its largest image fit the pixel budget. Both shares are given back when the decode thread has
+        finished, even when the request was cancelled (timed out) before: a thread cannot be stopped."""
         from starlette.concurrency import run_in_threadpool
 
-        body_bytes = await self.take(self.body_bytes, body_share(request, self.limits), "request-body bytes")
+        shares = []  # (budget, units) this coroutine must still give back
         try:
+            shares.append((self.body_bytes, await self.take(self.body_bytes, body_share(request, self.limits),
+                                                            "request-body bytes")))
             items = await read_images(request, self.limits)
             share = await run_in_threadpool(pixel_share, items, self.limits.max_pixels)
-            pixels = await self.take(self.pixels, share, "decoded pixels")
+            shares.append((self.pixels, await self.take(self.pixels, share, "decoded pixels")))
+            decode = asyncio.ensure_future(run_in_threadpool(decode_all, items, self.pre, self.limits.max_pixels))
             self.decoding += 1
-            try:
-                decoded = await run_in_threadpool(decode_all, items, self.pre, self.limits.max_pixels)
-            finally:
-                self.decoding -= 1
-                self.pixels.release(pixels)
+            decode.add_done_callback(lambda task, held=shares: self._decoded(task, held))
+            shares = []  # handed to the decode task
+            decoded = await asyncio.shield(decode)
         finally:
-            self.body_bytes.release(body_bytes)
+            self._give_back(shares)
         return [name for name, _ in items], decoded
+
+    def _decoded(self, task, shares) -> None:
+        self.decoding -= 1
+        self._give_back(shares)
+        if not task.cancelled():
+            task.exception()  # retrieved: a request that timed out no longer awaits it
+
+    @staticmethod
+    def _give_back(shares) -> None:
+        for budget, units in shares:
+            budget.release(units)
 
 
 PREDICT_BODY = {"requestBody": {"required": True, "content": {

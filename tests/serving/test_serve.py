@@ -423,6 +423,27 @@ def test_a_spent_budget_answers_503_with_retry_after_and_the_next_request_200(he
     assert gated_decode.entered == 2  # the refused request decoded nothing
 
 
+@pytest.mark.slow
+def test_a_timed_out_request_keeps_its_shares_until_its_decode_really_ends(head, monkeypatch):
+    """A 504 does not stop the decode thread, so its pixels stay counted until the thread is done."""
+    _, _, clf = head
+    image = png_of(400, 300)
+    state = {}
+    gated_decode = GatedDecode(serve_module.decode_all, lambda: state["server"])
+    monkeypatch.setattr(serve_module, "decode_all", gated_decode)
+    with running(clf, ServeLimits(timeout_s=1.0)) as (url, server):
+        state["server"] = server
+        gated_decode.armed = True
+        timed_out = httpx.post(f"{url}/predict", content=image, timeout=60)
+        held = (server.pixels.used, server.body_bytes.used)
+        gated_decode.gate.set()
+        wait_until(lambda: server.pixels.used == 0 and server.body_bytes.used == 0)
+        gated_decode.armed = False
+        after = httpx.post(f"{url}/predict", content=image, timeout=60)
+    assert timed_out.status_code == 504 and held == (400 * 300, len(image))
+    assert after.status_code == 200
+
+
 def test_a_request_waits_for_the_pixel_budget_within_its_queue_wait(head, monkeypatch):
     _, _, clf = head
     image = png_of(400, 300)
