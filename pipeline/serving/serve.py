@@ -508,6 +508,7 @@ def serve(model, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits 
 
     limits = limits or ServeLimits()
     sock = sock or bind(host, port)  # before the announcement: a busy port fails here, with nothing printed
+    port = sock.getsockname()[1]  # the port really bound (--port 0: one the system chose)
     app = create_app(model, limits, verbose_model)
     print(f"serving {model!r} on http://{host}:{port} (API docs at /docs); Ctrl-C stops", flush=True)
     config = uvicorn.Config(app, log_level="warning", server_header=False, **server_options(limits))
