@@ -1,5 +1,6 @@
 """The connection guards of `serve` (header deadline, connection cap) on a tiny ASGI app, over real sockets
-on 127.0.0.1. Waits are generous upper bounds for "the server closed it", never speed thresholds."""
+on 127.0.0.1 (RELIABILITY D07 (4), slow-loris). Waits are generous upper bounds for "the server closed it",
+never speed thresholds."""
 from __future__ import annotations
 
 import http.client

@@ -394,6 +394,7 @@ def png_of(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize("budget", ["pixels", "body bytes"])
 def test_a_spent_budget_answers_503_with_retry_after_and_the_next_request_200(head, monkeypatch, budget):
+    """RELIABILITY D07 (5): requests beyond the server-wide pixel or body budget get 503 quickly, never OOM."""
     _, _, clf = head
     image = png_of(400, 300)  # 120,000 pixels
     limits = (ServeLimits(max_pixels=150_000, max_pixels_in_flight=150_000, queue_wait_s=0.5) if budget == "pixels"
@@ -497,6 +498,7 @@ def test_concurrent_large_images_stay_within_the_pixel_budget(head, monkeypatch)
 
 
 def test_a_slow_header_connection_is_closed_by_the_server(head):
+    """RELIABILITY D07 (4): a slow-loris client is closed by the server's header timeout; the next request is served."""
     _, _, clf = head
     with running(clf, ServeLimits(header_timeout_s=1.0)) as (url, _):
         port = int(url.rsplit(":", 1)[1])
@@ -518,6 +520,7 @@ def test_a_slow_header_connection_is_closed_by_the_server(head):
 
 
 def test_model_shows_only_this_packages_version_unless_verbose(head):
+    """RELIABILITY D09: /model tells no attacker the exact library versions unless --verbose-model."""
     _, _, clf = head
     with running(clf) as (url, _):
         plain = httpx.get(f"{url}/model")
