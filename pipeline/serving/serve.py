@@ -408,11 +408,8 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {
 
 def create_app(model, limits: ServeLimits | None = None, verbose_model: bool = False):
     """The FastAPI app serving `model` within `limits`: a :class:`pipeline.heads.classifier.Classifier` or a
-    predictor of :mod:`pipeline.serving.predictors` (e.g. ``load_predictor("model.saved_model")``).
-    `verbose_model`: /model lists the exact versions of Python and every library (else only this package's).
-
-    The connection guards (header deadline, connection cap, keep-alive) are not part of the app: serve it
-    with ``uvicorn.Config(app, **server_options(limits))``, as :func:`serve` does."""
+    predictor of :mod:`pipeline.serving.predictors` (e.g. ``load_predictor("model.saved_model")``). `verbose_model`:
+    /model lists the exact library versions. Connection guards: ``uvicorn.Config(app, **server_options(limits))``."""
     predictor = _predictor(model)
     server = _Server(predictor, limits or ServeLimits(), verbose_model)
 
