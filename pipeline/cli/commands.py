@@ -166,8 +166,21 @@ def _serve_parser(sub) -> None:
                              ("--timeout-s", float, "seconds per request (504 beyond)"),
                              ("--max-in-flight", int, "requests in progress at once (503 with Retry-After beyond)"),
                              ("--batch-wait-ms", float, "how long to gather concurrent requests into one batch"),
-                             ("--batch-size", int, "images per network call (default: the backbone's)")]:
+                             ("--batch-size", int, "images per network call (default: the backbone's)"),
+                             ("--max-pixels-in-flight", int, "decoded pixels of all requests at once (wait, then "
+                              "503 with Retry-After; default 48 M)"),
+                             ("--max-body-bytes-in-flight", int, "request-body bytes held by all requests at once "
+                              "(wait, then 503 with Retry-After; default 128 MiB)"),
+                             ("--queue-wait-s", float, "how long a request waits for those budgets (default 5)"),
+                             ("--max-connections", int, "open connections (beyond: 503 and closed; default 256)"),
+                             ("--header-timeout-s", float, "seconds a connection has to send complete request "
+                              "headers, else it is closed (default 10)"),
+                             ("--keep-alive-s", float, "idle keep-alive connections are closed after this "
+                              "(default 5)")]:
         sv.add_argument(flag, type=kind, help=what)
+    sv.add_argument("--verbose-model", action="store_true",
+                    help="GET /model lists the exact versions of Python and every library "
+                         "(default: this package's only)")
 
 
 def cmd_featurize(a):
@@ -326,11 +339,12 @@ def cmd_serve(a):
     from ..serving.predictors import load_predictor
 
     try:
-        from ..serving.serve import ServeLimits, serve
+        from ..serving.serve import ServeLimits, bind, serve
     except ImportError as e:
         raise UsageError(f"serve needs FastAPI and uvicorn ({e}); pip install 'tf-feature-pipeline[serve]'") from e
     limits = ServeLimits(**{f.name: getattr(a, f.name) for f in fields(ServeLimits) if getattr(a, f.name) is not None})
-    serve(load_predictor(a.model, trusted=a.trust_pickle), a.host, a.port, limits)
+    sock = bind(a.host, a.port)  # a busy port fails now, before the model loads or anything is announced
+    serve(load_predictor(a.model, trusted=a.trust_pickle), a.host, a.port, limits, a.verbose_model, sock=sock)
 
 
 def cmd_demo(a):

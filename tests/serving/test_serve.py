@@ -27,7 +27,8 @@ from pipeline.store import versions
 
 uvicorn = pytest.importorskip("uvicorn", reason="serve needs the [serve] extra: FastAPI, uvicorn, python-multipart")
 pytest.importorskip("fastapi", reason="serve needs the [serve] extra: FastAPI, uvicorn, python-multipart")
-from pipeline.serving.serve import ServeLimits, create_app  # noqa: E402
+from pipeline.serving import serve as serve_module  # noqa: E402
+from pipeline.serving.serve import ServeLimits, create_app, server_options  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +40,13 @@ def head(tmp_path_factory):
 
 
 @contextmanager
-def running(clf, limits=None):
-    """The app served by uvicorn in a thread on a free loopback port; yields (base url, server state)."""
-    app = create_app(clf, limits)
+def running(clf, limits=None, verbose_model=False):
+    """The app served by uvicorn in a thread on a free loopback port, with the connection guards `serve` uses;
+    yields (base url, server state)."""
+    app = create_app(clf, limits, verbose_model)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", **server_options(limits or ServeLimits())))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     for _ in range(1000):
@@ -133,7 +135,7 @@ def test_health_model_and_docs_without_file_system_paths(head):
     info = model.json()
     assert info["classes"] == ["blue", "red"] and info["head"] == "logreg"
     assert info["feature_spec"]["dim"] == 1280 and info["feature_spec"]["backbone"] == "mobilenet_v2_quant"
-    assert info["versions"]["trained_with"]["scikit-learn"] and info["metrics"]["n_train"] == 10
+    assert info["versions"]["trained_with"]["tf-feature-pipeline"] and info["metrics"]["n_train"] == 10
     assert "features" in clf.metrics and "features" not in info["metrics"]  # the training store's location
     assert info["limits"]["max_images"] == ServeLimits().max_images
     assert "path" not in info["feature_spec"]["source"]
@@ -314,7 +316,8 @@ def test_cli_serve_answers_on_loopback(head, tmp_path):
     port = sock.getsockname()[1]
     sock.close()
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", str(model), "--port", str(port),
-                             "--max-images", "3"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--max-images", "3", "--max-connections", "7", "--verbose-model"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         for _ in range(600):
             try:
@@ -323,12 +326,13 @@ def test_cli_serve_answers_on_loopback(head, tmp_path):
             except httpx.TransportError:
                 time.sleep(0.1)
         r = httpx.post(f"http://127.0.0.1:{port}/predict", content=(data / "blue" / "blue_2.jpg").read_bytes())
-        limits = httpx.get(f"http://127.0.0.1:{port}/model").json()["limits"]
+        info = httpx.get(f"http://127.0.0.1:{port}/model").json()
     finally:
         proc.terminate()
         out = proc.communicate(timeout=30)[0].decode()
     assert r.status_code == 200 and r.json()["predictions"][0]["prediction"] == "blue", out
-    assert limits["max_images"] == 3
+    assert info["limits"]["max_images"] == 3 and info["limits"]["max_connections"] == 7
+    assert info["versions"]["serving_with"]["python"] == versions()["python"]  # --verbose-model
     assert f"http://127.0.0.1:{port}" in out
 
 
@@ -364,3 +368,209 @@ def test_exif_alpha_palette_and_16_bit_images_are_served_as_score_reads_them(hea
     for p in r.json()["predictions"]:
         for c, v in p["probabilities"].items():
             assert abs(v - float(rows[p["filename"]][c])) <= 1e-6, p["filename"]
+
+
+# ---- the server as a whole: budgets, connections, /model, the port (issue 27 item 4, issue 29 item 3) ----
+class GatedDecode:
+    """serve's decode_all, held at a gate once armed (the request keeps its budget shares meanwhile)."""
+
+    def __init__(self, real, state_of):
+        self.real, self.state_of = real, state_of
+        self.gate, self.armed, self.entered, self.max_pixels_used = threading.Event(), False, 0, 0
+
+    def __call__(self, *args):
+        self.entered += 1
+        self.max_pixels_used = max(self.max_pixels_used, self.state_of().pixels.used)
+        if self.armed:
+            self.gate.wait(30)
+        return self.real(*args)
+
+
+def png_of(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("budget", ["pixels", "body bytes"])
+def test_a_spent_budget_answers_503_with_retry_after_and_the_next_request_200(head, monkeypatch, budget):
+    """RELIABILITY D07 (5): requests beyond the server-wide pixel or body budget get 503 quickly, never OOM."""
+    _, _, clf = head
+    image = png_of(400, 300)  # 120,000 pixels
+    limits = (ServeLimits(max_pixels=150_000, max_pixels_in_flight=150_000, queue_wait_s=0.5) if budget == "pixels"
+              else ServeLimits(max_body_bytes=len(image) + 10, max_body_bytes_in_flight=len(image) + 10,
+                               queue_wait_s=0.5))
+    state = {}
+    gated_decode = GatedDecode(serve_module.decode_all, lambda: state["server"])
+    monkeypatch.setattr(serve_module, "decode_all", gated_decode)
+    with running(clf, limits) as (url, server):
+        state["server"] = server
+        gated_decode.armed = True
+        with httpx.Client(timeout=60) as client:
+            first = []
+            holder = threading.Thread(target=lambda: first.append(client.post(f"{url}/predict", content=image)))
+            holder.start()
+            wait_until(lambda: gated_decode.entered == 1)  # the first request holds the budget, decoding
+            refused = client.post(f"{url}/predict", content=image)
+            gated_decode.armed = False
+            gated_decode.gate.set()
+            holder.join()
+            after = client.post(f"{url}/predict", content=image)
+        left = (server.pixels.used, server.body_bytes.used)
+    assert refused.status_code == 503 and refused.json()["code"] == "overloaded"
+    assert refused.headers["retry-after"] == "1" and budget.split()[0] in refused.json()["message"]
+    assert first[0].status_code == 200 and after.status_code == 200
+    assert left == (0, 0)  # every share was given back
+    assert gated_decode.entered == 2  # the refused request decoded nothing
+
+
+@pytest.mark.slow
+def test_a_timed_out_request_keeps_its_shares_until_its_decode_really_ends(head, monkeypatch):
+    """A 504 does not stop the decode thread, so its pixels stay counted until the thread is done."""
+    _, _, clf = head
+    image = png_of(400, 300)
+    state = {}
+    gated_decode = GatedDecode(serve_module.decode_all, lambda: state["server"])
+    monkeypatch.setattr(serve_module, "decode_all", gated_decode)
+    with running(clf, ServeLimits(timeout_s=1.0)) as (url, server):
+        state["server"] = server
+        gated_decode.armed = True
+        timed_out = httpx.post(f"{url}/predict", content=image, timeout=60)
+        held = (server.pixels.used, server.body_bytes.used)
+        gated_decode.gate.set()
+        wait_until(lambda: server.pixels.used == 0 and server.body_bytes.used == 0)
+        gated_decode.armed = False
+        after = httpx.post(f"{url}/predict", content=image, timeout=60)
+    assert timed_out.status_code == 504 and held == (400 * 300, len(image))
+    assert after.status_code == 200
+
+
+def test_a_request_waits_for_the_pixel_budget_within_its_queue_wait(head, monkeypatch):
+    _, _, clf = head
+    image = png_of(400, 300)
+    state = {}
+    gated_decode = GatedDecode(serve_module.decode_all, lambda: state["server"])
+    monkeypatch.setattr(serve_module, "decode_all", gated_decode)
+    with running(clf, ServeLimits(max_pixels=150_000, max_pixels_in_flight=150_000, queue_wait_s=30)) as (url, server):
+        state["server"] = server
+        gated_decode.armed = True
+        with httpx.Client(timeout=60) as client:
+            results = []
+            threads = [threading.Thread(target=lambda: results.append(client.post(f"{url}/predict", content=image)))
+                       for _ in range(2)]
+            for t in threads:
+                t.start()
+            wait_until(lambda: gated_decode.entered == 1 and server.in_flight == 2)
+            time.sleep(0.3)
+            waiting = gated_decode.entered  # the second waits for the budget, not in a decode thread
+            gated_decode.gate.set()
+            for t in threads:
+                t.join()
+    assert waiting == 1 and [r.status_code for r in results] == [200, 200]
+
+
+@pytest.mark.slow
+def test_concurrent_large_images_stay_within_the_pixel_budget(head, monkeypatch):
+    """Bounded load: 12 clients at once send a 1200x1000 PNG to a server whose budget holds two of them;
+    each is answered 200, or 503 with Retry-After, the budget is never exceeded, and the server then answers 200."""
+    _, _, clf = head
+    image = png_of(1200, 1000)
+    state = {}
+    counting = GatedDecode(serve_module.decode_all, lambda: state["server"])
+    monkeypatch.setattr(serve_module, "decode_all", counting)
+    limits = ServeLimits(max_pixels=1_200_000, max_pixels_in_flight=2_400_000, queue_wait_s=0.2)
+    with running(clf, limits) as (url, server):
+        state["server"] = server
+        with httpx.Client(timeout=120, limits=httpx.Limits(max_connections=12)) as client:
+            results = []
+            threads = [threading.Thread(target=lambda: results.append(client.post(f"{url}/predict", content=image)))
+                       for _ in range(12)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            after = client.post(f"{url}/predict", content=image)
+    codes = [r.status_code for r in results]
+    assert len(codes) == 12 and set(codes) <= {200, 503} and 200 in codes, codes
+    assert all(r.headers["retry-after"] == "1" for r in results if r.status_code == 503)
+    assert counting.max_pixels_used <= 2_400_000  # seen from inside every decode
+    assert after.status_code == 200
+
+
+def test_a_slow_header_connection_is_closed_by_the_server(head):
+    """RELIABILITY D07 (4): a slow-loris client is closed by the server's header timeout; the next request is served."""
+    _, _, clf = head
+    with running(clf, ServeLimits(header_timeout_s=1.0)) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        slow = socket.create_connection(("127.0.0.1", port), timeout=30)
+        closed, deadline, i = False, time.monotonic() + 30, 0
+        head_bytes = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 1000
+        while not closed and time.monotonic() < deadline:
+            try:
+                slow.sendall(head_bytes[i:i + 1])
+                slow.settimeout(0.2)
+                closed = slow.recv(1) == b""
+            except socket.timeout:
+                i += 1
+            except OSError:
+                closed = True
+        slow.close()
+        after = httpx.post(f"{url}/predict", content=png_of(64, 48))
+    assert closed and after.status_code == 200
+
+
+def test_model_shows_only_this_packages_version_unless_verbose(head):
+    """RELIABILITY D09: /model tells no attacker the exact library versions unless --verbose-model."""
+    _, _, clf = head
+    with running(clf) as (url, _):
+        plain = httpx.get(f"{url}/model")
+    with running(clf, verbose_model=True) as (url, _):
+        verbose = httpx.get(f"{url}/model").json()["versions"]
+    shown = plain.json()["versions"]
+    assert shown == {"trained_with": {"tf-feature-pipeline": clf.versions["tf-feature-pipeline"]},
+                     "serving_with": {"tf-feature-pipeline": versions()["tf-feature-pipeline"]}}
+    for exact in (versions()["python"], versions()["numpy"], versions()["scikit-learn"]):
+        assert f'"{exact}"' not in plain.text
+    assert verbose["serving_with"] == versions() and verbose["trained_with"] == clf.versions
+
+
+def test_limits_beyond_one_request_are_listed_in_model(head):
+    _, _, clf = head
+    with running(clf, ServeLimits(max_connections=9, header_timeout_s=3)) as (url, _):
+        limits = httpx.get(f"{url}/model").json()["limits"]
+    assert limits["max_connections"] == 9 and limits["header_timeout_s"] == 3
+    assert limits["max_pixels_in_flight"] == ServeLimits().max_pixels_in_flight
+
+
+@pytest.mark.slow
+def test_serve_on_a_busy_port_exits_1_naming_the_port_before_announcing(tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        r = subprocess.run([sys.executable, "-m", "pipeline", "serve", str(tmp_path / "any.head.npz"),
+                            "--port", str(port)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    finally:
+        busy.close()
+    assert r.returncode == 1, r.stderr
+    assert f"port {port} is in use: pass --port" in r.stderr
+    assert "serving" not in r.stdout and "Errno" not in r.stderr
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"max_pixels_in_flight": 1000}, "max_pixels_in_flight must be at least max_pixels"),
+    ({"max_body_bytes_in_flight": 10}, "max_body_bytes_in_flight must be at least max_body_bytes"),
+    ({"header_timeout_s": 0}, "header_timeout_s must be > 0"), ({"max_connections": 0}, "max_connections")])
+def test_server_wide_limits_that_cannot_work_are_refused(kw, match):
+    with pytest.raises(pipeline.UsageError, match=match):
+        ServeLimits(**kw)
+
+
+def test_every_limit_is_a_serve_flag():
+    from dataclasses import fields
+
+    from pipeline.cli.commands import build_parser
+
+    args = build_parser().parse_args(["serve", "m.head.npz", "--verbose-model"])
+    assert {f.name for f in fields(ServeLimits)} <= set(vars(args)) and args.verbose_model

@@ -81,7 +81,8 @@ def test_served_saved_model_equals_predict_proba(saved_model, served_saved_model
     assert info["classes"] == list(clf.classes_) and info["head"] == "linear_svm"
     assert info["export"]["format"] == "saved_model" and info["feature_spec"]["backbone"] == "tiny_cnn"
     assert info["metrics"]["n_train"] == len(paths) and "features" not in info["metrics"]
-    assert info["versions"]["serving_with"]["tensorflow"]
+    assert list(info["versions"]["serving_with"]) == ["tf-feature-pipeline"]  # exact library versions: --verbose-model
+    assert set(info["export"]["exported_with"] or {}) <= {"tf-feature-pipeline"}
     text = json.dumps(info)
     assert str(paths[0].parent) not in text and str(folder.parent) not in text and str(REPO) not in text
 
