@@ -4,6 +4,7 @@ where a feature store is expected."""
 from __future__ import annotations
 
 import difflib
+import re
 
 
 def close_matches(word: str, choices, n: int = 3) -> list[str]:
@@ -59,3 +60,43 @@ def unreadable_model(path, error: Exception | None) -> str:
     if isinstance(error, EOFError) or "EOF" in str(error):
         return f"{path} is a joblib file cut short ({reason}): it is incomplete; retrain the head or restore the file"
     return f"{path} is a joblib file this tool cannot read ({reason}); retrain the head or restore the file"
+
+
+_FLAG = re.compile(r"--[a-z][a-z0-9-]*")
+
+
+def _alternatives(advice: str) -> list[str]:
+    """'a (b, c), d, or e' -> ['a (b, c)', 'd', 'e']: the parts separated by ', ' or ', or ' outside brackets."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(advice):
+        ch = advice[i]
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0 and advice.startswith(", ", i):
+            parts.append(advice[start:i])
+            i += 2
+            if advice.startswith("or ", i):
+                i += 3
+            start = i
+            continue
+        i += 1
+    return parts + [advice[start:]]
+
+
+def only_flags(hint: str, flags, renames: dict | None = None) -> str:
+    """`hint` ('what limits the run: advice, or other advice') keeping only the advice whose flags are in
+    `flags` (a command's own), each flag first renamed by `renames` (e.g. score's store is --cache, not
+    --out); what is left of the advice is dropped entirely when no part of it applies."""
+    head, sep, advice = hint.partition(": ")
+    if not sep:
+        return hint
+    renames, flags = renames or {}, set(flags)
+    kept = []
+    for part in _alternatives(advice):
+        part = _FLAG.sub(lambda m: renames.get(m.group(0), m.group(0)), part)
+        if all(f in flags for f in _FLAG.findall(part)):
+            kept.append(part)
+    if not kept:
+        return head
+    if advice.startswith("try ") and not kept[0].startswith("try "):
+        kept[0] = "try " + kept[0]
+    return f"{head}: " + (kept[0] if len(kept) == 1 else ", ".join(kept[:-1]) + ", or " + kept[-1])

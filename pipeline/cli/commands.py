@@ -19,7 +19,7 @@ from ..errors import PipelineError, UsageError
 from ..hints import did_you_mean
 from ..options import HEADS, BackboneOptions, FeaturizeOptions, HeadOptions, ScoreOptions, SplitOptions
 from .arguments import add_group, as_flags, from_args, positive_int
-from .parser import Parser
+from .parser import Parser, option_strings
 from .paths import check_paths
 
 log = logging.getLogger("pipeline")
@@ -210,7 +210,7 @@ def cmd_score(a):
 
     run = score(a.model, a.data_dir, a.out, from_args(ScoreOptions, a), trusted=a.trust_pickle,
                 featurize_options=from_args(FeaturizeOptions, a, cluster=_cluster(a)))
-    print(run.summary())
+    print(run.summary(flags=option_strings(a.command_parser), renames={"--out": "--cache"}))  # score's store
     print(f"predictions -> {a.out}")
 
 
@@ -380,6 +380,7 @@ def main(argv=None) -> int:
     setup(args.verbose)  # -v also lets TensorFlow's and TFLite's own notices through
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        args.command_parser = _command_parsers(parser, args.command)[0]
         check_paths(args.command, args)  # missing or wrong-kind paths: refused before any heavy import
         COMMANDS[args.command](args)
     except PipelineError as e:  # the library names parameters (batch_size=0): say the flags instead
