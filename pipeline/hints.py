@@ -100,3 +100,56 @@ def only_flags(hint: str, flags, renames: dict | None = None) -> str:
     if advice.startswith("try ") and not kept[0].startswith("try "):
         kept[0] = "try " + kept[0]
     return f"{head}: " + (kept[0] if len(kept) == 1 else ", ".join(kept[:-1]) + ", or " + kept[-1])
+
+
+def _brief(spec) -> str:
+    """'mobilenet_v2_quant, layer penultimate, 224x224 raw': a spec in a few words (no tensor names, no hashes)."""
+    if spec.is_imported:
+        return spec.describe()
+    pre = spec.preprocess or {}
+    size = "x".join(str(v) for v in pre.get("size") or [])
+    words = [_short_name(spec.backbone), f"layer {spec.layer or '?'}",
+             " ".join(w for w in (size, pre.get("scaling") or "") if w) or None,
+             f"crop {pre['crop_fraction']:g}" if pre.get("crop_fraction") not in (None, 1.0) else None,
+             f"weights {_short_name(spec.weights)}" if spec.weights not in (None, "imagenet") else None,
+             spec.precision if spec.precision != "float32" else None, f"tta {spec.tta}" if spec.tta else None]
+    return ", ".join(w for w in words if w)
+
+
+def _short_name(name) -> str:
+    name = str(name or "?")
+    return name.rsplit("/", 1)[-1] if "/" in name and not name.startswith("hub:") else name
+
+
+def featurize_command(spec, data_dir=None, preprocess: bool = False) -> str:
+    """The command that featurizes `data_dir` into features with `spec` (a FeatureSpec); `preprocess`: also
+    spell out its preprocessing (where the backbone's own would differ from it)."""
+    pre = spec.preprocess or {}
+    flags = [f"--backbone {spec.backbone}", f"--layer {spec.layer}"]
+    if spec.weights not in (None, "imagenet"):
+        flags.append(f"--weights {spec.weights}")
+    size = pre.get("size") or []
+    if preprocess and len(size) == 2 and size[0] == size[1]:
+        flags.append(f"--input-size {size[0]}")
+    if preprocess and pre.get("scaling"):
+        flags.append(f"--scaling {pre['scaling']}")
+    if preprocess and pre.get("crop_fraction") is not None:
+        flags.append(f"--crop-fraction {pre['crop_fraction']:g}")
+    if spec.precision != "float32":
+        flags.append(f"--precision {spec.precision}")
+    if spec.tta:
+        flags.append(f"--tta {spec.tta}")
+    return f"python -m pipeline featurize {data_dir or 'DATA_DIR'} {' '.join(flags)}"
+
+
+def spec_mismatch(head, found, where: str, diff: list[str], data_dir=None) -> tuple[str, str]:
+    """(one line: what the head expects, what `where` holds, the command that featurizes the folder for
+    this head; the two full specs, for -v) of features with spec `found` given to a head of spec `head`."""
+    line = (f"this head expects features of {_brief(head)}; {where} holds {_brief(found)} (different "
+            f"{', '.join(diff)})")
+    if head.is_imported:
+        line += "; give it features imported the same way"
+    else:
+        line += f"; featurize the images for this head: `{featurize_command(head, data_dir, 'preprocess' in diff)}`"
+    details = f"the head's features: {head.describe()}\n{where}: {found.describe()}"
+    return line + " (-v shows both in full)", details

@@ -159,7 +159,7 @@ def _featurize_and_predict(clf: Classifier, data_dir, o: ScoreOptions, run_optio
 def _predict_listed(clf: Classifier, run):
     """(paths, probabilities) of the images this run listed and could read: never a stale row."""
     store = run.store
-    clf.check_spec(store.spec, str(store.root))
+    clf.check_spec(store.spec, str(store.root), store.meta.get("data_dir"))
     unusable = {s["path"] for s in run.skipped}
     wanted = set(run.listed) - unusable  # the store may also hold rows of images since removed
     keep = [i for i, p in enumerate(store.paths) if p in wanted]
