@@ -75,7 +75,7 @@ def _featurize_parser(sub) -> None:
     i = sub.add_parser("predict-imagenet", help="top-k ImageNet classes of images")
     i.add_argument("images", nargs="+", help="image files")
     add_group(i, BackboneOptions, skip=("layer", "batch_size", "tta"))
-    i.add_argument("--top", type=positive_int("--top"), default=5)
+    i.add_argument("--top", type=positive_int("--top"), default=5, help="how many classes per image (default: %(default)s)")
 
 
 def _train_parser(sub) -> None:
@@ -142,7 +142,8 @@ def _file_parsers(sub) -> None:
     cv.add_argument("--force", action="store_true", help="replace --out even if it is not a head this tool wrote")
     ex = sub.add_parser("export", help="a head with its backbone -> one SavedModel or TFLite model (image -> probabilities)")
     ex.add_argument("model", help="head file (.head.npz)")
-    ex.add_argument("--format", required=True, choices=["saved_model", "tflite"])
+    ex.add_argument("--format", required=True, choices=["saved_model", "tflite"],
+                    help="saved_model (a folder) or tflite (one file)")
     ex.add_argument("--out", required=True, help="SavedModel folder or .tflite file to write")
     ex.add_argument("--force", action="store_true", help="replace an existing --out")
     x = sub.add_parser("export-features", help="a feature store -> a .parquet or .npz file other tools read")
