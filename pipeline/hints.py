@@ -145,11 +145,11 @@ def featurize_command(spec, data_dir=None, preprocess: bool = False) -> str:
 def spec_mismatch(head, found, where: str, diff: list[str], data_dir=None) -> tuple[str, str]:
     """(one line: what the head expects, what `where` holds, the command that featurizes the folder for
     this head; the two full specs, for -v) of features with spec `found` given to a head of spec `head`."""
-    line = (f"this head expects features of {_brief(head)}; {where} holds {_brief(found)} (different "
-            f"{', '.join(diff)})")
+    named = [k for k in diff if k not in ("tensor", "dim")] or diff  # a layer's tensor and D follow from it
+    line = f"this head expects features of {_brief(head)}; {where} holds {_brief(found)} (different {', '.join(named)})"
     if head.is_imported:
         line += "; give it features imported the same way"
     else:
-        line += f"; featurize the images for this head: `{featurize_command(head, data_dir, 'preprocess' in diff)}`"
+        line += f"; featurize the folder for this head: `{featurize_command(head, data_dir, 'preprocess' in diff)}`"
     details = f"the head's features: {head.describe()}\n{where}: {found.describe()}"
-    return line + " (-v shows both in full)", details
+    return line + " (-v: both in full)", details

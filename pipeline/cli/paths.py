@@ -44,9 +44,9 @@ def check_paths(command: str, args) -> None:
                 CHECKS[kind](str(path), command, args)
 
 
-def _missing(path: str, what: str) -> None:
+def _missing(path: str, what: str, fix: str = "") -> None:
     if not os.path.lexists(path):
-        raise UsageError(f"{what} {path!r} does not exist")
+        raise UsageError(f"{what} {path!r} does not exist" + (f"; {fix}" if fix else ""))
     if not os.path.exists(path):
         raise UsageError(f"{what} {path!r} is a symlink to {os.readlink(path)!r}, which does not exist")
 
@@ -81,7 +81,8 @@ def _images_or_store(path: str, command: str, args) -> None:
 
 
 def _store(path: str, command: str, args) -> None:
-    _missing(path, "feature store")
+    _missing(path, "feature store", f"featurize a folder of images into it first (`python -m pipeline featurize "
+                                    f"DATA_DIR --out {path}`)")
     root = Path(path)
     if not root.is_dir():
         hint = ""
@@ -99,7 +100,7 @@ def _store(path: str, command: str, args) -> None:
 
 
 def _head(path: str, command: str, args) -> None:
-    _missing(path, "model file")
+    _missing(path, "model file", "train one with `python -m pipeline train`")
     if os.path.isdir(path):
         hint = " (export writes it; `serve` runs it)" if os.path.isfile(os.path.join(path, "saved_model.pb")) else ""
         raise UsageError(f"{path} is a folder{hint}, not a head file; {command} takes the .head.npz file that "
