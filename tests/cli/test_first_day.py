@@ -140,3 +140,27 @@ def test_hints_keep_only_the_advice_a_command_can_follow():
     assert only_flags(cpu, {"--precision"}) == cpu
     assert only_flags("decoding limits the run (2 workers on 4 cores): raise --workers to 4", set()) == \
         "decoding limits the run (2 workers on 4 cores)"
+
+
+def test_progress_says_all_cached_and_stays_silent_when_a_run_fails_before_any_image():
+    import io
+
+    from pipeline.progress import LineProgress, TerminalProgress
+
+    for kind in (LineProgress, TerminalProgress):
+        out = io.StringIO()
+        with kind(3, "featurize m", file=out) as bar:
+            for _ in range(3):
+                bar.update(1, cached=True)
+        assert out.getvalue() == "featurize m: all 3 images cached\n", kind
+        out = io.StringIO()
+        with pytest.raises(ValueError):
+            with kind(3, "featurize m", file=out):
+                raise ValueError("no tensor 'penultimte'")
+        assert out.getvalue() == "", kind
+    out = io.StringIO()
+    with TerminalProgress(3, "featurize m", file=out) as bar:
+        bar.update(1, cached=True)
+        bar.update(2)  # the bar starts at the first image computed, counting the cached one
+        assert bar.bar is not None and bar.bar.n == 3
+    assert "cached" not in out.getvalue()
