@@ -59,7 +59,10 @@ class RunReport:
         lines += [f"  note {n['path']}: {n['note']}" for n in self.notes]
         if self.pruned:
             lines.append(f"  pruned {self.pruned} rows of files no longer in the folder")
-        if self.not_in_folder:
+        if self.not_in_folder and flags is not None and "--prune" not in flags:  # score: its cache, not a store
+            lines.append(f"  {len(self.not_in_folder)} rows of the store are of files no longer in the folder "
+                         f"(e.g. {self.not_in_folder[0]}): left out of this run's output")
+        elif self.not_in_folder:
             lines.append(f"  {len(self.not_in_folder)} rows are of files no longer in the folder (e.g. "
                          f"{self.not_in_folder[0]}): kept in the store, so train still uses them; "
                          f"featurize --prune drops them")

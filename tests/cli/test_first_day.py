@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -90,6 +91,14 @@ def test_skipped_files_are_reported_once_and_hints_name_only_scores_flags(day, t
                    for s in a.option_strings}
     stages = next(line for line in r.stdout.splitlines() if line.startswith("stages:"))
     assert set(re.findall(r"--[a-z-]+", stages)) <= score_flags, stages
+    gone = tmp_path / "test"  # an image removed since: its cached row is left out, with no advice to featurize
+    shutil.copytree(test, gone)
+    run_cli("score", head, gone, "--out", tmp_path / "p2.csv", "--cache", tmp_path / "c3", "--no-progress")
+    (gone / "1.jpg").unlink()
+    r = run_cli("score", head, gone, "--out", tmp_path / "p2.csv", "--cache", tmp_path / "c3", "--no-progress")
+    assert r.returncode == 0 and "1 rows of the store are of files no longer in the folder" in r.stdout
+    assert "--prune" not in r.stdout and [row[0] for row in rows(tmp_path / "p2.csv")[1:]] == ["2.jpg", "3.jpg", "4.jpg",
+                                                                                             "5.jpg"]
     # a fully cached run: no rate, no bar, and no stages hint
     again = run_cli("featurize", day[1], "--out", day[2].root)
     assert again.returncode == 0, again.stderr
