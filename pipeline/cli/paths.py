@@ -87,7 +87,7 @@ def _store(path: str, command: str, args) -> None:
     if not root.is_dir():
         hint = ""
         if path.endswith((".head.npz", ".joblib")):
-            hint = f"; it looks like a head file (train writes those from a store)"
+            hint = "; it looks like a head file (train writes those from a store)"
         elif root.suffix in (".parquet", ".npz"):
             hint = (f"; a {root.suffix} file of features becomes a store with `python -m pipeline import-features "
                     f"{path} --out features/NAME`")

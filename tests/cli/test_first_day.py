@@ -163,9 +163,8 @@ def test_progress_says_all_cached_and_stays_silent_when_a_run_fails_before_any_i
                 bar.update(1, cached=True)
         assert out.getvalue() == "featurize m: all 3 images cached\n", kind
         out = io.StringIO()
-        with pytest.raises(ValueError):
-            with kind(3, "featurize m", file=out):
-                raise ValueError("no tensor 'penultimte'")
+        with pytest.raises(ValueError), kind(3, "featurize m", file=out):
+            raise ValueError("no tensor 'penultimte'")
         assert out.getvalue() == "", kind
     out = io.StringIO()
     with TerminalProgress(3, "featurize m", file=out) as bar:
