@@ -51,7 +51,7 @@ def _cluster(a):
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m pipeline", description="tf-feature-pipeline: frozen ImageNet "
-                                "CNN features of image folders, cached with bcolz, classified by scikit-learn heads")
+               "CNN features of image folders, cached with bcolz, classified by scikit-learn heads")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="log more, show TensorFlow's and TFLite's own notices, and show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
