@@ -32,11 +32,11 @@ demo: install  ## the whole flow offline on the bundled cars sample
 TEST_WORKERS ?= 2
 PYTEST_N := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-test: install  ## the full test suite (tests needing ../shared skip without it; -rs prints why)
-	$(PY) -m pytest -q -rs $(PYTEST_N)
+test: install  ## the full test suite (tests needing ../shared skip without it; -rsx prints why, and why 3 xfail)
+	$(PY) -m pytest -q -rsx $(PYTEST_N)
 
 test-fast: install  ## every test but the slow ones and those needing ../shared (about a minute on 2 cores)
-	$(PY) -m pytest -q -rs $(PYTEST_N) -m "not slow and not shared"
+	$(PY) -m pytest -q -rsx $(PYTEST_N) -m "not slow and not shared"
 
 features: install  ## make features DATA=path/to/images [BACKBONE=...] [LAYER=...] [OUT=features/...]
 	@test -n "$(DATA)" || { echo "usage: make features DATA=folder [BACKBONE=$(BACKBONE)] [LAYER=$(LAYER)] [OUT=dir]"; exit 2; }

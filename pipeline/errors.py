@@ -21,7 +21,12 @@ class StoreError(PipelineError, OSError):
 
 
 class SpecMismatchError(PipelineError, ValueError):
-    """Features from one backbone/layer/preprocessing given to a head trained on another."""
+    """Features from one backbone/layer/preprocessing given to a head trained on another. The message
+    is one line; `details` holds both specs in full (the CLI shows them with -v)."""
+
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message)
+        self.details = details
 
 
 class ModelFileError(PipelineError, ValueError):

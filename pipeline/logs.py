@@ -20,6 +20,9 @@ import threading
 from contextlib import contextmanager
 
 log = logging.getLogger("pipeline.native")
+# `extra=` of a warning that the run's summary (RunReport.summary) also states: the command line, which
+# prints that summary, leaves such warnings out so that each fact is reported once
+IN_SUMMARY = {"in_summary": True}
 
 # notices the runtimes print on every run, which say nothing wrong
 _NOTICE = re.compile(
@@ -34,9 +37,18 @@ _depth = 0
 
 
 def setup(verbose: bool = False) -> None:
-    """The command line's logging: warnings and errors, everything from INFO up with `verbose`."""
+    """The command line's logging: warnings and errors, everything from INFO up with `verbose`; warnings
+    marked IN_SUMMARY are left out (the command prints the summary that states them)."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _NotInSummary) for f in handler.filters):
+            handler.addFilter(_NotInSummary())
+
+
+class _NotInSummary(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "in_summary", False)
 
 
 def split_notices(data: bytes) -> tuple[bytes, list[str]]:

@@ -94,7 +94,7 @@ class FeaturizeOptions:
                                "trust)", flag="--no-follow-links", action="store_false")
     overwrite: bool = _flag(False, "replace a store made with other settings", action="store_true")
     strict: bool = _flag(False, "fail if any image had to be skipped", action="store_true")
-    progress: bool = _flag(True, None, flag="--no-progress", action="store_false")
+    progress: bool = _flag(True, "no progress bar or progress lines on stderr", flag="--no-progress", action="store_false")
     workers: int | None = _flag(None, "decoding threads or processes (default: the usable cores)",
                                 type="positive_int")
     decode: str = _flag("auto", "decode in a thread pool, in worker processes, or JPEGs on the GPU (gpu: a Keras "
@@ -123,10 +123,10 @@ HEADS = ("linear_svm", "svm", "logreg")  # the names of heads.kinds.KINDS, witho
 class HeadOptions:
     """Which head is fitted on the features, and how C is chosen."""
 
-    head: str = _flag("linear_svm", None, choices=HEADS)
+    head: str = _flag("linear_svm", "the classifier: linear_svm (default), svm (RBF kernel) or logreg", choices=HEADS)
     C: float | str | dict = _flag("auto", "'auto' (cross-validated, default) or a number", type="C")
     folds: int | str = _flag(5, "CV folds for --C auto, or 'loo' (default 5)", type="folds")
-    seed: int = _flag(0, None, type="int")
+    seed: int = _flag(0, "random seed of the folds, samples and splits (default 0)", type="int")
     pca: int | None = _flag(None, "reduce the standardised features to N principal components first",
                             type="positive_int")
     class_weight: str | None = _flag(None, "balanced: weigh classes inversely to their image counts (imbalanced "
@@ -154,7 +154,7 @@ class SplitOptions:
     group_by: str | None = _flag(None, "keep images whose file names share this match together", metavar="REGEX")
     groups: object = _flag(None, "a CSV giving each image a group (with --group-column)", metavar="CSV")
     group_column: str | None = _flag(None, "the --groups CSV column holding the group")
-    seed: int = _flag(0, None, type="int")
+    seed: int = _flag(0, "random seed of the folds, samples and splits (default 0)", type="int")
 
     def __post_init__(self):
         if not 0 <= self.holdout < 1:
@@ -183,7 +183,7 @@ class ScoreOptions:
             raise UsageError("cache= and no_cache=True exclude each other; give one")
 
 
-SCORE_FEATURIZE = ("progress", "workers", "follow_links", "engine", "cluster")  # what score takes of featurize's
+SCORE_FEATURIZE = ("progress", "workers", "follow_links", "strict", "engine", "cluster")  # what score takes of featurize's
 
 
 def names(cls) -> set[str]:

@@ -3,7 +3,9 @@
 A tqdm bar redraws itself with carriage returns, which fills a redirected log with hundreds of
 updates per file. When stderr is not a terminal, :class:`LineProgress` writes a line at every
 tenth of the work (at most one every few seconds, and at least one a minute) and a last line
-with the total time. :class:`Steps` announces the long steps of a command that has no bar
+with the total time. Either way, a run whose every item came from a cache says so ("all 200 images
+cached") instead of a rate, and a run that fails before any item is done writes no progress at all
+(the error is then the only line: e.g. a bad layer name, found when the network is built). :class:`Steps` announces the long steps of a command that has no bar
 (``compare``): one line when a step starts, one when it ends, with its time.
 """
 from __future__ import annotations
@@ -16,10 +18,46 @@ def progress_bar(total: int, desc: str, unit: str = "img", file=None):
     """A tqdm bar on a terminal, else a :class:`LineProgress`; both count with ``update(n)``."""
     file = file or sys.stderr
     if _is_terminal(file):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=file)
+        return TerminalProgress(total, desc, unit, file)
     return LineProgress(total, desc, unit, file)
+
+
+def _all_cached(n: int, cached: int, unit: str) -> str:
+    return f"all {n} {'images' if unit == 'img' else unit} cached"
+
+
+class TerminalProgress:
+    """A tqdm bar, shown from the first item that is not taken from a cache (none for a fully cached run)."""
+
+    def __init__(self, total: int, desc: str, unit: str = "img", file=None):
+        self.total, self.desc, self.unit, self.file = total, desc, unit, file or sys.stderr
+        self.n = self.cached = 0
+        self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close(failed=exc[0] is not None)
+        return False
+
+    def update(self, n: int = 1, cached: bool = False) -> None:
+        self.n += n
+        self.cached += n if cached else 0
+        if self.bar is None and not cached:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, desc=self.desc, unit=self.unit, dynamic_ncols=True, file=self.file,
+                            initial=self.n - n)
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self, failed: bool = False) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.n and not failed:
+            print(f"{self.desc}: {_all_cached(self.n, self.cached, self.unit)}", file=self.file, flush=True)
+        self.bar, self.n = None, 0
 
 
 def _is_terminal(file) -> bool:
@@ -38,7 +76,7 @@ class LineProgress:
         self.total, self.desc, self.unit = int(total), desc, unit
         self.file = file or sys.stderr
         self.step, self.min_interval, self.max_interval, self.clock = step, min_interval, max_interval, clock
-        self.n = 0
+        self.n = self.cached = 0
         self.start = self.last = clock()
         self.next_mark = step
         self.closed = False
@@ -47,11 +85,13 @@ class LineProgress:
         return self
 
     def __exit__(self, *exc):
-        self.close()
+        self.close(failed=exc[0] is not None)
         return False
 
-    def update(self, n: int = 1) -> None:
+    def update(self, n: int = 1, cached: bool = False) -> None:
+        """`n` more items done; `cached`: taken from a cache, not computed."""
         self.n += n
+        self.cached += n if cached else 0
         now = self.clock()
         frac = self.n / self.total if self.total else 1.0
         if frac >= 1.0:
@@ -63,11 +103,17 @@ class LineProgress:
         while frac >= self.next_mark:
             self.next_mark += self.step
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """The last line: the count, time and rate; none if the run failed before any item was done."""
         if self.closed:
             return
         self.closed = True
         now = self.clock()
+        if failed and self.n == 0:
+            return
+        if self.n and self.cached == self.n and not failed:
+            self._write(_all_cached(self.n, self.cached, self.unit))
+            return
         self._write(f"{self._count()} in {_duration(now - self.start)}, {self._rate(now)}")
 
     def _count(self) -> str:

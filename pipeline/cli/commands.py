@@ -1,6 +1,8 @@
 """Command line: parse arguments and forward to the library functions a Python user imports.
 
-Exit status: 0 success, 2 bad usage, 1 failure; errors are one line on stderr.
+Exit status: 0 success; 2 bad usage (a bad flag or value, a path that does not exist or is the wrong kind:
+pipeline/cli/paths.py, checked before any heavy import); 1 a failure while working; 130 interrupted.
+Errors are one line on stderr.
 """
 from __future__ import annotations
 
@@ -14,12 +16,19 @@ import traceback
 from ..backbones.base import describe
 from ..engines import REGISTRY, engine_class
 from ..errors import PipelineError, UsageError
-from ..options import BackboneOptions, FeaturizeOptions, HeadOptions, ScoreOptions, SplitOptions
+from ..hints import did_you_mean
+from ..options import HEADS, BackboneOptions, FeaturizeOptions, HeadOptions, ScoreOptions, SplitOptions
 from .arguments import add_group, as_flags, from_args, positive_int
+from .parser import Parser, option_strings
+from .paths import check_paths
 
 log = logging.getLogger("pipeline")
 
 
+DATA_DIR_HELP = "folder of images: one sub-folder per class (or --labels CSV, or --unlabelled)"
+STORE_HELP = "feature store folder (written by featurize)"
+HEAD_HELP = "head file (.head.npz) written by train"
+NO_PROGRESS_HELP = "no progress bar or progress lines on stderr"
 TRUST_HELP = ("also load an old .joblib head (format head-1): it is a pickle and can run any code in it; "
               "only for files you trust (convert it once with `convert`)")
 
@@ -41,37 +50,37 @@ def _cluster(a):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline", description="tf-feature-pipeline: frozen ImageNet "
-                                "CNN features of image folders, cached with bcolz, classified by scikit-learn heads")
+    p = Parser(prog="python -m pipeline", description="tf-feature-pipeline: frozen ImageNet "
+               "CNN features of image folders, cached with bcolz, classified by scikit-learn heads")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="log more, show TensorFlow's and TFLite's own notices, and show tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_featurize_parser, _train_parser, _score_parser, _evaluation_parsers, _file_parsers,
                 _store_parsers, _serve_parser):
         add(sub)
     d = sub.add_parser("demo", help="the whole flow offline on the bundled cars sample")
-    d.add_argument("--features", default="features")
-    d.add_argument("--models", default="models")
-    d.add_argument("--no-progress", dest="progress", action="store_false")
+    d.add_argument("--features", default="features", help="folder for the feature stores (default: %(default)s)")
+    d.add_argument("--models", default="models", help="folder for the head file (default: %(default)s)")
+    d.add_argument("--no-progress", dest="progress", action="store_false", help=NO_PROGRESS_HELP)
     return p
 
 
 def _featurize_parser(sub) -> None:
     f = sub.add_parser("featurize", help="images below DATA_DIR -> a feature store")
-    f.add_argument("data_dir")
+    f.add_argument("data_dir", help=DATA_DIR_HELP)
     add_group(f, BackboneOptions)
     f.add_argument("--out", help="feature store folder (default: features/<folder>-<backbone>-<layer>)")
     add_group(f, FeaturizeOptions, skip=("engine",))
     _engine_options(f)
     i = sub.add_parser("predict-imagenet", help="top-k ImageNet classes of images")
-    i.add_argument("images", nargs="+")
+    i.add_argument("images", nargs="+", help="image files")
     add_group(i, BackboneOptions, skip=("layer", "batch_size", "tta"))
-    i.add_argument("--top", type=positive_int("--top"), default=5)
+    i.add_argument("--top", type=positive_int("--top"), default=5, help="how many classes per image (default: %(default)s)")
 
 
 def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="fit a head on a feature store")
-    t.add_argument("features_dir")
+    t.add_argument("features_dir", help=STORE_HELP)
     add_group(t, HeadOptions, skip=("pca", "class_weight"))
     t.add_argument("--out", required=True, help="head file to write (NAME.head.npz: arrays and JSON, no pickle)")
     t.add_argument("--force", action="store_true", help="replace --out even if it is not a head this tool wrote")
@@ -86,37 +95,38 @@ def _train_parser(sub) -> None:
 
 def _score_parser(sub) -> None:
     s = sub.add_parser("score", help="predict every image below DATA_DIR, or every row of a feature store, into a CSV")
-    s.add_argument("model")
-    s.add_argument("data_dir")
+    s.add_argument("model", help=HEAD_HELP)
+    s.add_argument("data_dir", help="folder of images (all sub-folders), or a feature store whose rows are scored")
     s.add_argument("--out", required=True, help="CSV to write")
     add_group(s, ScoreOptions)
-    add_group(s, FeaturizeOptions, only=("follow_links", "progress"))
+    add_group(s, FeaturizeOptions, only=("follow_links", "progress", "strict"),
+              strict={"help": "fail (exit 1, no CSV) if any image could not be read"})
     s.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     _engine_options(s)
 
 
 def _evaluation_parsers(sub) -> None:
     e = sub.add_parser("evaluate", help="metrics of a head on a labelled feature store")
-    e.add_argument("model")
-    e.add_argument("features_dir")
+    e.add_argument("model", help=HEAD_HELP)
+    e.add_argument("features_dir", help="a labelled " + STORE_HELP)
     e.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--report", metavar="DIR", help="also write an HTML report (index.html + PNGs) to DIR")
     c = sub.add_parser("compare", help="cross-validated accuracy of heads on feature stores")
-    c.add_argument("features_dirs", nargs="+")
-    c.add_argument("--heads", default="linear_svm,logreg")
+    c.add_argument("features_dirs", nargs="+", help="one or more " + STORE_HELP.replace("folder", "folders"))
+    c.add_argument("--heads", default="linear_svm,logreg", help="head kinds, separated by commas (default: %(default)s)")
     add_group(c, HeadOptions, only=("C", "folds", "seed", "pca"), C={
         "type": "C_per_head", "help": "'auto' (CV, default), a number, or per head: linear_svm=0.01,logreg=0.1"})
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="print one JSON list")
     add_group(c, FeaturizeOptions, only=("progress",),
               progress={"help": "no line on stderr as each head starts and ends"})
     sp = sub.add_parser("split", help="write the train/validation split of a store's labelled images to a CSV")
-    sp.add_argument("features_dir")
+    sp.add_argument("features_dir", help=STORE_HELP)
     add_group(sp, SplitOptions, defaults={"holdout": 0.2}, holdout={"help": "validation fraction (default 0.2)"})
     sp.add_argument("--out", required=True, help="CSV to write: path,label,split")
     sp.add_argument("--force", action="store_true", help="replace --out even if it is not a CSV this tool wrote")
     q = sub.add_parser("suspects", help="images whose label the cross-validated head doubts most")
-    q.add_argument("features_dir")
+    q.add_argument("features_dir", help=STORE_HELP)
     add_group(q, HeadOptions, only=("head", "C", "folds"), defaults={"head": "logreg"})
     q.add_argument("--top", type=int, default=20, help="how many to list (0: all)")
     q.add_argument("--csv", help="also write the full ranked list to this CSV")
@@ -125,22 +135,23 @@ def _evaluation_parsers(sub) -> None:
 
 def _file_parsers(sub) -> None:
     cv = sub.add_parser("convert", help="rewrite a head file (e.g. an old .joblib) as a .head.npz (no pickle)")
-    cv.add_argument("model")
+    cv.add_argument("model", help="head file to convert (.head.npz or an old .joblib)")
     cv.add_argument("--out", required=True, help="head file to write (NAME.head.npz)")
     cv.add_argument("--trust-pickle", action="store_true",
                     help="required to read an old .joblib head: it is a pickle and can run code; only for files you trust")
     cv.add_argument("--force", action="store_true", help="replace --out even if it is not a head this tool wrote")
     ex = sub.add_parser("export", help="a head with its backbone -> one SavedModel or TFLite model (image -> probabilities)")
     ex.add_argument("model", help="head file (.head.npz)")
-    ex.add_argument("--format", required=True, choices=["saved_model", "tflite"])
+    ex.add_argument("--format", required=True, choices=["saved_model", "tflite"],
+                    help="saved_model (a folder) or tflite (one file)")
     ex.add_argument("--out", required=True, help="SavedModel folder or .tflite file to write")
     ex.add_argument("--force", action="store_true", help="replace an existing --out")
     x = sub.add_parser("export-features", help="a feature store -> a .parquet or .npz file other tools read")
-    x.add_argument("features_dir")
+    x.add_argument("features_dir", help=STORE_HELP)
     x.add_argument("--out", required=True, help="file to write; the format comes from the extension")
     x.add_argument("--force", action="store_true", help="replace an existing file")
     m = sub.add_parser("import-features", help="a .parquet or .npz file of features -> a feature store")
-    m.add_argument("file")
+    m.add_argument("file", help="a .parquet or .npz file of features")
     m.add_argument("--out", required=True, help="feature store folder to create")
     m.add_argument("--id-column", default="id", help="column of unique ids (default: %(default)s)")
     m.add_argument("--features-column", default="features", help="column of vectors (default: %(default)s)")
@@ -149,7 +160,7 @@ def _file_parsers(sub) -> None:
 
 def _store_parsers(sub) -> None:
     v = sub.add_parser("verify", help="check a feature store's integrity")
-    v.add_argument("features_dir")
+    v.add_argument("features_dir", help=STORE_HELP)
     sub.add_parser("backbones", help="list the registered backbones")
 
 
@@ -213,7 +224,7 @@ def cmd_score(a):
 
     run = score(a.model, a.data_dir, a.out, from_args(ScoreOptions, a), trusted=a.trust_pickle,
                 featurize_options=from_args(FeaturizeOptions, a, cluster=_cluster(a)))
-    print(run.summary())
+    print(run.summary(flags=option_strings(a.command_parser), renames={"--out": "--cache"}))  # score's store
     print(f"predictions -> {a.out}")
 
 
@@ -235,11 +246,14 @@ def cmd_evaluate(a):
 
 
 def cmd_compare(a):
+    o, heads = from_args(HeadOptions, a), [h.strip() for h in a.heads.split(",")]
+    for h in heads:  # before scikit-learn is imported
+        if h not in HEADS:
+            raise UsageError(f"unknown head {h!r} in --heads{did_you_mean(h, HEADS)}; choose from {', '.join(HEADS)}")
     from ..heads.evaluation import compare
     from ..reports.summary import compare_table
 
-    o = from_args(HeadOptions, a)
-    rows = compare(a.features_dirs, a.heads.split(","), o.C, o.folds, o.seed, o.pca, progress=a.progress)
+    rows = compare(a.features_dirs, heads, o.C, o.folds, o.seed, o.pca, progress=a.progress)
     print(json.dumps(rows) if a.json else compare_table(rows, o.folds, o.seed, o.pca))
 
 
@@ -381,11 +395,15 @@ def main(argv=None) -> int:
     setup(args.verbose)  # -v also lets TensorFlow's and TFLite's own notices through
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        args.command_parser = _command_parsers(parser, args.command)[0]
+        check_paths(args.command, args)  # missing or wrong-kind paths: refused before any heavy import
         COMMANDS[args.command](args)
     except PipelineError as e:  # the library names parameters (batch_size=0): say the flags instead
-        if args.verbose:  # -v: where it was raised, then the same one-line reason
+        if args.verbose:  # -v: where it was raised, then the same one-line reason, then any details
             traceback.print_exc()
         print(f"error: {as_flags(str(e), *_command_parsers(parser, args.command))}", file=sys.stderr)
+        if args.verbose and getattr(e, "details", None):
+            print(e.details, file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)

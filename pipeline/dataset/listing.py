@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..decode.formats import IMAGE_EXTENSIONS
 from ..errors import UsageError
+from ..logs import IN_SUMMARY
 from .labels import check_class_names, match_labels
 
 log = logging.getLogger(__name__)
@@ -245,10 +246,10 @@ def _csv_listing(found, ignored, unusable, labels) -> Listing:
     records = [ImageRecord(p, rel, match.labels[rel]) for rel, p in found]
     if match.unlabelled:
         log.warning("%d image(s) have no label in %s, e.g. %s", len(match.unlabelled), labels.path,
-                    ", ".join(match.unlabelled[:3]))
+                    ", ".join(match.unlabelled[:3]), extra=IN_SUMMARY)
     if match.unused_ids:
         log.warning("%d id(s) of %s match no image, e.g. %s", len(match.unused_ids), labels.path,
-                    ", ".join(match.unused_ids[:3]))
+                    ", ".join(match.unused_ids[:3]), extra=IN_SUMMARY)
     classes = sorted({r.label for r in records if r.label is not None})
     return Listing(records, ignored, classes, True, match.unlabelled, match.unused_ids, unusable)
 

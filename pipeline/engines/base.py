@@ -22,6 +22,7 @@ from ..dataset.splits import sample_mask
 from ..errors import ImageError, PipelineError, StoreError, UsageError
 from ..featurizer.layers import PLACEHOLDER, LayerWriters, layer_slug
 from ..featurizer.mapper import Mapper
+from ..logs import IN_SUMMARY
 from ..options import FeaturizeOptions
 from ..store import open_writer
 from ..store.duplicates import duplicate_groups, label_conflicts
@@ -164,7 +165,7 @@ class _NoProgress:
     def __exit__(self, *exc):
         return False
 
-    def update(self, n=1):
+    def update(self, n=1, cached=False):
         pass
 
 
@@ -237,11 +238,12 @@ def end_run(run: RunReport, writer, strict: bool, report: bool):
         writer.write_skips(run.skipped)
         writer.abort()
         raise
-    for s in run.skipped:
-        log.warning("skipped %s: %s %s", s["path"], s["reason"], s.get("detail", ""))
+    for s in run.skipped:  # the run's summary lists them too: the command line shows them once (logs.IN_SUMMARY)
+        log.warning("skipped %s: %s %s", s["path"], s["reason"], s.get("detail", ""), extra=IN_SUMMARY)
     if strict and run.skipped:
-        raise PipelineError(f"{len(run.skipped)} image(s) could not be used (strict=True); "
-                            f"see {writer.root / 'report.json'}")
+        named = ", ".join(f"{s['path']} ({s['reason']})" for s in run.skipped[:5])
+        raise PipelineError(f"{len(run.skipped)} image(s) could not be used (strict=True): {named}"
+                            f"{', ...' if len(run.skipped) > 5 else ''}; see {writer.root / 'report.json'}")
     return run if report else run.store
 
 

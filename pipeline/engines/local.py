@@ -54,7 +54,7 @@ class LocalEngine(Engine):
         with progress(len(records), o.progress, f"featurize {bb.name}") as bar:
             try:
                 for item in reader.read(records):
-                    bar.update(1)
+                    bar.update(1, cached=item[3] is None)  # item[3] None: reused from the store
                     account(item, mapper, run)
                 mapper.flush()
             except BaseException:

@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..featurizer.stages import line as stages_line
+from ..hints import only_flags
 from ..store import FeatureStore
 
 
@@ -45,16 +46,23 @@ class RunReport:
                 "not_in_folder_paths": self.not_in_folder[:1000], "duplicates": self.duplicates,
                 "label_conflicts": self.label_conflicts, "stages": self.stages}
 
-    def summary(self) -> str:
+    def summary(self, flags=None, renames: dict | None = None, list_skipped: bool = True) -> str:
+        """What the CLI prints. `flags`: those of the command printing it (its hints name no other; `renames`
+        maps a flag to the command's own, e.g. score's --cache for --out); `list_skipped`: a line per skipped
+        file (False where the caller names them itself)."""
         n = f"{len(self.store)} rows, D={self.store.spec['dim']}" if self.store is not None else "not written"
         lines = [f"{self.discovered} images: {self.computed} featurized, {self.reused} reused from the cache, "
                  f"{len(self.skipped)} skipped -> {self.store.root if self.store is not None else '?'} ({n})"]
         lines += [f"  also -> {s.root} (layer {s.spec['layer']}, D={s.spec['dim']})" for s in self.stores[1:]]
-        lines += [f"  skipped {s['path']}: {s['reason']} {s.get('detail', '')}".rstrip() for s in self.skipped]
+        lines += [f"  skipped {s['path']}: {s['reason']} {s.get('detail', '')}".rstrip()
+                  for s in (self.skipped if list_skipped else [])]
         lines += [f"  note {n['path']}: {n['note']}" for n in self.notes]
         if self.pruned:
             lines.append(f"  pruned {self.pruned} rows of files no longer in the folder")
-        if self.not_in_folder:
+        if self.not_in_folder and flags is not None and "--prune" not in flags:  # score: its cache, not a store
+            lines.append(f"  {len(self.not_in_folder)} rows of the store are of files no longer in the folder "
+                         f"(e.g. {self.not_in_folder[0]}): left out of this run's output")
+        elif self.not_in_folder:
             lines.append(f"  {len(self.not_in_folder)} rows are of files no longer in the folder (e.g. "
                          f"{self.not_in_folder[0]}): kept in the store, so train still uses them; "
                          f"featurize --prune drops them")
@@ -74,7 +82,10 @@ class RunReport:
             lines.append(f"  label_conflict: {', '.join(c['paths'])} are the same image labelled "
                          f"{' and '.join(c['labels'])} (left out of training)")
         if self.stages:
-            lines.append(stages_line(self.stages))
+            stages = self.stages
+            if flags is not None and stages.get("hint"):
+                stages = {**stages, "hint": only_flags(stages["hint"], flags, renames)}
+            lines.append(stages_line(stages))
         return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ from ..backbones import backbone_from_spec, describe
 from ..decode.inputs import as_list, decode_images, is_image_input
 from ..errors import ModelFileError, SpecMismatchError, UsageError
 from ..featurizer.mapper import map_in_batches
-from ..hints import looks_like_pickle, unreadable_model
+from ..hints import looks_like_pickle, spec_mismatch, unreadable_model
 from ..spec import DEFAULT_DECODER, FeatureSpec
 from . import headfile
 from .headfile import LEGACY_CALIBRATION
@@ -81,14 +81,13 @@ class Classifier:
         """The spec of the features this head was trained on (``spec`` is its stored dict)."""
         return FeatureSpec.of(self.spec)
 
-    def check_spec(self, spec, where: str = "the features") -> None:
-        """Refuse features made by another backbone, layer or preprocessing (`spec`: a FeatureSpec or dict)."""
+    def check_spec(self, spec, where: str = "the features", data_dir=None) -> None:
+        """Refuse features made by another backbone, layer or preprocessing (`spec`: a FeatureSpec or dict);
+        `data_dir`: the image folder they came from, named in the command the error suggests."""
         mine, theirs = self.feature_spec, FeatureSpec.of(spec)
         diff = mine.differences(theirs)
         if diff:
-            raise SpecMismatchError(
-                f"this head was trained on {mine.describe()}, but {where} come from {theirs.describe()} "
-                f"(different {', '.join(diff)}); featurize with the head's backbone and layer")
+            raise SpecMismatchError(*spec_mismatch(mine, theirs, where, diff, data_dir))
 
     def _matrix(self, X) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
@@ -143,7 +142,7 @@ class Classifier:
         if is_image_input(X):
             return self.features(X)
         if hasattr(X, "features") and hasattr(X, "spec"):  # a FeatureStore
-            self.check_spec(X.spec, str(getattr(X, "root", "the store")))
+            self.check_spec(X.spec, str(getattr(X, "root", "the store")), getattr(X, "meta", {}).get("data_dir"))
             return X.features
         return self._matrix(X)
 

@@ -65,7 +65,7 @@ def evaluate(model, store) -> dict:
 
 def predictions(model, store) -> tuple[dict, np.ndarray, np.ndarray, list[dict]]:
     """(metrics, y_true, probabilities, rows) of `model` on the labelled rows of `store`."""
-    model.check_spec(store.spec, str(store.root))
+    model.check_spec(store.spec, str(store.root), store.meta.get("data_dir"))
     keep, y, rows = store.labelled_rows()
     if len(y) == 0:
         raise ValueError(f"{store.root} has no labelled images to evaluate on")

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from ..backbones import backbone_from_spec
 from ..dataset.sources import is_uri
 from ..engines import check_options, featurize
+from ..engines.report import RunReport
 from ..errors import StoreError, UsageError
 from ..heads.classifier import Classifier, load
 from ..hints import did_you_mean
@@ -24,6 +26,35 @@ from ..spec import FeatureSpec
 from ..store.exchange import is_feature_store, predict_store, store_proba
 
 UNKNOWN = "unknown"  # the prediction written when the top probability is below reject_below
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoreReport:
+    """What a score run did: the featurize RunReport (or the StoreScoring of a feature store), plus, in
+    Kaggle mode, the unreadable images whose id got the training prior. Other attributes (``skipped``,
+    ``store``, ``computed``...) are the run's."""
+
+    run: object
+    kaggle: str | None = None
+    prior: float | None = None  # the (clipped) probability written for an unreadable image
+    prior_source: str = ""
+    prior_rows: list = field(default_factory=list)  # the run's skip entries ({path, reason, detail}) given the prior
+
+    def __getattr__(self, name):
+        if name == "run":
+            raise AttributeError(name)
+        return getattr(self.run, name)
+
+    def summary(self, flags=None, renames=None) -> str:
+        """What the CLI prints; hints name only `flags` (those of the command), renamed by `renames`."""
+        if not isinstance(self.run, RunReport):
+            return self.run.summary()
+        text = self.run.summary(flags=flags, renames=renames, list_skipped=not self.prior_rows)
+        if self.prior_rows:
+            text += (f"\nkaggle: {len(self.prior_rows)} unreadable image(s), named in the warnings on stderr, got a row "
+                     f"holding the prior {self.prior:.6f} of {self.kaggle!r} ({self.prior_source})")
+        return text
 
 
 def score_cache_path(data_dir, request, root=None) -> Path:
@@ -52,12 +83,15 @@ def score(model, data_dir, out, options: ScoreOptions | None = None, *,
 
     Default CSV: ``path,prediction,<one probability column per class>``. With `kaggle`=CLASS:
     ``id,label`` where label is the probability of CLASS clipped to [clip, 1 - clip] and id comes
-    from the file name (the Dogs vs Cats Redux submission format). `reject_below`: the prediction
-    is ``unknown`` where the top probability is below it. Returns the RunReport.
+    from the file name (the Dogs vs Cats Redux submission format); every image gets a row: one that
+    cannot be read gets the training prior of CLASS (its share of the training images, clipped
+    alike), with a warning naming it (`strict`: such a file fails the run instead, no CSV is
+    written). `reject_below`: the prediction is ``unknown`` where the top probability is below it.
+    Returns a :class:`ScoreReport`.
 
     The features are cached in `cache` (default: :func:`score_cache_path`); `no_cache` uses a
     temporary store removed afterwards. Only images read successfully in this run get a row in
-    the CSV. `out` is written atomically and never over an input (the head, an image) or a file
+    the CSV (Kaggle mode: see above). `out` is written atomically and never over an input (the head, an image) or a file
     this tool did not write (unless `force`). `trusted`: also load an old pickle-based head file
     (see :func:`pipeline.load`). `engine`/`cluster`: featurize on Ray (see featurize).
     """
@@ -70,11 +104,14 @@ def score(model, data_dir, out, options: ScoreOptions | None = None, *,
         paths, proba, result = predict_store(clf, data_dir)
     else:
         paths, proba, result = _featurize_and_predict(clf, data_dir, o, run_options)
+    report = ScoreReport(result)
     if o.kaggle is not None:
-        _write_kaggle(out, paths, proba, clf.classes_, o.kaggle, o.clip)
+        report = kaggle_report(result, clf, o.kaggle, o.clip)
+        _write_kaggle(out, paths, proba, clf.classes_, o.kaggle, o.clip,
+                      {s["path"]: report.prior for s in report.prior_rows})
     else:
         _write_predictions(out, paths, proba, clf.classes_, o.reject_below, clf.thresholds_)
-    return result
+    return report
 
 
 def _score_settings(options, featurize_options, keywords: dict) -> tuple[ScoreOptions, FeaturizeOptions]:
@@ -122,7 +159,7 @@ def _featurize_and_predict(clf: Classifier, data_dir, o: ScoreOptions, run_optio
 def _predict_listed(clf: Classifier, run):
     """(paths, probabilities) of the images this run listed and could read: never a stale row."""
     store = run.store
-    clf.check_spec(store.spec, str(store.root))
+    clf.check_spec(store.spec, str(store.root), store.meta.get("data_dir"))
     unusable = {s["path"] for s in run.skipped}
     wanted = set(run.listed) - unusable  # the store may also hold rows of images since removed
     keep = [i for i, p in enumerate(store.paths) if p in wanted]
@@ -172,12 +209,39 @@ def _check_kaggle_class(column: str, classes) -> None:
                          f"classes: {', '.join(classes)}")
 
 
-def _write_kaggle(out, paths, proba, classes, column, clip):
+def class_prior(clf: Classifier, column: str) -> tuple[float, str]:
+    """(the share of `column` among the head's training images, where it comes from); a head that does
+    not record its class counts gives the uniform prior, and says so."""
+    counts = (clf.metrics or {}).get("class_counts") or {}
+    total = sum(counts.values())
+    if total and str(column) in counts:
+        return counts[str(column)] / total, f"its share of the {total} training images"
+    n = len(clf.classes_)
+    return 1.0 / n, f"uniform over {n} classes: this head does not record its training class counts"
+
+
+def kaggle_report(run, clf: Classifier, column: str, clip: float | None) -> ScoreReport:
+    """The ScoreReport of a Kaggle run: each unreadable image gets the (clipped) prior, with a warning."""
+    prior, source = class_prior(clf, column)
+    if clip:
+        prior = float(np.clip(prior, clip, 1.0 - clip))
+    unread = list(getattr(run, "skipped", []))
+    for s in unread:
+        log.warning("%s could not be read (%s%s): its row, id %s, holds the prior %.6f of %r", s["path"], s["reason"],
+                    f": {s['detail']}" if s.get("detail") else "", kaggle_id(s["path"]), prior, column)
+    return ScoreReport(run, column, prior, source, unread)
+
+
+def _write_kaggle(out, paths, proba, classes, column, clip, filled=None):
+    """id,label rows sorted by id; `filled`: {path: probability} of images without features (the prior)."""
     classes = [str(c) for c in classes]
     _check_kaggle_class(column, classes)
     p = proba[:, classes.index(column)]
     if clip:
         p = np.clip(p, clip, 1.0 - clip)
+    filled = filled or {}
+    paths = list(paths) + list(filled)
+    p = np.concatenate([p, np.asarray(list(filled.values()), dtype=float)])
     ids = [kaggle_id(x) for x in paths]
     order = sorted(range(len(ids)), key=lambda i: (int(ids[i]) if re.fullmatch(r"\d+", ids[i]) else float("inf"), ids[i]))
     with atomic_open(out, newline="") as f:

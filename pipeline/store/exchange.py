@@ -327,7 +327,7 @@ class StoreScoring:
 def predict_store(clf, store):
     """(ids, probabilities, StoreScoring) for every live row of a store; refuses another spec."""
     store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
-    clf.check_spec(store.spec, str(store.root))
+    clf.check_spec(store.spec, str(store.root), store.meta.get("data_dir"))
     return store.paths, store_proba(clf, store), StoreScoring(store)
 
 

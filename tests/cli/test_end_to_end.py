@@ -72,7 +72,7 @@ def test_saved_head_reloads_with_identical_probabilities(trained, tmp_path):
 def test_head_refuses_features_from_another_layer(trained, tmp_path):
     root, data, _, clf = trained
     logits = pipeline.featurize(data, layer="logits", out=tmp_path / "logits", progress=False)
-    with pytest.raises(SpecMismatchError, match="layer=penultimate.*layer=logits"):
+    with pytest.raises(SpecMismatchError, match="layer penultimate.*layer logits"):
         clf.predict_proba(logits)
     with pytest.raises(SpecMismatchError, match="1001 features, but this head is expecting 1280"):
         clf.predict_proba(logits.features)
@@ -115,11 +115,11 @@ def test_cli_exit_codes_and_one_line_errors(tmp_path, capsys):
         main(["train"])
     assert e.value.code == 2
     capsys.readouterr()
-    assert main(["train", str(tmp_path / "missing"), "--out", str(tmp_path / "m.joblib")]) == 1
+    assert main(["train", str(tmp_path / "missing"), "--out", str(tmp_path / "m.joblib")]) == 2  # issue 29: one rule
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "missing" in err and "featurize" in err
     assert main(["featurize", str(tmp_path / "nope"), "--no-progress"]) == 2
-    assert main(["score", str(tmp_path / "nope.joblib"), str(tmp_path), "--out", "x.csv"]) == 1
+    assert main(["score", str(tmp_path / "nope.joblib"), str(tmp_path), "--out", "x.csv"]) == 2
 
 
 def test_truncated_model_file_is_a_clear_error(trained, tmp_path):

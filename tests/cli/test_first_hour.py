@@ -39,7 +39,7 @@ def run_cli(*args, env=None) -> subprocess.CompletedProcess:
 def test_an_image_folder_given_as_a_store_says_to_featurize_it_first(flow, capsys):
     root, data, _, model = flow
     for argv in (["train", data, "--out", root / "x.joblib"], ["evaluate", model, data]):
-        assert main(list(map(str, argv))) == 1
+        assert main(list(map(str, argv))) == 2  # the wrong kind of path: bad usage (issue 29)
         err = capsys.readouterr().err
         assert "is a folder of images, not a feature store" in err and f"featurize {data} --out" in err
         assert f"--out {data}`" not in err  # never suggests writing the store into the image folder
@@ -120,10 +120,10 @@ def test_batch_size_0_is_refused_and_layer_help_lists_predictions(capsys):
 def test_v_shows_the_traceback_of_a_reported_error_too(tmp_path, capsys):
     # README: a one-line reason on stderr, `-v` shows the traceback; the exit status stays the same
     args = ["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.head.npz")]
-    assert main(args) == 1
+    assert main(args) == 2  # a missing path is bad usage (issue 29)
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.startswith("error: ") and "does not exist" in err
-    assert main(["-v", *args]) == 1
+    assert main(["-v", *args]) == 2
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err
     assert err.splitlines()[-1].startswith("error: ") and "does not exist" in err.splitlines()[-1]

@@ -40,6 +40,9 @@ def _not_supported(est) -> dict:
 @parametrize_with_checks([FeatureHead(head=h, C=1.0) for h in KINDS], expected_failed_checks=_not_supported)
 def test_sklearn_estimator_checks(estimator, check):
     # scikit-learn's own checks (input validation, n_features_in_, pickling, idempotent fit, ...), fixed C
+    if getattr(check, "func", check).__name__ == "check_array_api_input":  # else skipped with scipy's words
+        pytest.skip("not applicable: a head computes in numpy on stored features and takes no array API inputs "
+                    "(CuPy, torch); scikit-learn runs this check only with SCIPY_ARRAY_API=1")
     check(estimator)
 
 

@@ -178,8 +178,10 @@ def test_a_planted_pickle_never_runs_without_trust_pickle(command, tmp_path, cap
     marker = tmp_path / "pwned"
     evil = tmp_path / "model.joblib"
     evil.write_bytes(pickle.dumps({"format": LEGACY_FORMAT, "model": PlantFile(marker)}))
+    (tmp_path / "store").mkdir()  # passes the command line's path check: the head is loaded first
+    (tmp_path / "store" / "meta.json").write_text("{}")
     args = {"score": ["score", str(evil), str(tmp_path), "--out", str(tmp_path / "p.csv"), "--no-progress"],
-            "evaluate": ["evaluate", str(evil), str(tmp_path)],
+            "evaluate": ["evaluate", str(evil), str(tmp_path / "store")],
             "convert": ["convert", str(evil), "--out", str(tmp_path / "new.head.npz")]}[command]
     assert main(args) != 0
     assert "--trust-pickle" in capsys.readouterr().err
