@@ -112,7 +112,8 @@ def _brief(spec) -> str:
              " ".join(w for w in (size, pre.get("scaling") or "") if w) or None,
              f"crop {pre['crop_fraction']:g}" if pre.get("crop_fraction") not in (None, 1.0) else None,
              f"weights {_short_name(spec.weights)}" if spec.weights not in (None, "imagenet") else None,
-             spec.precision if spec.precision != "float32" else None, f"tta {spec.tta}" if spec.tta else None]
+             spec.precision if spec.precision != "float32" else None, f"tta {spec.tta}" if spec.tta else None,
+             f"decoded on the GPU by {spec.decoder}" if spec.decoder != "pillow" else None]
     return ", ".join(w for w in words if w)
 
 
@@ -139,6 +140,8 @@ def featurize_command(spec, data_dir=None, preprocess: bool = False) -> str:
         flags.append(f"--precision {spec.precision}")
     if spec.tta:
         flags.append(f"--tta {spec.tta}")
+    if spec.decoder != "pillow":
+        flags.append("--keras-backend jax --decode gpu")
     return f"python -m pipeline featurize {data_dir or 'DATA_DIR'} {' '.join(flags)}"
 
 
