@@ -22,7 +22,7 @@ from ..hints import looks_like_pickle, unreadable_model
 from ..spec import FeatureSpec
 from . import headfile
 from .headfile import LEGACY_CALIBRATION
-from .ood import OODScores, OODSummary, split_arrays
+from .ood import MISSING, OODScores, OODSummary, split_arrays
 
 _BACKBONE_LOCK = threading.Lock()
 
@@ -161,8 +161,7 @@ class Classifier:
         UsageError for a head saved without a summary (before OOD existed): retrain it.
         """
         if self.ood_summary is None:
-            raise UsageError("this head has no out-of-distribution summary (it was saved before heads kept one, "
-                             "or trained on fewer than 4 images); retrain it to get OOD distances")
+            raise UsageError(f"{self!r} {MISSING}")
         return self.ood_summary.score(self._as_features(X))
 
     @property

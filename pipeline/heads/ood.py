@@ -33,6 +33,8 @@ MIN_ROWS = 4  # fewer training rows: no summary (nothing to calibrate on)
 MAX_CALIBRATION = 10_000  # held-out rows measured when calibrating on a large training set
 _CHUNK = 4096  # query rows per distance matrix
 PREFIX = "ood."
+MISSING = ("has no out-of-distribution summary (it was saved before heads kept one, or trained on fewer than "
+           f"{MIN_ROWS} images); retrain it to get OOD distances")
 
 
 class OODScores(NamedTuple):
@@ -168,6 +170,16 @@ def split_arrays(arrays: dict) -> tuple[dict, dict]:
     """(the head's own arrays, the ``ood.*`` arrays) of a head file's arrays."""
     ood = {n: a for n, a in arrays.items() if n.startswith(PREFIX)}
     return {n: a for n, a in arrays.items() if n not in ood}, ood
+
+
+def check_reject_ood(summary: OODSummary | None, classes, unknown: str) -> None:
+    """Refuse to turn flagged images into `unknown` for a head without a summary or with a class of that name."""
+    from ..errors import UsageError
+
+    if summary is None:
+        raise UsageError(f"reject_ood needs a head with an out-of-distribution summary; this head {MISSING}")
+    if unknown in [str(c) for c in classes]:
+        raise UsageError(f"this head has a class named {unknown!r}, so reject_ood could not be told apart from it")
 
 
 def describe(summary: OODSummary | None) -> str:

@@ -283,9 +283,9 @@ class _Server:
         finally:
             self.decoding -= 1
         proba = await asyncio.wrap_future(self.batcher.submit(pixels))
-        classes = self.predictor.classes
-        return {"predictions": [{"filename": name, "prediction": classes[int(np.argmax(p))],
-                                 "probabilities": dict(zip(classes, map(float, p)))}
+        classes, more = self.predictor.classes, getattr(self.predictor, "answer_fields", lambda p: {})
+        return {"predictions": [{"filename": name, "prediction": classes[int(np.argmax(p[:len(classes)]))],
+                                 "probabilities": dict(zip(classes, map(float, p))), **more(p)}
                                 for (name, _), p in zip(items, proba)]}
 
 
