@@ -145,7 +145,7 @@ def _proba_and_ood(clf: Classifier, store, keep=None):
         proba.append(clf.predict_proba(x))
         ood.append(summary.score(x) if summary is not None else None)
     if summary is None:
-        log.warning("%r %s: no ood_distance/ood columns", clf, MISSING)
+        log.warning("%r %s (this CSV has no ood_distance/ood columns)", clf, MISSING)
         ood = None
     else:
         ood = OODScores(*(np.concatenate(a) for a in zip(*ood))) if ood else OODScores(np.zeros(0), np.zeros(0, bool))

@@ -92,7 +92,7 @@ class HeadPredictor:
         if reject_ood:
             check_reject_ood(self.ood, classifier.classes_, REJECTED)
         if self.ood is None:
-            log.warning("%r %s: answers have no ood_distance/ood fields", classifier, MISSING)
+            log.warning("%r %s (answers have no ood_distance/ood fields)", classifier, MISSING)
         bb = classifier.backbone  # builds and loads the network now, not on the first request
         self.preprocess, self.batch_size = bb.preprocess, bb.batch_size
         self.classes = [str(c) for c in classifier.classes_]
