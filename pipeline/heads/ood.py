@@ -24,6 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..errors import UsageError
+
 METHOD = "knn_cosine"
 K = 5  # the k-th nearest neighbour (fewer when the sample is smaller)
 MAX_ROWS = 1024  # training vectors kept: 1024 x 1280 float16 = 2.6 MB in the head file
@@ -174,8 +176,6 @@ def split_arrays(arrays: dict) -> tuple[dict, dict]:
 
 def check_reject_ood(summary: OODSummary | None, classes, unknown: str) -> None:
     """Refuse to turn flagged images into `unknown` for a head without a summary or with a class of that name."""
-    from ..errors import UsageError
-
     if summary is None:
         raise UsageError(f"reject_ood needs a head with an out-of-distribution summary; this head {MISSING}")
     if unknown in [str(c) for c in classes]:
