@@ -175,6 +175,8 @@ class ScoreOptions:
     reject_below: float | None = _flag(None, "write 'unknown' as the prediction when the top probability is below "
                                        "P (pick P from the coverage plot of an evaluate/train --report)",
                                        type="float", metavar="P")
+    reject_ood: bool = _flag(False, "write 'unknown' as the prediction of images the head flags out-of-distribution "
+                             "(the ood column: unlike its training images)", action="store_true")
 
     def __post_init__(self):
         if self.clip is not None and not 0 <= self.clip < 0.5:

@@ -171,6 +171,8 @@ def _serve_parser(sub) -> None:
                     help="address to listen on (default: %(default)s, this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="default: %(default)s")
     sv.add_argument("--trust-pickle", action="store_true", help="allow loading an old pickle-based (joblib) head file")
+    sv.add_argument("--reject-ood", action="store_true",
+                    help="answer 'unknown' for images the head flags out-of-distribution (its ood field)")
     for flag, kind, what in [("--max-body-bytes", int, "request body size (413 beyond)"),
                              ("--max-pixels", int, "pixels per image, checked before decoding (422 beyond)"),
                              ("--max-images", int, "images per request (413 beyond)"),
@@ -358,7 +360,8 @@ def cmd_serve(a):
         raise UsageError(f"serve needs FastAPI and uvicorn ({e}); pip install 'tf-feature-pipeline[serve]'") from e
     limits = ServeLimits(**{f.name: getattr(a, f.name) for f in fields(ServeLimits) if getattr(a, f.name) is not None})
     sock = bind(a.host, a.port)  # a busy port fails now, before the model loads or anything is announced
-    serve(load_predictor(a.model, trusted=a.trust_pickle), a.host, a.port, limits, a.verbose_model, sock=sock)
+    serve(load_predictor(a.model, trusted=a.trust_pickle, reject_ood=a.reject_ood), a.host, a.port, limits,
+          a.verbose_model, sock=sock)
 
 
 def cmd_demo(a):

@@ -22,6 +22,7 @@ from ..hints import looks_like_pickle, spec_mismatch, unreadable_model
 from ..spec import DEFAULT_DECODER, FeatureSpec
 from . import headfile
 from .headfile import LEGACY_CALIBRATION
+from .ood import MISSING, OODScores, OODSummary, split_arrays
 
 _BACKBONE_LOCK = threading.Lock()
 
@@ -49,6 +50,7 @@ class Classifier:
         self.versions = versions or {}
         self._backbone = None
         self.train_hashes: list[str] = []  # sha256 prefixes (16 hex) of the training images, for leakage checks
+        self.ood_summary = None  # pipeline/heads/ood.py: an OODSummary of the training features, or None
         if list(model.classes_) != list(self.classes_):
             raise ModelFileError("class order of the fitted model and the recorded class names differ")
 
@@ -160,6 +162,17 @@ class Classifier:
             return label_sets(proba, self.classes_, self.thresholds_)
         return self.classes_[np.argmax(proba, axis=1)]
 
+    def ood(self, X) -> OODScores:
+        """(distance, flagged) per image: how unlike the training images each is (pipeline/heads/ood.py).
+
+        `X`: images, features or a FeatureStore, as for :meth:`predict_proba`. ``distance`` is the cosine
+        distance to the k-th nearest training vector, ``flagged`` True above the head's calibrated threshold.
+        UsageError for a head saved without a summary (before OOD existed): retrain it.
+        """
+        if self.ood_summary is None:
+            raise UsageError(f"{self!r} {MISSING}")
+        return self.ood_summary.score(self._as_features(X))
+
     @property
     def multi_label(self) -> bool:
         """True for a head with one-vs-rest tags (pipeline/heads/multilabel.py)."""
@@ -174,7 +187,7 @@ class Classifier:
     def save(self, path) -> Path:
         """Write a head-2 file (arrays + JSON, no pickle; see pipeline/heads/headfile.py) atomically."""
         from ..versions import versions
-        from .arrayhead import export
+        from .arrayhead import ArrayHead, export
 
         try:
             head = export(self.model)
@@ -184,6 +197,10 @@ class Classifier:
                   "train_hashes": list(self.train_hashes)}
         if self.params is not None:
             header["params"] = self.params
+        if self.ood_summary is not None:  # its arrays ride with the head's, under ood.* (pipeline/heads/ood.py)
+            header["ood"] = self.ood_summary.header()
+            head = ArrayHead(head.classes_, {**head.arrays, **self.ood_summary.arrays()}, head.scorer,
+                             head.probabilities)
         return headfile.write(path, head, header)
 
     @classmethod
@@ -195,8 +212,10 @@ class Classifier:
                                  f"`python -m pipeline train --out NAME.head.npz`")
         if not path.is_file():
             raise ModelFileError(f"model file {str(path)!r} does not exist; train one with `python -m pipeline train`")
+        ood_arrays = {}
         if headfile.is_head_file(path):
             header, head = headfile.read(path)
+            head.arrays, ood_arrays = split_arrays(head.arrays)
             payload = {**header, "model": head}
         elif looks_like_pickle(path):
             payload = headfile.read_pickle(path, trusted)
@@ -209,6 +228,7 @@ class Classifier:
             raise ModelFileError(f"{path}: the head expects {clf.model.n_features_in_} features but its feature "
                                  f"spec says {clf.n_features_in_}")
         clf.train_hashes = list(payload.get("train_hashes", []))
+        clf.ood_summary = _ood_summary(path, payload.get("ood"), ood_arrays, clf.n_features_in_)
         return clf
 
     def export(self, out, format: str = "saved_model", force: bool = False) -> Path:
@@ -220,6 +240,20 @@ class Classifier:
 
     def __repr__(self):
         return f"<Classifier {self.metrics.get('head')} classes={list(self.classes_)} on {describe(self.spec)}>"
+
+
+def _ood_summary(path, header, arrays: dict, dim: int) -> OODSummary | None:
+    """The OOD summary a head file holds (None for a file saved before summaries); ModelFileError if damaged."""
+    if header is None and not arrays:
+        return None
+    try:
+        summary = OODSummary.from_file(header, arrays)
+    except ValueError as e:
+        raise ModelFileError(f"{path}: its out-of-distribution summary is unusable ({e}); retrain the head") from None
+    if summary.n_features_in_ != dim:
+        raise ModelFileError(f"{path}: its out-of-distribution summary has {summary.n_features_in_} features but its "
+                             f"feature spec says {dim}; retrain the head")
+    return summary
 
 
 def _thresholds(model) -> np.ndarray | None:

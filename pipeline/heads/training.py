@@ -20,6 +20,7 @@ from .classifier import Classifier
 from .estimator import FeatureHead
 from .evaluation import classification_metrics
 from .multilabel import fit_multilabel
+from .ood import summarize
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ def train(store, head: str | HeadOptions = "linear_svm", split: str | SplitOptio
         metrics["validation"] = check(model, X, y, rows, train_idx, np.flatnonzero(valid))
     clf = Classifier(model, [str(c) for c in model.classes_], store.spec, metrics, versions())
     clf.train_hashes = sorted({rows[i]["sha256"][:16] for i in train_idx})
+    clf.ood_summary = summarize(X[train_idx], y[train_idx], seed=o.seed)  # pipeline/heads/ood.py
     return clf
 
 

@@ -19,13 +19,15 @@ from ..engines import check_options, featurize
 from ..engines.report import RunReport
 from ..errors import StoreError, UsageError
 from ..heads.classifier import Classifier, load
+from ..heads.ood import MISSING, OODScores, check_reject_ood
 from ..hints import did_you_mean
 from ..options import SCORE_FEATURIZE, FeaturizeOptions, ScoreOptions, split_keywords
 from ..outputs import atomic_open, check_output, csv_writer
 from ..spec import FeatureSpec
-from ..store.exchange import is_feature_store, predict_store, store_proba
+from ..store.exchange import is_feature_store, predict_store, store_chunks
 
-UNKNOWN = "unknown"  # the prediction written when the top probability is below reject_below
+UNKNOWN = "unknown"  # the prediction written when the top probability is below reject_below (or OOD, reject_ood)
+OOD_COLUMNS = ["ood_distance", "ood"]  # written when the head has an OOD summary (pipeline/heads/ood.py)
 log = logging.getLogger(__name__)
 
 
@@ -101,16 +103,16 @@ def score(model, data_dir, out, options: ScoreOptions | None = None, *,
                  data_dir=data_dir, force=o.force)
     _check_columns(clf, o)
     if is_feature_store(data_dir):  # a feature store's rows (made here or imported), scored as they are
-        paths, proba, result = predict_store(clf, data_dir)
+        paths, (proba, ood), result = predict_store(clf, data_dir, _proba_and_ood)
     else:
-        paths, proba, result = _featurize_and_predict(clf, data_dir, o, run_options)
+        paths, (proba, ood), result = _featurize_and_predict(clf, data_dir, o, run_options)
     report = ScoreReport(result)
     if o.kaggle is not None:
         report = kaggle_report(result, clf, o.kaggle, o.clip)
         _write_kaggle(out, paths, proba, clf.classes_, o.kaggle, o.clip,
                       {s["path"]: report.prior for s in report.prior_rows})
     else:
-        _write_predictions(out, paths, proba, clf.classes_, o.reject_below, clf.thresholds_)
+        _write_predictions(out, paths, proba, clf.classes_, o.reject_below, clf.thresholds_, ood, o.reject_ood)
     return report
 
 
@@ -132,9 +134,13 @@ def _check_columns(clf: Classifier, o: ScoreOptions) -> None:
         _check_kaggle_class(o.kaggle, clf.classes_)
     if o.reject_below is not None:
         check_reject_below(o.reject_below, clf.classes_, o.kaggle)
-    if clf.multi_label and (o.kaggle is not None or o.reject_below is not None):
+    if clf.multi_label and (o.kaggle is not None or o.reject_below is not None or o.reject_ood):
         raise UsageError("this head is multi-label: it writes the predicted tags and a probability per tag; "
-                         "kaggle= and reject_below= apply to single-label heads")
+                         "kaggle=, reject_below= and reject_ood= apply to single-label heads")
+    if o.reject_ood:
+        check_reject_ood(clf.ood_summary, clf.classes_, UNKNOWN)
+        if o.kaggle is not None:
+            raise UsageError("reject_ood= changes the prediction column, which kaggle= does not write; use one of them")
 
 
 def _featurize_and_predict(clf: Classifier, data_dir, o: ScoreOptions, run_options: FeaturizeOptions):
@@ -164,7 +170,21 @@ def _predict_listed(clf: Classifier, run):
     wanted = set(run.listed) - unusable  # the store may also hold rows of images since removed
     keep = [i for i, p in enumerate(store.paths) if p in wanted]
     paths = [store.paths[i] for i in keep]
-    return paths, store_proba(clf, store, keep)
+    return paths, _proba_and_ood(clf, store, keep)
+
+
+def _proba_and_ood(clf: Classifier, store, keep=None):
+    """(probabilities, OODScores or None for a head without an OOD summary), in one pass over the store."""
+    summary, proba, ood = clf.ood_summary, [], []
+    for x in store_chunks(store, keep):
+        proba.append(clf.predict_proba(x))
+        ood.append(summary.score(x) if summary is not None else None)
+    if summary is None:
+        log.warning("%r %s (this CSV has no ood_distance/ood columns)", clf, MISSING)
+        ood = None
+    else:
+        ood = OODScores(*(np.concatenate(a) for a in zip(*ood))) if ood else OODScores(np.zeros(0), np.zeros(0, bool))
+    return (np.concatenate(proba) if proba else np.zeros((0, len(clf.classes_)))), ood
 
 
 def check_reject_below(p: float, classes, kaggle: str | None = None) -> None:
@@ -176,24 +196,29 @@ def check_reject_below(p: float, classes, kaggle: str | None = None) -> None:
         raise UsageError(f"this head has a class named {UNKNOWN!r}, so reject_below= could not be told apart from it")
 
 
-def predicted_labels(proba: np.ndarray, classes, reject_below: float | None = None) -> list[str]:
-    """The top class of each row of `proba`, or UNKNOWN where its probability is below `reject_below`."""
+def predicted_labels(proba: np.ndarray, classes, reject_below: float | None = None, rejected=None) -> list[str]:
+    """The top class of each row of `proba`, or UNKNOWN where its probability is below `reject_below` or
+    where `rejected` (booleans, e.g. the OOD flags) is True."""
     classes = [str(c) for c in classes]
     top = np.argmax(proba, axis=1)
-    return [UNKNOWN if reject_below is not None and row[i] < reject_below else classes[i]
-            for row, i in zip(proba, top)]
+    rejected = np.zeros(len(proba), bool) if rejected is None else np.asarray(rejected, bool)
+    return [UNKNOWN if (reject_below is not None and row[i] < reject_below) or out else classes[i]
+            for row, i, out in zip(proba, top, rejected)]
 
 
-def _write_predictions(out, paths, proba, classes, reject_below=None, thresholds=None):
+def _write_predictions(out, paths, proba, classes, reject_below=None, thresholds=None, ood=None, reject_ood=False):
+    """path,prediction,<class>... and, with the OODScores `ood` of a head's OOD summary, ood_distance,ood."""
     if thresholds is not None:  # multi-label: path,labels,<tag>... (pipeline/heads/multilabel.py)
         from ..heads.multilabel import write_label_sets
 
         return write_label_sets(out, paths, proba, classes, thresholds)
+    labels = predicted_labels(proba, classes, reject_below, ood.flagged if reject_ood else None)
+    extra = [[]] * len(paths) if ood is None else [[f"{d:.6f}", int(f)] for d, f in zip(*ood)]
     with atomic_open(out, newline="") as f:
         w = csv_writer(f)
-        w.writerow(["path", "prediction", *[str(c) for c in classes]])
-        for p, label, row in zip(paths, predicted_labels(proba, classes, reject_below), proba):
-            w.writerow([p, label, *(f"{v:.6f}" for v in row)])
+        w.writerow(["path", "prediction", *[str(c) for c in classes], *([] if ood is None else OOD_COLUMNS)])
+        for p, label, row, more in zip(paths, labels, proba, extra):
+            w.writerow([p, label, *(f"{v:.6f}" for v in row), *more])
 
 
 def kaggle_id(path: str) -> str:

@@ -2,8 +2,9 @@
 
 A predictor has ``classes`` (column names), ``preprocess`` (how :mod:`pipeline.decode.inputs` decodes a
 request's images for it, exactly as featurize would), ``batch_size``, ``predict_pixels(pixels)``
-((N, h, w, 3) uint8 -> (N, n_classes) float, columns in ``classes`` order) and ``describe()`` (what
-``GET /model`` shows). :func:`load_predictor` picks one by what the path is:
+((N, h, w, 3) uint8 -> (N, n_classes) float, columns in ``classes`` order, then any columns of its own) and
+``describe()`` (what ``GET /model`` shows); optionally ``answer_fields(row)``: the fields of an answer beyond
+the prediction and probabilities, from one row of ``predict_pixels`` (a head's ``ood_distance`` and ``ood``). :func:`load_predictor` picks one by what the path is:
 
 * :class:`HeadPredictor`: a ``.head.npz`` head (:class:`~pipeline.heads.classifier.Classifier`) over its
   own backbone;
@@ -18,13 +19,18 @@ the built-in operators only (custom operators do not resolve).
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelFileError
+from ..errors import ModelFileError, UsageError
 from ..export.info import read_saved_model_info, read_tflite_info, without_paths
+from ..heads.ood import MISSING, check_reject_ood
+
+log = logging.getLogger(__name__)
+REJECTED = "unknown"  # the prediction of a flagged image under reject_ood, as score writes it
 
 # ops that read, write or list files, or run Python, when a graph is executed; no export of this project has them
 REFUSED_OPS = frozenset({
@@ -52,9 +58,13 @@ REFUSED_OPS = frozenset({
 CHECKPOINT_OPS = frozenset({"SaveV2", "RestoreV2", "MergeV2Checkpoints", "RestoreSlice", "Restore"})
 
 
-def load_predictor(path, trusted: bool = False):
-    """The predictor for `path`: an exported SavedModel folder, an exported .tflite, else a head file."""
+def load_predictor(path, trusted: bool = False, reject_ood: bool = False):
+    """The predictor for `path`: an exported SavedModel folder, an exported .tflite, else a head file.
+    `reject_ood`: answer ``unknown`` for the images a head flags out-of-distribution (head files only)."""
     path = Path(path)
+    if reject_ood and (path.is_dir() or (path.is_file() and _is_tflite(path))):
+        raise UsageError(f"{path} is an export: exports carry no out-of-distribution summary, so reject_ood cannot "
+                         f"apply; serve the head file (.head.npz) instead")
     if path.is_dir():
         if not (path / "saved_model.pb").is_file():
             raise ModelFileError(f"{path} is a folder but not a SavedModel (no saved_model.pb); serve a head file "
@@ -64,7 +74,7 @@ def load_predictor(path, trusted: bool = False):
         return TFLitePredictor(path)
     from ..heads.classifier import load
 
-    return HeadPredictor(load(path, trusted=trusted))
+    return HeadPredictor(load(path, trusted=trusted), reject_ood)
 
 
 def _is_tflite(path: Path) -> bool:
@@ -73,21 +83,41 @@ def _is_tflite(path: Path) -> bool:
 
 
 class HeadPredictor:
-    """A :class:`~pipeline.heads.classifier.Classifier`: its backbone (loaded now), then the head."""
+    """A :class:`~pipeline.heads.classifier.Classifier`: its backbone (loaded now), then the head; with the
+    head's out-of-distribution summary (pipeline/heads/ood.py), each answer also has ``ood_distance`` and
+    ``ood`` (1 flagged, 0 not), and `reject_ood` answers ``unknown`` for the flagged images."""
 
-    def __init__(self, classifier):
-        self.classifier = classifier
+    def __init__(self, classifier, reject_ood: bool = False):
+        self.classifier, self.ood, self.reject_ood = classifier, classifier.ood_summary, reject_ood
+        if reject_ood:
+            check_reject_ood(self.ood, classifier.classes_, REJECTED)
+        if self.ood is None:
+            log.warning("%r %s (answers have no ood_distance/ood fields)", classifier, MISSING)
         bb = classifier.backbone  # builds and loads the network now, not on the first request
         self.preprocess, self.batch_size = bb.preprocess, bb.batch_size
         self.classes = [str(c) for c in classifier.classes_]
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return self.classifier.predict_proba(self.classifier.pixel_features(pixels))
+        """Probabilities, then (with an OOD summary) the OOD distance and flag: (N, n_classes [+ 2])."""
+        X = self.classifier.pixel_features(pixels)
+        proba = self.classifier.predict_proba(X)
+        return proba if self.ood is None else np.column_stack([proba, *self.ood.score(X)])
+
+    def answer_fields(self, row) -> dict:
+        """``ood_distance`` and ``ood`` of one row of predict_pixels (and ``unknown`` as the prediction of a
+        flagged image under reject_ood); nothing for a head without an OOD summary."""
+        if self.ood is None:
+            return {}
+        k = len(self.classes)
+        flagged = bool(row[k + 1])
+        return {"ood_distance": float(row[k]), "ood": int(flagged),
+                **({"prediction": REJECTED} if self.reject_ood and flagged else {})}
 
     def describe(self) -> dict:
         clf = self.classifier
         return {"head": clf.metrics.get("head"), "feature_spec": without_paths(clf.spec),
-                "metrics": without_paths(clf.metrics), "trained_with": clf.versions}
+                "metrics": without_paths(clf.metrics), "trained_with": clf.versions,
+                "ood": None if self.ood is None else {**self.ood.header(), "reject_ood": self.reject_ood}}
 
     def __repr__(self):
         return repr(self.classifier)

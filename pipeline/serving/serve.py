@@ -357,9 +357,9 @@ class _Server:
     async def predict(self, request) -> dict:
         names, pixels = await self.read_and_decode(request)
         proba = await asyncio.wrap_future(self.batcher.submit(pixels))
-        classes = self.predictor.classes
-        return {"predictions": [{"filename": name, "prediction": classes[int(np.argmax(p))],
-                                 "probabilities": dict(zip(classes, map(float, p)))}
+        classes, more = self.predictor.classes, getattr(self.predictor, "answer_fields", lambda p: {})
+        return {"predictions": [{"filename": name, "prediction": classes[int(np.argmax(p[:len(classes)]))],
+                                 "probabilities": dict(zip(classes, map(float, p))), **more(p)}
                                 for name, p in zip(names, proba)]}
 
     async def read_and_decode(self, request) -> tuple[list, np.ndarray]:

@@ -324,27 +324,35 @@ class StoreScoring:
         return f"{len(self.store)} rows of the feature store {self.store.root} scored"
 
 
-def predict_store(clf, store):
-    """(ids, probabilities, StoreScoring) for every live row of a store; refuses another spec."""
+def predict_store(clf, store, predict=None):
+    """(ids, probabilities, StoreScoring) for every live row of a store; refuses another spec.
+    `predict(clf, store)` replaces :func:`store_proba` (what it returns takes the probabilities' place)."""
     store = store if isinstance(store, FeatureStore) else FeatureStore.open(store)
     clf.check_spec(store.spec, str(store.root), store.meta.get("data_dir"))
-    return store.paths, store_proba(clf, store), StoreScoring(store)
+    return store.paths, (predict or store_proba)(clf, store), StoreScoring(store)
 
 
-def store_proba(clf, store: FeatureStore, keep=None) -> np.ndarray:
-    """`clf`'s probabilities for the store's live rows (or those at the sorted positions `keep`),
-    computed a chunk of rows at a time: the store's features are never all in memory at once."""
+def store_chunks(store: FeatureStore, keep=None):
+    """The features of the store's live rows (or of those at the sorted positions `keep`), a chunk of rows at
+    a time: the store's features are never all in memory at once."""
     keep = None if keep is None else np.asarray(keep, np.int64)
-    out, start = [], 0
+    start = 0
     for x in store.feature_chunks():
         end = start + len(x)
         if keep is not None:
             a, b = np.searchsorted(keep, [start, end])
             x = x[keep[a:b] - start]
         if len(x):
-            out.append(clf.predict_proba(x))
+            yield x
         start = end
+
+
+def store_proba(clf, store: FeatureStore, keep=None) -> np.ndarray:
+    """`clf`'s probabilities for the store's live rows (or those at the sorted positions `keep`),
+    computed a chunk of rows at a time (:func:`store_chunks`)."""
+    out = [clf.predict_proba(x) for x in store_chunks(store, keep)]
     return np.concatenate(out) if out else np.zeros((0, len(clf.classes_)))
 
 
-__all__ = ["export_features", "import_features", "read_features", "Columns", "predict_store", "store_proba"]
+__all__ = ["export_features", "import_features", "read_features", "Columns", "predict_store", "store_chunks",
+           "store_proba"]

@@ -100,3 +100,63 @@ def test_reject_below_refuses_bad_values(head, tmp_path):
     assert main(["score", str(model), str(data), "--out", str(tmp_path / "x.csv"), "--kaggle", "red",
                  "--reject-below", "0.5"]) == 2
     assert not (tmp_path / "x.csv").exists()
+
+
+def odd_images(folder):
+    """Images unlike the red and blue noise the head was trained on: stripes, a gradient, a checkerboard."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    x = np.arange(80)[None, :].repeat(60, 0)
+    stripes = ((x // 4) % 2 * 255).astype(np.uint8)
+    checker = (((x // 10) + (np.arange(60)[:, None] // 10)) % 2 * 255).astype(np.uint8)
+    gradient = (x * 3).astype(np.uint8)
+    for name, g in (("stripes", stripes), ("checker", checker), ("gradient", gradient)):
+        Image.fromarray(np.stack([g, 255 - g, g // 2], -1)).save(folder / f"{name}.png")
+    return folder
+
+
+def test_score_writes_ood_columns_and_reject_ood_writes_unknown_for_flagged_rows(head, tmp_path, caplog):
+    import shutil
+
+    root, data, model = head
+    mixed = tmp_path / "mixed"
+    shutil.copytree(data, mixed)
+    odd_images(mixed / "odd")
+    clf = pipeline.load(model)
+    args = ["score", str(model), str(mixed), "--cache", str(tmp_path / "c"), "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "p.csv")]) == 0
+    rows = read_csv(tmp_path / "p.csv")
+    assert list(rows[0]) == ["path", "prediction", "blue", "red", "ood_distance", "ood"]
+    for r in rows:
+        assert r["ood"] == str(int(float(r["ood_distance"]) > clf.ood_summary.threshold + 1e-6))
+    flagged = {r["path"] for r in rows if r["ood"] == "1"}
+    assert {"odd/stripes.png", "odd/checker.png", "odd/gradient.png"} <= flagged
+    assert len(flagged & {r["path"] for r in rows if not r["path"].startswith("odd/")}) <= 1  # its training images
+    assert main([*args, "--out", str(tmp_path / "r.csv"), "--reject-ood"]) == 0
+    for plain, rejected in zip(rows, read_csv(tmp_path / "r.csv")):
+        assert rejected["prediction"] == ("unknown" if plain["path"] in flagged else plain["prediction"])
+        assert rejected["ood_distance"] == plain["ood_distance"]
+
+
+def test_a_head_saved_without_ood_summary_scores_without_the_columns_and_says_so(head, tmp_path, caplog):
+    root, data, model = head
+    clf = pipeline.load(model)
+    clf.ood_summary = None  # what a head saved before OOD summaries loads as
+    old = clf.save(tmp_path / "old.head.npz")
+    with caplog.at_level("WARNING"):
+        assert main(["score", str(old), str(data), "--out", str(tmp_path / "p.csv"), "--cache", str(tmp_path / "c"),
+                     "--no-progress"]) == 0
+    assert list(read_csv(tmp_path / "p.csv")[0]) == ["path", "prediction", "blue", "red"]
+    said = [r.message for r in caplog.records if "out-of-distribution" in r.message]
+    assert len(said) == 1 and "retrain" in said[0]
+    assert main(["score", str(old), str(data), "--out", str(tmp_path / "r.csv"), "--reject-ood"]) == 2
+    assert not (tmp_path / "r.csv").exists()
+    with pytest.raises(UsageError, match="reject_ood needs a head with an out-of-distribution summary"):
+        pipeline.score(old, data, tmp_path / "r.csv", reject_ood=True)
+
+
+def test_predicted_labels_reject_the_flagged_rows():
+    proba = np.array([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25], [0.2, 0.7, 0.1]])
+    assert predicted_labels(proba, CLASSES, rejected=[False, False, True]) == ["ant", "ant", "unknown"]
+    assert predicted_labels(proba, CLASSES, 0.7, [True, False, False]) == ["unknown", "unknown", "bee"]

@@ -122,6 +122,42 @@ def test_served_probabilities_equal_what_score_writes(head, tmp_path):
         assert set(p["probabilities"]) == {"blue", "red"}
         for c, v in p["probabilities"].items():
             assert abs(v - float(row[c])) <= 1e-6
+        assert abs(p["ood_distance"] - float(row["ood_distance"])) <= 1e-5 and p["ood"] == int(row["ood"])
+
+
+def test_answers_carry_ood_fields_and_reject_ood_answers_unknown_for_flagged_images(head, tmp_path):
+    from pipeline.serving.predictors import HeadPredictor
+
+    root, data, clf = head
+    x = np.arange(120)[None, :].repeat(90, 0)
+    g = ((x // 6) % 2 * 255).astype(np.uint8)  # stripes: nothing like the red and blue noise it was trained on
+    Image.fromarray(np.stack([g, 255 - g, g // 2], -1)).save(tmp_path / "stripes.png")
+    images = [tmp_path / "stripes.png", data / "red" / "red_0.jpg"]
+    with running(clf) as (url, _):
+        plain = httpx.post(f"{url}/predict", files=files_of(images), timeout=60).json()["predictions"]
+    with running(HeadPredictor(clf, reject_ood=True)) as (url, _):
+        rejecting = httpx.post(f"{url}/predict", files=files_of(images), timeout=60).json()["predictions"]
+        info = httpx.get(f"{url}/model").json()
+    assert [(p["filename"], p["ood"]) for p in plain] == [("stripes.png", 1), ("red_0.jpg", 0)]
+    assert plain[0]["ood_distance"] > info["ood"]["threshold"] >= plain[1]["ood_distance"]
+    assert [p["prediction"] for p in rejecting] == ["unknown", plain[1]["prediction"]]
+    assert rejecting[0]["probabilities"] == plain[0]["probabilities"] and info["ood"]["reject_ood"] is True
+    old = Classifier(clf.model, clf.classes_, clf.spec, clf.metrics)  # no summary: a head saved before them
+    with running(old) as (url, _):
+        answer = httpx.post(f"{url}/predict", files=files_of(images[1:]), timeout=60).json()["predictions"][0]
+    assert "ood" not in answer and "ood_distance" not in answer and answer["prediction"] == plain[1]["prediction"]
+
+
+def test_reject_ood_is_refused_for_exports_and_heads_without_a_summary(head, tmp_path):
+    from pipeline.cli import main
+    from pipeline.errors import UsageError
+    from pipeline.serving.predictors import load_predictor
+
+    root, data, clf = head
+    with pytest.raises(UsageError, match="exports carry no out-of-distribution summary"):
+        load_predictor(tmp_path, reject_ood=True)
+    old = Classifier(clf.model, clf.classes_, clf.spec, clf.metrics).save(tmp_path / "old.head.npz")
+    assert main(["serve", str(old), "--reject-ood", "--port", "1"]) == 2  # refused before listening
 
 
 def test_health_model_and_docs_without_file_system_paths(head):
