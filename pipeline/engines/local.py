@@ -20,7 +20,7 @@ from ..featurizer.decodepool import choose_decode
 from ..featurizer.mapper import Mapper
 from ..featurizer.prepare import known_files
 from ..featurizer.reader import Reader
-from ..featurizer.stages import StageClock, cores, on_gpu
+from ..featurizer.stages import StageClock, bf16_pays, cores, on_gpu
 from ..options import FeaturizeOptions
 from .base import Engine, account, progress
 from .report import RunReport
@@ -59,4 +59,5 @@ class LocalEngine(Engine):
         w = reader.workers
         run.stages = clock.report(run.computed, time.perf_counter() - start,
                                   {"read": w, "decode": w, "forward": w if bb.per_image else 1, "write": 1},
-                                  {"cores": cores(), "gpu": on_gpu(bb), "per_image": bb.per_image, "kind": bb.kind})
+                                  {"cores": cores(), "gpu": on_gpu(bb), "per_image": bb.per_image, "kind": bb.kind,
+                                   "bf16": bf16_pays(bb)})
