@@ -65,15 +65,18 @@ def _children_cpu() -> float:
 def plain_loops(model: Path, listing: Path, processes: int) -> dict:
     """img/s of `processes` plain loops at once, each on 1/processes of the images, started together."""
     procs = [subprocess.Popen([sys.executable, "-c", _PLAIN_CHILD, str(model), str(listing), str(k), str(processes)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for k in range(processes)]
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k in range(processes)]
     for p in procs:
-        assert p.stdout.readline().strip() == "ready"
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"a plain loop did not start: {p.communicate()[1]}")
     for p in procs:  # as close together as two writes go
         p.stdin.write("go\n")
         p.stdin.flush()
-    runs = [json.loads(p.communicate()[0]) for p in procs]
+    outs = [p.communicate() for p in procs]  # stderr: LiteRT's "Created ... XNNPACK delegate" notice
     if any(p.returncode for p in procs):
-        raise RuntimeError("a plain loop failed")
+        raise RuntimeError("a plain loop failed: " + " ".join(err for _, err in outs))
+    runs = [json.loads(out) for out, _ in outs]
     n = sum(r["n"] for r in runs)
     return {"ips": n / (max(r["end"] for r in runs) - min(r["start"] for r in runs)),
             "cpu_ms": 1000 * sum(r["cpu"] for r in runs) / n}
