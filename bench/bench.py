@@ -17,6 +17,10 @@ For each model it times, on the same images and batch size:
               and the cosine similarity of its features to fp32
   onednn_bf16_bound  the fp32 model with oneDNN's auto-mixed bfloat16 graph rewrite (grappler option
               auto_mixed_precision_onednn_bfloat16), and its cosine to fp32
+  cpu         (--models cpu) issue 30's CPU limit on the bundled TFLite model: the plain loop in one process,
+              two plain loops in two processes at once, the featurize CLI cold (start-up included and
+              excluded), a no-op run, CPU ms per image of each and the imports of a cold start
+              (bench/cpulimit.py)
   decode      (--models decode) the decode stage alone at 299 px, read + sha256 + decode, against the
               number of cores: a thread pool and pipeline.featurizer.decodepool's processes; and featurize end to
               end with --decode thread and --decode process (mobilenet_v2, random weights)
@@ -53,6 +57,8 @@ from pipeline.decode.images import decode, read_bytes  # noqa: E402
 from pipeline.featurizer.decodepool import DecodePool, usable_cores  # noqa: E402
 from pipeline.featurizer.prepare import prepare as _prepare  # noqa: E402
 from pipeline.featurizer.reader import bounded_map  # noqa: E402
+
+from cpulimit import bench_cpu, cpu_report  # noqa: E402 (bench/, this script's folder)
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "catsdogs" / "train"
 
@@ -497,6 +503,8 @@ def report(results: list[dict], extra: dict) -> str:
         if "rss_1000_mb" in r:
             lines.append(f"  peak RSS featurizing 1000 images {r['rss_1000_mb']:.0f} MiB, 4000 images "
                          f"{r['rss_4000_mb']:.0f} MiB ({r['rss_4000_mb'] / r['rss_1000_mb']:.3f}x)")
+    if "plain_2_ips" in extra:
+        lines.append(cpu_report(extra))
     if "layers_cost_ratio" in extra:
         lines.append(f"\nlayers from one pass (mobilenet_v2_quant, {extra['layers_n']} images, fresh stores): "
                      f"penultimate {extra['layers_one_ips']:.1f} img/s, penultimate,logits "
@@ -535,11 +543,12 @@ def decode_report(r: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=Path(os.environ.get("TFP_BENCH_DATA", DEFAULT_DATA)))
-    p.add_argument("--models", default="inception_v3,vgg16,tflite,stages,decode,layers,ray",
-                   help="Keras names, 'tflite', 'stages' (per-stage costs on one core), 'decode' (decode stage "
+    p.add_argument("--models", default="inception_v3,vgg16,tflite,cpu,stages,decode,layers,ray",
+                   help="Keras names, 'tflite', 'cpu' (plain loops in one and two processes vs the featurize CLI, "
+                        "start-up), 'stages' (per-stage costs on one core), 'decode' (decode stage "
                         "against cores, threads vs processes), 'layers' (one layer vs two from one pass) and "
                         "'ray' (in-process vs a local 2-CPU Ray cluster)")
-    p.add_argument("--n", type=int, default=256, help="images per Keras model (TFLite: 4x)")
+    p.add_argument("--n", type=int, default=256, help="images per Keras model (TFLite: 4x, cpu: 2x)")
     p.add_argument("--one-image-n", type=int, default=32, help="images for the one-image-per-call loop")
     p.add_argument("--no-memory", action="store_true", help="skip the 1000 vs 4000 images memory runs")
     p.add_argument("--bf16", default="inception_v3", help="Keras models to also time with bfloat16")
@@ -556,7 +565,13 @@ def main(argv=None) -> int:
         for m in a.models.split(","):
             if m == "tflite":
                 results.append(bench_tflite(a.data, 4 * a.n, work, not a.no_memory, a.repeat))
-                extra = cold_cli_vs_cached(a.data, work, a.repeat)
+                extra.update(cold_cli_vs_cached(a.data, work, a.repeat))
+            elif m == "cpu":
+                from pipeline.backbones.tflite import BUNDLED_MODELS
+
+                extra.update(bench_cpu(subset(a.data, 2 * a.n, work / "cpu-data"),
+                                       BUNDLED_MODELS["mobilenet_v2_quant"].path, work, a.repeat))
+                print(cpu_report(extra), flush=True)
             elif m == "stages":
                 extra.update(stage_costs(a.data))
             elif m == "decode":
@@ -568,7 +583,7 @@ def main(argv=None) -> int:
             else:
                 results.append(bench_keras(m, a.data, a.n, a.one_image_n, work, m in a.bf16.split(","), a.repeat,
                                            m in a.jit.split(",")))
-            if m not in ("stages", "layers", "ray"):
+            if m not in ("stages", "layers", "ray", "cpu"):
                 print(report(results[-1:], {}), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

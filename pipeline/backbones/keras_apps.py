@@ -126,10 +126,13 @@ def backend_has_gpu(backend: str) -> bool:
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
+CPUINFO = Path("/proc/cpuinfo")  # where the CPU's flags are read (tests point it at a file of their own)
+
+
 def cpu_has_bf16() -> bool:
     """True when the CPU computes bfloat16 natively (AVX-512 BF16 or AMX); elsewhere it is emulated."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = CPUINFO.read_text()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags

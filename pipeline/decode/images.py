@@ -30,6 +30,7 @@ MAX_PIXELS_IN_FLIGHT = 2 * MAX_PIXELS  # decoded pixels held at once by all deco
 ALPHA_BACKGROUND = (255, 255, 255)
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
              "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
+_TURNED = range(2, 9)  # EXIF orientations that ImageOps.exif_transpose turns or flips
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError,
                   ZeroDivisionError, MemoryError, Image.DecompressionBombError)
 
@@ -146,12 +147,15 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         im = im.convert("RGBA")
         background = Image.new("RGBA", im.size, ALPHA_BACKGROUND + (255,))
         return Image.alpha_composite(background, im).convert("RGB")
-    return im.convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")  # convert() to the same mode would copy
 
 
 def _exif_transpose(im: Image.Image, notes: list | None) -> Image.Image:
-    """Apply the EXIF orientation; a damaged EXIF block means no rotation, and a note."""
+    """Apply the EXIF orientation; a damaged EXIF block means no rotation, and a note. An upright
+    image is returned as it is (ImageOps.exif_transpose would copy it: a full-size copy per image)."""
     try:
+        if im.getexif().get(0x0112, 1) not in _TURNED:
+            return im
         return ImageOps.exif_transpose(im)
     except Exception as e:  # noqa: BLE001 - any EXIF parsing failure leaves the pixels usable
         if notes is not None:

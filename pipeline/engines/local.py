@@ -15,13 +15,13 @@ import time
 
 from ..backbones import Backbone
 from ..errors import UsageError
-from ..featurizer.committer import Committer
 from ..decode.gpujpeg import GpuDecoder, find_library
+from ..featurizer.committer import Committer
 from ..featurizer.gpumapper import GpuMapper, decide, runs_on_jax
 from ..featurizer.mapper import Mapper
 from ..featurizer.prepare import known_files
 from ..featurizer.reader import Reader
-from ..featurizer.stages import StageClock, cores, on_gpu
+from ..featurizer.stages import StageClock, bf16_pays, cores, on_gpu
 from ..options import FeaturizeOptions
 from .base import Engine, account, progress
 from .report import RunReport
@@ -66,7 +66,7 @@ class LocalEngine(Engine):
         run.stages = clock.report(run.computed, time.perf_counter() - start,
                                   {"read": w, "decode": w, "forward": w if bb.per_image else 1, "write": 1},
                                   {"cores": cores(), "gpu": gpu, "per_image": bb.per_image, "kind": bb.kind,
-                                   "gpu_decoder": self._idle_gpu_decoder(bb, gpu)})
+                                   "bf16": bf16_pays(bb), "gpu_decoder": self._idle_gpu_decoder(bb, gpu)})
         if self.mode == "gpu":
             run.stages.update(decoder=bb.decoder, gpu_fallback=mapper.fell_back)
 

@@ -12,14 +12,11 @@ At most ``window`` files are in flight (the ring's size), which bounds memory.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import shared_memory
 
 import numpy as np
 
@@ -72,11 +69,13 @@ class _DecodeOnly:
 
 
 _RING: np.ndarray | None = None  # in a worker: the shared ring of decoded images
-_SHM: shared_memory.SharedMemory | None = None
+_SHM = None  # the worker's multiprocessing.shared_memory.SharedMemory
 
 
 def _attach(name: str, shape: tuple, parent: int) -> None:
     global _RING, _SHM
+    from multiprocessing import shared_memory
+
     _SHM = shared_memory.SharedMemory(name=name)
     _RING = np.ndarray(shape, np.uint8, buffer=_SHM.buf)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
@@ -145,7 +144,11 @@ class DecodePool:
         shape = (self.slots, *self.pre.size, 3)
         shm, pool = None, None
 
-        def start():
+        def start():  # multiprocessing is imported only here: a thread-decoding run never pays for it
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            from multiprocessing import shared_memory
+
             nonlocal shm, pool
             shm = shared_memory.SharedMemory(create=True, size=int(np.prod(shape)))
             ctx = multiprocessing.get_context("forkserver")  # never fork a process that may hold TF threads

@@ -41,6 +41,17 @@ def on_gpu(bb) -> bool:
     return bool(sys.modules["tensorflow"].config.list_physical_devices("GPU"))
 
 
+def bf16_pays(bb) -> bool:
+    """True when ``--precision bfloat16`` would speed this backbone up: a Keras network computing in
+    float32 on a CPU with native bfloat16 (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo); elsewhere
+    bfloat16 is emulated and slower than float32, so it is never suggested."""
+    if bb.kind != "keras" or getattr(bb, "precision", "float32") != "float32" or on_gpu(bb):
+        return False
+    from ..backbones.keras_apps import cpu_has_bf16
+
+    return cpu_has_bf16()
+
+
 class StageClock:
     """Thread-safe busy-time counters for the stages of one run."""
 
@@ -81,9 +92,9 @@ def _workers(n: int) -> str:
 
 
 def hint(stage: str, workers: dict, cores: int, gpu: bool, per_image: bool, kind: str = "keras",
-         gpu_decoder: str | None = None) -> str:
-    """What to change to go faster when `stage` limits the run (`gpu_decoder`: a GPU JPEG library this
-    machine has, for a run that decoded on the CPU)."""
+         bf16: bool = False, gpu_decoder: str | None = None) -> str:
+    """What to change to go faster when `stage` limits the run; `bf16`: :func:`bf16_pays` for its backbone;
+    `gpu_decoder`: a GPU JPEG library this machine has, for a run that decoded on the CPU."""
     if stage == GPU_DECODE:
         return ("decoding on the GPU limits the run: raise --batch-size (bigger decode batches), or store the "
                 "images smaller (about twice the network's input size)")
@@ -100,9 +111,12 @@ def hint(stage: str, workers: dict, cores: int, gpu: bool, per_image: bool, kind
             return "the network limits the run on the GPU: raise --batch-size, or use --precision float16"
         if per_image and workers["forward"] < cores:
             return f"the network limits the run ({_workers(workers['forward'])} on {cores} cores): raise --workers to {cores}"
+        if bf16:
+            return ("the network limits the run on the CPU, which computes bfloat16 natively (AVX-512 BF16 or "
+                    "AMX): try --precision bfloat16 (features within cosine 0.9999 of float32; the store records "
+                    "the precision), a smaller backbone, or a GPU")
         if kind == "keras":
-            return ("the network limits the run on the CPU: try --precision bfloat16 (CPUs with AVX-512 BF16 or "
-                    "AMX), a smaller backbone, or a GPU")
+            return "the network limits the run on the CPU: try a smaller backbone, or a GPU"
         return "the network limits the run on the CPU: try a smaller backbone, or a Keras backbone on a GPU"
     if stage == "read":
         return ("reading files limits the run: copy the images to a local SSD, or raise --workers "

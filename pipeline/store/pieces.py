@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,16 @@ _STAGING = ".staging-"
 
 
 def _bcolz():
+    """bcolz, imported without pandas: bcolz imports pandas only to offer DataFrame conversions, which
+    the store never uses, and that import was ~0.5 s of CPU in every featurize run (BENCHMARKS.md).
+    While bcolz is imported (once per process, ~50 ms) another thread's first `import pandas` would fail."""
+    if "bcolz" not in sys.modules and "pandas" not in sys.modules:
+        sys.modules["pandas"] = None  # what `import pandas` inside bcolz then meets: an ImportError
+        try:
+            import bcolz
+        finally:
+            if sys.modules.get("pandas", 0) is None:
+                del sys.modules["pandas"]
     import bcolz
 
     bcolz.set_nthreads(1)

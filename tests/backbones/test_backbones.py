@@ -213,3 +213,35 @@ def test_tensorflow_backbone_featurize_equals_direct_calls_skips_bad_files_and_r
     np.testing.assert_allclose(run.store.features, direct, rtol=1e-5, atol=1e-6)
     again = pipeline.featurize(data, model, "penultimate", out=tmp_path / "s", **opts)
     assert again.computed == 0 and again.reused == 10
+
+
+def test_tflite_layer_added_as_output_in_place_reads_the_same_values_as_every_tensor_preserved():
+    """The model rewritten by appending an output list (a few bytes; the old way repacked the whole model)
+    lists the layer as an output, and reading it there gives exactly what the fully preserved model holds."""
+    from pathlib import Path
+
+    from pipeline.backbones.tflite import (
+        BUNDLED_MODELS,
+        _open_interpreter,
+        _repacked_with_outputs,
+        add_outputs,
+    )
+
+    path = str(BUNDLED_MODELS["mobilenet_v2_quant"].path)
+    preserved = _open_interpreter(path, num_threads=1)
+    layer = next(t for t in preserved.get_tensor_details() if t["name"] == "MobilenetV2/Logits/AvgPool")
+    content = Path(path).read_bytes()
+    image = np.random.default_rng(3).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+    values = {}
+    for name, model in (("appended", add_outputs(content, [layer["index"]])),
+                        ("repacked", _repacked_with_outputs(content, [layer["name"]]))):
+        it = _open_interpreter(path, model, num_threads=1)
+        assert [d["name"] for d in it.get_output_details()][-1] == layer["name"], name
+        it.set_tensor(it.get_input_details()[0]["index"], image)
+        it.invoke()
+        values[name] = it.get_tensor(layer["index"])
+    preserved.set_tensor(preserved.get_input_details()[0]["index"], image)
+    preserved.invoke()
+    np.testing.assert_array_equal(values["appended"], preserved.get_tensor(layer["index"]))
+    np.testing.assert_array_equal(values["appended"], values["repacked"])
+    assert add_outputs(b"", [1]) is None  # not a flatbuffer: the caller repacks (or preserves every tensor)

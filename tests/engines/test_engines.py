@@ -33,3 +33,18 @@ def test_import_pipeline_and_a_local_run_never_import_ray(tmp_path):
 def test_another_engines_flags_are_refused_naming_them(tmp_path, capsys):
     assert main(["featurize", str(tmp_path), "--address", "auto"]) == 2
     assert "--address and --partitions apply to --engine ray" in capsys.readouterr().err
+
+
+def test_a_tflite_featurize_run_imports_neither_tensorflow_nor_keras_nor_pandas(tmp_path):
+    """A cold TFLite run starts on the LiteRT runtime alone (importing TensorFlow takes seconds); bcolz is
+    imported without pandas, which stays importable afterwards."""
+    from conftest import make_class_tree
+
+    data = make_class_tree(tmp_path / "data", per_class=2)
+    code = ("import sys; from pipeline.cli import main; "
+            "rc = main(['featurize', sys.argv[1], '--out', sys.argv[2], '--no-progress']); "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', "
+            "'pandas')); import pandas; print(rc, heavy, 'bcolz' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(data), str(tmp_path / "s")], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split("\n")[-2] == "0 [] True"  # the run wrote its store with bcolz

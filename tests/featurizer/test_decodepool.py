@@ -11,7 +11,6 @@ from PIL import Image
 
 from pipeline.dataset.listing import list_images
 from pipeline.errors import ImageError, UsageError
-from pipeline.featurizer import decodepool
 from pipeline.featurizer.decodepool import DecodePool, choose_decode
 from pipeline.featurizer.prepare import prepare as _prepare
 from pipeline.preprocess import Preprocess
@@ -80,7 +79,9 @@ def test_files_known_by_stat_start_no_worker(tmp_path, monkeypatch):
     def no_workers(*a, **k):
         raise AssertionError("a fully cached run must not start decode processes")
 
-    monkeypatch.setattr(decodepool, "ProcessPoolExecutor", no_workers)
+    import concurrent.futures  # what decodepool imports the executor from, when it starts workers
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", no_workers)
     got = list(DecodePool(PRE, workers=2, window=4).map(records, known))
     assert [g[0] for g in got] == records
     assert sum(g[3] is None for g in got) == 13  # reused

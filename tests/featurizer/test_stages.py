@@ -69,7 +69,7 @@ def test_bottleneck_counts_workers_per_stage():
 @pytest.mark.parametrize("stage, workers, ctx, expected", [
     ("decode", 2, {"cores": 16, "gpu": False, "per_image": True}, "raise --workers to 16"),
     ("decode", 16, {"cores": 16, "gpu": False, "per_image": True}, "store the images smaller"),
-    ("forward", 1, {"cores": 16, "gpu": False, "per_image": False}, "bfloat16"),
+    ("forward", 1, {"cores": 16, "gpu": False, "per_image": False, "bf16": True}, "--precision bfloat16"),
     ("forward", 1, {"cores": 16, "gpu": False, "per_image": False}, "a smaller backbone, or a GPU"),
     ("forward", 4, {"cores": 16, "gpu": False, "per_image": True}, "raise --workers to 16"),
     ("forward", 1, {"cores": 16, "gpu": True, "per_image": False}, "--batch-size"),
@@ -79,3 +79,27 @@ def test_bottleneck_counts_workers_per_stage():
 def test_hints_are_concrete(stage, workers, ctx, expected):
     w = {"read": workers, "decode": workers, "forward": workers if ctx["per_image"] else 1, "write": 1}
     assert expected in hint(stage, w, **ctx)
+
+
+@pytest.mark.parametrize("flags, kind, precision, suggested", [
+    ("fpu avx2 avx512f avx512_bf16 avx512_vnni", "keras", "float32", True),
+    ("fpu avx2 amx_bf16 amx_tile amx_int8", "keras", "float32", True),
+    ("fpu avx2 fma avx512f avx512_vnni", "keras", "float32", False),  # bfloat16 would be emulated: slower
+    ("fpu avx2 avx512_bf16", "keras", "bfloat16", False),  # already computing in bfloat16
+    ("fpu avx2 avx512_bf16", "tflite", None, False),  # no precision to choose
+])
+def test_bfloat16_is_suggested_only_where_the_cpu_computes_it_natively(tmp_path, monkeypatch, flags, kind,
+                                                                        precision, suggested):
+    from types import SimpleNamespace
+
+    from pipeline.backbones import keras_apps
+    from pipeline.featurizer.stages import bf16_pays
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(keras_apps, "CPUINFO", cpuinfo)
+    bb = SimpleNamespace(kind=kind, **({"precision": precision} if precision else {}))
+    assert bf16_pays(bb) is suggested
+    w = {"read": 2, "decode": 2, "forward": 1, "write": 1}
+    text = hint("forward", w, cores=2, gpu=False, per_image=False, kind=kind, bf16=bf16_pays(bb))
+    assert ("--precision bfloat16" in text) is suggested and "a smaller backbone" in text
