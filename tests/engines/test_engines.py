@@ -43,7 +43,7 @@ def test_a_tflite_featurize_run_imports_neither_tensorflow_nor_keras_nor_pandas(
     data = make_class_tree(tmp_path / "data", per_class=2)
     code = ("import sys; from pipeline.cli import main; "
             "rc = main(['featurize', sys.argv[1], '--out', sys.argv[2], '--no-progress']); "
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', 'jax', "
             "'pandas')); import pandas; print(rc, heavy, 'bcolz' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(data), str(tmp_path / "s")], capture_output=True,
                          text=True, check=True).stdout
