@@ -15,7 +15,7 @@ import numpy as np
 from ..backbones import backbone_from_spec
 from ..dataset.sources import is_uri
 from ..engines import check_options, featurize
-from ..errors import StoreError, UsageError
+from ..errors import PipelineError, StoreError, UsageError
 from ..heads.classifier import Classifier, load
 from ..hints import did_you_mean
 from ..options import SCORE_FEATURIZE, FeaturizeOptions, ScoreOptions, split_keywords
@@ -70,6 +70,7 @@ def score(model, data_dir, out, options: ScoreOptions | None = None, *,
         paths, proba, result = predict_store(clf, data_dir)
     else:
         paths, proba, result = _featurize_and_predict(clf, data_dir, o, run_options)
+    check_finite(paths, proba, out)
     if o.kaggle is not None:
         _write_kaggle(out, paths, proba, clf.classes_, o.kaggle, o.clip)
     else:
@@ -128,6 +129,18 @@ def _predict_listed(clf: Classifier, run):
     keep = [i for i, p in enumerate(store.paths) if p in wanted]
     paths = [store.paths[i] for i in keep]
     return paths, store_proba(clf, store, keep)
+
+
+def check_finite(paths, proba, out) -> None:
+    """Refuse to write probabilities that are not finite numbers (a damaged head, or features far outside
+    anything it was probed with): PipelineError naming the rows, and nothing is written to `out`."""
+    proba = np.asarray(proba, dtype=np.float64)
+    bad = np.flatnonzero(~np.all(np.isfinite(proba.reshape(len(proba), -1)), axis=1))
+    if len(bad):
+        shown = ", ".join(str(paths[i]) for i in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise PipelineError(f"the head gave non-finite probabilities (nan or inf) for {len(bad)} of {len(proba)} "
+                            f"rows: {shown}; nothing was written to {out}. The head file may be damaged or "
+                            f"crafted: retrain it (the features stay cached)")
 
 
 def check_reject_below(p: float, classes, kaggle: str | None = None) -> None:
