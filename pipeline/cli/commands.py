@@ -160,6 +160,10 @@ def _serve_parser(sub) -> None:
                     help="address to listen on (default: %(default)s, this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="default: %(default)s")
     sv.add_argument("--trust-pickle", action="store_true", help="allow loading an old pickle-based (joblib) head file")
+    sv.add_argument("--trust-model", action="store_true",
+                    help="serve an exported SavedModel or .tflite even with ops outside the allow-list of pure "
+                         "tensor ops (SavedModel) or custom/Flex operators (TFLite): such ops can read and write "
+                         "files or run code; only for models you trust")
     for flag, kind, what in [("--max-body-bytes", int, "request body size (413 beyond)"),
                              ("--max-pixels", int, "pixels per image, checked before decoding (422 beyond)"),
                              ("--max-images", int, "images per request (413 beyond)"),
@@ -330,7 +334,7 @@ def cmd_serve(a):
     except ImportError as e:
         raise UsageError(f"serve needs FastAPI and uvicorn ({e}); pip install 'tf-feature-pipeline[serve]'") from e
     limits = ServeLimits(**{f.name: getattr(a, f.name) for f in fields(ServeLimits) if getattr(a, f.name) is not None})
-    serve(load_predictor(a.model, trusted=a.trust_pickle), a.host, a.port, limits)
+    serve(load_predictor(a.model, trusted=a.trust_pickle, trust_model=a.trust_model), a.host, a.port, limits)
 
 
 def cmd_demo(a):
