@@ -28,12 +28,12 @@ from ..errors import ModelFileError
 # The pure tensor ops of every export (bench/export_ops.py prints them). Keep it sorted; add an op only
 # after checking it reads and writes nothing but tensors in memory.
 ALLOWED_OPS = frozenset({
-    "Abs", "AddV2", "All", "Any", "ArgMax", "Assert", "AssignVariableOp", "AvgPool", "BiasAdd", "Cast", "Ceil",
+    "Abs", "AddV2", "All", "Any", "ArgMax", "Assert", "AssignVariableOp", "AvgPool", "BiasAdd", "Case", "Cast", "Ceil",
     "ConcatV2", "Const", "Conv2D", "Cumsum", "DecodeBmp", "DecodeGif", "DecodeImage", "DecodeJpeg", "DecodePng",
     "DecodeRaw", "DepthwiseConv2dNative", "DisableCopyOnRead", "Equal", "Exp", "ExpandDims", "ExtractJpegShape",
-    "Fill", "Floor", "FloorDiv", "FloorMod", "FusedBatchNormV3", "GatherV2", "Greater", "GreaterEqual", "Identity",
-    "IdentityN", "If", "Less", "LessEqual", "Log", "LogicalAnd", "LogicalNot", "LogicalOr", "MatMul", "Max",
-    "MaxPool", "Maximum", "Mean", "Minimum", "Mul", "Neg", "NoOp", "NotEqual", "Pack", "Pad", "PartitionedCall",
+    "EnsureShape", "Fill", "Floor", "FloorDiv", "FloorMod", "FusedBatchNormV3", "GatherV2", "Greater", "GreaterEqual", "Identity",
+    "IdentityN", "If", "LeftShift", "Less", "LessEqual", "Log", "LogicalAnd", "LogicalNot", "LogicalOr", "MatMul", "Max",
+    "MaxPool", "Maximum", "Mean", "Minimum", "Mul", "Neg", "NoOp", "NotEqual", "Pack", "Pad", "PadV2", "PartitionedCall",
     "Placeholder", "Range", "ReadVariableOp", "RealDiv", "Relu", "Relu6", "Reshape", "ReverseV2", "RightShift",
     "Round", "Rsqrt", "Select", "SelectV2", "Shape", "ShardedFilename", "Sigmoid", "Sign", "Softmax", "Sqrt",
     "Square", "Squeeze", "StatefulPartitionedCall", "StatelessCase", "StatelessIf", "StatelessWhile",

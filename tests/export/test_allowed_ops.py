@@ -21,7 +21,7 @@ def test_no_op_on_the_list_reads_files_or_runs_a_graph():
     call functions are the three call/loop forms whose functions are checked themselves."""
     from tensorflow.python.framework import op_def_registry
 
-    calls = {"PartitionedCall", "StatefulPartitionedCall", "If", "While", "StatelessIf", "StatelessWhile",
+    calls = {"PartitionedCall", "StatefulPartitionedCall", "If", "While", "Case", "StatelessIf", "StatelessWhile",
              "StatelessCase"}
     assert not ALLOWED_OPS & CHECKPOINT_OPS
     for op in sorted(ALLOWED_OPS):

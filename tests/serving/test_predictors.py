@@ -75,7 +75,8 @@ def _refused(folder, monkeypatch, *names):
 
 def _dataset_attack(folder, export, secret, planted):
     """serving_default runs DatasetToSingleElement(DatasetFromGraph(graph_def)) where graph_def is joined at
-    run time from two constants (TensorFlow cannot fold it at load) and holds a tf.data map that reads
+    run time from two constants, one cut to a length computed from the images (so TensorFlow cannot fold it
+    into a constant), and holds a tf.data map that reads
     `secret`, writes it to `planted` and returns its first byte as the probability."""
     import tensorflow as tf
 
@@ -90,7 +91,9 @@ def _dataset_attack(folder, export, secret, planted):
     outputs = _outputs(export, 0.0)
 
     def serve(images):
-        variant = tf.raw_ops.DatasetFromGraph(graph_def=tf.strings.join([tf.constant(head), tf.constant(tail)]))
+        zero = tf.cast(tf.reduce_max(images), tf.int32) // 1000  # 0 for any uint8 images, known only at run time
+        tail_now = tf.strings.substr(tf.constant(tail), 0, len(tail) + zero)
+        variant = tf.raw_ops.DatasetFromGraph(graph_def=tf.strings.join([tf.constant(head), tail_now]))
         p = tf.raw_ops.DatasetToSingleElement(dataset=variant, output_types=[tf.float32], output_shapes=[[]])[0]
         out = outputs(tf.shape(images)[0])
         return {**out, "probabilities": out["probabilities"] + p}
