@@ -30,7 +30,8 @@ from ..errors import ModelFileError
 from ..export.allowed_ops import check_saved_model_ops
 from ..export.info import read_saved_model_info, read_tflite_info, without_paths
 
-__all__ = ["load_predictor", "check_saved_model_ops", "HeadPredictor", "SavedModelPredictor", "TFLitePredictor"]
+__all__ = ["HeadPredictor", "SavedModelPredictor", "TFLitePredictor", "check_saved_model_ops", "load_predictor"]
+
 
 def load_predictor(path, trusted: bool = False, trust_model: bool = False):
     """The predictor for `path`: an exported SavedModel folder, an exported .tflite, else a head file.

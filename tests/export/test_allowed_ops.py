@@ -5,8 +5,8 @@ D10 (model hot-swap: a model file is code)."""
 from __future__ import annotations
 
 import pytest
-from models_for_tests import SIZE, calibrated_classifier, colour_files, export_saved_model, frozen_graph_def
-from models_for_tests import tiny_keras_model
+from models_for_tests import (SIZE, calibrated_classifier, colour_files, export_saved_model, frozen_graph_def,
+                              tiny_keras_model)
 
 from pipeline.errors import ModelFileError
 from pipeline.export.allowed_ops import ALLOWED_OPS, CHECKPOINT_OPS, check_saved_model_ops, refusal_reason
