@@ -87,8 +87,9 @@ def check_saved_model_ops(folder) -> None:
             raise ModelFileError(f"{folder}: the SavedModel has no object graph (a TensorFlow 1 SavedModel, whose "
                                  f"loader runs its own init and restore ops); it was not written by `export`")
         fns = {f.signature.name: f for f in mg.graph_def.library.function}
+        by_name = {name for name in fns if not _registered(name)}  # a function named like an op is no call
         for node in _every_node(mg.graph_def):
-            if node.op not in ALLOWED_OPS and node.op not in fns and node.op not in CHECKPOINT_OPS:
+            if node.op not in ALLOWED_OPS and node.op not in by_name and node.op not in CHECKPOINT_OPS:
                 bad[node.op] = refusal_reason(node.op)
         for op in _ops_outside_saver(mg, fns) & CHECKPOINT_OPS:
             bad[op] = "reads or writes checkpoint files, outside the saver's own functions"
@@ -97,6 +98,13 @@ def check_saved_model_ops(folder) -> None:
         raise ModelFileError(f"{folder}: the SavedModel holds ops that are not served: {named}. Only the pure "
                              f"tensor ops that `export` emits are allowed (pipeline/export/allowed_ops.py); export "
                              f"the head again, or pass --trust-model if you trust where this model came from")
+
+
+def _registered(name: str) -> bool:
+    """True when `name` is a TensorFlow op (a node with that op runs the op, whatever a function says)."""
+    from tensorflow.python.framework import op_def_registry
+
+    return op_def_registry.get(name) is not None
 
 
 def _parse(folder: Path):

@@ -87,6 +87,8 @@ def test_a_function_called_by_name_is_walked(tmp_path):
     with pytest.raises(ModelFileError, match=r"ReadFile \(reads or writes files\)"):
         check_saved_model_ops(_saved_model(tmp_path / "read", ("Identity",), extra_fns=[("dead", ("ReadFile",))]))
     check_saved_model_ops(_saved_model(tmp_path / "dead", ("Identity",), extra_fns=[("dead", ("RestoreV2",))]))
+    with pytest.raises(ModelFileError, match=r"ReadFile \(reads or writes files\)"):  # a function named like an op
+        check_saved_model_ops(_saved_model(tmp_path / "named", ("ReadFile",), extra_fns=[("ReadFile", ("Identity",))]))
 
 
 def test_a_saver_def_naming_the_serving_node_does_not_hide_it(tmp_path):
