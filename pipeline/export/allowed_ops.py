@@ -9,7 +9,8 @@ parses ``saved_model.pb`` with the protobuf classes only (nothing is loaded, no 
 refuses, naming the ops:
 
 * any node, in the graph or in any function of its library, whose op is neither on the list nor a
-  call of a function of the library by name (:data:`REFUSED_OPS` explains the ops refused whatever the
+  call of a function of the library by name, or whose function attributes (``f``, branches) name
+  anything but a library function or an op on the list (:data:`REFUSED_OPS` explains the ops refused whatever the
   list says: datasets, ``*FromGraph``, readers, savers, samplers reading a ``vocab_file``, ``PyFunc*``,
   ``ImmutableConst``...);
 * the checkpoint ops (:data:`CHECKPOINT_OPS`: ``SaveV2``, ``RestoreV2``...) anywhere but in the saver's
@@ -91,6 +92,9 @@ def check_saved_model_ops(folder) -> None:
         for node in _every_node(mg.graph_def):
             if node.op not in ALLOWED_OPS and node.op not in by_name and node.op not in CHECKPOINT_OPS:
                 bad[node.op] = refusal_reason(node.op)
+            for name in _function_attrs(node):  # f=ReadFile: TensorFlow runs a bare op given as a function
+                if name not in fns and name not in ALLOWED_OPS:
+                    bad[name] = refusal_reason(name)
         for op in _ops_outside_saver(mg, fns) & CHECKPOINT_OPS:
             bad[op] = "reads or writes checkpoint files, outside the saver's own functions"
     if bad:
@@ -170,8 +174,12 @@ def _object_graph_functions(og) -> set[str]:
 def _called(node, fns: dict) -> list[str]:
     """The functions a node calls: its op when that names a library function (a call by name), and every
     function-valued attribute (PartitionedCall's f, If/While branches, nested function attributes)."""
-    names = [node.op] if node.op in fns else []
-    todo = list(node.attr.values())
+    return ([node.op] if node.op in fns else []) + _function_attrs(node)
+
+
+def _function_attrs(node) -> list[str]:
+    """The names in a node's function-valued attributes, nested ones included."""
+    names, todo = [], list(node.attr.values())
     while todo:
         attr = todo.pop()
         if attr.HasField("func"):

@@ -91,6 +91,19 @@ def test_a_function_called_by_name_is_walked(tmp_path):
         check_saved_model_ops(_saved_model(tmp_path / "named", ("ReadFile",), extra_fns=[("ReadFile", ("Identity",))]))
 
 
+def test_a_bare_op_given_as_a_function_attribute_is_checked(tmp_path):
+    """StatefulPartitionedCall(f=ReadFile) runs the op itself (TensorFlow instantiates a bare op as a
+    function): a function attribute must name a library function or an allowed op."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    folder = _saved_model(tmp_path / "m")
+    sm = saved_model_pb2.SavedModel.FromString((folder / "saved_model.pb").read_bytes())
+    sm.meta_graphs[0].graph_def.node[0].attr["f"].func.name = "ReadFile"
+    (folder / "saved_model.pb").write_bytes(sm.SerializeToString())
+    with pytest.raises(ModelFileError, match=r"ReadFile \(reads or writes files\)"):
+        check_saved_model_ops(folder)
+
+
 def test_a_saver_def_naming_the_serving_node_does_not_hide_it(tmp_path):
     """saver_def may name any node: the signature still reaches it, so its checkpoint ops are refused."""
     from tensorflow.core.protobuf import saved_model_pb2
