@@ -49,7 +49,8 @@ def synthetic_heads(d: int) -> list:
             rows, cols = (1 if n == 2 else n), (1 if n == 2 else n)
             linear = {"linear.coef": rng.normal(size=(rows, width)), "linear.intercept": np.zeros(rows)}
             n_sv = np.full(n, 2, np.int64)
-            rbf = {"rbf.support_vectors": rng.normal(size=(2 * n, width)), "rbf.dual_coef": rng.normal(size=(n - 1, 2 * n)),
+            rbf = {"rbf.support_vectors": rng.normal(size=(2 * n, width)),
+                   "rbf.dual_coef": rng.normal(size=(n - 1, 2 * n)),
                    "rbf.intercept": np.zeros(n * (n - 1) // 2), "rbf.n_support": n_sv, "rbf.gamma": np.asarray(0.1)}
             platt = {"calibration.a": -np.ones(cols), "calibration.b": np.zeros(cols)}
             temp = {"calibration.alpha": np.asarray(1.5)}

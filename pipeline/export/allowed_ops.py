@@ -10,9 +10,9 @@ refuses, naming the ops:
 
 * any node, in the graph or in any function of its library, whose op is neither on the list nor a
   call of a function of the library by name, or whose function attributes (``f``, branches) name
-  anything but a library function or an op on the list (:data:`REFUSED_OPS` explains the ops refused whatever the
-  list says: datasets, ``*FromGraph``, readers, savers, samplers reading a ``vocab_file``, ``PyFunc*``,
-  ``ImmutableConst``...);
+  anything but a library function or an op on the list (:data:`REFUSED_OPS` explains the ops
+  refused whatever the list says: datasets, ``*FromGraph``, readers, savers, samplers reading a
+  ``vocab_file``, ``PyFunc*``, ``ImmutableConst``...);
 * the checkpoint ops (:data:`CHECKPOINT_OPS`: ``SaveV2``, ``RestoreV2``...) anywhere but in the saver's
   own functions (those the SavedModel's ``saver_def`` runs and nothing else reaches: called only by
   TensorFlow's save and restore, never by a signature): a signature, the graph, a function of the object

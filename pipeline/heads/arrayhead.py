@@ -5,7 +5,9 @@ LogisticRegression) or an RBF SVC -> probabilities (temperature scaling for the 
 logistic function's own for logreg). ``from_sklearn`` takes those arrays out of a fitted
 Pipeline; ``ArrayHead`` recomputes ``decision_function``/``predict_proba``/``predict`` from
 them, the same way scikit-learn does (to ~1e-12), so a saved head needs no pickle and loads
-under any scikit-learn version. Array names (all float except ``rbf.n_support``):
+under any scikit-learn version. Arrays that are not finite numbers, or whose scores on a probe batch
+of features are not (``_probe``: a scale of 1e-300 is finite, the features it divides are not), are
+refused naming the array. Array names (all float except ``rbf.n_support``):
 
     scale.mean, scale.scale             StandardScaler
     pca.components, pca.mean            optional PCA (no whitening)
@@ -183,7 +185,6 @@ class ArrayHead:
         if self.probabilities == "temperature" and not (alpha.shape == () and alpha > 0):
             raise ValueError("calibration.alpha must be one number above 0")
 
-
     def _probe(self) -> None:
         """Refuse arrays that make non-finite scores on a probe batch (float32 features at zero, at the mean
         and spread around it, as a backbone gives them), naming the first array whose step goes non-finite:
@@ -192,7 +193,8 @@ class ArrayHead:
         with np.errstate(all="ignore"):
             def centred():
                 return np.asarray(X - a["scale.mean"], X.dtype)
-            steps = [("scale.mean", centred), ("scale.scale", lambda: np.asarray(centred() / a["scale.scale"], X.dtype))]
+            steps = [("scale.mean", centred),
+                     ("scale.scale", lambda: np.asarray(centred() / a["scale.scale"], X.dtype))]
             if "pca.components" in a:
                 steps.append(("pca.mean, pca.components", lambda: self.transform(X)))
             scorer = ("linear.coef, linear.intercept" if self.scorer == "linear" else
