@@ -7,6 +7,10 @@ FULLY_CONNECTED / CONV_2D before it. Intermediate tensors are read through
 quantization parameters of ImageNet TFLite models encode); outputs are dequantized.
 
 Models with a fixed batch of 1 run one interpreter per worker thread, so all cores are used.
+
+Only LiteRT's built-in operators run: :func:`check_builtin_ops` reads the flatbuffer's operator codes
+before any interpreter is built and refuses a model with a custom operator or a Flex (SELECT_TF_OPS)
+one, which would run a TensorFlow op (file reads and writes included) inside the interpreter.
 """
 from __future__ import annotations
 
@@ -61,6 +65,51 @@ def interpreter_class():
         Interpreter = tf.lite.Interpreter
         OpResolverType = tf.lite.experimental.OpResolverType
     return Interpreter, OpResolverType
+
+
+def _schema():
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # pragma: no cover - fallback for environments without LiteRT
+        from tensorflow.lite.python import schema_py_generated as schema
+    return schema
+
+
+def operator_names(data: bytes) -> list[str]:
+    """The name of every operator code of a .tflite flatbuffer: a built-in's name (CONV_2D...), or
+    ``custom:NAME`` for a custom operator (Flex ops are custom ones named ``Flex...``). ValueError when
+    `data` is not a TFLite flatbuffer."""
+    schema = _schema()
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise ValueError("not a TFLite flatbuffer (no TFL3 identifier)")
+    builtins = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    try:
+        model = schema.Model.GetRootAs(data, 0)
+        names = []
+        for i in range(model.OperatorCodesLength()):
+            code = model.OperatorCodes(i)
+            op = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+            if op == schema.BuiltinOperator.CUSTOM or op not in builtins:
+                custom = code.CustomCode()
+                names.append(f"custom:{custom.decode('utf-8', 'replace') if custom else op}")
+            else:
+                names.append(builtins[op])
+        return names
+    except Exception as e:  # noqa: BLE001 - flatbuffers raises struct/index errors on damaged files
+        raise ValueError(f"its operator codes cannot be read ({type(e).__name__}: {e})") from None
+
+
+def check_builtin_ops(path, data: bytes | None = None, error=BackboneError, advice: str = "") -> None:
+    """Refuse (`error` naming them) a .tflite holding custom or Flex operators, from the flatbuffer alone."""
+    try:
+        names = operator_names(Path(path).read_bytes() if data is None else data)
+    except (OSError, ValueError) as e:
+        raise error(f"{path} is not a usable TFLite model: {e}") from None
+    custom = sorted({n.split(":", 1)[1] for n in names if n.startswith("custom:")})
+    if custom:
+        raise error(f"{path} holds custom or Flex (TensorFlow) operators: {', '.join(custom)}; only LiteRT's "
+                    f"built-in operators are run (a Flex op is a TensorFlow op, able to read and write files). "
+                    f"Convert the model with the built-in operators only (the converter's default){advice}")
 
 
 def _input_details(path: str) -> dict:
@@ -207,6 +256,7 @@ class TFLiteBackbone(Backbone):
         if not path.is_file():
             raise BackboneError(f"TFLite model {str(path)!r} does not exist")
         self.path = str(path.resolve())
+        check_builtin_ops(self.path)  # before any interpreter is built
         inp = _input_details(self.path)
         shape = [int(v) for v in inp["shape"]]
         if len(shape) != 4 or shape[3] != 3:

@@ -173,6 +173,10 @@ def _serve_parser(sub) -> None:
     sv.add_argument("--trust-pickle", action="store_true", help="allow loading an old pickle-based (joblib) head file")
     sv.add_argument("--reject-ood", action="store_true",
                     help="answer 'unknown' for images the head flags out-of-distribution (its ood field)")
+    sv.add_argument("--trust-model", action="store_true",
+                    help="serve an exported SavedModel or .tflite even with ops outside the allow-list of pure "
+                         "tensor ops (SavedModel) or custom/Flex operators (TFLite): such ops can read and write "
+                         "files or run code; only for models you trust")
     for flag, kind, what in [("--max-body-bytes", int, "request body size (413 beyond)"),
                              ("--max-pixels", int, "pixels per image, checked before decoding (422 beyond)"),
                              ("--max-images", int, "images per request (413 beyond)"),
@@ -360,8 +364,8 @@ def cmd_serve(a):
         raise UsageError(f"serve needs FastAPI and uvicorn ({e}); pip install 'tf-feature-pipeline[serve]'") from e
     limits = ServeLimits(**{f.name: getattr(a, f.name) for f in fields(ServeLimits) if getattr(a, f.name) is not None})
     sock = bind(a.host, a.port)  # a busy port fails now, before the model loads or anything is announced
-    serve(load_predictor(a.model, trusted=a.trust_pickle, reject_ood=a.reject_ood), a.host, a.port, limits,
-          a.verbose_model, sock=sock)
+    serve(load_predictor(a.model, trusted=a.trust_pickle, reject_ood=a.reject_ood, trust_model=a.trust_model),
+          a.host, a.port, limits, a.verbose_model, sock=sock)
 
 
 def cmd_demo(a):

@@ -5,7 +5,9 @@ LogisticRegression) or an RBF SVC -> probabilities (temperature scaling for the 
 logistic function's own for logreg). ``from_sklearn`` takes those arrays out of a fitted
 Pipeline; ``ArrayHead`` recomputes ``decision_function``/``predict_proba``/``predict`` from
 them, the same way scikit-learn does (to ~1e-12), so a saved head needs no pickle and loads
-under any scikit-learn version. Array names (all float except ``rbf.n_support``):
+under any scikit-learn version. Arrays that are not finite numbers, or whose scores on a probe batch
+of features are not (``_probe``: a scale of 1e-300 is finite, the features it divides are not), are
+refused naming the array. Array names (all float except ``rbf.n_support``):
 
     scale.mean, scale.scale             StandardScaler
     pca.components, pca.mean            optional PCA (no whitening)
@@ -149,6 +151,7 @@ class ArrayHead:
             if v.dtype.kind not in "fiu" or not np.all(np.isfinite(v)):
                 raise ValueError(f"array {k} is not finite numbers ({v.dtype})")
         self._check_shapes(n)
+        self._probe()
 
     def _check_shapes(self, n: int) -> None:
         a = self.arrays
@@ -181,6 +184,39 @@ class ArrayHead:
         alpha = a.get("calibration.alpha")
         if self.probabilities == "temperature" and not (alpha.shape == () and alpha > 0):
             raise ValueError("calibration.alpha must be one number above 0")
+
+    def _probe(self) -> None:
+        """Refuse arrays that make non-finite scores on a probe batch (float32 features at zero, at the mean
+        and spread around it, as a backbone gives them), naming the first array whose step goes non-finite:
+        finite arrays can still overflow (a scale of 1e-300 turns any feature off the mean into inf)."""
+        a, X = self.arrays, self.probe_batch()
+        with np.errstate(all="ignore"):
+            def centred():
+                return np.asarray(X - a["scale.mean"], X.dtype)
+            steps = [("scale.mean", centred),
+                     ("scale.scale", lambda: np.asarray(centred() / a["scale.scale"], X.dtype))]
+            if "pca.components" in a:
+                steps.append(("pca.mean, pca.components", lambda: self.transform(X)))
+            scorer = ("linear.coef, linear.intercept" if self.scorer == "linear" else
+                      "rbf.support_vectors, rbf.gamma, rbf.dual_coef, rbf.intercept")
+            steps.append((scorer, lambda: self.decision_function(X)))
+            calibration = {"temperature": "calibration.alpha", "platt": "calibration.a, calibration.b",
+                           "ovr_sigmoid": "ovr.alpha"}.get(self.probabilities, scorer)
+            steps.append((calibration, lambda: self.predict_proba(X)))
+            for names, step in steps:
+                if not np.all(np.isfinite(step())):
+                    what = f"arrays {names} make" if "," in names else f"array {names} makes"
+                    raise ValueError(f"{what} non-finite scores (inf or nan) on a probe batch of features: "
+                                     f"the head is damaged or was crafted; retrain it")
+
+    def probe_batch(self, rows: int = 16) -> np.ndarray:
+        """float32 features to probe the head with: zeros, the mean, and rows spread around the mean."""
+        mean = np.asarray(self.arrays["scale.mean"], np.float64)
+        spread = np.maximum(np.abs(mean), 1.0)
+        noise = np.random.default_rng(0).normal(0.0, 1.0, (rows, len(mean)))
+        X = np.vstack([np.zeros_like(mean), mean, mean + spread, mean - spread, mean + spread * noise])
+        big = float(np.finfo(np.float32).max)
+        return np.clip(X, -big, big).astype(np.float32)
 
 
 def _ovr(pairs: np.ndarray, n: int) -> np.ndarray:

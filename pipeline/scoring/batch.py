@@ -17,7 +17,7 @@ from ..backbones import backbone_from_spec
 from ..dataset.sources import is_uri
 from ..engines import check_options, featurize
 from ..engines.report import RunReport
-from ..errors import StoreError, UsageError
+from ..errors import PipelineError, StoreError, UsageError
 from ..heads.classifier import Classifier, load
 from ..heads.ood import MISSING, OODScores, check_reject_ood
 from ..hints import did_you_mean
@@ -106,6 +106,7 @@ def score(model, data_dir, out, options: ScoreOptions | None = None, *,
         paths, (proba, ood), result = predict_store(clf, data_dir, _proba_and_ood)
     else:
         paths, (proba, ood), result = _featurize_and_predict(clf, data_dir, o, run_options)
+    check_finite(paths, proba, out)
     report = ScoreReport(result)
     if o.kaggle is not None:
         report = kaggle_report(result, clf, o.kaggle, o.clip)
@@ -185,6 +186,18 @@ def _proba_and_ood(clf: Classifier, store, keep=None):
     else:
         ood = OODScores(*(np.concatenate(a) for a in zip(*ood))) if ood else OODScores(np.zeros(0), np.zeros(0, bool))
     return (np.concatenate(proba) if proba else np.zeros((0, len(clf.classes_)))), ood
+
+
+def check_finite(paths, proba, out) -> None:
+    """Refuse to write probabilities that are not finite numbers (a damaged head, or features far outside
+    anything it was probed with): PipelineError naming the rows, and nothing is written to `out`."""
+    proba = np.asarray(proba, dtype=np.float64)
+    bad = np.flatnonzero(~np.all(np.isfinite(proba.reshape(len(proba), -1)), axis=1))
+    if len(bad):
+        shown = ", ".join(str(paths[i]) for i in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise PipelineError(f"the head gave non-finite probabilities (nan or inf) for {len(bad)} of {len(proba)} "
+                            f"rows: {shown}; nothing was written to {out}. The head file may be damaged or "
+                            f"crafted: retrain it (the features stay cached)")
 
 
 def check_reject_below(p: float, classes, kaggle: str | None = None) -> None:

@@ -13,9 +13,12 @@ the prediction and probabilities, from one row of ``predict_pixels`` (a head's `
 * :class:`TFLitePredictor`: a ``.tflite`` file written by ``export --format tflite``.
 
 An export is loaded without pickle and without Python code from the file, but a SavedModel is a
-TensorFlow graph whose ops run on every request: graphs holding ops that reach the file system or
-call back into Python (:data:`REFUSED_OPS`) are refused before loading. A TFLite file runs with
-the built-in operators only (custom operators do not resolve).
+TensorFlow graph whose ops run on every request: it is served only when every op of its graph and of
+every function of its library is on the allow-list of pure tensor ops that ``export`` emits
+(:mod:`pipeline.export.allowed_ops`), checked on ``saved_model.pb`` before TensorFlow loads it. A
+``.tflite`` is served only with LiteRT's built-in operators (no custom or Flex op), checked on the
+flatbuffer before the interpreter is built. ``trust_model=True`` (``serve --trust-model``) skips both
+checks, for models whose origin you trust.
 """
 from __future__ import annotations
 
@@ -26,41 +29,21 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelFileError, UsageError
+from ..export.allowed_ops import check_saved_model_ops
 from ..export.info import read_saved_model_info, read_tflite_info, without_paths
 from ..heads.ood import MISSING, check_reject_ood
 
 log = logging.getLogger(__name__)
 REJECTED = "unknown"  # the prediction of a flagged image under reject_ood, as score writes it
 
-# ops that read, write or list files, or run Python, when a graph is executed; no export of this project has them
-REFUSED_OPS = frozenset({
-    "ReadFile", "WriteFile", "MatchingFiles", "PyFunc", "PyFuncStateless", "EagerPyFunc", "PrintV2",
-    "ImmutableConst", "WholeFileReader", "WholeFileReaderV2", "TFRecordDataset", "TFRecordDatasetV2",
-    "TextLineDataset", "FixedLengthRecordDataset", "FixedLengthRecordDatasetV2", "DatasetToTFRecord",
-    "ExperimentalDatasetToTFRecord", "SaveDataset", "SaveDatasetV2", "LoadDataset", "Save", "SaveSlices",
-    "InitializeTableFromTextFile", "InitializeTableFromTextFileV2", "DebugIdentityV2", "DebugIdentityV3",
-    "FileSystemSetConfiguration",
-    # event files, old-style readers, datasets over files, databases or the network, debug dumps, proto
-    # descriptors read from a path: no export holds them either
-    "CreateSummaryFileWriter", "CreateSummaryDbWriter", "ImportEvent", "WriteSummary", "WriteRawProtoSummary",
-    "WriteScalarSummary", "WriteImageSummary", "WriteAudioSummary", "WriteHistogramSummary", "WriteGraphSummary",
-    "TextLineReader", "TextLineReaderV2", "TFRecordReader", "TFRecordReaderV2", "FixedLengthRecordReader",
-    "FixedLengthRecordReaderV2", "IdentityReader", "IdentityReaderV2", "LMDBReader", "ReaderRead", "ReaderReadV2",
-    "CSVDataset", "CSVDatasetV2", "ExperimentalCSVDataset", "SqlDataset", "ExperimentalSqlDataset", "LMDBDataset",
-    "ExperimentalLMDBDataset", "SnapshotDataset", "SnapshotDatasetV2", "SnapshotDatasetReader",
-    "SnapshotChunkDataset", "SnapshotNestedDatasetReader", "ListSnapshotChunksDataset", "DataServiceDataset",
-    "DataServiceDatasetV2", "DataServiceDatasetV3", "DataServiceDatasetV4", "RegisterDataset", "RegisterDatasetV2",
-    "DistributedSave", "MatchingFilesDataset", "ExperimentalMatchingFilesDataset", "CacheDataset", "CacheDatasetV2",
-    "LoadAndRemapMatrix", "GenerateVocabRemapping", "DebugIdentity", "DebugNanCount", "DebugNumericSummary",
-    "DecodeProtoV2", "EncodeProto"})
-# ops that read or write checkpoint files at a path the graph chooses: in an export, only the saver's own
-# functions (run by save and restore, never by a signature) hold them
-CHECKPOINT_OPS = frozenset({"SaveV2", "RestoreV2", "MergeV2Checkpoints", "RestoreSlice", "Restore"})
+__all__ = ["HeadPredictor", "SavedModelPredictor", "TFLitePredictor", "check_saved_model_ops", "load_predictor"]
 
 
-def load_predictor(path, trusted: bool = False, reject_ood: bool = False):
+def load_predictor(path, trusted: bool = False, reject_ood: bool = False, trust_model: bool = False):
     """The predictor for `path`: an exported SavedModel folder, an exported .tflite, else a head file.
-    `reject_ood`: answer ``unknown`` for the images a head flags out-of-distribution (head files only)."""
+    `trusted`: also load an old pickle head; `reject_ood`: answer ``unknown`` for the images a head flags
+    out-of-distribution (head files only); `trust_model`: serve an export whose ops are not all on the
+    allow-list (SavedModel) or not all built-in (TFLite): only for models you trust."""
     path = Path(path)
     if reject_ood and (path.is_dir() or (path.is_file() and _is_tflite(path))):
         raise UsageError(f"{path} is an export: exports carry no out-of-distribution summary, so reject_ood cannot "
@@ -69,9 +52,9 @@ def load_predictor(path, trusted: bool = False, reject_ood: bool = False):
         if not (path / "saved_model.pb").is_file():
             raise ModelFileError(f"{path} is a folder but not a SavedModel (no saved_model.pb); serve a head file "
                                  f"(.head.npz) or a model written by `python -m pipeline export`")
-        return SavedModelPredictor(path)
+        return SavedModelPredictor(path, trust_model)
     if path.is_file() and _is_tflite(path):
-        return TFLitePredictor(path)
+        return TFLitePredictor(path, trust_model)
     from ..heads.classifier import load
 
     return HeadPredictor(load(path, trusted=trusted), reject_ood)
@@ -154,9 +137,10 @@ class _Exported:
 class SavedModelPredictor(_Exported):
     """An exported SavedModel, run through ``serving_default`` (uint8 (N, H, W, 3) -> probabilities)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, trust_model: bool = False):
         super().__init__(Path(path), read_saved_model_info(path), "saved_model")
-        check_saved_model_ops(self.path)
+        if not trust_model:
+            check_saved_model_ops(self.path)  # on the protobuf, before TensorFlow loads anything
         import tensorflow as tf
 
         try:
@@ -178,71 +162,17 @@ class SavedModelPredictor(_Exported):
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
 
-def check_saved_model_ops(folder: Path) -> None:
-    """Refuse a SavedModel whose graph holds one of :data:`REFUSED_OPS`, or whose signatures (and the init op
-    that runs at load) reach one of :data:`CHECKPOINT_OPS`, before loading it."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    sm = saved_model_pb2.SavedModel()
-    try:
-        sm.ParseFromString((Path(folder) / "saved_model.pb").read_bytes())
-    except Exception as e:  # noqa: BLE001 - a malformed protobuf
-        raise ModelFileError(f"{folder}/saved_model.pb cannot be parsed: {e}") from None
-    found = set()
-    for mg in sm.meta_graphs:
-        found.update(n.op for n in mg.graph_def.node if n.op in REFUSED_OPS)
-        for fn in mg.graph_def.library.function:  # every function: a name proves nothing (any can be chosen)
-            found.update(n.op for n in fn.node_def if n.op in REFUSED_OPS)
-        found.update(_signature_ops(mg) & CHECKPOINT_OPS)
-    if found:
-        raise ModelFileError(f"{folder}: the SavedModel's graph holds {', '.join(sorted(found))}, ops that reach the "
-                             f"file system or Python when run; it is not served (exports of this project hold none)")
-
-
-def _signature_ops(mg) -> set[str]:
-    """The ops a MetaGraph's signatures run: the nodes their tensors come from and every function these
-    call, transitively (the saver's functions, called only by save and restore, are not among them)."""
-    nodes = {n.name: n for n in mg.graph_def.node}
-    fns = {f.signature.name: f for f in mg.graph_def.library.function}
-    todo = [t.name for sig in mg.signature_def.values() for t in (*sig.inputs.values(), *sig.outputs.values())]
-    seen_nodes, seen_fns, ops = set(), set(), set()
-    while todo:
-        name = todo.pop().lstrip("^").split(":")[0]
-        if name in seen_nodes or name not in nodes:
-            continue
-        seen_nodes.add(name)
-        node = nodes[name]
-        ops.add(node.op)
-        todo += list(node.input)
-        calls = _called(node)
-        while calls:
-            f = calls.pop()
-            if f in fns and f not in seen_fns:
-                seen_fns.add(f)
-                for inner in fns[f].node_def:
-                    ops.add(inner.op)
-                    calls += _called(inner)
-    return ops
-
-
-def _called(node) -> list[str]:
-    """Names of the functions a node calls (PartitionedCall's f, If/While branches, any func attribute)."""
-    names = []
-    for attr in node.attr.values():
-        if attr.HasField("func"):
-            names.append(attr.func.name)
-        names += [f.name for f in attr.list.func]
-    return names
-
-
 class TFLitePredictor(_Exported):
     """An exported ``.tflite`` file, run image by image through its ``serving_default`` signature."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, trust_model: bool = False):
         super().__init__(Path(path), read_tflite_info(path), "tflite")
-        from ..backbones.tflite import interpreter_class
+        from ..backbones.tflite import check_builtin_ops, interpreter_class
         from ..logs import native_output_quieted
 
+        if not trust_model:
+            check_builtin_ops(self.path, error=ModelFileError, advice=", or pass --trust-model if you trust where "
+                              "this model came from")  # on the flatbuffer, before any interpreter
         Interpreter, _ = interpreter_class()
         try:
             with native_output_quieted():  # XNNPACK's notice when tensors are allocated (shown with -v)

@@ -213,3 +213,49 @@ def test_an_old_pickle_from_another_scikit_learn_version_is_refused_naming_both(
     with pytest.raises(ModelFileError, match=rf"saved with scikit-learn 0\.0\.1, this is {sklearn.__version__}; "
                                              r"retrain"):
         pipeline.load(path, trusted=True)
+
+
+def _with_arrays(path, **arrays):
+    """Replace arrays of a head file and recompute its checksum, as someone crafting a head would."""
+    from pipeline.heads.headfile import digest
+
+    header, head = read(path)
+    arrays = {k: np.asarray(v, head.arrays[k].dtype) for k, v in arrays.items()}
+    header["sha256"] = digest({**head.arrays, **arrays}, header)
+    rewrite(path, header=header, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("command", ["score", "evaluate", "serve"])
+def test_a_head_whose_arrays_overflow_is_refused_at_load_naming_the_array(command, tmp_path, capsys):
+    """Issue 27 row 'a data-only head whose scale array is 1e-300 (checksum recomputed)': score exited 0 with
+    nan probabilities, serve answered 500. Every array is finite, but any feature off the mean divided by
+    1e-300 is inf: a probe batch at load finds it, and score, evaluate and serve exit 1 naming the file and
+    the array, before any backbone or image is touched. RELIABILITY E-ERR, D04 (a file as an attack vector)."""
+    path = _with_arrays(trained("linear_svm", 3).save(tmp_path / "m.head.npz"), **{"scale.scale": np.full(DIM, 1e-300)})
+    with pytest.raises(ModelFileError, match=r"m\.head\.npz .*array scale\.scale makes non-finite scores"):
+        pipeline.load(path)
+    (tmp_path / "data").mkdir()
+    args = {"score": ["score", str(path), str(tmp_path / "data"), "--out", str(tmp_path / "p.csv")],
+            "evaluate": ["evaluate", str(path), str(tmp_path / "store")], "serve": ["serve", str(path)]}[command]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "m.head.npz" in err and "scale.scale" in err and "Traceback" not in err
+    assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("arrays,named", [({"linear.coef": 1e308}, "linear.coef"),
+                                          ({"scale.mean": 1e300}, "scale.mean"),
+                                          ({"calibration.alpha": 1e308}, None)])
+def test_the_probe_names_the_array_whose_step_overflows(arrays, named, tmp_path):
+    """Finite but huge arrays: the first step whose scores go non-finite is named; a huge temperature that
+    still gives finite (if extreme) probabilities is not refused."""
+    clf = trained("linear_svm", 2)
+    path = clf.save(tmp_path / "m.head.npz")
+    _, head = read(path)
+    path = _with_arrays(path, **{k: np.full(head.arrays[k].shape, v) for k, v in arrays.items()})
+    if named is None:
+        assert np.all(np.isfinite(pipeline.load(path).predict_proba(toy(2)[0])))
+        return
+    with pytest.raises(ModelFileError, match=named.replace(".", r"\.")):
+        pipeline.load(path)

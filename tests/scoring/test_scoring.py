@@ -127,3 +127,34 @@ def test_a_damaged_score_cache_names_the_folder_to_delete_not_a_flag_score_lacks
     assert f"delete {cache}" in err and "--no-cache" in err and "--overwrite" not in err
     shutil.rmtree(cache)
     assert main(argv) == 0  # as the message says
+
+
+def test_non_finite_probabilities_fail_the_run_naming_the_files(head, tmp_path, monkeypatch, capsys):
+    """Issue 27 item 5, never NaN with exit 0: a head that passed its probe at load can still give nan or inf
+    on features far from it; score checks every probability before writing and exits 1 naming the files,
+    writing no CSV (an older one stays as it was) and keeping the features cached. RELIABILITY E-ERR,
+    E-NOPARTIAL."""
+    import numpy as np
+
+    import pipeline.scoring.batch as batch
+
+    _, path = head
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        noise_image(i, base=(230, 30, 30)).save(folder / f"{i}.jpg")
+    out, cache = tmp_path / "p.csv", tmp_path / "cache"
+    assert main(["score", str(path), str(folder), "--out", str(out), "--cache", str(cache), "--no-progress"]) == 0
+    before = out.read_bytes()
+    real = batch.store_proba
+
+    def overflowing(clf, store, keep):  # what a head that overflows on these features gives
+        p = real(clf, store, keep)
+        p[1] = np.nan
+        return p
+    monkeypatch.setattr(batch, "store_proba", overflowing)
+    assert main(["score", str(path), str(folder), "--out", str(out), "--cache", str(cache), "--no-progress",
+                 "--force"]) == 1
+    err = capsys.readouterr().err
+    assert "non-finite probabilities" in err and "1.jpg" in err and "1 of 3 rows" in err and "0.jpg" not in err
+    assert out.read_bytes() == before and len(pipeline.FeatureStore.open(cache).paths) == 3
