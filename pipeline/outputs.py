@@ -2,7 +2,8 @@
 
 * :func:`atomic_open` writes through a new temp file in the target folder (created with
   ``O_EXCL``, so a planted link is never followed), fsyncs it and renames it over the target:
-  a crash or a full disk leaves the old file whole.
+  a crash or a full disk leaves the old file whole. The temp file is private (0600) while it is
+  written; the final file gets the permissions the umask gives a new file (umask 022: 0644).
 * :func:`check_output` refuses to write over an input (an image being read, the head in use),
   over a folder, or over a file this tool did not write (``force`` allows the last only).
 * :func:`csv_writer` neutralises cells a spreadsheet would run as a formula (OWASP: a leading
@@ -25,9 +26,30 @@ OUR_CSV_HEADERS = (("path", "prediction"), ("path", "labels"), ("id", "label"), 
                    ("path", "label"))
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc/self/status; elsewhere set and reset)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def final_mode() -> int:
+    """The permissions of a finished output: those a new file gets under the umask (umask 022: 0644)."""
+    return 0o666 & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode: str = "w", newline: str | None = None):
-    """Open a new temp file beside `path` for writing; on success fsync it and rename it to `path`."""
+    """Open a new temp file beside `path` for writing; on success fsync it and rename it to `path`.
+
+    The temp file stays 0600 while it is written; just before the rename it gets :func:`final_mode`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -36,6 +58,7 @@ def atomic_open(path, mode: str = "w", newline: str | None = None):
         with os.fdopen(fd, mode, newline=newline, **({} if binary else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), final_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
