@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from ..errors import StoreError
+from ..jsontext import loads
+from .sealed import check_name, read_bytes
 
 
 def _line_crc(row: dict) -> str:
@@ -18,7 +20,7 @@ def _parse_line(path: Path, number: int, line: str, checked: bool) -> dict:
     """One committed log line -> its row (without ``i``/``crc``); a damaged line is refused by number."""
     where = f"{path} line {number + 1}"
     try:
-        row = json.loads(line)
+        row = loads(line)
     except ValueError as e:
         raise StoreError(f"{where} is not valid JSON ({e}); the store is damaged: featurize again with "
                          f"--overwrite") from None
@@ -40,9 +42,10 @@ def _read_rows(path: Path) -> tuple[list[dict], int]:
     Lines that carry an index and checksum (every line written by this version) are checked:
     a lost, extra, reordered or edited line is refused, naming the line.
     """
-    if not path.exists():
+    try:
+        data = read_bytes(path)  # never through a link
+    except FileNotFoundError:
         return [], 0
-    data = path.read_bytes()
     end = data.rfind(b"\n") + 1
     try:
         lines = data[:end].decode("utf-8").split("\n")[:-1] if end else []
@@ -73,5 +76,5 @@ def live_indices(rows: list[dict]) -> list[int]:
 
 
 def _rows_path(root: Path, meta: dict) -> Path:
-    """The commit log named by meta.json (a prune starts a new one)."""
-    return root / meta.get("rows_file", "rows.jsonl")
+    """The commit log named by meta.json (a prune starts a new one): a plain name inside the store."""
+    return root / check_name(root / "meta.json", "rows_file", meta.get("rows_file", "rows.jsonl"))

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StoreError
+from ..jsontext import loads
 from ..spec import FeatureSpec
 from ..versions import versions
-from .log import _log_lines, _read_rows, live_indices
+from .log import _log_lines, _read_rows, _rows_path, live_indices
 from .pieces import (
     _STAGING,
     _atomic_write,
@@ -32,6 +33,7 @@ from .pieces import (
     chunklen_for,
 )
 from .reader import FORMAT, FeatureStore, _read_meta, read_committed, read_report, write_report
+from .sealed import open_append, read_text, refuse_links
 
 SKIPS_FILE = "skips.json"  # the skip cache: files a run could not use, with their stat
 MERGE_ROWS = 65536  # a run's parts become a segment once they hold this many rows (or 1/8 of the store)
@@ -52,13 +54,13 @@ class StoreWriter:
         self.root, self.meta, self._lock_fd = root, meta, lock_fd
         self.created = False  # open_writer: True when this run made the folder
         self.meta.setdefault("rows_file", "rows.jsonl")
-        rows_path = root / self.meta["rows_file"]
+        rows_path = _rows_path(root, self.meta)
         self.rows, end = _read_rows(rows_path)
         self._base = self._adopt_legacy()
         self._check_segments(rows_path)
         self._next = self._recover()
         (root / "parts").mkdir(exist_ok=True)
-        self._rows_file = open(rows_path, "ab")
+        self._rows_file = open_append(rows_path)  # never through a link, never a file with a second name
         self._rows_file.truncate(end)
 
     def _adopt_legacy(self) -> int:
@@ -172,7 +174,7 @@ class StoreWriter:
         """The files the last run could not use ({path, reason, detail, stat}); stores written before
         ``skips.json`` existed kept them in report.json."""
         try:
-            entries = json.loads((self.root / SKIPS_FILE).read_text(encoding="utf-8"))
+            entries = loads(read_text(self.root / SKIPS_FILE))
         except FileNotFoundError:
             entries = read_report(self.root).get("skipped", [])
         except (OSError, ValueError) as e:
@@ -239,7 +241,7 @@ class StoreWriter:
             shutil.rmtree(_segment_dir(self.root, name_), ignore_errors=True)
         (self.root / old_rows).unlink(missing_ok=True)
         self.rows, self._base, self._next = rows, n, n
-        self._rows_file = open(self.root / rows_file, "ab")
+        self._rows_file = open_append(self.root / rows_file)
         return dropped
 
     def _write_meta(self) -> None:
@@ -273,7 +275,7 @@ class StoreWriter:
 
 
 def _lock(root: Path) -> int:
-    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -294,6 +296,7 @@ def open_writer(root, request: dict, overwrite: bool = False) -> StoreWriter:
     :meth:`StoreWriter.set_spec` with the loaded backbone's spec before the first append.
     """
     root = Path(root)
+    refuse_links(root)  # nothing is read, written or deleted through a link, even with overwrite
     _refuse_foreign_folder(root)
     created = not root.exists()
     try:
@@ -329,7 +332,7 @@ def _refuse_foreign_folder(root: Path) -> None:
         raise StoreError(f"{root} exists and is not a folder; give --out a new folder for the feature store")
     if not root.is_dir() or (root / "meta.json").exists():
         if (root / "meta.json").exists():
-            _read_meta(root)  # a meta.json that is not a store's is refused here, with or without overwrite
+            _read_meta(root, names=False)  # a meta.json that is not a store's is refused, with or without overwrite
         return
     others = sorted(f.name for f in root.iterdir() if f.name != ".lock")
     if others:
@@ -340,7 +343,7 @@ def _refuse_foreign_folder(root: Path) -> None:
 
 def _check_writable(root: Path) -> None:
     probe = root / f".write-test-{os.getpid()}"
-    probe.write_bytes(b"")
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
     probe.unlink()
 
 

@@ -102,7 +102,8 @@ def test_a_planted_temp_file_link_is_not_followed(tmp_path):
     w.close()  # rewrites meta.json
     write_report(root, {"complete": True})
     assert victim.read_text() == "precious"
-    assert FeatureStore.open(root).features.shape == (6, 4)
+    with pytest.raises(StoreError, match="meta.json.tmp is a symbolic link"):  # and the store is refused (D04)
+        FeatureStore.open(root)
 
 
 def test_removed_rows_withdraw_a_path_and_prune_compacts_them(tmp_path):
