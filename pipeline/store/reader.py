@@ -257,7 +257,7 @@ def _read_meta(root: Path, names: bool = True) -> dict:
 def verify(root) -> list[str]:
     """Problems found in a store (empty when it is sound): meta, commit log, checksums, shape, values."""
     root = Path(root)
-    links = links_in(root) if root.is_dir() else []
+    links = sorted(links_in(root)) if root.is_dir() else []
     if links:  # every one of them, none followed
         return [link_message(root, *found) for found in links[:20]] + (
             [f"... and {len(links) - 20} more links or special files in {root}"] if len(links) > 20 else [])
