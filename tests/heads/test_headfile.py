@@ -211,3 +211,17 @@ def test_an_old_pickle_from_another_scikit_learn_version_is_refused_naming_both(
     with pytest.raises(ModelFileError, match=rf"saved with scikit-learn 0\.0\.1, this is {sklearn.__version__}; "
                                              r"retrain"):
         pipeline.load(path, trusted=True)
+
+
+def test_a_header_nested_100000_deep_is_refused_naming_the_file(tmp_path, capsys):
+    """E-ERR: a JSON header of 100,000 nested arrays raised RecursionError with no file named."""
+    path = trained("linear_svm", 2).save(tmp_path / "m.head.npz")
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files if k != "header"}
+    with open(path, "wb") as f:
+        np.savez(f, header=np.array("[" * 100_000 + "]" * 100_000), **arrays)
+    with pytest.raises(ModelFileError, match="m.head.npz has no readable JSON header.*nested too deep"):
+        pipeline.load(path)
+    assert main(["score", str(path), str(tmp_path), "--out", str(tmp_path / "p.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "m.head.npz" in err and "nested too deep" in err and "RecursionError" not in err
