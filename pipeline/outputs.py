@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import os
 import tempfile
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import PipelineError, UsageError, WriteError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -45,14 +46,35 @@ def final_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def write_failure(path, e: OSError, kept: str = "") -> str:
+    """What to say when writing `path` failed with `e`: the file at fault, the reason, what to do, what was kept."""
+    at = e.filename or path
+    code = errno.errorcode.get(e.errno, e.errno)
+    if e.errno in _DISK_FULL:
+        todo = f"the disk holding {Path(at).parent} is full: free space on it, or choose another --out on another disk"
+    elif e.errno in _NOT_WRITABLE:
+        todo = f"{Path(at).parent} is not writable: fix its permissions, or choose another --out"
+    else:
+        todo = "check the disk, or choose another --out"
+    return f"could not write {at}: {e.strerror or e} ({code}); {todo}" + (f"; {kept}" if kept else "")
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode: str = "w", newline: str | None = None):
     """Open a new temp file beside `path` for writing; on success fsync it and rename it to `path`.
 
     The temp file stays 0600 while it is written; just before the rename it gets :func:`final_mode`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    kept = f"the previous {path.name}, if there was one, is unchanged"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise WriteError(write_failure(path, e, kept)) from e
     try:
         binary = "b" in mode
         with os.fdopen(fd, mode, newline=newline, **({} if binary else {"encoding": "utf-8"})) as f:
@@ -61,9 +83,11 @@ def atomic_open(path, mode: str = "w", newline: str | None = None):
             os.fchmod(f.fileno(), final_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, PipelineError):  # a full disk, no permission...
+            raise WriteError(write_failure(path, e, kept)) from e
         raise
 
 

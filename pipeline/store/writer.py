@@ -1,6 +1,7 @@
 """Writing a store: :func:`open_writer` and :class:`StoreWriter` (commit, recover, merge, withdraw, prune)."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import PipelineError, StoreError, WriteError
 from ..jsontext import loads
+from ..outputs import write_failure
 from ..spec import FeatureSpec
 from ..versions import versions
 from .log import _log_lines, _read_rows, _rows_path, live_indices
@@ -38,6 +40,7 @@ from .sealed import open_append, read_text, refuse_links
 SKIPS_FILE = "skips.json"  # the skip cache: files a run could not use, with their stat
 MERGE_ROWS = 65536  # a run's parts become a segment once they hold this many rows (or 1/8 of the store)
 ADOPT_ROWS = 2048  # at close, parts at least this big each become a segment as they are (no rewrite)
+KEPT = "the rows committed so far are kept: run the same command again to resume from them"
 
 
 class StoreWriter:
@@ -53,6 +56,7 @@ class StoreWriter:
     def __init__(self, root: Path, meta: dict, lock_fd: int):
         self.root, self.meta, self._lock_fd = root, meta, lock_fd
         self.created = False  # open_writer: True when this run made the folder
+        self._failed = None  # why writing failed (a full disk...): the log may end mid-batch, nothing more is added
         self.meta.setdefault("rows_file", "rows.jsonl")
         rows_path = _rows_path(root, self.meta)
         self.rows, end = _read_rows(rows_path)
@@ -60,6 +64,7 @@ class StoreWriter:
         self._check_segments(rows_path)
         self._next = self._recover()
         (root / "parts").mkdir(exist_ok=True)
+        self._rows_path = rows_path
         self._rows_file = open_append(rows_path)  # never through a link, never a file with a second name
         self._rows_file.truncate(end)
 
@@ -127,11 +132,15 @@ class StoreWriter:
             raise StoreError("refusing to store non-finite features")
         if not len(x):
             return
+        if self._failed:
+            raise StoreError(self._failed)
         part = self.root / "parts" / f"{self._next:012d}.bcolz"
-        _write_piece(part, [x], x.shape[1], min(len(x), chunklen_for(x.shape[1])), _part_manifest_file(part))
-        self._rows_file.write(_log_lines(rows, len(self.rows)))
-        self._rows_file.flush()
-        os.fsync(self._rows_file.fileno())
+        with self._writing(part):
+            _write_piece(part, [x], x.shape[1], min(len(x), chunklen_for(x.shape[1])), _part_manifest_file(part))
+        with self._writing(self._rows_path):
+            self._rows_file.write(_log_lines(rows, len(self.rows)))
+            self._rows_file.flush()
+            os.fsync(self._rows_file.fileno())
         self.rows.extend(rows)
         self._next += len(x)
         if self._next - self._base >= max(MERGE_ROWS, len(self.rows) // 8):
@@ -161,14 +170,28 @@ class StoreWriter:
         self.meta["spec"] = new.to_dict()
         self._write_meta()
 
+    @contextlib.contextmanager
+    def _writing(self, path: Path):
+        """A failed write (a full disk, no permission...) becomes a StoreError naming the file and what to do;
+        the writer then adds nothing more (what is committed stays, and the next run resumes from it)."""
+        try:
+            yield
+        except OSError as e:
+            if isinstance(e, PipelineError) and not isinstance(e, WriteError):
+                raise
+            self._failed = f"{e}; {KEPT}" if isinstance(e, WriteError) else write_failure(path, e, KEPT)
+            raise StoreError(self._failed) from e
+
     def write_report(self, report: dict) -> None:
-        write_report(self.root, report)
+        with self._writing(self.root / "report.json"):
+            write_report(self.root, report)
 
     def write_skips(self, skipped: list[dict]) -> None:
         """Record the files this run could not use, with their stat: the next run skips them unread
         while their stat is unchanged (``skips.json``; the report is an output, not read back)."""
         entries = [s for s in skipped if s.get("stat")]
-        _atomic_write(self.root / SKIPS_FILE, json.dumps(entries, ensure_ascii=False))
+        with self._writing(self.root / SKIPS_FILE):
+            _atomic_write(self.root / SKIPS_FILE, json.dumps(entries, ensure_ascii=False))
 
     def skip_cache(self) -> list[dict]:
         """The files the last run could not use ({path, reason, detail, stat}); stores written before
@@ -197,7 +220,8 @@ class StoreWriter:
         dim = self.meta["spec"]["dim"]
         name = f"seg-{len(self.meta['segments']):06d}-{self._base:012d}.bcolz"
         blocks = (_read_piece(f, _piece_len(f), dim) for _, f in parts)
-        n = _write_piece(seg_dir / name, blocks, dim, chunklen_for(dim))
+        with self._writing(seg_dir / name):
+            n = _write_piece(seg_dir / name, blocks, dim, chunklen_for(dim))
         self.meta["segments"].append({"name": name, "rows": n, "files": _manifest(seg_dir / name)})
         self._base += n
         self._write_meta()
@@ -209,7 +233,8 @@ class StoreWriter:
         read checks them); then meta.json lists them."""
         for (start, f), n in zip(parts, lengths):
             name = f"seg-{len(self.meta['segments']):06d}-{start:012d}.bcolz"
-            _link_piece(f, seg_dir / name)
+            with self._writing(seg_dir / name):
+                _link_piece(f, seg_dir / name)
             self.meta["segments"].append({"name": name, "rows": n, "files": _part_checksums(f)})
             self._base += n
         self._write_meta()
@@ -227,10 +252,12 @@ class StoreWriter:
         gen = int(self.meta.get("generation", 0)) + 1
         rows = [self.rows[i] for i in keep]
         rows_file = f"rows-{gen}.jsonl"
-        _atomic_write(self.root / rows_file, _log_lines(rows, 0).decode("utf-8"))
+        with self._writing(self.root / rows_file):
+            _atomic_write(self.root / rows_file, _log_lines(rows, 0).decode("utf-8"))
         dim = self.meta["spec"]["dim"]
         name = f"seg-g{gen}.bcolz"
-        n = _write_piece(self.root / "segments" / name, [x] if x is not None else [], dim, chunklen_for(dim))
+        with self._writing(self.root / "segments" / name):
+            n = _write_piece(self.root / "segments" / name, [x] if x is not None else [], dim, chunklen_for(dim))
         old = [s["name"] for s in self.meta["segments"]]
         old_rows = self.meta["rows_file"]
         self.meta.update(segments=[{"name": name, "rows": n, "files": _manifest(self.root / "segments" / name)}],
@@ -241,13 +268,15 @@ class StoreWriter:
             shutil.rmtree(_segment_dir(self.root, name_), ignore_errors=True)
         (self.root / old_rows).unlink(missing_ok=True)
         self.rows, self._base, self._next = rows, n, n
-        self._rows_file = open_append(self.root / rows_file)
+        self._rows_path = self.root / rows_file
+        self._rows_file = open_append(self._rows_path)
         return dropped
 
     def _write_meta(self) -> None:
         self.meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.meta["rows"] = len(live_indices(self.rows))
-        _atomic_write(self.root / "meta.json", json.dumps(self.meta, indent=1))
+        with self._writing(self.root / "meta.json"):
+            _atomic_write(self.root / "meta.json", json.dumps(self.meta, indent=1))
 
     def close(self) -> FeatureStore:
         try:
@@ -260,7 +289,10 @@ class StoreWriter:
     def abort(self) -> None:
         """Release the store; committed rows stay (as parts, merged by the next run)."""
         if not self._rows_file.closed:
-            self._rows_file.close()
+            try:
+                self._rows_file.close()
+            except OSError:  # the disk is full: the bytes it still held were never committed
+                pass
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

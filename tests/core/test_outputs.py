@@ -159,3 +159,27 @@ def test_every_output_follows_the_umask_and_temp_files_stay_private(trained, tmp
     modes = {str(f.relative_to(tmp_path)): oct(stat.S_IMODE(f.stat().st_mode)) for f in finals}
     assert set(modes.values()) == {oct(want)}, modes
     assert seen and set(seen) == {0o600}
+
+
+def test_a_full_disk_while_writing_an_output_names_it_and_keeps_the_old_file(trained, tmp_path, capsys, monkeypatch):
+    """B09, E-NOPARTIAL: ENOSPC while a head (or any output) is written names the file and what to do; the
+    previous file is whole and no temp file is left."""
+    import errno
+
+    from pipeline import outputs
+
+    root, _, _ = trained
+    head = tmp_path / "m.head.npz"
+    assert main(["train", str(root / "feat"), "--C", "1", "--head", "logreg", "--out", str(head)]) == 0
+    before = head.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "fsync", full)
+    capsys.readouterr()
+    assert main(["train", str(root / "feat"), "--C", "0.5", "--head", "logreg", "--out", str(head)]) == 1
+    err = capsys.readouterr().err
+    assert f"could not write {head}: No space left on device (ENOSPC)" in err
+    assert "free space on it, or choose another --out" in err and "previous m.head.npz" in err
+    assert head.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.head.npz"]
