@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from operator import itemgetter
 from pathlib import Path
 
 from ..errors import StoreError
@@ -10,9 +11,13 @@ from ..jsontext import loads
 from .sealed import check_name, read_bytes
 
 
+_SORTED = json.JSONEncoder(sort_keys=True, ensure_ascii=False)  # built once: json.dumps(**kw) builds one per call
+_LINE = json.JSONEncoder(ensure_ascii=False)
+
+
 def _line_crc(row: dict) -> str:
     """Checksum of one log line's content (every field but the checksum itself)."""
-    text = json.dumps({k: v for k, v in row.items() if k != "crc"}, sort_keys=True, ensure_ascii=False)
+    text = _SORTED.encode({k: v for k, v in row.items() if k != "crc"} if "crc" in row else row)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -62,13 +67,15 @@ def _log_lines(rows: list[dict], start: int) -> bytes:
     for k, r in enumerate(rows):
         line = {**r, "i": start + k}
         line["crc"] = _line_crc(line)
-        out.append(json.dumps(line, ensure_ascii=False) + "\n")
+        out.append(_LINE.encode(line) + "\n")
     return "".join(out).encode("utf-8")
 
 
 def live_indices(rows: list[dict]) -> list[int]:
     """Indices of the rows in force: the last row of each path, unless that row withdraws it."""
-    last = {r["path"]: i for i, r in enumerate(rows)}
+    last = dict(zip(map(itemgetter("path"), rows), range(len(rows))))
+    if len(last) == len(rows):  # every path once (an import, a first run): no row superseded
+        return [i for i, r in enumerate(rows) if not r.get("removed")]
     return sorted(i for i in last.values() if not rows[i].get("removed"))
 
 
