@@ -85,7 +85,7 @@ def _dim_ok(file: Path, dim: int, max_dim: int, what: str = "its feature vectors
     if dim > max_dim:
         raise UsageError(f"{file}: {what} {dim} values, more than the {max_dim:,} allowed (a file that is not "
                          f"features, or crafted to exhaust memory); if it is right, raise the limit: "
-                         f"max_dim={dim} (--max-dim {dim})")
+                         f"max_dim={dim}")
     return dim
 
 
@@ -166,9 +166,11 @@ def _check_value_counts(file: Path, pf, column: str, max_dim: int) -> None:
         for c in range(rg.num_columns):
             chunk = rg.column(c)
             if chunk.path_in_schema.split(".")[0] == column and chunk.num_values > rg.num_rows * max_dim + rg.num_rows:
+                need = -(-chunk.num_values // max(1, rg.num_rows))
                 raise UsageError(f"{file}: row group {g} declares {chunk.num_values:,} feature values for "
-                                 f"{rg.num_rows:,} rows, more than the {max_dim:,} per row allowed; if it is "
-                                 f"right, raise the limit: max_dim= (--max-dim)")
+                                 f"{rg.num_rows:,} rows, more than the {max_dim:,} per row allowed (a file that is "
+                                 f"not features, or crafted to exhaust memory); if it is right, raise the limit: "
+                                 f"max_dim={need}")
 
 
 def _list_matrix(file: Path, column, ids, max_dim: int) -> np.ndarray:
