@@ -136,10 +136,10 @@ def _parquet(file: Path, cols: Columns, max_dim: int, batch: int) -> Source:
     if not (pa.types.is_floating(ftype.value_type) or pa.types.is_integer(ftype.value_type)):
         raise UsageError(f"{file}: the features column holds lists of {ftype.value_type}, not of numbers")
     dim = _dim_ok(file, ftype.list_size, max_dim) if pa.types.is_fixed_size_list(ftype) else None
-    _check_value_counts(file, pf, cols.features, max_dim)
+    widest = _check_value_counts(file, pf, cols.features, max_dim)
     meta = (schema.metadata or {}).get(META_KEY.encode())
     names = [cols.id, cols.features] + ([label] if label else []) + (["sha256"] if "sha256" in have else [])
-    rows = batch_rows(dim, max_dim, batch)
+    rows = batch_rows(dim or widest, max_dim, batch)
 
     def batches():
         start = 0
@@ -157,10 +157,11 @@ def _parquet(file: Path, cols: Columns, max_dim: int, batch: int) -> Source:
     return Source(file, pf.metadata.num_rows, dim, meta.decode("utf-8", "replace") if meta else None, batches())
 
 
-def _check_value_counts(file: Path, pf, column: str, max_dim: int) -> None:
+def _check_value_counts(file: Path, pf, column: str, max_dim: int) -> int:
     """Each row group declares how many feature values it holds: at most rows x max_dim (checked before
-    any is decoded: a few bytes of run-length encoding can declare billions of zeros)."""
-    md = pf.metadata
+    any is decoded: a few bytes of run-length encoding can declare billions of zeros). Returns the most
+    values per row declared (what sizes the batches of lists of varying length)."""
+    md, widest = pf.metadata, 1
     for g in range(md.num_row_groups):
         rg = md.row_group(g)
         for c in range(rg.num_columns):
@@ -171,6 +172,9 @@ def _check_value_counts(file: Path, pf, column: str, max_dim: int) -> None:
                                  f"{rg.num_rows:,} rows, more than the {max_dim:,} per row allowed (a file that is "
                                  f"not features, or crafted to exhaust memory); if it is right, raise the limit: "
                                  f"max_dim={need}")
+            if chunk.path_in_schema.split(".")[0] == column:
+                widest = max(widest, -(-chunk.num_values // max(1, rg.num_rows)))
+    return widest
 
 
 def _list_matrix(file: Path, column, ids, max_dim: int) -> np.ndarray:
