@@ -23,7 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from score_memory import peak_rss_mib  # noqa: E402
+from score_memory import peak_rss_mib
 
 
 def write_parquet(path: Path, n: int, dim: int) -> None:

@@ -33,6 +33,7 @@ from ..spec import FeatureSpec
 from ..versions import versions
 from . import FeatureStore, open_writer
 from .imports import MAX_DIM, META_KEY, Batch, Columns, open_source
+
 FORMATS = (".parquet", ".npz")
 
 

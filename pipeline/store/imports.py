@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -227,8 +227,7 @@ def _npz_members(file: Path, zf: zipfile.ZipFile) -> dict[str, _Member]:
         if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize > info.file_size:
             raise UsageError(f"{where} declares a {dtype} array of shape {shape}, more data than the "
                              f"{info.file_size:,} bytes it holds; the file is damaged or crafted")
-        out[info.filename[:-4] if info.filename.endswith(".npy") else info.filename] = _Member(info, shape, dtype,
-                                                                                                fortran)
+        out[info.filename.removesuffix(".npy")] = _Member(info, shape, dtype, fortran)
     return out
 
 

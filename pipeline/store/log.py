@@ -10,7 +10,6 @@ from ..errors import StoreError
 from ..jsontext import loads
 from .sealed import check_name, read_bytes
 
-
 _SORTED = json.JSONEncoder(sort_keys=True, ensure_ascii=False)  # built once: json.dumps(**kw) builds one per call
 _LINE = json.JSONEncoder(ensure_ascii=False)
 

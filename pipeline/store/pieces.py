@@ -194,7 +194,7 @@ def _open_piece(folder: Path):
     check_tree(folder)
     try:
         arr = _bcolz().open(str(folder), mode="r")
-    except Exception as e:  # its JSON metadata too deep, missing, not JSON...
+    except Exception as e:  # noqa: BLE001 (bcolz raises anything on a damaged folder: its JSON too deep, missing...)
         raise StoreError(f"the feature array {folder} is damaged ({type(e).__name__}: {e}); "
                          f"featurize again with --overwrite") from None
     if arr.dtype != np.float32 or arr.ndim != 2:

@@ -24,7 +24,14 @@ from .pieces import (
     _segment_dir,
     _segments,
 )
-from .sealed import check_meta_names, link_message, links_in, read_bytes, read_text, refuse_links
+from .sealed import (
+    check_meta_names,
+    link_message,
+    links_in,
+    read_bytes,
+    read_text,
+    refuse_links,
+)
 
 log = logging.getLogger(__name__)
 FORMAT = "tf-feature-pipeline/store-2"

@@ -131,7 +131,7 @@ def test_every_output_follows_the_umask_and_temp_files_stay_private(trained, tmp
 
     from pipeline import outputs
 
-    root, data, _ = trained
+    _, data, _ = trained
     seen = []
     real_fchmod = os.fchmod
 
