@@ -60,13 +60,40 @@ def _read_rows(path: Path) -> tuple[list[dict], int]:
     return [_parse_line(path, n, line, checked) for n, line in enumerate(lines)], end
 
 
+def _flat_json(row: dict, keys) -> str | None:
+    """`row` as json.dumps(sort_keys=True, ensure_ascii=False) writes it when every value is text, None or
+    an int (a row of an import): a few string joins instead of the encoder; None for other rows."""
+    parts = []
+    for k in keys:
+        v = row[k]
+        if v.__class__ is str:
+            v = _string(v)
+        elif v is None:
+            v = "null"
+        elif v.__class__ is int:
+            v = str(v)
+        else:
+            return None
+        parts.append(f"{_string(k)}: {v}")
+    return "{" + ", ".join(parts) + "}"
+
+
+_string = json.encoder.encode_basestring  # the encoder's own escaping (ensure_ascii=False)
+
+
 def _log_lines(rows: list[dict], start: int) -> bytes:
-    """Log lines for `rows`, the first being row `start` of the log: each with its index and checksum."""
+    """Log lines for `rows`, the first being row `start` of the log: each with its index and checksum
+    (the checksum's text is json.dumps(sort_keys=True) of the line without it, built directly for flat rows)."""
     out = []
     for k, r in enumerate(rows):
         line = {**r, "i": start + k}
-        line["crc"] = _line_crc(line)
-        out.append(_LINE.encode(line) + "\n")
+        text = _flat_json(line, sorted(line))
+        if text is None:
+            line["crc"] = _line_crc(line)
+            out.append(_LINE.encode(line) + "\n")
+        else:  # byte for byte the encoder's line: keys in their order, the checksum last
+            crc = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+            out.append(f'{_flat_json(line, line)[:-1]}, "crc": "{crc}"}}\n')
     return "".join(out).encode("utf-8")
 
 

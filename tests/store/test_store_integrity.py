@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,3 +230,27 @@ def test_a_full_disk_during_featurize_names_the_file_and_what_to_do_and_the_next
     store = FeatureStore.open(out)
     assert len(store) == 12 and not verify(out)
     assert store.report["featurized"] == 8
+
+
+def test_log_lines_built_directly_read_back_as_the_encoder_would_write_them():
+    """B06: the lines of flat rows (an import's) are built without the JSON encoder; they must be the bytes
+    the encoder writes, checksums included, for any text (quotes, backslashes, control characters, non-ASCII)."""
+    import random
+
+    from pipeline.store.log import _line_crc, _log_lines, _parse_line
+
+    rng = random.Random(0)
+    alphabet = ["a", "é", '"', "\\", "\n", "\t", "\x00", "\u2028", "😀", "/", " ", "{", "}", ",", ":"]
+
+    def text():
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+
+    rows = [{"path": text(), "label": rng.choice([None, text()]), "sha256": f"{i:064x}",
+             **({"stat": {"size": 5, "mtime": 1.5}} if i % 5 == 0 else {}), **({"n": -i} if i % 7 == 0 else {})}
+            for i in range(500)]
+    lines = _log_lines(rows, 3).decode("utf-8").split("\n")[:-1]
+    assert len(lines) == len(rows)
+    for n, (line, row) in enumerate(zip(lines, rows)):
+        parsed = json.loads(line)
+        assert parsed["crc"] == _line_crc(parsed) and _parse_line(Path("rows.jsonl"), n + 3, line, True) == row
+        assert line == json.dumps(parsed, ensure_ascii=False)
