@@ -20,6 +20,10 @@ class StoreError(PipelineError, OSError):
     """A feature store is missing, damaged, locked or was made with other settings."""
 
 
+class WriteError(PipelineError, OSError):
+    """A file could not be written (disk full, no permission...): the message names the file and what to do."""
+
+
 class SpecMismatchError(PipelineError, ValueError):
     """Features from one backbone/layer/preprocessing given to a head trained on another. The message
     is one line; `details` holds both specs in full (the CLI shows them with -v)."""

@@ -2,7 +2,8 @@
 
 * :func:`atomic_open` writes through a new temp file in the target folder (created with
   ``O_EXCL``, so a planted link is never followed), fsyncs it and renames it over the target:
-  a crash or a full disk leaves the old file whole.
+  a crash or a full disk leaves the old file whole. The temp file is private (0600) while it is
+  written; the final file gets the permissions the umask gives a new file (umask 022: 0644).
 * :func:`check_output` refuses to write over an input (an image being read, the head in use),
   over a folder, or over a file this tool did not write (``force`` allows the last only).
 * :func:`csv_writer` neutralises cells a spreadsheet would run as a formula (OWASP: a leading
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import os
 import tempfile
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import PipelineError, UsageError, WriteError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -25,22 +27,67 @@ OUR_CSV_HEADERS = (("path", "prediction"), ("path", "labels"), ("id", "label"), 
                    ("path", "label"))
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc/self/status; elsewhere set and reset)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def final_mode() -> int:
+    """The permissions of a finished output: those a new file gets under the umask (umask 022: 0644)."""
+    return 0o666 & ~current_umask()
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def write_failure(path, e: OSError, kept: str = "") -> str:
+    """What to say when writing `path` failed with `e`: the file at fault, the reason, what to do, what was kept."""
+    at = e.filename or path
+    code = errno.errorcode.get(e.errno, e.errno)
+    if e.errno in _DISK_FULL:
+        todo = f"the disk holding {Path(at).parent} is full: free space on it, or choose another --out on another disk"
+    elif e.errno in _NOT_WRITABLE:
+        todo = f"{Path(at).parent} is not writable: fix its permissions, or choose another --out"
+    else:
+        todo = "check the disk, or choose another --out"
+    return f"could not write {at}: {e.strerror or e} ({code}); {todo}" + (f"; {kept}" if kept else "")
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode: str = "w", newline: str | None = None):
-    """Open a new temp file beside `path` for writing; on success fsync it and rename it to `path`."""
+    """Open a new temp file beside `path` for writing; on success fsync it and rename it to `path`.
+
+    The temp file stays 0600 while it is written; just before the rename it gets :func:`final_mode`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    kept = f"the previous {path.name}, if there was one, is unchanged"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise WriteError(write_failure(path, e, kept)) from e
     try:
         binary = "b" in mode
         with os.fdopen(fd, mode, newline=newline, **({} if binary else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), final_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, PipelineError):  # a full disk, no permission...
+            raise WriteError(write_failure(path, e, kept)) from e
         raise
 
 

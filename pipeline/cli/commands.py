@@ -156,6 +156,8 @@ def _file_parsers(sub) -> None:
     m.add_argument("--id-column", default="id", help="column of unique ids (default: %(default)s)")
     m.add_argument("--features-column", default="features", help="column of vectors (default: %(default)s)")
     m.add_argument("--label-column", help="column of labels (default: 'label' when the file has one)")
+    m.add_argument("--max-dim", type=int, default=65536, metavar="D",
+                   help="refuse vectors of more than D values (default: %(default)s): a file is checked before it is read")
 
 
 def _store_parsers(sub) -> None:
@@ -348,7 +350,8 @@ def cmd_export_features(a):
 def cmd_import_features(a):
     from ..store.exchange import Columns, import_features
 
-    store = import_features(a.file, a.out, Columns(a.id_column, a.features_column, a.label_column))
+    store = import_features(a.file, a.out, Columns(a.id_column, a.features_column, a.label_column),
+                            max_dim=a.max_dim)
     print(f"{len(store)} rows of D={store.spec['dim']} ({describe(store.spec)}), {len(store.classes)} classes "
           f"-> {store.root}")
 

@@ -223,9 +223,18 @@ def commit_run(writer, run: RunReport, listing, prune_keep: set | None, work, st
 def abandon(writer, run: RunReport) -> None:
     """A failed run: a first run leaves nothing behind; otherwise what was skipped so far is reported."""
     if not writer.discard_if_empty():
+        _keep_report(writer, run)
+        writer.abort()
+
+
+def _keep_report(writer, run: RunReport) -> None:
+    """After a failure: write the report and skip cache if the disk allows (a full disk must not hide why the
+    run failed behind a second error about report.json)."""
+    try:
         writer.write_report(run.to_dict())
         writer.write_skips(run.skipped)
-        writer.abort()
+    except OSError as e:
+        log.warning("the report of this failed run was not written: %s", e)
 
 
 def end_run(run: RunReport, writer, strict: bool, report: bool):
@@ -234,8 +243,7 @@ def end_run(run: RunReport, writer, strict: bool, report: bool):
     try:
         _finish(run, writer)
     except BaseException:
-        writer.write_report(run.to_dict())
-        writer.write_skips(run.skipped)
+        _keep_report(writer, run)
         writer.abort()
         raise
     for s in run.skipped:  # the run's summary lists them too: the command line shows them once (logs.IN_SUMMARY)

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from ..errors import ModelFileError
+from ..jsontext import loads
 
 FORMAT = "tfp-export-1"
 NAME = "tf_feature_pipeline"
@@ -116,8 +117,8 @@ def _buffer_bytes(buf, data: bytes) -> bytes:
 
 def _parse(raw: bytes, where: str) -> dict:
     try:
-        info = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        info = loads(raw.decode("utf-8"))
+    except ValueError as e:  # not UTF-8, not JSON, or nested too deep
         raise ModelFileError(f"{where}: the export description is not JSON ({e})") from None
     if not isinstance(info, dict):
         raise ModelFileError(f"{where}: the export description is not a JSON object")

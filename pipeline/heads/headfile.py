@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelFileError
+from ..jsontext import loads
 from ..outputs import atomic_open
 from .arrayhead import ArrayHead
 
@@ -88,7 +89,7 @@ def read(path) -> tuple[dict, ArrayHead]:
         raise ModelFileError(f"{path} is a head file cut short or damaged ({type(e).__name__}: {e}); "
                              f"retrain the head or restore the file") from None
     try:
-        header = json.loads(str(arrays.pop("header")[()]))
+        header = loads(str(arrays.pop("header")[()]))  # nested too deep: a ValueError too
     except (KeyError, ValueError, TypeError) as e:
         raise ModelFileError(f"{path} has no readable JSON header ({type(e).__name__}: {e})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:

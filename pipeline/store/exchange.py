@@ -9,12 +9,15 @@ its 0-d ``spec`` array. Both are written atomically and never over an input.
 Import: a Parquet or .npz file (list or fixed-size-list feature column, or an N x D array)
 becomes a feature store written through the store's own writer. The project's exports keep
 their spec, so they mix with stores made here; any other file gets the spec
-``{"backbone": "imported", "source": NAME, "sha256": HASH, "dim": D}``. Everything is checked
-before the store's folder is created, so a refused file leaves nothing behind.
+``{"backbone": "imported", "source": NAME, "sha256": HASH, "dim": D}``. What the file declares
+is checked before it is read, then it streams a batch of rows at a time (``imports.py``), each batch
+checked before it is committed; a file refused at any row leaves nothing behind.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import shutil
 from dataclasses import dataclass
@@ -24,12 +27,13 @@ import numpy as np
 
 from ..backbones.base import file_sha256
 from ..errors import UsageError
+from ..jsontext import loads
 from ..outputs import atomic_open
 from ..spec import FeatureSpec
 from ..versions import versions
 from . import FeatureStore, open_writer
+from .imports import MAX_DIM, META_KEY, Batch, Columns, open_source
 
-META_KEY = "tf_feature_pipeline"
 FORMATS = (".parquet", ".npz")
 
 
@@ -119,19 +123,12 @@ def _write_npz(f, store: FeatureStore, columns: dict, spec: str) -> None:
 
 
 # ---- import ------------------------------------------------------------------------------------
-@dataclass
-class Columns:
-    """Which columns of an imported file hold what; label None: 'label' (or, in an .npz, 'labels') when
-    the file has one. An .npz without an 'id' array uses 'ids' (the name of this project's exports)."""
-
-    id: str = "id"
-    features: str = "features"
-    label: str | None = None
+READ_ROWS = 65536  # rows read and committed at a time (fewer for wide vectors: about 64 MiB of features)
 
 
 @dataclass
 class Imported:
-    """The checked content of a file to import."""
+    """The checked content of a file to import (:func:`read_features`; importing streams it instead)."""
 
     ids: list[str]
     labels: list[str | None]
@@ -140,92 +137,10 @@ class Imported:
     spec: dict  # the feature spec as stored (FeatureSpec.to_dict)
 
 
-def _missing(file: Path, wanted: list[str], have: list[str]) -> None:
-    gone = [c for c in wanted if c not in have]
-    if gone:
-        raise UsageError(f"{file} has no column {', '.join(repr(c) for c in gone)}; its columns are "
-                         f"{', '.join(repr(c) for c in have) or 'none'} (give the column "
-                         f"names: id_column=, features_column=, label_column=)")
-
-
-def _label_column(cols: Columns, have: list[str]) -> str | None:
-    if cols.label is not None:
-        return cols.label
-    return next((c for c in ("label", "labels") if c in have), None)
-
-
-def _read_parquet(file: Path, cols: Columns):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(file)
-    except (pa.ArrowException, OSError) as e:
-        raise UsageError(f"{file} is not a readable Parquet file: {e}") from e
-    have = table.column_names
-    label = _label_column(cols, have)
-    _missing(file, [cols.id, cols.features] + ([label] if label else []), have)
-    ids = table.column(cols.id).to_pylist()
-    labels = table.column(label).to_pylist() if label else [None] * len(ids)
-    hashes = table.column("sha256").to_pylist() if "sha256" in have else None
-    meta = (table.schema.metadata or {}).get(META_KEY.encode())
-    return ids, labels, hashes, _list_matrix(file, table.column(cols.features), ids), meta
-
-
-def _list_matrix(file: Path, column, ids) -> np.ndarray:
-    """An N x D float32 matrix from a list or fixed-size-list column; refuses nulls and ragged rows."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
-            or pa.types.is_fixed_size_list(column.type)):
-        raise UsageError(f"{file}: the features column holds {column.type}, not lists of numbers")
-    if column.null_count:
-        raise UsageError(f"{file}: the row with id {ids[column.is_null().to_pylist().index(True)]!r} has no features")
-    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-    if len(lengths) and (lengths != lengths[0]).any():
-        i = int(np.argmax(lengths != lengths[0]))
-        raise UsageError(f"{file}: vectors of different lengths: {ids[0]!r} has {lengths[0]} values, "
-                         f"{ids[i]!r} has {lengths[i]}")
-    dim = int(lengths[0]) if len(lengths) else 0
-    values = pc.list_flatten(column)
-    if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
-        raise UsageError(f"{file}: the features column holds lists of {values.type}, not of numbers")
-    if values.null_count:
-        raise UsageError(f"{file}: the features hold null values; fill or drop those rows")
-    return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(column), dim)
-
-
-def _read_npz(file: Path, cols: Columns):
-    try:
-        with np.load(file, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as e:  # object arrays need pickle: refused
-        raise UsageError(f"{file} holds arrays that need pickle to load ({e}); save plain numeric and "
-                         f"unicode arrays") from e
-    except (OSError, EOFError) as e:
-        raise UsageError(f"{file} is not a readable .npz file: {e}") from e
-    have = list(arrays)
-    if cols.id == "id" and "id" not in have and "ids" in have:  # the name this project's exports use
-        cols = Columns("ids", cols.features, cols.label)
-    label = _label_column(cols, have)
-    _missing(file, [cols.id, cols.features] + ([label] if label else []), have)
-    x = arrays[cols.features]
-    ids = [str(v) for v in arrays[cols.id].reshape(-1)]
-    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number) or len(x) != len(ids):
-        raise UsageError(f"{file}: {cols.features!r} must be an N x D numeric array with one row per id; "
-                         f"it is {x.dtype} {x.shape} for {len(ids)} ids")
-    labels = [str(v) or None for v in arrays[label].reshape(-1)] if label else [None] * len(ids)
-    hashes = [str(v) for v in arrays["sha256"].reshape(-1)] if "sha256" in arrays else None
-    meta = str(arrays["spec"]) if "spec" in arrays and arrays["spec"].ndim == 0 else None
-    return ids, labels, hashes, x.astype(np.float32), meta
-
-
 def _spec(file: Path, meta, dim: int) -> dict:
     if meta:
         try:
-            spec = json.loads(meta)
+            spec = loads(meta)
         except ValueError as e:
             raise UsageError(f"{file}: its {META_KEY} metadata is not JSON ({e})") from e
         if not isinstance(spec, dict) or not spec.get("backbone"):
@@ -237,75 +152,105 @@ def _spec(file: Path, meta, dim: int) -> dict:
     return FeatureSpec.imported(file.name, file_sha256(file), dim).to_dict()
 
 
-def _check(file: Path, ids, labels, x: np.ndarray) -> None:
-    if not len(ids):
-        raise UsageError(f"{file} holds no rows; nothing to import")
-    if any(i is None or str(i) == "" for i in ids):
-        raise UsageError(f"{file}: row {next(k for k, i in enumerate(ids) if i is None or str(i) == '')} has no id")
-    seen = set()
-    for i in ids:
-        if i in seen:
-            raise UsageError(f"{file}: the id {i!r} appears more than once; ids must be unique")
-        seen.add(i)
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
-        raise UsageError(f"{file}: the features of {ids[int(np.argmax(bad))]!r} hold NaN or infinity "
-                         f"({int(bad.sum())} rows do); fix or drop them")
-    if x.shape[1] == 0:
-        raise UsageError(f"{file}: the feature vectors are empty")
+class _RowCheck:
+    """The checks every batch passes, across the whole file: an id on every row, each id once, one D, finite
+    values. Returns the batch's store rows (a missing sha256 is the hash of the vector)."""
+
+    def __init__(self, file: Path):
+        self.file, self.seen, self.first = file, set(), None
+
+    def __call__(self, b: Batch) -> list[dict]:
+        file, x = self.file, b.features
+        empty = next((k for k, i in enumerate(b.ids) if i is None or i == ""), None)
+        if empty is not None:
+            raise UsageError(f"{file}: row {b.start + empty} has no id")
+        for i in b.ids:
+            if i in self.seen:
+                raise UsageError(f"{file}: the id {i!r} appears more than once; ids must be unique")
+            self.seen.add(i)
+        if self.first is None:
+            self.first = (b.ids[0], x.shape[1]) if b.ids else None
+        elif x.shape[1] != self.first[1]:
+            raise UsageError(f"{file}: vectors of different lengths: {self.first[0]!r} has {self.first[1]} values, "
+                             f"{b.ids[0]!r} has {x.shape[1]}")
+        if x.shape[1] == 0:
+            raise UsageError(f"{file}: the feature vectors are empty")
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise UsageError(f"{file}: the features of {b.ids[int(np.argmax(bad))]!r} hold NaN or infinity "
+                             f"({int(bad.sum())} rows of this batch do); fix or drop them")
+        hashes = b.hashes or [None] * len(b.ids)
+        return [{"path": i, "label": None if lab in (None, "") else lab,
+                 "sha256": h if isinstance(h, str) and h else hashlib.sha256(row.tobytes()).hexdigest()}
+                for i, lab, h, row in zip(b.ids, b.labels, hashes, x)]
 
 
-def read_features(file, columns: Columns | None = None) -> Imported:
-    """Read and check a Parquet or .npz file of features (nothing is written)."""
-    file, cols = Path(file), columns or Columns()
-    ext = _format(file, "the file ")
+@contextlib.contextmanager
+def _checked(file, columns: Columns | None, max_dim: int, batch: int):
+    """(spec, batches of (features, rows)) of a file to import, each batch checked as it is read."""
+    file = Path(file)
+    _format(file, "the file ")
     if not file.is_file():
         raise UsageError(f"{file} does not exist")
-    ids, labels, hashes, x, meta = (_read_parquet if ext == ".parquet" else _read_npz)(file, cols)
-    ids = [None if i is None else str(i) for i in ids]
-    _check(file, ids, labels, x)
-    labels = [None if v is None or str(v) == "" else str(v) for v in labels]
-    return Imported(ids, labels, hashes, x, _spec(file, meta, x.shape[1]))
+    with open_source(file, columns or Columns(), max_dim, batch) as src:
+        batches = iter(src.batches)
+        first = next(batches, None) if src.rows else None
+        if first is None or not len(first.ids):
+            raise UsageError(f"{file} holds no rows; nothing to import")
+        check = _RowCheck(file)
+        spec = _spec(file, src.meta, first.features.shape[1])
+        yield spec, ((b.features, check(b)) for b in itertools.chain([first], batches))
 
 
-def _row_hashes(data: Imported) -> list[str]:
-    """The file's sha256 column, or a hash of each vector (identical vectors: the same image)."""
-    if data.hashes and all(isinstance(h, str) and h for h in data.hashes):
-        return data.hashes
-    return [hashlib.sha256(row.tobytes()).hexdigest() for row in data.features]
+def read_features(file, columns: Columns | None = None, max_dim: int = MAX_DIM) -> Imported:
+    """Read and check a Parquet or .npz file of features, all at once (nothing is written)."""
+    with _checked(file, columns, max_dim, READ_ROWS) as (spec, batches):
+        xs, rows = [], []
+        for x, r in batches:
+            xs.append(x)
+            rows += r
+    return Imported([r["path"] for r in rows], [r["label"] for r in rows], [r["sha256"] for r in rows],
+                    np.concatenate(xs), spec)
 
 
-def import_features(file, out, columns: Columns | None = None, batch: int = 4096) -> FeatureStore:
-    """Build the feature store `out` from a Parquet or .npz file; return it. `out` must not exist yet."""
-    data = read_features(file, columns)
+def import_features(file, out, columns: Columns | None = None, batch: int = READ_ROWS,
+                    max_dim: int = MAX_DIM) -> FeatureStore:
+    """Build the feature store `out` from a Parquet or .npz file; return it. `out` must not exist yet.
+
+    The file is read and committed `batch` rows at a time (fewer for wide vectors), in bounded memory;
+    D is capped at `max_dim`. A file refused at any row leaves nothing behind."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out} exists; import into a new folder")
     if Path(file).resolve() == out.resolve() or out.resolve() in Path(file).resolve().parents:
         raise UsageError(f"out={out} would write over the input {file}")
-    spec = data.spec
-    request = FeatureSpec.of(spec).request().to_dict()
-    hashes = _row_hashes(data)
-    rows = [{"path": i, "label": lab, "sha256": h} for i, lab, h in zip(data.ids, data.labels, hashes)]
     existed = out.exists()
     try:
-        writer = open_writer(out, request)
-        try:
-            writer.set_spec(spec)
-            writer.meta["imported_from"] = {"file": str(Path(file).resolve()), "sha256": file_sha256(file)}
-            for s in range(0, len(rows), batch):
-                writer.append(data.features[s:s + batch], rows[s:s + batch])
-        except BaseException:
-            writer.abort()
-            raise
-        store = writer.close()
-        writer.write_report({"complete": True, "imported_from": str(file), "featurized": 0,
-                             "discovered": len(rows), "skipped": []})
+        with _checked(file, columns, max_dim, batch) as (spec, batches):
+            store = _write_store(file, out, spec, batches)
     except BaseException:  # nothing left behind: the folder as it was (absent, or empty)
         shutil.rmtree(out, ignore_errors=True)
         if existed:
             out.mkdir()
         raise
+    return store
+
+
+def _write_store(file, out: Path, spec: dict, batches) -> FeatureStore:
+    writer = open_writer(out, FeatureSpec.of(spec).request().to_dict())
+    n = 0
+    try:
+        writer.set_spec(spec)
+        writer.meta["imported_from"] = {"file": str(Path(file).resolve()), "sha256": file_sha256(file)}
+        for x, rows in batches:
+            writer.append(x, rows)
+            n += len(rows)
+    except BaseException:
+        writer.abort()
+        raise
+    store = writer.close()
+    writer.write_report({"complete": True, "imported_from": str(file), "featurized": 0, "discovered": n,
+                         "skipped": []})
     return store
 
 

@@ -3,14 +3,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from operator import itemgetter
 from pathlib import Path
 
 from ..errors import StoreError
+from ..jsontext import loads
+from .sealed import check_name, read_bytes
+
+_SORTED = json.JSONEncoder(sort_keys=True, ensure_ascii=False)  # built once: json.dumps(**kw) builds one per call
+_LINE = json.JSONEncoder(ensure_ascii=False)
 
 
 def _line_crc(row: dict) -> str:
     """Checksum of one log line's content (every field but the checksum itself)."""
-    text = json.dumps({k: v for k, v in row.items() if k != "crc"}, sort_keys=True, ensure_ascii=False)
+    text = _SORTED.encode({k: v for k, v in row.items() if k != "crc"} if "crc" in row else row)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -18,7 +24,7 @@ def _parse_line(path: Path, number: int, line: str, checked: bool) -> dict:
     """One committed log line -> its row (without ``i``/``crc``); a damaged line is refused by number."""
     where = f"{path} line {number + 1}"
     try:
-        row = json.loads(line)
+        row = loads(line)
     except ValueError as e:
         raise StoreError(f"{where} is not valid JSON ({e}); the store is damaged: featurize again with "
                          f"--overwrite") from None
@@ -40,9 +46,10 @@ def _read_rows(path: Path) -> tuple[list[dict], int]:
     Lines that carry an index and checksum (every line written by this version) are checked:
     a lost, extra, reordered or edited line is refused, naming the line.
     """
-    if not path.exists():
+    try:
+        data = read_bytes(path)  # never through a link
+    except FileNotFoundError:
         return [], 0
-    data = path.read_bytes()
     end = data.rfind(b"\n") + 1
     try:
         lines = data[:end].decode("utf-8").split("\n")[:-1] if end else []
@@ -53,19 +60,48 @@ def _read_rows(path: Path) -> tuple[list[dict], int]:
     return [_parse_line(path, n, line, checked) for n, line in enumerate(lines)], end
 
 
+def _flat_json(row: dict, keys) -> str | None:
+    """`row` as json.dumps(sort_keys=True, ensure_ascii=False) writes it when every value is text, None or
+    an int (a row of an import): a few string joins instead of the encoder; None for other rows."""
+    parts = []
+    for k in keys:
+        v = row[k]
+        if v.__class__ is str:
+            v = _string(v)
+        elif v is None:
+            v = "null"
+        elif v.__class__ is int:
+            v = str(v)
+        else:
+            return None
+        parts.append(f"{_string(k)}: {v}")
+    return "{" + ", ".join(parts) + "}"
+
+
+_string = json.encoder.encode_basestring  # the encoder's own escaping (ensure_ascii=False)
+
+
 def _log_lines(rows: list[dict], start: int) -> bytes:
-    """Log lines for `rows`, the first being row `start` of the log: each with its index and checksum."""
+    """Log lines for `rows`, the first being row `start` of the log: each with its index and checksum
+    (the checksum's text is json.dumps(sort_keys=True) of the line without it, built directly for flat rows)."""
     out = []
     for k, r in enumerate(rows):
         line = {**r, "i": start + k}
-        line["crc"] = _line_crc(line)
-        out.append(json.dumps(line, ensure_ascii=False) + "\n")
+        text = _flat_json(line, sorted(line))
+        if text is None:
+            line["crc"] = _line_crc(line)
+            out.append(_LINE.encode(line) + "\n")
+        else:  # byte for byte the encoder's line: keys in their order, the checksum last
+            crc = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+            out.append(f'{_flat_json(line, line)[:-1]}, "crc": "{crc}"}}\n')
     return "".join(out).encode("utf-8")
 
 
 def live_indices(rows: list[dict]) -> list[int]:
     """Indices of the rows in force: the last row of each path, unless that row withdraws it."""
-    last = {r["path"]: i for i, r in enumerate(rows)}
+    last = dict(zip(map(itemgetter("path"), rows), range(len(rows))))
+    if len(last) == len(rows):  # every path once (an import, a first run): no row superseded
+        return [i for i, r in enumerate(rows) if not r.get("removed")]
     return sorted(i for i in last.values() if not rows[i].get("removed"))
 
 
@@ -73,5 +109,5 @@ def live_indices(rows: list[dict]) -> list[int]:
 
 
 def _rows_path(root: Path, meta: dict) -> Path:
-    """The commit log named by meta.json (a prune starts a new one)."""
-    return root / meta.get("rows_file", "rows.jsonl")
+    """The commit log named by meta.json (a prune starts a new one): a plain name inside the store."""
+    return root / check_name(root / "meta.json", "rows_file", meta.get("rows_file", "rows.jsonl"))

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StoreError
+from ..jsontext import loads
+from .sealed import check_manifest_names, check_name, check_tree, read_bytes, read_text
 
 _CHUNK_BYTES = 1 << 20
 _STAGING = ".staging-"
@@ -115,22 +117,29 @@ def _link_piece(src: Path, final: Path) -> None:
 
 
 def _manifest(folder: Path) -> dict:
-    """{relative file: [size, sha256]} of every file of a piece."""
+    """{relative file: [size, sha256]} of every file of a piece (a link in it is refused, never followed)."""
+    check_tree(folder)
     out = {}
     for f in sorted(folder.rglob("*")):
         if f.is_file():
-            out[f.relative_to(folder).as_posix()] = [f.stat().st_size, hashlib.sha256(f.read_bytes()).hexdigest()]
+            data = read_bytes(f)
+            out[f.relative_to(folder).as_posix()] = [len(data), hashlib.sha256(data).hexdigest()]
     return out
 
 
 def _check_manifest(folder: Path, manifest: dict) -> None:
-    """Refuse a segment or part whose files are missing, changed or added, before bcolz decompresses anything."""
+    """Refuse a segment or part whose files are missing, changed or added, before bcolz decompresses anything.
+    Every name stays inside the piece and no file is read through a link."""
     store = folder.parent.parent
+    check_manifest_names(store / "meta.json", f"the checksums of {folder.name}", manifest)
+    check_tree(folder)
     for rel, (size, sha) in manifest.items():
         f = folder / rel
-        if not f.is_file():
-            raise StoreError(f"{f} is missing: the store {store} is damaged; featurize again with --overwrite")
-        if f.stat().st_size != size or hashlib.sha256(f.read_bytes()).hexdigest() != sha:
+        try:
+            data = read_bytes(f) if os.lstat(f).st_size == size else None
+        except FileNotFoundError:
+            raise StoreError(f"{f} is missing: the store {store} is damaged; featurize again with --overwrite") from None
+        if data is None or hashlib.sha256(data).hexdigest() != sha:
             raise StoreError(f"{f} does not match its checksum: the store {store} is damaged; "
                              f"featurize again with --overwrite")
     extra = [f for f in folder.rglob("*") if f.is_file() and f.relative_to(folder).as_posix() not in manifest]
@@ -141,12 +150,16 @@ def _check_manifest(folder: Path, manifest: dict) -> None:
 
 def _check_sizes(store: Path, folder: Path, manifest: dict | None) -> None:
     """The check of a segment each run makes before building on it: its files are there, at their recorded
-    sizes (their bytes are checked when read, and by `verify`)."""
-    if not folder.is_dir():
-        raise StoreError(f"{folder} is missing: the store {store} is damaged; featurize again with --overwrite")
+    sizes (their bytes are checked when read, and by `verify`), none of them a link."""
+    check_tree(folder)
+    check_manifest_names(store / "meta.json", f"segment {folder.name!r}", manifest or {})
     for rel, (size, _) in (manifest or {}).items():
         f = folder / rel
-        if not f.is_file() or f.stat().st_size != size:
+        try:
+            same = os.lstat(f).st_size == size
+        except FileNotFoundError:
+            same = False
+        if not same:
             raise StoreError(f"{f} is missing or changed: the store {store} is damaged; featurize again with "
                              f"--overwrite")
 
@@ -155,27 +168,29 @@ def _part_manifest_file(folder: Path) -> Path:
     return folder.with_name(folder.name + ".json")
 
 
-def _part_checksums(folder: Path) -> dict:
-    """The checksums written beside a part (computed now for parts of older runs, which have none)."""
+def _read_part_manifest(folder: Path) -> dict | None:
+    """The checksums written beside a part (None for parts of older runs, which have none)."""
     mf = _part_manifest_file(folder)
-    if not mf.exists():
-        return _manifest(folder)
     try:
-        return json.loads(mf.read_text())
+        manifest = loads(read_text(mf))
+    except FileNotFoundError:
+        return None
     except ValueError as e:
         raise StoreError(f"{mf} is damaged ({e}); featurize again with --overwrite") from None
+    return check_manifest_names(mf, "the part's checksums", manifest)
+
+
+def _part_checksums(folder: Path) -> dict:
+    """The checksums written beside a part (computed now for parts of older runs, which have none)."""
+    manifest = _read_part_manifest(folder)
+    return _manifest(folder) if manifest is None else manifest
 
 
 def _check_part(folder: Path) -> None:
     """Check a part against the checksums written beside it (parts of older runs have none)."""
-    mf = _part_manifest_file(folder)
-    if not mf.exists():
-        return
-    try:
-        manifest = json.loads(mf.read_text())
-    except ValueError as e:
-        raise StoreError(f"{mf} is damaged ({e}); featurize again with --overwrite") from None
-    _check_manifest(folder, manifest)
+    manifest = _read_part_manifest(folder)
+    if manifest is not None:
+        _check_manifest(folder, manifest)
 
 
 def _remove_part(folder: Path) -> None:
@@ -185,8 +200,14 @@ def _remove_part(folder: Path) -> None:
 
 def _open_piece(folder: Path):
     """The bcolz carray of a piece, opened (its JSON metadata read, no chunk yet) and refused unless it holds
-    float32 rows: bcolz unpickles the chunks of an object array when they are read, which runs any code."""
-    arr = _bcolz().open(str(folder), mode="r")
+    float32 rows: bcolz unpickles the chunks of an object array when they are read, which runs any code.
+    bcolz opens its files by name: the folder is checked first (a real folder, no link in it)."""
+    check_tree(folder)
+    try:
+        arr = _bcolz().open(str(folder), mode="r")
+    except Exception as e:  # noqa: BLE001 (bcolz raises anything on a damaged folder: its JSON too deep, missing...)
+        raise StoreError(f"the feature array {folder} is damaged ({type(e).__name__}: {e}); "
+                         f"featurize again with --overwrite") from None
     if arr.dtype != np.float32 or arr.ndim != 2:
         raise StoreError(f"the feature array {folder} holds {arr.dtype} {arr.shape}, not float32 rows; it was not "
                          f"written by this tool and is not read (reading some kinds runs code): featurize again "
@@ -216,7 +237,9 @@ def _piece_len(folder: Path) -> int:
 
 
 def _segment_dir(root: Path, name: str) -> Path:
-    """Where segment `name` lives (a store-1 carray, 'features.bcolz', sits in the store's root)."""
+    """Where segment `name` lives (a store-1 carray, 'features.bcolz', sits in the store's root); a name
+    that is not a plain name inside the store is refused."""
+    check_name(root / "meta.json", "a segment", name)
     return root / name if name == "features.bcolz" else root / "segments" / name
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..decode.formats import IMAGE_EXTENSIONS
 from ..errors import StoreError
+from ..jsontext import loads
 from ..spec import FeatureSpec
 from .duplicates import conflict_mask
 from .log import _read_rows, _rows_path, live_indices
@@ -22,6 +23,14 @@ from .pieces import (
     _read_piece,
     _segment_dir,
     _segments,
+)
+from .sealed import (
+    check_meta_names,
+    link_message,
+    links_in,
+    read_bytes,
+    read_text,
+    refuse_links,
 )
 
 log = logging.getLogger(__name__)
@@ -105,6 +114,7 @@ class FeatureStore:
     @classmethod
     def open(cls, root) -> "FeatureStore":
         root = Path(root)
+        refuse_links(root)  # a store holding a link is refused before anything in it is read
         meta = _read_meta(root)
         rows, _ = _read_rows(_rows_path(root, meta))
         return cls(root, meta, rows)
@@ -160,8 +170,10 @@ class FeatureStore:
         report = read_report(self.root)
         if report:
             return report
-        legacy = self.root / "skipped.json"
-        return {"skipped": json.loads(legacy.read_text()) if legacy.exists() else []}
+        try:
+            return {"skipped": loads(read_text(self.root / "skipped.json"))}
+        except (OSError, ValueError):
+            return {"skipped": []}
 
     @property
     def skipped(self) -> list[dict]:
@@ -230,26 +242,36 @@ class FeatureStore:
         return f"<FeatureStore {self.root} n={len(self)} {self.feature_spec.describe()}>"
 
 
-def _read_meta(root: Path) -> dict:
+def _read_meta(root: Path, names: bool = True) -> dict:
+    """meta.json, read without following a link; with `names`, every name it gives (rows file, segments,
+    their files) must be a plain name inside the store (see :mod:`pipeline.store.sealed`)."""
     meta_path = root / "meta.json"
-    if not meta_path.is_file():
+    if not os.path.lexists(meta_path):
         raise StoreError(not_a_store(root))
     try:
-        meta = json.loads(meta_path.read_text())
-    except ValueError as e:
-        raise StoreError(f"{meta_path} is damaged ({e}); featurize again with --overwrite") from e
+        meta = loads(read_text(meta_path))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StoreError(f"{meta_path} is damaged ({e}); featurize again with --overwrite") from None
+    except OSError as e:
+        raise StoreError(f"{meta_path} cannot be read ({e.strerror or e})") from None
     if not isinstance(meta, dict) or "spec" not in meta or not isinstance(meta["spec"], dict):
         raise StoreError(f"{meta_path} is not a feature store's meta file; featurize again with --overwrite")
+    if names:
+        check_meta_names(root, meta)
     return meta
 
 
 def verify(root) -> list[str]:
     """Problems found in a store (empty when it is sound): meta, commit log, checksums, shape, values."""
     root = Path(root)
+    links = sorted(links_in(root)) if root.is_dir() else []
+    if links:  # every one of them, none followed
+        return [link_message(root, *found) for found in links[:20]] + (
+            [f"... and {len(links) - 20} more links or special files in {root}"] if len(links) > 20 else [])
     try:
         store = FeatureStore.open(root)
         raw_path = _rows_path(root, store.meta)
-        raw = raw_path.read_bytes() if raw_path.exists() else b""
+        raw = read_bytes(raw_path) if os.path.lexists(raw_path) else b""
     except (StoreError, ValueError) as e:
         return [str(e)]
     problems = []
@@ -277,7 +299,7 @@ def verify(root) -> list[str]:
 def read_report(root) -> dict:
     """The last run's report of the store at `root` ({} when there is none or it is unreadable)."""
     try:
-        return json.loads((Path(root) / "report.json").read_text(encoding="utf-8"))
+        return loads(read_text(Path(root) / "report.json"))
     except (OSError, ValueError):
         return {}
 

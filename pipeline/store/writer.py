@@ -1,6 +1,7 @@
 """Writing a store: :func:`open_writer` and :class:`StoreWriter` (commit, recover, merge, withdraw, prune)."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import PipelineError, StoreError, WriteError
+from ..jsontext import loads
+from ..outputs import write_failure
 from ..spec import FeatureSpec
 from ..versions import versions
-from .log import _log_lines, _read_rows, live_indices
+from .log import _log_lines, _read_rows, _rows_path, live_indices
 from .pieces import (
     _STAGING,
     _atomic_write,
@@ -32,10 +35,12 @@ from .pieces import (
     chunklen_for,
 )
 from .reader import FORMAT, FeatureStore, _read_meta, read_committed, read_report, write_report
+from .sealed import open_append, read_text, refuse_links
 
 SKIPS_FILE = "skips.json"  # the skip cache: files a run could not use, with their stat
 MERGE_ROWS = 65536  # a run's parts become a segment once they hold this many rows (or 1/8 of the store)
 ADOPT_ROWS = 2048  # at close, parts at least this big each become a segment as they are (no rewrite)
+KEPT = "the rows committed so far are kept: run the same command again to resume from them"
 
 
 class StoreWriter:
@@ -51,14 +56,16 @@ class StoreWriter:
     def __init__(self, root: Path, meta: dict, lock_fd: int):
         self.root, self.meta, self._lock_fd = root, meta, lock_fd
         self.created = False  # open_writer: True when this run made the folder
+        self._failed = None  # why writing failed (a full disk...): the log may end mid-batch, nothing more is added
         self.meta.setdefault("rows_file", "rows.jsonl")
-        rows_path = root / self.meta["rows_file"]
+        rows_path = _rows_path(root, self.meta)
         self.rows, end = _read_rows(rows_path)
         self._base = self._adopt_legacy()
         self._check_segments(rows_path)
         self._next = self._recover()
         (root / "parts").mkdir(exist_ok=True)
-        self._rows_file = open(rows_path, "ab")
+        self._rows_path = rows_path
+        self._rows_file = open_append(rows_path)  # never through a link, never a file with a second name
         self._rows_file.truncate(end)
 
     def _adopt_legacy(self) -> int:
@@ -125,11 +132,15 @@ class StoreWriter:
             raise StoreError("refusing to store non-finite features")
         if not len(x):
             return
+        if self._failed:
+            raise StoreError(self._failed)
         part = self.root / "parts" / f"{self._next:012d}.bcolz"
-        _write_piece(part, [x], x.shape[1], min(len(x), chunklen_for(x.shape[1])), _part_manifest_file(part))
-        self._rows_file.write(_log_lines(rows, len(self.rows)))
-        self._rows_file.flush()
-        os.fsync(self._rows_file.fileno())
+        with self._writing(part):
+            _write_piece(part, [x], x.shape[1], min(len(x), chunklen_for(x.shape[1])), _part_manifest_file(part))
+        with self._writing(self._rows_path):
+            self._rows_file.write(_log_lines(rows, len(self.rows)))
+            self._rows_file.flush()
+            os.fsync(self._rows_file.fileno())
         self.rows.extend(rows)
         self._next += len(x)
         if self._next - self._base >= max(MERGE_ROWS, len(self.rows) // 8):
@@ -159,20 +170,34 @@ class StoreWriter:
         self.meta["spec"] = new.to_dict()
         self._write_meta()
 
+    @contextlib.contextmanager
+    def _writing(self, path: Path):
+        """A failed write (a full disk, no permission...) becomes a StoreError naming the file and what to do;
+        the writer then adds nothing more (what is committed stays, and the next run resumes from it)."""
+        try:
+            yield
+        except OSError as e:
+            if isinstance(e, PipelineError) and not isinstance(e, WriteError):
+                raise
+            self._failed = f"{e}; {KEPT}" if isinstance(e, WriteError) else write_failure(path, e, KEPT)
+            raise StoreError(self._failed) from e
+
     def write_report(self, report: dict) -> None:
-        write_report(self.root, report)
+        with self._writing(self.root / "report.json"):
+            write_report(self.root, report)
 
     def write_skips(self, skipped: list[dict]) -> None:
         """Record the files this run could not use, with their stat: the next run skips them unread
         while their stat is unchanged (``skips.json``; the report is an output, not read back)."""
         entries = [s for s in skipped if s.get("stat")]
-        _atomic_write(self.root / SKIPS_FILE, json.dumps(entries, ensure_ascii=False))
+        with self._writing(self.root / SKIPS_FILE):
+            _atomic_write(self.root / SKIPS_FILE, json.dumps(entries, ensure_ascii=False))
 
     def skip_cache(self) -> list[dict]:
         """The files the last run could not use ({path, reason, detail, stat}); stores written before
         ``skips.json`` existed kept them in report.json."""
         try:
-            entries = json.loads((self.root / SKIPS_FILE).read_text(encoding="utf-8"))
+            entries = loads(read_text(self.root / SKIPS_FILE))
         except FileNotFoundError:
             entries = read_report(self.root).get("skipped", [])
         except (OSError, ValueError) as e:
@@ -195,7 +220,8 @@ class StoreWriter:
         dim = self.meta["spec"]["dim"]
         name = f"seg-{len(self.meta['segments']):06d}-{self._base:012d}.bcolz"
         blocks = (_read_piece(f, _piece_len(f), dim) for _, f in parts)
-        n = _write_piece(seg_dir / name, blocks, dim, chunklen_for(dim))
+        with self._writing(seg_dir / name):
+            n = _write_piece(seg_dir / name, blocks, dim, chunklen_for(dim))
         self.meta["segments"].append({"name": name, "rows": n, "files": _manifest(seg_dir / name)})
         self._base += n
         self._write_meta()
@@ -207,7 +233,8 @@ class StoreWriter:
         read checks them); then meta.json lists them."""
         for (start, f), n in zip(parts, lengths):
             name = f"seg-{len(self.meta['segments']):06d}-{start:012d}.bcolz"
-            _link_piece(f, seg_dir / name)
+            with self._writing(seg_dir / name):
+                _link_piece(f, seg_dir / name)
             self.meta["segments"].append({"name": name, "rows": n, "files": _part_checksums(f)})
             self._base += n
         self._write_meta()
@@ -225,10 +252,12 @@ class StoreWriter:
         gen = int(self.meta.get("generation", 0)) + 1
         rows = [self.rows[i] for i in keep]
         rows_file = f"rows-{gen}.jsonl"
-        _atomic_write(self.root / rows_file, _log_lines(rows, 0).decode("utf-8"))
+        with self._writing(self.root / rows_file):
+            _atomic_write(self.root / rows_file, _log_lines(rows, 0).decode("utf-8"))
         dim = self.meta["spec"]["dim"]
         name = f"seg-g{gen}.bcolz"
-        n = _write_piece(self.root / "segments" / name, [x] if x is not None else [], dim, chunklen_for(dim))
+        with self._writing(self.root / "segments" / name):
+            n = _write_piece(self.root / "segments" / name, [x] if x is not None else [], dim, chunklen_for(dim))
         old = [s["name"] for s in self.meta["segments"]]
         old_rows = self.meta["rows_file"]
         self.meta.update(segments=[{"name": name, "rows": n, "files": _manifest(self.root / "segments" / name)}],
@@ -239,13 +268,15 @@ class StoreWriter:
             shutil.rmtree(_segment_dir(self.root, name_), ignore_errors=True)
         (self.root / old_rows).unlink(missing_ok=True)
         self.rows, self._base, self._next = rows, n, n
-        self._rows_file = open(self.root / rows_file, "ab")
+        self._rows_path = self.root / rows_file
+        self._rows_file = open_append(self._rows_path)
         return dropped
 
     def _write_meta(self) -> None:
         self.meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.meta["rows"] = len(live_indices(self.rows))
-        _atomic_write(self.root / "meta.json", json.dumps(self.meta, indent=1))
+        with self._writing(self.root / "meta.json"):
+            _atomic_write(self.root / "meta.json", json.dumps(self.meta, indent=1))
 
     def close(self) -> FeatureStore:
         try:
@@ -258,7 +289,10 @@ class StoreWriter:
     def abort(self) -> None:
         """Release the store; committed rows stay (as parts, merged by the next run)."""
         if not self._rows_file.closed:
-            self._rows_file.close()
+            try:
+                self._rows_file.close()
+            except OSError:  # the disk is full: the bytes it still held were never committed
+                pass
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -273,7 +307,7 @@ class StoreWriter:
 
 
 def _lock(root: Path) -> int:
-    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -294,6 +328,7 @@ def open_writer(root, request: dict, overwrite: bool = False) -> StoreWriter:
     :meth:`StoreWriter.set_spec` with the loaded backbone's spec before the first append.
     """
     root = Path(root)
+    refuse_links(root)  # nothing is read, written or deleted through a link, even with overwrite
     _refuse_foreign_folder(root)
     created = not root.exists()
     try:
@@ -329,7 +364,7 @@ def _refuse_foreign_folder(root: Path) -> None:
         raise StoreError(f"{root} exists and is not a folder; give --out a new folder for the feature store")
     if not root.is_dir() or (root / "meta.json").exists():
         if (root / "meta.json").exists():
-            _read_meta(root)  # a meta.json that is not a store's is refused here, with or without overwrite
+            _read_meta(root, names=False)  # a meta.json that is not a store's is refused, with or without overwrite
         return
     others = sorted(f.name for f in root.iterdir() if f.name != ".lock")
     if others:
@@ -340,7 +375,7 @@ def _refuse_foreign_folder(root: Path) -> None:
 
 def _check_writable(root: Path) -> None:
     probe = root / f".write-test-{os.getpid()}"
-    probe.write_bytes(b"")
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
     probe.unlink()
 
 

@@ -119,3 +119,67 @@ def test_convert_refuses_an_image_its_input_and_a_foreign_file_but_force_replace
     assert "force" in capsys.readouterr().err
     assert main(["convert", str(model), "--out", str(notes), "--force"]) == 0
     assert pipeline.load(notes).classes_.tolist() == ["blue", "red"]
+
+
+@pytest.mark.parametrize("umask, want", [(0o022, 0o644), (0o077, 0o600)])
+def test_every_output_follows_the_umask_and_temp_files_stay_private(trained, tmp_path, umask, want, monkeypatch):
+    """E-NOPARTIAL (outputs written through a temp file and a rename): the final files get 0o666 & ~umask
+    (a colleague or a web server can read a score CSV under umask 022), while a temp file is 0600 as
+    long as it is being written."""
+    import os
+    import stat
+
+    from pipeline import outputs
+
+    _, data, _ = trained
+    seen = []
+    real_fchmod = os.fchmod
+
+    def spy(fd, mode):  # the temp file's permissions just before it is opened to others
+        seen.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        real_fchmod(fd, mode)
+
+    monkeypatch.setattr(outputs.os, "fchmod", spy)
+    old = os.umask(umask)
+    try:
+        store, head = tmp_path / "store", tmp_path / "m.head.npz"
+        assert main(["featurize", str(data), "--out", str(store), "--backbone", "mobilenet_v2_quant",
+                     "--no-progress"]) == 0
+        assert main(["train", str(store), "--C", "1", "--head", "logreg", "--out", str(head)]) == 0
+        assert main(["score", str(head), str(data), "--out", str(tmp_path / "p.csv"),
+                     "--cache", str(tmp_path / "c"), "--no-progress"]) == 0
+        for ext in ("parquet", "npz"):
+            assert main(["export-features", str(store), "--out", str(tmp_path / f"x.{ext}")]) == 0
+        assert main(["evaluate", str(head), str(store), "--report", str(tmp_path / "rep")]) == 0
+    finally:
+        os.umask(old)
+    finals = [head, tmp_path / "p.csv", tmp_path / "x.parquet", tmp_path / "x.npz", tmp_path / "rep" / "index.html",
+              store / "meta.json", store / "rows.jsonl", store / "report.json"]
+    finals += [f for f in (store / "segments").rglob("*") if f.is_file()]
+    modes = {str(f.relative_to(tmp_path)): oct(stat.S_IMODE(f.stat().st_mode)) for f in finals}
+    assert set(modes.values()) == {oct(want)}, modes
+    assert seen and set(seen) == {0o600}
+
+
+def test_a_full_disk_while_writing_an_output_names_it_and_keeps_the_old_file(trained, tmp_path, capsys, monkeypatch):
+    """B09, E-NOPARTIAL: ENOSPC while a head (or any output) is written names the file and what to do; the
+    previous file is whole and no temp file is left."""
+    import errno
+
+    from pipeline import outputs
+
+    root, _, _ = trained
+    head = tmp_path / "m.head.npz"
+    assert main(["train", str(root / "feat"), "--C", "1", "--head", "logreg", "--out", str(head)]) == 0
+    before = head.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "fsync", full)
+    capsys.readouterr()
+    assert main(["train", str(root / "feat"), "--C", "0.5", "--head", "logreg", "--out", str(head)]) == 1
+    err = capsys.readouterr().err
+    assert f"could not write {head}: No space left on device (ENOSPC)" in err
+    assert "free space on it, or choose another --out" in err and "previous m.head.npz" in err
+    assert head.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.head.npz"]

@@ -271,3 +271,16 @@ def test_tf_resize_reproduces_pillows_arithmetic(resample, size, shape):
     want = np.asarray(image.resize(size[::-1], _RESAMPLE[resample], box=(left, top, right, bottom)))
     got = resize_box(tf.constant(np.asarray(image)), (left, top, right - left, bottom - top), pre).numpy()
     assert (got == want).all()
+
+
+def test_an_export_description_nested_100000_deep_is_refused_naming_the_file(tmp_path):
+    """E-ERR: a SavedModel's description of 100,000 nested arrays raised RecursionError with no file named."""
+    from pipeline.errors import ModelFileError
+    from pipeline.export.info import SAVED_MODEL_FILE, read_saved_model_info
+
+    path = tmp_path / "sm" / SAVED_MODEL_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelFileError, match=r"tf_feature_pipeline.json: the export description is not JSON "
+                                             r"\(it is nested too deep"):
+        read_saved_model_info(tmp_path / "sm")

@@ -259,3 +259,17 @@ def test_the_probe_names_the_array_whose_step_overflows(arrays, named, tmp_path)
         return
     with pytest.raises(ModelFileError, match=named.replace(".", r"\.")):
         pipeline.load(path)
+
+
+def test_a_header_nested_100000_deep_is_refused_naming_the_file(tmp_path, capsys):
+    """E-ERR: a JSON header of 100,000 nested arrays raised RecursionError with no file named."""
+    path = trained("linear_svm", 2).save(tmp_path / "m.head.npz")
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files if k != "header"}
+    with open(path, "wb") as f:
+        np.savez(f, header=np.array("[" * 100_000 + "]" * 100_000), **arrays)
+    with pytest.raises(ModelFileError, match="m.head.npz has no readable JSON header.*nested too deep"):
+        pipeline.load(path)
+    assert main(["score", str(path), str(tmp_path), "--out", str(tmp_path / "p.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "m.head.npz" in err and "nested too deep" in err and "RecursionError" not in err

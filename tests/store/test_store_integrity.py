@@ -1,8 +1,10 @@
 """A store never hands out a row with another row's features: damaged logs and parts are refused, by line."""
 from __future__ import annotations
 
+import errno
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,7 +104,8 @@ def test_a_planted_temp_file_link_is_not_followed(tmp_path):
     w.close()  # rewrites meta.json
     write_report(root, {"complete": True})
     assert victim.read_text() == "precious"
-    assert FeatureStore.open(root).features.shape == (6, 4)
+    with pytest.raises(StoreError, match="meta.json.tmp is a symbolic link"):  # and the store is refused (D04)
+        FeatureStore.open(root)
 
 
 def test_removed_rows_withdraw_a_path_and_prune_compacts_them(tmp_path):
@@ -170,3 +173,84 @@ def test_featurize_refuses_to_build_on_a_store_whose_log_or_segments_are_gone(tm
     with pytest.raises(StoreError, match=f"{expected}.*featurize again with --overwrite"):
         open_writer(tmp_path / "s", REQ)
     open_writer(tmp_path / "s", REQ, overwrite=True).close()  # the fix it names works
+
+
+class _FullDisk:
+    """A commit log whose second write stops after 10 bytes: the disk is full (errno ENOSPC)."""
+
+    def __init__(self, f):
+        self.f, self.writes = f, 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes == 2:
+            self.f.write(data[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+@pytest.mark.parametrize("where", ["part", "log"])
+def test_a_full_disk_during_featurize_names_the_file_and_what_to_do_and_the_next_run_resumes(
+        tmp_path, class_tree, monkeypatch, capsys, where):
+    """B09, E-ERR: disk full while featurizing said `OSError: [Errno 28]` with no path. Now the message names
+    the file being written, says to free space or choose another --out, and the rows committed before it
+    are kept: the same command run again featurizes only the rest."""
+    from pipeline.featurizer.committer import Committer
+    from pipeline.store import writer as writer_module
+
+    monkeypatch.setattr(Committer, "COMMIT_EVERY_S", 0.0)  # one commit per batch of 4
+    if where == "part":
+        real, calls = writer_module._write_piece, []
+
+        def full(final, *args, **kwargs):
+            calls.append(final)
+            if len(calls) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(final, *args, **kwargs)
+
+        monkeypatch.setattr(writer_module, "_write_piece", full)
+    else:
+        real_open = writer_module.open_append
+        monkeypatch.setattr(writer_module, "open_append", lambda path: _FullDisk(real_open(path)))
+    out = tmp_path / "s"
+    argv = ["featurize", str(class_tree), "--out", str(out), "--backbone", "mobilenet_v2_quant", "--batch-size", "4",
+            "--no-progress"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    at = out / "parts" / f"{4:012d}.bcolz" if where == "part" else out / "rows.jsonl"
+    assert f"could not write {at}: No space left on device (ENOSPC)" in err, err
+    assert "free space on it, or choose another --out" in err and "run the same command again" in err
+    assert "Traceback" not in err
+    assert len(FeatureStore.open(out)) == 4  # the first commit is kept
+    monkeypatch.undo()
+    assert main(argv) == 0
+    store = FeatureStore.open(out)
+    assert len(store) == 12 and not verify(out)
+    assert store.report["featurized"] == 8
+
+
+def test_log_lines_built_directly_read_back_as_the_encoder_would_write_them():
+    """B06: the lines of flat rows (an import's) are built without the JSON encoder; they must be the bytes
+    the encoder writes, checksums included, for any text (quotes, backslashes, control characters, non-ASCII)."""
+    import random
+
+    from pipeline.store.log import _line_crc, _log_lines, _parse_line
+
+    rng = random.Random(0)
+    alphabet = ["a", "é", '"', "\\", "\n", "\t", "\x00", "\u2028", "😀", "/", " ", "{", "}", ",", ":"]
+
+    def text():
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+
+    rows = [{"path": text(), "label": rng.choice([None, text()]), "sha256": f"{i:064x}",
+             **({"stat": {"size": 5, "mtime": 1.5}} if i % 5 == 0 else {}), **({"n": -i} if i % 7 == 0 else {})}
+            for i in range(500)]
+    lines = _log_lines(rows, 3).decode("utf-8").split("\n")[:-1]
+    assert len(lines) == len(rows)
+    for n, (line, row) in enumerate(zip(lines, rows)):
+        parsed = json.loads(line)
+        assert parsed["crc"] == _line_crc(parsed) and _parse_line(Path("rows.jsonl"), n + 3, line, True) == row
+        assert line == json.dumps(parsed, ensure_ascii=False)
