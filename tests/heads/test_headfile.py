@@ -236,6 +236,8 @@ def test_a_head_whose_arrays_overflow_is_refused_at_load_naming_the_array(comman
     with pytest.raises(ModelFileError, match=r"m\.head\.npz .*array scale\.scale makes non-finite scores"):
         pipeline.load(path)
     (tmp_path / "data").mkdir()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "meta.json").write_text("{}")  # a store as far as the path check goes: the head is read first
     args = {"score": ["score", str(path), str(tmp_path / "data"), "--out", str(tmp_path / "p.csv")],
             "evaluate": ["evaluate", str(path), str(tmp_path / "store")], "serve": ["serve", str(path)]}[command]
     assert main(args) == 1

@@ -146,13 +146,13 @@ def test_non_finite_probabilities_fail_the_run_naming_the_files(head, tmp_path, 
     out, cache = tmp_path / "p.csv", tmp_path / "cache"
     assert main(["score", str(path), str(folder), "--out", str(out), "--cache", str(cache), "--no-progress"]) == 0
     before = out.read_bytes()
-    real = batch.store_proba
+    real = batch._proba_and_ood
 
     def overflowing(clf, store, keep):  # what a head that overflows on these features gives
-        p = real(clf, store, keep)
+        p, ood = real(clf, store, keep)
         p[1] = np.nan
-        return p
-    monkeypatch.setattr(batch, "store_proba", overflowing)
+        return p, ood
+    monkeypatch.setattr(batch, "_proba_and_ood", overflowing)
     assert main(["score", str(path), str(folder), "--out", str(out), "--cache", str(cache), "--no-progress",
                  "--force"]) == 1
     err = capsys.readouterr().err
