@@ -1,7 +1,7 @@
 """The neighbour checks of an audit: near-duplicates in a store, leaks from one store into another,
 outliers. Each reads the stores a chunk of features at a time (pipeline/audit/neighbours.py).
 
-The threshold: cosine similarity of centred penultimate features at or above NEAR_DUPLICATE (chosen
+The threshold: cosine similarity of penultimate features at or above NEAR_DUPLICATE (chosen
 on real photos, bench/audit_realdata.py: copies re-encoded at JPEG quality 50-95, resized 0.5-2x,
 centre-cropped to 80% or mirrored against distinct photos of the same class; BENCHMARKS.md,
 "Near-duplicates and leaks"). Outliers: the distance to the nearest images (1 - the mean
@@ -17,9 +17,9 @@ import numpy as np
 from ..errors import SpecMismatchError, UsageError
 from ..spec import FeatureSpec
 from .findings import Finding
-from .neighbours import EXACT_MAX, Neighbours, mean_of, search
+from .neighbours import EXACT_MAX, Neighbours, search
 
-NEAR_DUPLICATE = 0.90  # default threshold (see the module docstring)
+NEAR_DUPLICATE = 0.83  # default threshold (see the module docstring)
 OUTLIER_K = 5
 FENCE_IQR = 3.0
 NEIGHBOURS = 10  # neighbours looked at per image (near-duplicates linked to an image beyond them are missed)
@@ -35,8 +35,8 @@ class Search:
     """How neighbours are searched: `threshold` for near-duplicates and leaks, `k` neighbours per image,
     `index` ('auto', 'exact', 'approximate'), `exact_max` base rows searched exactly by 'auto'."""
 
-    threshold: float = _flag(NEAR_DUPLICATE, "near-duplicate when the cosine similarity of the centred features "
-                             "is at least this (default: %(default)s, measured on real photos: docs/audit.md)",
+    threshold: float = _flag(NEAR_DUPLICATE, "near-duplicate when the cosine similarity of the features is at "
+                             "least this (default: %(default)s, measured on real photos: docs/audit.md)",
                              type="float")
     k: int = _flag(NEIGHBOURS, "neighbours looked at per image (default: %(default)s)", flag="--neighbours",
                    type="positive_int")
@@ -69,10 +69,9 @@ def check_same_features(a, b) -> None:
 
 
 def neighbours_of(queries, base, s: Search, self_search: bool) -> Neighbours:
-    """`queries`' neighbours among `base`'s rows (both FeatureStores), centred on `base`'s mean."""
-    centre = mean_of(base.feature_chunks())
+    """`queries`' neighbours among `base`'s rows (both FeatureStores)."""
     return search(queries.feature_chunks, base.feature_chunks, s.k, self_search=self_search, method=s.index,
-                  exact_max=s.exact_max, centre=centre, seed=s.seed)
+                  exact_max=s.exact_max, seed=s.seed)
 
 
 def pairs_above(nb: Neighbours, threshold: float, symmetric: bool) -> list[tuple[int, int, float]]:

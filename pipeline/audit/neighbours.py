@@ -6,10 +6,10 @@ matrix products of unit float32 vectors, numpy only) and, above that, with an ap
 (faiss's inverted lists, ``pip install 'tf-feature-pipeline[audit]'``), which is what keeps a
 100,000-row store within minutes on two cores (BENCHMARKS.md, "Audit at scale").
 
-Vectors are centred (the base's mean subtracted) before they are normalised: penultimate features
-of ReLU networks are non-negative, so raw cosines of unrelated photos are high and crowd the
-near-duplicates; centred, the gap between a re-encoded copy and a distinct photo is wider
-(the measurements behind this: bench/audit_realdata.py).
+Similarities are raw cosines of the features as stored. Centring them first (the base's mean
+subtracted, `centre=`) was measured and loses: on real photos it lowers a crop's or a halved copy's
+similarity to its original more than that of distinct photos (bench/audit_realdata.py,
+BENCHMARKS.md "Near-duplicates and leaks").
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ INDEXES = ("auto", "exact", "approximate")
 @dataclass(frozen=True)
 class Neighbours:
     """The `k` nearest base rows of each query row, most similar first: ``index`` (int64, -1 where
-    the base has fewer rows) and ``similarity`` (cosine of the centred vectors, float32)."""
+    the base has fewer rows) and ``similarity`` (cosine similarity, float32)."""
 
     index: np.ndarray
     similarity: np.ndarray
@@ -43,16 +43,6 @@ def unit(x: np.ndarray, centre: np.ndarray | None) -> np.ndarray:
         x = x - centre
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
-
-
-def mean_of(chunks) -> np.ndarray | None:
-    """The mean row of a stream of chunks (float64 sums), or None when there is no row."""
-    total, n = None, 0
-    for x in chunks:
-        s = np.asarray(x, dtype=np.float64).sum(axis=0)
-        total = s if total is None else total + s
-        n += len(x)
-    return (total / n).astype(np.float32) if n else None
 
 
 def choose(method: str, n_base: int, exact_max: int = EXACT_MAX) -> str:

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from ..backbones.base import describe
 from ..engines import REGISTRY, engine_class
@@ -283,6 +284,11 @@ def cmd_audit(a):
     from ..outputs import check_output, check_report_dir
     from ..reports.audit import audit_table, write_audit_report
 
+    from ..store.reader import not_a_store
+
+    for d in (a.features_dir, a.features_dir2):
+        if d and not os.path.isfile(os.path.join(d, "meta.json")):  # a path that is no store: a usage error
+            raise UsageError(not_a_store(Path(d)))
     stores = [open_store(d) for d in (a.features_dir, a.features_dir2) if d]
     if a.csv:  # before the work, not after
         check_output(a.csv, "csv", force=a.force)
