@@ -6,10 +6,10 @@ matrix products of unit float32 vectors, numpy only) and, above that, with an ap
 (faiss's inverted lists, ``pip install 'tf-feature-pipeline[audit]'``), which is what keeps a
 100,000-row store within minutes on two cores (BENCHMARKS.md, "Audit at scale").
 
-Similarities are raw cosines of the features as stored. Centring them first (the base's mean
-subtracted, `centre=`) was measured and loses: on real photos it lowers a crop's or a halved copy's
-similarity to its original more than that of distinct photos (bench/audit_realdata.py,
-BENCHMARKS.md "Near-duplicates and leaks").
+Similarities are raw cosines of the features as stored, so one threshold holds for every store.
+Centring them first (`centre=`: the store's mean subtracted) was measured on real photos: at the
+same share of copies found it flags as many distinct pairs, and its threshold moves with each
+store's mean (bench/audit_realdata.py, docs/audit.md).
 """
 from __future__ import annotations
 
