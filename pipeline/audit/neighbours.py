@@ -64,9 +64,12 @@ def search(queries, base, k: int, *, self_search: bool = False, method: str = "a
     """
     n_base = sum(len(x) for x in base())
     how = choose(method, n_base, exact_max)
+    if not n_base:  # nothing to be near
+        n = sum(len(q) for q in queries())
+        return Neighbours(np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32), how)
     k_ask = min(k + int(self_search), n_base)
     if how == "exact":
-        B = np.concatenate([unit(x, centre) for x in base()]) if n_base else np.zeros((0, 1), np.float32)
+        B = np.concatenate([unit(x, centre) for x in base()])
         found = [_exact_top(unit(q, centre), B, k_ask) for q in queries()]
         name = "exact"
     else:

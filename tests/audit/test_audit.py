@@ -48,23 +48,20 @@ def test_two_stores_list_every_leak_and_the_accuracy_with_and_without_them(train
     assert a["accuracy"] == pytest.approx((a["accuracy_without"] * 19 + 5) / 24)  # the copies are all right
 
 
-def test_label_issues_come_from_cleanlab_over_out_of_fold_probabilities(tmp_path):
-    pytest.importorskip("cleanlab")
-    x, y = features(90, seed=5, noise=0.5)  # classes well apart
-    y[[4, 8]] = "c0"  # images of c1 and c2 labelled c0
-    r = audit(store_of(tmp_path / "s", x, y), head=QUICK, checks=("label_issue",))
-    issues = [f for f in r.findings if f.kind == "label_issue"]
-    assert {"c0/img004.jpg", "c0/img008.jpg"} <= {f.path for f in issues}
-    assert {(f.label, f.other_label) for f in issues if f.path == "c0/img004.jpg"} == {("c0", "c1")}
-    assert len(issues) <= 6
-
-
 def test_an_unlabelled_store_is_audited_without_label_issues(tmp_path):
     x, _ = features(30, seed=1)
     x[9] = near_copy(x[2], 3)
     r = audit(store_of(tmp_path / "u", x), head=QUICK)
     assert r.counts()["near_duplicate"] == 1 and r.counts()["label_issue"] == 0
     assert any("fewer than 2 labelled classes" in n for n in r.notes)
+
+
+def test_the_checks_are_exported_by_pipeline_too():
+    import pipeline
+    from pipeline.audit import label_issues, leaks, near_duplicates, outliers
+
+    assert (pipeline.near_duplicates, pipeline.leaks, pipeline.label_issues, pipeline.outliers) == \
+        (near_duplicates, leaks, label_issues, outliers)
 
 
 def test_an_unknown_check_is_refused(train_test):

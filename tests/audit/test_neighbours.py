@@ -63,3 +63,8 @@ def test_drop_self_removes_the_last_when_the_row_is_not_among_its_neighbours():
     idx = np.array([[5, 6, 7]])
     out, sim = _drop_self(idx, np.array([[0.9, 0.8, 0.7]], np.float32), 2)
     assert out.tolist() == [[5, 6]] and np.allclose(sim, [[0.9, 0.8]])
+
+
+def test_an_empty_base_gives_no_neighbours():
+    nb = search(chunks_of(np.eye(2, dtype=np.float32)), chunks_of(np.zeros((0, 2), np.float32)), 3)
+    assert (nb.index == -1).all() and nb.index.shape == (2, 3)
