@@ -71,7 +71,7 @@ def check_same_features(a, b) -> None:
 def neighbours_of(queries, base, s: Search, self_search: bool) -> Neighbours:
     """`queries`' neighbours among `base`'s rows (both FeatureStores)."""
     return search(queries.feature_chunks, base.feature_chunks, s.k, self_search=self_search, method=s.index,
-                  exact_max=s.exact_max, seed=s.seed)
+                  exact_max=s.exact_max, seed=s.seed, n_base=len(base))
 
 
 def pairs_above(nb: Neighbours, threshold: float, symmetric: bool) -> list[tuple[int, int, float]]:

@@ -54,15 +54,17 @@ def choose(method: str, n_base: int, exact_max: int = EXACT_MAX) -> str:
 
 
 def search(queries, base, k: int, *, self_search: bool = False, method: str = "auto",
-           exact_max: int = EXACT_MAX, centre: np.ndarray | None = None, seed: int = 0) -> Neighbours:
+           exact_max: int = EXACT_MAX, centre: np.ndarray | None = None, seed: int = 0,
+           n_base: int | None = None) -> Neighbours:
     """The `k` most similar `base` rows of every `queries` row.
 
     `queries` and `base`: zero-argument callables returning an iterator of float32 chunks (a
     store's ``feature_chunks``, so each is read as often as needed, never whole) with `n` rows.
     `self_search`: queries are the base, each row's own match is left out. `centre`: the vector
-    subtracted before normalising (None: raw cosine).
+    subtracted before normalising (None: raw cosine). `n_base`: the base's rows when known (else
+    counted by reading it once more).
     """
-    n_base = sum(len(x) for x in base())
+    n_base = sum(len(x) for x in base()) if n_base is None else n_base
     how = choose(method, n_base, exact_max)
     if not n_base:  # nothing to be near
         n = sum(len(q) for q in queries())
