@@ -53,7 +53,7 @@ def synthetic(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, 
 def timed(cmd: list[str]) -> dict:
     """Run `cmd` under /usr/bin/time -v: wall and CPU seconds, peak RSS (MiB), its stdout."""
     t = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, cwd=REPO)
+    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, cwd=REPO)  # noqa: S603
     wall = time.perf_counter() - t
     if p.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
