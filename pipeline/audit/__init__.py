@@ -9,7 +9,7 @@
 Every function returns plain lists of :class:`Finding` (``as_dicts`` turns them into dicts with
 the CSV's columns). Details: docs/audit.md.
 """
-from .audit import CHECKS, AuditResult, accuracy_with_and_without, audit
+from .run import CHECKS, AuditResult, accuracy_with_and_without, audit
 from .checks import NEAR_DUPLICATE, Search, leaks, near_duplicates, outliers
 from .findings import COLUMNS, KINDS, Finding, as_dicts, write_csv
 from .labels import label_issues

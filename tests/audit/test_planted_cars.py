@@ -1,7 +1,9 @@
 """Near-duplicates the test makes itself from real photos (the bundled cars), through the bundled
 MobileNetV2, then `audit`: copies of training photos re-encoded at JPEG quality 50, halved,
-centre-cropped to 80% and mirrored sit in a test folder beside 7 other photos; the copies, and only
-they, come out as leaks, each with its original."""
+centre-cropped to 80% and mirrored sit in a test folder beside 7 other photos; every copy comes out
+as a leak, its original its most similar training photo. (These 27 sports cars look alike: some
+distinct pairs pass the threshold too, docs/audit.md; the real-photo test of catsdogs checks that
+distinct photos are not flagged.)"""
 import shutil
 from pathlib import Path
 
@@ -32,5 +34,11 @@ def test_re_encoded_resized_cropped_and_mirrored_copies_are_the_leaks(tmp_path):
     a = pipeline.featurize(train, out=tmp_path / "ftrain", progress=False)
     b = pipeline.featurize(test, out=tmp_path / "ftest", progress=False)
     r = audit(a, b, checks=("leak",))
-    assert {(f.path, f.other_path) for f in r.findings} == planted
+    found = {(f.path, f.other_path) for f in r.findings}
+    assert planted <= found, f"copies missed: {planted - found}"
+    best = {}
+    for f in r.findings:  # each copy's most similar training photo is its original
+        if f.path not in best or f.score > best[f.path].score:
+            best[f.path] = f
+    assert {(p, best[p].other_path) for p, _ in planted} == planted
     assert r.accuracy is None and any("has no labels" in n for n in r.notes)

@@ -1,4 +1,4 @@
-"""audit(): every check of one store, a second store against it, and the command's outputs."""
+"""audit() (pipeline/audit/run.py): every check of one store, a second store against it, and the command's outputs."""
 import csv
 import json
 
