@@ -64,7 +64,7 @@ def timed(cmd: list[str]) -> dict:
             "peak_rss_mib": round(field("Maximum resident set size \\(kbytes\\)") / 1024), "stdout": p.stdout}
 
 
-def recall(x: np.ndarray, k: int, threshold: float) -> dict:
+def recall(x: np.ndarray, k: int, threshold: float, nprobe: int) -> dict:
     """Exact against approximate neighbours of the rows of `x`, each searched against all of them."""
     from pipeline.audit.neighbours import search
 
@@ -72,7 +72,7 @@ def recall(x: np.ndarray, k: int, threshold: float) -> dict:
     out = {}
     for method in ("exact", "approximate"):
         t = time.process_time()
-        out[method] = search(chunks, chunks, k, self_search=True, method=method)
+        out[method] = search(chunks, chunks, k, self_search=True, method=method, nprobe=nprobe)
         out[method + "_cpu_s"] = round(time.process_time() - t, 1)
     ex, ap = out["exact"], out["approximate"]
     hits = sum(len(set(a) & set(b)) for a, b in zip(ex.index.tolist(), ap.index.tolist()))
@@ -91,8 +91,10 @@ def main(argv=None) -> int:
     p.add_argument("--dim", type=int, default=1280)
     p.add_argument("--subset", type=int, default=20_000)
     p.add_argument("--work", type=Path, default=None, help="folder for the store (default: a temporary one)")
+    p.add_argument("--nprobe", type=int, default=None, help="audit --nprobe (default: audit's)")
     a = p.parse_args(argv)
     from pipeline.audit.checks import NEAR_DUPLICATE, NEIGHBOURS
+    from pipeline.audit.neighbours import NPROBE
 
     work = a.work or Path(tempfile.mkdtemp(prefix="tfp-audit-scale-"))
     x, labels, planted = synthetic(a.n, a.dim)
@@ -104,14 +106,14 @@ def main(argv=None) -> int:
                         "--out", str(store)], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
         (work / "features.npz").unlink()
     run = timed([sys.executable, "-m", "pipeline", "audit", str(store), "--checks", "near_duplicate,outlier",
-                 "--json"])
+                 "--json"] + (["--nprobe", str(a.nprobe)] if a.nprobe else []))
     result = json.loads(run.pop("stdout"))
     found = {tuple(sorted((int(f["path"].split("img")[1][:7]), int(f["other_path"].split("img")[1][:7]))))
              for f in result["findings"] if f["kind"] == "near_duplicate"}
     wanted = {tuple(sorted(map(int, pq))) for pq in planted}
     report = {"n": a.n, "dim": a.dim, "audit": run, "method": result["method"], "counts": result["counts"],
               "planted_found": len(wanted & found) / len(wanted),
-              "recall": recall(x[:a.subset], NEIGHBOURS, NEAR_DUPLICATE)}
+              "recall": recall(x[:a.subset], NEIGHBOURS, NEAR_DUPLICATE, a.nprobe or NPROBE)}
     print(json.dumps(report, indent=1))
     return 0
 

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import SpecMismatchError, UsageError
 from ..spec import FeatureSpec
 from .findings import Finding
-from .neighbours import EXACT_MAX, Neighbours, search
+from .neighbours import EXACT_MAX, NPROBE, Neighbours, search
 
 NEAR_DUPLICATE = 0.83  # default threshold (see the module docstring)
 OUTLIER_K = 5
@@ -44,6 +44,8 @@ class Search:
                        "(default: %(default)s)", choices=("auto", "exact", "approximate"))
     exact_max: int = _flag(EXACT_MAX, "rows searched exactly with --index auto (default: %(default)s)",
                            type="positive_int")
+    nprobe: int = _flag(NPROBE, "inverted lists the approximate index searches per image: more is slower and "
+                        "surer (default: %(default)s)", type="positive_int")
     seed: int = 0
 
     def __post_init__(self):
@@ -71,7 +73,7 @@ def check_same_features(a, b) -> None:
 def neighbours_of(queries, base, s: Search, self_search: bool) -> Neighbours:
     """`queries`' neighbours among `base`'s rows (both FeatureStores)."""
     return search(queries.feature_chunks, base.feature_chunks, s.k, self_search=self_search, method=s.index,
-                  exact_max=s.exact_max, seed=s.seed, n_base=len(base))
+                  exact_max=s.exact_max, seed=s.seed, n_base=len(base), nprobe=s.nprobe)
 
 
 def pairs_above(nb: Neighbours, threshold: float, symmetric: bool) -> list[tuple[int, int, float]]:

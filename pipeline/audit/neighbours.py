@@ -55,14 +55,14 @@ def choose(method: str, n_base: int, exact_max: int = EXACT_MAX) -> str:
 
 def search(queries, base, k: int, *, self_search: bool = False, method: str = "auto",
            exact_max: int = EXACT_MAX, centre: np.ndarray | None = None, seed: int = 0,
-           n_base: int | None = None) -> Neighbours:
+           n_base: int | None = None, nprobe: int = NPROBE) -> Neighbours:
     """The `k` most similar `base` rows of every `queries` row.
 
     `queries` and `base`: zero-argument callables returning an iterator of float32 chunks (a
     store's ``feature_chunks``, so each is read as often as needed, never whole) with `n` rows.
     `self_search`: queries are the base, each row's own match is left out. `centre`: the vector
     subtracted before normalising (None: raw cosine). `n_base`: the base's rows when known (else
-    counted by reading it once more).
+    counted by reading it once more). `nprobe`: inverted lists the approximate index searches per row.
     """
     n_base = sum(len(x) for x in base()) if n_base is None else n_base
     how = choose(method, n_base, exact_max)
@@ -75,7 +75,7 @@ def search(queries, base, k: int, *, self_search: bool = False, method: str = "a
         found = [_exact_top(unit(q, centre), B, k_ask) for q in queries()]
         name = "exact"
     else:
-        index, name = _approximate(base, n_base, centre, seed)
+        index, name = _approximate(base, n_base, centre, seed, nprobe)
         found = [index.search(unit(q, centre), k_ask) for q in queries()]
     idx = np.concatenate([f[0] for f in found]) if found else np.zeros((0, k_ask), np.int64)
     sim = np.concatenate([f[1] for f in found]) if found else np.zeros((0, k_ask), np.float32)
@@ -99,7 +99,7 @@ def _exact_top(Q: np.ndarray, B: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     return idx, sim
 
 
-def _approximate(base, n_base: int, centre, seed: int):
+def _approximate(base, n_base: int, centre, seed: int, nprobe: int):
     """A faiss inverted-file index over the base: k-means lists, float16 vectors, `NPROBE` lists searched."""
     try:
         import faiss
@@ -108,7 +108,7 @@ def _approximate(base, n_base: int, centre, seed: int):
                          f"faiss ({e}); pip install 'tf-feature-pipeline[audit]', or pass index='exact' "
                          f"(slower)") from e
     nlist = max(1, int(np.sqrt(n_base)))
-    nprobe = min(nlist, NPROBE)
+    nprobe = min(nlist, nprobe)
     dim = None
     sample = []
     rng = np.random.default_rng(seed)
