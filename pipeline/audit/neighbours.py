@@ -22,7 +22,7 @@ from ..errors import UsageError
 EXACT_MAX = 20_000  # base rows searched exactly; above this the approximate index (BENCHMARKS.md)
 BLOCK_BYTES = 64 << 20  # similarity block of one exact search step (queries x base x 4 bytes)
 TRAIN_PER_LIST = 40  # rows sampled per inverted list to train the approximate index (k-means)
-NPROBE = 8  # inverted lists searched per query (of sqrt(N)); recall measured by bench/audit_scale.py
+NPROBE = 4  # inverted lists searched per query (of sqrt(N)); recall measured by bench/audit_scale.py
 INDEXES = ("auto", "exact", "approximate")
 
 
