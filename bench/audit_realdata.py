@@ -11,6 +11,8 @@
    ``pipeline.audit.audit(train, test)`` runs with its default threshold and the script prints the
    share of planted copies found, the share of distinct train/test pairs flagged, and the accuracy
    of a head trained on train, on all of test and on test without the leaked images.
+3. Index recall. The approximate index (forced) against the exact search on all these features:
+   recall@10 and the share of near-duplicate pairs found, at 4 and 8 lists probed.
 
     .venv/bin/python bench/audit_realdata.py [--data ../shared/data] [--work /tmp/tfp-audit-realdata]
 
