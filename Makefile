@@ -70,6 +70,11 @@ suspects: install  ## make suspects FEATURES=features/...: likely mislabelled im
 bench: install  ## side-by-side featurization benchmark on ../shared/data/catsdogs (figures in BENCHMARKS.md)
 	$(PY) bench/bench.py $(BENCH_ARGS)
 
+.PHONY: bench-audit
+bench-audit: install  ## audit at scale (100,000 x 1280 synthetic) and on real photos with planted copies (BENCHMARKS.md)
+	$(PY) bench/audit_scale.py $(BENCH_ARGS)
+	$(PY) bench/audit_realdata.py
+
 .PHONY: bench-serve
 bench-serve: install  ## load test of `serve` on loopback against batch score (figures in BENCHMARKS.md)
 	$(PY) bench/serve_bench.py $(BENCH_ARGS)

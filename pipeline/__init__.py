@@ -25,6 +25,7 @@ _EXPORTS = {
     "export_features": "store.exchange", "import_features": "store.exchange", "FeatureSpec": "spec",
     "BackboneOptions": "options", "FeaturizeOptions": "options", "HeadOptions": "options", "SplitOptions": "options",
     "ScoreOptions": "options",
+    "near_duplicates": "audit", "leaks": "audit", "label_issues": "audit", "outliers": "audit",
 }
 
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ TESTS = REPO / "tests"
 
 # From the bottom up; "core" is the modules directly in pipeline/. A module may import its own layer
 # and the layers below it, never one above.
-LAYERS = ("core", "decode", "backbones", "store", "dataset", "featurizer", "engines", "heads", "scoring", "export",
+LAYERS = ("core", "decode", "backbones", "store", "dataset", "featurizer", "engines", "heads", "audit", "scoring", "export",
           "serving", "reports", "cli")
 # pipeline/__init__.py re-exports names lazily and __main__.py runs the command line: both sit above everything.
 EXEMPT = {"pipeline", "pipeline.__main__"}

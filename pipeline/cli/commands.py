@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from ..backbones.base import describe
 from ..engines import REGISTRY, engine_class
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log more, show TensorFlow's and TFLite's own notices, and show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_featurize_parser, _train_parser, _score_parser, _evaluation_parsers, _file_parsers,
-                _store_parsers, _serve_parser):
+                _store_parsers, _serve_parser, _audit_parser):
         add(sub)
     d = sub.add_parser("demo", help="the whole flow offline on the bundled cars sample")
     d.add_argument("--features", default="features", help="folder for the feature stores (default: %(default)s)")
@@ -202,6 +203,24 @@ def _serve_parser(sub) -> None:
                          "(default: this package's only)")
 
 
+def _audit_parser(sub) -> None:
+    from ..audit.checks import Search
+
+    au = sub.add_parser("audit", help="near-duplicates, label issues and outliers of a store; with a second "
+                        "store (test, or a new batch), its leaks from the first and the accuracy with and without them")
+    au.add_argument("features_dir", help="feature store (the training set)")
+    au.add_argument("features_dir2", nargs="?", help="second feature store, checked against the first")
+    add_group(au, Search)
+    au.add_argument("--checks", default="near_duplicate,leak,label_issue,outlier",
+                    help="kinds of finding to look for, separated by commas (default: %(default)s)")
+    add_group(au, HeadOptions, only=("head", "C", "folds"), defaults={"head": "logreg"})
+    au.add_argument("--top", type=int, default=20, help="findings of each kind printed (0: all)")
+    au.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    au.add_argument("--csv", metavar="FILE", help="also write every finding to this CSV")
+    au.add_argument("--force", action="store_true", help="replace --csv even if it is not a CSV this tool wrote")
+    au.add_argument("--report", metavar="DIR", help="also write an HTML report with thumbnails to DIR")
+
+
 def cmd_featurize(a):
     from ..engines import featurize
 
@@ -292,6 +311,32 @@ def cmd_suspects(a):
     if a.csv:
         write_suspects_csv(a.csv, found, force=a.force)
     print(suspects_table(found, len(store.labelled()[1]), a.head, a.top))
+
+
+def cmd_audit(a):
+    from ..audit import audit, write_csv
+    from ..audit.checks import Search, open_store
+    from ..outputs import check_output, check_report_dir
+    from ..reports.audit import audit_table, write_audit_report
+
+    from ..store.reader import not_a_store
+
+    for d in (a.features_dir, a.features_dir2):
+        if d and not os.path.isfile(os.path.join(d, "meta.json")):  # a path that is no store: a usage error
+            raise UsageError(not_a_store(Path(d)))
+    stores = [open_store(d) for d in (a.features_dir, a.features_dir2) if d]
+    if a.csv:  # before the work, not after
+        check_output(a.csv, "csv", force=a.force)
+    for s in stores if a.report else ():
+        check_report_dir(a.report, s.meta.get("data_dir"))
+    result = audit(*stores, search=from_args(Search, a), head=from_args(HeadOptions, a),
+                   checks=tuple(c.strip() for c in a.checks.split(",") if c.strip()))
+    if a.csv:
+        write_csv(a.csv, result.findings, force=a.force)
+    print(json.dumps(result.to_dict()) if a.json else audit_table(result, a.top))
+    if a.report:
+        page = write_audit_report(a.report, result, {str(s.root): s.meta.get("data_dir") for s in stores})
+        print(f"report -> {page}", file=sys.stderr if a.json else sys.stdout)
 
 
 def cmd_convert(a):
@@ -388,7 +433,7 @@ def cmd_demo(a):
 COMMANDS = {"featurize": cmd_featurize, "train": cmd_train, "score": cmd_score, "evaluate": cmd_evaluate,
             "compare": cmd_compare, "split": cmd_split, "suspects": cmd_suspects, "predict-imagenet": cmd_predict_imagenet, "backbones": cmd_backbones, "verify": cmd_verify,
             "demo": cmd_demo, "export-features": cmd_export_features, "import-features": cmd_import_features,
-            "convert": cmd_convert, "serve": cmd_serve, "export": cmd_export}
+            "convert": cmd_convert, "serve": cmd_serve, "export": cmd_export, "audit": cmd_audit}
 
 
 def _command_parsers(parser: argparse.ArgumentParser, command: str) -> list[argparse.ArgumentParser]:

@@ -16,15 +16,7 @@ def suspects(store, head: str = "logreg", C: float | str = "auto", folds: int = 
     the given label), p_predicted. Only images the held-out head assigns to another class are
     listed, ranked by p_label, lowest first; `top` caps the list (None: all).
     """
-    from .multilabel import refuse_multi_label
-    from .selection import cross_val_proba, select_C
-
-    refuse_multi_label(store, "suspects")
-    X, y, rows = store.labelled(with_rows=True)
-    if C == "auto":
-        C = select_C(head, X, y, folds, seed)[0]
-    proba = cross_val_proba(head, X, y, C, folds, seed)
-    classes = np.unique(y)
+    proba, y, classes, rows = out_of_fold(store, head, C, folds, seed, "suspects")
     given = np.searchsorted(classes, y)
     p_label = proba[np.arange(len(y)), given]
     best = np.argmax(proba, axis=1)
@@ -33,6 +25,22 @@ def suspects(store, head: str = "logreg", C: float | str = "auto", folds: int = 
             "p_label": float(p_label[i]), "p_predicted": float(proba[i, best[i]])}
            for i in order if best[i] != given[i]]
     return out[:top] if top else out
+
+
+def out_of_fold(store, head: str = "logreg", C: float | str = "auto", folds: int = 5, seed: int = 0,
+                command: str = "suspects"):
+    """(probabilities, y, classes, rows): each labelled image's class probabilities from a calibrated head
+    that did not see it (`folds`-fold cross-validation; C='auto': chosen by CV first); classes sorted,
+    the probabilities' columns in their order. What `suspects` and `audit`'s label issues rank."""
+    from .multilabel import refuse_multi_label
+    from .selection import check_labels, cross_val_proba, select_C
+
+    refuse_multi_label(store, command)
+    X, y, rows = store.labelled(with_rows=True)
+    check_labels(y)
+    if C == "auto":
+        C = select_C(head, X, y, folds, seed)[0]
+    return cross_val_proba(head, X, y, C, folds, seed), y, np.unique(y), rows
 
 
 SUSPECT_COLUMNS = ("path", "label", "predicted", "p_label", "p_predicted")
