@@ -7,7 +7,9 @@ application as tests/conftest.py does) is exported as a SavedModel, interleaved:
   before  the module keeps `serve` and `predict_bytes` as tf.functions: the save traces each of them
           again in its own context (predict_bytes' TensorFlow decoder is most of an export's time)
   after   pipeline/export/exporter.py: the module keeps the concrete functions already traced
-after one warm-up export. Ratios are computed within this one run; absolute figures vary by machine.
+after one warm-up export. For each it prints the wall and CPU seconds of the export (CPU time of this
+process: less disturbed by a busy machine than wall time) and how many times predict_bytes' decoder was
+traced (deterministic: 2 before, 1 after). Ratios are computed within this one run; absolute figures vary.
 """
 from __future__ import annotations
 
@@ -35,6 +37,19 @@ def _before(exporter):
     return write
 
 
+def _count_decoder_traces() -> list:
+    """A list that grows by one each time TensorFlow traces pipeline.decode.tfdecode.decode_image."""
+    from pipeline.decode import tfdecode
+
+    calls, decode_image = [], tfdecode.decode_image
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return decode_image(*args, **kwargs)
+    tfdecode.decode_image = counted  # exporter._module imports it when it builds the module
+    return calls
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=2)
@@ -58,17 +73,22 @@ def main() -> None:
         clf = calibrated_classifier(create_backbone("tiny_cnn", "penultimate", weights="random"), paths, labels)
         clf.export(tmp / "warm-up", format="saved_model")
         ways = {"before": _before(exporter), "after": exporter._write_saved_model}
-        seconds = {name: [] for name in ways}
+        traces = _count_decoder_traces()
+        wall, cpu = ({name: [] for name in ways} for _ in range(2))
         for i in range(args.repeat):
             for name, write in ways.items():
                 exporter._write_saved_model = write
-                t = time.perf_counter()
+                traces.clear()
+                t, c = time.perf_counter(), time.process_time()
                 clf.export(tmp / f"{name}-{i}", format="saved_model")
-                seconds[name].append(time.perf_counter() - t)
-                print(f"{name:6s} {seconds[name][-1]:7.1f} s", flush=True)
-        total = {name: sum(s) for name, s in seconds.items()}
-        print(f"export, mean of {args.repeat}: before {total['before'] / args.repeat:.1f} s, "
-              f"after {total['after'] / args.repeat:.1f} s, after/before {total['after'] / total['before']:.2f}")
+                wall[name].append(time.perf_counter() - t)
+                cpu[name].append(time.process_time() - c)
+                print(f"{name:6s} wall {wall[name][-1]:6.1f} s  cpu {cpu[name][-1]:6.1f} s  "
+                      f"decoder traced {len(traces)}x", flush=True)
+        for what, secs in (("wall", wall), ("cpu", cpu)):
+            b, a = sum(secs["before"]), sum(secs["after"])
+            print(f"export {what}, mean of {args.repeat}: before {b / args.repeat:.1f} s, after {a / args.repeat:.1f} s, "
+                  f"after/before {a / b:.2f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
