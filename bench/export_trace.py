@@ -55,13 +55,18 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
     import keras
-    from models_for_tests import SIZE, calibrated_classifier, colour_files, tiny_keras_model
+    from models_for_tests import (
+        SIZE,
+        calibrated_classifier,
+        colour_files,
+        tiny_keras_model,
+    )
 
     from pipeline.backbones import create_backbone
     from pipeline.backbones.keras_apps import KERAS_APPS, KerasApp
     from pipeline.export import exporter
 
-    def TinyCNN(weights=None, include_top=True, classifier_activation=None):  # noqa: N802 - a Keras constructor
+    def TinyCNN(weights=None, include_top=True, classifier_activation=None):
         model = tiny_keras_model()
         return keras.Model(model.input, model.get_layer("logits").output)
 
