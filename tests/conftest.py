@@ -133,6 +133,40 @@ def tiny_app():
     mp.undo()
 
 
+@pytest.fixture(scope="session")
+def tiny_saved_model(tmp_path_factory) -> str:
+    """The tiny test CNN (models_for_tests.tiny_keras_model(), seeded: the same weights at every build) as a
+    SavedModel folder, exported once per test process for every file that needs one. Tests only read it."""
+    from models_for_tests import export_saved_model, tiny_keras_model
+
+    return export_saved_model(tiny_keras_model(), tmp_path_factory.mktemp("tiny-savedmodel") / "sm")
+
+
+@pytest.fixture(scope="session")
+def tiny_frozen_graph(tmp_path_factory) -> tuple[str, str, dict]:
+    """The tiny test CNN frozen into a GraphDef .pb once per test process: (path, input tensor, {layer: tensor})."""
+    from models_for_tests import frozen_graph_def, tiny_keras_model
+
+    return frozen_graph_def(tiny_keras_model(), tmp_path_factory.mktemp("tiny-frozen") / "frozen.pb")
+
+
+@pytest.fixture(scope="session")
+def tiny_tflite(tmp_path_factory):
+    """tiny_tflite(quantized) -> the tiny test CNN converted to a .tflite file (float, or uint8 full-integer),
+    each converted once per test process (a conversion takes seconds). Tests only read it."""
+    from models_for_tests import tflite_model, tiny_keras_model
+
+    done = {}
+
+    def convert(quantized: bool) -> str:
+        if quantized not in done:
+            folder = tmp_path_factory.mktemp("tiny-tflite")
+            done[quantized] = tflite_model(tiny_keras_model(), folder / ("tinyq.tflite" if quantized else "tiny.tflite"),
+                                           quantized=quantized)
+        return done[quantized]
+    return convert
+
+
 # The longest test files first (seconds on 2 cores, measured with --durations): with `--dist loadfile`
 # each file goes whole to the next free worker, so a long file left for the end keeps one worker busy
 # while the other idles (the Makefile passes --no-loadscope-reorder, which keeps this order).

@@ -5,14 +5,7 @@ import importlib
 
 import numpy as np
 import pytest
-from models_for_tests import (
-    SIZE,
-    export_saved_model,
-    frozen_graph_def,
-    submodel_outputs,
-    tflite_model,
-    tiny_keras_model,
-)
+from models_for_tests import SIZE, submodel_outputs, tiny_keras_model
 
 from pipeline.backbones import create_backbone
 from pipeline.backbones.base import identity
@@ -26,6 +19,8 @@ IMAGES = RNG.integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
 
 @pytest.fixture(scope="module")
 def tiny():
+    """The tiny test CNN: seeded, so the same weights as conftest's tiny_saved_model, tiny_frozen_graph and
+    tiny_tflite (exported once per test process and shared by the files that read them)."""
     return tiny_keras_model()
 
 
@@ -45,8 +40,8 @@ def test_keras_scaling_equals_keras_preprocess_input(name):
 
 
 @pytest.mark.slow
-def test_savedmodel_layers_equal_model_outputs(tiny, expected, tmp_path):
-    path = export_saved_model(tiny, tmp_path / "sm")
+def test_savedmodel_layers_equal_model_outputs(tiny_saved_model, expected):
+    path = tiny_saved_model
     for layer in ("predictions", "logits", "penultimate"):
         bb = create_backbone(path, layer, input_size=SIZE, scaling="tf")
         np.testing.assert_allclose(bb(IMAGES), expected[layer], rtol=1e-4, atol=1e-5)
@@ -58,24 +53,24 @@ def test_savedmodel_layers_equal_model_outputs(tiny, expected, tmp_path):
 
 
 @pytest.mark.slow
-def test_frozen_graphdef_layers_equal_model_outputs(tiny, expected, tmp_path):
-    path, inp, names = frozen_graph_def(tiny, tmp_path / "frozen.pb")
+def test_frozen_graphdef_layers_equal_model_outputs(tiny_frozen_graph, expected):
+    path, inp, names = tiny_frozen_graph
     for layer, key in (("logits", "logits"), ("penultimate", "penultimate"), ("predictions", "predictions"),
                        (names["conv"], "conv")):
         bb = create_backbone(path, layer, input_size=SIZE, scaling="tf", input_tensor=inp)
         np.testing.assert_allclose(bb(IMAGES), expected[key], rtol=1e-4, atol=1e-5)
 
 
-def test_graphdef_unknown_tensor_is_a_clear_error(tiny, tmp_path):
-    path, inp, _ = frozen_graph_def(tiny, tmp_path / "frozen.pb")
+def test_graphdef_unknown_tensor_is_a_clear_error(tiny_frozen_graph):
+    path, inp, _ = tiny_frozen_graph
     bb = create_backbone(path, "no_such_tensor", input_size=SIZE, scaling="tf", input_tensor=inp)
     with pytest.raises(BackboneError, match="no_such_tensor"):
         bb.load()
 
 
 @pytest.mark.slow
-def test_float_tflite_layers_equal_model_outputs(tiny, expected, tmp_path):
-    path = tflite_model(tiny, tmp_path / "tiny.tflite", quantized=False)
+def test_float_tflite_layers_equal_model_outputs(tiny_tflite, expected):
+    path = tiny_tflite(quantized=False)
     for layer in ("logits", "penultimate", "predictions"):
         bb = create_backbone(path, layer, scaling="tf")
         np.testing.assert_allclose(bb(IMAGES), expected[layer], rtol=1e-4, atol=1e-4)
@@ -85,8 +80,8 @@ def test_float_tflite_layers_equal_model_outputs(tiny, expected, tmp_path):
 
 
 @pytest.mark.slow
-def test_quantized_tflite_dequantizes_and_finds_presoftmax_logits(tiny, expected, tmp_path):
-    path = tflite_model(tiny, tmp_path / "tinyq.tflite", quantized=True)
+def test_quantized_tflite_dequantizes_and_finds_presoftmax_logits(tiny_tflite, expected):
+    path = tiny_tflite(quantized=True)
     bb = create_backbone(path, "logits", scaling="tf")
     assert bb.preprocess.scaling == "tf"  # a uint8 model whose input is not pixel-quantized keeps the declared scaling
     logits = bb(IMAGES)
@@ -104,12 +99,20 @@ def _tensor_with_shape(path, shape):
     return [t["name"] for t in details if list(t["shape"]) == shape][-1]
 
 
+@pytest.fixture(scope="module")
+def mobilenet_v2():
+    """An untrained Keras MobileNetV2 with its classifier, built once for the module (the tests only read it)."""
+    import keras
+
+    return keras.applications.MobileNetV2(weights=None, classifier_activation=None)
+
+
 @pytest.mark.slow
-def test_keras_application_with_local_weights_file(tmp_path):
+def test_keras_application_with_local_weights_file(mobilenet_v2, tmp_path):
     # a Keras application with a local weights file gives the network's own outputs
     import keras
 
-    model = keras.applications.MobileNetV2(weights=None, classifier_activation=None)
+    model = mobilenet_v2
     weights = tmp_path / "mnv2.weights.h5"
     model.save_weights(weights)
     img = RNG.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
@@ -138,7 +141,7 @@ def test_keras_offline_without_weights_says_what_to_pass(monkeypatch):
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
     monkeypatch.setattr("keras.src.utils.file_utils.get_file", offline)
-    bb = create_backbone("mobilenet_v2", "penultimate")  # any application: the smallest builds fastest
+    bb = create_backbone("mobilenet", "penultimate")  # any application: MobileNet (v1, fewest layers) builds fastest
     with pytest.raises(BackboneError, match="--weights FILE"):
         bb.load()
 
@@ -154,22 +157,22 @@ def test_weights_only_for_keras_apps():
 
 
 @pytest.mark.slow
-def test_hub_handle_to_a_local_savedmodel(tiny, expected, tmp_path):
+def test_hub_handle_to_a_local_savedmodel(tiny_saved_model, expected):
     # hub:HANDLE goes through tensorflow_hub.resolve (a URL downloads; a local folder is used as is)
-    path = export_saved_model(tiny, tmp_path / "hubmodel")
+    path = tiny_saved_model
     bb = create_backbone(f"hub:{path}", "penultimate", input_size=SIZE, scaling="tf")
     np.testing.assert_allclose(bb(IMAGES), expected["penultimate"], rtol=1e-4, atol=1e-5)
     assert bb.spec()["source"]["handle"] == path
 
 
 @pytest.mark.slow
-def test_keras_application_with_legacy_h5_weights(tmp_path):
+def test_keras_application_with_legacy_h5_weights(mobilenet_v2, tmp_path):
     # the legacy .h5 files Keras downloads (e.g. ..._weights_tf_dim_ordering_tf_kernels.h5) load too
     import h5py
     import keras
     from keras.src.legacy.saving import legacy_h5_format
 
-    model = keras.applications.MobileNetV2(weights=None, classifier_activation=None)
+    model = mobilenet_v2
     path = tmp_path / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
     with h5py.File(path, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, model)
@@ -195,13 +198,13 @@ def test_bfloat16_precision_is_close_to_float32_and_part_of_the_spec():
 
 
 @pytest.mark.slow
-def test_tensorflow_backbone_featurize_equals_direct_calls_skips_bad_files_and_resumes(tiny, tmp_path):
+def test_tensorflow_backbone_featurize_equals_direct_calls_skips_bad_files_and_resumes(tiny_saved_model, tmp_path):
     from conftest import make_class_tree
 
     import pipeline
     from pipeline.decode.images import load_image
 
-    model = export_saved_model(tiny, tmp_path / "sm")
+    model = tiny_saved_model
     data = make_class_tree(tmp_path / "data", per_class=5)
     (data / "red" / "broken.jpg").write_bytes(b"<html>404</html>")
     opts = dict(input_size=SIZE, scaling="tf", batch_size=4, progress=False, report=True)

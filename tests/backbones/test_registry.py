@@ -62,7 +62,7 @@ def test_keras_application_has_its_declared_widths(name, monkeypatch):
     # every registered Keras application, untrained (no download): built by the library at its declared input
     # size, its layers have the declared widths. The network is built without materialising its weights
     # (keras.StatelessScope) and the library's own forward function is traced on a symbolic batch; the real
-    # forward pass of a Keras application is timed out of this test (mobilenet_v2 below, and tests/backbones/
+    # forward pass of a Keras application is timed out of this test (mobilenet below, and tests/backbones/
     # test_backbones.py compares it with Keras' own outputs)
     import keras
 
@@ -95,7 +95,8 @@ def test_keras_application_has_its_declared_widths(name, monkeypatch):
 def test_a_keras_application_runs_a_real_forward_pass_with_its_declared_widths():
     import keras
 
-    bb = _check_widths("mobilenet_v2", weights="random")
+    # MobileNet (v1): the registered application with the fewest layers, so the quickest to build and trace
+    bb = _check_widths("mobilenet", weights="random")
     assert bb.spec()["source"]["weights"] == "random"
     keras.backend.clear_session()
 
@@ -145,9 +146,10 @@ def test_an_explicit_batch_size_survives_building_a_keras_application():
     """--batch-size 8 is the batch the network runs, not the device default picked when it is built."""
     from pipeline.backbones import create_backbone
 
-    bb = create_backbone("mobilenet_v2", weights="random", input_size=32, batch_size=8)
+    # MobileNet (v1): any application does; the one with the fewest layers builds fastest
+    bb = create_backbone("mobilenet", weights="random", input_size=32, batch_size=8)
     bb.load()
     assert bb.batch_size == 8
-    auto = create_backbone("mobilenet_v2", weights="random", input_size=32)
+    auto = create_backbone("mobilenet", weights="random", input_size=32)
     auto.load()
     assert auto.batch_size == (256 if auto.device == "GPU" else 32)  # the device's default

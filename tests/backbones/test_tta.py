@@ -27,10 +27,10 @@ def test_flip_features_are_the_mean_of_image_and_mirror_tflite():
 
 
 @pytest.mark.slow
-def test_flip_features_are_the_mean_of_image_and_mirror_savedmodel(tmp_path):
-    from models_for_tests import SIZE, export_saved_model, tiny_keras_model
+def test_flip_features_are_the_mean_of_image_and_mirror_savedmodel(tiny_saved_model):
+    from models_for_tests import SIZE
 
-    path = export_saved_model(tiny_keras_model(), tmp_path / "sm")
+    path = tiny_saved_model
     images = IMAGES[:, ::7, ::7][:, :SIZE, :SIZE].copy()
     plain = create_backbone(path, "penultimate", input_size=SIZE, scaling="tf")
     flip = create_backbone(path, "penultimate", input_size=SIZE, scaling="tf", tta="flip")

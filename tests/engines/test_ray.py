@@ -29,16 +29,27 @@ def cluster():
     ray.shutdown()
 
 
-@pytest.fixture
-def folder(tmp_path):
+def _folder(root: Path) -> Path:
     """Two classes of 5 images, a file that is not an image, one that is ignored, one hidden, a hidden folder."""
-    data = make_class_tree(tmp_path / "data", per_class=5)
+    data = make_class_tree(root / "data", per_class=5)
     (data / "red" / "broken.jpg").write_bytes(b"not a jpeg at all")
     (data / "blue" / "notes.txt").write_text("not an image")
     (data / "blue" / ".hidden.jpg").write_bytes(b"x")
     (data / "blue" / ".thumbnails").mkdir()
     (data / "blue" / ".thumbnails" / "t.jpg").write_bytes(b"x")  # a hidden folder is not walked
     return data
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """`_folder`, built once for the module: the tests that read it do not change it."""
+    return _folder(tmp_path_factory.mktemp("folder"))
+
+
+@pytest.fixture(scope="module")
+def local(folder, tmp_path_factory):
+    """The in-process store of `folder`, featurized once for the module: what the Ray runs must equal."""
+    return pipeline.featurize(folder, out=tmp_path_factory.mktemp("local") / "store", progress=False)
 
 
 def _report(store) -> dict:
@@ -65,7 +76,8 @@ def test_partitions_are_contiguous_deterministic_and_cover_the_listing():
     assert partition_bounds(2500, None) == [(0, 833), (833, 1666), (1666, 2500)]  # 1000 images each at most
 
 
-def test_ray_store_equals_in_process_store_row_for_row(cluster, folder, tmp_path):
+def test_ray_store_equals_in_process_store_row_for_row(cluster, tmp_path):
+    folder = _folder(tmp_path)  # its own copy: this test changes files in it
     local = pipeline.featurize(folder, out=tmp_path / "local", progress=False)
     run = pipeline.featurize(folder, out=tmp_path / "ray", progress=False, report=True, engine="ray",
                              cluster=RayCluster(partitions=3))
@@ -92,8 +104,7 @@ def test_ray_store_equals_in_process_store_row_for_row(cluster, folder, tmp_path
     np.testing.assert_allclose(changed.store.features, local_changed.store.features, rtol=1e-6, atol=1e-6)
 
 
-def test_images_through_a_file_uri_and_score_on_ray(cluster, folder, tmp_path, capsys):
-    local = pipeline.featurize(folder, out=tmp_path / "local", progress=False)
+def test_images_through_a_file_uri_and_score_on_ray(cluster, folder, local, tmp_path, capsys):
     uri = folder.resolve().as_uri()  # file:///... read through pyarrow.fs, as s3:// and gs:// would be
     store = pipeline.featurize(uri, out=tmp_path / "uri", progress=False, engine="ray", cluster=RayCluster())
     assert store.paths == local.paths and list(store.labels) == list(local.labels)
@@ -189,7 +200,7 @@ def test_a_backbone_actor_killed_mid_run_is_restarted_and_the_store_equals_in_pr
     assert _report(run.store) == _report(clean)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def s3_folder(folder):
     """`folder` uploaded to a moto S3 server on 127.0.0.1 (the real S3 API over HTTP); its s3:// URI.
 
@@ -214,9 +225,8 @@ def s3_folder(folder):
     server.stop()
 
 
-def test_images_from_s3_through_pyarrow_on_ray_equal_the_local_folder(cluster, folder, s3_folder, tmp_path,
+def test_images_from_s3_through_pyarrow_on_ray_equal_the_local_folder(cluster, local, s3_folder, tmp_path,
                                                                         monkeypatch):
-    local = pipeline.featurize(folder, out=tmp_path / "local", progress=False)
     run = pipeline.featurize(s3_folder, out=tmp_path / "s3", progress=False, report=True, engine="ray",
                              cluster=RayCluster(partitions=2))
     store = run.store
@@ -267,7 +277,8 @@ def test_cpu_clusters_decode_inside_the_backbone_actors_and_gpu_clusters_beside_
     assert actors.pop("size") == 2 and actors["num_gpus"] == 1 and not fused(actors, decode)
 
 
-def test_a_small_ray_run_reports_its_start_up_and_points_to_the_local_engine(cluster, folder, tmp_path, capsys):
+def test_a_small_ray_run_reports_its_start_up_and_points_to_the_local_engine(cluster, folder, local, tmp_path,
+                                                                             capsys):
     """On a folder of a dozen images most of a Ray run is Ray starting its workers: the report measures
     it (`stages.startup_s`) and the summary says that --engine local is faster for such a folder."""
     assert main(["featurize", str(folder), "--engine", "ray", "--out", str(tmp_path / "s")]) == 0
@@ -275,4 +286,4 @@ def test_a_small_ray_run_reports_its_start_up_and_points_to_the_local_engine(clu
     assert 0 < stages["startup_s"] <= stages["wall_s"]
     out = capsys.readouterr()
     assert "--engine local is faster" in out.out + out.err
-    assert "startup_s" not in pipeline.featurize(folder, out=tmp_path / "local", progress=False).report["stages"]
+    assert "startup_s" not in local.report["stages"]

@@ -65,16 +65,15 @@ def test_saved_model_equals_predict_proba(tiny_export, data, head, pca):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["savedmodel", "graphdef"])
-def test_saved_model_from_a_tensorflow_graph_backbone(data, tmp_path, kind):
+def test_saved_model_from_a_tensorflow_graph_backbone(data, tmp_path, kind, tiny_saved_model, tiny_frozen_graph):
     # a SavedModel folder or a frozen GraphDef as the backbone: exported as constants, same numbers
+    # (the tiny CNN as either: conftest exports each once per test process)
     import tensorflow as tf
-    from models_for_tests import export_saved_model, frozen_graph_def
 
-    tiny = tiny_keras_model()
     if kind == "savedmodel":
-        bb = create_backbone(export_saved_model(tiny, tmp_path / "sm"), "penultimate", input_size=SIZE, scaling="tf")
+        bb = create_backbone(tiny_saved_model, "penultimate", input_size=SIZE, scaling="tf")
     else:
-        path, inp, _ = frozen_graph_def(tiny, tmp_path / "frozen.pb")
+        path, inp, _ = tiny_frozen_graph
         bb = create_backbone(path, "penultimate", input_size=SIZE, scaling="tf", input_tensor=inp)
     paths, labels = data
     clf = calibrated_classifier(bb, paths, labels)
@@ -166,11 +165,9 @@ def test_tflite_bundled_quantized_backbone_stays_quantized(data, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("quantized", [False, True])
-def test_tflite_from_other_tflite_backbones(data, tmp_path, quantized):
+def test_tflite_from_other_tflite_backbones(data, tmp_path, quantized, tiny_tflite):
     # a float TFLite model gets its pixel scaling prepended; a quantized one its head after a DEQUANTIZE
-    from models_for_tests import tflite_model
-
-    path = tflite_model(tiny_keras_model(), tmp_path / "tiny.tflite", quantized=quantized)
+    path = tiny_tflite(quantized)  # the tiny CNN converted once per test process (conftest)
     paths, labels = data
     clf = calibrated_classifier(create_backbone(path, "penultimate", scaling="tf"), paths, labels, "svm")
     out = clf.export(tmp_path / "model.tflite", format="tflite")

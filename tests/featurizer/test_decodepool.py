@@ -109,11 +109,9 @@ def test_choice_of_decode_mode():
 
 
 @pytest.fixture(scope="module")
-def saved_model(tmp_path_factory) -> str:
-    """The tiny test CNN as a SavedModel, exported once for the module (read only by the tests)."""
-    from models_for_tests import export_saved_model, tiny_keras_model
-
-    return export_saved_model(tiny_keras_model(), tmp_path_factory.mktemp("decodepool") / "sm")
+def saved_model(tiny_saved_model) -> str:
+    """The tiny test CNN as a SavedModel (conftest: exported once per test process; read only by the tests)."""
+    return tiny_saved_model
 
 
 def test_featurize_with_process_decode_equals_thread_decode(tmp_path, saved_model):
