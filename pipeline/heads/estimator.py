@@ -72,6 +72,11 @@ class FeatureHead(ClassifierMixin, BaseEstimator):
     # ---- fitting ---------------------------------------------------------------------------------
     def fit(self, X, y):
         """Check the parameters and the labels, choose C if 'auto', fit on every row; return self."""
+        return self.fit_chosen(X, y, None)
+
+    def fit_chosen(self, X, y, choice=None):
+        """``fit``, with C='auto' taken from `choice` (a pipeline.heads.search.Choice made on these rows and
+        these folds for this head) instead of searching again; return self."""
         self._check_params()
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
@@ -81,7 +86,7 @@ class FeatureHead(ClassifierMixin, BaseEstimator):
                              f"features ({X.shape[1]})")
         with warnings.catch_warnings():  # many classes of few images is normal here, not "a regression problem"
             warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
-            search = self._search_C(X, y) if self.C == "auto" else None
+            search = (choice or self._search_C(X, y)) if self.C == "auto" else None
             self.C_ = float(self.C) if search is None else float(search.C)
             self.model_ = self._fit_model(X, y, search)
         self.classes_ = self.model_.classes_
@@ -128,9 +133,9 @@ class FeatureHead(ClassifierMixin, BaseEstimator):
         m = {"head": self.head, "n_train": int(len(y)), "class_counts": counts, "pca": self.pca,
              "class_weight": self.class_weight, "unvalidated_classes": too_small(y), "C": self.C_}
         if search is not None:
-            scores = search.scores("features", self.head)
+            scores = search.scores(search.features, self.head)
             m.update(cv_accuracy=float(max(scores.values())), cv_folds=int(search.n_splits),
-                     cv_scores={str(c): v for c, v in scores.items()})
+                     cv_scores={str(c): v for c, v in scores.items()}, selection=search.table())
         m["calibration"] = (calibration_note(self.model_) if _has_proba(self) else
                             "none (calibration_folds=0): decisions only, no probabilities")
         m["train_accuracy"] = float(np.mean(self.model_.predict(X) == y))
