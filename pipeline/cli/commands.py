@@ -68,6 +68,8 @@ def _featurize_parser(sub) -> None:
     i.add_argument("images", nargs="+")
     add_group(i, BackboneOptions, skip=("layer", "batch_size", "tta"))
     i.add_argument("--top", type=positive_int("--top"), default=5)
+    i.add_argument("--classes", help="only these classes, comma-separated ImageNet names (case, _ - and spaces "
+                                     "alike, any synonym): the network's probabilities renormalised over them")
 
 
 def _train_parser(sub) -> None:
@@ -199,8 +201,8 @@ def cmd_train(a):
     print(json.dumps({"head_file": str(path), **clf.metrics}) if a.json else train_summary(clf, path))
     if a.report or a.learning_curve:
         chosen = replace(head, head=clf.metrics["head"])
-        print(train_report(store, clf.metrics["C"], chosen, a.report, a.learning_curve, clf.metrics.get("selection")),
-              file=sys.stderr if a.json else sys.stdout)
+        print(train_report(store, clf.metrics["C"], chosen, a.report, a.learning_curve, clf.metrics.get("selection"),
+                           clf.metrics.get("feature_set")), file=sys.stderr if a.json else sys.stdout)
 
 
 def cmd_score(a):
@@ -242,7 +244,8 @@ def cmd_compare(a):
 def cmd_predict_imagenet(a):
     from ..scoring.imagenet import predict_imagenet
 
-    for path, top in predict_imagenet(a.images, from_args(BackboneOptions, a), a.top):
+    classes = [c.strip() for c in a.classes.split(",") if c.strip()] if a.classes else None
+    for path, top in predict_imagenet(a.images, from_args(BackboneOptions, a), a.top, classes=classes):
         print(f"{path}: " + ", ".join(f"{label.split(',')[0]} ({p:.3f})" for label, p in top))
 
 

@@ -15,8 +15,11 @@ to make it cheap:
   instead of D when n_train < D, the same decision values for every row, validated or not, since the
   part of a row outside the span meets zero weight. RBF kernels depend on distances outside the span,
   so the RBF SVM fits on the standardised rows as they are.
-- **Folds in parallel**: ``joblib.Parallel(n_jobs)`` over the folds (processes; ``n_jobs=None``: one
-  per core, at most one per fold).
+- **Folds in parallel**: ``joblib.Parallel(n_jobs, prefer="threads")`` over the folds (``n_jobs=None``:
+  one per core, at most one per fold), BLAS limited to one thread meanwhile (``threadpoolctl``;
+  ``one_thread``). Threads, not processes: the fits release the GIL in BLAS and Cython, and on a busy
+  2-core machine starting worker processes cost 50 s of a 68 s selection (threads: 15.5 s; one thread
+  in turn: 17.5 s).
 
 The caller (pipeline/heads/search.py) scores accuracy from these values, reuses the chosen C's values
 to fit the SVMs' temperature (pipeline/heads/calibration.py) instead of refitting calibration folds,
@@ -32,10 +35,17 @@ from joblib import Parallel, delayed
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from .kinds import KINDS
 
 SPAN_TOLERANCE = 1e-7  # singular values below this fraction of the largest are outside the rows' span
+
+
+def one_thread():
+    """BLAS and OpenMP limited to one thread in this block: the folds are the parallelism. (On a busy machine
+    OpenBLAS's spinning threads made one fold's fits 12x slower: 242 s against 20 s.)"""
+    return threadpool_limits(limits=1)
 
 
 def row_space(A: np.ndarray) -> np.ndarray:
@@ -109,11 +119,12 @@ def oof_path(head: str, X, y, grid, splits, class_weight=None, n_jobs: int | Non
     splits = list(splits)
     jobs = (delayed(fold)(head, X, y, tr, te, list(grid), class_weight, None, pca) for tr, te in splits)
     results = []
-    par = Parallel(n_jobs=n_workers(n_jobs, len(splits)), return_as="generator")
-    for k, res in enumerate(par(jobs), 1):
-        results.append(res)
-        if progress is not None:
-            progress(k)
+    par = Parallel(n_jobs=n_workers(n_jobs, len(splits)), return_as="generator", prefer="threads")
+    with one_thread():  # for every thread of this process: the folds are the parallelism
+        for k, res in enumerate(par(jobs), 1):
+            results.append(res)
+            if progress is not None:
+                progress(k)
     out = []
     for c in range(len(grid)):
         first = results[0][c]

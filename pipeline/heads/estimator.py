@@ -31,6 +31,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..errors import UsageError
+from .cpath import one_thread
 from .folds import too_small
 from .kinds import KINDS, check_head
 from .search import Candidate, choose
@@ -121,12 +122,13 @@ class FeatureHead(ClassifierMixin, BaseEstimator):
         calibrate = bool(self.calibration_folds) and KINDS[self.head].needs_calibration
         model = make_head(self.head, self.C_, calibrate=calibrate, calibration_folds=self.calibration_folds,
                           pca=self.pca, seed=self.seed, class_weight=self.class_weight)
-        if calibrate and search is not None and self.folds == self.calibration_folds:
-            # the selection folds are the calibration folds (RareClassKFold, same k and seed): reuse their values
-            scaled = model[:-1].fit_transform(X, y)
-            model.steps[-1][1].fit_prevalidated(scaled, y, search.oof, search.validated, search.n_splits)
-            return model
-        return model.fit(X, y)
+        with one_thread():  # see pipeline/heads/cpath.py
+            if calibrate and search is not None and self.folds == self.calibration_folds:
+                # the selection folds are the calibration folds (RareClassKFold, same k and seed): reuse their values
+                scaled = model[:-1].fit_transform(X, y)
+                model.steps[-1][1].fit_prevalidated(scaled, y, search.oof, search.validated, search.n_splits)
+                return model
+            return model.fit(X, y)
 
     def _metrics(self, X, y, counts: dict, search) -> dict:
         """The training record the `train` summary, reports and head files show."""

@@ -31,7 +31,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ..dataset.labels import normalise, split_tags, tags_of  # noqa: F401 (normalise: part of this API)
 from ..errors import UsageError
-from .cpath import oof_path, ovr_fold_path
+from .cpath import one_thread, oof_path, ovr_fold_path
 from .kinds import KINDS, check_head, multi_label_kind
 
 log = logging.getLogger(__name__)
@@ -270,7 +270,8 @@ def fit_multilabel(head: str, X, y, C: float | str = "auto", folds: int | str = 
     alphas = fit_alphas(head, Y, F)
     P = expit(alphas[None, :] * F)
     thresholds, single = tune_thresholds(Y, P)
-    model = make_multilabel(classes, head, float(C), pca, class_weight).fit(X, Y)
+    with one_thread():  # see pipeline/heads/cpath.py
+        model = make_multilabel(classes, head, float(C), pca, class_weight).fit(X, Y)
     model.named_steps["clf"].alphas_, model.named_steps["clf"].thresholds_ = alphas, thresholds
     cv = multilabel_metrics(Y, P, classes, thresholds)
     metrics.update(C=float(C), thresholds={c: float(t) for c, t in zip(classes, thresholds)},

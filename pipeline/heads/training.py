@@ -19,6 +19,8 @@ from ..versions import versions
 from .classifier import Classifier
 from .estimator import FeatureHead
 from .featuresets import feature_sets
+from .folds import too_small
+from .zeroshot import zero_shot_candidates, zero_shot_head
 from .search import Candidate, choose
 from .selection import check_labels
 from ..progress import candidate_progress, fold_progress
@@ -119,9 +121,14 @@ def fit_single(o: HeadOptions, sets: dict, y, progress: bool = False) -> Feature
         est.metrics_["feature_set"] = candidates[0].features
         return est
     check_labels(y)
+    zero = zero_shot_candidates(sets, y) if o.head == "auto" and o.C == "auto" else {}
+    candidates += [Candidate(name, "zero_shot") for name in zero]
     with candidate_progress(len(candidates), progress) as step:
-        choice = choose(sets, y, candidates, o.folds, o.seed, o.class_weight, zero_shot=None, progress=step, pca=o.pca)
+        choice = choose(sets, y, candidates, o.folds, o.seed, o.class_weight,
+                        zero_shot={k: v[0] for k, v in zero.items()}, progress=step, pca=o.pca)
     log.info("chose %s on %s, C=%s: CV accuracy %.4f", choice.head, choice.features, choice.C, choice.cv_accuracy)
+    if choice.head == "zero_shot":
+        return _zero_shot_estimator(choice, zero[choice.features][1], sets[choice.features], y, o)
     if o.C == "auto":
         est = FeatureHead(choice.head, "auto", o.folds, o.seed, o.pca, o.class_weight).fit_chosen(
             sets[choice.features], y, choice)
@@ -130,6 +137,19 @@ def fit_single(o: HeadOptions, sets: dict, y, progress: bool = False) -> Feature
         est.metrics_.update(cv_accuracy=choice.cv_accuracy, cv_folds=choice.n_splits, selection=choice.table())
     est.metrics_["feature_set"] = choice.features
     return est
+
+
+def _zero_shot_estimator(choice, indices, X, y, o: HeadOptions) -> FeatureHead:
+    """The zero-shot head as a fitted FeatureHead (a logreg of one-hot weights), with the selection's metrics."""
+    classes = np.unique(y)
+    model = zero_shot_head(classes, indices, X.shape[1])
+    metrics = {"head": "zero_shot", "n_train": int(len(y)), "class_counts": check_labels(y), "pca": None,
+               "class_weight": None, "unvalidated_classes": too_small(y), "C": None,
+               "cv_accuracy": choice.cv_accuracy, "cv_folds": choice.n_splits, "selection": choice.table(),
+               "feature_set": choice.features, "imagenet_indices": [int(i) for i in indices],
+               "calibration": "the network's softmax over these classes (zero-shot: no training)"}
+    metrics["train_accuracy"] = float(np.mean(model.predict(X) == y))
+    return FeatureHead.fitted(model, {"head": "logreg", "C": "auto", "folds": o.folds, "seed": o.seed}, metrics)
 
 
 def pick_sets(sets: list, layer: str | None, store) -> list:

@@ -21,7 +21,8 @@ def train_summary(clf, path) -> str:
     else:
         cv = f", {m['cv_folds']}-fold CV accuracy {m['cv_accuracy']:.4f}" if "cv_accuracy" in m else ""
         weighted = ", classes weighted balanced" if m.get("class_weight") else ""
-        lines = [f"{m['head']} C={m['C']:g} on {m['n_train']} images, {len(clf.classes_)} classes{cv} -> {path}",
+        C = "-" if m.get("C") is None else f"{m['C']:g}"
+        lines = [f"{m['head']} C={C} on {m['n_train']} images, {len(clf.classes_)} classes{cv} -> {path}",
                  f"probabilities: {m['calibration']}{weighted}"]
         if len(m.get("selection") or []) > 1:
             from ..heads.search import format_table
@@ -41,7 +42,7 @@ def train_summary(clf, path) -> str:
 
 
 def train_report(store, C: float, options: HeadOptions, out_dir=None, learning_curve: bool = False,
-                 selection: list | None = None) -> str:
+                 selection: list | None = None, feature_set: str | None = None) -> str:
     """The learning curve (`learning_curve`) and an HTML report in `out_dir` of the cross-validated
     predictions of `options.head` with `C` on `store`; the lines saying what was made."""
     from .report import report_predictions
@@ -56,7 +57,10 @@ def train_report(store, C: float, options: HeadOptions, out_dir=None, learning_c
             from ..heads.multilabel import cross_validated
         else:
             from ..heads.evaluation import cross_validated
-        metrics, y, proba, rows = cross_validated(store, o.head, C, o.folds, o.seed, o.pca)
+        if store.multi_label:
+            metrics, y, proba, rows = cross_validated(store, o.head, C, o.folds, o.seed, o.pca)
+        else:
+            metrics, y, proba, rows = cross_validated(store, o.head, C, o.folds, o.seed, o.pca, feature_set)
         title = f"{o.head} on {store.root.name}: cross-validated predictions"
         extra = {"head": o.head, "C": C, "folds": o.folds, "PCA": o.pca or "none",
                  "features": f"{store.root} ({describe(store.spec)})"}
