@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BACKBONE ?= mobilenet_v2_quant
 LAYER    ?= penultimate
-HEAD     ?= linear_svm
+HEAD     ?= auto
 C        ?= auto
 DATA     ?=
 FEATURES ?=
@@ -42,7 +42,7 @@ features: install  ## make features DATA=path/to/images [BACKBONE=...] [LAYER=..
 	@test -n "$(DATA)" || { echo "usage: make features DATA=folder [BACKBONE=$(BACKBONE)] [LAYER=$(LAYER)] [OUT=dir]"; exit 2; }
 	$(PY) -m pipeline featurize "$(DATA)" --backbone "$(BACKBONE)" --layer "$(LAYER)" $(if $(OUT),--out "$(OUT)")
 
-train: install  ## make train FEATURES=features/... [HEAD=linear_svm] [C=auto] [MODEL=models/x.head.npz]
+train: install  ## make train FEATURES=features/... [HEAD=auto] [C=auto] [MODEL=models/x.head.npz]
 	@test -n "$(FEATURES)" || { echo "usage: make train FEATURES=dir [HEAD=$(HEAD)] [C=$(C)] [MODEL=models/NAME.head.npz]"; exit 2; }
 	$(PY) -m pipeline train "$(FEATURES)" --head "$(HEAD)" --C "$(C)" --out "$(or $(MODEL),models/$(notdir $(FEATURES))-$(HEAD).head.npz)"
 
@@ -74,6 +74,10 @@ bench: install  ## side-by-side featurization benchmark on ../shared/data/catsdo
 bench-audit: install  ## audit at scale (100,000 x 1280 synthetic) and on real photos with planted copies (BENCHMARKS.md)
 	$(PY) bench/audit_scale.py $(BENCH_ARGS)
 	$(PY) bench/audit_realdata.py
+
+.PHONY: bench-train
+bench-train: install  ## train time of the default head, this code against main's, side by side (BENCHMARKS.md)
+	$(PY) bench/train_speed.py $(BENCH_ARGS)
 
 .PHONY: bench-serve
 bench-serve: install  ## load test of `serve` on loopback against batch score (figures in BENCHMARKS.md)

@@ -123,7 +123,8 @@ HEADS = ("linear_svm", "svm", "logreg")  # the names of heads.kinds.KINDS, witho
 class HeadOptions:
     """Which head is fitted on the features, and how C is chosen."""
 
-    head: str = _flag("linear_svm", "the classifier: linear_svm (default), svm (RBF kernel) or logreg", choices=HEADS)
+    head: str = _flag("auto", "auto (default: chosen by CV among the kinds that fit the data size) or one of "
+                      + ", ".join(HEADS), choices=("auto",) + HEADS)
     C: float | str | dict = _flag("auto", "'auto' (cross-validated, default) or a number", type="C")
     folds: int | str = _flag(5, "CV folds for --C auto, or 'loo' (default 5)", type="folds")
     seed: int = _flag(0, "random seed of the folds, samples and splits (default 0)", type="int")

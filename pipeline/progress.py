@@ -11,6 +11,7 @@ cached") instead of a rate, and a run that fails before any item is done writes 
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 import time
 
 
@@ -153,3 +154,46 @@ def _duration(seconds: float) -> str:
         return f"{seconds:.1f} s"
     m, s = divmod(int(round(seconds)), 60)
     return f"{m} min {s:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+
+class _FoldSteps:
+    """The callbacks of :func:`candidate_progress` / :func:`fold_progress`: one bar over every fold."""
+
+    def __init__(self, candidates: int, desc: str, enabled: bool):
+        self.candidates, self.desc, self.enabled, self.bar = candidates, desc, enabled, None
+
+    def __call__(self, candidate=None, k: int = 1, n: int | None = None) -> None:
+        if not self.enabled:
+            return
+        if isinstance(candidate, int) and n is None:  # fold_progress: called with the fold number alone
+            candidate, k = None, candidate
+        if self.bar is None:
+            self.bar = progress_bar(self.candidates * (n or 5), self.desc, unit="fold")
+        if candidate is not None and hasattr(self.bar, "set_description"):
+            self.bar.set_description(f"{candidate.head} on {candidate.features}: fold {k}/{n}")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextmanager
+def candidate_progress(candidates: int, enabled: bool = True):
+    """A callback ``step(candidate, k, n)`` for ``heads.search.choose``: a bar over candidates x folds on a
+    terminal (its label: which candidate, fold k of n), whole lines elsewhere; nothing when not `enabled`."""
+    steps = _FoldSteps(candidates, "cross-validating", enabled)
+    try:
+        yield steps
+    finally:
+        steps.close()
+
+
+@contextmanager
+def fold_progress(desc: str, enabled: bool = True, folds: int = 5):
+    """A callback ``step(k)`` called as fold k finishes: a bar of `folds` steps, as :func:`candidate_progress`."""
+    steps = _FoldSteps(1, desc, enabled)
+    try:
+        yield steps
+    finally:
+        steps.close()

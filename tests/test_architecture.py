@@ -56,7 +56,6 @@ COVERED_ELSEWHERE: dict[str, str] = {
     "pipeline.heads.classifier": "tests/heads/test_estimator.py",
     "pipeline.heads.evaluation": "tests/reports/test_report.py",  # metrics equal scikit-learn's
     "pipeline.heads.selection": "tests/heads/test_heads.py",
-    "pipeline.heads.training": "tests/realdata/test_real_world.py",  # holdout, splits, sample
     "pipeline.hints": "tests/cli/test_first_hour.py",
     "pipeline.logs": "tests/cli/test_first_hour.py",
     "pipeline.preprocess": "tests/backbones/test_registry.py",  # one preprocessing rule for every kind

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 from ..backbones.base import describe
@@ -77,6 +78,8 @@ def _featurize_parser(sub) -> None:
     i.add_argument("images", nargs="+", help="image files")
     add_group(i, BackboneOptions, skip=("layer", "batch_size", "tta"))
     i.add_argument("--top", type=positive_int("--top"), default=5, help="how many classes per image (default: %(default)s)")
+    i.add_argument("--classes", help="only these classes, comma-separated ImageNet names (case, _ - and spaces "
+                                     "alike, any synonym): the network's probabilities renormalised over them")
 
 
 def _train_parser(sub) -> None:
@@ -92,6 +95,10 @@ def _train_parser(sub) -> None:
     t.add_argument("--report", metavar="DIR", help="write an HTML report of the cross-validated predictions")
     t.add_argument("--learning-curve", action="store_true",
                    help="accuracy against training images per class (printed, and plotted in --report)")
+    t.add_argument("--json", action="store_true", help="print the head's metrics (with the selection table) as JSON")
+    t.add_argument("--layer", help="train on this feature set only (default: choose by CV among those the store "
+                                   "offers: its layer, layers written beside it, penultimate+predictions)")
+    t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar or lines")
 
 
 def _score_parser(sub) -> None:
@@ -240,10 +247,13 @@ def cmd_train(a):
         check_report_dir(a.report, store.meta.get("data_dir"))
     if a.learning_curve and store.multi_label:
         raise UsageError("--learning-curve is for single-label stores; this one is multi-label")
-    clf = train(store, head, from_args(SplitOptions, a), sample=a.sample)
-    print(train_summary(clf, clf.save(a.out)))
+    clf = train(store, head, from_args(SplitOptions, a), sample=a.sample, progress=a.progress, layer=a.layer)
+    path = clf.save(a.out)
+    print(json.dumps({"head_file": str(path), **clf.metrics}) if a.json else train_summary(clf, path))
     if a.report or a.learning_curve:
-        print(train_report(store, clf.metrics["C"], head, a.report, a.learning_curve))
+        chosen = replace(head, head=clf.metrics["head"])
+        print(train_report(store, clf.metrics["C"], chosen, a.report, a.learning_curve, clf.metrics.get("selection"),
+                           clf.metrics.get("feature_set")), file=sys.stderr if a.json else sys.stdout)
 
 
 def cmd_score(a):
@@ -268,7 +278,8 @@ def cmd_evaluate(a):
 
         page = report_predictions(a.report, m, y, proba, rows, store,
                                   title=f"{os.path.basename(a.model)} on {store.root.name}",
-                                  extra={"model": a.model, "features": f"{store.root} ({describe(store.spec)})"})
+                                  extra={"model": a.model, "features": f"{store.root} ({describe(store.spec)})"},
+                                  selection=model.metrics.get("selection"))
         print(f"report -> {page}", file=sys.stderr if a.json else sys.stdout)
 
 
@@ -287,7 +298,8 @@ def cmd_compare(a):
 def cmd_predict_imagenet(a):
     from ..scoring.imagenet import predict_imagenet
 
-    for path, top in predict_imagenet(a.images, from_args(BackboneOptions, a), a.top):
+    classes = [c.strip() for c in a.classes.split(",") if c.strip()] if a.classes else None
+    for path, top in predict_imagenet(a.images, from_args(BackboneOptions, a), a.top, classes=classes):
         print(f"{path}: " + ", ".join(f"{label.split(',')[0]} ({p:.3f})" for label, p in top))
 
 

@@ -4,10 +4,13 @@
 call (its features are the layers' side by side). :class:`LayerWriters` looks to an engine like
 one store writer and splits each committed batch by columns into one store per layer, each with
 the spec a single-layer run records, so the stores equal single-layer runs and are resumable and
-incremental like them: a file is reused only when every layer's store holds it unchanged.
+incremental like them: a file is reused only when every layer's store holds it unchanged. Each
+store's ``meta.json`` names the others (``"layers": {layer: relative path}``), so ``train`` on one
+of them can choose among all of them (pipeline/heads/featuresets.py).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +49,9 @@ class LayerWriters:
                 request = {**backbone.request(), "layer": backbone.layers[i]}
                 writers.append(open_writer(path, request, overwrite=overwrite))
                 writers[-1].meta["data_dir"] = str(Path(data_dir).resolve())
+            paths = [w.root for w in writers]
+            for w in writers:  # where the other layers of this pass are (pipeline/heads/featuresets.py)
+                w.meta["layers"] = {layer: os.path.relpath(p, w.root) for layer, p in zip(backbone.layers, paths)}
         except BaseException:
             for w in writers:
                 w.abort()

@@ -81,18 +81,31 @@ class TemperatureCalibrated(ClassifierMixin, BaseEstimator):
         X, y = np.asarray(X), np.asarray(y)
         sample_weight = None if sample_weight is None else np.asarray(sample_weight)
         self.classes_, y_index = np.unique(y, return_inverse=True)
-        self.unvalidated_ = too_small(y)
         folds = calibration_folds(y, self.cv, self.seed) if self.cv else []
+        f, seen = None, np.zeros(len(y), dtype=bool)
         if folds:
             f = np.zeros((len(y), len(self.classes_) if len(self.classes_) > 2 else 1))
-            seen = np.zeros(len(y), dtype=bool)
             for tr, te in folds:
                 est = self._fit_one(X[tr], y[tr], None if sample_weight is None else sample_weight[tr])
                 f[te] = est.decision_function(X[te]).reshape(len(te), -1)
                 seen[te] = True
             f = f[:, 0] if f.shape[1] == 1 else f
+        return self._finish(X, y, sample_weight, f, seen, len(folds))
+
+    def fit_prevalidated(self, X, y, f, validated, n_folds: int, sample_weight=None):
+        """Fit on every row, alpha from out-of-fold decision values `f` already computed (rows where
+        `validated` is False are ignored): the folds that chose C also calibrate, nothing is refitted."""
+        X, y = np.asarray(X), np.asarray(y)
+        self.classes_ = np.unique(y)
+        seen = np.asarray(validated, dtype=bool)
+        return self._finish(X, y, sample_weight, np.asarray(f) if seen.any() else None, seen, n_folds)
+
+    def _finish(self, X, y, sample_weight, f, seen, n_folds: int):
+        self.unvalidated_ = too_small(y)
+        if f is not None:
+            y_index = np.searchsorted(self.classes_, y)
             self.alpha_ = fit_alpha(f[seen], y_index[seen], len(self.classes_))
-            self.calibration_ = (f"temperature scaling (alpha={self.alpha_:.4g}) fitted on {len(folds)}-fold "
+            self.calibration_ = (f"temperature scaling (alpha={self.alpha_:.4g}) fitted on {n_folds}-fold "
                                  f"cross-validated decision values" + (
                                      f" ({len(self.unvalidated_)} classes with one image not validated)"
                                      if self.unvalidated_ else ""))

@@ -144,6 +144,12 @@ class Classifier:
         if is_image_input(X):
             return self.features(X)
         if hasattr(X, "features") and hasattr(X, "spec"):  # a FeatureStore
+            if hasattr(X, "meta") and X.meta.get("layers") and self.feature_spec.differences(X.spec):
+                from .featuresets import store_features  # a layer written beside it, or a join of two
+
+                found = store_features(X, self.spec)
+                if found is not None:
+                    return found
             self.check_spec(X.spec, str(getattr(X, "root", "the store")), getattr(X, "meta", {}).get("data_dir"))
             return X.features
         return self._matrix(X)

@@ -7,10 +7,12 @@
 and ``Pipeline`` work with it. ``model_`` is the fitted StandardScaler (+ PCA) + classifier of
 pipeline/heads/selection.py, the SVMs temperature-calibrated (pipeline/heads/calibration.py).
 
-``C="auto"``: ``GridSearchCV`` over the head's grid (``HeadKind.c_grid``, pipeline/heads/kinds.py), accuracy on
-the folds of ``selection_splitter`` (RareClassKFold: one-image classes train in every fold and are never
-validated; or leave-one-out), with ``refit=plateau_index``: of the C values whose mean
-accuracy equals the best, the middle one in grid order (the rule ``select_C`` has always used).
+``C="auto"``: the head's grid (``HeadKind.c_grid``, pipeline/heads/kinds.py) cross-validated by
+pipeline/heads/search.py (warm starts along C, folds in parallel: ``n_jobs``), accuracy on the folds of
+``selection_splitter`` (RareClassKFold: one-image classes train in every fold and are never
+validated; or leave-one-out); of the C values whose mean accuracy equals the best, the middle one in
+grid order (the rule ``select_C`` has always used). The SVMs' temperature is fitted on the same
+out-of-fold decision values when ``calibration_folds == folds`` (nothing refitted for calibration).
 
 :class:`pipeline.heads.classifier.Classifier` wraps a fitted FeatureHead with the feature-spec check and
 persistence (the ``.head.npz`` file); multi-label heads (pipeline/heads/multilabel.py) are not FeatureHeads.
@@ -24,15 +26,16 @@ import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.model_selection import GridSearchCV
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..errors import UsageError
+from .cpath import one_thread
 from .folds import too_small
 from .kinds import KINDS, check_head
-from .selection import calibration_note, check_labels, make_head, plateau_index, selection_splitter
+from .search import Candidate, choose
+from .selection import calibration_note, check_labels, make_head
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,8 @@ class FeatureHead(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, head: str = "linear_svm", C: float | str = "auto", folds: int | str = 5, seed: int = 0,
-                 pca: int | None = None, class_weight: str | None = None, calibration_folds: int = 5):
+                 pca: int | None = None, class_weight: str | None = None, calibration_folds: int = 5,
+                 n_jobs: int | None = None):
         self.head = head
         self.C = C
         self.folds = folds
@@ -64,10 +68,16 @@ class FeatureHead(ClassifierMixin, BaseEstimator):
         self.pca = pca
         self.class_weight = class_weight
         self.calibration_folds = calibration_folds
+        self.n_jobs = n_jobs
 
     # ---- fitting ---------------------------------------------------------------------------------
     def fit(self, X, y):
         """Check the parameters and the labels, choose C if 'auto', fit on every row; return self."""
+        return self.fit_chosen(X, y, None)
+
+    def fit_chosen(self, X, y, choice=None):
+        """``fit``, with C='auto' taken from `choice` (a pipeline.heads.search.Choice made on these rows and
+        these folds for this head) instead of searching again; return self."""
         self._check_params()
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
@@ -77,8 +87,8 @@ class FeatureHead(ClassifierMixin, BaseEstimator):
                              f"features ({X.shape[1]})")
         with warnings.catch_warnings():  # many classes of few images is normal here, not "a regression problem"
             warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
-            search = self._search_C(X, y) if self.C == "auto" else None
-            self.C_ = float(self.C) if search is None else float(search.best_params_["clf__C"])
+            search = (choice or self._search_C(X, y)) if self.C == "auto" else None
+            self.C_ = float(self.C) if search is None else float(search.C)
             self.model_ = self._fit_model(X, y, search)
         self.classes_ = self.model_.classes_
         self.metrics_ = self._metrics(X, y, counts, search)
@@ -99,31 +109,35 @@ class FeatureHead(ClassifierMixin, BaseEstimator):
             raise UsageError(f"calibration_folds must be 0 (no calibration) or a whole number of at least 2, "
                              f"got calibration_folds={cal!r}")
 
-    def _search_C(self, X, y) -> GridSearchCV:
-        """GridSearchCV over the head's C grid, refitted at the C the plateau rule picks."""
-        search = GridSearchCV(make_head(self.head, pca=self.pca, class_weight=self.class_weight),
-                              {"clf__C": list(KINDS[self.head].c_grid)},
-                              cv=selection_splitter(y, self.folds, self.seed), scoring="accuracy", refit=plateau_index)
-        search.fit(X, y)
-        log.info("%s: C=%g chosen by %d-fold CV (accuracy %.4f)", self.head, search.best_params_["clf__C"],
-                 search.n_splits_, max(search.cv_results_["mean_test_score"].tolist()))
-        return search
+    def _search_C(self, X, y):
+        """The head's C grid cross-validated on the selection folds (pipeline/heads/search.py: warm starts along
+        C, folds in parallel); the C the plateau rule picks, with its out-of-fold decision values."""
+        choice = choose({"features": X}, y, [Candidate("features", self.head)], self.folds, self.seed,
+                        self.class_weight, n_jobs=self.n_jobs, pca=self.pca)
+        log.info("%s: C=%g chosen by %d-fold CV (accuracy %.4f)", self.head, choice.C, choice.n_splits,
+                 choice.cv_accuracy)
+        return choice
 
     def _fit_model(self, X, y, search):
         calibrate = bool(self.calibration_folds) and KINDS[self.head].needs_calibration
-        if search is not None and not calibrate:
-            return search.best_estimator_  # the chosen C refitted on every row is the head itself
-        return make_head(self.head, self.C_, calibrate=calibrate, calibration_folds=self.calibration_folds,
-                         pca=self.pca, seed=self.seed, class_weight=self.class_weight).fit(X, y)
+        model = make_head(self.head, self.C_, calibrate=calibrate, calibration_folds=self.calibration_folds,
+                          pca=self.pca, seed=self.seed, class_weight=self.class_weight)
+        with one_thread():  # see pipeline/heads/cpath.py
+            if calibrate and search is not None and self.folds == self.calibration_folds:
+                # the selection folds are the calibration folds (RareClassKFold, same k and seed): reuse their values
+                scaled = model[:-1].fit_transform(X, y)
+                model.steps[-1][1].fit_prevalidated(scaled, y, search.oof, search.validated, search.n_splits)
+                return model
+            return model.fit(X, y)
 
     def _metrics(self, X, y, counts: dict, search) -> dict:
         """The training record the `train` summary, reports and head files show."""
         m = {"head": self.head, "n_train": int(len(y)), "class_counts": counts, "pca": self.pca,
              "class_weight": self.class_weight, "unvalidated_classes": too_small(y), "C": self.C_}
         if search is not None:
-            scores = search.cv_results_["mean_test_score"].tolist()
-            m.update(cv_accuracy=float(max(scores)), cv_folds=int(search.n_splits_),
-                     cv_scores={str(c): v for c, v in zip(KINDS[self.head].c_grid, scores)})
+            scores = search.scores(search.features, self.head)
+            m.update(cv_accuracy=float(max(scores.values())), cv_folds=int(search.n_splits),
+                     cv_scores={str(c): v for c, v in scores.items()}, selection=search.table())
         m["calibration"] = (calibration_note(self.model_) if _has_proba(self) else
                             "none (calibration_folds=0): decisions only, no probabilities")
         m["train_accuracy"] = float(np.mean(self.model_.predict(X) == y))

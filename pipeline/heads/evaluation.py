@@ -86,12 +86,27 @@ def predictions(model, store) -> tuple[dict, np.ndarray, np.ndarray, list[dict]]
     return m, y, proba, rows
 
 
-def cross_validated(store, head: str, C: float, folds: int | str = 5, seed: int = 0, pca: int | None = None):
-    """(metrics, y_true, out-of-fold probabilities, rows): how the head does on images it did not see."""
+def cross_validated(store, head: str, C: float, folds: int | str = 5, seed: int = 0, pca: int | None = None,
+                    feature_set: str | None = None):
+    """(metrics, y_true, out-of-fold probabilities, rows): how the head does on images it did not see.
+    `feature_set`: one of the sets the store offers (pipeline/heads/featuresets.py) instead of its own layer;
+    head 'zero_shot' scores the ImageNet class scores of that set with no training."""
     from .selection import cross_val_proba
 
     X, y, rows = store.labelled(with_rows=True)
-    proba = cross_val_proba(head, X, y, C, folds, seed, pca)
+    if feature_set is not None:
+        from .featuresets import feature_sets
+
+        keep = store.labelled_rows()[0]
+        X = next(s.features for s in feature_sets(store) if s.name == feature_set)[keep]
+    if head == "zero_shot":
+        from scipy.special import softmax
+
+        from .zeroshot import zero_shot_candidates
+
+        proba = softmax(zero_shot_candidates({feature_set: X}, y)[feature_set][0], axis=1)
+    else:
+        proba = cross_val_proba(head, X, y, C, folds, seed, pca)
     return classification_metrics(y, proba, np.unique(y)), y, proba, rows
 
 

@@ -31,6 +31,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ..dataset.labels import normalise, split_tags, tags_of  # noqa: F401 (normalise: part of this API)
 from ..errors import UsageError
+from .cpath import one_thread, oof_path, ovr_fold_path
 from .kinds import KINDS, check_head, multi_label_kind
 
 log = logging.getLogger(__name__)
@@ -238,11 +239,14 @@ def format_multilabel(m: dict) -> str:
 
 # ---- training ---------------------------------------------------------------------------------------
 def fit_multilabel(head: str, X, y, C: float | str = "auto", folds: int | str = 5, seed: int = 0,
-                   pca: int | None = None, class_weight: str | None = None):
+                   pca: int | None = None, class_weight: str | None = None, n_jobs: int | None = None,
+                   progress=None):
     """Fit one-vs-rest heads on the tags of `y` (stored label strings); return (fitted pipeline, metrics).
 
     C: a number, or 'auto' (the grid of `head`, by the mean average precision of out-of-fold decision
-    values). alphas and thresholds are tuned on the out-of-fold values of the chosen C.
+    values; the folds run in parallel (`n_jobs`) and each fits the grid warm-started along C, see
+    pipeline/heads/cpath.py). alphas and thresholds are tuned on the out-of-fold values of the chosen C.
+    `progress(k)`: called as fold k finishes.
     """
     X = np.asarray(X, dtype=np.float32)
     classes = tags_of(y)
@@ -252,18 +256,22 @@ def fit_multilabel(head: str, X, y, C: float | str = "auto", folds: int | str = 
                "class_counts": {c: int(n) for c, n in zip(classes, Y.sum(0))},
                "cv_folds": n_folds(folds, len(X))}
     if C == "auto":
-        table = {c: out_of_fold(head, X, Y, classes, c, folds, seed, pca, class_weight) for c in KINDS[head].c_grid}
+        grid = KINDS[head].c_grid
+        splits = KFold(n_folds(folds, len(X)), shuffle=True, random_state=seed).split(X)
+        table = dict(zip(grid, oof_path(head, X, Y, grid, splits, class_weight, n_jobs, progress, pca, ovr_fold_path)))
         scores = {c: mean_ap(Y, F) for c, F in table.items()}
         C = max(scores, key=lambda c: (round(scores[c], 9), -abs(np.log10(c) - np.log10(0.1))))
         F = table[C]
         metrics["cv_scores"] = {str(k): v for k, v in scores.items()}
         log.info("%s: C=%g chosen by %d-fold CV (mean average precision %.4f)", head, C, metrics["cv_folds"], scores[C])
     else:
-        F = out_of_fold(head, X, Y, classes, float(C), folds, seed, pca, class_weight)
+        splits = KFold(n_folds(folds, len(X)), shuffle=True, random_state=seed).split(X)
+        F = oof_path(head, X, Y, [float(C)], splits, class_weight, n_jobs, progress, pca, ovr_fold_path)[0]
     alphas = fit_alphas(head, Y, F)
     P = expit(alphas[None, :] * F)
     thresholds, single = tune_thresholds(Y, P)
-    model = make_multilabel(classes, head, float(C), pca, class_weight).fit(X, Y)
+    with one_thread():  # see pipeline/heads/cpath.py
+        model = make_multilabel(classes, head, float(C), pca, class_weight).fit(X, Y)
     model.named_steps["clf"].alphas_, model.named_steps["clf"].thresholds_ = alphas, thresholds
     cv = multilabel_metrics(Y, P, classes, thresholds)
     metrics.update(C=float(C), thresholds={c: float(t) for c, t in zip(classes, thresholds)},

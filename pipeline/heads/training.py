@@ -18,6 +18,12 @@ from ..store import FeatureStore
 from ..versions import versions
 from .classifier import Classifier
 from .estimator import FeatureHead
+from .featuresets import feature_sets
+from .folds import too_small
+from .zeroshot import zero_shot_candidates, zero_shot_head
+from .search import Candidate, choose
+from .selection import check_labels
+from ..progress import candidate_progress, fold_progress
 from .evaluation import classification_metrics
 from .multilabel import fit_multilabel
 from .ood import summarize
@@ -25,9 +31,18 @@ from .ood import summarize
 log = logging.getLogger(__name__)
 
 
-def train(store, head: str | HeadOptions = "linear_svm", split: str | SplitOptions = "hash", *,
-          sample: int | float | None = None, **keywords) -> Classifier:
-    """Fit a head (linear_svm, svm, logreg) on the labelled rows of `store` (a FeatureStore or its path).
+def train(store, head: str | HeadOptions = "auto", split: str | SplitOptions = "hash", *,
+          sample: int | float | None = None, progress: bool = False, layer: str | None = None,
+          **keywords) -> Classifier:
+    """Fit a head (linear_svm, svm, logreg, or auto) on the labelled rows of `store` (a FeatureStore or its path).
+
+    head='auto' (the default) cross-validates the kinds that fit the data size (``auto_heads``) on one set
+    of folds, each along its C grid (or at the given C), and keeps the best (pipeline/heads/search.py); the
+    table it chose from is ``metrics['selection']``. The candidates' features: every set the store offers
+    (pipeline/heads/featuresets.py: its layer, the layers a multi-layer featurize wrote beside it, the
+    penultimate features joined with the class scores); `layer` pins one by name (``predictions``,
+    ``penultimate+predictions``); the head records the chosen set's spec (``metrics['feature_set']``).
+    `progress`: a bar (or log lines) per candidate's folds.
 
     `head`: a HeadOptions (pipeline.options) or a head name; `split`: a SplitOptions or the split
     method. Their fields may also be given as keywords (``C=0.1, holdout=0.2``; `seed` sets both).
@@ -45,7 +60,9 @@ def train(store, head: str | HeadOptions = "linear_svm", split: str | SplitOptio
     o, s = _settings(head, split, keywords)
     if not isinstance(store, FeatureStore):
         store = FeatureStore.open(Path(store))
-    X, y, rows = store.labelled(with_rows=True)
+    keep, y, rows = store.labelled_rows()
+    sets = pick_sets(feature_sets(store) if not store.multi_label else [], layer, store)
+    X = sets[0].features[keep] if sets else store.features[keep]
     if len(y) == 0:
         raise UsageError(f"{store.root} has no labelled images; featurize a folder with one sub-folder per "
                          f"class, or with labels='FILE.csv' (a CSV of ids and labels)")
@@ -58,19 +75,95 @@ def train(store, head: str | HeadOptions = "linear_svm", split: str | SplitOptio
         sub = sample_mask([rows[i]["path"] for i in train_idx], y[train_idx], sample, o.seed)
         train_idx = train_idx[sub]
     if store.multi_label:  # one-vs-rest tags: pipeline/heads/multilabel.py
-        model, metrics = fit_multilabel(o.head, X[train_idx], y[train_idx], C=o.C, folds=o.folds, seed=o.seed,
-                                        pca=o.pca, class_weight=o.class_weight)
+        head = MULTI_LABEL_DEFAULT if o.head == "auto" else o.head
+        with fold_progress(f"{head} C path", progress) as step:
+            model, metrics = fit_multilabel(head, X[train_idx], y[train_idx], C=o.C, folds=o.folds, seed=o.seed,
+                                            pca=o.pca, class_weight=o.class_weight, progress=step)
     else:
-        model = FeatureHead(o.head, o.C, o.folds, o.seed, o.pca, o.class_weight).fit(X[train_idx], y[train_idx])
+        model = fit_single(o, {fs.name: fs.features[keep][train_idx] for fs in sets}, y[train_idx], progress)
         metrics = dict(model.metrics_)
+        chosen = next(fs for fs in sets if fs.name == metrics.get("feature_set", sets[0].name))
+        X, spec = chosen.features[keep], chosen.spec
     metrics["features"] = str(store.root)
     if valid.any():
         check = _validate_multilabel if store.multi_label else _validate
         metrics["validation"] = check(model, X, y, rows, train_idx, np.flatnonzero(valid))
-    clf = Classifier(model, [str(c) for c in model.classes_], store.spec, metrics, versions())
+    clf = Classifier(model, [str(c) for c in model.classes_], spec if not store.multi_label else store.spec, metrics,
+                     versions())
     clf.train_hashes = sorted({rows[i]["sha256"][:16] for i in train_idx})
     clf.ood_summary = summarize(X[train_idx], y[train_idx], seed=o.seed)  # pipeline/heads/ood.py
     return clf
+
+
+MULTI_LABEL_DEFAULT = "logreg"  # head='auto' on tags: its own probabilities, warm-started along C
+SVM_MAX_IMAGES = 1500  # head='auto' tries the RBF SVM up to this many images (its kernel grows as N^2)
+OVR_MAX_CLASSES = 20  # ... and the one-vs-rest SVMs up to this many classes (one fit per class per C per fold)
+
+
+def auto_heads(n_images: int, n_classes: int) -> list[str]:
+    """The head kinds head='auto' cross-validates: logreg (one multinomial fit per C, warm-started) always;
+    the SVMs when the data is small enough for them to train in seconds."""
+    heads = ["logreg"]
+    if n_classes <= OVR_MAX_CLASSES:
+        heads.append("linear_svm")
+        if n_images <= SVM_MAX_IMAGES:
+            heads.append("svm")
+    return heads
+
+
+def fit_single(o: HeadOptions, sets: dict, y, progress: bool = False) -> FeatureHead:
+    """The single-label head: every (feature set, head kind) candidate cross-validated on the same folds, the
+    best refitted on every row (a FeatureHead, its metrics with the table it was chosen from)."""
+    y = np.asarray(y, dtype=str)
+    heads = auto_heads(len(y), len(np.unique(y))) if o.head == "auto" else [o.head]
+    grid = () if o.C == "auto" else (float(o.C),)
+    candidates = [Candidate(name, h, grid) for name in sets for h in heads]
+    if len(candidates) == 1 and o.C != "auto":
+        est = FeatureHead(heads[0], o.C, o.folds, o.seed, o.pca, o.class_weight).fit(sets[candidates[0].features], y)
+        est.metrics_["feature_set"] = candidates[0].features
+        return est
+    check_labels(y)
+    zero = zero_shot_candidates(sets, y) if o.head == "auto" and o.C == "auto" else {}
+    candidates += [Candidate(name, "zero_shot") for name in zero]
+    with candidate_progress(len(candidates), progress) as step:
+        choice = choose(sets, y, candidates, o.folds, o.seed, o.class_weight,
+                        zero_shot={k: v[0] for k, v in zero.items()}, progress=step, pca=o.pca)
+    log.info("chose %s on %s, C=%s: CV accuracy %.4f", choice.head, choice.features, choice.C, choice.cv_accuracy)
+    if choice.head == "zero_shot":
+        return _zero_shot_estimator(choice, zero[choice.features][1], sets[choice.features], y, o)
+    if o.C == "auto":
+        est = FeatureHead(choice.head, "auto", o.folds, o.seed, o.pca, o.class_weight).fit_chosen(
+            sets[choice.features], y, choice)
+    else:
+        est = FeatureHead(choice.head, o.C, o.folds, o.seed, o.pca, o.class_weight).fit(sets[choice.features], y)
+        est.metrics_.update(cv_accuracy=choice.cv_accuracy, cv_folds=choice.n_splits, selection=choice.table())
+    est.metrics_["feature_set"] = choice.features
+    return est
+
+
+def _zero_shot_estimator(choice, indices, X, y, o: HeadOptions) -> FeatureHead:
+    """The zero-shot head as a fitted FeatureHead (a logreg of one-hot weights), with the selection's metrics."""
+    classes = np.unique(y)
+    model = zero_shot_head(classes, indices, X.shape[1])
+    metrics = {"head": "zero_shot", "n_train": int(len(y)), "class_counts": check_labels(y), "pca": None,
+               "class_weight": None, "unvalidated_classes": too_small(y), "C": None,
+               "cv_accuracy": choice.cv_accuracy, "cv_folds": choice.n_splits, "selection": choice.table(),
+               "feature_set": choice.features, "imagenet_indices": [int(i) for i in indices],
+               "calibration": "the network's softmax over these classes (zero-shot: no training)"}
+    metrics["train_accuracy"] = float(np.mean(model.predict(X) == y))
+    return FeatureHead.fitted(model, {"head": "logreg", "C": "auto", "folds": o.folds, "seed": o.seed}, metrics)
+
+
+def pick_sets(sets: list, layer: str | None, store) -> list:
+    """The feature sets train chooses among: all of `sets`, or the one named `layer` (a clear error otherwise)."""
+    if layer is None:
+        return sets
+    found = [s for s in sets if s.name == layer]
+    if not found:
+        raise UsageError(f"layer={layer!r}: {store.root} offers the feature sets {', '.join(s.name for s in sets)}; "
+                         f"featurize with --layer penultimate,predictions --out 'features/NAME-{{layer}}' to get "
+                         f"several from one pass")
+    return found
 
 
 def _settings(head, split, keywords: dict) -> tuple[HeadOptions, SplitOptions]:

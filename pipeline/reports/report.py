@@ -244,7 +244,8 @@ class Predictions:
 
 
 def write_report(out_dir, metrics: dict, predictions: Predictions, *, title: str, extra: dict | None = None,
-                 curve: dict | None = None, clip: dict | None = None, gallery_size: int = GALLERY_SIZE) -> Path:
+                 curve: dict | None = None, clip: dict | None = None, gallery_size: int = GALLERY_SIZE,
+                 selection: list | None = None) -> Path:
     """Write ``out_dir/index.html`` and its PNGs; return the HTML path."""
     p = predictions
     y_true, proba, paths, hashes, image_root = p.y_true, p.proba, p.paths, p.hashes, p.image_root
@@ -270,6 +271,13 @@ def write_report(out_dir, metrics: dict, predictions: Predictions, *, title: str
                          table(("images per class", "held-out accuracy"),
                                 [(n, f"{a:.4f}") for n, a in zip(curve["per_class"], curve["valid_mean"])]) +
                          "</div>"))
+    if selection:
+        sections.append(("selection", "How the head was chosen: cross-validated candidates",
+                         "<p>Every candidate (features read, head kind, C) on the same folds; * marks the one "
+                         "chosen.</p>" + table(("", "features", "head", "C", "CV accuracy"),
+                                               [("*" if r["chosen"] else "", r["features"], r["head"],
+                                                 "-" if r["C"] is None else f"{r['C']:g}", f"{r['cv_accuracy']:.4f}")
+                                                for r in selection])))
     if clip is not None:
         sections.append(("clipping", "Log loss and clipping", _clipping(clip)))
     sections.append(("correct", *galleries["correct"]))
@@ -335,8 +343,9 @@ def _uncertain_section(shown: int, uncertain: int, total: int, gallery: str) -> 
 
 
 def report_predictions(out_dir, metrics, y_true, proba, rows, store, *, title: str, extra: dict | None = None,
-                       curve: dict | None = None) -> Path:
-    """The report of predictions on a store's labelled rows, thumbnails from the store's data folder."""
+                       curve: dict | None = None, selection: list | None = None) -> Path:
+    """The report of predictions on a store's labelled rows, thumbnails from the store's data folder;
+    `selection`: the table the head was chosen from (its metrics' ``selection``), shown when given."""
     from ..heads.evaluation import clip_suggestion
 
     root = store.meta.get("data_dir")
@@ -350,4 +359,4 @@ def report_predictions(out_dir, metrics, y_true, proba, rows, store, *, title: s
     shown = Predictions(y_true, proba, [r["path"] for r in rows], [r["sha256"] for r in rows],
                         root if root and Path(root).is_dir() else None)
     return write_report(out_dir, metrics, shown, title=title, extra=extra, curve=curve,
-                        clip=clip_suggestion(y_true, proba, metrics["classes"]))
+                        clip=clip_suggestion(y_true, proba, metrics["classes"]), selection=selection)

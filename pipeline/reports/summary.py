@@ -21,8 +21,14 @@ def train_summary(clf, path) -> str:
     else:
         cv = f", {m['cv_folds']}-fold CV accuracy {m['cv_accuracy']:.4f}" if "cv_accuracy" in m else ""
         weighted = ", classes weighted balanced" if m.get("class_weight") else ""
-        lines = [f"{m['head']} C={m['C']:g} on {m['n_train']} images, {len(clf.classes_)} classes{cv} -> {path}",
+        C = "-" if m.get("C") is None else f"{m['C']:g}"
+        lines = [f"{m['head']} C={C} on {m['n_train']} images, {len(clf.classes_)} classes{cv} -> {path}",
                  f"probabilities: {m['calibration']}{weighted}"]
+        if len(m.get("selection") or []) > 1:
+            from ..heads.search import format_table
+
+            lines.append(f"chosen by {m['cv_folds']}-fold CV accuracy among (* the head saved):\n"
+                         + format_table(m["selection"]))
         small = m.get("unvalidated_classes") or []
         if small:
             lines.append(f"{len(small)} classes have one image: trained on, too small to validate: "
@@ -35,7 +41,8 @@ def train_summary(clf, path) -> str:
     return "\n".join(lines)
 
 
-def train_report(store, C: float, options: HeadOptions, out_dir=None, learning_curve: bool = False) -> str:
+def train_report(store, C: float, options: HeadOptions, out_dir=None, learning_curve: bool = False,
+                 selection: list | None = None, feature_set: str | None = None) -> str:
     """The learning curve (`learning_curve`) and an HTML report in `out_dir` of the cross-validated
     predictions of `options.head` with `C` on `store`; the lines saying what was made."""
     from .report import report_predictions
@@ -50,13 +57,17 @@ def train_report(store, C: float, options: HeadOptions, out_dir=None, learning_c
             from ..heads.multilabel import cross_validated
         else:
             from ..heads.evaluation import cross_validated
-        metrics, y, proba, rows = cross_validated(store, o.head, C, o.folds, o.seed, o.pca)
+        if store.multi_label:
+            metrics, y, proba, rows = cross_validated(store, o.head, C, o.folds, o.seed, o.pca)
+        else:
+            metrics, y, proba, rows = cross_validated(store, o.head, C, o.folds, o.seed, o.pca, feature_set)
         title = f"{o.head} on {store.root.name}: cross-validated predictions"
         extra = {"head": o.head, "C": C, "folds": o.folds, "PCA": o.pca or "none",
                  "features": f"{store.root} ({describe(store.spec)})"}
         if store.multi_label:
             title, extra = title + " (one-vs-rest tags)", {k: v for k, v in extra.items() if k != "PCA"}
-        page = report_predictions(out_dir, metrics, y, proba, rows, store, curve=curve, title=title, extra=extra)
+        page = report_predictions(out_dir, metrics, y, proba, rows, store, curve=curve, title=title, extra=extra,
+                                  selection=selection)
         lines.append(f"report -> {page}")
     return "\n".join(lines)
 

@@ -101,7 +101,7 @@ def test_head_flags_are_shared_between_commands():
     for dest in ("head", "C", "folds"):
         assert flag[0][dest].option_strings == flag[1][dest].option_strings
         assert flag[0][dest].choices == flag[1][dest].choices
-    assert flag[0]["head"].default == "linear_svm" and flag[1]["head"].default == "logreg"
+    assert flag[0]["head"].default == "auto" and flag[1]["head"].default == "logreg"
 
 
 # on the command line, an error speaks of the flags the user typed

@@ -10,6 +10,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import pipeline
 from pipeline.errors import SpecMismatchError, UsageError
+from pipeline.heads.calibration import decision_matrix
 from pipeline.heads.classifier import Classifier
 from pipeline.heads.estimator import FeatureHead
 from pipeline.heads.kinds import KINDS
@@ -66,7 +67,7 @@ def test_get_params_set_params_round_trip():
     est = FeatureHead(head="svm", C=10.0, folds="loo", seed=3, pca=4, class_weight="balanced", calibration_folds=3)
     params = est.get_params()
     assert params == {"head": "svm", "C": 10.0, "folds": "loo", "seed": 3, "pca": 4, "class_weight": "balanced",
-                      "calibration_folds": 3}
+                      "calibration_folds": 3, "n_jobs": None}
     other = FeatureHead().set_params(**params)
     assert other.get_params() == params
     assert other.set_params(C=0.5).get_params()["C"] == 0.5 and est.get_params()["C"] == 10.0
@@ -112,10 +113,17 @@ def test_without_calibration_the_svms_have_no_probabilities():
 
 
 # ---- C chosen by GridSearchCV with the plateau rule ------------------------------------------
+def by_decision(est, X, y):
+    """Accuracy of the class the decision function ranks first: how a fitted head predicts (for the RBF SVM
+    this can differ from SVC.predict's one-vs-one votes, which the old selection scored)."""
+    return float(np.mean(est.classes_[np.argmax(decision_matrix(est.decision_function(X)), axis=1)] == y))
+
+
 def old_select_C(head, X, y, folds=5, seed=0):
-    """The selection as it was before FeatureHead (heads.select_C, refit=False): the middle of the tie."""
+    """The selection as it was before FeatureHead (heads.select_C, refit=False): the middle of the tie,
+    scored by the decision function's first class (the rule the fitted heads predict by)."""
     search = GridSearchCV(make_head(head), {"clf__C": list(KINDS[head].c_grid)},
-                          cv=selection_splitter(y, folds, seed), scoring="accuracy", refit=False).fit(X, y)
+                          cv=selection_splitter(y, folds, seed), scoring=by_decision, refit=False).fit(X, y)
     scores = dict(zip(KINDS[head].c_grid, search.cv_results_["mean_test_score"].tolist()))
     best = max(scores.values())
     tied = [c for c, v in scores.items() if v >= best - 1e-12]
