@@ -215,18 +215,18 @@ def planted(sets: dict, work: Path) -> dict:
 
 def index_recall(sets: dict, threshold: float = 0.83) -> list[dict]:
     """The approximate index against the exact search on every real feature here (originals and copies)."""
-    from pipeline.audit.neighbours import search
+    from pipeline.audit.neighbours import Lookup, search
 
     x = np.concatenate([np.stack(list(d.values())) for _, _, _, orig, var in sets.values() for d in (orig, var)])
     chunks = lambda: (x[s:s + 1024] for s in range(0, len(x), 1024))  # noqa: E731
-    exact = search(chunks, chunks, 10, self_search=True, method="exact")
+    exact = search(chunks, chunks, 10, self_search=True, lookup=Lookup("exact"))
 
     def pairs(nb):
         return {(min(i, j), max(i, j)) for i, row in enumerate(nb.index.tolist())
                 for j, v in zip(row, nb.similarity[i].tolist()) if v >= threshold}
     out = []
     for nprobe in (4, 8):
-        approx = search(chunks, chunks, 10, self_search=True, method="approximate", nprobe=nprobe)
+        approx = search(chunks, chunks, 10, self_search=True, lookup=Lookup("approximate", nprobe=nprobe))
         hits = sum(len(set(a) & set(b)) for a, b in zip(exact.index.tolist(), approx.index.tolist()))
         out.append({"rows": len(x), "method": approx.method, "recall_at_10": round(hits / exact.index.size, 4),
                     "near_duplicate_pairs": len(pairs(exact)),

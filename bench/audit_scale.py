@@ -66,13 +66,13 @@ def timed(cmd: list[str]) -> dict:
 
 def recall(x: np.ndarray, k: int, threshold: float, nprobe: int) -> dict:
     """Exact against approximate neighbours of the rows of `x`, each searched against all of them."""
-    from pipeline.audit.neighbours import search
+    from pipeline.audit.neighbours import Lookup, search
 
     chunks = lambda: (x[s:s + 4096] for s in range(0, len(x), 4096))  # noqa: E731
     out = {}
     for method in ("exact", "approximate"):
         t = time.process_time()
-        out[method] = search(chunks, chunks, k, self_search=True, method=method, nprobe=nprobe)
+        out[method] = search(chunks, chunks, k, self_search=True, lookup=Lookup(method, nprobe=nprobe))
         out[method + "_cpu_s"] = round(time.process_time() - t, 1)
     ex, ap = out["exact"], out["approximate"]
     hits = sum(len(set(a) & set(b)) for a, b in zip(ex.index.tolist(), ap.index.tolist()))

@@ -40,6 +40,7 @@ COVERED_ELSEWHERE: dict[str, str] = {
     "pipeline.backbones.tflite": "tests/backbones/test_backbones.py",
     "pipeline.cli.arguments": "tests/core/test_options.py",  # settings dataclasses <-> flags
     "pipeline.cli.commands": "tests/cli/test_end_to_end.py",
+    "pipeline.cli.subparsers": "tests/cli/test_parser.py",  # every command's flags, their help, did-you-mean
     "pipeline.dataset.labels": "tests/realdata/test_real_world.py",  # CSV labels; multi-label tags in test_multilabel
     "pipeline.dataset.sources": "tests/engines/test_ray.py",  # s3:// listings and reads (moto)
     "pipeline.dataset.splits": "tests/realdata/test_real_world.py",
@@ -67,6 +68,9 @@ COVERED_ELSEWHERE: dict[str, str] = {
     "pipeline.store.pieces": "tests/store/test_store_integrity.py",  # damaged parts and segments
     "pipeline.store.reader": "tests/store/test_store.py",
     "pipeline.store.writer": "tests/store/test_store.py",
+    "pipeline.serving.batcher": "tests/serving/test_serve.py",  # requests batched together, timed-out ones dropped
+    "pipeline.serving.limits": "tests/serving/test_serve.py",  # every limit and its refusal
+    "pipeline.serving.requests": "tests/serving/test_serve.py",  # raw and multipart bodies, budgets' shares, 422s
 }
 LOGIC_LINES = 40  # code lines (not blank, not comments, not the module docstring) that make a module "with logic"
 

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import SpecMismatchError, UsageError
 from ..spec import FeatureSpec
 from .findings import Finding
-from .neighbours import EXACT_MAX, NPROBE, Neighbours, search
+from .neighbours import EXACT_MAX, NPROBE, Lookup, Neighbours, search
 
 NEAR_DUPLICATE = 0.83  # default threshold (see the module docstring)
 OUTLIER_K = 5
@@ -72,8 +72,8 @@ def check_same_features(a, b) -> None:
 
 def neighbours_of(queries, base, s: Search, self_search: bool) -> Neighbours:
     """`queries`' neighbours among `base`'s rows (both FeatureStores)."""
-    return search(queries.feature_chunks, base.feature_chunks, s.k, self_search=self_search, method=s.index,
-                  exact_max=s.exact_max, seed=s.seed, n_base=len(base), nprobe=s.nprobe)
+    return search(queries.feature_chunks, base.feature_chunks, s.k, self_search=self_search, n_base=len(base),
+                  lookup=Lookup(s.index, s.exact_max, s.nprobe, s.seed))
 
 
 def pairs_above(nb: Neighbours, threshold: float, symmetric: bool) -> list[tuple[int, int, float]]:

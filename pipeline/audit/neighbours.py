@@ -27,6 +27,17 @@ INDEXES = ("auto", "exact", "approximate")
 
 
 @dataclass(frozen=True)
+class Lookup:
+    """How a search looks: `method` (auto, exact, approximate), `exact_max` base rows searched exactly by
+    auto, `nprobe` inverted lists the approximate index searches per row, `seed` of its k-means."""
+
+    method: str = "auto"
+    exact_max: int = EXACT_MAX
+    nprobe: int = NPROBE
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Neighbours:
     """The `k` nearest base rows of each query row, most similar first: ``index`` (int64, -1 where
     the base has fewer rows) and ``similarity`` (cosine similarity, float32)."""
@@ -53,19 +64,18 @@ def choose(method: str, n_base: int, exact_max: int = EXACT_MAX) -> str:
     return method
 
 
-def search(queries, base, k: int, *, self_search: bool = False, method: str = "auto",
-           exact_max: int = EXACT_MAX, centre: np.ndarray | None = None, seed: int = 0,
-           n_base: int | None = None, nprobe: int = NPROBE) -> Neighbours:
+def search(queries, base, k: int, *, self_search: bool = False, lookup: Lookup = Lookup(),
+           centre: np.ndarray | None = None, n_base: int | None = None) -> Neighbours:
     """The `k` most similar `base` rows of every `queries` row.
 
     `queries` and `base`: zero-argument callables returning an iterator of float32 chunks (a
     store's ``feature_chunks``, so each is read as often as needed, never whole) with `n` rows.
-    `self_search`: queries are the base, each row's own match is left out. `centre`: the vector
-    subtracted before normalising (None: raw cosine). `n_base`: the base's rows when known (else
-    counted by reading it once more). `nprobe`: inverted lists the approximate index searches per row.
+    `self_search`: queries are the base, each row's own match is left out. `lookup`: exact or
+    approximate, and how (:class:`Lookup`). `centre`: the vector subtracted before normalising (None:
+    raw cosine). `n_base`: the base's rows when known (else counted by reading it once more).
     """
     n_base = sum(len(x) for x in base()) if n_base is None else n_base
-    how = choose(method, n_base, exact_max)
+    how = choose(lookup.method, n_base, lookup.exact_max)
     if not n_base:  # nothing to be near
         n = sum(len(q) for q in queries())
         return Neighbours(np.full((n, k), -1, np.int64), np.full((n, k), -np.inf, np.float32), how)
@@ -75,7 +85,7 @@ def search(queries, base, k: int, *, self_search: bool = False, method: str = "a
         found = [_exact_top(unit(q, centre), B, k_ask) for q in queries()]
         name = "exact"
     else:
-        index, name = _approximate(base, n_base, centre, seed, nprobe)
+        index, name = _approximate(base, n_base, centre, lookup.seed, lookup.nprobe)
         found = [index.search(unit(q, centre), k_ask) for q in queries()]
     idx = np.concatenate([f[0] for f in found]) if found else np.zeros((0, k_ask), np.int64)
     sim = np.concatenate([f[1] for f in found]) if found else np.zeros((0, k_ask), np.float32)

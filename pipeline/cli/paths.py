@@ -30,6 +30,7 @@ PATHS = {
     "import-features": [("file", "file")],
     "verify": [("features_dir", "store")],
     "serve": [("model", "served")],
+    "audit": [("features_dir", "store"), ("features_dir2", "store")],
 }
 
 _STORE_FILES = ("meta.json", "rows.jsonl", "segments", "parts")  # any of them: a store, maybe damaged

@@ -44,7 +44,7 @@ def _missing_cases(t):
         (["export", n, "--format", "tflite", "--out", t["root"] / "o.tflite"], "model file"),
         (["export-features", n, "--out", t["root"] / "o.npz"], "feature store"),
         (["import-features", n, "--out", t["root"] / "o"], "file"), (["verify", n], "feature store"),
-        (["serve", n], "model"),
+        (["serve", n], "model"), (["audit", s, n], "feature store"),
     ]
 
 

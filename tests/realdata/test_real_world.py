@@ -133,7 +133,7 @@ def test_weird_file_names_stay_valid_in_the_scoring_csv(poisoned, tmp_path):
     with open(tmp_path / "pred.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert 'we,ird "name" é.jpg' in {r["path"] for r in rows}
-    assert all(set(r) == {"path", "prediction", "blue", "red"} for r in rows)
+    assert all(set(r) == {"path", "prediction", "blue", "red", "ood_distance", "ood"} for r in rows)
 
 
 def test_image_that_makes_the_network_produce_nan_is_skipped_not_stored(tmp_path, monkeypatch):

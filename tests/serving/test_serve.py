@@ -584,6 +584,7 @@ def test_serve_on_a_busy_port_exits_1_naming_the_port_before_announcing(tmp_path
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     port = busy.getsockname()[1]
+    (tmp_path / "any.head.npz").write_bytes(b"")  # a path that exists: the port is checked before the file is read
     try:
         r = subprocess.run([sys.executable, "-m", "pipeline", "serve", str(tmp_path / "any.head.npz"),
                             "--port", str(port)], cwd=REPO, capture_output=True, text=True, timeout=120)
