@@ -248,7 +248,7 @@ def test_scoring_reads_the_store_a_chunk_at_a_time_and_writes_what_one_pass_woul
     from pipeline.heads.evaluation import predictions  # evaluate reads a chunk at a time too
 
     _, y, proba, rows = predictions(clf, FeatureStore.open(test.root))
-    np.testing.assert_allclose(proba, [whole[r["path"]] for r in rows], atol=1e-9)
+    np.testing.assert_allclose(proba, [whole[r["path"]] for r in rows], atol=1e-6)  # float32 BLAS: row count moves the last bits
 
     # and exports stream the features, a Parquet row group or an .npz slice per chunk
     table = pq.read_table(export_features(test.root, tmp_path / "e.parquet"))
