@@ -15,7 +15,6 @@ import time
 
 from ..backbones import Backbone
 from ..errors import UsageError
-from ..decode.gpujpeg import GpuDecoder, find_library
 from ..featurizer.committer import Committer
 from ..featurizer.gpumapper import GpuMapper, decide, runs_on_jax
 from ..featurizer.mapper import Mapper
@@ -47,6 +46,8 @@ class LocalEngine(Engine):
         reader = Reader(bb, known_files(writer), o.workers, self.mode, clock)
         committer = Committer(writer, run.skipped, clock, background=True)
         if self.mode == "gpu":
+            from ..decode.gpujpeg import GpuDecoder
+
             mapper = GpuMapper(bb, committer, clock, GpuDecoder(self.library, bb.preprocess))
         else:
             mapper = Mapper(bb, committer, clock, ahead=True)
@@ -74,5 +75,7 @@ class LocalEngine(Engine):
         """The GPU JPEG library a CPU-decoding run on a GPU could have used (the bottleneck hint names it)."""
         if self.mode == "gpu" or not gpu or not runs_on_jax(bb):
             return None
+        from ..decode.gpujpeg import find_library
+
         library = find_library(None)
         return library.name if library is not None else None

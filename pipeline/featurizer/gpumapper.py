@@ -15,12 +15,16 @@ from a head's spec must use, so scoring decodes as training did.
 """
 from __future__ import annotations
 
-from ..decode import gpujpeg
+from typing import TYPE_CHECKING
+
 from ..errors import UsageError
 from ..spec import DEFAULT_DECODER
 from .decodepool import choose_decode
 from .mapper import Mapper
 from .stages import GPU_DECODE, StageClock
+
+if TYPE_CHECKING:
+    from ..decode.gpujpeg import GpuDecoder
 
 
 def runs_on_jax(bb) -> bool:
@@ -31,6 +35,8 @@ def runs_on_jax(bb) -> bool:
 def decide(decode: str, bb):
     """(mode, GpuJpeg library or None) for a run of `bb` with decode choice `decode`; sets ``bb.decoder``
     to the decoder its features will come from. A UsageError says what is missing for ``gpu``."""
+    from ..decode import gpujpeg  # only here: a CPU run of a TFLite backbone never imports the GPU path
+
     wanted = bb.decoder  # None: free; set when rebuilt from a head's spec
     if decode == "gpu" or wanted not in (None, DEFAULT_DECODER):
         if wanted == DEFAULT_DECODER:
@@ -58,7 +64,7 @@ def decide(decode: str, bb):
 class GpuMapper(Mapper):
     """Gathers prepared items (Encoded JPEGs or CPU-decoded arrays), decodes a batch on the GPU, maps it."""
 
-    def __init__(self, backbone, committer, clock: StageClock, decoder: gpujpeg.GpuDecoder, ahead: bool = True):
+    def __init__(self, backbone, committer, clock: StageClock, decoder: GpuDecoder, ahead: bool = True):
         super().__init__(backbone, committer, clock, ahead)
         self.decoder = decoder
         self.items: list = []

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 
 from ..dataset.listing import ImageRecord
-from ..decode.gpujpeg import inspect
 from ..decode.images import decode, read_bytes
 from ..errors import ImageError
 from .stages import StageClock
@@ -66,7 +65,12 @@ def prepare(record: ImageRecord, bb, known: dict, clock: StageClock | None = Non
         if old is not None and old[0] == sha:
             return record, sha, stat, None, notes
         with clock.timed("decode"):
-            image = (inspect if gpu else decode)(data, bb.preprocess, record.path, notes)
+            if gpu:  # --decode gpu: a JPEG's header is checked here, its bytes decoded on the GPU
+                from ..decode.gpujpeg import inspect
+
+                image = inspect(data, bb.preprocess, record.path, notes)
+            else:
+                image = decode(data, bb.preprocess, record.path, notes)
         if bb.per_image:
             bb.load()  # built once, outside the timed forward pass
             with clock.timed("forward"):

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 from awkward_images import CASES
 
+from pipeline.decode import gpujpeg
 from pipeline.errors import UsageError
 from pipeline.featurizer import gpumapper
 from pipeline.featurizer.stages import StageClock, line
@@ -29,16 +30,16 @@ def test_gpu_is_refused_where_it_cannot_run(monkeypatch):
         gpumapper.decide("gpu", _bb(kind="tflite", backend=None, per_image=True))
     with pytest.raises(UsageError, match="on tensorflow"):
         gpumapper.decide("gpu", _bb(backend="tensorflow"))
-    monkeypatch.setattr(gpumapper.gpujpeg, "find_library", lambda name=None: None)
+    monkeypatch.setattr(gpujpeg, "find_library", lambda name=None: None)
     with pytest.raises(UsageError, match="found no GPU JPEG decoder: pip install nvidia-nvimgcodec"):
         gpumapper.decide("gpu", _bb())
 
 
 def test_auto_takes_the_gpu_only_where_it_is_there(monkeypatch):
-    monkeypatch.setattr(gpumapper.gpujpeg, "find_library", lambda name=None: None)
+    monkeypatch.setattr(gpujpeg, "find_library", lambda name=None: None)
     bb = _bb()
     assert gpumapper.decide("auto", bb)[1] is None and bb.decoder == "pillow"
-    monkeypatch.setattr(gpumapper.gpujpeg, "find_library", lambda name=None: SimpleNamespace(name="nvimgcodec"))
+    monkeypatch.setattr(gpujpeg, "find_library", lambda name=None: SimpleNamespace(name="nvimgcodec"))
     bb = _bb()
     assert gpumapper.decide("auto", bb)[0] == "gpu" and bb.decoder == "nvimgcodec"
     tf = _bb(backend="tensorflow")
@@ -46,7 +47,7 @@ def test_auto_takes_the_gpu_only_where_it_is_there(monkeypatch):
 
 
 def test_a_backbone_rebuilt_from_a_spec_decodes_as_its_features_were(monkeypatch):
-    monkeypatch.setattr(gpumapper.gpujpeg, "find_library", lambda name=None: SimpleNamespace(name=name))
+    monkeypatch.setattr(gpujpeg, "find_library", lambda name=None: SimpleNamespace(name=name))
     assert gpumapper.decide("auto", _bb(decoder="nvimgcodec"))[1].name == "nvimgcodec"  # a GPU-trained head
     with pytest.raises(UsageError, match="decoded by Pillow on the CPU"):
         gpumapper.decide("gpu", _bb(decoder="pillow"))  # a CPU-trained head: not through the GPU decoder
