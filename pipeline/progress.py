@@ -27,13 +27,11 @@ def _all_cached(n: int, cached: int, unit: str) -> str:
     return f"all {n} {'images' if unit == 'img' else unit} cached"
 
 
-class TerminalProgress:
-    """A tqdm bar, shown from the first item that is not taken from a cache (none for a fully cached run)."""
+class _Counter:
+    """What both kinds of progress share: a context manager that closes them, and the counts of items done
+    and of those taken from a cache."""
 
-    def __init__(self, total: int, desc: str, unit: str = "img", file=None):
-        self.total, self.desc, self.unit, self.file = total, desc, unit, file or sys.stderr
-        self.n = self.cached = 0
-        self.bar = None
+    n = cached = 0
 
     def __enter__(self):
         return self
@@ -42,9 +40,23 @@ class TerminalProgress:
         self.close(failed=exc[0] is not None)
         return False
 
-    def update(self, n: int = 1, cached: bool = False) -> None:
+    def count(self, n: int, cached: bool) -> None:
         self.n += n
         self.cached += n if cached else 0
+
+    def close(self, failed: bool = False) -> None:
+        raise NotImplementedError
+
+
+class TerminalProgress(_Counter):
+    """A tqdm bar, shown from the first item that is not taken from a cache (none for a fully cached run)."""
+
+    def __init__(self, total: int, desc: str, unit: str = "img", file=None):
+        self.total, self.desc, self.unit, self.file = total, desc, unit, file or sys.stderr
+        self.bar = None
+
+    def update(self, n: int = 1, cached: bool = False) -> None:
+        self.count(n, cached)
         if self.bar is None and not cached:
             from tqdm.auto import tqdm
 
@@ -68,7 +80,7 @@ def _is_terminal(file) -> bool:
         return False
 
 
-class LineProgress:
+class LineProgress(_Counter):
     """Whole-line progress: at each `step` of the total (not more often than every `min_interval`
     seconds), at least every `max_interval` seconds, and once at the end."""
 
@@ -77,22 +89,13 @@ class LineProgress:
         self.total, self.desc, self.unit = int(total), desc, unit
         self.file = file or sys.stderr
         self.step, self.min_interval, self.max_interval, self.clock = step, min_interval, max_interval, clock
-        self.n = self.cached = 0
         self.start = self.last = clock()
         self.next_mark = step
         self.closed = False
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close(failed=exc[0] is not None)
-        return False
-
     def update(self, n: int = 1, cached: bool = False) -> None:
         """`n` more items done; `cached`: taken from a cache, not computed."""
-        self.n += n
-        self.cached += n if cached else 0
+        self.count(n, cached)
         now = self.clock()
         frac = self.n / self.total if self.total else 1.0
         if frac >= 1.0:
