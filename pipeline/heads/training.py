@@ -66,14 +66,7 @@ def train(store, head: str | HeadOptions = "auto", split: str | SplitOptions = "
     if len(y) == 0:
         raise UsageError(f"{store.root} has no labelled images; featurize a folder with one sub-folder per "
                          f"class, or with labels='FILE.csv' (a CSV of ids and labels)")
-    valid = np.zeros(len(y), dtype=bool)
-    if s.holdout:
-        valid = validation_mask(rows, y, s.holdout, s.split, s.group_by,
-                                groups_by_path(s.groups, s.group_column, rows), s.seed)
-    train_idx = np.flatnonzero(~valid)
-    if sample is not None:
-        sub = sample_mask([rows[i]["path"] for i in train_idx], y[train_idx], sample, o.seed)
-        train_idx = train_idx[sub]
+    train_idx, valid = _split_rows(rows, y, s, sample, o.seed)
     if store.multi_label:  # one-vs-rest tags: pipeline/heads/multilabel.py
         head = MULTI_LABEL_DEFAULT if o.head == "auto" else o.head
         with fold_progress(f"{head} C path", progress) as step:
@@ -93,6 +86,18 @@ def train(store, head: str | HeadOptions = "auto", split: str | SplitOptions = "
     clf.train_hashes = sorted({rows[i]["sha256"][:16] for i in train_idx})
     clf.ood_summary = summarize(X[train_idx], y[train_idx], seed=o.seed)  # pipeline/heads/ood.py
     return clf
+
+
+def _split_rows(rows, y, s: SplitOptions, sample, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the rows to train on, mask of the validation rows): the holdout of `s`, then `sample`."""
+    valid = np.zeros(len(y), dtype=bool)
+    if s.holdout:
+        valid = validation_mask(rows, y, s.holdout, s.split, s.group_by,
+                                groups_by_path(s.groups, s.group_column, rows), s.seed)
+    train_idx = np.flatnonzero(~valid)
+    if sample is not None:
+        train_idx = train_idx[sample_mask([rows[i]["path"] for i in train_idx], y[train_idx], sample, seed)]
+    return train_idx, valid
 
 
 MULTI_LABEL_DEFAULT = "logreg"  # head='auto' on tags: its own probabilities, warm-started along C
