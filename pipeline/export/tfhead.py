@@ -2,7 +2,7 @@
 
 The same arrays and the same steps as ``ArrayHead.predict_proba`` (scale, optional PCA, the
 linear or RBF decision values with scikit-learn's one-vs-rest shape, then temperature scaling,
-logistic softmax/sigmoid or the legacy per-class sigmoids), so an exported model needs neither
+logistic softmax/sigmoid, the legacy per-class sigmoids, or a multi-label head's independent per-tag sigmoids), so an exported model needs neither
 scikit-learn nor this package. ``dtype`` float64 reproduces the numpy code to ~1e-12 (SavedModel);
 TFLite has no float64 kernels, so it gets float32 (~1e-6). ``SCORERS`` holds the decision values of each
 scorer a head kind can name (``HeadKind.scorer``, pipeline/heads/kinds.py), as ``arrayhead.SCORERS`` does.
@@ -24,6 +24,8 @@ def head_probabilities(head: ArrayHead, features, dtype=None):
     if "pca.components" in a:
         z = tf.matmul(z - a["pca.mean"], a["pca.components"], transpose_b=True)
     f = SCORERS[head.scorer](head, a, z)
+    if head.multi_label:  # K independent tags: p_k = sigmoid(alpha_k f_k), as ArrayHead.predict_proba
+        return tf.cast(tf.sigmoid(a["ovr.alpha"] * f), tf.float32)
     if len(head.classes_) == 2:  # binary decision values f -> the columns [0, f]
         f = tf.concat([tf.zeros_like(f), f], axis=1)
     if head.probabilities == "temperature":

@@ -116,6 +116,23 @@ def test_two_tags_keep_two_columns_through_the_head_file(tmp_path):
     np.testing.assert_allclose(back.predict_proba(X), model.predict_proba(X), atol=1e-6)
 
 
+@pytest.mark.parametrize("two", [False, True])
+def test_an_export_computes_the_per_tag_sigmoids_not_a_softmax(two):
+    """The TensorFlow ops an export runs (pipeline/export/tfhead.py) give a multi-label head's own
+    probabilities: K independent sigmoids (they used to be a softmax over the tags: wrong with exit 0)."""
+    pytest.importorskip("tensorflow")
+    from pipeline.export.tfhead import head_probabilities
+    from pipeline.heads.arrayhead import export
+
+    X, y, names, Y = toy_tags()
+    if two:  # two tags: still two independent columns, never the binary [0, f] of single-label heads
+        y = np.array([normalise(" ".join(t for t in v.split() if t in ("cat", "indoor"))) or "cat" for v in y])
+    head = export(fit_multilabel("logreg", X, y, C=1.0, folds=3)[0])
+    ours = head_probabilities(head, X.astype(np.float32)).numpy()
+    np.testing.assert_allclose(ours, head.predict_proba(X), atol=1e-6)
+    assert ours.sum(axis=1).std() > 0.01  # rows do not sum to one as a softmax's would
+
+
 def test_C_auto_is_chosen_and_cross_validated_figures_recorded():
     X, y, names, Y = toy_tags()
     _, m = fit_multilabel("logreg", X, y, C="auto", folds=3)
