@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import pipeline  # noqa: E402
-from pipeline.heads.evaluation import cross_validated  # noqa: E402
+from pipeline.training.evaluation import cross_validated  # noqa: E402
 
 HEADS = (("linear_svm", 0.01), ("svm", 1.0), ("logreg", 0.1))
 

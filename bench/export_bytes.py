@@ -32,7 +32,7 @@ from pipeline.dataset.listing import list_images  # noqa: E402
 from pipeline.decode.images import decode  # noqa: E402
 from pipeline.heads.arrayhead import export as to_arrays  # noqa: E402
 from pipeline.heads.classifier import Classifier  # noqa: E402
-from pipeline.heads.selection import make_head  # noqa: E402
+from pipeline.training.selection import make_head  # noqa: E402
 
 
 def tf_pixels(blobs, pre):

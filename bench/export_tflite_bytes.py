@@ -42,7 +42,7 @@ from pipeline.dataset.splits import validation_mask  # noqa: E402
 from pipeline.decode.images import decode  # noqa: E402
 from pipeline.heads.arrayhead import export as to_arrays  # noqa: E402
 from pipeline.heads.classifier import Classifier  # noqa: E402
-from pipeline.heads.selection import make_head  # noqa: E402
+from pipeline.training.selection import make_head  # noqa: E402
 
 BACKBONES = ("mobilenet_v2_quant", "tf2_mobilenet_v2_1.0_224_ptq.tflite",
              "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite")

@@ -60,7 +60,7 @@ def measure(catbreeds, work, heads=(("logreg", "auto"), ("linear_svm", "auto")))
     """Featurize (cached in `work`), split, and return the held-out micro-F1 figures."""
     import pipeline
     from pipeline.dataset.splits import validation_mask
-    from pipeline.heads.multilabel import tag_matrix, tags_of
+    from pipeline.training.multilabel import tag_matrix, tags_of
 
     catbreeds, work = Path(catbreeds), Path(work)
     work.mkdir(parents=True, exist_ok=True)

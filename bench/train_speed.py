@@ -51,12 +51,12 @@ def tags(names):
 def run_single(X, y, Xt, yt) -> dict:
     t = time.perf_counter()
     try:
-        from pipeline.heads.training import fit_single
+        from pipeline.training.train import fit_single
         from pipeline.options import HeadOptions
 
         est = fit_single(HeadOptions(), {"penultimate": X}, y)
     except ImportError:  # the base: today's default, FeatureHead() = linear SVM, C auto
-        from pipeline.heads.estimator import FeatureHead
+        from pipeline.training.estimator import FeatureHead
 
         est = FeatureHead().fit(X, y)
     secs = time.perf_counter() - t
@@ -66,7 +66,7 @@ def run_single(X, y, Xt, yt) -> dict:
 
 
 def run_multi(X, y, Xt, yt) -> dict:
-    from pipeline.heads.multilabel import fit_multilabel, micro_f1, tag_matrix
+    from pipeline.training.multilabel import fit_multilabel, micro_f1, tag_matrix
 
     t = time.perf_counter()
     model, m = fit_multilabel("logreg", X, tags(y), C="auto")

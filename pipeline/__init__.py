@@ -17,8 +17,8 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 _EXPORTS = {
-    "featurize": "engines", "train": "heads.training", "load": "heads.classifier", "Classifier": "heads.classifier",
-    "score": "scoring.batch", "evaluate": "heads.evaluation", "compare": "heads.evaluation", "predict_imagenet": "scoring.imagenet",
+    "featurize": "engines", "train": "training.train", "load": "heads.classifier", "Classifier": "heads.classifier",
+    "score": "scoring.batch", "evaluate": "training.evaluation", "compare": "training.evaluation", "predict_imagenet": "scoring.imagenet",
     "create_backbone": "backbones", "list_backbones": "backbones", "FeatureStore": "store",
     "Preprocess": "preprocess", "PipelineError": "errors", "UsageError": "errors", "BackboneError": "errors",
     "StoreError": "errors", "SpecMismatchError": "errors", "ModelFileError": "errors", "ImageError": "errors",

@@ -183,7 +183,7 @@ class _FoldSteps:
 
 @contextmanager
 def candidate_progress(candidates: int, enabled: bool = True):
-    """A callback ``step(candidate, k, n)`` for ``heads.search.choose``: a bar over candidates x folds on a
+    """A callback ``step(candidate, k, n)`` for ``training.search.choose``: a bar over candidates x folds on a
     terminal (its label: which candidate, fold k of n), whole lines elsewhere; nothing when not `enabled`."""
     steps = _FoldSteps(candidates, "cross-validating", enabled)
     try:

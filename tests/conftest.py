@@ -171,7 +171,7 @@ def tiny_tflite(tmp_path_factory):
 # each file goes whole to the next free worker, so a long file left for the end keeps one worker busy
 # while the other idles (the Makefile passes --no-loadscope-reorder, which keeps this order).
 LONGEST_FILES = ("tests/engines/test_ray.py", "tests/engines/test_two_nodes.py", "tests/export/test_export.py",
-                 "tests/realdata/test_reference.py", "tests/heads/test_multilabel.py",
+                 "tests/realdata/test_reference.py", "tests/training/test_multilabel.py",
                  "tests/backbones/test_keras_backend.py", "tests/serving/test_serve_export.py",
                  "tests/backbones/test_registry.py", "tests/realdata/test_real_world.py",
                  "tests/featurizer/test_decodepool.py", "tests/cli/test_first_hour.py",

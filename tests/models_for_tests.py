@@ -104,7 +104,7 @@ def calibrated_classifier(bb, paths, labels, head="linear_svm", pca=None):
     from pipeline.decode.images import decode
     from pipeline.heads.arrayhead import export as to_arrays
     from pipeline.heads.classifier import Classifier
-    from pipeline.heads.selection import make_head
+    from pipeline.training.selection import make_head
 
     images = np.stack([decode(p.read_bytes(), bb.preprocess) for p in paths])
     model = make_head(head, C=1.0, calibrate=True, pca=pca, calibration_folds=3).fit(bb(images), labels)

@@ -1,6 +1,6 @@
 """Label issues by confident learning: cleanlab's ``find_label_issues`` over out-of-fold probabilities.
 
-The probabilities are those `suspects` ranks (pipeline/heads/quality.py ``out_of_fold``: a
+The probabilities are those `suspects` ranks (pipeline/training/quality.py ``out_of_fold``: a
 calibrated head cross-validated on the store's labelled rows). `suspects` lists every image whose
 held-out prediction is another class; confident learning (Northcutt et al., 2021) is stricter: it
 estimates the joint distribution of given and true labels from per-class confidence thresholds
@@ -26,7 +26,7 @@ def cleanlab_available() -> bool:
 def label_issues(store, head: str = "logreg", C: float | str = "auto", folds: int = 5, seed: int = 0,
                  top: int | None = None) -> list[Finding]:
     """Likely mislabelled images of `store` (a FeatureStore or its path), most doubtful first."""
-    from ..heads.quality import out_of_fold
+    from ..training.quality import out_of_fold
     from .checks import open_store
 
     try:

@@ -116,8 +116,8 @@ def _label_checks(store, head: HeadOptions, result: AuditResult) -> None:
 def accuracy_with_and_without(train, test, leak_rows, head: HeadOptions, notes: list) -> dict | None:
     """Accuracy on `test`'s labelled rows of a head trained on `train`, on all of them and on those
     without a near-duplicate in `train` (`leak_rows`): the gap is how much the leaks inflate it."""
-    from ..heads.evaluation import predictions
-    from ..heads.training import train as fit
+    from ..training.evaluation import predictions
+    from ..training.train import train as fit
 
     if train.multi_label or test.multi_label:
         notes.append("accuracy with and without leaks: not computed for multi-label stores")

@@ -51,10 +51,10 @@ def cmd_featurize(a):
 
 
 def cmd_train(a):
-    from ..heads.training import train
     from ..outputs import check_output, check_report_dir
     from ..reports.summary import train_report, train_summary
     from ..store import FeatureStore
+    from ..training.train import train
 
     check_output(a.out, "head", force=a.force)
     store, head = FeatureStore.open(a.features_dir), from_args(HeadOptions, a)
@@ -82,16 +82,16 @@ def cmd_score(a):
 
 def cmd_evaluate(a):
     from ..heads.classifier import load
-    from ..heads.evaluation import format_metrics, predictions
     from ..store import FeatureStore
+    from ..training.evaluation import format_metrics, predictions
 
     model, store = load(a.model, trusted=a.trust_pickle), FeatureStore.open(a.features_dir)
     m, y, proba, rows = predictions(model, store)
     print(json.dumps(m) if a.json else format_metrics(m))
     if a.report:
-        from ..reports.report import report_predictions
+        from ..reports.report import Predictions, report_predictions
 
-        page = report_predictions(a.report, m, y, proba, rows, store,
+        page = report_predictions(a.report, m, Predictions.of_rows(y, proba, rows), store,
                                   title=f"{os.path.basename(a.model)} on {store.root.name}",
                                   extra={"model": a.model, "features": f"{store.root} ({describe(store.spec)})"},
                                   selection=model.metrics.get("selection"))
@@ -103,8 +103,8 @@ def cmd_compare(a):
     for h in heads:  # before scikit-learn is imported
         if h not in HEADS:
             raise UsageError(f"unknown head {h!r} in --heads{did_you_mean(h, HEADS)}; choose from {', '.join(HEADS)}")
-    from ..heads.evaluation import compare
     from ..reports.summary import compare_table
+    from ..training.evaluation import compare
 
     rows = compare(a.features_dirs, heads, o.C, o.folds, o.seed, o.pca, progress=a.progress)
     print(json.dumps(rows) if a.json else compare_table(rows, o.folds, o.seed, o.pca))
@@ -129,9 +129,9 @@ def cmd_split(a):
 
 
 def cmd_suspects(a):
-    from ..heads.quality import suspects, write_suspects_csv
     from ..reports.summary import suspects_table
     from ..store import FeatureStore
+    from ..training.quality import suspects, write_suspects_csv
 
     store = FeatureStore.open(a.features_dir)
     found = suspects(store, a.head, a.C, a.folds, top=None)

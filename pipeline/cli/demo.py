@@ -6,11 +6,11 @@ from pathlib import Path
 
 from ..backbones import DATA_DIR, DEFAULT_BACKBONE
 from ..engines import featurize
-from ..heads.evaluation import cross_validated, format_metrics
-from ..heads.selection import cross_val_accuracy, learning_curve
-from ..heads.training import train
-from ..reports.report import report_predictions
+from ..reports.report import Predictions, report_predictions
 from ..scoring.batch import score
+from ..training.evaluation import cross_validated, format_metrics
+from ..training.selection import cross_val_accuracy, learning_curve
+from ..training.train import train
 
 CARS = DATA_DIR / "cars"
 
@@ -26,7 +26,7 @@ def run_demo(features_dir="features", models_dir="models", progress: bool = True
     loo, y, proba, rows = cross_validated(store, "linear_svm", clf.metrics["C"], folds="loo")
     X, _ = store.labelled()
     svm_loo = cross_val_accuracy("linear_svm", X, y, clf.metrics["C"], folds="loo")  # decisions, uncalibrated
-    html = report_predictions(models_dir / "demo-cars-report", loo, y, proba, rows, store,
+    html = report_predictions(models_dir / "demo-cars-report", loo, Predictions.of_rows(y, proba, rows), store,
                               title="Classic vs modern sports cars: leave-one-out predictions",
                               curve=learning_curve("linear_svm", X, y, clf.metrics["C"], folds=5),
                               extra={"head": "linear_svm", "C": clf.metrics["C"], "protocol": "leave-one-out",

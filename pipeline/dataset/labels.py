@@ -93,7 +93,7 @@ def read_labels_csv(path, id_column: str | None = None, label_column: str | None
     """Read `path` (header row required). Default columns: 'id' (else the first), 'label' (else the second).
 
     multi_label: each label cell holds several tags separated by spaces or '|'; labels are stored
-    as the tags sorted and joined by one space (pipeline/heads/multilabel.py), and tags are checked as class names.
+    as the tags sorted and joined by one space (pipeline/training/multilabel.py), and tags are checked as class names.
     """
     path = Path(path)
     try:

@@ -51,7 +51,7 @@ def featurize(data_dir, backbone: str | Backbone | BackboneOptions = DEFAULT_BAC
     `engine`: a name in REGISTRY; engine="ray" runs on a Ray cluster (`cluster`: a
     pipeline.engines.ray.RayCluster), same store.
     `decode`: "thread", "process" (pipeline.featurizer.decodepool) or "auto" (processes from 8 usable cores on).
-    `multi_label`: the CSV's label cells hold several tags (spaces or '|'); see pipeline/heads/multilabel.py.
+    `multi_label`: the CSV's label cells hold several tags (spaces or '|'); see pipeline/training/multilabel.py.
     """
     settings, options = featurize_settings(backbone, layer, weights, options, keywords)
     engine = engine_class(options.engine)(options)  # refuses what the engine cannot honour, before any work

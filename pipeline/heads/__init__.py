@@ -1,1 +1,1 @@
-"""Heads: scikit-learn estimators trained on stored features, their calibration and selection, the data-only head file, and the Classifier that pairs a head with its feature spec."""
+"""Heads: what a trained head is. Its kinds, calibration, folds, the features it reads, its out-of-distribution summary, the data-only head file, and the Classifier that pairs a head with its feature spec. Training them is pipeline/training/."""

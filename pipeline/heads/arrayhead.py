@@ -16,7 +16,7 @@ refused naming the array. Array names (all float except ``rbf.n_support``):
     calibration.alpha                   probabilities "temperature"
     calibration.a, calibration.b        probabilities "platt": the per-class sigmoids of the old
                                         CalibratedClassifierCV heads (head-1 files converted)
-    ovr.alpha, ovr.threshold            probabilities "ovr_sigmoid" (multi-label, pipeline/heads/multilabel.py):
+    ovr.alpha, ovr.threshold            probabilities "ovr_sigmoid" (multi-label, pipeline/training/multilabel.py):
                                         K independent p_k = sigmoid(alpha_k f_k), tag k predicted
                                         when p_k >= threshold_k; linear.coef is (K, D) even for K = 2
 """

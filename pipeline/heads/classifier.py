@@ -5,7 +5,7 @@ full feature spec (backbone, source, weights, layer, tensor, preprocessing, D), 
 versions, training metrics and the estimator's parameters; it holds no code and loads under
 any scikit-learn version. Old joblib files load only when trusted. Scoring refuses features
 whose spec differs from the head's. The head itself is a scikit-learn estimator,
-``FeatureHead`` (pipeline/heads/estimator.py), kept as ``Classifier.estimator``.
+``FeatureHead`` (pipeline/training/estimator.py), kept as ``Classifier.estimator``.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ _BACKBONE_LOCK = threading.Lock()
 class Classifier:
     """A fitted head. ``predict``/``predict_proba`` take images (paths, bytes, PIL, uint8 arrays) or features.
 
-    `model`: a fitted FeatureHead (pipeline/heads/estimator.py), or a fitted scorer (a make_head() Pipeline, a
+    `model`: a fitted FeatureHead (pipeline/training/estimator.py), or a fitted scorer (a make_head() Pipeline, a
     loaded ArrayHead, a multi-label Pipeline); ``model`` is the fitted scorer that predicts. `params`: the
     FeatureHead parameters of a bare scorer (default: those `metrics` record). `metrics` default to the
     FeatureHead's ``metrics_``.
@@ -59,7 +59,7 @@ class Classifier:
         """The head as a fitted scikit-learn estimator (a FeatureHead; get_params, clone, ...); for a bare or
         loaded scorer, rebuilt around it on first use with its parameters. None for a multi-label head."""
         if self._estimator is None and not self.multi_label:
-            from .estimator import FeatureHead
+            from ..training.estimator import FeatureHead
 
             self._estimator = FeatureHead.fitted(self.model, self.params, self.metrics)
         return self._estimator
@@ -145,7 +145,9 @@ class Classifier:
             return self.features(X)
         if hasattr(X, "features") and hasattr(X, "spec"):  # a FeatureStore
             if hasattr(X, "meta") and X.meta.get("layers") and self.feature_spec.differences(X.spec):
-                from .featuresets import store_features  # a layer written beside it, or a join of two
+                from .featuresets import (
+                    store_features,  # a layer written beside it, or a join of two
+                )
 
                 found = store_features(X, self.spec)
                 if found is not None:
@@ -163,8 +165,6 @@ class Classifier:
         """Class names; for a multi-label head, the label set of each image (its tags, in class order)."""
         proba = self.predict_proba(X)
         if self.multi_label:
-            from .multilabel import label_sets
-
             return label_sets(proba, self.classes_, self.thresholds_)
         return self.classes_[np.argmax(proba, axis=1)]
 
@@ -181,7 +181,7 @@ class Classifier:
 
     @property
     def multi_label(self) -> bool:
-        """True for a head with one-vs-rest tags (pipeline/heads/multilabel.py)."""
+        """True for a head with one-vs-rest tags (pipeline/training/multilabel.py)."""
         return self.thresholds_ is not None
 
     @property
@@ -291,3 +291,10 @@ def convert(src, out, trusted: bool = False):
     if type(getattr(clf.model, "named_steps", {}).get("clf")).__name__ == "CalibratedClassifierCV":
         clf.metrics.setdefault("calibration", LEGACY_CALIBRATION)
     return clf, clf.save(out)
+
+
+def label_sets(proba: np.ndarray, classes, thresholds) -> list[list[str]]:
+    """The tags of each row whose probability reaches its threshold, in class order (multi-label heads)."""
+    hits = np.asarray(proba) >= np.asarray(thresholds)[None, :]
+    names = [str(c) for c in classes]
+    return [[names[k] for k in np.flatnonzero(row)] for row in hits]

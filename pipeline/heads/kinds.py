@@ -4,7 +4,7 @@ A :class:`HeadKind` holds everything the rest of heads/ and export/ asks about a
 the scikit-learn classifier it fits (its type and how to build one for a C and a class weight),
 the C values ``C="auto"`` chooses from, whether its decision values are margins that need
 temperature scaling (pipeline/heads/calibration.py) or logits with probabilities of their own,
-which class weights it takes, whether it has a multi-label (one-vs-rest, pipeline/heads/multilabel.py)
+which class weights it takes, whether it has a multi-label (one-vs-rest, pipeline/training/multilabel.py)
 form, and the ``scorer`` whose arrays a fitted one is saved as (pipeline/heads/arrayhead.py computes
 each scorer in numpy, pipeline/export/tfhead.py as TensorFlow ops).
 

@@ -13,7 +13,7 @@ import hashlib
 import html
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +242,11 @@ class Predictions:
     hashes: list[str] | None = None
     image_root: Any = None
 
+    @classmethod
+    def of_rows(cls, y_true, proba, rows) -> "Predictions":
+        """The predictions on a store's rows (dicts with "path" and "sha256")."""
+        return cls(y_true, proba, [r["path"] for r in rows], [r["sha256"] for r in rows])
+
 
 def write_report(out_dir, metrics: dict, predictions: Predictions, *, title: str, extra: dict | None = None,
                  curve: dict | None = None, clip: dict | None = None, gallery_size: int = GALLERY_SIZE,
@@ -342,21 +347,22 @@ def _uncertain_section(shown: int, uncertain: int, total: int, gallery: str) -> 
                    f"the smallest margin (top probability minus the next class's) first.</p>" + gallery)
 
 
-def report_predictions(out_dir, metrics, y_true, proba, rows, store, *, title: str, extra: dict | None = None,
+def report_predictions(out_dir, metrics, shown: Predictions, store, *, title: str, extra: dict | None = None,
                        curve: dict | None = None, selection: list | None = None) -> Path:
-    """The report of predictions on a store's labelled rows, thumbnails from the store's data folder;
-    `selection`: the table the head was chosen from (its metrics' ``selection``), shown when given."""
-    from ..heads.evaluation import clip_suggestion
+    """The report of predictions on a store's labelled rows (`shown`: ``Predictions.of_rows``), thumbnails
+    from the store's data folder; `selection`: the table the head was chosen from (its metrics'
+    ``selection``), shown when given."""
+    from ..training.evaluation import clip_suggestion
 
     root = store.meta.get("data_dir")
     check_report_dir(out_dir, root)
     if metrics.get("multi_label"):  # tags: a per-tag table with AP and threshold (pipeline/reports/multilabel.py)
-        from ..heads.multilabel import tag_matrix
+        from ..training.multilabel import tag_matrix
         from .multilabel import write_multilabel_report
 
+        y_true = shown.y_true
         Y = y_true if np.ndim(y_true) == 2 else tag_matrix(y_true, metrics["classes"])
-        return write_multilabel_report(out_dir, metrics, Y, proba, title=title, extra=extra)
-    shown = Predictions(y_true, proba, [r["path"] for r in rows], [r["sha256"] for r in rows],
-                        root if root and Path(root).is_dir() else None)
+        return write_multilabel_report(out_dir, metrics, Y, shown.proba, title=title, extra=extra)
+    shown = replace(shown, image_root=root if root and Path(root).is_dir() else None)
     return write_report(out_dir, metrics, shown, title=title, extra=extra, curve=curve,
-                        clip=clip_suggestion(y_true, proba, metrics["classes"]), selection=selection)
+                        clip=clip_suggestion(shown.y_true, shown.proba, metrics["classes"]), selection=selection)

@@ -11,11 +11,11 @@ from ..options import HeadOptions
 
 def train_summary(clf, path) -> str:
     """The lines after `train`: head, C, CV accuracy, calibration, tiny classes, validation, leakage."""
-    from ..heads.evaluation import format_metrics
+    from ..training.evaluation import format_metrics
 
     m = clf.metrics
     if clf.multi_label:
-        from ..heads.multilabel import summary
+        from ..training.multilabel import summary
 
         lines = [summary(clf, path)]
     else:
@@ -25,7 +25,7 @@ def train_summary(clf, path) -> str:
         lines = [f"{m['head']} C={C} on {m['n_train']} images, {len(clf.classes_)} classes{cv} -> {path}",
                  f"probabilities: {m['calibration']}{weighted}"]
         if len(m.get("selection") or []) > 1:
-            from ..heads.search import format_table
+            from ..training.search import format_table
 
             lines.append(f"chosen by {m['cv_folds']}-fold CV accuracy among (* the head saved):\n"
                          + format_table(m["selection"]))
@@ -45,7 +45,7 @@ def train_report(store, C: float, options: HeadOptions, out_dir=None, learning_c
                  selection: list | None = None, feature_set: str | None = None) -> str:
     """The learning curve (`learning_curve`) and an HTML report in `out_dir` of the cross-validated
     predictions of `options.head` with `C` on `store`; the lines saying what was made."""
-    from .report import report_predictions
+    from .report import Predictions, report_predictions
 
     o, lines, curve = options, [], None
     if learning_curve:
@@ -54,9 +54,9 @@ def train_report(store, C: float, options: HeadOptions, out_dir=None, learning_c
                      ", ".join(f"{k}: {v:.3f}" for k, v in zip(curve["per_class"], curve["valid_mean"])))
     if out_dir is not None:
         if store.multi_label:
-            from ..heads.multilabel import cross_validated
+            from ..training.multilabel import cross_validated
         else:
-            from ..heads.evaluation import cross_validated
+            from ..training.evaluation import cross_validated
         if store.multi_label:
             metrics, y, proba, rows = cross_validated(store, o.head, C, o.folds, o.seed, o.pca)
         else:
@@ -66,7 +66,7 @@ def train_report(store, C: float, options: HeadOptions, out_dir=None, learning_c
                  "features": f"{store.root} ({describe(store.spec)})"}
         if store.multi_label:
             title, extra = title + " (one-vs-rest tags)", {k: v for k, v in extra.items() if k != "PCA"}
-        page = report_predictions(out_dir, metrics, y, proba, rows, store, curve=curve, title=title, extra=extra,
+        page = report_predictions(out_dir, metrics, Predictions.of_rows(y, proba, rows), store, curve=curve, title=title, extra=extra,
                                   selection=selection)
         lines.append(f"report -> {page}")
     return "\n".join(lines)
@@ -74,7 +74,7 @@ def train_report(store, C: float, options: HeadOptions, out_dir=None, learning_c
 
 def _learning_curve(store, C: float, o: HeadOptions) -> dict:
     from ..errors import UsageError
-    from ..heads.selection import learning_curve
+    from ..training.selection import learning_curve
 
     if store.multi_label:
         raise UsageError("learning_curve=True is for single-label stores; this one is multi-label")
@@ -83,7 +83,7 @@ def _learning_curve(store, C: float, o: HeadOptions) -> dict:
 
 
 def compare_table(rows: list[dict], folds, seed: int, pca: int | None) -> str:
-    """The rows of :func:`pipeline.heads.evaluation.compare` as a table: one line per store, one column per head."""
+    """The rows of :func:`pipeline.training.evaluation.compare` as a table: one line per store, one column per head."""
     heads = list(dict.fromkeys(r["head"] for r in rows))
     sets = list(dict.fromkeys((r["features"], r["backbone"], r["layer"], r["dim"], r["n"]) for r in rows))
     cell = {(r["features"], r["head"]): f"{r['accuracy']:.4f} (C={r['C']:g})" for r in rows}
@@ -107,7 +107,7 @@ def split_summary(y, valid, out) -> str:
 
 
 def suspects_table(found: list[dict], n_labelled: int, head: str, top: int | None) -> str:
-    """The `top` most doubtful of :func:`pipeline.heads.quality.suspects` (all with top 0 or None)."""
+    """The `top` most doubtful of :func:`pipeline.training.quality.suspects` (all with top 0 or None)."""
     if not found:
         return (f"0 of {n_labelled} labelled images are predicted as another class by a held-out {head}: "
                 f"no suspects")

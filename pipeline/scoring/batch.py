@@ -221,8 +221,8 @@ def predicted_labels(proba: np.ndarray, classes, reject_below: float | None = No
 
 def _write_predictions(out, paths, proba, classes, reject_below=None, thresholds=None, ood=None, reject_ood=False):
     """path,prediction,<class>... and, with the OODScores `ood` of a head's OOD summary, ood_distance,ood."""
-    if thresholds is not None:  # multi-label: path,labels,<tag>... (pipeline/heads/multilabel.py)
-        from ..heads.multilabel import write_label_sets
+    if thresholds is not None:  # multi-label: path,labels,<tag>... (pipeline/training/multilabel.py)
+        from ..training.multilabel import write_label_sets
 
         return write_label_sets(out, paths, proba, classes, thresholds)
     labels = predicted_labels(proba, classes, reject_below, ood.flagged if reject_ood else None)

@@ -33,7 +33,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
 def predict_imagenet(images, backbone="mobilenet_v2_quant", top: int = 5, weights=None, classes=None, **options):
     """[(path, [(label, probability), ...top]), ...] for each image file.
 
-    `classes`: ImageNet names (matched as in pipeline/heads/zeroshot.py: case, ``_``/``-``/space, any
+    `classes`: ImageNet names (matched as in pipeline/training/zeroshot.py: case, ``_``/``-``/space, any
     synonym of a label line) to choose among: the softmax of their logits (the network's probabilities
     renormalised over them), labelled with the names as given; a UsageError names those that match no label.
 
@@ -58,7 +58,7 @@ def predict_imagenet(images, backbone="mobilenet_v2_quant", top: int = 5, weight
 
 def _class_indices(classes, names: list[str]) -> list[int]:
     """The label rows of `classes`; a UsageError naming the classes that match none (or the same one)."""
-    from ..heads.zeroshot import imagenet_indices, normalise
+    from ..training.zeroshot import imagenet_indices, normalise
 
     found = imagenet_indices(classes, names)
     if found is None:

@@ -74,7 +74,7 @@ def test_spec_descriptions_and_store_mismatch_never_print_none(flow, tmp_path):
 
 
 def test_label_messages_show_plain_class_names(flow):
-    from pipeline.heads.evaluation import classification_metrics
+    from pipeline.training.evaluation import classification_metrics
 
     with pytest.raises(UsageError) as e:
         classification_metrics(np.array(["red", "green"]), np.full((2, 2), 0.5), np.array(["blue", "red"]))
@@ -234,7 +234,7 @@ def test_compare_announces_each_step(flow, capsys):
 # --- the HTML report ---
 
 def test_uncertain_gallery_holds_only_images_below_the_threshold_and_says_so(tmp_path):
-    from pipeline.heads.evaluation import classification_metrics
+    from pipeline.training.evaluation import classification_metrics
     from pipeline.reports.report import UNCERTAIN_BELOW, Predictions, gallery_indices, write_report
 
     p = np.array([0.997, 0.55, 0.9, 0.7, 0.6])

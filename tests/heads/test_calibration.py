@@ -6,8 +6,12 @@ import pytest
 from sklearn.base import clone
 from sklearn.svm import LinearSVC
 
-from pipeline.heads.calibration import UNCALIBRATED, TemperatureCalibrated, calibration_folds
-from pipeline.heads.estimator import fit_head
+from pipeline.heads.calibration import (
+    UNCALIBRATED,
+    TemperatureCalibrated,
+    calibration_folds,
+)
+from pipeline.training.estimator import fit_head
 
 
 def blobs(n_classes: int, per_class: int, seed: int, dim: int = 30, noise: float = 1.0):

@@ -20,8 +20,8 @@ import pipeline
 from pipeline.cli import main
 from pipeline.errors import ModelFileError
 from pipeline.heads.classifier import Classifier, convert
-from pipeline.heads.estimator import fit_head
 from pipeline.heads.headfile import FORMAT, LEGACY_CALIBRATION, LEGACY_FORMAT, read
+from pipeline.training.estimator import fit_head
 
 DIM = 24
 SPEC = {"backbone": "toy", "kind": "toy", "model": "toy.tflite", "weights": None, "layer": "penultimate",

@@ -12,9 +12,9 @@ from pipeline.errors import UsageError
 from pipeline.export import tfhead
 from pipeline.heads import arrayhead, kinds
 from pipeline.heads.classifier import Classifier
-from pipeline.heads.estimator import FeatureHead
 from pipeline.heads.kinds import KINDS
-from pipeline.heads.multilabel import fit_multilabel
+from pipeline.training.estimator import FeatureHead
+from pipeline.training.multilabel import fit_multilabel
 
 DIM = 10
 SPEC = {"backbone": "toy", "kind": "toy", "model": "toy.tflite", "weights": None, "layer": "penultimate",

@@ -8,8 +8,8 @@ from pipeline.errors import ModelFileError, UsageError
 from pipeline.heads import headfile
 from pipeline.heads.arrayhead import export
 from pipeline.heads.classifier import Classifier
-from pipeline.heads.estimator import fit_head
 from pipeline.heads.ood import MAX_ROWS, QUANTILE, OODSummary, knn_distance, summarize
+from pipeline.training.estimator import fit_head
 
 DIM = 32
 

@@ -6,7 +6,7 @@ import pytest
 from conftest import needs_shared
 
 import pipeline
-from pipeline.heads.selection import cross_val_accuracy
+from pipeline.training.selection import cross_val_accuracy
 
 pytestmark = pytest.mark.shared
 

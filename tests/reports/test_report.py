@@ -12,7 +12,7 @@ from sklearn import metrics as skm
 
 import pipeline
 from pipeline.cli import main
-from pipeline.heads.evaluation import classification_metrics, clip_suggestion
+from pipeline.training.evaluation import classification_metrics, clip_suggestion
 
 
 def test_metrics_equal_sklearn_functions():
@@ -95,7 +95,7 @@ def test_train_report_has_cross_validated_mistakes_learning_curve_and_clipping(e
 
 
 def test_learning_curve_counts_images_per_class(evaluated):
-    from pipeline.heads.selection import learning_curve
+    from pipeline.training.selection import learning_curve
 
     X, y = evaluated[1].labelled()
     curve = learning_curve("logreg", X, y, 1.0, folds=3, points=4)

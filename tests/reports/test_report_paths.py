@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from pipeline.heads.evaluation import classification_metrics
+from pipeline.training.evaluation import classification_metrics
 from pipeline.reports.report import Predictions, image_inside, write_report
 
 

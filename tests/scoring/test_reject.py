@@ -12,7 +12,7 @@ from html_check import parse_report
 import pipeline
 from pipeline.cli import main
 from pipeline.errors import UsageError
-from pipeline.heads.evaluation import classification_metrics
+from pipeline.training.evaluation import classification_metrics
 from pipeline.reports.report import REJECT_THRESHOLDS, Predictions, coverage_curve, write_report
 from pipeline.scoring.batch import predicted_labels
 

@@ -245,7 +245,7 @@ def test_scoring_reads_the_store_a_chunk_at_a_time_and_writes_what_one_pass_woul
         for path, p in whole.items():
             assert [float(got[path][str(c)]) for c in clf.classes_] == pytest.approx(p, abs=1e-6)
     assert reads and max(reads) <= 3
-    from pipeline.heads.evaluation import predictions  # evaluate reads a chunk at a time too
+    from pipeline.training.evaluation import predictions  # evaluate reads a chunk at a time too
 
     _, y, proba, rows = predictions(clf, FeatureStore.open(test.root))
     np.testing.assert_allclose(proba, [whole[r["path"]] for r in rows], atol=1e-6)  # float32 BLAS: row count moves the last bits

@@ -14,7 +14,8 @@ from pipeline.cli import main
 from pipeline.dataset.labels import read_labels_csv
 from pipeline.errors import UsageError
 from pipeline.heads.classifier import Classifier
-from pipeline.heads.multilabel import (
+from pipeline.training.cpath import CVSettings
+from pipeline.training.multilabel import (
     fit_multilabel,
     label_sets,
     multilabel_metrics,
@@ -81,7 +82,7 @@ def test_metrics_are_sklearns_micro_macro_f1_and_average_precision():
 @pytest.mark.parametrize("head", ["logreg", "linear_svm"])
 def test_fitted_head_saves_and_reloads_with_the_same_probabilities_and_sets(tmp_path, head):
     X, y, names, Y = toy_tags()
-    model, metrics = fit_multilabel(head, X, y, C=0.1, folds=3)
+    model, metrics = fit_multilabel(head, X, y, C=0.1, cv=CVSettings(folds=3))
     clf = Classifier(model, names, SPEC, metrics)
     assert clf.multi_label and list(metrics["thresholds"]) == names
     back = pipeline.load(clf.save(tmp_path / "m.head.npz"))
@@ -99,7 +100,7 @@ def test_head_arrays_with_an_impossible_threshold_or_missing_alphas_are_refused(
     from pipeline.heads.arrayhead import ArrayHead, export
 
     X, y, names, Y = toy_tags()
-    head = export(fit_multilabel("logreg", X, y, C=1.0, folds=3)[0])
+    head = export(fit_multilabel("logreg", X, y, C=1.0, cv=CVSettings(folds=3))[0])
     bad = dict(head.arrays, **{"ovr.threshold": np.array([0.5, 1.5, 0.5, 0.5])})
     with pytest.raises(ValueError, match="threshold in"):
         ArrayHead(names, bad, "linear", "ovr_sigmoid")
@@ -110,7 +111,7 @@ def test_head_arrays_with_an_impossible_threshold_or_missing_alphas_are_refused(
 def test_two_tags_keep_two_columns_through_the_head_file(tmp_path):
     X, y, names, Y = toy_tags()
     y2 = np.array([normalise(" ".join(t for t in v.split() if t in ("cat", "indoor"))) or "cat" for v in y])
-    model, metrics = fit_multilabel("logreg", X, y2, C=1.0, folds=3)
+    model, metrics = fit_multilabel("logreg", X, y2, C=1.0, cv=CVSettings(folds=3))
     back = pipeline.load(Classifier(model, ["cat", "indoor"], SPEC, metrics).save(tmp_path / "two.head.npz"))
     assert back.predict_proba(X).shape == (len(X), 2)
     np.testing.assert_allclose(back.predict_proba(X), model.predict_proba(X), atol=1e-6)
@@ -127,7 +128,7 @@ def test_an_export_computes_the_per_tag_sigmoids_not_a_softmax(two):
     X, y, names, Y = toy_tags()
     if two:  # two tags: still two independent columns, never the binary [0, f] of single-label heads
         y = np.array([normalise(" ".join(t for t in v.split() if t in ("cat", "indoor"))) or "cat" for v in y])
-    head = export(fit_multilabel("logreg", X, y, C=1.0, folds=3)[0])
+    head = export(fit_multilabel("logreg", X, y, C=1.0, cv=CVSettings(folds=3))[0])
     ours = head_probabilities(head, X.astype(np.float32)).numpy()
     np.testing.assert_allclose(ours, head.predict_proba(X), atol=1e-6)
     assert ours.sum(axis=1).std() > 0.01  # rows do not sum to one as a softmax's would
@@ -135,7 +136,7 @@ def test_an_export_computes_the_per_tag_sigmoids_not_a_softmax(two):
 
 def test_C_auto_is_chosen_and_cross_validated_figures_recorded():
     X, y, names, Y = toy_tags()
-    _, m = fit_multilabel("logreg", X, y, C="auto", folds=3)
+    _, m = fit_multilabel("logreg", X, y, C="auto", cv=CVSettings(folds=3))
     assert str(m["C"]) in {k for k in m["cv_scores"]} or m["C"] in [float(k) for k in m["cv_scores"]]
     assert m["cv"]["micro_f1"] >= m["cv"]["micro_f1_single_threshold"] - 1e-9
     assert m["class_counts"]["rare"] == int(Y[:, 3].sum())

@@ -5,7 +5,13 @@ import numpy as np
 from scipy.special import softmax
 
 from pipeline.heads.arrayhead import export
-from pipeline.heads.zeroshot import imagenet_indices, labels_for, normalise, zero_shot_candidates, zero_shot_head
+from pipeline.training.zeroshot import (
+    imagenet_indices,
+    labels_for,
+    normalise,
+    zero_shot_candidates,
+    zero_shot_head,
+)
 
 LABELS = labels_for(1001)
 

@@ -21,7 +21,7 @@ to make it cheap:
   2-core machine starting worker processes cost 50 s of a 68 s selection (threads: 15.5 s; one thread
   in turn: 17.5 s).
 
-The caller (pipeline/heads/search.py) scores accuracy from these values, reuses the chosen C's values
+The caller (pipeline/training/search.py) scores accuracy from these values, reuses the chosen C's values
 to fit the SVMs' temperature (pipeline/heads/calibration.py) instead of refitting calibration folds,
 and refits the chosen C once on every row.
 """
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -37,7 +38,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from .kinds import KINDS
+from ..heads.kinds import KINDS
 
 SPAN_TOLERANCE = 1e-7  # singular values below this fraction of the largest are outside the rows' span
 
@@ -108,18 +109,35 @@ def n_workers(n_jobs: int | None, n_folds: int) -> int:
     return max(1, min(n_folds, cores if n_jobs in (None, 0) else (cores if n_jobs < 0 else n_jobs)))
 
 
-def oof_path(head: str, X, y, grid, splits, class_weight=None, n_jobs: int | None = None, progress=None,
-             pca: int | None = None, fold=fold_path) -> list:
+@dataclass(frozen=True)
+class CVSettings:
+    """How heads are cross-validated: `folds` (a number, or 'loo') shuffled by `seed`, the class weights
+    and PCA of every fit, and `n_jobs` folds at once (None: one per core)."""
+
+    folds: int | str = 5
+    seed: int = 0
+    class_weight: str | None = None
+    pca: int | None = None
+    n_jobs: int | None = None
+
+    @classmethod
+    def of(cls, options, n_jobs: int | None = None) -> "CVSettings":
+        """The settings of a HeadOptions (pipeline/options.py) or a FeatureHead."""
+        return cls(options.folds, options.seed, options.class_weight, options.pca, n_jobs)
+
+
+def oof_path(head: str, X, y, grid, splits, cv: CVSettings = CVSettings(), progress=None, fold=fold_path) -> list:
     """For each C of `grid`: (N,) or (N, K) out-of-fold decision values (NaN where no fold validates).
 
-    `splits`: (train, test) index pairs; `progress(k)`: called as fold k (1-based) finishes. `fold`:
+    `splits`: (train, test) index pairs (`cv`'s folds and seed are not used: the splits are given);
+    `progress(k)`: called as fold k (1-based) finishes. `fold`:
     ``fold_path`` (y: labels) or ``ovr_fold_path`` (y: an (N, K) indicator matrix of tags).
     """
     X, y = np.asarray(X, dtype=np.float32), np.asarray(y)
     splits = list(splits)
-    jobs = (delayed(fold)(head, X, y, tr, te, list(grid), class_weight, None, pca) for tr, te in splits)
+    jobs = (delayed(fold)(head, X, y, tr, te, list(grid), cv.class_weight, None, cv.pca) for tr, te in splits)
     results = []
-    par = Parallel(n_jobs=n_workers(n_jobs, len(splits)), return_as="generator", prefer="threads")
+    par = Parallel(n_jobs=n_workers(cv.n_jobs, len(splits)), return_as="generator", prefer="threads")
     with one_thread():  # for every thread of this process: the folds are the parallelism
         for k, res in enumerate(par(jobs), 1):
             results.append(res)

@@ -6,21 +6,26 @@ probabilities: the SVMs are wrapped in ``TemperatureCalibrated`` (pipeline/heads
 one SVM fitted on all the rows, its decision values mapped to probabilities by softmax(alpha * f)
 with one alpha > 0 fitted on cross-validated decision values), so the most probable class is
 always the SVM's own decision; logistic regression has its own probabilities. The head as a
-scikit-learn estimator (fit, clone, GridSearchCV) is ``FeatureHead`` in pipeline/heads/estimator.py
+scikit-learn estimator (fit, clone, GridSearchCV) is ``FeatureHead`` in pipeline/training/estimator.py
 (with ``fit_head``); this module holds its parts and the CV helpers.
 """
 from __future__ import annotations
 
 import numpy as np
 from sklearn.decomposition import PCA
-from sklearn.model_selection import GridSearchCV, LeaveOneOut, StratifiedKFold, cross_val_predict
+from sklearn.model_selection import (
+    GridSearchCV,
+    LeaveOneOut,
+    StratifiedKFold,
+    cross_val_predict,
+)
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..errors import UsageError
-from .calibration import TemperatureCalibrated
-from .folds import RareClassKFold, too_small
-from .kinds import check_head
+from ..heads.calibration import TemperatureCalibrated
+from ..heads.folds import RareClassKFold, too_small
+from ..heads.kinds import check_head
 
 
 def make_head(head: str, C: float = 1.0, calibrate: bool = False, calibration_folds: int = 5,
@@ -76,7 +81,7 @@ def select_C(head: str, X, y, folds: int | str = 5, seed: int = 0, pca: int | No
     """Pick C from the head's grid by cross-validated accuracy: (C, CV accuracy, {C: accuracy}).
 
     Folds: RareClassKFold (classes with one image train in every fold and are not validated).
-    The choice is ``plateau_index``, as in FeatureHead (pipeline/heads/estimator.py); no model is refitted here.
+    The choice is ``plateau_index``, as in FeatureHead (pipeline/training/estimator.py); no model is refitted here.
     """
     grid = check_head(head, class_weight).c_grid
     search = GridSearchCV(make_head(head, pca=pca, class_weight=class_weight), {"clf__C": list(grid)},

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UsageError
-from pipeline.heads.estimator import fit_head
-from pipeline.heads.evaluation import classification_metrics
 from pipeline.heads.kinds import KINDS
+from pipeline.training.estimator import fit_head
+from pipeline.training.evaluation import classification_metrics
 
 rng = np.random.default_rng(0)
 CENTRES = rng.normal(0, 3, (3, 20))

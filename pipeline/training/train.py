@@ -13,20 +13,21 @@ import numpy as np
 
 from ..dataset.splits import groups_by_path, leaked, sample_mask, validation_mask
 from ..errors import UsageError
+from ..heads.classifier import Classifier
+from ..heads.featuresets import feature_sets
+from ..heads.folds import too_small
+from ..heads.ood import summarize
 from ..options import HeadOptions, SplitOptions, split_keywords
+from ..progress import candidate_progress, fold_progress
 from ..store import FeatureStore
 from ..versions import versions
-from .classifier import Classifier
+from .cpath import CVSettings
 from .estimator import FeatureHead
-from .featuresets import feature_sets
-from .folds import too_small
-from .zeroshot import zero_shot_candidates, zero_shot_head
-from .search import Candidate, choose
-from .selection import check_labels
-from ..progress import candidate_progress, fold_progress
 from .evaluation import classification_metrics
 from .multilabel import fit_multilabel
-from .ood import summarize
+from .search import Candidate, choose
+from .selection import check_labels
+from .zeroshot import zero_shot_candidates, zero_shot_head
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def train(store, head: str | HeadOptions = "auto", split: str | SplitOptions = "
     """Fit a head (linear_svm, svm, logreg, or auto) on the labelled rows of `store` (a FeatureStore or its path).
 
     head='auto' (the default) cross-validates the kinds that fit the data size (``auto_heads``) on one set
-    of folds, each along its C grid (or at the given C), and keeps the best (pipeline/heads/search.py); the
+    of folds, each along its C grid (or at the given C), and keeps the best (pipeline/training/search.py); the
     table it chose from is ``metrics['selection']``. The candidates' features: every set the store offers
     (pipeline/heads/featuresets.py: its layer, the layers a multi-layer featurize wrote beside it, the
     penultimate features joined with the class scores); `layer` pins one by name (``predictions``,
@@ -53,9 +54,9 @@ def train(store, head: str | HeadOptions = "auto", split: str | SplitOptions = "
     'balanced' (weights inversely proportional to class frequencies, recorded in the metrics).
     Classes with a single image are trained on and listed in ``metrics['unvalidated_classes']``.
     A multi-label store (featurize multi_label=True) gets one-vs-rest heads with a threshold per tag
-    tuned by cross-validation (pipeline/heads/multilabel.py); ``clf.predict`` then returns label sets.
+    tuned by cross-validation (pipeline/training/multilabel.py); ``clf.predict`` then returns label sets.
     The validation metrics land in ``clf.metrics['validation']``. A single-label head is a fitted
-    ``FeatureHead`` (pipeline/heads/estimator.py): ``clf.estimator``, its settings ``clf.params``.
+    ``FeatureHead`` (pipeline/training/estimator.py): ``clf.estimator``, its settings ``clf.params``.
     """
     o, s = _settings(head, split, keywords)
     if not isinstance(store, FeatureStore):
@@ -67,11 +68,11 @@ def train(store, head: str | HeadOptions = "auto", split: str | SplitOptions = "
         raise UsageError(f"{store.root} has no labelled images; featurize a folder with one sub-folder per "
                          f"class, or with labels='FILE.csv' (a CSV of ids and labels)")
     train_idx, valid = _split_rows(rows, y, s, sample, o.seed)
-    if store.multi_label:  # one-vs-rest tags: pipeline/heads/multilabel.py
+    if store.multi_label:  # one-vs-rest tags: pipeline/training/multilabel.py
         head = MULTI_LABEL_DEFAULT if o.head == "auto" else o.head
         with fold_progress(f"{head} C path", progress) as step:
-            model, metrics = fit_multilabel(head, X[train_idx], y[train_idx], C=o.C, folds=o.folds, seed=o.seed,
-                                            pca=o.pca, class_weight=o.class_weight, progress=step)
+            model, metrics = fit_multilabel(head, X[train_idx], y[train_idx], C=o.C, cv=CVSettings.of(o),
+                                            progress=step)
     else:
         model = fit_single(o, {fs.name: fs.features[keep][train_idx] for fs in sets}, y[train_idx], progress)
         metrics = dict(model.metrics_)
@@ -131,8 +132,8 @@ def fit_single(o: HeadOptions, sets: dict, y, progress: bool = False) -> Feature
     zero = zero_shot_candidates(sets, y) if o.head == "auto" and o.C == "auto" else {}
     candidates += [Candidate(name, "zero_shot") for name in zero]
     with candidate_progress(len(candidates), progress) as step:
-        choice = choose(sets, y, candidates, o.folds, o.seed, o.class_weight,
-                        zero_shot={k: v[0] for k, v in zero.items()}, progress=step, pca=o.pca)
+        choice = choose(sets, y, candidates, CVSettings.of(o), zero_shot={k: v[0] for k, v in zero.items()},
+                        progress=step)
     log.info("chose %s on %s, C=%s: CV accuracy %.4f", choice.head, choice.features, choice.C, choice.cv_accuracy)
     if choice.head == "zero_shot":
         return _zero_shot_estimator(choice, zero[choice.features][1], sets[choice.features], y, o)

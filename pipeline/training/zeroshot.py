@@ -75,7 +75,7 @@ def zero_shot_head(classes, indices: list[int], dim: int) -> Pipeline:
 
 def zero_shot_candidates(sets: dict, y) -> dict:
     """{feature set: (scores in sorted class order, ImageNet indices)} for the class-score sets (logits
-    preferred, one of them) whose ImageNet labels name every class (pipeline/heads/zeroshot.py)."""
+    preferred, one of them) whose ImageNet labels name every class (pipeline/training/zeroshot.py)."""
     classes = np.unique(y)
     for name in CLASS_SCORE_LAYERS:
         if name in sets:

@@ -5,17 +5,17 @@
 ``self``; what it learnt ends in ``_`` (``classes_``, ``n_features_in_``, ``C_``, ``model_``,
 ``metrics_``). So ``clone``, ``get_params``/``set_params``, ``cross_val_score``, ``GridSearchCV``
 and ``Pipeline`` work with it. ``model_`` is the fitted StandardScaler (+ PCA) + classifier of
-pipeline/heads/selection.py, the SVMs temperature-calibrated (pipeline/heads/calibration.py).
+pipeline/training/selection.py, the SVMs temperature-calibrated (pipeline/heads/calibration.py).
 
 ``C="auto"``: the head's grid (``HeadKind.c_grid``, pipeline/heads/kinds.py) cross-validated by
-pipeline/heads/search.py (warm starts along C, folds in parallel: ``n_jobs``), accuracy on the folds of
+pipeline/training/search.py (warm starts along C, folds in parallel: ``n_jobs``), accuracy on the folds of
 ``selection_splitter`` (RareClassKFold: one-image classes train in every fold and are never
 validated; or leave-one-out); of the C values whose mean accuracy equals the best, the middle one in
 grid order (the rule ``select_C`` has always used). The SVMs' temperature is fitted on the same
 out-of-fold decision values when ``calibration_folds == folds`` (nothing refitted for calibration).
 
 :class:`pipeline.heads.classifier.Classifier` wraps a fitted FeatureHead with the feature-spec check and
-persistence (the ``.head.npz`` file); multi-label heads (pipeline/heads/multilabel.py) are not FeatureHeads.
+persistence (the ``.head.npz`` file); multi-label heads (pipeline/training/multilabel.py) are not FeatureHeads.
 ``fit_head(head, X, y, ...)`` is the same fit as a function: (fitted pipeline, metrics).
 """
 from __future__ import annotations
@@ -31,9 +31,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..errors import UsageError
-from .cpath import one_thread
-from .folds import too_small
-from .kinds import KINDS, check_head
+from ..heads.folds import too_small
+from ..heads.kinds import KINDS, check_head
+from .cpath import CVSettings, one_thread
 from .search import Candidate, choose
 from .selection import calibration_note, check_labels, make_head
 
@@ -76,7 +76,7 @@ class FeatureHead(ClassifierMixin, BaseEstimator):
         return self.fit_chosen(X, y, None)
 
     def fit_chosen(self, X, y, choice=None):
-        """``fit``, with C='auto' taken from `choice` (a pipeline.heads.search.Choice made on these rows and
+        """``fit``, with C='auto' taken from `choice` (a pipeline.training.search.Choice made on these rows and
         these folds for this head) instead of searching again; return self."""
         self._check_params()
         X, y = validate_data(self, X, y, dtype=np.float32)
@@ -110,10 +110,9 @@ class FeatureHead(ClassifierMixin, BaseEstimator):
                              f"got calibration_folds={cal!r}")
 
     def _search_C(self, X, y):
-        """The head's C grid cross-validated on the selection folds (pipeline/heads/search.py: warm starts along
+        """The head's C grid cross-validated on the selection folds (pipeline/training/search.py: warm starts along
         C, folds in parallel); the C the plateau rule picks, with its out-of-fold decision values."""
-        choice = choose({"features": X}, y, [Candidate("features", self.head)], self.folds, self.seed,
-                        self.class_weight, n_jobs=self.n_jobs, pca=self.pca)
+        choice = choose({"features": X}, y, [Candidate("features", self.head)], CVSettings.of(self, self.n_jobs))
         log.info("%s: C=%g chosen by %d-fold CV (accuracy %.4f)", self.head, choice.C, choice.n_splits,
                  choice.cv_accuracy)
         return choice
@@ -122,7 +121,7 @@ class FeatureHead(ClassifierMixin, BaseEstimator):
         calibrate = bool(self.calibration_folds) and KINDS[self.head].needs_calibration
         model = make_head(self.head, self.C_, calibrate=calibrate, calibration_folds=self.calibration_folds,
                           pca=self.pca, seed=self.seed, class_weight=self.class_weight)
-        with one_thread():  # see pipeline/heads/cpath.py
+        with one_thread():  # see pipeline/training/cpath.py
             if calibrate and search is not None and self.folds == self.calibration_folds:
                 # the selection folds are the calibration folds (RareClassKFold, same k and seed): reuse their values
                 scaled = model[:-1].fit_transform(X, y)

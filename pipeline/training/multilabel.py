@@ -31,8 +31,9 @@ from sklearn.preprocessing import StandardScaler
 
 from ..dataset.labels import normalise, split_tags, tags_of  # noqa: F401 (normalise: part of this API)
 from ..errors import UsageError
-from .cpath import one_thread, oof_path, ovr_fold_path
-from .kinds import KINDS, check_head, multi_label_kind
+from ..heads.classifier import label_sets
+from ..heads.kinds import KINDS, check_head, multi_label_kind
+from .cpath import CVSettings, one_thread, oof_path, ovr_fold_path
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,6 @@ def tag_matrix(labels, classes) -> np.ndarray:
         raise UsageError(f"tags {', '.join(sorted(unknown)[:10])} are not classes of this head "
                          f"({', '.join(classes[:20])}); evaluate on features tagged with the head's classes")
     return Y
-
-
-def label_sets(proba: np.ndarray, classes, thresholds) -> list[list[str]]:
-    """The tags of each row whose probability reaches its threshold, in class order."""
-    hits = np.asarray(proba) >= np.asarray(thresholds)[None, :]
-    names = [str(c) for c in classes]
-    return [[names[k] for k in np.flatnonzero(row)] for row in hits]
 
 
 # ---- the estimator -------------------------------------------------------------------------------
@@ -136,7 +130,7 @@ def n_folds(folds, n: int) -> int:
 
 def fit_alphas(head: str, Y, F) -> np.ndarray:
     """Per tag: 1 for heads with their own probabilities (logreg), else the temperature fitted on decision values F."""
-    from .calibration import fit_alpha
+    from ..heads.calibration import fit_alpha
 
     if not KINDS[head].needs_calibration:
         return np.ones(Y.shape[1])
@@ -238,17 +232,16 @@ def format_multilabel(m: dict) -> str:
 
 
 # ---- training ---------------------------------------------------------------------------------------
-def fit_multilabel(head: str, X, y, C: float | str = "auto", folds: int | str = 5, seed: int = 0,
-                   pca: int | None = None, class_weight: str | None = None, n_jobs: int | None = None,
-                   progress=None):
+def fit_multilabel(head: str, X, y, C: float | str = "auto", cv: CVSettings = CVSettings(), progress=None):
     """Fit one-vs-rest heads on the tags of `y` (stored label strings); return (fitted pipeline, metrics).
 
     C: a number, or 'auto' (the grid of `head`, by the mean average precision of out-of-fold decision
-    values; the folds run in parallel (`n_jobs`) and each fits the grid warm-started along C, see
-    pipeline/heads/cpath.py). alphas and thresholds are tuned on the out-of-fold values of the chosen C.
+    values on `cv`'s folds; they run in parallel (`cv.n_jobs`) and each fits the grid warm-started along C, see
+    pipeline/training/cpath.py). alphas and thresholds are tuned on the out-of-fold values of the chosen C.
     `progress(k)`: called as fold k finishes.
     """
     X = np.asarray(X, dtype=np.float32)
+    folds, seed, pca, class_weight = cv.folds, cv.seed, cv.pca, cv.class_weight
     classes = tags_of(y)
     Y = tag_matrix(y, classes)
     _check(head, Y, classes, X, pca, class_weight)
@@ -258,7 +251,7 @@ def fit_multilabel(head: str, X, y, C: float | str = "auto", folds: int | str = 
     if C == "auto":
         grid = KINDS[head].c_grid
         splits = KFold(n_folds(folds, len(X)), shuffle=True, random_state=seed).split(X)
-        table = dict(zip(grid, oof_path(head, X, Y, grid, splits, class_weight, n_jobs, progress, pca, ovr_fold_path)))
+        table = dict(zip(grid, oof_path(head, X, Y, grid, splits, cv, progress, ovr_fold_path)))
         scores = {c: mean_ap(Y, F) for c, F in table.items()}
         C = max(scores, key=lambda c: (round(scores[c], 9), -abs(np.log10(c) - np.log10(0.1))))
         F = table[C]
@@ -266,11 +259,11 @@ def fit_multilabel(head: str, X, y, C: float | str = "auto", folds: int | str = 
         log.info("%s: C=%g chosen by %d-fold CV (mean average precision %.4f)", head, C, metrics["cv_folds"], scores[C])
     else:
         splits = KFold(n_folds(folds, len(X)), shuffle=True, random_state=seed).split(X)
-        F = oof_path(head, X, Y, [float(C)], splits, class_weight, n_jobs, progress, pca, ovr_fold_path)[0]
+        F = oof_path(head, X, Y, [float(C)], splits, cv, progress, ovr_fold_path)[0]
     alphas = fit_alphas(head, Y, F)
     P = expit(alphas[None, :] * F)
     thresholds, single = tune_thresholds(Y, P)
-    with one_thread():  # see pipeline/heads/cpath.py
+    with one_thread():  # see pipeline/training/cpath.py
         model = make_multilabel(classes, head, float(C), pca, class_weight).fit(X, Y)
     model.named_steps["clf"].alphas_, model.named_steps["clf"].thresholds_ = alphas, thresholds
     cv = multilabel_metrics(Y, P, classes, thresholds)

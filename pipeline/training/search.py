@@ -2,13 +2,13 @@
 
 ``choose(feature_sets, y, heads, C=..., folds=5, seed=0)`` cross-validates every candidate, a
 (feature set, head kind) pair, along its C grid (or at the given C) on the SAME folds: those of
-``selection_splitter`` (pipeline/heads/selection.py: RareClassKFold, one-image classes train in every
+``selection_splitter`` (pipeline/training/selection.py: RareClassKFold, one-image classes train in every
 fold and are never validated; or leave-one-out). The out-of-fold decision values come from
-pipeline/heads/cpath.py (warm starts along C, the rows' span, folds in parallel). A candidate's C is
+pipeline/training/cpath.py (warm starts along C, the rows' span, folds in parallel). A candidate's C is
 the middle of its best plateau (``plateau_index``, the rule C='auto' always used); across candidates
 the best CV accuracy wins, ties going to the earlier candidate (the caller lists the cheaper ones first).
 
-Zero-shot candidates (pipeline/heads/zeroshot.py) need no training: their "out-of-fold" values are
+Zero-shot candidates (pipeline/training/zeroshot.py) need no training: their "out-of-fold" values are
 their scores on the validated rows themselves, so they compete on the same rows.
 
 The result, :class:`Choice`, holds the table (one :class:`Row` per candidate and C) that ``train``
@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from sklearn.model_selection import LeaveOneOut
 
-from .calibration import decision_matrix
-from .cpath import oof_path
-from .kinds import KINDS, check_head
+from ..heads.calibration import decision_matrix
+from ..heads.kinds import KINDS, check_head
+from .cpath import CVSettings, oof_path
 from .selection import selection_splitter
 
 log = logging.getLogger(__name__)
@@ -86,18 +86,18 @@ def plateau(scores: list[float]) -> int:
     return tied[len(tied) // 2]
 
 
-def choose(feature_sets: dict, y, candidates: list[Candidate], folds: int | str = 5, seed: int = 0,
-           class_weight: str | None = None, n_jobs: int | None = None, zero_shot=None, progress=None,
-           pca: int | None = None) -> Choice:
-    """Cross-validate `candidates` on `feature_sets` ({name: (N, D) array}) and labels `y`; the best wins.
+def choose(feature_sets: dict, y, candidates: list[Candidate], cv: CVSettings = CVSettings(), zero_shot=None,
+           progress=None) -> Choice:
+    """Cross-validate `candidates` on `feature_sets` ({name: (N, D) array}) and labels `y` with the folds of
+    `cv` (pipeline/training/cpath.py); the best wins.
 
     `zero_shot`: {features name: (N, K) scores in sorted class order} for zero-shot candidates.
     `progress(candidate, k, n)`: called when fold k of n of a candidate finishes.
     """
     y = np.asarray(y, dtype=str)
     classes, y_index = np.unique(y, return_inverse=True)
-    cv = selection_splitter(y, folds, seed)
-    splits = list(cv.split(np.zeros(len(y)), y))
+    splitter = selection_splitter(y, cv.folds, cv.seed)
+    splits = list(splitter.split(np.zeros(len(y)), y))
     validated = np.zeros(len(y), dtype=bool)
     for _, te in splits:
         validated[te] = True
@@ -106,10 +106,10 @@ def choose(feature_sets: dict, y, candidates: list[Candidate], folds: int | str 
         if cand.head == "zero_shot":
             paths, grid = [np.where(validated[:, None], zero_shot[cand.features], np.nan)], [None]
         else:
-            check_head(cand.head, class_weight)
+            check_head(cand.head, cv.class_weight)
             grid = list(cand.grid or KINDS[cand.head].c_grid)
             step = None if progress is None else (lambda k, c=cand: progress(c, k, len(splits)))
-            paths = oof_path(cand.head, feature_sets[cand.features], y, grid, splits, class_weight, n_jobs, step, pca)
+            paths = oof_path(cand.head, feature_sets[cand.features], y, grid, splits, cv, step)
         scores = [float(fold_accuracies(F, y_index, splits).mean()) for F in paths]
         i = plateau(scores)
         for C, s in zip(grid, scores):
@@ -121,7 +121,7 @@ def choose(feature_sets: dict, y, candidates: list[Candidate], folds: int | str 
     score, cand, C, F, at = best
     rows[at].chosen = True
     return Choice(cand.features, cand.head, None if C is None else float(C), score, rows,
-                  len(splits) if not isinstance(cv, LeaveOneOut) else len(y), F, validated)
+                  len(splits) if not isinstance(splitter, LeaveOneOut) else len(y), F, validated)
 
 
 def format_table(rows: list[dict] | list[Row], limit: int = 40) -> str:

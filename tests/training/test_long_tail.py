@@ -12,7 +12,7 @@ from sklearn.preprocessing import StandardScaler
 
 import pipeline
 from pipeline.cli import main
-from pipeline.heads.estimator import fit_head
+from pipeline.training.estimator import fit_head
 
 N_CLASSES, DIM = 120, 48
 

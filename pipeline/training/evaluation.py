@@ -95,7 +95,7 @@ def cross_validated(store, head: str, C: float, folds: int | str = 5, seed: int 
 
     X, y, rows = store.labelled(with_rows=True)
     if feature_set is not None:
-        from .featuresets import feature_sets
+        from ..heads.featuresets import feature_sets
 
         keep = store.labelled_rows()[0]
         X = next(s.features for s in feature_sets(store) if s.name == feature_set)[keep]
@@ -135,9 +135,9 @@ def compare(stores, heads=("linear_svm", "logreg"), C: float | str = "auto", fol
     C: 'auto' (chosen by CV per head and store), a number, or {head: C or 'auto'}.
     progress: a line on stderr as each (store, head) starts and ends.
     """
+    from ..heads.kinds import get
     from ..progress import Steps
     from ..store import FeatureStore
-    from .kinds import get
     from .multilabel import refuse_multi_label
     from .selection import check_labels, cross_val_accuracy, select_C
 

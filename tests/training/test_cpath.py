@@ -5,10 +5,17 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from pipeline.heads.cpath import fold_path, n_workers, oof_path, ovr_fold_path, row_space
 from pipeline.heads.folds import RareClassKFold
 from pipeline.heads.kinds import KINDS
-from pipeline.heads.selection import make_head
+from pipeline.training.cpath import (
+    CVSettings,
+    fold_path,
+    n_workers,
+    oof_path,
+    ovr_fold_path,
+    row_space,
+)
+from pipeline.training.selection import make_head
 
 
 def wide(n=30, d=80, k=3, seed=0):
@@ -53,7 +60,7 @@ def test_out_of_fold_values_fill_the_validated_rows_and_leave_the_rest_nan():
     y[0] = "solo"  # one image: trained in every fold, never validated
     splits = list(RareClassKFold(3).split(None, y))
     seen = []
-    F = oof_path("logreg", X, y, list(KINDS["logreg"].c_grid), splits, n_jobs=1, progress=seen.append)
+    F = oof_path("logreg", X, y, list(KINDS["logreg"].c_grid), splits, CVSettings(n_jobs=1), progress=seen.append)
     assert len(F) == 5 and F[0].shape == (30, 4) and seen == [1, 2, 3]
     assert np.isnan(F[2][0]).all() and not np.isnan(F[2][1:]).any()
 

@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.heads.training import OVR_MAX_CLASSES, SVM_MAX_IMAGES, auto_heads, fit_single
 from pipeline.options import HeadOptions
+from pipeline.training.train import (
+    OVR_MAX_CLASSES,
+    SVM_MAX_IMAGES,
+    auto_heads,
+    fit_single,
+)
 
 
 def blobs(k=3, per=10, d=8, seed=0):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.heads.search import Candidate, choose, format_table, plateau
+from pipeline.training.cpath import CVSettings
+from pipeline.training.search import Candidate, choose, format_table, plateau
 
 
 def sets(n_per=12, k=3, seed=0):
@@ -18,7 +19,7 @@ def sets(n_per=12, k=3, seed=0):
 def test_the_informative_features_win_and_the_table_has_a_row_per_candidate_and_C():
     fs, y = sets()
     c = choose(fs, y, [Candidate("noise", "logreg"), Candidate("good", "logreg"),
-                       Candidate("good", "linear_svm", (0.01, 1.0))], n_jobs=1)
+                       Candidate("good", "linear_svm", (0.01, 1.0))], cv=CVSettings(n_jobs=1))
     assert c.features == "good" and c.cv_accuracy > 0.9
     assert len(c.rows) == 5 + 5 + 2 and sum(r.chosen for r in c.rows) == 1
     chosen = next(r for r in c.rows if r.chosen)
@@ -29,14 +30,14 @@ def test_the_informative_features_win_and_the_table_has_a_row_per_candidate_and_
 def test_ties_go_to_the_earlier_candidate():
     fs, y = sets()
     c = choose({"a": fs["good"], "b": fs["good"].copy()}, y, [Candidate("a", "logreg"), Candidate("b", "logreg")],
-               n_jobs=1)
+               cv=CVSettings(n_jobs=1))
     assert c.features == "a"
 
 
 def test_a_zero_shot_candidate_competes_on_the_same_rows_without_training():
     fs, y = sets()
     perfect = (y[:, None] == np.unique(y)[None, :]).astype(float)
-    c = choose(fs, y, [Candidate("noise", "logreg"), Candidate("scores", "zero_shot")], n_jobs=1,
+    c = choose(fs, y, [Candidate("noise", "logreg"), Candidate("scores", "zero_shot")], cv=CVSettings(n_jobs=1),
                zero_shot={"scores": perfect})
     assert (c.head, c.C, c.cv_accuracy) == ("zero_shot", None, 1.0)
 
@@ -47,5 +48,5 @@ def test_the_plateau_rule_takes_the_middle_of_the_best_run():
 
 def test_the_table_marks_the_chosen_row():
     fs, y = sets()
-    text = format_table(choose(fs, y, [Candidate("good", "logreg", (0.1,))], n_jobs=1).rows)
+    text = format_table(choose(fs, y, [Candidate("good", "logreg", (0.1,))], cv=CVSettings(n_jobs=1)).rows)
     assert text.splitlines()[1].startswith("* good") and "CV accuracy" in text

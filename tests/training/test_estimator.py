@@ -12,9 +12,9 @@ import pipeline
 from pipeline.errors import SpecMismatchError, UsageError
 from pipeline.heads.calibration import decision_matrix
 from pipeline.heads.classifier import Classifier
-from pipeline.heads.estimator import FeatureHead
 from pipeline.heads.kinds import KINDS
-from pipeline.heads.selection import make_head, plateau_index, selection_splitter
+from pipeline.training.estimator import FeatureHead
+from pipeline.training.selection import make_head, plateau_index, selection_splitter
 
 DIM = 12
 SPEC = {"backbone": "toy", "kind": "toy", "model": "toy.tflite", "weights": None, "layer": "penultimate",
