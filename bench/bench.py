@@ -161,7 +161,7 @@ def keras_methods(name: str, folder: Path, images: np.ndarray, one_n: int) -> di
             model.predict(prep(img[None]), verbose=0)
     t, _ = timed(one_by_one)
     out["one_image"] = rate(len(paths), t)
-    del model
+    model = None  # drop the network before clearing the session
     tf.keras.backend.clear_session()
     return out
 
