@@ -199,8 +199,8 @@ def test_an_import_holds_one_batch_of_rows_however_long_the_file(tmp_path, monke
 def test_a_repeated_id_in_a_later_batch_is_refused_even_when_ids_hash_alike(tmp_path, monkeypatch, capsys):
     """Ids are checked as 64-bit hashes; a hash seen before is confirmed against the log, so a collision
     (forced here: ids of one length hash alike) imports and a real repeat is refused, naming the id."""
+    from pipeline.errors import UsageError
     from pipeline.store import pathset, writer
-
 
     monkeypatch.setattr(writer, "PathSet", lambda: pathset.PathSet(key=len))
     f = tmp_path / "f.parquet"
