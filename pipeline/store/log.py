@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import StoreError
 from ..jsontext import loads
-from .sealed import check_name, open_read, read_bytes
+from .sealed import check_name, open_read
 
 _SORTED = json.JSONEncoder(sort_keys=True, ensure_ascii=False)  # built once: json.dumps(**kw) builds one per call
 _LINE = json.JSONEncoder(ensure_ascii=False)
@@ -62,6 +62,8 @@ def _block_rows(where: str, row: dict) -> list[dict]:
         if not (isinstance(p, str) and p and isinstance(h, str) and (lab is None or isinstance(lab, str))):
             raise StoreError(f"{where}, row {row.get('i', 0) + k} of the block, is not a row (path {p!r}, label "
                              f"{lab!r}, sha256 {h!r}); the store is damaged: featurize again with --overwrite")
+    labels = {}  # one string per label, not one per row (a block's labels repeat)
+    cols[1] = [labels.setdefault(lab, lab) for lab in cols[1]]
     return RowBlock(*cols).rows()
 
 
@@ -93,22 +95,26 @@ def _read_rows(path: Path) -> tuple[list[dict], int]:
     """Committed rows and the byte length they occupy (a partial last line is not committed).
 
     Lines that carry an index and checksum (every line written by this version) are checked:
-    a lost, extra, reordered or edited line is refused, naming the line.
+    a lost, extra, reordered or edited line is refused, naming the line. The log is read a line at
+    a time (an import's log holds a few MB a line, and hundreds of MB in all).
     """
     try:
-        data = read_bytes(path)  # never through a link
+        f = open_read(path)  # never through a link
     except FileNotFoundError:
         return [], 0
-    end = data.rfind(b"\n") + 1
-    try:
-        lines = data[:end].decode("utf-8").split("\n")[:-1] if end else []
-    except UnicodeDecodeError as e:
-        raise StoreError(f"{path} is not UTF-8 text ({e}); the store is damaged: featurize again with "
-                         f"--overwrite") from None
-    checked = bool(lines) and '"crc"' in lines[0]
-    rows = []
-    for n, line in enumerate(lines):  # a block line's `i` is its first row
-        rows += _parse_line(path, n, line, checked, len(rows))
+    rows, end, checked = [], 0, None
+    with f:
+        for n, raw in enumerate(f):
+            if not raw.endswith(b"\n"):
+                break  # a partial last line: not committed
+            try:
+                line = raw[:-1].decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise StoreError(f"{path} line {n + 1} is not UTF-8 text ({e}); the store is damaged: featurize "
+                                 f"again with --overwrite") from None
+            checked = '"crc"' in line if checked is None else checked
+            rows += _parse_line(path, n, line, checked, len(rows))  # a block line's `i` is its first row
+            end += len(raw)
     return rows, end
 
 

@@ -29,7 +29,7 @@ from .sealed import (
     check_meta_names,
     link_message,
     links_in,
-    read_bytes,
+    open_read,
     read_text,
     refuse_links,
 )
@@ -301,11 +301,11 @@ def verify(root) -> list[str]:
     try:
         store = FeatureStore.open(root)
         raw_path = _rows_path(root, store.meta)
-        raw = read_bytes(raw_path) if os.path.lexists(raw_path) else b""
+        partial = os.path.lexists(raw_path) and _ends_partial(raw_path)
     except (StoreError, ValueError) as e:
         return [str(e)]
     problems = []
-    if raw and not raw.endswith(b"\n"):
+    if partial:
         problems.append(f"{raw_path} ends with a partial line (a run was killed mid-commit; "
                         f"the next featurize run trims it)")
     bad = [r for r in store.rows if not {"path", "sha256"} <= set(r)]
@@ -324,6 +324,16 @@ def verify(root) -> list[str]:
     if nonfinite:
         problems.append(f"{nonfinite} feature rows in {root} hold NaN or infinity")
     return problems
+
+
+def _ends_partial(path: Path) -> bool:
+    """True when the log's last byte is not a newline (its last line was cut short); read without a link."""
+    with open_read(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if not size:
+            return False
+        f.seek(size - 1)
+        return f.read(1) != b"\n"
 
 
 def read_report(root) -> dict:
