@@ -11,7 +11,8 @@ becomes a feature store written through the store's own writer. The project's ex
 their spec, so they mix with stores made here; any other file gets the spec
 ``{"backbone": "imported", "source": NAME, "sha256": HASH, "dim": D}``. What the file declares
 is checked before it is read, then it streams a batch of rows at a time (``imports.py``), each batch
-checked before it is committed; a file refused at any row leaves nothing behind.
+checked before it is committed as one block line of the log (the writer keeps none of its rows); a
+file refused at any row leaves nothing behind.
 """
 from __future__ import annotations
 
