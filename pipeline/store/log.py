@@ -84,7 +84,9 @@ def _parse_line(path: Path, number: int, line: str, checked: bool, first: int | 
             raise StoreError(f"{where} is row {row.get('i')!r}, not row {first}: a line was removed, added or "
                              f"moved, so rows and features no longer match; featurize again with --overwrite")
         if row.get("crc") != _line_crc(row):
-            raise StoreError(f"{where} ({row.get('path')}) was edited after it was written (checksum mismatch); "
+            what = (f"rows {first} to {first + len(row['path']) - 1}, a block" if "block" in row and
+                    isinstance(row["path"], list) else row.get("path"))
+            raise StoreError(f"{where} ({what}) was edited after it was written (checksum mismatch); "
                              f"featurize again with --overwrite")
     if "block" in row:
         return _block_rows(where, row)

@@ -80,7 +80,7 @@ def test_a_block_repeating_a_path_supersedes_it_or_is_refused_with_new_paths(tmp
 
 
 @pytest.mark.parametrize("damage, words", [
-    ("edit a label", "line 2 (['r/4', 'r/5', 'r/6']) was edited after it was written"),
+    ("edit a label", "line 2 (rows 4 to 6, a block) was edited after it was written"),
     ("drop a column value", "line 2 is a block of rows whose columns are not 3 values each"),
     ("empty path", "line 2, row 4 of the block, is not a row"),
     ("move the first row", "line 2 is row 5, not row 4"),
