@@ -172,7 +172,7 @@ class _RowCheck:
         if None in b.ids or "" in b.ids:
             empty = next(k for k, i in enumerate(b.ids) if i is None or i == "")
             raise UsageError(f"{file}: row {b.start + empty} has no id")
-        for k in self.seen.add(b.ids) if self.seen else ():
+        for k in self.seen.add(b.ids) if self.seen is not None else ():
             i = b.ids[k]
             if i in b.ids[:k] or self.earlier(i):
                 raise _repeated(file, i)
