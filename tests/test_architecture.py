@@ -66,7 +66,6 @@ COVERED_ELSEWHERE: dict[str, str] = {
     "pipeline.reports.multilabel": "tests/training/test_multilabel.py",
     "pipeline.reports.screenshot": "tests/cli/test_first_hour.py",
     "pipeline.scoring.batch": "tests/scoring/test_scoring.py",
-    "pipeline.store.log": "tests/store/test_store_integrity.py",  # damaged logs refused by line
     "pipeline.store.pieces": "tests/store/test_store_integrity.py",  # damaged parts and segments
     "pipeline.store.reader": "tests/store/test_store.py",
     "pipeline.store.writer": "tests/store/test_store.py",

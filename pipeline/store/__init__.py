@@ -10,6 +10,7 @@ Layout of a store directory::
                          label, sha256, stat, its own index ``i`` and a checksum ``crc`` of the
                          line; row i of the log is row i of segments + parts. A row with
                          ``removed`` (and a zero feature row) withdraws its path's earlier row
+                         (an import writes one line per batch, its rows as columns: a block)
     parts/<row>.bcolz.json  the sha256 of every file of that part, written before the rename
     report.json          what the last run skipped (path, reason), ignored, found duplicated
     .lock                held (flock) while a run writes

@@ -11,7 +11,8 @@ becomes a feature store written through the store's own writer. The project's ex
 their spec, so they mix with stores made here; any other file gets the spec
 ``{"backbone": "imported", "source": NAME, "sha256": HASH, "dim": D}``. What the file declares
 is checked before it is read, then it streams a batch of rows at a time (``imports.py``), each batch
-checked before it is committed; a file refused at any row leaves nothing behind.
+checked before it is committed as one block line of the log (the writer keeps none of its rows); a
+file refused at any row leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import hashlib
 import itertools
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +34,10 @@ from ..outputs import atomic_open
 from ..spec import FeatureSpec
 from ..versions import versions
 from . import FeatureStore, open_writer
+from .writer import RepeatedPath
 from .imports import MAX_DIM, META_KEY, Batch, Columns, open_source
+from .log import RowBlock
+from .pathset import PathSet
 
 FORMATS = (".parquet", ".npz")
 
@@ -153,21 +158,24 @@ def _spec(file: Path, meta, dim: int) -> dict:
 
 
 class _RowCheck:
-    """The checks every batch passes, across the whole file: an id on every row, each id once, one D, finite
-    values. Returns the batch's store rows (a missing sha256 is the hash of the vector)."""
+    """The checks every batch passes, across the whole file: an id on every row, one D, finite values, and
+    with `earlier` each id once (an import leaves that to the store's writer: ``new_paths``). Returns the
+    batch's rows as a block (a missing sha256 is the hash of the vector). The ids seen are kept as 64-bit
+    hashes (:class:`PathSet`); a repeated hash is confirmed against the batch and `earlier(id)`."""
 
-    def __init__(self, file: Path):
-        self.file, self.seen, self.first = file, set(), None
+    def __init__(self, file: Path, earlier: Callable[[str], bool] | None):
+        self.file, self.earlier, self.first = file, earlier, None
+        self.seen = PathSet() if earlier else None
 
-    def __call__(self, b: Batch) -> list[dict]:
+    def __call__(self, b: Batch) -> RowBlock:
         file, x = self.file, b.features
-        empty = next((k for k, i in enumerate(b.ids) if i is None or i == ""), None)
-        if empty is not None:
+        if None in b.ids or "" in b.ids:
+            empty = next(k for k, i in enumerate(b.ids) if i is None or i == "")
             raise UsageError(f"{file}: row {b.start + empty} has no id")
-        for i in b.ids:
-            if i in self.seen:
-                raise UsageError(f"{file}: the id {i!r} appears more than once; ids must be unique")
-            self.seen.add(i)
+        for k in self.seen.add(b.ids) if self.seen is not None else ():
+            i = b.ids[k]
+            if i in b.ids[:k] or self.earlier(i):
+                raise _repeated(file, i)
         if self.first is None:
             self.first = (b.ids[0], x.shape[1]) if b.ids else None
         elif x.shape[1] != self.first[1]:
@@ -179,15 +187,29 @@ class _RowCheck:
         if bad.any():
             raise UsageError(f"{file}: the features of {b.ids[int(np.argmax(bad))]!r} hold NaN or infinity "
                              f"({int(bad.sum())} rows of this batch do); fix or drop them")
-        hashes = b.hashes or [None] * len(b.ids)
-        return [{"path": i, "label": None if lab in (None, "") else lab,
-                 "sha256": h if isinstance(h, str) and h else hashlib.sha256(row.tobytes()).hexdigest()}
-                for i, lab, h, row in zip(b.ids, b.labels, hashes, x)]
+        labels = [None if lab == "" else lab for lab in b.labels] if "" in b.labels else b.labels
+        return RowBlock(list(b.ids), list(labels), _hashes(b.hashes, x))
+
+
+def _repeated(file: Path, i: str) -> UsageError:
+    return UsageError(f"{file}: the id {i!r} appears more than once; ids must be unique")
+
+
+def _hashes(given: list | None, x: np.ndarray) -> list[str]:
+    """The batch's sha256 column: the file's, where it gives one; else the sha256 of the row's float32 bytes."""
+    data = np.ascontiguousarray(x, np.float32).tobytes()
+    step, sha = 4 * x.shape[1], hashlib.sha256
+    if given is None:
+        return [sha(data[s:s + step]).hexdigest() for s in range(0, len(data), step)]
+    return [h if isinstance(h, str) and h else sha(data[k * step:(k + 1) * step]).hexdigest()
+            for k, h in enumerate(given)]
 
 
 @contextlib.contextmanager
-def _checked(file, columns: Columns | None, max_dim: int, batch: int):
-    """(spec, batches of (features, rows)) of a file to import, each batch checked as it is read."""
+def _checked(file, columns: Columns | None, max_dim: int, batch: int, earlier: Callable[[str], bool] | None):
+    """(spec, batches of (features, RowBlock)) of a file to import, each batch checked as it is read;
+    `earlier(id)`: whether a row of that id was read before (asked only when its hash was seen); None:
+    repeated ids are left to the caller."""
     file = Path(file)
     _format(file, "the file ")
     if not file.is_file():
@@ -197,20 +219,21 @@ def _checked(file, columns: Columns | None, max_dim: int, batch: int):
         first = next(batches, None) if src.rows else None
         if first is None or not len(first.ids):
             raise UsageError(f"{file} holds no rows; nothing to import")
-        check = _RowCheck(file)
+        check = _RowCheck(file, earlier)
         spec = _spec(file, src.meta, first.features.shape[1])
         yield spec, ((b.features, check(b)) for b in itertools.chain([first], batches))
 
 
 def read_features(file, columns: Columns | None = None, max_dim: int = MAX_DIM) -> Imported:
     """Read and check a Parquet or .npz file of features, all at once (nothing is written)."""
-    with _checked(file, columns, max_dim, READ_ROWS) as (spec, batches):
-        xs, rows = [], []
-        for x, r in batches:
+    xs, ids, labels, hashes = [], [], [], []
+    with _checked(file, columns, max_dim, READ_ROWS, lambda i: i in ids) as (spec, batches):
+        for x, block in batches:
             xs.append(x)
-            rows += r
-    return Imported([r["path"] for r in rows], [r["label"] for r in rows], [r["sha256"] for r in rows],
-                    np.concatenate(xs), spec)
+            ids += block.path
+            labels += block.label
+            hashes += block.sha256
+    return Imported(ids, labels, hashes, np.concatenate(xs), spec)
 
 
 def import_features(file, out, columns: Columns | None = None, batch: int = READ_ROWS,
@@ -226,7 +249,7 @@ def import_features(file, out, columns: Columns | None = None, batch: int = READ
         raise UsageError(f"out={out} would write over the input {file}")
     existed = out.exists()
     try:
-        with _checked(file, columns, max_dim, batch) as (spec, batches):
+        with _checked(file, columns, max_dim, batch, None) as (spec, batches):
             store = _write_store(file, out, spec, batches)
     except BaseException:  # nothing left behind: the folder as it was (absent, or empty)
         shutil.rmtree(out, ignore_errors=True)
@@ -237,14 +260,18 @@ def import_features(file, out, columns: Columns | None = None, batch: int = READ
 
 
 def _write_store(file, out: Path, spec: dict, batches) -> FeatureStore:
+    """The store, written a batch at a time; each id once (the writer refuses a block repeating a path)."""
     writer = open_writer(out, FeatureSpec.of(spec).request().to_dict())
     n = 0
     try:
         writer.set_spec(spec)
         writer.meta["imported_from"] = {"file": str(Path(file).resolve()), "sha256": file_sha256(file)}
-        for x, rows in batches:
-            writer.append(x, rows)
-            n += len(rows)
+        for x, block in batches:
+            writer.append_block(x, block, new_paths=True)
+            n += len(block)
+    except RepeatedPath as e:
+        writer.abort()
+        raise _repeated(Path(file), e.path) from None
     except BaseException:
         writer.abort()
         raise

@@ -64,6 +64,8 @@ class Source:
 
 def text(file: Path, what: str, values: list, start: int) -> list:
     """Ids or labels as str (None stays None); bytes are decoded as UTF-8 or refused naming the row."""
+    if set(map(type, values)) <= {str, type(None)}:  # a text column (the usual case): as it is
+        return values
     out = []
     for k, v in enumerate(values):
         if isinstance(v, (bytes, bytearray, np.bytes_)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from .sealed import (
     check_meta_names,
     link_message,
     links_in,
-    read_bytes,
+    open_read,
     read_text,
     refuse_links,
 )
@@ -98,18 +99,44 @@ def live_chunks(root: Path, meta: dict, n: int, live: np.ndarray, size: int, str
         start += rows
 
 
-class FeatureStore:
-    """Read access to a feature store: ``features`` (N x D numpy), ``paths``, ``labels``, ``meta``."""
+@dataclass(frozen=True)
+class RowSummary:
+    """What a writer knows of the rows it committed without holding them: how many are live, their labels."""
 
-    def __init__(self, root: Path, meta: dict, rows: list[dict]):
+    live: int
+    labels: frozenset
+
+
+class FeatureStore:
+    """Read access to a feature store: ``features`` (N x D numpy), ``paths``, ``labels``, ``meta``.
+
+    `rows` None: the rows are read from the commit log when first needed; a writer that committed
+    blocks of rows hands back their `summary`, which answers ``len`` and ``classes`` without reading them."""
+
+    def __init__(self, root: Path, meta: dict, rows: list[dict] | None, summary: RowSummary | None = None):
         self.root = Path(root)
         self.meta = meta
+        self._summary = summary
+        self._features = None
+        if rows is not None:
+            self._take(rows)
+
+    def _take(self, rows: list[dict]) -> None:
         # a re-featurized (changed) file appends a new row: the last row for a path wins, and a
         # row marked `removed` (the file could not be read any more) withdraws the path
         self._committed = len(rows)
         self._live = np.array(live_indices(rows), dtype=np.int64)
         self._rows = [rows[i] for i in self._live]
-        self._features = None
+
+    def __getattr__(self, name):
+        """The rows, read from the log the first time one of them is needed (see `rows` None above)."""
+        if name in ("_rows", "_live", "_committed") and "meta" in self.__dict__:
+            self._take(_read_rows(_rows_path(self.root, self.meta))[0])
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _summarized(self) -> RowSummary | None:
+        return self._summary if "_rows" not in self.__dict__ else None
 
     @classmethod
     def open(cls, root) -> "FeatureStore":
@@ -125,7 +152,8 @@ class FeatureStore:
         return self._committed
 
     def __len__(self) -> int:
-        return len(self._rows)
+        summary = self._summarized()
+        return summary.live if summary else len(self._rows)
 
     @property
     def spec(self) -> dict:
@@ -161,7 +189,9 @@ class FeatureStore:
     @property
     def classes(self) -> list[str]:
         """The labels used (for a multi-label store: the tags)."""
-        labels = {r["label"] for r in self._rows if r.get("label") is not None}
+        summary = self._summarized()
+        labels = ({v for v in summary.labels if v is not None} if summary else
+                  {r["label"] for r in self._rows if r.get("label") is not None})
         return sorted({t for v in labels for t in v.split(" ") if t}) if self.multi_label else sorted(labels)
 
     @property
@@ -271,11 +301,11 @@ def verify(root) -> list[str]:
     try:
         store = FeatureStore.open(root)
         raw_path = _rows_path(root, store.meta)
-        raw = read_bytes(raw_path) if os.path.lexists(raw_path) else b""
+        partial = os.path.lexists(raw_path) and _ends_partial(raw_path)
     except (StoreError, ValueError) as e:
         return [str(e)]
     problems = []
-    if raw and not raw.endswith(b"\n"):
+    if partial:
         problems.append(f"{raw_path} ends with a partial line (a run was killed mid-commit; "
                         f"the next featurize run trims it)")
     bad = [r for r in store.rows if not {"path", "sha256"} <= set(r)]
@@ -294,6 +324,16 @@ def verify(root) -> list[str]:
     if nonfinite:
         problems.append(f"{nonfinite} feature rows in {root} hold NaN or infinity")
     return problems
+
+
+def _ends_partial(path: Path) -> bool:
+    """True when the log's last byte is not a newline (its last line was cut short); read without a link."""
+    with open_read(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if not size:
+            return False
+        f.seek(size - 1)
+        return f.read(1) != b"\n"
 
 
 def read_report(root) -> dict:

@@ -159,6 +159,11 @@ def read_bytes(path: Path) -> bytes:
         return f.read()
 
 
+def open_read(path: Path):
+    """A store's file opened to read (binary) without following a link (a link is refused)."""
+    return os.fdopen(_open_nofollow(Path(path), os.O_RDONLY), "rb")
+
+
 def read_text(path: Path) -> str:
     return read_bytes(path).decode("utf-8")
 

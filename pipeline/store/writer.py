@@ -16,7 +16,8 @@ from ..jsontext import loads
 from ..outputs import write_failure
 from ..spec import FeatureSpec
 from ..versions import versions
-from .log import _log_lines, _read_rows, _rows_path, live_indices
+from .log import RowBlock, _block_line, _log_lines, _read_rows, _rows_path, live_indices, log_has_path
+from .pathset import PathSet
 from .pieces import (
     _STAGING,
     _atomic_write,
@@ -34,13 +35,21 @@ from .pieces import (
     _write_piece,
     chunklen_for,
 )
-from .reader import FORMAT, FeatureStore, _read_meta, read_committed, read_report, write_report
+from .reader import FORMAT, FeatureStore, RowSummary, _read_meta, read_committed, read_report, write_report
 from .sealed import open_append, read_text, refuse_links
 
 SKIPS_FILE = "skips.json"  # the skip cache: files a run could not use, with their stat
 MERGE_ROWS = 65536  # a run's parts become a segment once they hold this many rows (or 1/8 of the store)
 ADOPT_ROWS = 2048  # at close, parts at least this big each become a segment as they are (no rewrite)
 KEPT = "the rows committed so far are kept: run the same command again to resume from them"
+
+
+class RepeatedPath(StoreError):
+    """A block of rows that must add only new paths repeats `path` (:meth:`StoreWriter.append_block`)."""
+
+    def __init__(self, path: str):
+        super().__init__(f"the path {path!r} is already in the store, or twice in the rows to add")
+        self.path = path
 
 
 class StoreWriter:
@@ -51,6 +60,10 @@ class StoreWriter:
     segments grow with the store. At close, parts of ADOPT_ROWS rows or more (a fast run commits a
     second of work at a time) become segments as they are, through hard links: rewriting them
     would cost as much as writing them did, at the end of the run when nothing overlaps it.
+
+    Rows come one dict each (:meth:`append`, featurize's, kept in memory as ``rows``) or as columns
+    (:meth:`append_block`, an import's: one log line per block and nothing of it kept, so a writer of
+    millions of rows holds one batch at a time, plus 8 bytes a row to know which paths are new).
     """
 
     def __init__(self, root: Path, meta: dict, lock_fd: int):
@@ -59,12 +72,14 @@ class StoreWriter:
         self._failed = None  # why writing failed (a full disk...): the log may end mid-batch, nothing more is added
         self.meta.setdefault("rows_file", "rows.jsonl")
         rows_path = _rows_path(root, self.meta)
-        self.rows, end = _read_rows(rows_path)
+        self._rows_path = rows_path
+        self._rows, end = _read_rows(rows_path)  # None once blocks are committed: read back when asked for
+        self._count = len(self._rows)  # committed rows (lines of the log, a block's rows each)
+        self._live = self._paths = self._labels = None  # kept from the first block on: see _index_paths
         self._base = self._adopt_legacy()
         self._check_segments(rows_path)
         self._next = self._recover()
         (root / "parts").mkdir(exist_ok=True)
-        self._rows_path = rows_path
         self._rows_file = open_append(rows_path)  # never through a link, never a file with a second name
         self._rows_file.truncate(end)
 
@@ -72,16 +87,16 @@ class StoreWriter:
         """Rows held by segments; a store-1 carray becomes the first segment, as is."""
         if "segments" not in self.meta:
             legacy = self.root / "features.bcolz"
-            self.meta["segments"] = ([{"name": "features.bcolz", "rows": len(self.rows)}]
-                                     if legacy.exists() and self.rows else [])
+            self.meta["segments"] = ([{"name": "features.bcolz", "rows": self._count}]
+                                     if legacy.exists() and self._count else [])
             self.meta["format"] = FORMAT
         return sum(s["rows"] for s in self.meta["segments"])
 
     def _check_segments(self, rows_path: Path) -> None:
         """Refuse to build on a damaged store (appending would only bury the damage): segments holding more
         rows than the log lists (its lines were lost), or segment files missing or of another size."""
-        if self._base > len(self.rows):
-            raise StoreError(f"{rows_path} lists {len(self.rows)} rows but the store's segments hold {self._base}: "
+        if self._base > self._count:
+            raise StoreError(f"{rows_path} lists {self._count} rows but the store's segments hold {self._base}: "
                              f"lines were removed from the log; featurize again with --overwrite")
         for seg in self.meta["segments"]:
             _check_sizes(self.root, _segment_dir(self.root, seg["name"]), seg.get("files"))
@@ -102,10 +117,10 @@ class StoreWriter:
         parts = _parts(self.root)
         for start, folder in parts:
             length = _piece_len(folder) if start == have else 0
-            if start == have and have < len(self.rows):
+            if start == have and have < self._count:
                 _check_part(folder)  # flipped bytes in a killed run's part must not be merged and re-checksummed
-                if start + length > len(self.rows):  # only some of its lines were committed
-                    keep = _read_piece(folder, len(self.rows) - start, self.meta["spec"]["dim"])
+                if start + length > self._count:  # only some of its lines were committed
+                    keep = _read_piece(folder, self._count - start, self.meta["spec"]["dim"])
                     _remove_part(folder)
                     _write_piece(folder, [keep], keep.shape[1], max(1, len(keep)), _part_manifest_file(folder))
                     length = len(keep)
@@ -117,33 +132,103 @@ class StoreWriter:
             for f in (self.root / "parts").glob("*.bcolz.json"):
                 if f.name not in known or not f.with_name(f.name[:-5]).exists():
                     f.unlink(missing_ok=True)  # checksums of a part that was never renamed into place
-        if have < len(self.rows):
-            raise StoreError(f"{self.root} lists {len(self.rows)} rows but holds features for {have}; "
+        if have < self._count:
+            raise StoreError(f"{self.root} lists {self._count} rows but holds features for {have}; "
                              f"the store is damaged: featurize again with --overwrite")
         return have
 
+    @property
+    def rows(self) -> list[dict]:
+        """Every committed row, in log order (read back from the log once blocks were committed)."""
+        if self._rows is None:
+            self._rows, _ = _read_rows(self._rows_path)
+        return self._rows
+
     def append(self, features: np.ndarray, rows: list[dict]) -> None:
         """Commit a batch: its features as a new part (atomic rename), then its lines in the log."""
+        x = self._batch(features, len(rows))
+        if not len(x):
+            return
+        held = self.rows  # read back before this batch's lines are in the log
+        self._commit(x, _log_lines(rows, self._count))
+        held.extend(rows)
+        self._live = self._paths = self._labels = None
+        self._merge_due()
+
+    def append_block(self, features: np.ndarray, block: RowBlock, new_paths: bool = False) -> None:
+        """Commit a batch whose rows come as columns (an import's): its features as a new part, then one log
+        line for the whole block. Nothing of the block is kept: ``rows`` reads the log again if asked for.
+        With `new_paths`, a block repeating a path (a committed row's, or its own) is refused before anything
+        of it is written: :class:`RepeatedPath` names the path."""
+        if not len(block.label) == len(block.sha256) == len(block) or None in block.path or "" in block.path:
+            raise StoreError(f"cannot append a block of rows to {self.root}: every row needs a path, a label (or "
+                             f"None) and a sha256")
+        x = self._batch(features, len(block))
+        if not len(x):
+            return
+        self._index_paths()
+        repeated = self._repeated(block, self._paths.add(block.path), new_paths)
+        if repeated:
+            self._live = self._paths = self._labels = None  # count from the rows when needed
+            if new_paths:
+                raise RepeatedPath(repeated)
+        self._commit(x, _block_line(block, self._count))
+        self._rows = None
+        if self._live is not None:
+            self._live += len(x)
+            self._labels.update(block.label)
+        self._merge_due()
+
+    def _repeated(self, block: RowBlock, maybe: list[int], confirm: bool) -> str | None:
+        """The first path of `block` at positions `maybe` (whose hash was seen) that is really a repeat: of an
+        earlier one in the block or of a committed row (checked in the log); without `confirm`, more than a
+        few candidates are taken as repeats unchecked (the live count is then taken from the rows)."""
+        if not confirm and len(maybe) > 8:
+            return block.path[maybe[0]]
+        for k in maybe:
+            p = block.path[k]
+            if p in block.path[:k] or self.has_path(p):
+                return p
+        return None
+
+    def has_path(self, path: str) -> bool:
+        """True when a committed row (live or not) has this path; read from the log, a line at a time."""
+        return log_has_path(self._rows_path, path)
+
+    def _index_paths(self) -> None:
+        """From the first block on, the writer knows without the rows how many are live and their labels
+        (what meta.json and the store it hands back need), while each block adds only new paths."""
+        if self._paths is None:
+            live = self.live_rows()
+            self._paths, self._live = PathSet(), len(live)
+            self._labels = {r.get("label") for r in live}
+            self._paths.add([r["path"] for r in self.rows])
+
+    def _batch(self, features: np.ndarray, n: int) -> np.ndarray:
         x = np.ascontiguousarray(features, dtype=np.float32)
-        if x.ndim != 2 or x.shape[0] != len(rows) or x.shape[1] != self.meta["spec"]["dim"]:
-            raise StoreError(f"cannot append features of shape {x.shape} for {len(rows)} rows to "
+        if x.ndim != 2 or x.shape[0] != n or x.shape[1] != self.meta["spec"]["dim"]:
+            raise StoreError(f"cannot append features of shape {x.shape} for {n} rows to "
                              f"{self.root} (D={self.meta['spec']['dim']})")
         if not np.all(np.isfinite(x)):
             raise StoreError("refusing to store non-finite features")
-        if not len(x):
-            return
-        if self._failed:
+        if len(x) and self._failed:
             raise StoreError(self._failed)
+        return x
+
+    def _commit(self, x: np.ndarray, lines: bytes) -> None:
+        """The features as a new part (atomic rename), then the log lines appended and fsynced: the commit."""
         part = self.root / "parts" / f"{self._next:012d}.bcolz"
         with self._writing(part):
             _write_piece(part, [x], x.shape[1], min(len(x), chunklen_for(x.shape[1])), _part_manifest_file(part))
         with self._writing(self._rows_path):
-            self._rows_file.write(_log_lines(rows, len(self.rows)))
+            self._rows_file.write(lines)
             self._rows_file.flush()
             os.fsync(self._rows_file.fileno())
-        self.rows.extend(rows)
+        self._count += len(x)
         self._next += len(x)
-        if self._next - self._base >= max(MERGE_ROWS, len(self.rows) // 8):
+
+    def _merge_due(self) -> None:
+        if self._next - self._base >= max(MERGE_ROWS, self._count // 8):
             self._merge_parts()
 
     def live_rows(self) -> list[dict]:
@@ -267,14 +352,15 @@ class StoreWriter:
         for name_ in old:
             shutil.rmtree(_segment_dir(self.root, name_), ignore_errors=True)
         (self.root / old_rows).unlink(missing_ok=True)
-        self.rows, self._base, self._next = rows, n, n
+        self._rows, self._count, self._base, self._next = rows, n, n, n
+        self._live = self._paths = self._labels = None
         self._rows_path = self.root / rows_file
         self._rows_file = open_append(self._rows_path)
         return dropped
 
     def _write_meta(self) -> None:
         self.meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.meta["rows"] = len(live_indices(self.rows))
+        self.meta["rows"] = self._live if self._live is not None else len(live_indices(self.rows))
         with self._writing(self.root / "meta.json"):
             _atomic_write(self.root / "meta.json", json.dumps(self.meta, indent=1))
 
@@ -284,6 +370,8 @@ class StoreWriter:
             self._write_meta()
         finally:
             self.abort()
+        if self._rows is None and self._live is not None:  # blocks: the store reads its rows when asked for
+            return FeatureStore(self.root, self.meta, None, RowSummary(self._live, frozenset(self._labels)))
         return FeatureStore(self.root, self.meta, self.rows)
 
     def abort(self) -> None:
@@ -299,7 +387,7 @@ class StoreWriter:
 
     def discard_if_empty(self) -> bool:
         """After a failed first run that stored nothing: remove the folder it created (True if removed)."""
-        if self.rows or not self.created:
+        if self._count or not self.created:
             return False
         self.abort()
         shutil.rmtree(self.root, ignore_errors=True)

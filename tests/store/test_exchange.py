@@ -179,6 +179,20 @@ def test_bad_parquet_files_are_refused_and_leave_nothing(tmp_path, table, column
     assert not (tmp_path / "out").exists()
 
 
+def test_read_features_refuses_an_id_repeated_in_the_same_or_a_later_batch(tmp_path, monkeypatch):
+    from pipeline.store import exchange
+
+    f = tmp_path / "f.parquet"
+    pq.write_table(_table(["a", "b", "c", "b"], [[1.0], [2.0], [3.0], [4.0]]), f)
+    with pytest.raises(ValueError, match="the id 'b' appears more than once"):
+        exchange.read_features(f)
+    monkeypatch.setattr(exchange, "READ_ROWS", 2)  # 'b' in the first batch, again in the second
+    with pytest.raises(ValueError, match="the id 'b' appears more than once"):
+        exchange.read_features(f)
+    pq.write_table(_table(["a", "b", "c", "d"], [[1.0], [2.0], [3.0], [4.0]]), f)
+    assert exchange.read_features(f).ids == ["a", "b", "c", "d"]
+
+
 def test_bad_npz_files_are_refused_and_leave_nothing(tmp_path, capsys):
     f = tmp_path / "bad.npz"
     np.savez(f, ids=np.array(["a", "b"]), features=np.array([[0.0, 1.0], [np.inf, 2.0]], np.float32))

@@ -252,5 +252,5 @@ def test_log_lines_built_directly_read_back_as_the_encoder_would_write_them():
     assert len(lines) == len(rows)
     for n, (line, row) in enumerate(zip(lines, rows)):
         parsed = json.loads(line)
-        assert parsed["crc"] == _line_crc(parsed) and _parse_line(Path("rows.jsonl"), n + 3, line, True) == row
+        assert parsed["crc"] == _line_crc(parsed) and _parse_line(Path("rows.jsonl"), n + 3, line, True) == [row]
         assert line == json.dumps(parsed, ensure_ascii=False)
