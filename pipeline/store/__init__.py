@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from ..versions import versions  # noqa: F401 (kept here for old imports)
 from .log import live_indices
-from .pieces import _write_piece, chunklen_for
+from .pieces import chunklen_for
 from .reader import FORMAT, FeatureStore, read_report, verify, write_report
 from .writer import StoreWriter, open_writer
 

@@ -26,6 +26,7 @@ from ..errors import UsageError
 from ..heads.calibration import TemperatureCalibrated
 from ..heads.folds import RareClassKFold, too_small
 from ..heads.kinds import check_head
+from .cpath import one_thread
 
 
 def make_head(head: str, C: float = 1.0, calibrate: bool = False, calibration_folds: int = 5,
@@ -86,7 +87,8 @@ def select_C(head: str, X, y, folds: int | str = 5, seed: int = 0, pca: int | No
     grid = check_head(head, class_weight).c_grid
     search = GridSearchCV(make_head(head, pca=pca, class_weight=class_weight), {"clf__C": list(grid)},
                           cv=selection_splitter(y, folds, seed), scoring="accuracy", refit=False)
-    search.fit(X, y)
+    with one_thread():  # BLAS at one thread: see pipeline/training/cpath.py
+        search.fit(X, y)
     scores = dict(zip(grid, search.cv_results_["mean_test_score"].tolist()))
     return float(grid[plateau_index(search.cv_results_)]), float(max(scores.values())), scores
 
@@ -104,14 +106,16 @@ def selection_splitter(y, folds: int | str = 5, seed: int = 0):
 
 def cross_val_proba(head: str, X, y, C: float, folds: int | str = 5, seed: int = 0, pca: int | None = None):
     """Out-of-fold class probabilities (columns in sorted class order) of the calibrated head."""
-    return cross_val_predict(make_head(head, C, calibrate=True, pca=pca, seed=seed),
-                             X, y, cv=cv_splitter(y, folds, seed), method="predict_proba")
+    with one_thread():
+        return cross_val_predict(make_head(head, C, calibrate=True, pca=pca, seed=seed),
+                                 X, y, cv=cv_splitter(y, folds, seed), method="predict_proba")
 
 
 def cross_val_accuracy(head: str, X, y, C: float, folds: int | str = 5, seed: int = 0,
                        pca: int | None = None) -> float:
     """Accuracy of out-of-fold predictions of the plain (uncalibrated) head."""
-    pred = cross_val_predict(make_head(head, C, pca=pca), X, y, cv=cv_splitter(y, folds, seed))
+    with one_thread():
+        pred = cross_val_predict(make_head(head, C, pca=pca), X, y, cv=cv_splitter(y, folds, seed))
     return float(np.mean(pred == np.asarray(y)))
 
 
@@ -129,13 +133,14 @@ def learning_curve(head: str, X, y, C: float, folds: int = 5, seed: int = 0, poi
     most = min(int(np.sum(y[tr] == c)) for tr, _ in splits for c in classes)
     ks = sorted({int(round(k)) for k in np.geomspace(1, most, points)})
     train_acc, valid_acc = np.zeros((len(ks), len(splits))), np.zeros((len(ks), len(splits)))
-    for f, (tr, te) in enumerate(splits):
-        order = rng.permutation(tr)
-        for i, k in enumerate(ks):
-            sub = np.concatenate([order[y[order] == c][:k] for c in classes])
-            model = make_head(head, C, pca=min(pca, len(sub) - 1) if pca else None).fit(X[sub], y[sub])
-            train_acc[i, f] = np.mean(model.predict(X[sub]) == y[sub])
-            valid_acc[i, f] = np.mean(model.predict(X[te]) == y[te])
+    with one_thread():  # BLAS at one thread: see pipeline/training/cpath.py
+        for f, (tr, te) in enumerate(splits):
+            order = rng.permutation(tr)
+            for i, k in enumerate(ks):
+                sub = np.concatenate([order[y[order] == c][:k] for c in classes])
+                model = make_head(head, C, pca=min(pca, len(sub) - 1) if pca else None).fit(X[sub], y[sub])
+                train_acc[i, f] = np.mean(model.predict(X[sub]) == y[sub])
+                valid_acc[i, f] = np.mean(model.predict(X[te]) == y[te])
     return {"per_class": ks, "train_mean": train_acc.mean(1).tolist(), "train_std": train_acc.std(1).tolist(),
             "valid_mean": valid_acc.mean(1).tolist(), "valid_std": valid_acc.std(1).tolist(), "folds": len(splits)}
 

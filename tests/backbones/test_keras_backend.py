@@ -5,14 +5,13 @@ Keras fixes its backend at its first import, so every run on another backend is 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_class_tree
+from conftest import jax_child_env, make_class_tree
 
 from pipeline.backbones import create_backbone
 from pipeline.backbones.keras_apps import resolve_keras_backend
@@ -35,7 +34,7 @@ print(json.dumps({"computed": [r.computed for r in runs], "reused": [r.reused fo
 
 
 def _child(code: str, *args, backend_env: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = jax_child_env()
     env.pop("KERAS_BACKEND", None)
     if backend_env:
         env["KERAS_BACKEND"] = backend_env

@@ -121,6 +121,7 @@ def test_a_bad_layer_fails_before_any_progress_line(day, tmp_path):
     assert r.stderr.startswith("error: ") and "img" not in r.stderr and "did you mean 'penultimate'?" in r.stderr
 
 
+@pytest.mark.slow
 def test_the_spec_mismatch_is_one_line_with_the_command_to_run_and_v_shows_both_specs(day, tmp_path):
     _, photos, _, head, _ = day
     pipeline.featurize(photos, layer="logits", out=tmp_path / "logits", progress=False)

@@ -22,6 +22,7 @@ def _images(rng, sizes):
     return [rng.integers(0, 256, (h, w, 3)).astype(np.uint8) for h, w in sizes]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resample", RESAMPLING)
 def test_a_batch_of_mixed_sizes_gets_pillows_pixels(resample):
     rng = np.random.default_rng(0)
@@ -37,6 +38,7 @@ def test_a_batch_of_mixed_sizes_gets_pillows_pixels(resample):
         assert (got[i] == want).all(), f"{resample}, {im.shape}: {int((got[i] != want).sum())} values differ"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(3))
 def test_random_boxes_and_sizes_match_pillow(seed):
     # boxes anywhere in the image, not only centred: the plan maps the box as Image.resize(box=...) does
@@ -85,6 +87,7 @@ _TRANSPOSE = {2: Image.FLIP_LEFT_RIGHT, 3: Image.ROTATE_180, 4: Image.FLIP_TOP_B
               6: Image.ROTATE_270, 7: Image.TRANSVERSE, 8: Image.ROTATE_90}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resample", ["bilinear", "nearest"])
 def test_exif_orientation_folds_into_the_resize(resample):
     # every orientation tag: the decoded (sideways, mirrored) array resized with its tag = Pillow's

@@ -84,6 +84,7 @@ def test_gif_transparency_turns_white_in_both_decoders():
     assert (pillow == ours).all()
 
 
+@pytest.mark.slow
 def test_cmyk_jpeg_is_off_by_at_most_one_level_before_resizing():
     # the documented gap: TensorFlow's decode_jpeg converts CMYK to RGB itself, truncating C*K/255
     # where Pillow rounds, and exposes no raw CMYK; at the image's own size the values differ by <= 1

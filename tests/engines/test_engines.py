@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from pipeline.cli import main
 from pipeline.engines import REGISTRY, engine_class
 from pipeline.engines.base import Engine
@@ -35,6 +37,7 @@ def test_another_engines_flags_are_refused_naming_them(tmp_path, capsys):
     assert "--address and --partitions apply to --engine ray" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_tflite_featurize_run_imports_neither_tensorflow_nor_keras_nor_pandas(tmp_path):
     """A cold TFLite run starts on the LiteRT runtime alone (importing TensorFlow takes seconds); bcolz is
     imported without pandas, which stays importable afterwards."""

@@ -4,7 +4,6 @@ into a store whose rows equal the CPU path's, whose spec names the decoder, and 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 from awkward_images import CASES
+from conftest import jax_child_env
 
 from pipeline.decode import gpujpeg
 from pipeline.errors import UsageError
@@ -108,7 +108,7 @@ def test_a_jax_backbone_featurizes_from_bytes_as_the_cpu_path_does(tmp_path):
             (data / c / f"{i}.{'png' if 'PNG' in n else 'jpg'}").write_bytes(CASES[n](150, 110, i + 7 * ord(c)))
     cut = CASES["RGB JPEG"](150, 110, 99)
     (data / "b" / "cut.jpg").write_bytes(cut[:len(cut) // 2])
-    env = {**os.environ, "PYTHONPATH": str(REPO), "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    env = jax_child_env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", _CHILD, str(data), str(tmp_path / "w.weights.h5"), str(tmp_path)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -41,6 +41,7 @@ def test_training_and_scoring_paths_give_the_golden_vector(tmp_path):
     np.testing.assert_allclose(train_path, np.load(GOLDEN), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_batch_composition_and_padding_do_not_change_features():
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (5, 224, 224, 3), np.uint8)
@@ -83,6 +84,7 @@ def test_featurize_is_deterministic_and_independent_of_listing_order(tmp_path, m
     np.testing.assert_array_equal(a.features, b.features)  # identical bytes, any listing order
 
 
+@pytest.mark.slow
 def test_disk_full_while_committing_keeps_committed_rows_and_writes_the_report(tmp_path, monkeypatch):
     import pipeline.store.writer as st
     from pipeline.featurizer.committer import Committer

@@ -37,7 +37,9 @@ def test_catsdogs_5fold(stores, layer, head, floor):
 
 
 def test_catsdogs_auto_C_head(stores):
-    clf = pipeline.train(stores["penultimate"], head="linear_svm")
+    # layer pinned: the store has logits and predictions beside it, and train would otherwise search the C grid on
+    # every feature set (tested on tiny stores in tests/training/test_train.py)
+    clf = pipeline.train(stores["penultimate"], head="linear_svm", layer="penultimate")
     print(f"catsdogs penultimate linear_svm C auto={clf.metrics['C']}: CV {clf.metrics['cv_accuracy']:.4f}")
     assert clf.metrics["cv_accuracy"] >= 0.98
 

@@ -126,6 +126,7 @@ def test_most_confused_pairs_come_from_the_confusion_matrix():
     assert confused_pairs(cm, ["a", "b", "c"]) == [("b", "a", 10, 0.2), ("a", "b", 3, 3 / 53), ("c", "a", 1, 0.1)]
 
 
+@pytest.mark.slow
 def test_demo_runs_offline_and_writes_its_reports(tmp_path, capsys):
     assert main(["demo", "--features", str(tmp_path / "f"), "--models", str(tmp_path / "m"), "--no-progress"]) == 0
     printed = capsys.readouterr().out

@@ -41,7 +41,7 @@ def test_appends_across_chunk_boundaries_roundtrip(tmp_path):
 
 
 def test_uncommitted_part_and_staging_leftovers_are_invisible_and_cleaned(tmp_path):
-    from pipeline.store import _write_piece
+    from pipeline.store.pieces import _write_piece
 
     root = tmp_path / "s"
     w = open_writer(root, REQ)
