@@ -25,6 +25,7 @@ from scipy.special import expit
 from sklearn import metrics as skm
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -33,7 +34,8 @@ from ..dataset.labels import normalise, split_tags, tags_of  # noqa: F401 (norma
 from ..errors import UsageError
 from ..heads.classifier import label_sets
 from ..heads.kinds import KINDS, check_head, multi_label_kind
-from .cpath import CVSettings, one_thread, oof_path, ovr_fold_path
+from . import ovrlogreg
+from .cpath import CVSettings, one_thread, oof_path, ovr_fold_path, row_space
 
 log = logging.getLogger(__name__)
 
@@ -77,24 +79,47 @@ class OneVsRest(ClassifierMixin, BaseEstimator):
         self.classes_ = np.asarray(list(self.classes), dtype=object)
         if Y.ndim != 2 or Y.shape[1] != len(self.classes_):
             raise ValueError(f"Y must be (N, {len(self.classes_)}) booleans, got shape {Y.shape}")
-        self.estimators_ = []
-        for k in range(Y.shape[1]):
-            col = Y[:, k]
-            if col.all() or not col.any():
-                self.estimators_.append(bool(col[0]))  # constant in these rows
-            else:
+        varies = Y.any(0) & ~Y.all(0)
+        self.estimators_ = [bool(col[0]) for col in Y.T]  # a tag constant in these rows predicts that constant
+        if KINDS[self.head].estimator is LogisticRegression:
+            for k, est in zip(np.flatnonzero(varies), self._joint_logregs(X, Y[:, varies])):
+                self.estimators_[k] = est
+        else:
+            for k in np.flatnonzero(varies):
                 binary = KINDS[self.head].make(self.C, self.class_weight)
-                self.estimators_.append(clone(binary).fit(X, col.astype(int)))
+                self.estimators_[k] = clone(binary).fit(X, Y[:, k].astype(int))
         self.alphas_ = np.ones(len(self.classes_))
         self.thresholds_ = np.full(len(self.classes_), 0.5)
         self.n_features_in_ = X.shape[1]
         return self
 
+    def _joint_logregs(self, X, Y) -> list:
+        """The LogisticRegression of each column of Y, all fitted as one problem (pipeline/training/ovrlogreg.py)
+        on the orthonormal basis of the span of X's rows, their weights mapped back to X's columns."""
+        X = np.asarray(X)
+        V = row_space(X)
+        W, steps = ovrlogreg.fit(X @ V, Y, self.C, class_weight=self.class_weight)
+        coef = (V @ W[:-1].astype(V.dtype)).T.astype(np.float64)
+        out = []
+        for k in range(Y.shape[1]):
+            est = KINDS[self.head].make(self.C, self.class_weight)
+            est.coef_, est.intercept_, est.classes_ = coef[k:k + 1], W[-1, k:k + 1].copy(), np.array([0, 1])
+            est.n_features_in_, est.n_iter_ = X.shape[1], np.array([steps], dtype=np.int32)
+            out.append(est)
+        return out
+
     def decision_function(self, X) -> np.ndarray:
         """(N, K) decision values; a tag constant in the training rows gets +-50 (probability ~1 or ~0)."""
-        cols = [np.full(len(X), 50.0 if e else -50.0) if isinstance(e, bool) else e.decision_function(X)
-                for e in self.estimators_]
-        return np.column_stack(cols).astype(np.float64)
+        fitted = [k for k, e in enumerate(self.estimators_) if not isinstance(e, bool)]
+        F = np.array([[50.0 if e else -50.0 for e in self.estimators_]]).repeat(len(X), 0)
+        if fitted and all(hasattr(self.estimators_[k], "coef_") for k in fitted):  # linear: one product
+            coef = np.vstack([np.ravel(self.estimators_[k].coef_) for k in fitted])
+            intercept = np.array([np.ravel(self.estimators_[k].intercept_)[0] for k in fitted])
+            F[:, fitted] = np.asarray(X, dtype=np.float64) @ coef.T + intercept
+        else:
+            for k in fitted:
+                F[:, k] = self.estimators_[k].decision_function(X)
+        return F
 
     def predict_proba(self, X) -> np.ndarray:
         return expit(self.alphas_[None, :] * self.decision_function(X))
@@ -138,9 +163,26 @@ def fit_alphas(head: str, Y, F) -> np.ndarray:
                      for k in range(Y.shape[1])])
 
 
+def average_precisions(Y, F) -> np.ndarray:
+    """Per column of F: scikit-learn's ``average_precision_score`` of the column of Y (booleans), all columns at
+    once; NaN for a column without positives. Equal scores are one threshold, as there: each positive counts
+    the precision at the last row of its run of ties, in decreasing score order."""
+    Y, F = np.asarray(Y, dtype=bool), np.asarray(F, dtype=np.float64)
+    order = np.argsort(-F, axis=0, kind="stable")
+    s, t = np.take_along_axis(F, order, 0), np.take_along_axis(Y, order, 0)
+    n = len(F)
+    precision = np.cumsum(t, 0) / np.arange(1, n + 1)[:, None]
+    ends = np.ones(s.shape, dtype=bool)
+    ends[:-1] = s[1:] != s[:-1]  # the last row of each run of ties
+    last = np.minimum.accumulate(np.where(ends, np.arange(n)[:, None], n)[::-1], axis=0)[::-1]
+    positives = t.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(positives > 0, (t * np.take_along_axis(precision, last, 0)).sum(0) / positives, np.nan)
+
+
 def mean_ap(Y, F) -> float:
     """Mean over the tags (with positives) of their average precision."""
-    return float(np.mean([skm.average_precision_score(Y[:, k], F[:, k]) for k in range(Y.shape[1]) if Y[:, k].any()]))
+    return float(np.nanmean(average_precisions(Y, F)))
 
 
 def micro_f1(Y, P, thresholds) -> float:
@@ -189,7 +231,7 @@ def multilabel_metrics(Y, P, classes, thresholds) -> dict:
     classes, t = [str(c) for c in classes], np.asarray(thresholds, dtype=float)
     pred = P >= t[None, :]
     p, r, f, s = skm.precision_recall_fscore_support(Y, pred, average=None, zero_division=0)
-    ap = [float(skm.average_precision_score(Y[:, k], P[:, k])) if Y[:, k].any() else None for k in range(len(classes))]
+    ap = [None if np.isnan(a) else float(a) for a in average_precisions(Y, P)]
     scored = [a for a in ap if a is not None]
     return {
         "multi_label": True, "n": int(len(Y)), "classes": classes,
