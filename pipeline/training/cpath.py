@@ -111,13 +111,18 @@ def _joint_logreg_path(X, Y, train, test, grid, class_weight, pca) -> list:
     """``ovr_fold_path`` for logistic regression: every tag at once (pipeline/training/ovrlogreg.py) on the
     orthonormal basis of the span of the fold's standardised (+ PCA) training rows."""
     A, B = _fold_space("logreg", X, train, test, pca, project=False)
-    V = row_space(A)
+    if A.shape[0] <= A.shape[1]:
+        Z, M = ovrlogreg.span(A, SPAN_TOLERANCE)
+        B = (B.astype(np.float64) @ A.T.astype(np.float64)) @ M
+    else:
+        V = row_space(A)
+        Z, B = A @ V, B @ V
     T = Y[train]
     fitted = np.flatnonzero(T.any(0) & ~T.all(0))
     out = [np.where(T[0], 50.0, -50.0)[None, :].repeat(len(test), 0) for _ in grid]
     if len(fitted):
-        for F, W in zip(out, ovrlogreg.path(A @ V, T[:, fitted], list(grid), class_weight)):
-            F[:, fitted] = ovrlogreg.decisions(W, B @ V)
+        for F, W in zip(out, ovrlogreg.path(Z.astype(A.dtype), T[:, fitted], list(grid), class_weight)):
+            F[:, fitted] = ovrlogreg.decisions(W, B)
     return out
 
 

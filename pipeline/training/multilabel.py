@@ -105,9 +105,14 @@ class OneVsRest(ClassifierMixin, BaseEstimator):
         """The LogisticRegression of each column of Y, all fitted as one problem (pipeline/training/ovrlogreg.py)
         on the orthonormal basis of the span of X's rows, their weights mapped back to X's columns."""
         X = np.asarray(X)
-        V = row_space(X)
-        W, steps = ovrlogreg.fit(X @ V, Y, self.C, class_weight=self.class_weight)
-        coef = (V @ W[:-1].astype(V.dtype)).T.astype(np.float64)
+        if X.shape[0] <= X.shape[1]:
+            Z, M = ovrlogreg.span(X)
+            W, steps = ovrlogreg.fit(Z.astype(X.dtype), Y, self.C, class_weight=self.class_weight)
+            coef = (X.T.astype(np.float64) @ (M @ W[:-1])).T
+        else:
+            V = row_space(X)
+            W, steps = ovrlogreg.fit(X @ V, Y, self.C, class_weight=self.class_weight)
+            coef = (V @ W[:-1].astype(V.dtype)).T.astype(np.float64)
         out = []
         for k in range(Y.shape[1]):
             est = KINDS[self.head].make(self.C, self.class_weight)

@@ -43,3 +43,19 @@ def test_balanced_weights_are_scikit_learns():
         np.testing.assert_allclose(S[:, k], np.where(T[:, k], w[1], w[0]))
     with pytest.raises(ValueError, match="class_weight"):
         ovrlogreg.sample_weights(T, "heavy")
+
+
+def test_span_gives_the_rows_on_an_orthonormal_basis_and_maps_other_rows_and_weights_back():
+    rng = np.random.default_rng(2)
+    A, B = rng.normal(size=(12, 40)), rng.normal(size=(5, 40))
+    Z, M = ovrlogreg.span(A)
+    V = A.T @ M  # the basis, (D, r)
+    np.testing.assert_allclose(V.T @ V, np.eye(Z.shape[1]), atol=1e-10)
+    np.testing.assert_allclose(Z, A @ V, atol=1e-10)
+    np.testing.assert_allclose(Z.T @ Z, np.diag(np.diag(Z.T @ Z)), atol=1e-9)  # orthogonal columns
+    np.testing.assert_allclose((B @ A.T) @ M, B @ V, atol=1e-10)
+    T = A[:, :3] + rng.normal(size=(12, 3)) > 0
+    T[0], T[1] = True, False  # every tag has both values
+    W, _ = ovrlogreg.fit(Z, T, 1.0, tol=1e-10)
+    full = LogisticRegression(C=1.0, tol=1e-10, max_iter=10000).fit(A, T[:, 0])
+    np.testing.assert_allclose(ovrlogreg.decisions(W, B @ V)[:, 0], full.decision_function(B), atol=1e-4)
