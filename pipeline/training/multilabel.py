@@ -305,7 +305,8 @@ def fit_multilabel(head: str, X, y, C: float | str = "auto", cv: CVSettings = CV
                "cv_folds": n_folds(folds, len(X))}
     splits = KFold(n_folds(folds, len(X)), shuffle=True, random_state=seed).split(X)
     grid = KINDS[head].c_grid if C == "auto" else (float(C),)
-    tuned = {c: _tuned(head, Y, F) for c, F in zip(grid, oof_path(head, X, Y, grid, splits, cv, progress, ovr_fold_path))}
+    paths = oof_path(head, X, Y, grid, splits, cv, progress, ovr_fold_path)
+    tuned = {c: _tuned(head, Y, F) for c, F in zip(grid, paths)}
     if C == "auto":
         C = max(tuned, key=lambda c: (round(tuned[c].micro_f1, 9), round(tuned[c].mean_ap, 9),
                                       -abs(np.log10(c) - np.log10(0.1))))
@@ -313,7 +314,8 @@ def fit_multilabel(head: str, X, y, C: float | str = "auto", cv: CVSettings = CV
         metrics["cv_micro_f1"] = {str(k): v.micro_f1 for k, v in tuned.items()}
         log.info("%s: C=%g chosen by %d-fold CV (micro-F1 %.4f with the thresholds tuned on the folds, mean "
                  "average precision %.4f)", head, C, metrics["cv_folds"], tuned[C].micro_f1, tuned[C].mean_ap)
-    F, alphas, P, thresholds, single = (getattr(tuned[C], k) for k in ("F", "alphas", "P", "thresholds", "single"))
+    C = float(C)
+    alphas, P, thresholds, single = (getattr(tuned[C], k) for k in ("alphas", "P", "thresholds", "single"))
     with one_thread():  # see pipeline/training/cpath.py
         model = make_multilabel(classes, head, float(C), pca, class_weight).fit(X, Y)
     model.named_steps["clf"].alphas_, model.named_steps["clf"].thresholds_ = alphas, thresholds

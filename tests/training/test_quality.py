@@ -1,7 +1,6 @@
 """suspects: the held-out head's doubts, with a given head or the one train's head='auto' would choose."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from audit_stores import features, store_of
 
