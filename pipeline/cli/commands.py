@@ -101,6 +101,10 @@ def cmd_evaluate(a):
 def cmd_compare(a):
     o, heads = from_args(HeadOptions, a), [h.strip() for h in a.heads.split(",")]
     for h in heads:  # before scikit-learn is imported
+        if h == "auto":
+            raise UsageError(f"--heads auto: compare cross-validates each head kind you list, side by side; 'auto' "
+                             f"is train's choice among them, so list the kinds instead, e.g. --heads {','.join(HEADS)} "
+                             f"(train and suspects take --head auto)")
         if h not in HEADS:
             raise UsageError(f"unknown head {h!r} in --heads{did_you_mean(h, HEADS)}; choose from {', '.join(HEADS)}")
     from ..reports.summary import compare_table
@@ -131,13 +135,15 @@ def cmd_split(a):
 def cmd_suspects(a):
     from ..reports.summary import suspects_table
     from ..store import FeatureStore
-    from ..training.quality import suspects, write_suspects_csv
+    from ..training.quality import pick_head, suspects, write_suspects_csv
 
     store = FeatureStore.open(a.features_dir)
-    found = suspects(store, a.head, a.C, a.folds, top=None)
+    head, C = pick_head(store, a.head, a.C, a.folds)  # --head auto: the kind and C train would choose
+    found = suspects(store, head, C, a.folds, top=None)
     if a.csv:
         write_suspects_csv(a.csv, found, force=a.force)
-    print(suspects_table(found, len(store.labelled()[1]), a.head, a.top))
+    shown = head if a.head != "auto" else f"{head} (C={C:g}, chosen by --head auto as train would)"
+    print(suspects_table(found, len(store.labelled()[1]), shown, a.top))
 
 
 def cmd_audit(a):

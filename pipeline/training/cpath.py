@@ -35,10 +35,12 @@ import numpy as np
 from joblib import Parallel, delayed
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from ..heads.kinds import KINDS
+from . import ovrlogreg
 
 SPAN_TOLERANCE = 1e-7  # singular values below this fraction of the largest are outside the rows' span
 
@@ -92,6 +94,8 @@ def ovr_fold_path(head: str, X, Y, train, test, grid, class_weight=None, project
                   pca: int | None = None) -> list:
     """Multi-label (Y: (N, K) booleans): per C, (n_test, K) decision values of one binary head per tag, each
     warm-started along C; a tag constant in the training rows gets +-50 (as OneVsRest does)."""
+    if KINDS[head].estimator is LogisticRegression:
+        return _joint_logreg_path(X, Y, train, test, grid, class_weight, pca)
     A, B = _fold_space(head, X, train, test, pca, project)
     cols = []
     for k in range(Y.shape[1]):
@@ -101,6 +105,25 @@ def ovr_fold_path(head: str, X, Y, train, test, grid, class_weight=None, project
         else:
             cols.append(_path(KINDS[head].make(grid[0], class_weight), A, t.astype(int), B, grid))
     return [np.column_stack([c[i] for c in cols]) for i in range(len(grid))]
+
+
+def _joint_logreg_path(X, Y, train, test, grid, class_weight, pca) -> list:
+    """``ovr_fold_path`` for logistic regression: every tag at once (pipeline/training/ovrlogreg.py) on the
+    orthonormal basis of the span of the fold's standardised (+ PCA) training rows."""
+    A, B = _fold_space("logreg", X, train, test, pca, project=False)
+    if A.shape[0] <= A.shape[1]:
+        Z, M = ovrlogreg.span(A, SPAN_TOLERANCE)
+        B = (B.astype(np.float64) @ A.T.astype(np.float64)) @ M
+    else:
+        V = row_space(A)
+        Z, B = A @ V, B @ V
+    T = Y[train]
+    fitted = np.flatnonzero(T.any(0) & ~T.all(0))
+    out = [np.where(T[0], 50.0, -50.0)[None, :].repeat(len(test), 0) for _ in grid]
+    if len(fitted):
+        for F, W in zip(out, ovrlogreg.path(Z.astype(A.dtype), T[:, fitted], list(grid), class_weight)):
+            F[:, fitted] = ovrlogreg.decisions(W, B)
+    return out
 
 
 def n_workers(n_jobs: int | None, n_folds: int) -> int:
