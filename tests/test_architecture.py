@@ -67,6 +67,7 @@ COVERED_ELSEWHERE: dict[str, str] = {
     "pipeline.reports.screenshot": "tests/cli/test_first_hour.py",
     "pipeline.scoring.batch": "tests/scoring/test_scoring.py",
     "pipeline.store.pieces": "tests/store/test_store_integrity.py",  # damaged parts and segments
+    "pipeline.store.opening": "tests/store/test_store.py",  # a store made otherwise, another run, --overwrite
     "pipeline.store.reader": "tests/store/test_store.py",
     "pipeline.store.writer": "tests/store/test_store.py",
     "pipeline.serving.batcher": "tests/serving/test_serve.py",  # requests batched together, timed-out ones dropped

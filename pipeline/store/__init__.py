@@ -33,7 +33,8 @@ from ..versions import versions  # noqa: F401 (kept here for old imports)
 from .log import live_indices
 from .pieces import chunklen_for
 from .reader import FORMAT, FeatureStore, read_report, verify, write_report
-from .writer import StoreWriter, open_writer
+from .opening import open_writer
+from .writer import StoreWriter
 
 __all__ = ["FORMAT", "FeatureStore", "StoreWriter", "chunklen_for", "live_indices", "open_writer", "read_report",
            "verify", "versions", "write_report"]
