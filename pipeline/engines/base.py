@@ -105,7 +105,8 @@ class Engine:
 # --- the start of a run ---------------------------------------------------------------------------
 
 def open_run_writer(data_dir, bb: Backbone, out, overwrite: bool):
-    """The store writer of a run; with several layers, one store per layer behind one writer."""
+    """The store writer of a run; with several layers, one store per layer behind one writer (`out`: a
+    folder name with {layer}, or one folder per layer)."""
     if len(bb.layers) > 1:
         out = out if out is not None else default_store_path(data_dir, bb, layer=PLACEHOLDER)
         return LayerWriters.open(out, bb, overwrite, data_dir)
