@@ -109,7 +109,7 @@ def open_run_writer(data_dir, bb: Backbone, out, overwrite: bool):
     folder name with {layer}, or one folder per layer)."""
     if len(bb.layers) > 1:
         out = out if out is not None else default_store_path(data_dir, bb, layer=PLACEHOLDER)
-        return LayerWriters.open(out, bb, overwrite, data_dir)
+        return LayerWriters.open(out, bb, overwrite)
     out = Path(out) if out is not None else default_store_path(data_dir, bb)
     return open_writer(out, bb.request(), overwrite=overwrite)
 

@@ -73,10 +73,16 @@ class LayerWriters:
 
     def __init__(self, writers: list[StoreWriter], backbone):
         self.writers, self.backbone = writers, backbone
+        self.source = backbone  # what gives each layer's spec and width once loaded (layers_from)
         self.stores: list[FeatureStore] = []
 
+    def layers_from(self, source) -> None:
+        """Take each layer's spec and width from `source` (``layer_spec(i)``, ``dims``) instead of the
+        backbone: on Ray, what the actors that loaded the network sent, so the driver never loads it."""
+        self.source = source
+
     @classmethod
-    def open(cls, out, backbone, overwrite: bool, data_dir) -> "LayerWriters":
+    def open(cls, out, backbone, overwrite: bool) -> "LayerWriters":
         """`out`: a folder name with {layer}, or one folder per layer (a list, e.g. :func:`beside_paths`)."""
         paths = [Path(p) for p in out] if isinstance(out, (list, tuple)) else layer_paths(out, backbone.layers)
         if len(paths) != len(backbone.layers) or len(set(paths)) != len(paths):
@@ -86,8 +92,7 @@ class LayerWriters:
         try:
             for i, path in enumerate(paths):
                 request = {**backbone.request(), "layer": backbone.layers[i]}
-                writers.append(open_writer(path, request, overwrite=overwrite))
-                writers[-1].meta["data_dir"] = str(Path(data_dir).resolve())
+                writers.append(open_writer(path, request, overwrite=overwrite))  # data_dir: set by check_source
             paths = [w.root for w in writers]
             for w in writers:  # where the other layers of this pass are (pipeline/heads/featuresets.py)
                 w.meta["layers"] = {layer: os.path.relpath(p, w.root) for layer, p in zip(backbone.layers, paths)}
@@ -121,11 +126,11 @@ class LayerWriters:
     def set_spec(self, spec: dict) -> None:
         """Record each layer's own spec (the backbone's `spec` covers all layers side by side)."""
         for i, w in enumerate(self.writers):
-            w.set_spec(self.backbone.layer_spec(i))
+            w.set_spec(self.source.layer_spec(i))
 
     def append(self, features: np.ndarray, rows: list[dict]) -> None:
         """Commit a batch to every layer's store: its columns, split by each layer's width."""
-        edges = np.cumsum([0, *self.backbone.dims])
+        edges = np.cumsum([0, *self.source.dims])
         for w, a, b in zip(self.writers, edges[:-1], edges[1:]):
             w.append(features[:, a:b], rows)
 
