@@ -1,12 +1,14 @@
 """Which class-score layer the default featurize pass should keep: held-out accuracy of `train`'s default
 selection offered penultimate only (the old default), + predictions, or + logits, on catbreeds and catsdogs.
 
-    python bench/default_layers.py [--shared ../shared (or $TFP_SHARED)] [--seeds 0,1,2] [--work /tmp/tfp-layers]
+    python bench/default_layers.py [--shared ../shared (or $TFP_SHARED)] [--seeds 0,1,2] [--head auto|logreg]
+                                   [--work /tmp/tfp-layers]
 
 One three-layer featurize run per set (``--layer penultimate,logits,predictions``, one forward pass of the
 bundled ``mobilenet_v2_quant``; kept in --work and reused), then per seed a stratified 30% holdout
 (train's own split) and train's default selection (head auto, C auto: ``fit_single``, what ``train STORE``
-runs) offered one of three menus of feature sets:
+runs; ``--head logreg`` pins the kind, minutes instead of an hour on a busy 2-core machine) offered one of
+three menus of feature sets:
 
 - ``penultimate``: the old default store;
 - ``+ predictions``: penultimate, predictions, penultimate+predictions (the new default pass);
@@ -61,14 +63,14 @@ def menu_sets(store, layers) -> dict:
     return sets
 
 
-def one(store, layers, seed: int) -> dict:
+def one(store, layers, seed: int, head: str = "auto") -> dict:
     from pipeline.options import HeadOptions, SplitOptions
     from pipeline.training.train import _split_rows, fit_single
 
     _, y, rows = store.labelled_rows()
     sets = menu_sets(store, layers)
     train_idx, valid = _split_rows(rows, y, SplitOptions(holdout=0.3, split="stratified", seed=seed), None, seed)
-    est = fit_single(HeadOptions(seed=seed), {k: v[train_idx] for k, v in sets.items()}, y[train_idx])
+    est = fit_single(HeadOptions(head, seed=seed), {k: v[train_idx] for k, v in sets.items()}, y[train_idx])
     m = est.metrics_
     held = float(np.mean(est.predict(sets[m["feature_set"]][valid]) == y[valid]))
     return {"chosen": m["feature_set"], "head": m["head"], "C": m["C"], "cv": m.get("cv_accuracy"), "held": held}
@@ -79,13 +81,14 @@ def main(argv=None) -> None:
     ap.add_argument("--shared", default=os.environ.get("TFP_SHARED", REPO.parent / "shared"), type=Path)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--work", default="/tmp/tfp-layers", type=Path)
+    ap.add_argument("--head", default="auto", help="auto (train's default) or one head kind")
     a = ap.parse_args(argv)
     seeds = [int(s) for s in a.seeds.split(",")]
     for name, store in stores(a.shared, a.work).items():
         for menu, layers in MENUS.items():
             held = []
             for seed in seeds:
-                r = one(store, layers, seed)
+                r = one(store, layers, seed, a.head)
                 held.append(r["held"])
                 print(f"{name:9} {menu:14} seed {seed}: {r['chosen']:24} {r['head']:10} C={r['C']!s:8} "
                       f"cv {r['cv']:.3f} held-out {r['held']:.3f}", flush=True)

@@ -151,16 +151,16 @@ def test_sigkill_of_the_driver_then_rerun_equals_a_clean_run(cluster, tmp_path):
     noise_class_tree(data, n, (320, 240))
     out = tmp_path / "store"
     cmd = [sys.executable, "-m", "pipeline", "featurize", str(data), "--out", str(out), "--engine", "ray",
-           "--address", cluster, "--partitions", "12", "--no-progress"]
+           "--address", cluster, "--partitions", "12", "--no-progress", "--layer", "penultimate"]  # one store
     kill_once_committed(cmd, out / "rows.jsonl", 4)  # once a first partition is committed
     partial = pipeline.FeatureStore.open(out)
     assert 4 <= len(partial) < n, "the driver was not killed mid-run"
     assert len(partial) % 4 == 0  # whole partitions only
 
-    resumed = pipeline.featurize(data, out=out, progress=False, report=True, engine="ray",
-                                 cluster=RayCluster(partitions=12))
+    resumed = pipeline.featurize(data, "mobilenet_v2_quant", "penultimate", out=out, progress=False, report=True,
+                                 engine="ray", cluster=RayCluster(partitions=12))
     assert resumed.reused == len(partial) and resumed.computed == n - len(partial)
-    clean = pipeline.featurize(data, out=tmp_path / "clean", progress=False)
+    clean = pipeline.featurize(data, "mobilenet_v2_quant", "penultimate", out=tmp_path / "clean", progress=False)
     store = pipeline.FeatureStore.open(out)
     assert store.paths == clean.paths  # exactly one row per image, in listing order
     np.testing.assert_allclose(store.features, clean.features, rtol=1e-6, atol=1e-6)
@@ -243,6 +243,7 @@ def test_images_from_s3_through_pyarrow_on_ray_equal_the_local_folder(cluster, l
     assert [(s["path"], s["reason"]) for s in store.skipped] == [("red/broken.jpg", "not_an_image")]
     assert store.report["ignored"] == local.report["ignored"]
     assert store.meta["data_dir"] == s3_folder
+    assert FeatureStore.open(tmp_path / "s3-predictions").meta["data_dir"] == s3_folder  # the default pass's other store
 
 
     def no_request_per_object(uri, path):

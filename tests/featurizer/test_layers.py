@@ -127,7 +127,9 @@ def test_two_layer_run_killed_mid_way_resumes_to_single_layer_results(tmp_path, 
 
 # --- the default pass: penultimate + predictions, the class scores beside the store asked for -------------
 
-def test_default_pass_writes_penultimate_at_out_and_predictions_beside_it(folder, tmp_path):
+def test_default_pass_writes_penultimate_at_out_and_predictions_beside_it(folder, tmp_path, monkeypatch):
+    from pipeline.backbones.tflite import TFLiteBackbone
+
     run = featurize(folder, out=tmp_path / "s", progress=False, workers=2, report=True)
     assert [s.root.name for s in run.stores] == ["s", "s-predictions"] and run.store.root.name == "s"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "s", "s-predictions"]
@@ -136,6 +138,7 @@ def test_default_pass_writes_penultimate_at_out_and_predictions_beside_it(folder
         single = featurize(folder, layer=layer, out=tmp_path / f"one-{layer}", progress=False, workers=2)
         assert store.spec == single.spec and store.paths == single.paths
         assert np.abs(store.features - single.features).max() <= 1e-5
+    monkeypatch.setattr(TFLiteBackbone, "_load", lambda self: pytest.fail("network loaded for a cached run"))
     again = featurize(folder, out=tmp_path / "s", progress=False, report=True)
     assert (again.computed, again.reused) == (0, 10)  # both stores reused: nothing recomputed
 
@@ -191,6 +194,22 @@ def test_which_networks_have_class_scores(tiny, tmp_path):
     path = tflite_model(embedder, tmp_path / "embed.tflite", quantized=False)
     bb = create_backbone(path, scaling="tf")
     assert not bb.has_class_scores()
+    saved = export_saved_model(embedder, tmp_path / "embed-sm")  # a SavedModel / TF-Hub feature vector alike
+    assert not create_backbone(saved, input_size=SIZE, scaling="tf").has_class_scores()
+    assert create_backbone(export_saved_model(tiny, tmp_path / "sm"), input_size=SIZE, scaling="tf").has_class_scores()
     store = featurize(make_class_tree(tmp_path / "d", per_class=2), backbone=path, scaling="tf",
                       out=tmp_path / "e", progress=False)
     assert store.spec["layer"] == "penultimate" and not (tmp_path / "e-predictions").exists()
+
+
+def test_default_pass_prunes_and_verifies_both_stores_and_train_still_sees_both(folder, tmp_path, capsys):
+    from pipeline.heads.featuresets import feature_sets
+
+    featurize(folder, out=tmp_path / "s", progress=False, workers=2)
+    (folder / "red" / "red_0.jpg").unlink()
+    run = featurize(folder, out=tmp_path / "s", progress=False, prune=True, report=True)
+    assert (run.computed, run.pruned) == (0, 1)
+    for name in ("s", "s-predictions"):
+        assert len(FeatureStore.open(tmp_path / name)) == 9
+        assert main(["verify", str(tmp_path / name)]) == 0
+    assert [s.name for s in feature_sets(run.store)] == ["penultimate", "predictions", "penultimate+predictions"]
