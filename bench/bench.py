@@ -400,6 +400,7 @@ def bench_layers(data: Path, n: int, work: Path, repeat: int) -> dict:
     res = interleaved({name: run(name) for name in layers}, repeat)
     return {"layers_n": count, "layers_one_ips": res["one_layer"], "layers_two_ips": res["default"],
             "layers_cost_ratio": res["one_layer"] / res["default"],
+            "layers_warm_s": (count / res["one_layer_warm"], count / res["default_warm"]),
             "layers_warm_ratio": res["one_layer_warm"] / res["default_warm"], "load_average": os.getloadavg()}
 
 
@@ -511,7 +512,8 @@ def report(results: list[dict], extra: dict) -> str:
         lines.append(f"\nthe default pass (mobilenet_v2_quant, {extra['layers_n']} images, fresh stores): --layer "
                      f"penultimate {extra['layers_one_ips']:.1f} img/s, default (penultimate + predictions) "
                      f"{extra['layers_two_ips']:.1f} img/s: it costs {extra['layers_cost_ratio']:.3f}x one layer; "
-                     f"warm reruns {extra['layers_warm_ratio']:.3f}x; load average "
+                     f"warm reruns {extra['layers_warm_ratio']:.3f}x ({extra['layers_warm_s'][0]:.2f} s vs "
+                     f"{extra['layers_warm_s'][1]:.2f} s); load average "
                      f"{', '.join(f'{v:.1f}' for v in extra['load_average'])}")
     if "ray_overhead" in extra:
         lines.append(f"\nin-process vs Ray local (mobilenet_v2_quant, {extra['ray_n']} images, {extra['ray_cpus']} "

@@ -213,3 +213,17 @@ def test_default_pass_prunes_and_verifies_both_stores_and_train_still_sees_both(
         assert len(FeatureStore.open(tmp_path / name)) == 9
         assert main(["verify", str(tmp_path / name)]) == 0
     assert [s.name for s in feature_sets(run.store)] == ["penultimate", "predictions", "penultimate+predictions"]
+
+
+def test_beside_paths_put_the_class_scores_next_to_the_folder_asked_for(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from pipeline.featurizer.layers import beside_paths
+
+    layers = ["penultimate", "predictions"]
+    assert beside_paths("features/x/", layers) == [Path("features/x"), Path("features/x-predictions")]
+    monkeypatch.chdir(tmp_path)
+    assert beside_paths(".", layers) == [tmp_path, tmp_path.parent / f"{tmp_path.name}-predictions"]
+    with pytest.raises(UsageError, match="one distinct folder per layer"):
+        featurize(make_class_tree(tmp_path / "d", per_class=1), layer="penultimate,logits",
+                  out=[tmp_path / "a"], progress=False)
