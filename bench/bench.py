@@ -27,7 +27,8 @@ For each model it times, on the same images and batch size:
 and, for the TFLite model, the peak memory (max RSS of a `featurize` subprocess) for 1000 and
 4000 images. `--models layers` times featurize with `--layer penultimate` (one store) and the
 default pass (penultimate + predictions: one forward pass, two stores) on the bundled TFLite model,
-fresh stores and warm reruns, interleaved (`--n 64`: 256 images). `--models ray` times featurize in-process (2 threads) and on a local Ray cluster of 2
+fresh stores and warm reruns, interleaved (`--n 64`: 256 images). `--models ray` times featurize
+in-process (2 threads) and on a local Ray cluster of 2
 CPUs (the same model, fresh stores, interleaved). Ratios are computed within this one run: machines are noisy, absolute figures vary.
 """
 from __future__ import annotations
@@ -552,7 +553,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="inception_v3,vgg16,tflite,cpu,stages,decode,layers,ray",
                    help="Keras names, 'tflite', 'cpu' (plain loops in one and two processes vs the featurize CLI, "
                         "start-up), 'stages' (per-stage costs on one core), 'decode' (decode stage "
-                        "against cores, threads vs processes), 'layers' (--layer penultimate vs the default pass: two layers from one pass) and "
+                        "against cores, threads vs processes), 'layers' (--layer penultimate vs the default pass: "
+                        "two layers from one pass) and "
                         "'ray' (in-process vs a local 2-CPU Ray cluster)")
     p.add_argument("--n", type=int, default=256, help="images per Keras model (TFLite: 4x, cpu: 2x)")
     p.add_argument("--one-image-n", type=int, default=32, help="images for the one-image-per-call loop")

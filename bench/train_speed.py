@@ -1,6 +1,6 @@
 """Training time of `train`'s default head, today's code against main's, side by side in one run.
 
-    python bench/train_speed.py [--base main] [--only single,multi] [--n 700] [--classes 119]
+    python bench/train_speed.py [--base main|none] [--only single,multi,layers] [--n 700] [--classes 119]
 
 Synthetic features shaped like the bundled MobileNetV2's penultimate layer on a 119-breed dog set:
 700 training images x 1280 non-negative features, 119 classes (each at least once, the rest drawn at
@@ -89,7 +89,8 @@ def run_layers(X, y, Xt, yt, k: int = 119) -> dict:
     secs = time.perf_counter() - t
     m = est.metrics_
     return {"seconds": secs, "feature_set": m["feature_set"], "head": m["head"], "C": m["C"],
-            "cv_accuracy": m.get("cv_accuracy"), "held_out_accuracy": float(np.mean(est.predict(held[m["feature_set"]]) == yt))}
+            "cv_accuracy": m.get("cv_accuracy"),
+            "held_out_accuracy": float(np.mean(est.predict(held[m["feature_set"]]) == yt))}
 
 
 def run_multi(X, y, Xt, yt) -> dict:

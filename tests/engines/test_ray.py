@@ -243,7 +243,7 @@ def test_images_from_s3_through_pyarrow_on_ray_equal_the_local_folder(cluster, l
     assert [(s["path"], s["reason"]) for s in store.skipped] == [("red/broken.jpg", "not_an_image")]
     assert store.report["ignored"] == local.report["ignored"]
     assert store.meta["data_dir"] == s3_folder
-    assert FeatureStore.open(tmp_path / "s3-predictions").meta["data_dir"] == s3_folder  # the default pass's other store
+    assert FeatureStore.open(tmp_path / "s3-predictions").meta["data_dir"] == s3_folder  # the default's other store
 
 
     def no_request_per_object(uri, path):
