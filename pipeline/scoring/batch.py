@@ -18,14 +18,14 @@ from ..dataset.sources import is_uri
 from ..engines import check_options, featurize
 from ..engines.report import RunReport
 from ..errors import PipelineError, StoreError, UsageError
+from ..featurizer.layers import PLACEHOLDER, layer_slug
 from ..heads.classifier import Classifier, load
+from ..heads.featuresets import head_chunks
 from ..heads.ood import MISSING, OODScores, check_reject_ood
 from ..hints import did_you_mean
 from ..options import SCORE_FEATURIZE, FeaturizeOptions, ScoreOptions, split_keywords
 from ..outputs import atomic_open, check_output, csv_writer
 from ..spec import FeatureSpec
-from ..featurizer.layers import PLACEHOLDER, layer_slug
-from ..heads.featuresets import head_chunks
 from ..store import FeatureStore
 from ..store.exchange import StoreScoring, is_feature_store
 
