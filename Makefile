@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 BACKBONE ?= mobilenet_v2_quant
-LAYER    ?= penultimate
+LAYER    ?=
 HEAD     ?= auto
 C        ?= auto
 DATA     ?=
@@ -39,8 +39,8 @@ test-fast: install  ## every test but the slow ones and those needing ../shared 
 	$(PY) -m pytest -q -rsx $(PYTEST_N) -m "not slow and not shared"
 
 features: install  ## make features DATA=path/to/images [BACKBONE=...] [LAYER=...] [OUT=features/...]
-	@test -n "$(DATA)" || { echo "usage: make features DATA=folder [BACKBONE=$(BACKBONE)] [LAYER=$(LAYER)] [OUT=dir]"; exit 2; }
-	$(PY) -m pipeline featurize "$(DATA)" --backbone "$(BACKBONE)" --layer "$(LAYER)" $(if $(OUT),--out "$(OUT)")
+	@test -n "$(DATA)" || { echo "usage: make features DATA=folder [BACKBONE=$(BACKBONE)] [LAYER=penultimate|logits|predictions|NAME] [OUT=dir]"; exit 2; }
+	$(PY) -m pipeline featurize "$(DATA)" --backbone "$(BACKBONE)" $(if $(LAYER),--layer "$(LAYER)") $(if $(OUT),--out "$(OUT)")
 
 train: install  ## make train FEATURES=features/... [HEAD=auto] [C=auto] [MODEL=models/x.head.npz]
 	@test -n "$(FEATURES)" || { echo "usage: make train FEATURES=dir [HEAD=$(HEAD)] [C=$(C)] [MODEL=models/NAME.head.npz]"; exit 2; }

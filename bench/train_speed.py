@@ -1,6 +1,6 @@
 """Training time of `train`'s default head, today's code against main's, side by side in one run.
 
-    python bench/train_speed.py [--base main] [--only single,multi] [--n 700] [--classes 119]
+    python bench/train_speed.py [--base main|none] [--only single,multi,layers] [--n 700] [--classes 119]
 
 Synthetic features shaped like the bundled MobileNetV2's penultimate layer on a 119-breed dog set:
 700 training images x 1280 non-negative features, 119 classes (each at least once, the rest drawn at
@@ -11,7 +11,10 @@ worktree. Timed, per side:
 - single: the default single-label train on the 700 images, C selection included (base: a linear SVM,
   C auto, GridSearchCV; here: head='auto', every candidate on one set of folds);
 - multi: ``--multi-label`` logreg with C auto and per-tag thresholds on the same images, tags = the
-  class + one of 12 groups (class index mod 12).
+  class + one of 12 groups (class index mod 12);
+- layers: the default train on a store of the default featurize pass: three feature sets (the 1280
+  penultimate features, 1001 synthetic class probabilities, their join) instead of one
+  (``--base none --only single,layers``: this worktree only, both cases in one process).
 
 It prints seconds (multi: wall and CPU), the chosen head and C, the held-out accuracy (micro-F1 for
 multi-label) and the 1-minute load average before and after each side.
@@ -66,6 +69,31 @@ def run_single(X, y, Xt, yt) -> dict:
             "held_out_accuracy": float(np.mean(est.predict(Xt) == yt))}
 
 
+def class_scores(names, k: int, width: int = 1001, seed: int = 1) -> np.ndarray:
+    """Softmax 'predictions' of a network that half knows the classes: a class profile plus noise."""
+    rng = np.random.default_rng(seed)
+    profile = rng.normal(0, 1.5, size=(k, width))
+    logits = profile[[int(c.split("_")[1]) for c in names]] + rng.normal(0, 2.0, size=(len(names), width))
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def run_layers(X, y, Xt, yt, k: int = 119) -> dict:
+    from pipeline.options import HeadOptions
+    from pipeline.training.train import fit_single
+
+    P, Pt = class_scores(y, k), class_scores(yt, k, seed=2)
+    sets = {"penultimate": X, "predictions": P, "penultimate+predictions": np.hstack([X, P])}
+    held = {"penultimate": Xt, "predictions": Pt, "penultimate+predictions": np.hstack([Xt, Pt])}
+    t = time.perf_counter()
+    est = fit_single(HeadOptions(), sets, y)
+    secs = time.perf_counter() - t
+    m = est.metrics_
+    return {"seconds": secs, "feature_set": m["feature_set"], "head": m["head"], "C": m["C"],
+            "cv_accuracy": m.get("cv_accuracy"),
+            "held_out_accuracy": float(np.mean(est.predict(held[m["feature_set"]]) == yt))}
+
+
 def run_multi(X, y, Xt, yt) -> dict:
     try:
         from pipeline.training.multilabel import fit_multilabel, micro_f1, tag_matrix
@@ -87,14 +115,14 @@ def side(which: str, a) -> None:
     out = {"side": which}
     for job in a.only.split(","):
         load = os.getloadavg()[0]
-        out[job] = (run_single if job == "single" else run_multi)(X, y, Xt, yt)
+        out[job] = {"single": run_single, "multi": run_multi, "layers": run_layers}[job](X, y, Xt, yt)
         out[job]["load_average"] = [round(load, 1), round(os.getloadavg()[0], 1)]  # 1-min, before and after
         print(json.dumps({"side": which, job: out[job]}), flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--base", default="main", help="the git revision to compare with (default main)")
+    p.add_argument("--base", default="main", help="the git revision to compare with (default main; none: no base)")
     p.add_argument("--only", default="single,multi")
     p.add_argument("--n", type=int, default=700)
     p.add_argument("--held", type=int, default=300)
@@ -104,6 +132,8 @@ def main() -> None:
     a = p.parse_args()
     if a.side:
         return side(a.side, a)
+    if a.base == "none":  # this worktree only
+        return side("this worktree", a)
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "base.tar"
         subprocess.run(["git", "-C", str(REPO), "archive", "-o", str(archive), a.base, "pipeline"], check=True)

@@ -41,9 +41,11 @@ class BackboneOptions:
 
     backbone: str = _flag(DEFAULT_BACKBONE, "registry name, .tflite/.pb file, SavedModel folder or hub:HANDLE "
                           "(default: %(default)s)")
-    layer: str = _flag("penultimate", "penultimate (default), logits, predictions (the class probabilities) or a "
-                       "layer/tensor name; several separated by commas (one forward pass, one store each: --out "
-                       "must contain {layer})")
+    layer: str | None = _flag(None, "penultimate, logits, predictions (the class probabilities) or a layer/tensor "
+                              "name; several separated by commas (one forward pass, one store each: --out must "
+                              "contain {layer}). Default: penultimate at --out and, where the network has a "
+                              "classifier, its predictions from the same pass beside it (OUT-predictions), so "
+                              "train chooses among both")
     weights: str | None = _flag(None, "Keras application weights: imagenet (default), a local .weights.h5/.h5 "
                                 "file, or random")
     batch_size: int | None = _flag(None, "images per network call", type="positive_int")

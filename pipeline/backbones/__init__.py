@@ -71,7 +71,8 @@ def create_backbone(spec: str = DEFAULT_BACKBONE, layer: str = "penultimate", we
 
 
 def build_backbone(o, layer: str | None = None) -> Backbone:
-    """The backbone a :class:`pipeline.options.BackboneOptions` describes, reading `layer` (default o.layer)."""
+    """The backbone a :class:`pipeline.options.BackboneOptions` describes, reading `layer` (default o.layer,
+    and penultimate where that is None: featurize's default pass is pipeline.featurizer.layers.default_pass)."""
     _check_tta(o.tta)
     spec = str(o.backbone)
     kind = kind_of(spec)
@@ -83,7 +84,7 @@ def build_backbone(o, layer: str | None = None) -> Backbone:
     explicit = dict(input_size=o.input_size, scaling=o.scaling, crop_fraction=o.crop_fraction, resample=o.resample)
     options = BuildOptions(preprocess=explicit, weights=o.weights, precision=o.precision,
                            input_tensor=o.input_tensor, runtime=KerasRuntime(o.keras_backend, o.jit_compile))
-    bb = kind.create(spec, layer or o.layer, options)
+    bb = kind.create(spec, layer or o.layer or "penultimate", options)
     if o.batch_size:
         bb.fix_batch_size(o.batch_size)
     bb.tta = o.tta

@@ -213,6 +213,17 @@ class Backbone:
         classes = [d for layer, d in zip(self.layers, self.dims) if layer in ("logits", "predictions")]
         self.num_classes = classes[0] if classes else None
 
+    def has_class_scores(self) -> bool:
+        """True when the network ends in a classifier, so it has ``logits`` and ``predictions`` layers (what
+        the default featurize pass keeps beside ``penultimate``). Reads the network's structure, not its
+        weights; False where the structure cannot tell (loading then says why)."""
+        from ..errors import BackboneError
+
+        try:
+            return self._layer_table()[0].get("predictions") is not None
+        except BackboneError:
+            return False
+
     def list_layers(self) -> list[str]:
         """The layers this backbone can read: the aliases the network has, then every layer or tensor name
         (reads the network's structure; for Keras applications that builds the model)."""

@@ -200,6 +200,9 @@ class GraphBackbone(Backbone):
         sinks = _sinks(gd)
         return gd, _tensor(inp), sinks[0] if len(sinks) == 1 else None
 
+    def has_class_scores(self) -> bool:
+        return bool(self.preset.logits) if self.preset else super().has_class_scores()
+
     def _layer_table(self, gd=None, output=None) -> tuple[dict, list[str]]:
         """Aliases: the preset's tensors, else found by walking back from the output (predictions: the
         softmax of the logits, applied in forward); names: every node of the graph."""

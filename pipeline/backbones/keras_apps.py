@@ -232,6 +232,9 @@ class KerasBackbone(Backbone):
         finally:
             keras.mixed_precision.set_dtype_policy(policy)
 
+    def has_class_scores(self) -> bool:
+        return True  # built with include_top=True, always: no need to build the model to know
+
     def _layer_table(self, model=None) -> tuple[dict, list[str]]:
         """Aliases: logits is the last layer; penultimate the input of the classifier (Dense, or MobileNet's
         1x1 Conv2D); predictions the softmax of the logits. Names: every layer of the model."""

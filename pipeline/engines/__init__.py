@@ -13,6 +13,7 @@ import importlib
 
 from ..backbones import DEFAULT_BACKBONE, Backbone, build_backbone
 from ..errors import UsageError
+from ..featurizer.layers import default_pass
 from ..options import BackboneOptions, FeaturizeOptions, featurize_settings
 
 REGISTRY = {"local": "local:LocalEngine", "ray": "ray:RayEngine"}  # name -> module:class in this package
@@ -48,6 +49,10 @@ def featurize(data_dir, backbone: str | Backbone | BackboneOptions = DEFAULT_BAC
     report=True, returns a RunReport (pipeline.engines.report; also written to ``report.json`` in the store).
     `layer` may name several layers ("penultimate,logits"): one forward pass writes one store
     per layer, at `out` with ``{layer}`` replaced by each name (the first store is returned).
+    No `layer` (None, the default): the penultimate features at `out` and, where the network ends in a
+    classifier, its class scores (``predictions``) from the same pass beside it at `out`-predictions
+    (`out` with ``{layer}``: replaced as above), so ``train`` chooses among both and their join; a
+    ready Backbone object reads its own layer(s).
     `engine`: a name in REGISTRY; engine="ray" runs on a Ray cluster (`cluster`: a
     pipeline.engines.ray.RayCluster), same store.
     `decode`: "thread", "process" (pipeline.featurizer.decodepool) or "auto" (processes from 8 usable cores on).
@@ -55,5 +60,10 @@ def featurize(data_dir, backbone: str | Backbone | BackboneOptions = DEFAULT_BAC
     """
     settings, options = featurize_settings(backbone, layer, weights, options, keywords)
     engine = engine_class(options.engine)(options)  # refuses what the engine cannot honour, before any work
-    bb = backbone if settings is None else build_backbone(settings)
+    if settings is None:
+        bb = backbone
+    elif settings.layer is None:  # the default pass: penultimate + class scores (pipeline/featurizer/layers.py)
+        bb, out = default_pass(settings, out)
+    else:
+        bb = build_backbone(settings)
     return engine.featurize(data_dir, bb, out, report)

@@ -105,10 +105,11 @@ class Engine:
 # --- the start of a run ---------------------------------------------------------------------------
 
 def open_run_writer(data_dir, bb: Backbone, out, overwrite: bool):
-    """The store writer of a run; with several layers, one store per layer behind one writer."""
+    """The store writer of a run; with several layers, one store per layer behind one writer (`out`: a
+    folder name with {layer}, or one folder per layer)."""
     if len(bb.layers) > 1:
         out = out if out is not None else default_store_path(data_dir, bb, layer=PLACEHOLDER)
-        return LayerWriters.open(out, bb, overwrite, data_dir)
+        return LayerWriters.open(out, bb, overwrite)
     out = Path(out) if out is not None else default_store_path(data_dir, bb)
     return open_writer(out, bb.request(), overwrite=overwrite)
 
@@ -127,11 +128,12 @@ def check_source(writer, data_dir) -> None:
     """A store holds one location's images: a local folder (:func:`check_same_folder`), or a URI recorded as it is."""
     if not is_uri(data_dir):
         return check_same_folder(writer, data_dir)
-    before = writer.meta.get("data_dir")
-    if before and before != data_dir and is_uri(before) and writer.live_rows():
-        raise PipelineError(f"{writer.root} holds features of the images in {before}, not of {data_dir}; "
-                            f"give another out= (or overwrite=True to replace it)")
-    writer.meta["data_dir"] = data_dir
+    for w in getattr(writer, "writers", [writer]):  # one per layer of a multi-layer run
+        before = w.meta.get("data_dir")
+        if before and before != data_dir and is_uri(before) and w.live_rows():
+            raise PipelineError(f"{w.root} holds features of the images in {before}, not of {data_dir}; "
+                                f"give another out= (or overwrite=True to replace it)")
+        w.meta["data_dir"] = data_dir
 
 
 def check_same_folder(writer, data_dir) -> None:

@@ -96,10 +96,6 @@ class RayEngine(Engine):
     def cluster_from_args(cls, args) -> RayCluster:
         return RayCluster(args.address, args.partitions)
 
-    def check_backbone(self, bb: Backbone) -> None:
-        if len(bb.layers) > 1:
-            raise UsageError("engine=ray featurizes one layer per run; run it once per layer, or use engine=local")
-
     def list(self, data_dir, labels):
         if is_uri(data_dir):
             return list_uri(data_dir, self.options.labelled, labels)
@@ -164,7 +160,8 @@ class Forward:
     def __init__(self, request: dict, batch_size: int):
         self.bb = backbone_from_spec(request)
         self.bb.fix_batch_size(batch_size)
-        self.spec = json.dumps(self.bb.spec())  # builds the network
+        self.spec = json.dumps({"spec": self.bb.spec(),  # builds the network
+                                "layers": [self.bb.layer_spec(i) for i in range(len(self.bb.layers))]})
         self.ready = time.time()  # wall clock: the driver compares it with its own
 
     def __call__(self, batch: dict) -> dict:
@@ -210,13 +207,21 @@ def connected(cluster: RayCluster):
 
 class _ClusterSpec:
     """What the Mapper needs of a backbone: a flush size, and the spec an actor sent with its first
-    batch (no extra task, no model on the driver: the Mapper asks only once a computed row is back)."""
+    batch (no extra task, no model on the driver: the Mapper asks only once a computed row is back);
+    for a multi-layer run also each layer's spec and width (pipeline/featurizer/layers.py)."""
 
     def __init__(self, batch_size: int):
         self.batch_size, self.sent = batch_size, None
 
     def spec(self) -> dict:
-        return json.loads(self.sent)
+        return json.loads(self.sent)["spec"]
+
+    def layer_spec(self, i: int) -> dict:
+        return json.loads(self.sent)["layers"][i]
+
+    @property
+    def dims(self) -> list[int]:
+        return [int(s["dim"]) for s in json.loads(self.sent)["layers"]]
 
 
 def _plan(records, known: dict, uri: str | None, listed: dict):
@@ -336,6 +341,8 @@ def _run(listing, uri, bb: Backbone, writer, cluster: RayCluster, show: bool, ru
             stream = ds.iter_batches(batch_size=None, batch_format="numpy").__iter__()
         try:
             spec = _ClusterSpec(max(hi - lo for lo, hi in bounds))
+            if hasattr(writer, "layers_from"):  # one store per layer: their specs as the actors loaded them
+                writer.layers_from(spec)
             results = _Results(stream, clock, spec)
             batcher = _commit_partitions(records, bounds, settled, results,
                                          Mapper(spec, Committer(writer, run.skipped, clock), clock), run,

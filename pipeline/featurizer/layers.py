@@ -7,18 +7,29 @@ the spec a single-layer run records, so the stores equal single-layer runs and a
 incremental like them: a file is reused only when every layer's store holds it unchanged. Each
 store's ``meta.json`` names the others (``"layers": {layer: relative path}``), so ``train`` on one
 of them can choose among all of them (pipeline/heads/featuresets.py).
+
+The default pass (no layer given: :func:`default_pass`) is such a run: ``penultimate`` and the class
+scores (``predictions``) of the same forward pass, the penultimate store where asked (``out``) and the
+class scores beside it (``out-predictions``), so ``train out`` chooses among penultimate features, class
+scores and their join. A network without a classifier gives its penultimate features only.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
+from ..backbones import Backbone, build_backbone
 from ..errors import UsageError
 from ..store import FeatureStore, StoreWriter, open_writer, write_report
 
+log = logging.getLogger(__name__)
+
 PLACEHOLDER = "{layer}"
+# the layers of the default pass: what train's selection chooses among (predictions over logits: BENCHMARKS.md)
+DEFAULT_LAYERS = ("penultimate", "predictions")
 
 
 def layer_slug(layer: str) -> str:
@@ -34,21 +45,54 @@ def layer_paths(out, layers) -> list[Path]:
     return [Path(str(out).replace(PLACEHOLDER, layer_slug(layer))) for layer in layers]
 
 
+def default_pass(settings, out=None) -> tuple[Backbone, object]:
+    """(backbone, out) of a featurize run given no layer (``settings.layer`` None, a BackboneOptions): the
+    DEFAULT_LAYERS from one pass where the network ends in a classifier, its penultimate layer alone
+    otherwise (one info line). An `out` without {layer} is the penultimate store's folder; the class
+    scores go beside it (:func:`beside_paths`)."""
+    bb = build_backbone(settings, DEFAULT_LAYERS[0])
+    if not bb.has_class_scores():
+        log.info("%s has no class-score layer (no classifier): featurizing its penultimate layer only", bb.name)
+        return bb, out
+    bb = build_backbone(settings, ",".join(DEFAULT_LAYERS))
+    if out is not None and PLACEHOLDER not in str(out):
+        out = beside_paths(out, bb.layers)
+    return bb, out
+
+
+def beside_paths(out, layers) -> list[Path]:
+    """The first layer's store at `out`, each other layer's beside it at `out`-<layer> (sibling folders, never
+    nested: a store is a closed folder, docs/security.md)."""
+    out = Path(out)
+    out = out if out.name else out.resolve()  # "." or "x/..": name the folder
+    return [out] + [out.with_name(f"{out.name}-{layer_slug(layer)}") for layer in layers[1:]]
+
+
 class LayerWriters:
     """One :class:`StoreWriter` per layer of a multi-layer backbone, behind the writer interface."""
 
     def __init__(self, writers: list[StoreWriter], backbone):
         self.writers, self.backbone = writers, backbone
+        self.source = backbone  # what gives each layer's spec and width once loaded (layers_from)
         self.stores: list[FeatureStore] = []
 
+    def layers_from(self, source) -> None:
+        """Take each layer's spec and width from `source` (``layer_spec(i)``, ``dims``) instead of the
+        backbone: on Ray, what the actors that loaded the network sent, so the driver never loads it."""
+        self.source = source
+
     @classmethod
-    def open(cls, out, backbone, overwrite: bool, data_dir) -> "LayerWriters":
+    def open(cls, out, backbone, overwrite: bool) -> "LayerWriters":
+        """`out`: a folder name with {layer}, or one folder per layer (a list, e.g. :func:`beside_paths`)."""
+        paths = [Path(p) for p in out] if isinstance(out, (list, tuple)) else layer_paths(out, backbone.layers)
+        if len(paths) != len(backbone.layers) or len(set(paths)) != len(paths):
+            raise UsageError(f"out={[str(p) for p in paths]}: give one distinct folder per layer "
+                             f"({', '.join(backbone.layers)})")
         writers = []
         try:
-            for i, path in enumerate(layer_paths(out, backbone.layers)):
+            for i, path in enumerate(paths):
                 request = {**backbone.request(), "layer": backbone.layers[i]}
-                writers.append(open_writer(path, request, overwrite=overwrite))
-                writers[-1].meta["data_dir"] = str(Path(data_dir).resolve())
+                writers.append(open_writer(path, request, overwrite=overwrite))  # data_dir: set by check_source
             paths = [w.root for w in writers]
             for w in writers:  # where the other layers of this pass are (pipeline/heads/featuresets.py)
                 w.meta["layers"] = {layer: os.path.relpath(p, w.root) for layer, p in zip(backbone.layers, paths)}
@@ -82,11 +126,11 @@ class LayerWriters:
     def set_spec(self, spec: dict) -> None:
         """Record each layer's own spec (the backbone's `spec` covers all layers side by side)."""
         for i, w in enumerate(self.writers):
-            w.set_spec(self.backbone.layer_spec(i))
+            w.set_spec(self.source.layer_spec(i))
 
     def append(self, features: np.ndarray, rows: list[dict]) -> None:
         """Commit a batch to every layer's store: its columns, split by each layer's width."""
-        edges = np.cumsum([0, *self.backbone.dims])
+        edges = np.cumsum([0, *self.source.dims])
         for w, a, b in zip(self.writers, edges[:-1], edges[1:]):
             w.append(features[:, a:b], rows)
 

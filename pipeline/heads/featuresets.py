@@ -12,7 +12,8 @@ a head trained on it records (so ``score`` featurizes exactly those features):
 
 Stores without ``layers`` (every store made before, and single-layer runs) offer their own layer only.
 ``store_features(store, spec)`` finds the features of a spec among a store's sets (``evaluate`` and
-``score`` on a store with a head trained on a layer beside it or on a join).
+``score`` on a store with a head trained on a layer beside it or on a join); ``head_chunks(clf, store)``
+gives them a chunk of rows at a time, or the store's own features when they are the head's.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from ..spec import FeatureSpec
 from ..store import FeatureStore
+from ..store.exchange import store_chunks
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +88,16 @@ def store_features(store: FeatureStore, spec) -> np.ndarray | None:
         if not want.differences(s.spec):
             return s.features
     return None
+
+
+def head_chunks(clf, store: FeatureStore, keep=None, rows: int = 16384):
+    """The features `clf` (a Classifier) reads of the store's live rows (or those at the sorted positions
+    `keep`), a chunk at a time: the store's own, or for a head trained on a layer written beside it or on a
+    join of two (the default featurize pass) that set's; any other spec is refused (SpecMismatchError)."""
+    if store.meta.get("layers") and clf.feature_spec.differences(store.spec):
+        found = store_features(store, clf.spec)
+        if found is not None:
+            found = found if keep is None else found[np.asarray(keep, np.int64)]
+            return (found[i:i + rows] for i in range(0, len(found), rows))
+    clf.check_spec(store.spec, str(store.root), store.meta.get("data_dir"))
+    return store_chunks(store, keep)

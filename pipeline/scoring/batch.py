@@ -18,13 +18,16 @@ from ..dataset.sources import is_uri
 from ..engines import check_options, featurize
 from ..engines.report import RunReport
 from ..errors import PipelineError, StoreError, UsageError
+from ..featurizer.layers import PLACEHOLDER, layer_slug
 from ..heads.classifier import Classifier, load
+from ..heads.featuresets import head_chunks
 from ..heads.ood import MISSING, OODScores, check_reject_ood
 from ..hints import did_you_mean
 from ..options import SCORE_FEATURIZE, FeaturizeOptions, ScoreOptions, split_keywords
 from ..outputs import atomic_open, check_output, csv_writer
 from ..spec import FeatureSpec
-from ..store.exchange import is_feature_store, predict_store, store_chunks
+from ..store import FeatureStore
+from ..store.exchange import StoreScoring, is_feature_store
 
 UNKNOWN = "unknown"  # the prediction written when the top probability is below reject_below (or OOD, reject_ood)
 OOD_COLUMNS = ["ood_distance", "ood"]  # written when the head has an OOD summary (pipeline/heads/ood.py)
@@ -70,8 +73,8 @@ def score_cache_path(data_dir, request, root=None) -> Path:
     key = json.dumps({"folder": where, "features": request.identity(full=False)}, sort_keys=True, default=str)
     name = request.backbone
     tag = Path(name).stem if ("/" in name or "." in name) else name
-    return root / f"{folder.name}-{tag}-{request.layer.replace('/', '_').replace(':', '_')}-" \
-                  f"{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    layer = PLACEHOLDER if "," in request.layer else layer_slug(request.layer)  # several: one store per layer
+    return root / f"{folder.name}-{tag}-{layer}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def score(model, data_dir, out, options: ScoreOptions | None = None, *,
@@ -103,7 +106,8 @@ def score(model, data_dir, out, options: ScoreOptions | None = None, *,
                  data_dir=data_dir, force=o.force)
     _check_columns(clf, o)
     if is_feature_store(data_dir):  # a feature store's rows (made here or imported), scored as they are
-        paths, (proba, ood), result = predict_store(clf, data_dir, _proba_and_ood)
+        store = FeatureStore.open(data_dir)
+        paths, (proba, ood), result = store.paths, _proba_and_ood(clf, store), StoreScoring(store)
     else:
         paths, (proba, ood), result = _featurize_and_predict(clf, data_dir, o, run_options)
     check_finite(paths, proba, out)
@@ -150,6 +154,8 @@ def _featurize_and_predict(clf: Classifier, data_dir, o: ScoreOptions, run_optio
     tmp = Path(tempfile.mkdtemp(prefix="tfp-score-")) if o.no_cache else None
     try:
         store_dir = tmp / "features" if tmp else Path(o.cache) if o.cache else score_cache_path(data_dir, bb.request())
+        if len(bb.layers) > 1 and PLACEHOLDER not in str(store_dir):  # a head on a join: a store per layer
+            store_dir = Path(f"{store_dir}-{PLACEHOLDER}")
         try:
             run = featurize(data_dir, bb, out=store_dir, options=run_options, report=True)
             return (*_predict_listed(clf, run), run)
@@ -166,7 +172,6 @@ def _featurize_and_predict(clf: Classifier, data_dir, o: ScoreOptions, run_optio
 def _predict_listed(clf: Classifier, run):
     """(paths, probabilities) of the images this run listed and could read: never a stale row."""
     store = run.store
-    clf.check_spec(store.spec, str(store.root), store.meta.get("data_dir"))
     unusable = {s["path"] for s in run.skipped}
     wanted = set(run.listed) - unusable  # the store may also hold rows of images since removed
     keep = [i for i, p in enumerate(store.paths) if p in wanted]
@@ -177,7 +182,7 @@ def _predict_listed(clf: Classifier, run):
 def _proba_and_ood(clf: Classifier, store, keep=None):
     """(probabilities, OODScores or None for a head without an OOD summary), in one pass over the store."""
     summary, proba, ood = clf.ood_summary, [], []
-    for x in store_chunks(store, keep):
+    for x in head_chunks(clf, store, keep):
         proba.append(clf.predict_proba(x))
         ood.append(summary.score(x) if summary is not None else None)
     if summary is None:

@@ -40,7 +40,7 @@ def test_cached_rerun_reuses_rows_without_loading_the_network(trained, monkeypat
     root, data, _, _ = trained
     before = pipeline.FeatureStore.open(root / "feat").features
     monkeypatch.setattr(TFLiteBackbone, "_load", lambda self: pytest.fail("network loaded for a cached run"))
-    run = pipeline.featurize(data, "mobilenet_v2_quant", out=root / "feat", progress=False, report=True)
+    run = pipeline.featurize(data, "mobilenet_v2_quant", "penultimate", out=root / "feat", progress=False, report=True)
     assert run.computed == 0 and run.reused == 16
     np.testing.assert_array_equal(run.store.features, before)
 

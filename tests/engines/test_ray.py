@@ -14,6 +14,7 @@ import pytest
 from conftest import descendants_named, kill_once_committed, make_class_tree, noise_class_tree, noise_image
 
 import pipeline
+from pipeline import FeatureStore
 from pipeline.cli import main
 from pipeline.engines.ray import RayCluster, partition_bounds
 
@@ -76,14 +77,23 @@ def test_partitions_are_contiguous_deterministic_and_cover_the_listing():
     assert partition_bounds(2500, None) == [(0, 833), (833, 1666), (1666, 2500)]  # 1000 images each at most
 
 
-def test_ray_store_equals_in_process_store_row_for_row(cluster, tmp_path):
+def test_ray_store_equals_in_process_store_row_for_row(cluster, tmp_path, monkeypatch):
+    from pipeline.backbones.tflite import TFLiteBackbone
+
     folder = _folder(tmp_path)  # its own copy: this test changes files in it
     local = pipeline.featurize(folder, out=tmp_path / "local", progress=False)
-    run = pipeline.featurize(folder, out=tmp_path / "ray", progress=False, report=True, engine="ray",
-                             cluster=RayCluster(partitions=3))
+    with monkeypatch.context() as m:  # the network is built in the actors only, never on the driver
+        m.setattr(TFLiteBackbone, "_load", lambda self: pytest.fail("the driver built the network"))
+        run = pipeline.featurize(folder, out=tmp_path / "ray", progress=False, report=True, engine="ray",
+                                 cluster=RayCluster(partitions=3))
     store = run.store
     assert store.rows == local.rows  # paths, labels, sha256 and stat, in the same order
     np.testing.assert_allclose(store.features, local.features, rtol=1e-6, atol=1e-6)
+    # the default pass: the class scores beside it, as in-process
+    scores, local_scores = (FeatureStore.open(tmp_path / f"{n}-predictions") for n in ("ray", "local"))
+    assert scores.rows == local_scores.rows and scores.spec == local_scores.spec
+    np.testing.assert_allclose(scores.features, local_scores.features, rtol=1e-6, atol=1e-6)
+    assert store.meta["layers"] == {"penultimate": ".", "predictions": "../ray-predictions"}
     assert _report(store) == _report(local)
     assert [s["path"] for s in run.skipped] == ["red/broken.jpg"] and run.skipped[0]["reason"] == "not_an_image"
     assert len(list((tmp_path / "ray" / "segments").iterdir())) == 1  # the partitions' parts merged at the end
@@ -130,9 +140,6 @@ def test_engine_flags_are_checked(tmp_path, folder, capsys):
     assert "--workers" in capsys.readouterr().err
     assert main(["featurize", str(folder), "--out", str(tmp_path / "s"), "--engine", "ray",
                  "--partitions", "0"]) == 2
-    assert main(["featurize", str(folder), "--out", str(tmp_path / "s"), "--engine", "ray",
-                 "--layer", "penultimate,logits"]) == 2
-    assert "one layer per run" in capsys.readouterr().err
     assert main(["featurize", "nosuchscheme://bucket/x", "--out", str(tmp_path / "s"), "--engine", "ray"]) == 2
     assert "nosuchscheme://bucket/x" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
@@ -144,16 +151,16 @@ def test_sigkill_of_the_driver_then_rerun_equals_a_clean_run(cluster, tmp_path):
     noise_class_tree(data, n, (320, 240))
     out = tmp_path / "store"
     cmd = [sys.executable, "-m", "pipeline", "featurize", str(data), "--out", str(out), "--engine", "ray",
-           "--address", cluster, "--partitions", "12", "--no-progress"]
+           "--address", cluster, "--partitions", "12", "--no-progress", "--layer", "penultimate"]  # one store
     kill_once_committed(cmd, out / "rows.jsonl", 4)  # once a first partition is committed
     partial = pipeline.FeatureStore.open(out)
     assert 4 <= len(partial) < n, "the driver was not killed mid-run"
     assert len(partial) % 4 == 0  # whole partitions only
 
-    resumed = pipeline.featurize(data, out=out, progress=False, report=True, engine="ray",
-                                 cluster=RayCluster(partitions=12))
+    resumed = pipeline.featurize(data, "mobilenet_v2_quant", "penultimate", out=out, progress=False, report=True,
+                                 engine="ray", cluster=RayCluster(partitions=12))
     assert resumed.reused == len(partial) and resumed.computed == n - len(partial)
-    clean = pipeline.featurize(data, out=tmp_path / "clean", progress=False)
+    clean = pipeline.featurize(data, "mobilenet_v2_quant", "penultimate", out=tmp_path / "clean", progress=False)
     store = pipeline.FeatureStore.open(out)
     assert store.paths == clean.paths  # exactly one row per image, in listing order
     np.testing.assert_allclose(store.features, clean.features, rtol=1e-6, atol=1e-6)
@@ -236,6 +243,7 @@ def test_images_from_s3_through_pyarrow_on_ray_equal_the_local_folder(cluster, l
     assert [(s["path"], s["reason"]) for s in store.skipped] == [("red/broken.jpg", "not_an_image")]
     assert store.report["ignored"] == local.report["ignored"]
     assert store.meta["data_dir"] == s3_folder
+    assert FeatureStore.open(tmp_path / "s3-predictions").meta["data_dir"] == s3_folder  # the default's other store
 
 
     def no_request_per_object(uri, path):

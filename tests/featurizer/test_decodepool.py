@@ -173,7 +173,8 @@ def test_sigkill_with_process_decode_resumes_and_leaves_no_shared_memory(tmp_pat
     for i in range(50, n):
         (data / f"{i:04d}.jpg").write_bytes((data / f"{i % 50:04d}.jpg").read_bytes())
     args = ["featurize", str(data), "--backbone", model, "--input-size", str(SIZE), "--scaling", "tf",
-            "--out", str(tmp_path / "store"), "--batch-size", "4", "--decode", "process", "--workers", "2", "--no-progress"]
+            "--out", str(tmp_path / "store"), "--batch-size", "4", "--decode", "process", "--workers", "2",
+            "--no-progress", "--layer", "penultimate"]  # one store: the rows counted are the rows reused
     cmd = pipeline_cmd(*args)
     before = _shm_names()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -192,8 +193,8 @@ def test_sigkill_with_process_decode_resumes_and_leaves_no_shared_memory(tmp_pat
     capsys.readouterr()
     assert main(args) == 0  # the resumed run: in this process (only the killed one needs a process of its own)
     assert f"{len(partial)} reused" in capsys.readouterr().out
-    clean = pipeline.featurize(data, model, out=tmp_path / "clean", input_size=SIZE, scaling="tf", decode="thread",
-                               progress=False)
+    clean = pipeline.featurize(data, model, "penultimate", out=tmp_path / "clean", input_size=SIZE, scaling="tf",
+                               decode="thread", progress=False)
     store = pipeline.FeatureStore.open(tmp_path / "store")
     order = np.argsort(store.paths)
     assert sorted(store.paths) == clean.paths

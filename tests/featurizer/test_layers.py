@@ -123,3 +123,107 @@ def test_two_layer_run_killed_mid_way_resumes_to_single_layer_results(tmp_path, 
         assert len(store) == n and sorted(store.paths) == clean.paths
         order = np.argsort(store.paths)
         assert np.abs(store.features[order] - clean.features).max() <= 1e-5
+
+
+# --- the default pass: penultimate + predictions, the class scores beside the store asked for -------------
+
+def test_default_pass_writes_penultimate_at_out_and_predictions_beside_it(folder, tmp_path, monkeypatch):
+    from pipeline.backbones.tflite import TFLiteBackbone
+
+    run = featurize(folder, out=tmp_path / "s", progress=False, workers=2, report=True)
+    assert [s.root.name for s in run.stores] == ["s", "s-predictions"] and run.store.root.name == "s"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "s", "s-predictions"]
+    assert run.store.meta["layers"] == {"penultimate": ".", "predictions": "../s-predictions"}
+    for store, layer in zip(run.stores, ("penultimate", "predictions")):
+        single = featurize(folder, layer=layer, out=tmp_path / f"one-{layer}", progress=False, workers=2)
+        assert store.spec == single.spec and store.paths == single.paths
+        assert np.abs(store.features - single.features).max() <= 1e-5
+    monkeypatch.setattr(TFLiteBackbone, "_load", lambda self: pytest.fail("network loaded for a cached run"))
+    again = featurize(folder, out=tmp_path / "s", progress=False, report=True)
+    assert (again.computed, again.reused) == (0, 10)  # both stores reused: nothing recomputed
+
+
+def test_default_pass_without_out_names_both_stores_by_layer(folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("TFP_FEATURES", str(tmp_path / "features"))
+    featurize(folder, progress=False, workers=2)
+    assert sorted(p.name for p in (tmp_path / "features").iterdir()) == [
+        "data-mobilenet_v2_quant-penultimate", "data-mobilenet_v2_quant-predictions"]
+    featurize(folder, out=tmp_path / "t-{layer}", progress=False, workers=2)  # {layer}: replaced for both
+    assert (tmp_path / "t-penultimate" / "meta.json").is_file() and (tmp_path / "t-predictions" / "meta.json").is_file()
+
+
+@pytest.mark.parametrize("layer", ["penultimate", "predictions"])
+def test_an_explicit_layer_writes_that_one_store_as_before(folder, tmp_path, layer):
+    store = featurize(folder, layer=layer, out=tmp_path / "one", progress=False, workers=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "one"]
+    assert store.spec["layer"] == layer and "layers" not in store.meta
+
+
+def test_cli_default_featurize_then_train_chooses_among_both_layers(folder, tmp_path, capsys):
+    out = tmp_path / "f"
+    assert main(["featurize", str(folder), "--out", str(out), "--no-progress"]) == 0
+    assert "also -> " in capsys.readouterr().out
+    assert main(["train", str(out), "--out", str(tmp_path / "h.head.npz"), "--json", "--no-progress"]) == 0
+    import json
+
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {row["features"] for row in metrics["selection"]} == {"penultimate", "predictions",
+                                                                 "penultimate+predictions"}
+
+
+def test_a_network_without_a_classifier_gives_penultimate_only(folder, tmp_path, monkeypatch, caplog):
+    from pipeline.backbones.tflite import TFLiteBackbone
+
+    monkeypatch.setattr(TFLiteBackbone, "has_class_scores", lambda self: False)
+    with caplog.at_level("INFO", logger="pipeline"):
+        store = featurize(folder, out=tmp_path / "e", progress=False, workers=2)
+    assert store.spec["layer"] == "penultimate" and sorted(p.name for p in tmp_path.iterdir()) == ["data", "e"]
+    lines = [r for r in caplog.records if "no class-score layer" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelname == "INFO"
+
+
+@pytest.mark.slow
+def test_which_networks_have_class_scores(tiny, tmp_path):
+    import keras
+
+    assert create_backbone("mobilenet_v2_quant").has_class_scores()
+    keras_app = create_backbone("mobilenet", weights="random")
+    assert keras_app.has_class_scores() and not keras_app.loaded  # known without building the model
+    assert create_backbone(tflite_model(tiny, tmp_path / "t.tflite", quantized=False), scaling="tf").has_class_scores()
+    embedder = keras.Model(tiny.input, tiny.get_layer("pool").output)  # no classifier: an embedding extractor
+    path = tflite_model(embedder, tmp_path / "embed.tflite", quantized=False)
+    bb = create_backbone(path, scaling="tf")
+    assert not bb.has_class_scores()
+    saved = export_saved_model(embedder, tmp_path / "embed-sm")  # a SavedModel / TF-Hub feature vector alike
+    assert not create_backbone(saved, input_size=SIZE, scaling="tf").has_class_scores()
+    assert create_backbone(export_saved_model(tiny, tmp_path / "sm"), input_size=SIZE, scaling="tf").has_class_scores()
+    store = featurize(make_class_tree(tmp_path / "d", per_class=2), backbone=path, scaling="tf",
+                      out=tmp_path / "e", progress=False)
+    assert store.spec["layer"] == "penultimate" and not (tmp_path / "e-predictions").exists()
+
+
+def test_default_pass_prunes_and_verifies_both_stores_and_train_still_sees_both(folder, tmp_path, capsys):
+    from pipeline.heads.featuresets import feature_sets
+
+    featurize(folder, out=tmp_path / "s", progress=False, workers=2)
+    (folder / "red" / "red_0.jpg").unlink()
+    run = featurize(folder, out=tmp_path / "s", progress=False, prune=True, report=True)
+    assert (run.computed, run.pruned) == (0, 1)
+    for name in ("s", "s-predictions"):
+        assert len(FeatureStore.open(tmp_path / name)) == 9
+        assert main(["verify", str(tmp_path / name)]) == 0
+    assert [s.name for s in feature_sets(run.store)] == ["penultimate", "predictions", "penultimate+predictions"]
+
+
+def test_beside_paths_put_the_class_scores_next_to_the_folder_asked_for(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from pipeline.featurizer.layers import beside_paths
+
+    layers = ["penultimate", "predictions"]
+    assert beside_paths("features/x/", layers) == [Path("features/x"), Path("features/x-predictions")]
+    monkeypatch.chdir(tmp_path)
+    assert beside_paths(".", layers) == [tmp_path, tmp_path.parent / f"{tmp_path.name}-predictions"]
+    with pytest.raises(UsageError, match="one distinct folder per layer"):
+        featurize(make_class_tree(tmp_path / "d", per_class=1), layer="penultimate,logits",
+                  out=[tmp_path / "a"], progress=False)

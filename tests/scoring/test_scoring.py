@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import shutil
 
+import numpy as np
 import pytest
 from conftest import make_class_tree, noise_image
 
@@ -16,7 +17,7 @@ from pipeline.scoring.batch import score_cache_path
 def head(tmp_path_factory):
     root = tmp_path_factory.mktemp("scoring")
     data = make_class_tree(root / "data", per_class=4)
-    store = pipeline.featurize(data, "mobilenet_v2_quant", out=root / "feat", progress=False)
+    store = pipeline.featurize(data, "mobilenet_v2_quant", "penultimate", out=root / "feat", progress=False)
     clf = pipeline.train(store, head="logreg", C=1.0)
     return clf, clf.save(root / "head.joblib")
 
@@ -158,3 +159,22 @@ def test_non_finite_probabilities_fail_the_run_naming_the_files(head, tmp_path, 
     err = capsys.readouterr().err
     assert "non-finite probabilities" in err and "1.jpg" in err and "1 of 3 rows" in err and "0.jpg" not in err
     assert out.read_bytes() == before and len(pipeline.FeatureStore.open(cache).paths) == 3
+
+
+@pytest.mark.parametrize("layer", ["predictions", "penultimate+predictions"])
+def test_a_head_on_the_class_scores_of_the_default_pass_scores_folders_and_stores(tmp_path, monkeypatch, layer):
+    monkeypatch.setenv("TFP_FEATURES", str(tmp_path / "features"))
+    data = make_class_tree(tmp_path / "data", per_class=4)
+    store = pipeline.featurize(data, out=tmp_path / "feat", progress=False)  # penultimate + predictions beside it
+    clf = pipeline.train(store, head="logreg", C=1.0, layer=layer)
+    assert clf.spec["layer"] == layer.replace("+", ",") and clf.metrics["feature_set"] == layer
+    head = clf.save(tmp_path / "h.head.npz")
+    expected = clf.predict_proba(store)  # the store's set the head reads
+    assert main(["score", str(head), str(data), "--out", str(tmp_path / "f.csv"), "--no-progress"]) == 0
+    assert main(["score", str(head), str(tmp_path / "feat"), "--out", str(tmp_path / "s.csv"), "--no-progress"]) == 0
+    for csv_file in ("f.csv", "s.csv"):
+        rows = {r["path"]: r for r in read(tmp_path / csv_file)}
+        got = [[float(rows[p][c]) for c in clf.classes_] for p in store.paths]
+        assert abs(np.asarray(got) - expected).max() < 1e-5
+    caches = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "features" / "score-cache").iterdir())
+    assert caches == sorted(f"data-mobilenet_v2_quant-{x}" for x in layer.split("+"))  # exactly what it reads
