@@ -5,7 +5,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from ..errors import UsageError
-from ..store.exchange import store_proba
+from ..heads.featuresets import head_chunks
 
 
 def classification_metrics(y_true, proba: np.ndarray, classes) -> dict:
@@ -65,15 +65,18 @@ def evaluate(model, store) -> dict:
 
 def predictions(model, store) -> tuple[dict, np.ndarray, np.ndarray, list[dict]]:
     """(metrics, y_true, probabilities, rows) of `model` on the labelled rows of `store`."""
-    model.check_spec(store.spec, str(store.root), store.meta.get("data_dir"))
     keep, y, rows = store.labelled_rows()
+    # the features the head reads: the store's own, or a layer beside it or a join (the default featurize pass);
+    # any other spec is refused here, naming both (pipeline/heads/featuresets.py)
+    chunks = head_chunks(model, store, keep)
     if len(y) == 0:
         raise ValueError(f"{store.root} has no labelled images to evaluate on")
     if bool(getattr(model, "multi_label", False)) != store.multi_label:
         kind = {True: "multi-label", False: "single-label"}
         raise UsageError(f"this head is {kind[bool(getattr(model, 'multi_label', False))]} but {store.root} is "
                          f"{kind[store.multi_label]}; evaluate on features labelled the way the head was trained")
-    proba = store_proba(model, store, keep)  # a chunk of features at a time
+    out = [model.predict_proba(x) for x in chunks]  # a chunk of features at a time
+    proba = np.concatenate(out) if out else np.zeros((0, len(model.classes_)))
     if store.multi_label:
         from .multilabel import multilabel_metrics, tag_matrix
 

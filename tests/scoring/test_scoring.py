@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 
 import numpy as np
@@ -162,7 +163,8 @@ def test_non_finite_probabilities_fail_the_run_naming_the_files(head, tmp_path, 
 
 
 @pytest.mark.parametrize("layer", ["predictions", "penultimate+predictions"])
-def test_a_head_on_the_class_scores_of_the_default_pass_scores_folders_and_stores(tmp_path, monkeypatch, layer):
+def test_a_head_on_the_class_scores_of_the_default_pass_scores_folders_and_stores(tmp_path, monkeypatch, capsys,
+                                                                                     layer):
     monkeypatch.setenv("TFP_FEATURES", str(tmp_path / "features"))
     data = make_class_tree(tmp_path / "data", per_class=4)
     store = pipeline.featurize(data, out=tmp_path / "feat", progress=False)  # penultimate + predictions beside it
@@ -178,3 +180,9 @@ def test_a_head_on_the_class_scores_of_the_default_pass_scores_folders_and_store
         assert abs(np.asarray(got) - expected).max() < 1e-5
     caches = sorted(p.name.rsplit("-", 1)[0] for p in (tmp_path / "features" / "score-cache").iterdir())
     assert caches == sorted(f"data-mobilenet_v2_quant-{x}" for x in layer.split("+"))  # exactly what it reads
+    # evaluate (and its report) reads the same set of the store: the metrics are those of these probabilities
+    capsys.readouterr()
+    assert main(["evaluate", str(head), str(tmp_path / "feat"), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    y = np.asarray(store.labelled()[1])
+    assert metrics["accuracy"] == pytest.approx(float(np.mean(clf.classes_[expected.argmax(1)] == y)))
