@@ -36,6 +36,21 @@ def test_the_default_cross_validates_every_kind_and_keeps_the_table():
     assert list(est.predict(X)) == list(y)
 
 
+def test_beside_the_penultimate_features_class_scores_and_the_join_get_logreg_alone():
+    X, y = blobs()
+    P = np.abs(blobs(seed=1)[0])
+    sets = {"penultimate": X, "predictions": P / P.sum(1, keepdims=True), "penultimate+predictions": np.hstack([X, P])}
+    m = fit_single(HeadOptions(), sets, y).metrics_
+    tried = {(r["features"], r["head"]) for r in m["selection"]}
+    assert {h for f, h in tried if f == "penultimate"} == {"logreg", "linear_svm", "svm"}
+    assert {h for f, h in tried if f != "penultimate" and h != "zero_shot"} == {"logreg"}
+    # a kind asked for is tried on every set; a store of class scores alone gets every kind
+    assert {f for f, _ in {(r["features"], r["head"]) for r in
+                           fit_single(HeadOptions(head="linear_svm"), sets, y).metrics_["selection"]}} == set(sets)
+    alone = fit_single(HeadOptions(), {"predictions": sets["predictions"]}, y).metrics_["selection"]
+    assert {r["head"] for r in alone} == {"logreg", "linear_svm", "svm"}
+
+
 def test_a_pinned_head_and_C_train_without_a_search():
     X, y = blobs()
     est = fit_single(HeadOptions(head="linear_svm", C=0.1), {"penultimate": X}, y)
