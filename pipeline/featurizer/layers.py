@@ -120,7 +120,11 @@ class LayerWriters:
             w.remove(withdrawn)
 
     def discard_if_empty(self) -> bool:
-        """After a failed first run: remove the stores it created and left empty (True if all were)."""
+        """After a failed first run: remove the stores it created if every one is still empty (True then). One
+        store with rows keeps all of them, the empty ones as valid empty stores: the run's report goes into
+        each, and the same command run again resumes (a discarded folder would get the report alone)."""
+        if not all(w.discardable for w in self.writers):
+            return False
         return all([w.discard_if_empty() for w in self.writers])
 
     def set_spec(self, spec: dict) -> None:

@@ -383,9 +383,14 @@ class StoreWriter:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    @property
+    def discardable(self) -> bool:
+        """True for a store this run created and has committed nothing to."""
+        return not self._count and self.created
+
     def discard_if_empty(self) -> bool:
         """After a failed first run that stored nothing: remove the folder it created (True if removed)."""
-        if self._count or not self.created:
+        if not self.discardable:
             return False
         self.abort()
         shutil.rmtree(self.root, ignore_errors=True)

@@ -227,3 +227,33 @@ def test_beside_paths_put_the_class_scores_next_to_the_folder_asked_for(tmp_path
     with pytest.raises(UsageError, match="one distinct folder per layer"):
         featurize(make_class_tree(tmp_path / "d", per_class=1), layer="penultimate,logits",
                   out=[tmp_path / "a"], progress=False)
+
+
+def test_a_full_disk_on_the_second_layers_first_commit_keeps_both_stores_and_a_rerun_completes(tmp_path, monkeypatch):
+    """The default pass fails while the first batch of `predictions` is written (penultimate's went in): both
+    stores stay stores (the empty one too, with the run's report), and the same command run again finishes."""
+    import errno
+
+    import pipeline.store.writer as st
+    from pipeline.featurizer.committer import Committer
+
+    monkeypatch.setattr(Committer, "COMMIT_EVERY_S", 0.0)  # a commit per batch
+    data = make_class_tree(tmp_path / "data", per_class=6)
+    real, calls = st._write_piece, []
+
+    def full(final, *a, **k):
+        calls.append(final)
+        if len(calls) == 2:  # penultimate's first piece, then predictions' first: the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(final, *a, **k)
+
+    monkeypatch.setattr(st, "_write_piece", full)
+    with pytest.raises(OSError, match="No space left"):
+        featurize(data, out=tmp_path / "s", progress=False, batch_size=4)
+    monkeypatch.undo()
+    assert "s-predictions" in str(calls[1])
+    assert len(FeatureStore.open(tmp_path / "s")) == 4 and len(FeatureStore.open(tmp_path / "s-predictions")) == 0
+    assert (tmp_path / "s-predictions" / "report.json").exists()
+    run = featurize(data, out=tmp_path / "s", progress=False, report=True)
+    a, b = FeatureStore.open(tmp_path / "s"), FeatureStore.open(tmp_path / "s-predictions")
+    assert run.computed == 12 and a.paths == b.paths and len(a) == 12  # every image in both, in the same order

@@ -34,7 +34,7 @@ def test_training_and_scoring_paths_give_the_golden_vector(tmp_path):
     for i in range(2):
         Image.new("RGB", (50, 40), (40 * i, 90, 200)).save(other / f"{i}.png")
     Image.new("RGB", (50, 40), (200, 90, 40)).save(path.parent / "second.png")
-    store = pipeline.featurize(path.parent.parent, out=tmp_path / "s", progress=False)
+    store = pipeline.featurize(path.parent.parent, out=tmp_path / "s", layer="penultimate", progress=False)
     train_path = store.features[store.paths.index("x/golden.png")]
     serve_path = pipeline.train(store, head="logreg", C=1.0).features([path])[0]  # how a saved head scores files
     np.testing.assert_array_equal(train_path, serve_path)
@@ -101,11 +101,11 @@ def test_disk_full_while_committing_keeps_committed_rows_and_writes_the_report(t
         return real(final, *a, **k)
     monkeypatch.setattr(st, "_write_piece", full_disk)
     with pytest.raises(OSError, match="No space left"):
-        pipeline.featurize(data, out=tmp_path / "s", progress=False, batch_size=32)
+        pipeline.featurize(data, out=tmp_path / "s", layer="penultimate", progress=False, batch_size=32)
     monkeypatch.undo()
     assert (tmp_path / "s" / "report.json").exists() and not list((tmp_path / "s").rglob(".staging-*"))
     assert len(pipeline.FeatureStore.open(tmp_path / "s")) == 32  # the first batch survived
-    run = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
+    run = pipeline.featurize(data, out=tmp_path / "s", layer="penultimate", progress=False, report=True)
     assert run.computed == 48 and run.reused == 32 and len(run.store) == 80
 
 
@@ -121,11 +121,11 @@ def test_disk_full_while_closing_the_store_keeps_every_row_and_writes_the_report
         return real(final, *a, **k)
     monkeypatch.setattr(st, "_write_piece", full_disk_in_segments)
     with pytest.raises(OSError, match="No space left"):
-        pipeline.featurize(data, out=tmp_path / "s", progress=False, batch_size=32)
+        pipeline.featurize(data, out=tmp_path / "s", layer="penultimate", progress=False, batch_size=32)
     monkeypatch.undo()
     assert (tmp_path / "s" / "report.json").exists() and not list((tmp_path / "s").rglob(".staging-*"))
     assert len(pipeline.FeatureStore.open(tmp_path / "s")) == 80  # committed as parts, readable
-    run = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
+    run = pipeline.featurize(data, out=tmp_path / "s", layer="penultimate", progress=False, report=True)
     assert run.computed == 0 and run.reused == 80 and len(run.store) == 80
 
 

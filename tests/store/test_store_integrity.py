@@ -216,7 +216,8 @@ def test_a_full_disk_during_featurize_names_the_file_and_what_to_do_and_the_next
         real_open = writer_module.open_append
         monkeypatch.setattr(writer_module, "open_append", lambda path: _FullDisk(real_open(path)))
     out = tmp_path / "s"
-    argv = ["featurize", str(class_tree), "--out", str(out), "--backbone", "mobilenet_v2_quant", "--batch-size", "4",
+    argv = ["featurize", str(class_tree), "--out", str(out), "--backbone", "mobilenet_v2_quant", "--layer", "penultimate",
+            "--batch-size", "4",
             "--no-progress"]
     assert main(argv) == 1
     err = capsys.readouterr().err
