@@ -30,6 +30,7 @@ from ..store.exchange import store_chunks
 log = logging.getLogger(__name__)
 
 CLASS_SCORES = ("predictions", "logits")  # preferred first when joining
+LAYER_PARTS = {"layer", "tensor", "dim"}  # what the stores of one multi-layer pass may differ in
 
 
 @dataclass
@@ -57,12 +58,27 @@ def beside(store: FeatureStore) -> list[FeatureStore]:
         if [r["sha256"] for r in other.rows] != [r["sha256"] for r in store.rows]:
             log.warning("%s holds other images than %s; its layer %s is not offered", path, store.root, layer)
             continue
+        network = sorted(set(FeatureSpec.of(store.spec).differences(other.spec)) - LAYER_PARTS)
+        if network:  # featurized again since, with another network or other settings: not the same pass
+            log.warning("%s holds features of %s, not of the network of %s (%s differ); its layer %s is not "
+                        "offered", path, FeatureSpec.of(other.spec).describe(), store.root, ", ".join(network), layer)
+            continue
         out.append(other)
     return out
 
 
+def same_pass(a: dict, b: dict) -> bool:
+    """True when specs a and b differ in the layer read alone (its name, tensor and width): one network, one
+    preprocessing, as one forward pass gives them."""
+    return not set(FeatureSpec.of(a).differences(b)) - LAYER_PARTS
+
+
 def joined_spec(a: dict, b: dict) -> dict:
-    """The spec of layers a and b read side by side in one pass (what a backbone asked for 'a,b' records)."""
+    """The spec of layers a and b read side by side in one pass (what a backbone asked for 'a,b' records);
+    a ValueError for specs of two networks or two preprocessings."""
+    if not same_pass(a, b):
+        raise ValueError(f"cannot join {FeatureSpec.of(a).describe()} and {FeatureSpec.of(b).describe()}: "
+                         f"they come from different networks or settings")
     sa, sb = FeatureSpec.of(a), FeatureSpec.of(b)
     return replace(sa, layer=f"{sa.layer},{sb.layer}", tensor=f"{sa.tensor},{sb.tensor}",
                    dim=int(sa.dim) + int(sb.dim)).to_dict()

@@ -32,6 +32,33 @@ def layered_stores(root, n_per=10, seed=0):
     return paths
 
 
+def layered_stores_of(root, other_model: str, n_per=10):
+    """layered_stores, the predictions store written by another network (featurized again since)."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(["cat", "dog", "fox"], n_per)
+    rows = [{"path": f"{c}/{i}.jpg", "label": c, "sha256": f"{i:064x}"} for i, c in enumerate(y)]
+    for layer, model, dim in (("penultimate", "sha-a", 6), ("predictions", other_model, 3)):
+        req = dict(REQ, layer=layer, model=model)
+        w = open_writer(root / f"s-{layer}", req)
+        w.set_spec(dict(req, tensor=f"t_{layer}", dim=dim))
+        w.meta["layers"] = {k: f"../s-{k}" for k in ("penultimate", "predictions")}
+        w.append(rng.normal(0, 1, (len(y), dim)).astype(np.float32), rows)
+        w.close()
+    return root / "s-penultimate"
+
+
+def test_a_layer_featurized_again_by_another_network_is_not_offered_nor_joined(tmp_path, caplog):
+    # same images, same folder names, but the class scores now come from another network: a head on them, or
+    # on their join, would record the first network's spec and read the second's features
+    store = FeatureStore.open(layered_stores_of(tmp_path, other_model="sha-b"))
+    assert [s.name for s in feature_sets(store)] == ["penultimate"]
+    assert "not of the network of" in caplog.text and "model differ" in caplog.text
+    with pytest.raises(ValueError, match="different networks or settings"):
+        joined_spec(store.spec, dict(store.spec, model="sha-b", layer="predictions"))
+    same = FeatureStore.open(layered_stores_of(tmp_path / "same", other_model="sha-a"))
+    assert [s.name for s in feature_sets(same)] == ["penultimate", "predictions", "penultimate+predictions"]
+
+
 def test_a_store_offers_the_layers_beside_it_and_their_join(tmp_path):
     paths = layered_stores(tmp_path)
     sets = feature_sets(FeatureStore.open(paths["penultimate"]))
