@@ -48,8 +48,10 @@ def train_report(store, C: float, options: HeadOptions, out_dir=None, learning_c
     from .report import Predictions, report_predictions
 
     o, lines, curve = options, [], None
-    if learning_curve:
-        curve = _learning_curve(store, C, o)
+    if learning_curve and o.head == "zero_shot":
+        lines.append("no learning curve: the chosen head is zero-shot (the network's own class scores, no training)")
+    elif learning_curve:
+        curve = _learning_curve(store, C, o, feature_set)
         lines.append("learning curve (held-out accuracy by training images per class): " +
                      ", ".join(f"{k}: {v:.3f}" for k, v in zip(curve["per_class"], curve["valid_mean"])))
     if out_dir is not None:
@@ -72,13 +74,15 @@ def train_report(store, C: float, options: HeadOptions, out_dir=None, learning_c
     return "\n".join(lines)
 
 
-def _learning_curve(store, C: float, o: HeadOptions) -> dict:
+def _learning_curve(store, C: float, o: HeadOptions, feature_set: str | None = None) -> dict:
+    """The learning curve of the head on the features it was trained on (`feature_set`: the set chosen)."""
     from ..errors import UsageError
+    from ..training.evaluation import labelled_set
     from ..training.selection import learning_curve
 
     if store.multi_label:
         raise UsageError("learning_curve=True is for single-label stores; this one is multi-label")
-    X, y = store.labelled()
+    X, y, _ = labelled_set(store, feature_set)
     return learning_curve(o.head, X, y, C, 5 if o.folds == "loo" else o.folds, o.seed, pca=o.pca)
 
 

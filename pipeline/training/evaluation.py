@@ -89,6 +89,18 @@ def predictions(model, store) -> tuple[dict, np.ndarray, np.ndarray, list[dict]]
     return m, y, proba, rows
 
 
+def labelled_set(store, feature_set: str | None = None):
+    """(X, y, rows) of the store's labelled rows, X from `feature_set` (one of the sets the store offers,
+    pipeline/heads/featuresets.py) or the store's own layer."""
+    X, y, rows = store.labelled(with_rows=True)
+    if feature_set is not None:
+        from ..heads.featuresets import feature_sets
+
+        keep = store.labelled_rows()[0]
+        X = next(s.features for s in feature_sets(store) if s.name == feature_set)[keep]
+    return X, y, rows
+
+
 def cross_validated(store, head: str, C: float, folds: int | str = 5, seed: int = 0, pca: int | None = None,
                     feature_set: str | None = None):
     """(metrics, y_true, out-of-fold probabilities, rows): how the head does on images it did not see.
@@ -96,12 +108,7 @@ def cross_validated(store, head: str, C: float, folds: int | str = 5, seed: int 
     head 'zero_shot' scores the ImageNet class scores of that set with no training."""
     from .selection import cross_val_proba
 
-    X, y, rows = store.labelled(with_rows=True)
-    if feature_set is not None:
-        from ..heads.featuresets import feature_sets
-
-        keep = store.labelled_rows()[0]
-        X = next(s.features for s in feature_sets(store) if s.name == feature_set)[keep]
+    X, y, rows = labelled_set(store, feature_set)
     if head == "zero_shot":
         from scipy.special import softmax
 

@@ -100,3 +100,19 @@ def test_layer_pins_one_set_and_an_unknown_one_is_refused_with_the_choices(tmp_p
     assert clf.spec["layer"] == "penultimate" and {r["features"] for r in clf.metrics["selection"]} == {"penultimate"}
     with pytest.raises(UsageError, match="offers the feature sets penultimate, predictions"):
         pipeline.train(paths["penultimate"], layer="pool5")
+
+
+def test_the_learning_curve_is_drawn_on_the_set_the_head_was_trained_on(tmp_path, capsys):
+    from pipeline.cli import main
+    from pipeline.options import HeadOptions
+    from pipeline.reports.summary import train_report
+
+    paths = layered_stores(tmp_path)  # penultimate: noise; predictions: the classes
+    assert main(["train", str(paths["penultimate"]), "--layer", "predictions", "--head", "logreg", "--C", "1",
+                 "--learning-curve", "--out", str(tmp_path / "h.head.npz")]) == 0
+    curve = capsys.readouterr().out.split("learning curve (held-out accuracy by training images per class): ")[1]
+    last = float(curve.splitlines()[0].split(", ")[-1].split(": ")[1])
+    assert last > 0.9  # the informative predictions, not the noise of the store's own layer (about 1/3)
+    text = train_report(FeatureStore.open(paths["predictions"]), None, HeadOptions(head="zero_shot"),
+                        learning_curve=True, feature_set="predictions")
+    assert "no learning curve: the chosen head is zero-shot" in text
