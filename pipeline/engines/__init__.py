@@ -13,7 +13,7 @@ import importlib
 
 from ..backbones import DEFAULT_BACKBONE, Backbone, build_backbone
 from ..errors import UsageError
-from ..featurizer.layers import default_pass
+from ..featurizer.layers import PLACEHOLDER, default_pass
 from ..options import BackboneOptions, FeaturizeOptions, featurize_settings
 
 REGISTRY = {"local": "local:LocalEngine", "ray": "ray:RayEngine"}  # name -> module:class in this package
@@ -63,7 +63,9 @@ def featurize(data_dir, backbone: str | Backbone | BackboneOptions = DEFAULT_BAC
     if settings is None:
         bb = backbone
     elif settings.layer is None:  # the default pass: penultimate + class scores (pipeline/featurizer/layers.py)
-        bb, out = default_pass(settings, out)
+        from .base import default_store_path
+
+        bb, out = default_pass(settings, out, lambda b: default_store_path(data_dir, b, layer=PLACEHOLDER))
     else:
         bb = build_backbone(settings)
     return engine.featurize(data_dir, bb, out, report)

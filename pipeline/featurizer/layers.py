@@ -45,19 +45,41 @@ def layer_paths(out, layers) -> list[Path]:
     return [Path(str(out).replace(PLACEHOLDER, layer_slug(layer))) for layer in layers]
 
 
-def default_pass(settings, out=None) -> tuple[Backbone, object]:
+def default_pass(settings, out=None, default_out=None) -> tuple[Backbone, object]:
     """(backbone, out) of a featurize run given no layer (``settings.layer`` None, a BackboneOptions): the
     DEFAULT_LAYERS from one pass where the network ends in a classifier, its penultimate layer alone
     otherwise (one info line). An `out` without {layer} is the penultimate store's folder; the class
-    scores go beside it (:func:`beside_paths`)."""
-    bb = build_backbone(settings, DEFAULT_LAYERS[0])
-    if not bb.has_class_scores():
-        log.info("%s has no class-score layer (no classifier): featurizing its penultimate layer only", bb.name)
-        return bb, out
+    scores go beside it (:func:`beside_paths`). `default_out(backbone)`: the folder with {layer} used when
+    `out` is None. A penultimate store made before the default pass wrote class scores beside it (no
+    sibling yet) stays a store of that layer alone: adding the sibling would featurize every image again."""
+    single = build_backbone(settings, DEFAULT_LAYERS[0])
+    if not single.has_class_scores():
+        log.info("%s has no class-score layer (no classifier): featurizing its penultimate layer only", single.name)
+        return single, out
     bb = build_backbone(settings, ",".join(DEFAULT_LAYERS))
     if out is not None and PLACEHOLDER not in str(out):
-        out = beside_paths(out, bb.layers)
-    return bb, out
+        paths = beside_paths(out, bb.layers)
+    elif out is None and default_out is None:
+        return bb, out
+    else:
+        paths = layer_paths(out if out is not None else default_out(bb), bb.layers)
+    if older_single_store(paths):
+        log.info("%s holds the %s layer alone (made before featurize wrote the class scores beside it): "
+                 "featurizing that layer only; featurize into a new --out for both", paths[0], DEFAULT_LAYERS[0])
+        return single, paths[0]
+    return bb, paths
+
+
+def older_single_store(paths: list[Path]) -> bool:
+    """True when the first of `paths` is a store that no multi-layer run wrote (no "layers" in its
+    meta.json) and none of the other folders exists."""
+    first = paths[0]
+    if any(p.exists() for p in paths[1:]) or not (first / "meta.json").is_file():
+        return False
+    try:
+        return not FeatureStore.open(first).meta.get("layers")
+    except Exception:  # noqa: BLE001 - a damaged store is refused by the run itself, with its own message
+        return False
 
 
 def beside_paths(out, layers) -> list[Path]:

@@ -257,3 +257,22 @@ def test_a_full_disk_on_the_second_layers_first_commit_keeps_both_stores_and_a_r
     run = featurize(data, out=tmp_path / "s", progress=False, report=True)
     a, b = FeatureStore.open(tmp_path / "s"), FeatureStore.open(tmp_path / "s-predictions")
     assert run.computed == 12 and a.paths == b.paths and len(a) == 12  # every image in both, in the same order
+
+
+def test_the_default_pass_keeps_an_older_penultimate_store_to_its_one_layer(tmp_path, monkeypatch, caplog):
+    """A store made before the default pass wrote class scores beside it: a rerun reuses every row instead of
+    featurizing all images again for a new sibling; with no --out, the default folder alike."""
+    import logging
+
+    monkeypatch.setenv("TFP_FEATURES", str(tmp_path / "features"))
+    data = make_class_tree(tmp_path / "data", per_class=3)
+    featurize(data, layer="penultimate", out=tmp_path / "s", progress=False)
+    featurize(data, layer="penultimate", progress=False)  # features/data-mobilenet_v2_quant-penultimate
+    with caplog.at_level(logging.INFO):
+        runs = [featurize(data, out=tmp_path / "s", progress=False, report=True),
+                featurize(data, progress=False, report=True)]
+    assert [(r.computed, r.reused) for r in runs] == [(0, 6), (0, 6)]
+    assert not (tmp_path / "s-predictions").exists() and "featurize into a new --out for both" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "features").iterdir()) == ["data-mobilenet_v2_quant-penultimate"]
+    fresh = featurize(data, out=tmp_path / "t", progress=False, report=True)  # a new folder gets both
+    assert fresh.computed == 6 and (tmp_path / "t-predictions" / "meta.json").is_file()
