@@ -50,6 +50,10 @@ def _block_line(block: RowBlock, start: int) -> bytes:
     return f'{text[:-1]}, "crc": "{crc}"}}\n'.encode("utf-8")
 
 
+# what to do about a damaged log: the store is remade by the command that made it
+REMAKE = "featurize again with --overwrite (imported features: import-features again with --overwrite)"
+
+
 def _block_rows(where: str, row: dict) -> list[dict]:
     """The rows of a parsed block line; columns of the wrong kind or length are refused, naming the row."""
     n = row.get("block")
@@ -57,11 +61,11 @@ def _block_rows(where: str, row: dict) -> list[dict]:
     if not isinstance(n, int) or isinstance(n, bool) or n < 1 or not all(isinstance(c, list) and len(c) == n
                                                                          for c in cols):
         raise StoreError(f"{where} is a block of rows whose columns are not {n!r} values each; the store is damaged: "
-                         f"featurize again with --overwrite")
+                         f"{REMAKE}")
     for k, (p, lab, h) in enumerate(zip(*cols)):
         if not (isinstance(p, str) and p and isinstance(h, str) and (lab is None or isinstance(lab, str))):
             raise StoreError(f"{where}, row {row.get('i', 0) + k} of the block, is not a row (path {p!r}, label "
-                             f"{lab!r}, sha256 {h!r}); the store is damaged: featurize again with --overwrite")
+                             f"{lab!r}, sha256 {h!r}); the store is damaged: {REMAKE}")
     labels = {}  # one string per label, not one per row (a block's labels repeat)
     cols[1] = [labels.setdefault(lab, lab) for lab in cols[1]]
     return RowBlock(*cols).rows()
@@ -75,19 +79,18 @@ def _parse_line(path: Path, number: int, line: str, checked: bool, first: int | 
     try:
         row = loads(line)
     except ValueError as e:
-        raise StoreError(f"{where} is not valid JSON ({e}); the store is damaged: featurize again with "
-                         f"--overwrite") from None
+        raise StoreError(f"{where} is not valid JSON ({e}); the store is damaged: {REMAKE}") from None
     if not isinstance(row, dict) or "path" not in row:
-        raise StoreError(f"{where} is not a row (no path); the store is damaged: featurize again with --overwrite")
+        raise StoreError(f"{where} is not a row (no path); the store is damaged: {REMAKE}")
     if checked or "crc" in row or "block" in row:
         if row.get("i") != first:
             raise StoreError(f"{where} is row {row.get('i')!r}, not row {first}: a line was removed, added or "
-                             f"moved, so rows and features no longer match; featurize again with --overwrite")
+                             f"moved, so rows and features no longer match; {REMAKE}")
         if row.get("crc") != _line_crc(row):
             what = (f"rows {first} to {first + len(row['path']) - 1}, a block" if "block" in row and
                     isinstance(row["path"], list) else row.get("path"))
             raise StoreError(f"{where} ({what}) was edited after it was written (checksum mismatch); "
-                             f"featurize again with --overwrite")
+                             f"{REMAKE}")
     if "block" in row:
         return _block_rows(where, row)
     return [{k: v for k, v in row.items() if k not in ("i", "crc")}]
@@ -112,8 +115,8 @@ def _read_rows(path: Path) -> tuple[list[dict], int]:
             try:
                 line = raw[:-1].decode("utf-8")
             except UnicodeDecodeError as e:
-                raise StoreError(f"{path} line {n + 1} is not UTF-8 text ({e}); the store is damaged: featurize "
-                                 f"again with --overwrite") from None
+                raise StoreError(f"{path} line {n + 1} is not UTF-8 text ({e}); the store is damaged: "
+                                 f"{REMAKE}") from None
             checked = '"crc"' in line if checked is None else checked
             rows += _parse_line(path, n, line, checked, len(rows))  # a block line's `i` is its first row
             end += len(raw)

@@ -100,7 +100,7 @@ def test_damage_inside_a_block_line_is_refused_by_verify_and_every_read(tmp_path
     log.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines))
     problems = verify(tmp_path / "s")
     assert problems and words in problems[0], problems
-    with pytest.raises(StoreError, match="featurize again with --overwrite"):
+    with pytest.raises(StoreError, match="featurize again with --overwrite.*import-features again with --overwrite"):
         FeatureStore.open(tmp_path / "s")
 
 
