@@ -18,13 +18,16 @@ import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, WebPImagePlugin  # noqa: F401
 
 from ..errors import ImageError
 from ..preprocess import Preprocess
 from .formats import ALLOWED_FORMATS, IMAGE_EXTENSIONS, MAX_FILE_BYTES, MAX_PIXELS  # noqa: F401 (this API)
 
 log = logging.getLogger(__name__)
-Image.init()  # register every plugin so the format allowlist below resolves
+# The plugins of ALLOWED_FORMATS are registered by the import above, and only they: Image.init() would import
+# all ~40 of Pillow's plugins (EPS, PDF, DDS...), a cost every cold run paid for formats that are never opened.
+Image.preinit()
 
 MAX_PIXELS_IN_FLIGHT = 2 * MAX_PIXELS  # decoded pixels held at once by all decoders of a process
 ALPHA_BACKGROUND = (255, 255, 255)

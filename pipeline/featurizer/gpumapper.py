@@ -35,10 +35,10 @@ def runs_on_jax(bb) -> bool:
 def decide(decode: str, bb):
     """(mode, GpuJpeg library or None) for a run of `bb` with decode choice `decode`; sets ``bb.decoder``
     to the decoder its features will come from. A UsageError says what is missing for ``gpu``."""
-    from ..decode import gpujpeg  # only here: a CPU run of a TFLite backbone never imports the GPU path
-
     wanted = bb.decoder  # None: free; set when rebuilt from a head's spec
     if decode == "gpu" or wanted not in (None, DEFAULT_DECODER):
+        from ..decode import gpujpeg  # only here: a CPU run of a TFLite backbone never imports the GPU path
+
         if wanted == DEFAULT_DECODER:
             raise UsageError("these features were decoded by Pillow on the CPU (the head's spec says so): featurize "
                              "with --decode thread, process or auto, not gpu")
@@ -52,6 +52,8 @@ def decide(decode: str, bb):
         bb.decoder = library.name
         return "gpu", library
     if decode == "auto" and runs_on_jax(bb) and not bb.per_image:
+        from ..decode import gpujpeg
+
         library = gpujpeg.find_library(None)  # None without a GPU or a library: the CPU decodes
         if library is not None:
             bb.decoder = library.name

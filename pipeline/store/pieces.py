@@ -21,17 +21,24 @@ _CHUNK_BYTES = 1 << 20
 _STAGING = ".staging-"
 
 
+_NOT_FOR_BCOLZ = ("pandas", "bcolz.tests")
+
+
 def _bcolz():
-    """bcolz, imported without pandas: bcolz imports pandas only to offer DataFrame conversions, which
-    the store never uses, and that import was ~0.5 s of CPU in every featurize run (BENCHMARKS.md).
-    While bcolz is imported (once per process, ~50 ms) another thread's first `import pandas` would fail."""
-    if "bcolz" not in sys.modules and "pandas" not in sys.modules:
-        sys.modules["pandas"] = None  # what `import pandas` inside bcolz then meets: an ImportError
+    """bcolz, imported without pandas or its own test suite: bcolz imports pandas only to offer DataFrame
+    conversions, which the store never uses (that import was ~0.5 s of CPU in every featurize run,
+    BENCHMARKS.md), and ``bcolz.tests`` (with unittest, ~25 ms) only to offer ``bcolz.test()``.
+    While bcolz is imported (once per process, ~35 ms) another thread's first `import pandas` would fail."""
+    if "bcolz" not in sys.modules:
+        blocked = [name for name in _NOT_FOR_BCOLZ if name not in sys.modules]
+        for name in blocked:
+            sys.modules[name] = None  # what `import pandas` inside bcolz then meets: an ImportError
         try:
             import bcolz
         finally:
-            if sys.modules.get("pandas", 0) is None:
-                del sys.modules["pandas"]
+            for name in blocked:
+                if sys.modules.get(name, 0) is None:
+                    del sys.modules[name]
     import bcolz
 
     bcolz.set_nthreads(1)

@@ -47,7 +47,26 @@ def test_a_tflite_featurize_run_imports_neither_tensorflow_nor_keras_nor_pandas(
     code = ("import sys; from pipeline.cli import main; "
             "rc = main(['featurize', sys.argv[1], '--out', sys.argv[2], '--no-progress']); "
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', 'jax', "
-            "'pandas')); import pandas; print(rc, heavy, 'bcolz' in sys.modules)")
+            "'pandas')); import pandas; print(rc, heavy, 'bcolz' in sys.modules); "
+            "print(sorted(m for m in sys.modules if m.endswith('ImagePlugin')))")
+    out = subprocess.run([sys.executable, "-c", code, str(data), str(tmp_path / "s")], capture_output=True,
+                         text=True, check=True).stdout.split("\n")
+    assert out[-3] == "0 [] True"  # the run wrote its store with bcolz
+    # and nothing a run of JPEGs never uses: Pillow's plugins are the allowed formats' only (not its ~40)
+    assert out[-2] == str(sorted(f"PIL.{f}ImagePlugin" for f in ("Bmp", "Gif", "Jpeg", "Png", "Ppm", "Tiff", "WebP")))
+
+
+def test_a_tflite_featurize_run_does_not_import_what_it_never_uses(tmp_path):
+    """Modules a cold CPU run of JPEGs has no use for stay out of its start-up (issue 30): the GPU decode path,
+    importlib.metadata (versions are read from the metadata folders), bcolz's own test suite."""
+    from conftest import make_class_tree
+
+    data = make_class_tree(tmp_path / "data", per_class=2)
+    unused = ["pipeline.decode.gpujpeg", "pipeline.decode.jaxresize", "importlib.metadata", "unittest",
+              "bcolz.tests"]
+    code = ("import sys; from pipeline.cli import main; "
+            "rc = main(['featurize', sys.argv[1], '--out', sys.argv[2], '--no-progress']); "
+            f"print(rc, [m for m in {unused!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code, str(data), str(tmp_path / "s")], capture_output=True,
                          text=True, check=True).stdout
-    assert out.split("\n")[-2] == "0 [] True"  # the run wrote its store with bcolz
+    assert out.split("\n")[-2] == "0 []"
