@@ -28,15 +28,18 @@ demo: install  ## the whole flow offline on the bundled cars sample
 	$(PY) -m pipeline demo
 
 # Tests run on 2 pytest-xdist workers, one test file per worker at a time (module fixtures are built once);
-# TEST_WORKERS=0 runs them in this process.
+# TEST_WORKERS=0 runs them in this process. Bytecode is written even where PYTHONDONTWRITEBYTECODE is set:
+# else every worker rewrites every test module's asserts again and every CLI subprocess of the tests
+# compiles the package again.
 TEST_WORKERS ?= 2
 PYTEST_N := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+PYTEST   := env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest
 
 test: install  ## the full test suite (tests needing ../shared skip without it; -rsx prints why, and why 3 xfail)
-	$(PY) -m pytest -q -rsx $(PYTEST_N)
+	$(PYTEST) -q -rsx $(PYTEST_N)
 
 test-fast: install  ## every test but the slow ones and those needing ../shared (about a minute on 2 cores)
-	$(PY) -m pytest -q -rsx $(PYTEST_N) -m "not slow and not shared"
+	$(PYTEST) -q -rsx $(PYTEST_N) -m "not slow and not shared"
 
 features: install  ## make features DATA=path/to/images [BACKBONE=...] [LAYER=...] [OUT=features/...]
 	@test -n "$(DATA)" || { echo "usage: make features DATA=folder [BACKBONE=$(BACKBONE)] [LAYER=penultimate|logits|predictions|NAME] [OUT=dir]"; exit 2; }
