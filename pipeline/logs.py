@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import threading
 from contextlib import contextmanager
 
@@ -77,6 +76,8 @@ def _capture_fd() -> int:
             return os.memfd_create("tfp-stderr", getattr(os, "MFD_CLOEXEC", 0))
         except OSError:
             pass
+    import tempfile  # only where memfd is missing: not imported by every run
+
     return os.dup(tempfile.TemporaryFile().fileno())
 
 

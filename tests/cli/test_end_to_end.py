@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,22 @@ def test_rewritten_file_with_restored_mtime_is_featurized_again_and_touched_one_
     os.utime(data / "blue" / "blue_0.jpg")  # touched, same content
     run = pipeline.featurize(data, out=tmp_path / "s", progress=False, report=True)
     assert run.computed == 1 and run.reused == 3
+
+
+def test_the_installed_command_and_python_m_pipeline_exit_with_mains_code(tmp_path):
+    """The console script named in setup.cfg and ``python -m pipeline`` both run main() and exit with its code
+    (console_main freezes the garbage collector just before the exit: run in a process of its own)."""
+    import configparser
+    import subprocess
+    import sys
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[2] / "setup.cfg")
+    script = cfg["options.entry_points"]["console_scripts"].strip()
+    assert script == "tf-feature-pipeline = pipeline.cli:console_main"
+    runs = [[sys.executable, "-c", "import sys; from pipeline.cli import console_main; sys.argv[1:] = "
+             f"['featurize', {str(tmp_path / 'none')!r}]; sys.exit(console_main())"],
+            [sys.executable, "-m", "pipeline", "featurize", str(tmp_path / "none")]]
+    for cmd in runs:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        assert done.returncode == 2 and "does not exist" in done.stderr, done.stderr
