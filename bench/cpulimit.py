@@ -141,6 +141,51 @@ def startup_imports(folder: Path, work: Path) -> dict:
             "tiny_cold_s": cli_run(tiny, store, fresh=True)["wall_s"]}
 
 
+_PHASES_CHILD = r"""
+import sys, time
+clock = lambda: time.clock_gettime(time.CLOCK_MONOTONIC)
+stamps = {"python": clock()}
+from pipeline.cli import console_main
+import pipeline.engines.base as base, pipeline.engines.local as local
+stamps["imports"] = clock()
+
+def stamped(owner, name, start, end):
+    f = getattr(owner, name)
+    def wrapper(*a, **k):
+        stamps.setdefault(start, clock())
+        try:
+            return f(*a, **k)
+        finally:
+            stamps[end] = clock()
+    setattr(owner, name, wrapper)
+
+stamped(local.LocalEngine, "work", "work_start", "work_end")
+stamped(base, "commit_run", "commit_start", "closed")
+sys.argv[1:] = ["featurize", sys.argv[1], "--out", sys.argv[2], "--no-progress"]
+rc = console_main()
+stamps["main_done"] = clock()
+print(" ".join(f"{k}={v!r}" for k, v in stamps.items()), flush=True)
+sys.exit(rc)
+"""
+
+
+def startup_phases(folder: Path, store: Path) -> dict:
+    """Where the seconds of one cold ``featurize`` outside its own figure go: the process from its start to
+    the first line of Python, the imports, then up to the first image (arguments, model, listing, stores
+    opened), the run itself, closing the stores (the parts merged into one segment, checksums, fsync) and
+    the exit (the process's end as its parent sees it)."""
+    shutil.rmtree(store, ignore_errors=True)
+    shutil.rmtree(store.with_name(store.name + "-predictions"), ignore_errors=True)
+    start = time.clock_gettime(time.CLOCK_MONOTONIC)
+    out = subprocess.run([sys.executable, "-c", _PHASES_CHILD, str(folder), str(store)], cwd=REPO, check=True,
+                         capture_output=True, text=True)
+    end = time.clock_gettime(time.CLOCK_MONOTONIC)
+    t = {k: float(v) for k, v in (kv.split("=") for kv in out.stdout.strip().split("\n")[-1].split())}
+    return {"phase_interpreter_s": t["python"] - start, "phase_imports_s": t["imports"] - t["python"],
+            "phase_before_run_s": t["work_start"] - t["imports"], "phase_run_s": t["work_end"] - t["work_start"],
+            "phase_close_s": t["closed"] - t["work_end"], "phase_exit_s": end - t["closed"]}
+
+
 def bench_cpu(folder: Path, model: Path, work: Path, repeat: int) -> dict:
     """The issue-30 comparison on `folder`: medians over `repeat` interleaved rounds."""
     paths = sorted(str(p) for p in folder.rglob("*") if p.is_file())
@@ -157,6 +202,7 @@ def bench_cpu(folder: Path, model: Path, work: Path, repeat: int) -> dict:
     res.update(n=len(paths), repeat=repeat, cores=len(os.sched_getaffinity(0)),
                load_avg=os.getloadavg()[0])
     res.update(startup_imports(folder, work))
+    res.update(startup_phases(folder, work / "cpu-phases-store"))
     return res
 
 
@@ -180,4 +226,6 @@ def cpu_report(r: dict) -> str:
         f"closing, exit); a no-op run on the complete store {r['noop_s']:.2f} s; 8 images cold "
         f"{r['tiny_cold_s']:.2f} s, of it imports {r['imports_s']:.2f} s (largest: {r['top_imports']}); "
         f"heavy packages imported: {r['heavy_imports']}"),
+        ("  one more cold run, its phases: " + ", ".join(
+            f"{k[len('phase_'):-2].replace('_', ' ')} {r[k]:.3f} s" for k in r if k.startswith("phase_"))),
     ])
