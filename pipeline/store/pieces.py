@@ -222,10 +222,11 @@ def _open_piece(folder: Path):
     return arr
 
 
-def _read_piece(folder: Path, rows: int, dim: int, start: int = 0) -> np.ndarray:
-    """Rows [start, rows) of a piece's feature array (it must hold at least `rows`)."""
+def _read_piece(folder: Path, rows: int | None, dim: int, start: int = 0) -> np.ndarray:
+    """Rows [start, rows) of a piece's feature array (it must hold at least `rows`; None: all it holds)."""
     try:
         arr = _open_piece(folder)
+        rows = len(arr) if rows is None else rows
         if len(arr) < rows:
             raise StoreError(f"{folder} holds {len(arr)} rows, {rows} expected")
         x = np.asarray(arr[start:rows], dtype=np.float32)

@@ -302,7 +302,7 @@ class StoreWriter:
             _check_part(f)
         dim = self.meta["spec"]["dim"]
         name = f"seg-{len(self.meta['segments']):06d}-{self._base:012d}.bcolz"
-        blocks = (_read_piece(f, _piece_len(f), dim) for _, f in parts)
+        blocks = (_read_piece(f, None, dim) for _, f in parts)  # each part opened once, all its rows read
         with self._writing(seg_dir / name):
             n = _write_piece(seg_dir / name, blocks, dim, chunklen_for(dim))
         self.meta["segments"].append({"name": name, "rows": n, "files": _manifest(seg_dir / name)})
