@@ -175,8 +175,13 @@ class LayerWriters:
         return self.writers[0].skip_cache()
 
     def close(self) -> FeatureStore:
+        """Close every layer's store at once: each merges its parts and waits on its own fsyncs, which
+        overlap (a cold default run spends ~0.1 s there per store); an error of any is raised."""
+        from concurrent.futures import ThreadPoolExecutor
+
         try:
-            self.stores = [w.close() for w in self.writers]
+            with ThreadPoolExecutor(len(self.writers), thread_name_prefix="tfp-close") as pool:
+                self.stores = list(pool.map(lambda w: w.close(), self.writers))
         finally:
             self.abort()
         return self.stores[0]
