@@ -6,7 +6,8 @@ On the bundled TFLite model (mobilenet_v2_quant) and the same n images, interlea
               interpreter built before the clock starts)
   plain_2     two such loops in two processes at once, each on half of the images, started together:
               the machine's limit for this work (aggregate img/s from the first start to the last end)
-  cli         ``python -m pipeline featurize`` cold (a fresh store), as a user runs it: wall clock from
+  cli         ``python -m pipeline featurize`` cold (a fresh store), as a user runs it (the package's bytecode
+              compiled, as after ``pip install``): wall clock from
               the process start to its exit (start-up included), and the run's own figure (images / the
               report's stages.wall_s: start-up, closing the store and exit excluded)
   noop        the same command again on the now complete store: nothing to featurize (start-up, listing,
@@ -187,7 +188,12 @@ def startup_phases(folder: Path, store: Path) -> dict:
 
 
 def bench_cpu(folder: Path, model: Path, work: Path, repeat: int) -> dict:
-    """The issue-30 comparison on `folder`: medians over `repeat` interleaved rounds."""
+    """The issue-30 comparison on `folder`: medians over `repeat` interleaved rounds.
+
+    The package's bytecode is compiled first, as ``pip install`` does: where PYTHONDONTWRITEBYTECODE is
+    set (this development machine sets it) a checkout would otherwise compile every module it imports
+    in every run (~0.1-0.2 s of CPU per cold run), which no installed copy does."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "pipeline")], check=True)
     paths = sorted(str(p) for p in folder.rglob("*") if p.is_file())
     listing = work / "cpu-listing.txt"
     listing.write_text("\n".join(paths))
