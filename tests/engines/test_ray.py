@@ -147,18 +147,18 @@ def test_engine_flags_are_checked(tmp_path, folder, capsys):
 
 def test_sigkill_of_the_driver_then_rerun_equals_a_clean_run(cluster, tmp_path):
     data = tmp_path / "data"
-    n = 48
+    n = 24  # 6 partitions of 4: killed after the first, with most of the run still to do
     noise_class_tree(data, n, (320, 240))
     out = tmp_path / "store"
     cmd = [sys.executable, "-m", "pipeline", "featurize", str(data), "--out", str(out), "--engine", "ray",
-           "--address", cluster, "--partitions", "12", "--no-progress", "--layer", "penultimate"]  # one store
+           "--address", cluster, "--partitions", "6", "--no-progress", "--layer", "penultimate"]  # one store
     kill_once_committed(cmd, out / "rows.jsonl", 4)  # once a first partition is committed
     partial = pipeline.FeatureStore.open(out)
     assert 4 <= len(partial) < n, "the driver was not killed mid-run"
     assert len(partial) % 4 == 0  # whole partitions only
 
     resumed = pipeline.featurize(data, "mobilenet_v2_quant", "penultimate", out=out, progress=False, report=True,
-                                 engine="ray", cluster=RayCluster(partitions=12))
+                                 engine="ray", cluster=RayCluster(partitions=6))
     assert resumed.reused == len(partial) and resumed.computed == n - len(partial)
     clean = pipeline.featurize(data, "mobilenet_v2_quant", "penultimate", out=tmp_path / "clean", progress=False)
     store = pipeline.FeatureStore.open(out)
@@ -171,7 +171,7 @@ def test_a_backbone_actor_killed_mid_run_is_restarted_and_the_store_equals_in_pr
     import threading
 
     data = tmp_path / "data"
-    n = 240
+    n = 96  # 8 partitions of 12, 3 batches: both actors busy, the run long enough to kill one mid-way
     noise_class_tree(data, n, (96, 72))
     out, result = tmp_path / "store", {}
 

@@ -71,8 +71,10 @@ def test_two_nodes_write_the_local_store_row_for_row(two_nodes, tmp_path):
 
     driver = threading.Thread(target=drive)
     driver.start()
-    while driver.is_alive():  # the actors live from the run's start to its end: 20 looks a second see them
-        on_worker.update(descendants_named(ACTOR, raylet))  # a walk of /proc: CPU the run would miss if done nonstop
+    # the actors live from the run's start to its end: 20 looks a second see them; each look is a walk of /proc
+    # (CPU the run would miss), so the looking stops once one is seen on the worker node
+    while driver.is_alive() and not on_worker:
+        on_worker.update(descendants_named(ACTOR, raylet))
         time.sleep(0.05)
     driver.join()
     assert "error" not in result, f"the run failed: {result.get('error')!r}"
@@ -84,7 +86,7 @@ def test_two_nodes_write_the_local_store_row_for_row(two_nodes, tmp_path):
 
 
 def test_a_worker_node_lost_mid_run_loses_nothing_once_run_again(two_nodes, tmp_path):
-    data, n = tmp_path / "data", 160
+    data, n = tmp_path / "data", 64  # 16 partitions of 4: the node is lost with most of them still to do
     noise_class_tree(data, n, (96, 72))
     out, partitions = tmp_path / "store", 16
     node, raylet = _worker_raylet(two_nodes)
