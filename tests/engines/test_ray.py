@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow  # a local Ray cluster: seconds to start, seconds 
 @pytest.fixture(scope="module")
 def cluster():
     """One local Ray cluster of 2 CPUs for the whole module (starting one takes seconds)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # a new one, never another
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
