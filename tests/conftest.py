@@ -114,9 +114,9 @@ def descendants_named(prefix: str, ancestor: int | None = None) -> list[int]:
     return [pid for pid, title in titles.items() if title.startswith(prefix) and below(pid)]
 
 
-@pytest.fixture(scope="module")
-def tiny_app():
-    """The tiny test CNN registered as the Keras application 'tiny_cnn' (32x32, 'tf' scaling)."""
+def register_tiny_app() -> pytest.MonkeyPatch:
+    """Register the tiny test CNN as the Keras application 'tiny_cnn' (32x32, 'tf' scaling) until the
+    returned MonkeyPatch is undone."""
     import keras
     from models_for_tests import SIZE, tiny_keras_model
 
@@ -129,6 +129,13 @@ def tiny_app():
     mp = pytest.MonkeyPatch()
     mp.setitem(KERAS_APPS, "tiny_cnn", KerasApp("TinyCNN", SIZE, "tf", "mobilenet"))
     mp.setattr(keras.applications, "TinyCNN", TinyCNN, raising=False)
+    return mp
+
+
+@pytest.fixture(scope="module")
+def tiny_app():
+    """The tiny test CNN registered as the Keras application 'tiny_cnn' (32x32, 'tf' scaling)."""
+    mp = register_tiny_app()
     yield "tiny_cnn"
     mp.undo()
 
@@ -165,6 +172,56 @@ def tiny_tflite(tmp_path_factory):
                                            quantized=quantized)
         return done[quantized]
     return convert
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory):
+    """12 JPEGs of noise around red, blue and green (4 each, 90x70): (paths, labels), made once per test process."""
+    from models_for_tests import colour_files
+
+    return colour_files(tmp_path_factory.mktemp("tiny-images"), per_class=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_head_export(request, tmp_path_factory, tiny_images):
+    """tiny_head_export(backbone, head="linear_svm", pca=None, fmt="saved_model") -> (classifier, export): a
+    calibrated head trained on tiny_images over `backbone` and exported, each once per test process for every
+    test file that only reads it (an export traces the whole TensorFlow decoder: seconds each). `backbone`:
+    "keras" (the tiny CNN as Keras application 'tiny_cnn'; tests that score with the classifier request the
+    tiny_app fixture), "keras_flip" (the same with tta="flip"), "savedmodel" or "graphdef" (the tiny CNN as
+    such a graph, conftest's tiny_saved_model / tiny_frozen_graph) or "mobilenet_v2_quant" (the bundled TFLite
+    model). The classifier's metrics are those `train` records (head, n_train, features)."""
+    from models_for_tests import SIZE, calibrated_classifier
+
+    from pipeline.backbones import create_backbone
+
+    done = {}
+
+    def backbone(kind):
+        if kind.startswith("keras"):
+            return create_backbone("tiny_cnn", "penultimate", weights="random", tta="flip" if "flip" in kind else None)
+        if kind == "savedmodel":  # the graph fixtures built only when asked for (seconds each)
+            return create_backbone(request.getfixturevalue("tiny_saved_model"), "penultimate", input_size=SIZE,
+                                   scaling="tf")
+        if kind == "graphdef":
+            path, inp, _ = request.getfixturevalue("tiny_frozen_graph")
+            return create_backbone(path, "penultimate", input_size=SIZE, scaling="tf", input_tensor=inp)
+        return create_backbone(kind, "penultimate")
+
+    def export(kind="keras", head="linear_svm", pca=None, fmt="saved_model"):
+        key = kind, head, pca, fmt
+        if key not in done:
+            paths, labels = tiny_images
+            mp = register_tiny_app()
+            try:
+                clf = calibrated_classifier(backbone(kind), paths, labels, head, pca)
+                clf.metrics = {"head": head, "n_train": len(paths), "features": str(paths[0].parent)}
+                out = tmp_path_factory.mktemp("tiny-export") / ("model.tflite" if fmt == "tflite" else "model")
+                done[key] = clf, clf.export(out, format=fmt)
+            finally:
+                mp.undo()
+        return done[key]
+    return export
 
 
 def jax_child_env(**extra: str) -> dict:
