@@ -111,7 +111,7 @@ def _module(bb, head: ArrayHead):
     module = tf.Module()
     module.variables_of_backbone = _captured_variables(bb)
     # autograph=False: the code traced (the decoder, the head) writes its control flow as tf.cond/tf.while_loop
-    # itself; converting every function it calls would only make each export's trace slower (about a quarter)
+    # itself; converting every function it calls would only make each export's trace slower (bench/decoder_trace.py)
     module.serve = tf.function(outputs, input_signature=[tf.TensorSpec([None, h, w, 3], tf.uint8, name="images")],
                                autograph=False)
 
