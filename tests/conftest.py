@@ -1,6 +1,7 @@
 """Shared fixtures: tiny image folders built on the fly, and the ../shared material (skipped when absent)."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from pathlib import Path
@@ -114,9 +115,9 @@ def descendants_named(prefix: str, ancestor: int | None = None) -> list[int]:
     return [pid for pid, title in titles.items() if title.startswith(prefix) and below(pid)]
 
 
-@pytest.fixture(scope="module")
-def tiny_app():
-    """The tiny test CNN registered as the Keras application 'tiny_cnn' (32x32, 'tf' scaling)."""
+def register_tiny_app() -> pytest.MonkeyPatch:
+    """Register the tiny test CNN as the Keras application 'tiny_cnn' (32x32, 'tf' scaling) until the
+    returned MonkeyPatch is undone."""
     import keras
     from models_for_tests import SIZE, tiny_keras_model
 
@@ -129,6 +130,13 @@ def tiny_app():
     mp = pytest.MonkeyPatch()
     mp.setitem(KERAS_APPS, "tiny_cnn", KerasApp("TinyCNN", SIZE, "tf", "mobilenet"))
     mp.setattr(keras.applications, "TinyCNN", TinyCNN, raising=False)
+    return mp
+
+
+@pytest.fixture(scope="module")
+def tiny_app():
+    """The tiny test CNN registered as the Keras application 'tiny_cnn' (32x32, 'tf' scaling)."""
+    mp = register_tiny_app()
     yield "tiny_cnn"
     mp.undo()
 
@@ -165,6 +173,97 @@ def tiny_tflite(tmp_path_factory):
                                            quantized=quantized)
         return done[quantized]
     return convert
+
+
+def run_wide_folder(tmp_path_factory, name: str) -> Path:
+    """A folder of this test run that every pytest-xdist worker of it sees (the run's base folder; without
+    xdist, this process's): what one worker builds there the others read instead of building it again."""
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def locked(folder: Path):
+    """Hold an exclusive lock on `folder` (a lock file beside it) among this run's processes."""
+    import fcntl
+
+    with open(folder.parent / f".{folder.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory):
+    """12 JPEGs of noise around red, blue and green (4 each, 90x70): (paths, labels), made once per test run
+    (shared by the xdist workers)."""
+    from models_for_tests import colour_files
+
+    root = run_wide_folder(tmp_path_factory, "tiny-images")
+    with locked(root):
+        index = root / "index.txt"
+        if not index.exists():
+            paths, labels = colour_files(root, per_class=4)
+            index.write_text("".join(f"{p.name} {c}\n" for p, c in zip(paths, labels)))
+    rows = [line.split() for line in index.read_text().splitlines()]
+    return [root / name for name, _ in rows], np.asarray([label for _, label in rows])
+
+
+@pytest.fixture(scope="session")
+def tiny_head_export(request, tmp_path_factory, tiny_images):
+    """tiny_head_export(backbone, head="linear_svm", pca=None, fmt="saved_model") -> (classifier, export): a
+    calibrated head trained on tiny_images over `backbone` and exported, each once per test run for every
+    test file that only reads it (an export traces the whole TensorFlow decoder: seconds each); an xdist
+    worker finding it built by another loads the head file saved beside the export. `backbone`: "keras"
+    (the tiny CNN as Keras application 'tiny_cnn'; tests that score with the classifier request the tiny_app
+    fixture), "keras_flip" (the same with tta="flip"), "savedmodel" or "graphdef" (the tiny CNN as such a
+    graph, conftest's tiny_saved_model / tiny_frozen_graph) or "mobilenet_v2_quant" (the bundled TFLite
+    model). The classifier's metrics are those `train` records (head, n_train, features)."""
+    from models_for_tests import SIZE, calibrated_classifier
+
+    from pipeline.backbones import create_backbone
+    from pipeline.heads.classifier import Classifier
+
+    root = run_wide_folder(tmp_path_factory, "tiny-head-exports")
+    done = {}
+
+    def backbone(kind):
+        if kind.startswith("keras"):
+            return create_backbone("tiny_cnn", "penultimate", weights="random", tta="flip" if "flip" in kind else None)
+        if kind == "savedmodel":  # the graph fixtures built only when asked for (seconds each)
+            return create_backbone(request.getfixturevalue("tiny_saved_model"), "penultimate", input_size=SIZE,
+                                   scaling="tf")
+        if kind == "graphdef":
+            path, inp, _ = request.getfixturevalue("tiny_frozen_graph")
+            return create_backbone(path, "penultimate", input_size=SIZE, scaling="tf", input_tensor=inp)
+        return create_backbone(kind, "penultimate")
+
+    def build(kind, head, pca, fmt, folder: Path):
+        paths, labels = tiny_images
+        mp = register_tiny_app()
+        try:
+            clf = calibrated_classifier(backbone(kind), paths, labels, head, pca)
+            clf.metrics = {"head": head, "n_train": len(paths), "features": str(paths[0].parent)}
+            out = clf.export(folder / ("model.tflite" if fmt == "tflite" else "model"), format=fmt, force=True)
+            clf.save(folder / "head.head.npz")  # last: its presence says the export is complete
+        finally:
+            mp.undo()
+        return clf, out
+
+    def export(kind="keras", head="linear_svm", pca=None, fmt="saved_model"):
+        key = kind, head, pca, fmt
+        if key not in done:
+            folder = root / f"{kind}-{head}-{pca}-{fmt}"
+            folder.mkdir(exist_ok=True)
+            with locked(folder):
+                if (folder / "head.head.npz").exists():
+                    done[key] = (Classifier.load(folder / "head.head.npz"),
+                                 folder / ("model.tflite" if fmt == "tflite" else "model"))
+                else:
+                    done[key] = build(kind, head, pca, fmt, folder)
+        return done[key]
+    return export
 
 
 def jax_child_env(**extra: str) -> dict:

@@ -33,7 +33,8 @@ _HEAD_BYTES = 1 << 17  # where the EXIF segment and the size fields are looked f
 
 
 class _Bytes:
-    """The first bytes of a file as int64 values; reads past the end give 0."""
+    """The first bytes of a file as int64 values; reads past the end give 0. Few ops per read: every
+    export builds the decoder's graph op by op (its trace is most of an export's time)."""
 
     def __init__(self, data):
         tf = _tf()
@@ -41,11 +42,11 @@ class _Bytes:
         raw = tf.io.decode_raw(tf.strings.substr(data, 0, n), tf.uint8)
         self.n = tf.cast(n, tf.int64)
         self.b = tf.concat([tf.cast(raw, tf.int64), tf.zeros([16], tf.int64)], axis=0)
+        self.last = self.n + 15  # the last index of self.b
 
     def at(self, i):
         tf = _tf()
-        last = tf.shape(self.b, out_type=tf.int64)[0] - 1
-        return tf.gather(self.b, tf.clip_by_value(tf.cast(i, tf.int64), tf.constant(0, tf.int64), last))
+        return tf.gather(self.b, tf.clip_by_value(tf.cast(i, tf.int64), 0, self.last))
 
     def u16(self, i, little=False):
         return self._word(i, 2, little)
@@ -54,11 +55,13 @@ class _Bytes:
         return self._word(i, 4, little)
 
     def _word(self, i, size, little):
+        """The `size`-byte unsigned word at i (a scalar or a vector of offsets), big- or little-endian:
+        its bytes read in one gather and weighted by 256 ** k in the byte order asked for."""
         tf = _tf()
-        parts = [self.at(i + k) for k in range(size)]
-        big = sum(p * 256 ** (size - 1 - k) for k, p in enumerate(parts))
-        small = sum(p * 256 ** k for k, p in enumerate(parts))
-        return tf.where(little, small, big)
+        parts = self.at(tf.expand_dims(tf.cast(i, tf.int64), -1) + tf.range(size, dtype=tf.int64))
+        big = tf.constant([256 ** (size - 1 - k) for k in range(size)], tf.int64)
+        weights = (big[::-1] if little else big) if isinstance(little, bool) else tf.where(little, big[::-1], big)
+        return tf.reduce_sum(parts * weights, axis=-1)
 
 
 def _exif_start(b: _Bytes):

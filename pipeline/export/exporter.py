@@ -110,9 +110,12 @@ def _module(bb, head: ArrayHead):
 
     module = tf.Module()
     module.variables_of_backbone = _captured_variables(bb)
-    module.serve = tf.function(outputs, input_signature=[tf.TensorSpec([None, h, w, 3], tf.uint8, name="images")])
+    # autograph=False: the code traced (the decoder, the head) writes its control flow as tf.cond/tf.while_loop
+    # itself; converting every function it calls would only make each export's trace slower (bench/decoder_trace.py)
+    module.serve = tf.function(outputs, input_signature=[tf.TensorSpec([None, h, w, 3], tf.uint8, name="images")],
+                               autograph=False)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")], autograph=False)
     def predict_bytes(images):
         decoded = tf.map_fn(lambda data: decode_image(data, pre), images,
                             fn_output_signature=tf.TensorSpec([h, w, 3], tf.uint8))
@@ -178,7 +181,7 @@ def _tflite_convert(bb, head: ArrayHead) -> bytes:
     module = tf.Module()
     module.variables_of_backbone = _captured_variables(bb)
 
-    @tf.function(input_signature=[tf.TensorSpec([1, h, w, 3], tf.uint8, name="images")])
+    @tf.function(input_signature=[tf.TensorSpec([1, h, w, 3], tf.uint8, name="images")], autograph=False)
     def serve(images):
         return {"probabilities": _head_probabilities(head, features(images), tf.float32), "classes": classes}
 
@@ -208,7 +211,7 @@ def _tflite_scaling(bb) -> bytes | None:
     shape = [int(v) for v in bb._interpreter().get_input_details()[0]["shape"]]
     module = tf.Module()
     module.scale = tf.function(lambda images: normalize(images, bb.preprocess),
-                               input_signature=[tf.TensorSpec(shape, tf.uint8, name="images")])
+                               input_signature=[tf.TensorSpec(shape, tf.uint8, name="images")], autograph=False)
     return _convert(tf.lite.TFLiteConverter.from_concrete_functions([module.scale.get_concrete_function()], module))
 
 
@@ -231,7 +234,8 @@ def _tflite_join(bb, head: ArrayHead) -> bytes:
     classes = tf.constant([[str(c) for c in head.classes_]])
     module = tf.Module()
 
-    @tf.function(input_signature=[tf.TensorSpec([int(v) for v in t["shape"]], tf.float32, name="layer0")])
+    @tf.function(input_signature=[tf.TensorSpec([int(v) for v in t["shape"]], tf.float32, name="layer0")],
+                 autograph=False)
     def serve(layer0):
         x = tf.reduce_mean(layer0, axis=[1, 2]) if len(layer0.shape) == 4 else tf.reshape(layer0, [layer0.shape[0], -1])
         return {"probabilities": _head_probabilities(head, x, tf.float32), "classes": classes}

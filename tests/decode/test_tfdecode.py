@@ -24,7 +24,7 @@ AS_IS = Preprocess(size=(16, 24), resample="nearest")  # 24x16 images keep their
 def _tf_decoder(pre: Preprocess):
     from pipeline.decode.tfdecode import decode_image
 
-    return tf.function(lambda data: decode_image(data, pre))
+    return tf.function(lambda data: decode_image(data, pre), autograph=False)  # as export traces it
 
 
 def _both(data: bytes, pre: Preprocess) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +104,7 @@ def test_decoder_survives_a_saved_model_round_trip(tmp_path):
     module.decode = tf.function(
         lambda images: tf.map_fn(lambda d: decode_image(d, pre), images,
                                  fn_output_signature=tf.TensorSpec([12, 10, 3], tf.uint8)),
-        input_signature=[tf.TensorSpec([None], tf.string)])
+        input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
     tf.saved_model.save(module, str(tmp_path / "m"))
     blobs = [CASES[name](37, 29, 0) for name in EXACT]
     got = tf.saved_model.load(str(tmp_path / "m")).decode(tf.constant(blobs)).numpy()

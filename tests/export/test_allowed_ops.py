@@ -5,8 +5,6 @@ D10 (model hot-swap: a model file is code)."""
 from __future__ import annotations
 
 import pytest
-from models_for_tests import (SIZE, calibrated_classifier, colour_files, export_saved_model, frozen_graph_def,
-                              tiny_keras_model)
 
 from pipeline.errors import ModelFileError
 from pipeline.export.allowed_ops import ALLOWED_OPS, CHECKPOINT_OPS, check_saved_model_ops, refusal_reason
@@ -126,34 +124,20 @@ def test_unparsable_or_tf1_saved_models_are_refused(tmp_path):
 
 
 # ---- every export the tests can build passes -------------------------------------------------------
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return colour_files(tmp_path_factory.mktemp("images"), per_class=4)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone,head,pca", [("keras", "linear_svm", None), ("keras", "svm", 4),
                                                ("keras", "logreg", None), ("keras_flip", "linear_svm", None),
                                                ("savedmodel", "logreg", None), ("graphdef", "svm", None)])
-def test_every_exported_kind_passes_the_allow_list(tiny_app, images, tmp_path, backbone, head, pca):
+def test_every_exported_kind_passes_the_allow_list(tiny_head_export, backbone, head, pca):
     """Each backbone kind a test can build (a Keras application, with test-time flip; a SavedModel and a
     frozen GraphDef: the graph kind) with each head kind: every op of the export is on the list (the saver's
-    checkpoint ops in the saver only), so check_saved_model_ops passes."""
+    checkpoint ops in the saver only), so check_saved_model_ops passes. (The exports tests/export/test_export.py
+    compares with predict_proba: conftest builds each once per test process.)"""
     from tensorflow.core.protobuf import saved_model_pb2
 
-    from pipeline.backbones import create_backbone
     from pipeline.export.allowed_ops import graph_ops
 
-    if backbone.startswith("keras"):
-        bb = create_backbone(tiny_app, "penultimate", weights="random", tta="flip" if "flip" in backbone else None)
-    elif backbone == "savedmodel":
-        bb = create_backbone(export_saved_model(tiny_keras_model(), tmp_path / "sm"), "penultimate",
-                             input_size=SIZE, scaling="tf")
-    else:
-        path, inp, _ = frozen_graph_def(tiny_keras_model(), tmp_path / "frozen.pb")
-        bb = create_backbone(path, "penultimate", input_size=SIZE, scaling="tf", input_tensor=inp)
-    paths, labels = images
-    out = calibrated_classifier(bb, paths, labels, head, pca).export(tmp_path / "model", format="saved_model")
+    _, out = tiny_head_export(backbone, head, pca)
     sm = saved_model_pb2.SavedModel.FromString((out / "saved_model.pb").read_bytes())
     fns = {f.signature.name for f in sm.meta_graphs[0].graph_def.library.function}
     assert graph_ops(sm.meta_graphs[0].graph_def) - fns - CHECKPOINT_OPS <= ALLOWED_OPS
@@ -161,11 +145,9 @@ def test_every_exported_kind_passes_the_allow_list(tiny_app, images, tmp_path, b
 
 
 @pytest.mark.slow
-def test_a_tflite_export_holds_builtin_operators_only(tiny_app, images, tmp_path):
-    from pipeline.backbones import create_backbone
+def test_a_tflite_export_holds_builtin_operators_only(tiny_head_export):
     from pipeline.backbones.tflite import operator_names
 
-    paths, labels = images
-    clf = calibrated_classifier(create_backbone(tiny_app, "penultimate", weights="random"), paths, labels)
-    names = operator_names(clf.export(tmp_path / "m.tflite", format="tflite").read_bytes())
+    _, out = tiny_head_export("keras", fmt="tflite")  # a linear head over the tiny CNN, converted once (conftest)
+    names = operator_names(out.read_bytes())
     assert names and not [n for n in names if n.startswith("custom:")], names

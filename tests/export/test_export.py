@@ -20,37 +20,23 @@ from pipeline.preprocess import Preprocess
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return colour_files(tmp_path_factory.mktemp("images"))
+def data(tiny_images):
+    return tiny_images  # 4 images per class (conftest), the ones the shared exports were trained on
 
 
 def _decoded(paths, pre):
     return np.stack([decode(p.read_bytes(), pre) for p in paths])
 
 
-@pytest.fixture(scope="module")
-def tiny_export(tiny_app, data, tmp_path_factory):
-    """export(head, pca): a calibrated head over the tiny CNN and its SavedModel, each exported once per module."""
-    done = {}
-
-    def export(head="linear_svm", pca=None):
-        if (head, pca) not in done:
-            paths, labels = data
-            clf = calibrated_classifier(create_backbone(tiny_app, "penultimate", weights="random"), paths, labels,
-                                        head, pca)
-            done[head, pca] = clf, clf.export(tmp_path_factory.mktemp("export") / "model", format="saved_model")
-        return done[head, pca]
-    return export
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("head,pca", [("linear_svm", None), ("svm", 4), ("logreg", None)])
-def test_saved_model_equals_predict_proba(tiny_export, data, head, pca):
+def test_saved_model_equals_predict_proba(tiny_app, tiny_head_export, tiny_images, head, pca):
     # serving_default on images decoded by the project's decoder gives predict_proba's numbers
+    # (the calibrated head over the tiny CNN and its SavedModel: conftest exports each once per test process)
     import tensorflow as tf
 
-    paths, _ = data
-    clf, out = tiny_export(head, pca)
+    paths, _ = tiny_images
+    clf, out = tiny_head_export("keras", head, pca)
     loaded = tf.saved_model.load(str(out))
     assert set(loaded.signatures) == {"serving_default", "predict_bytes"}
     got = loaded.signatures["serving_default"](images=tf.constant(_decoded(paths, clf_pre(clf))))
@@ -64,21 +50,17 @@ def test_saved_model_equals_predict_proba(tiny_export, data, head, pca):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["savedmodel", "graphdef"])
-def test_saved_model_from_a_tensorflow_graph_backbone(data, tmp_path, kind, tiny_saved_model, tiny_frozen_graph):
+@pytest.mark.parametrize("kind,head", [("savedmodel", "logreg"), ("graphdef", "svm")])
+def test_saved_model_from_a_tensorflow_graph_backbone(tiny_head_export, tiny_images, kind, head):
     # a SavedModel folder or a frozen GraphDef as the backbone: exported as constants, same numbers
-    # (the tiny CNN as either: conftest exports each once per test process)
+    # (the tiny CNN as either, with a head of another kind each; conftest exports each once per test process,
+    # tests/export/test_allowed_ops.py checks the same exports' ops)
     import tensorflow as tf
 
-    if kind == "savedmodel":
-        bb = create_backbone(tiny_saved_model, "penultimate", input_size=SIZE, scaling="tf")
-    else:
-        path, inp, _ = tiny_frozen_graph
-        bb = create_backbone(path, "penultimate", input_size=SIZE, scaling="tf", input_tensor=inp)
-    paths, labels = data
-    clf = calibrated_classifier(bb, paths, labels)
-    loaded = tf.saved_model.load(str(clf.export(tmp_path / "model")))
-    got = loaded.signatures["serving_default"](images=tf.constant(_decoded(paths, bb.preprocess)))
+    paths, _ = tiny_images
+    clf, out = tiny_head_export(kind, head)
+    loaded = tf.saved_model.load(str(out))
+    got = loaded.signatures["serving_default"](images=tf.constant(_decoded(paths, clf_pre(clf))))
     assert np.abs(got["probabilities"].numpy() - clf.predict_proba(list(map(str, paths)))).max() <= 1e-4
 
 
@@ -87,13 +69,14 @@ def clf_pre(clf) -> Preprocess:
 
 
 @pytest.mark.slow
-def test_saved_model_keeps_the_test_time_flip(tiny_app, data, tmp_path):
+def test_saved_model_keeps_the_test_time_flip(tiny_app, tiny_head_export, tiny_images):
     # a head trained on --tta flip features: the export averages the image and its mirror too
     import tensorflow as tf
 
-    paths, labels = data
-    clf = calibrated_classifier(create_backbone(tiny_app, "penultimate", weights="random", tta="flip"), paths, labels)
-    loaded = tf.saved_model.load(str(clf.export(tmp_path / "model")))
+    paths, _ = tiny_images
+    clf, out = tiny_head_export("keras_flip")
+    assert clf.spec["tta"] == "flip"
+    loaded = tf.saved_model.load(str(out))
     got = loaded.signatures["serving_default"](images=tf.constant(_decoded(paths, clf_pre(clf))))
     assert np.abs(got["probabilities"].numpy() - clf.predict_proba(list(map(str, paths)))).max() <= 1e-4
 
@@ -107,10 +90,10 @@ def test_tflite_backbone_with_flip_is_refused_with_the_reason(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_saved_model_loads_without_this_package(tiny_export, data, tmp_path):
+def test_saved_model_loads_without_this_package(tiny_app, tiny_head_export, tiny_images, tmp_path):
     # a fresh process with only TensorFlow loads and runs the export
-    paths, _ = data
-    clf, out = tiny_export()  # the linear SVM's SavedModel, as exported for test_saved_model_equals_predict_proba
+    paths, _ = tiny_images
+    clf, out = tiny_head_export()  # the linear SVM's SavedModel, as exported for test_saved_model_equals_predict_proba
     np.save(tmp_path / "x.npy", _decoded(paths[:4], clf_pre(clf)))
     code = ("import json, sys, numpy as np, tensorflow as tf\n"
             f"m = tf.saved_model.load({str(out)!r})\n"
@@ -143,15 +126,14 @@ def test_tflite_from_keras_backbone_equals_predict_proba(tiny_app, data, tmp_pat
 
 
 @pytest.mark.slow
-def test_tflite_bundled_quantized_backbone_stays_quantized(data, tmp_path):
+def test_tflite_bundled_quantized_backbone_stays_quantized(tiny_head_export, tiny_images):
     # the bundled full-integer MobileNetV2 keeps its uint8 operators; the head runs after it in float
+    # (a logistic head on it as one .tflite: conftest exports it once per test process, tests/serving serves it)
     from ai_edge_litert.interpreter import Interpreter
 
-    paths, labels = data
-    bb = create_backbone("mobilenet_v2_quant", "penultimate")
-    clf = calibrated_classifier(bb, paths, labels, "logreg")
-    out = clf.export(tmp_path / "model.tflite", format="tflite")
-    images = _decoded(paths, bb.preprocess)
+    paths, _ = tiny_images
+    clf, out = tiny_head_export("mobilenet_v2_quant", "logreg", fmt="tflite")
+    images = _decoded(paths, clf_pre(clf))
     probs, classes = _run_tflite(out, images)
     assert np.abs(probs - clf.predict_proba(list(map(str, paths)))).max() <= 1e-2
     assert classes == list(clf.classes_)

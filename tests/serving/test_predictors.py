@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import REPO
-from models_for_tests import SIZE, calibrated_classifier, colour_files
+from models_for_tests import SIZE
 
 from pipeline.backbones import create_backbone
 from pipeline.errors import BackboneError, ModelFileError
@@ -27,11 +27,10 @@ pytestmark = pytest.mark.slow  # every test builds and saves TensorFlow models
 
 
 @pytest.fixture(scope="module")
-def export(tiny_app, tmp_path_factory):
-    """A real export of a linear head over the tiny CNN: (classifier, SavedModel folder)."""
-    paths, labels = colour_files(tmp_path_factory.mktemp("images"), per_class=4)
-    clf = calibrated_classifier(create_backbone(tiny_app, "penultimate", weights="random"), paths, labels)
-    return clf, clf.export(tmp_path_factory.mktemp("export") / "model", format="saved_model")
+def export(tiny_app, tiny_head_export):
+    """A real export of a linear head over the tiny CNN: (classifier, SavedModel folder), exported once per test
+    process (conftest)."""
+    return tiny_head_export("keras")
 
 
 def _save(folder, fn, export, variables=()):
@@ -215,8 +214,8 @@ def _with_custom_op(src, dst, name: str = "FlexReadFile"):
 
 
 @pytest.fixture(scope="module")
-def tflite_export(export, tmp_path_factory):
-    return export[0].export(tmp_path_factory.mktemp("tflite") / "model.tflite", format="tflite")
+def tflite_export(tiny_head_export):
+    return tiny_head_export("keras", fmt="tflite")[1]  # the same head as one .tflite, converted once (conftest)
 
 
 def test_a_tflite_export_with_a_custom_op_is_refused_before_any_interpreter(tflite_export, tmp_path, monkeypatch):

@@ -20,35 +20,29 @@ pytest.importorskip("fastapi", reason="serve needs the [serve] extra: FastAPI, u
 pytestmark = pytest.mark.slow  # every test serves or refuses a TensorFlow export
 
 from conftest import REPO  # noqa: E402
-from models_for_tests import calibrated_classifier, colour_files  # noqa: E402
 from test_serve import files_of, png_header_only, running, wait_until  # noqa: E402
 
-from pipeline.backbones import create_backbone  # noqa: E402
 from pipeline.errors import ModelFileError  # noqa: E402
 from pipeline.serving.predictors import SavedModelPredictor, TFLitePredictor, check_saved_model_ops, load_predictor  # noqa: E402
 from pipeline.serving.serve import ServeLimits  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return colour_files(tmp_path_factory.mktemp("images"), per_class=4)
+def images(tiny_images):
+    return tiny_images
 
 
 @pytest.fixture(scope="module")
-def saved_model(tiny_app, images, tmp_path_factory):
-    """A calibrated linear SVM over the tiny Keras CNN, exported as a SavedModel: (classifier, folder)."""
-    paths, labels = images
-    clf = calibrated_classifier(create_backbone(tiny_app, "penultimate", weights="random"), paths, labels)
-    clf.metrics = {"head": "linear_svm", "n_train": len(paths), "features": str(paths[0].parent)}
-    return clf, clf.export(tmp_path_factory.mktemp("export") / "model", format="saved_model")
+def saved_model(tiny_app, tiny_head_export):
+    """A calibrated linear SVM over the tiny Keras CNN, exported as a SavedModel: (classifier, folder), with the
+    metrics train records (conftest exports it once per test process; tests/export checks the same export)."""
+    return tiny_head_export("keras")
 
 
 @pytest.fixture(scope="module")
-def tflite_export(images, tmp_path_factory):
+def tflite_export(tiny_head_export):
     """The bundled MobileNetV2 (uint8) + a logistic head exported as one .tflite: (classifier, file)."""
-    paths, labels = images
-    clf = calibrated_classifier(create_backbone("mobilenet_v2_quant", "penultimate"), paths, labels, "logreg")
-    return clf, clf.export(tmp_path_factory.mktemp("tflite") / "model.tflite", format="tflite")
+    return tiny_head_export("mobilenet_v2_quant", "logreg", fmt="tflite")
 
 
 @pytest.fixture(scope="module")
