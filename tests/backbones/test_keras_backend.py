@@ -19,15 +19,29 @@ from pipeline.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Featurize DATA into each store on BACKEND with the weights file; report what ran and what was imported.
+# Featurize DATA into each store on BACKEND with the weights file; report what ran, what was imported and how
+# many weights were drawn by initializers (a network whose weights come from a file needs none drawn).
 _CHILD = """
 import json, sys
 import pipeline
+from pipeline.backbones import keras_apps
+drawn, _keras = [], keras_apps._keras
+def counting_keras(backend="tensorflow"):
+    keras = _keras(backend)
+    from keras.src import backend as kb
+    if not getattr(kb.Variable, "counted", False):
+        draw = kb.Variable._initialize_with_initializer
+        def counted(self, initializer):
+            drawn.append(self.path)
+            return draw(self, initializer)
+        kb.Variable._initialize_with_initializer, kb.Variable.counted = counted, True
+    return keras
+keras_apps._keras = counting_keras
 data, model, weights, backend, *stores = sys.argv[1:]
 runs = [pipeline.featurize(data, model, weights=weights, out=s, keras_backend=backend,
                            progress=False, report=True) for s in stores]
 import keras
-print(json.dumps({"computed": [r.computed for r in runs], "reused": [r.reused for r in runs],
+print(json.dumps({"computed": [r.computed for r in runs], "reused": [r.reused for r in runs], "drawn": len(drawn),
                   "keras_backend": keras.backend.backend(),
                   "tensorflow_imported": any(m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules)}))
 """
@@ -93,6 +107,7 @@ def test_jax_features_equal_tensorflow_features_and_stores_are_shared(tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["keras_backend"] == "jax" and not out["tensorflow_imported"]
     assert out["computed"] == [2, 0] and out["reused"] == [0, 2]  # the TensorFlow store is reused as it is
+    assert out["drawn"] == 0  # built from the weights file: no initializer ran (on JAX each one compiles)
 
     from pipeline.store import FeatureStore
 
