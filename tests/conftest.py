@@ -17,6 +17,20 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TFP_SHARED", REPO.parent / "shared"))
 
+XLA_LEVEL0 = "--xla_backend_optimization_level=0"
+
+
+def _xla_level0(flags: str | None) -> str:
+    return flags if flags and XLA_LEVEL0 in flags.split() else " ".join(filter(None, [flags, XLA_LEVEL0]))
+
+
+# JAX in the test processes (tests/decode: jaxresize's programs, compiled per bucket of image sizes, taps and
+# filter) at XLA optimisation level 0, as in the children of jax_child_env: the tests compare pixels, integers
+# that no optimisation level changes, and level 0 compiles them in less time (test_jaxresize.py: 31 -> 24 s of
+# CPU). Set before any test runs, so before JAX first compiles here; TensorFlow's XLA (jit_compile) reads the
+# same variable, and no test compiles with it.
+os.environ["XLA_FLAGS"] = _xla_level0(os.environ.get("XLA_FLAGS"))
+
 
 def needs_shared(*parts: str) -> Path:
     """Path inside ../shared, or skip the test with the reason."""
@@ -268,10 +282,9 @@ def tiny_head_export(request, tmp_path_factory, tiny_images):
 
 def jax_child_env(**extra: str) -> dict:
     """The environment of a child process that runs Keras on JAX: XLA at optimisation level 0. The children
-    compile every initializer of a Keras application and its forward pass, and compare features, not speed:
-    level 0 compiles them in less time (MobileNetV2's child: 40 -> 29 s of CPU; ResNet50's: 22 -> 17 s)."""
-    flags = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
-    return {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": flags, **extra}
+    compile the initializers of a Keras application with random weights and its forward pass, and compare
+    features, not speed: level 0 compiles them in less time (MobileNetV2's child: 40 -> 29 s of CPU; ResNet50's: 22 -> 17 s)."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "XLA_FLAGS": _xla_level0(os.environ.get("XLA_FLAGS")), **extra}
 
 
 # The longest test files first (seconds on 2 cores, measured with --durations): with `--dist loadfile`

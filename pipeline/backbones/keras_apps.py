@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Mapping
 
@@ -216,8 +217,9 @@ class KerasBackbone(Backbone):
         policy = keras.mixed_precision.dtype_policy()
         try:
             keras.mixed_precision.set_dtype_policy(PRECISIONS[self.precision])
-            return ctor(weights=None if weights == "random" else weights, include_top=True,
-                        classifier_activation=None)
+            build = partial(ctor, weights=None if weights == "random" else weights, include_top=True,
+                            classifier_activation=None)
+            return build() if weights == "random" or self.keras_backend != "jax" else _loaded_undrawn(keras, build)
         except Exception as e:  # Keras raises a bare Exception for download failures
             if weights == "imagenet":
                 raise BackboneError(
@@ -273,6 +275,32 @@ class KerasBackbone(Backbone):
 
     def _forward(self, images):
         return padded_call(self._fn, images, self.batch_size)
+
+
+def _loaded_undrawn(keras, build):
+    """`build()` (an application that loads its weights, from a file or ImageNet's) without drawing the random
+    weights the file then replaces. On JAX every initializer is a program compiled for its shape: drawing them
+    took most of the time to build a network, for values never used.
+    Built in a stateless scope, the loaded values land in the scope; each variable then starts from its loaded
+    value, and one the file does not hold is drawn as Keras would have drawn it (JAX only: under TensorFlow and
+    torch a variable cannot start from a value after the build)."""
+    from keras.src.backend.common import global_state
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+
+    if in_stateless_scope():  # the caller's scope holds the values: build as asked
+        return build()
+    with keras.StatelessScope(initialize_variables=False) as scope:
+        model = build()
+        pending = list(global_state.get_global_attribute("uninitialized_variables", []))
+        loaded = [scope.get_current_value(v) for v in pending]
+    global_state.set_global_attribute("uninitialized_variables", [])
+    for variable, value in zip(pending, loaded):
+        if value is None:
+            variable._deferred_initialize()  # not in the weights: drawn, as it would have been
+        else:
+            variable._initialize(value)
+            variable._initializer = None
+    return model
 
 
 def _seed(keras, backend: str, seed: int = 0) -> None:

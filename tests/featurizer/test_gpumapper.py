@@ -4,6 +4,7 @@ into a store whose rows equal the CPU path's, whose spec names the decoder, and 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,25 +76,34 @@ def test_a_decode_bound_gpu_run_is_told_to_use_decode_gpu():
 _CHILD = """
 import json, sys
 import keras
+import numpy as np
 import pipeline
+from models_for_tests import SIZE, tiny_keras_model
+from pipeline.backbones.keras_apps import KERAS_APPS, KerasApp
 from pipeline.decode import gpujpeg
 from pipeline.store import FeatureStore
+# the tiny test CNN as the Keras application 'tiny_cnn' (tests/conftest.py's tiny_app): the test is about the
+# decode paths, and the tiny network's features, unlike an untrained MobileNetV2's (~1e-11), show wrong pixels
+KERAS_APPS["tiny_cnn"] = KerasApp("TinyCNN", SIZE, "tf", "mobilenet")
+def tiny_cnn(weights=None, include_top=True, classifier_activation=None):
+    model = tiny_keras_model()
+    return keras.Model(model.input, model.get_layer("logits").output)
+keras.applications.TinyCNN = tiny_cnn
 # no GPU here: the GPU library is replaced by its CPU stand-in (same interface), so the GPU path itself runs
 gpujpeg.find_library = lambda name=None: gpujpeg.PillowJpeg()
-data, weights, out = sys.argv[1:]
-keras.utils.set_random_seed(0)
-keras.applications.MobileNetV2(weights=None).save_weights(weights)
-kw = dict(weights=weights, keras_backend="jax", progress=False, report=True)
-gpu = pipeline.featurize(data, "mobilenet_v2", out=out + "/gpu", decode="gpu", **kw)
-cpu = pipeline.featurize(data, "mobilenet_v2", out=out + "/cpu", decode="thread", **kw)
+data, out = sys.argv[1:]
+kw = dict(weights="random", keras_backend="jax", progress=False, report=True)
+gpu = pipeline.featurize(data, "tiny_cnn", out=out + "/gpu", decode="gpu", **kw)
+cpu = pipeline.featurize(data, "tiny_cnn", out=out + "/cpu", decode="thread", **kw)
 try:
-    pipeline.featurize(data, "mobilenet_v2", out=out + "/gpu", decode="thread", **kw)
+    pipeline.featurize(data, "tiny_cnn", out=out + "/gpu", decode="thread", **kw)
     mixed = "appended"
 except Exception as e:
     mixed = str(e)
 a, b = FeatureStore.open(out + "/gpu"), FeatureStore.open(out + "/cpu")
 print(json.dumps({"decoder": [a.spec.get("decoder"), b.spec.get("decoder")], "paths": [a.paths, b.paths],
                   "max_diff": float(abs(a.features - b.features).max()), "skipped": [s["reason"] for s in gpu.skipped],
+                  "spread": float(np.abs(b.features[1:] - b.features[0]).max(1).min()),
                   "stages": gpu.stages, "mixed": mixed}))
 """
 
@@ -105,17 +115,19 @@ def test_a_jax_backbone_featurizes_from_bytes_as_the_cpu_path_does(tmp_path):
                      ("b", ["A09 L JPEG", "A16 EXIF orientation 8 JPEG", "RGB JPEG"])):
         (data / c).mkdir(parents=True)
         for i, n in enumerate(names):
-            (data / c / f"{i}.{'png' if 'PNG' in n else 'jpg'}").write_bytes(CASES[n](150, 110, i + 7 * ord(c)))
-    cut = CASES["RGB JPEG"](150, 110, 99)
+            (data / c / f"{i}.{'png' if 'PNG' in n else 'jpg'}").write_bytes(CASES[n](90, 60, i + 7 * ord(c)))
+    cut = CASES["RGB JPEG"](90, 60, 99)
     (data / "b" / "cut.jpg").write_bytes(cut[:len(cut) // 2])
     env = jax_child_env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(data), str(tmp_path / "w.weights.h5"), str(tmp_path)],
+    env["PYTHONPATH"] += os.pathsep + str(REPO / "tests")  # models_for_tests
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(data), str(tmp_path)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["decoder"] == ["pillow-full", None]  # recorded where it is not the CPU's; old stores read as pillow
     assert out["paths"][0] == out["paths"][1] and len(out["paths"][0]) == 6
-    assert out["max_diff"] < 1e-4  # the same pixels in, the same features out
+    assert out["max_diff"] < 1e-4, out["max_diff"]  # the same pixels in, the same features out
+    assert out["spread"] > 1e-3, out["spread"]  # while each other image's features differ from the first's by more
     assert out["skipped"] == ["truncated"]  # the CPU decoder's reason for a file no decoder reads
     assert "gpu_decode_s" in out["stages"] and out["stages"]["decoder"] == "pillow-full"
     assert "decoder" in out["mixed"]  # a store never holds rows of two decoders

@@ -49,13 +49,15 @@ def test_savedmodel_and_graphdef_read_several_layers_in_one_call(tiny, tmp_path)
                          ["logits", names["conv"], "predictions"])
 
 
-@pytest.mark.slow
-def test_keras_application_reads_several_layers_in_one_call():
-    images = np.random.default_rng(1).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
-    multi = create_backbone("mobilenet", "penultimate,logits", "random")
+def test_keras_application_reads_several_layers_in_one_call(tiny_app):
+    # the tiny CNN as a Keras application (conftest.py): three builds of a real one took seconds; every
+    # application's aliases and widths, several layers at once, are checked in tests/backbones/test_registry.py
+    images = np.random.default_rng(1).integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+    multi = create_backbone(tiny_app, "penultimate,logits", "random")
     x = multi(images)
+    assert multi.kind == "keras" and multi.dims == [8, 5]
     for i, layer in enumerate(("penultimate", "logits")):
-        single = create_backbone("mobilenet", layer, "random")
+        single = create_backbone(tiny_app, layer, "random")
         a = sum(multi.dims[:i])
         np.testing.assert_allclose(x[:, a:a + multi.dims[i]], single(images), rtol=0, atol=1e-5)
         assert multi.layer_spec(i) == single.spec()
