@@ -284,11 +284,14 @@ def _loaded_undrawn(keras, build):
     Built in a stateless scope, the loaded values land in the scope; each variable then starts from its loaded
     value, and one the file does not hold is drawn as Keras would have drawn it (JAX only: under TensorFlow and
     torch a variable cannot start from a value after the build)."""
-    from keras.src.backend.common import global_state
-    from keras.src.backend.common.stateless_scope import in_stateless_scope
-
-    if in_stateless_scope():  # the caller's scope holds the values: build as asked
+    try:  # Keras internals (3.x): another Keras version without them builds the plain way, drawing the weights
+        from keras.src.backend.common import global_state
+        from keras.src.backend.common.stateless_scope import in_stateless_scope
+        from keras.src.backend.common.variables import Variable
+    except ImportError:
         return build()
+    if in_stateless_scope() or not all(hasattr(Variable, a) for a in ("_initialize", "_deferred_initialize")):
+        return build()  # in the caller's scope the values are the caller's: build as asked
     with keras.StatelessScope(initialize_variables=False) as scope:
         model = build()
         pending = list(global_state.get_global_attribute("uninitialized_variables", []))
