@@ -290,14 +290,14 @@ def jax_child_env(**extra: str) -> dict:
 # The longest test files first (seconds on 2 cores, measured with --durations): with `--dist loadfile`
 # each file goes whole to the next free worker, so a long file left for the end keeps one worker busy
 # while the other idles (the Makefile passes --no-loadscope-reorder, which keeps this order).
-LONGEST_FILES = ("tests/engines/test_ray.py", "tests/engines/test_two_nodes.py", "tests/realdata/test_reference.py",
-                 "tests/backbones/test_keras_backend.py", "tests/featurizer/test_gpumapper.py",
-                 "tests/training/test_multilabel.py", "tests/decode/test_tfdecode.py", "tests/export/test_export.py",
-                 "tests/backbones/test_registry.py", "tests/serving/test_serve_export.py",
-                 "tests/export/test_allowed_ops.py", "tests/backbones/test_backbones.py", "tests/cli/test_first_hour.py",
-                 "tests/featurizer/test_decodepool.py", "tests/featurizer/test_layers.py",
-                 "tests/decode/test_jaxresize.py", "tests/serving/test_predictors.py", "tests/featurizer/test_resume.py",
-                 "tests/featurizer/test_stages.py", "tests/realdata/test_real_world.py")
+LONGEST_FILES = ("tests/engines/test_ray.py", "tests/export/test_export.py", "tests/realdata/test_reference.py",
+                 "tests/engines/test_two_nodes.py", "tests/training/test_multilabel.py", "tests/decode/test_tfdecode.py",
+                 "tests/backbones/test_registry.py", "tests/backbones/test_backbones.py",
+                 "tests/featurizer/test_layers.py", "tests/serving/test_serve.py", "tests/decode/test_jaxresize.py",
+                 "tests/backbones/test_keras_backend.py", "tests/serving/test_serve_export.py",
+                 "tests/featurizer/test_decodepool.py", "tests/cli/test_first_hour.py",
+                 "tests/featurizer/test_gpumapper.py", "tests/serving/test_predictors.py", "tests/cli/test_first_day.py",
+                 "tests/training/test_estimator.py", "tests/reports/test_report.py")
 
 
 def pytest_collection_modifyitems(config, items):
