@@ -292,11 +292,14 @@ def _loaded_undrawn(keras, build):
         return build()
     if in_stateless_scope() or not all(hasattr(Variable, a) for a in ("_initialize", "_deferred_initialize")):
         return build()  # in the caller's scope the values are the caller's: build as asked
-    with keras.StatelessScope(initialize_variables=False) as scope:
-        model = build()
-        pending = list(global_state.get_global_attribute("uninitialized_variables", []))
-        loaded = [scope.get_current_value(v) for v in pending]
-    global_state.set_global_attribute("uninitialized_variables", [])
+    before = list(global_state.get_global_attribute("uninitialized_variables", []))  # this thread's, not ours
+    try:
+        with keras.StatelessScope(initialize_variables=False) as scope:
+            model = build()
+            pending = global_state.get_global_attribute("uninitialized_variables", [])[len(before):]
+            loaded = [scope.get_current_value(v) for v in pending]
+    finally:  # a failed build (no ImageNet download, a bad weights file) leaves none of its variables behind
+        global_state.set_global_attribute("uninitialized_variables", before)
     for variable, value in zip(pending, loaded):
         if value is None:
             variable._deferred_initialize()  # not in the weights: drawn, as it would have been

@@ -182,3 +182,44 @@ def test_cli_flags_reach_the_library(tmp_path, capsys):
     assert main(["featurize", str(data), "--decode", "process", "--workers", "2", "--out", str(tmp_path / "b"),
                  "--no-progress"]) == 0
     assert "4 featurized" in capsys.readouterr().out
+
+
+_FAILED_BUILD_CHILD = r"""
+import sys
+import keras, numpy as np
+from keras.src.backend.common import global_state
+from pipeline.backbones.keras_apps import _loaded_undrawn
+
+def make():
+    i = keras.Input((8,))
+    return keras.Model(i, keras.layers.Dense(3)(keras.layers.Dense(4)(i)))
+
+def build(path):
+    m = make()
+    m.load_weights(path)
+    return m
+
+good = make()
+good.save_weights(sys.argv[1] + "/good.weights.h5")
+try:
+    _loaded_undrawn(keras, lambda: build(sys.argv[1] + "/missing.weights.h5"))
+except FileNotFoundError:
+    pass
+left = len(global_state.get_global_attribute("uninitialized_variables", []))
+model = _loaded_undrawn(keras, lambda: build(sys.argv[1] + "/good.weights.h5"))
+x = np.ones((2, 8), "float32")
+print(left, len(global_state.get_global_attribute("uninitialized_variables", [])),
+      bool(np.allclose(model(x), good(x))))
+"""
+
+
+@pytest.mark.slow
+def test_a_failed_weights_load_on_jax_leaves_nothing_for_the_next_build(tmp_path):
+    """An application whose weights fail to load (no ImageNet download, a wrong file) leaves none of its
+    variables waiting in Keras's state: the next build in the process would otherwise draw them all (on JAX a
+    compiled program each), and hold the failed network's memory."""
+    pytest.importorskip("jax", reason="Keras on JAX needs jax: pip install -e '.[jax]'")
+    out = subprocess.run([sys.executable, "-c", _FAILED_BUILD_CHILD, str(tmp_path)], env=jax_child_env(KERAS_BACKEND="jax"),
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["0", "0", "True"]
