@@ -23,10 +23,30 @@ def versions() -> dict:
 
 @functools.cache
 def _installed() -> dict:
-    out = {"python": "%d.%d.%d" % sys.version_info[:3]}  # platform.python_version(), without importing platform
+    out = {"python": sys.version.split()[0]}  # platform.python_version() (3.13.0rc1...), without importing platform
     found = installed_versions()
-    out.update((dist, found[normalized(dist)]) for dist in DISTRIBUTIONS if found.get(normalized(dist)))
+    for dist in DISTRIBUTIONS:
+        version = found.get(normalized(dist))
+        if version is None and _opaque_entries():  # perhaps inside a zip or an .egg: importlib.metadata reads those
+            version = _from_metadata(dist)
+        if version:
+            out[dist] = version
     return out
+
+
+def _opaque_entries() -> bool:
+    """Whether sys.path holds places whose packages the folder scan cannot see: zip files (a zipapp, a zipped
+    egg) or .egg folders (their metadata sits in EGG-INFO/)."""
+    return any(entry.endswith(".egg") or os.path.isfile(entry) for entry in sys.path if entry)
+
+
+def _from_metadata(dist: str) -> str | None:
+    import importlib.metadata as md
+
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
 
 
 def normalized(dist: str) -> str:

@@ -273,12 +273,13 @@ def console_main() -> int:
 
     ``gc.freeze()`` spares the exit a last garbage collection over every object of the imported libraries
     and the run (~40 ms of CPU of each cold run, BENCHMARKS.md): the process ends, the OS frees its memory.
-    Files are closed by the run itself and atexit handlers still run; only for a process about to exit,
-    never inside :func:`main`, which other programs call."""
+    Files are closed by the run itself and atexit handlers still run; only after a run that succeeded and
+    only for a process about to exit, never inside :func:`main`, which other programs call."""
     import gc
 
     rc = main()
-    gc.freeze()
+    if rc == 0:  # after an error, what its traceback held (a decode pool's shared memory) is still collected
+        gc.freeze()
     return rc
 
 

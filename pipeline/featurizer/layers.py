@@ -175,15 +175,27 @@ class LayerWriters:
         return self.writers[0].skip_cache()
 
     def close(self) -> FeatureStore:
-        """Close every layer's store at once: each merges its parts and waits on its own fsyncs, which
-        overlap (a cold default run spends ~0.1 s there per store); an error of any is raised."""
-        from concurrent.futures import ThreadPoolExecutor
+        """Close every layer's store at once (each merges its parts and waits on its own fsyncs: they
+        overlap). Every store is closed even when another fails; the first error is raised and the others
+        logged, so one rerun shows them all. A store's own close releases it, failed or not; after an
+        interrupt, a close still running releases its store itself when it ends."""
+        from concurrent.futures import ThreadPoolExecutor, wait
 
+        pool = ThreadPoolExecutor(len(self.writers), thread_name_prefix="tfp-close")
+        futures = [pool.submit(w.close) for w in self.writers]
         try:
-            with ThreadPoolExecutor(len(self.writers), thread_name_prefix="tfp-close") as pool:
-                self.stores = list(pool.map(lambda w: w.close(), self.writers))
+            wait(futures)
         finally:
-            self.abort()
+            pool.shutdown(wait=False)
+            for w, f in zip(self.writers, futures):
+                if f.done():
+                    w.abort()
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        for e in errors[1:]:
+            log.error("%s", e)
+        if errors:
+            raise errors[0]
+        self.stores = [f.result() for f in futures]
         return self.stores[0]
 
     def abort(self) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import platform
 import subprocess
 import sys
 
@@ -17,7 +18,7 @@ def test_every_installed_distribution_has_the_version_importlib_metadata_gives()
 
 def test_versions_lists_this_package_and_python_and_leaves_out_what_is_not_installed(monkeypatch):
     v = versions()
-    assert v["python"] == "%d.%d.%d" % sys.version_info[:3]
+    assert v["python"] == platform.python_version()
     assert v["tf-feature-pipeline"] == md.version("tf-feature-pipeline")
     assert set(v) <= {"python", *DISTRIBUTIONS}
     v["numpy"] = "changed by a caller"
@@ -40,3 +41,23 @@ def test_a_cold_import_and_call_does_not_import_importlib_metadata():
     code = "import sys; from pipeline.versions import versions; versions(); print('importlib.metadata' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_library_inside_a_zip_on_the_path_is_asked_of_importlib_metadata(tmp_path, monkeypatch):
+    import zipfile
+
+    from pipeline import versions as v
+
+    bundle = tmp_path / "vendored.zip"
+    with zipfile.ZipFile(bundle, "w") as z:
+        z.writestr("joblib-9.9.9.dist-info/METADATA", "Metadata-Version: 2.1\nName: joblib\nVersion: 9.9.9\n\n")
+        z.writestr("joblib-9.9.9.dist-info/RECORD", "")
+    monkeypatch.setattr(sys, "path", [str(bundle)])
+    v._installed.cache_clear()
+    try:
+        found = v.versions()
+    finally:
+        v._installed.cache_clear()
+    assert found["joblib"] == "9.9.9"  # read from inside the zip, as importlib.metadata reads it
+    assert "numpy" not in found  # not on this path
+    assert found["python"] == sys.version.split()[0]

@@ -278,3 +278,34 @@ def test_the_default_pass_keeps_an_older_penultimate_store_to_its_one_layer(tmp_
     assert sorted(p.name for p in (tmp_path / "features").iterdir()) == ["data-mobilenet_v2_quant-penultimate"]
     fresh = featurize(data, out=tmp_path / "t", progress=False, report=True)  # a new folder gets both
     assert fresh.computed == 6 and (tmp_path / "t-predictions" / "meta.json").is_file()
+
+
+def test_closing_the_stores_of_a_pass_closes_each_and_reports_every_failure(caplog):
+    """The stores of a multi-layer pass close at once: every one is closed even when another fails, the
+    first error is raised and the others are logged (a full disk shows both stores in one run), and each
+    store is released."""
+    from pipeline.errors import StoreError
+    from pipeline.featurizer.layers import LayerWriters
+
+    class Writer:
+        def __init__(self, name, error=None):
+            self.name, self.error, self.closed, self.released = name, error, False, False
+
+        def close(self):
+            self.closed = True
+            if self.error:
+                raise StoreError(self.error)
+            return self.name
+
+        def abort(self):
+            self.released = True
+
+    good = [Writer("a"), Writer("b")]
+    assert LayerWriters(good, backbone=None).close() == "a"
+    assert all(w.closed and w.released for w in good)
+
+    bad = [Writer("a", "store a: no space left"), Writer("b", "store b: no space left"), Writer("c")]
+    with caplog.at_level("ERROR", logger="pipeline.featurizer.layers"), pytest.raises(StoreError, match="store a"):
+        LayerWriters(bad, backbone=None).close()
+    assert all(w.closed and w.released for w in bad)
+    assert "store b: no space left" in caplog.text
