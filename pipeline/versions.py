@@ -24,10 +24,10 @@ def versions() -> dict:
 @functools.cache
 def _installed() -> dict:
     out = {"python": sys.version.split()[0]}  # platform.python_version() (3.13.0rc1...), without importing platform
-    found = installed_versions()
+    found, opaque = installed_versions(), _opaque_entries()
     for dist in DISTRIBUTIONS:
         version = found.get(normalized(dist))
-        if version is None and _opaque_entries():  # perhaps inside a zip or an .egg: importlib.metadata reads those
+        if version is None and opaque:  # perhaps inside a zip or an .egg: importlib.metadata reads those
             version = _from_metadata(dist)
         if version:
             out[dist] = version
