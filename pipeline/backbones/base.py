@@ -302,9 +302,9 @@ def describe(spec) -> str:
 def pool(x: np.ndarray) -> np.ndarray:
     """Global-average-pool a (N, H, W, C) map to (N, C); flatten anything else to (N, -1)."""
     x = np.asarray(x)
-    if x.ndim == 4:
+    if x.ndim == 4 and x.shape[1:3] != (1, 1):
         return x.mean(axis=(1, 2))
-    return x.reshape(len(x), -1)
+    return x.reshape(len(x), -1)  # a 1x1 map (a pooled layer) is its own mean: no reduction per image
 
 
 def padded_call(fn, images: np.ndarray, batch_size: int) -> np.ndarray:

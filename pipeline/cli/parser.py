@@ -9,7 +9,9 @@ choice with the closest valid one (difflib, through :func:`pipeline.hints.close_
 from __future__ import annotations
 
 import argparse
+import functools
 import re
+import shutil
 import sys
 
 from ..hints import close_matches
@@ -19,6 +21,13 @@ _INVALID_CHOICE = re.compile(r"argument (?P<arg>[^:]+): invalid choice: '(?P<giv
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors name the closest command, flag or choice (exit status 2)."""
+
+    def __init__(self, *args, **kwargs):
+        # the help width as argparse computes it, asked of the terminal once per parser, not at every flag
+        # added (argparse builds a formatter for each: ~180 terminal queries per start)
+        kwargs.setdefault("formatter_class", functools.partial(argparse.HelpFormatter,
+                                                               width=shutil.get_terminal_size().columns - 2))
+        super().__init__(*args, **kwargs)
 
     def parse_args(self, args=None, namespace=None):
         args, extras = self.parse_known_args(args, namespace)

@@ -295,6 +295,8 @@ class StoreWriter:
             return
         seg_dir = self.root / "segments"
         seg_dir.mkdir(exist_ok=True)
+        # parts too few rows in all for each to hold ADOPT_ROWS are merged without opening each to count them
+        adopt = adopt and self._next - self._base >= ADOPT_ROWS * len(parts)
         lengths = [_piece_len(f) for _, f in parts] if adopt else []
         if adopt and min(lengths) >= ADOPT_ROWS:
             return self._adopt_parts(parts, lengths, seg_dir)

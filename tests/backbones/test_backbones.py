@@ -248,3 +248,36 @@ def test_tflite_layer_added_as_output_in_place_reads_the_same_values_as_every_te
     np.testing.assert_array_equal(values["appended"], preserved.get_tensor(layer["index"]))
     np.testing.assert_array_equal(values["appended"], values["repacked"])
     assert add_outputs(b"", [1]) is None  # not a flatbuffer: the caller repacks (or preserves every tensor)
+
+
+def test_tflite_operator_codes_read_from_the_bytes_equal_the_schemas_and_name_custom_ops(tmp_path):
+    """The operator check reads the flatbuffer's bytes itself (no schema module at start-up): the same
+    codes as LiteRT's generated schema, custom and Flex names included; a built-in code this LiteRT does
+    not know passes the check and is refused by the interpreter, naming the file."""
+    from pathlib import Path
+
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils as fb
+
+    from pipeline.backbones.tflite import BUNDLED_MODELS, CUSTOM_CODE, TFLiteBackbone, check_builtin_ops, operator_codes
+
+    content = Path(BUNDLED_MODELS["mobilenet_v2_quant"].path).read_bytes()
+    model = fb.read_model_from_bytearray(bytearray(content))
+    model.operatorCodes[1].builtinCode = model.operatorCodes[1].deprecatedBuiltinCode = CUSTOM_CODE
+    model.operatorCodes[1].customCode = b"FlexWriteFile"
+    custom = bytes(fb.convert_object_to_bytearray(model))
+    for data in (content, custom):
+        root = schema.Model.GetRootAs(data, 0)
+        expected = [(max(c.BuiltinCode(), c.DeprecatedBuiltinCode()), c.CustomCode())
+                    for c in (root.OperatorCodes(i) for i in range(root.OperatorCodesLength()))]
+        assert operator_codes(data) == expected and len(expected) > 3
+    assert operator_codes(custom)[1] == (CUSTOM_CODE, b"FlexWriteFile")
+    with pytest.raises(BackboneError, match="FlexWriteFile"):
+        check_builtin_ops("custom.tflite", custom)
+    with pytest.raises(ValueError, match="TFL3"):
+        operator_codes(b"\0" * 64)
+    model.operatorCodes[1].builtinCode, model.operatorCodes[1].customCode = 250, None
+    unknown = tmp_path / "unknown.tflite"
+    unknown.write_bytes(bytes(fb.convert_object_to_bytearray(model)))
+    with pytest.raises(BackboneError, match="unknown.tflite is not a usable TFLite model.*250"):
+        TFLiteBackbone(unknown)
