@@ -291,7 +291,7 @@ def jax_child_env(**extra: str) -> dict:
 # each file goes whole to the next free worker, so a long file left for the end keeps one worker busy
 # while the other idles (the Makefile passes --no-loadscope-reorder, which keeps this order).
 LONGEST_FILES = ("tests/engines/test_ray.py", "tests/export/test_export.py", "tests/realdata/test_reference.py",
-                 "tests/engines/test_two_nodes.py", "tests/training/test_multilabel.py", "tests/decode/test_tfdecode.py",
+                 "tests/training/test_multilabel.py", "tests/decode/test_tfdecode.py",
                  "tests/backbones/test_registry.py", "tests/backbones/test_backbones.py",
                  "tests/featurizer/test_layers.py", "tests/serving/test_serve.py", "tests/decode/test_jaxresize.py",
                  "tests/backbones/test_keras_backend.py", "tests/serving/test_serve_export.py",

@@ -1,11 +1,20 @@
-"""featurize/score --engine ray on a local 2-CPU Ray cluster: the same store, report and CSV as in-process,
-resumable after a SIGKILL of the driver, and images read through a file:// URI."""
+"""featurize/score --engine ray on a Ray cluster of two nodes on this machine (a head and a worker node, 1 CPU
+each, started once for the module, this process its driver): the same store, report and CSV as in-process,
+resumable after a SIGKILL of the driver, a backbone actor killed or a whole node lost mid-run, images read
+through file:// and s3:// URIs.
+
+The nodes and the driver use 127.0.0.1 only (tests/conftest.py sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0,
+which makes Ray take the loopback address as each node's address); the two-node tests at the end check it.
+One cluster for every test: starting one takes seconds, and two clusters at once on a 2-core machine (the
+tests of this file ran on one, the two-node tests on another) slowed both."""
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,15 +28,31 @@ from pipeline.cli import main
 from pipeline.engines.ray import RayCluster, partition_bounds
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs ray[data]: pip install -e '.[ray]'")
-pytestmark = pytest.mark.slow  # a local Ray cluster: seconds to start, seconds per run
+cluster_utils = pytest.importorskip("ray.cluster_utils")
+pytestmark = pytest.mark.slow  # a Ray cluster: seconds to start, seconds per run
+
+ACTOR = "ray::MapWorker("  # a backbone actor of the Ray engine (on CPUs the decode tasks are fused into it)
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """One local Ray cluster of 2 CPUs for the whole module (starting one takes seconds)."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # a new one, never another
-    yield ray.get_runtime_context().gcs_address
+def two_nodes():
+    """A Ray cluster of a head node and one worker node, 1 CPU each, started by this process for the whole
+    module, with this process connected as its driver (the runs of the tests use that session)."""
+    quick = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}  # a lost node noticed in ~2 s
+    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                                          "_system_config": quick})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
     ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster(two_nodes):
+    """The cluster's address (what --address takes)."""
+    return two_nodes.address
 
 
 def _folder(root: Path) -> Path:
@@ -59,6 +84,43 @@ def _report(store) -> dict:
     return r
 
 
+def _worker_raylet(cluster) -> tuple[object, int]:
+    """(the worker node, the PID of its raylet: the ancestor of the worker processes it starts)."""
+    node = next(iter(cluster.worker_nodes))
+    return node, node.all_processes["raylet"][0].process.pid
+
+
+def _assert_same_store(store, local) -> None:
+    assert store.rows == local.rows  # paths, labels, sha256 and stat, in the same order
+    assert store.paths == local.paths and store.sha256 == local.sha256 and list(store.labels) == list(local.labels)
+    np.testing.assert_allclose(store.features, local.features, rtol=1e-6, atol=1e-6)
+
+
+def _watching_the_worker_node(two_nodes, run):
+    """(run's result, the backbone actors seen on the worker node while it ran): `run` in a thread while this
+    one looks for the actors under the worker node's raylet."""
+    _, raylet = _worker_raylet(two_nodes)
+    on_worker, result = set(), {}
+
+    def drive():
+        try:
+            result["run"] = run()
+        except BaseException as e:  # noqa: BLE001 - raised again below
+            result["error"] = e
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    # the actors live from the run's start to its end: 20 looks a second see them; each look is a walk of /proc
+    # (CPU the run would miss), so the looking stops once one is seen on the worker node
+    while driver.is_alive() and not on_worker:
+        on_worker.update(descendants_named(ACTOR, raylet))
+        time.sleep(0.05)
+    driver.join()
+    if "error" in result:
+        raise result["error"]
+    return result["run"], on_worker
+
+
 def test_score_cache_of_a_uri_is_keyed_by_the_uri_not_the_working_directory(tmp_path, monkeypatch):
     from pipeline.backbones import create_backbone
     from pipeline.scoring.batch import score_cache_path
@@ -77,18 +139,25 @@ def test_partitions_are_contiguous_deterministic_and_cover_the_listing():
     assert partition_bounds(2500, None) == [(0, 833), (833, 1666), (1666, 2500)]  # 1000 images each at most
 
 
-def test_ray_store_equals_in_process_store_row_for_row(cluster, tmp_path, monkeypatch):
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds Ray's processes through /proc (Linux)")
+def test_two_nodes_write_the_local_store_row_for_row(two_nodes, cluster, tmp_path, monkeypatch):
+    """engine="ray" on two nodes, a backbone actor on each, writes the store engine="local" writes, row for
+    row; run again it recomputes nothing, and a touched or rewritten file is handled as in-process."""
     from pipeline.backbones.tflite import TFLiteBackbone
 
+    assert two_nodes.address.startswith("127.0.0.1:") and all(
+        n.node_ip_address == "127.0.0.1" for n in [two_nodes.head_node, *two_nodes.worker_nodes])
     folder = _folder(tmp_path)  # its own copy: this test changes files in it
     local = pipeline.featurize(folder, out=tmp_path / "local", progress=False)
     with monkeypatch.context() as m:  # the network is built in the actors only, never on the driver
         m.setattr(TFLiteBackbone, "_load", lambda self: pytest.fail("the driver built the network"))
-        run = pipeline.featurize(folder, out=tmp_path / "ray", progress=False, report=True, engine="ray",
-                                 cluster=RayCluster(partitions=3))
+        # batches of 2: blocks enough for Ray Data to start the second actor (on the worker node) for 10 images
+        run, on_worker = _watching_the_worker_node(two_nodes, lambda: pipeline.featurize(
+            folder, out=tmp_path / "ray", batch_size=2, progress=False, report=True, engine="ray",
+            cluster=RayCluster(partitions=3)))
+    assert on_worker, "no backbone actor ran on the worker node"
     store = run.store
-    assert store.rows == local.rows  # paths, labels, sha256 and stat, in the same order
-    np.testing.assert_allclose(store.features, local.features, rtol=1e-6, atol=1e-6)
+    _assert_same_store(store, local)  # paths, labels, sha256 and stat, in the same order
     # the default pass: the class scores beside it, as in-process
     scores, local_scores = (FeatureStore.open(tmp_path / f"{n}-predictions") for n in ("ray", "local"))
     assert scores.rows == local_scores.rows and scores.spec == local_scores.spec
@@ -189,7 +258,7 @@ def test_a_backbone_actor_killed_mid_run_is_restarted_and_the_store_equals_in_pr
         # a partition in (the commit log: a stat), then the backbone actors (decode fused into them): /proc is
         # walked only once the first holds, not every 5 ms, which took CPU from the run
         if rows.exists() and rows.read_bytes().count(b"\n") >= n // 8 and (
-                actors := descendants_named("ray::MapWorker(")):
+                actors := descendants_named(ACTOR)):
             committed = rows.read_bytes().count(b"\n")
             os.kill(actors[0], signal.SIGKILL)
             killed = actors[0]
@@ -295,3 +364,41 @@ def test_a_small_ray_run_reports_its_start_up_and_points_to_the_local_engine(clu
     out = capsys.readouterr()
     assert "--engine local is faster" in out.out + out.err
     assert "startup_s" not in local.report["stages"]
+
+
+# ---- a node lost: the engine seam across machines ------------------------------------------------------
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds Ray's processes through /proc (Linux)")
+def test_a_worker_node_lost_mid_run_loses_nothing_once_run_again(two_nodes, tmp_path):
+    data, n = tmp_path / "data", 64  # 16 partitions of 4: the node is lost with most of them still to do
+    noise_class_tree(data, n, (96, 72))
+    out, partitions = tmp_path / "store", 16
+    node, raylet = _worker_raylet(two_nodes)
+    cmd = [sys.executable, "-m", "pipeline", "featurize", str(data), "--out", str(out), "--engine", "ray",
+           "--address", two_nodes.address, "--partitions", str(partitions), "--batch-size", "2", "--no-progress"]
+    driver = subprocess.Popen(cmd, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    rows, deadline, committed = out / "rows.jsonl", time.time() + 180, None
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            # the commit log first (a stat): /proc is walked only once a partition is in, not every 5 ms
+            if rows.exists() and rows.read_bytes().count(b"\n") >= n // partitions and descendants_named(ACTOR, raylet):
+                committed = rows.read_bytes().count(b"\n")  # a first partition is in, the worker node is busy
+                two_nodes.remove_node(node, allow_graceful=False)  # every process of the node SIGKILLed
+                break
+            time.sleep(0.005)
+        two_nodes.add_node(num_cpus=1)  # two nodes again: for the driver's lost actor, or for the rerun
+        driver.wait(timeout=120)  # the run may complete on the new node, or fail: either way nothing is lost
+    except subprocess.TimeoutExpired:
+        pass  # a driver that waits on and on: it is killed below, the rerun finishes the store
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert committed is not None and committed < n, "the worker node was not lost mid-run"
+
+    rerun = pipeline.featurize(data, out=out, batch_size=2, progress=False, report=True, engine="ray",
+                               cluster=RayCluster(two_nodes.address, partitions=partitions))
+    assert rerun.reused >= committed and rerun.reused + rerun.computed == n and len(rerun.store) == n
+    assert driver.returncode != 0 or rerun.computed == 0  # a run that went on without the node finished the store
+    local = pipeline.featurize(data, out=tmp_path / "local", batch_size=2, progress=False)
+    _assert_same_store(rerun.store, local)
