@@ -304,7 +304,9 @@ def pool(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim == 4 and x.shape[1:3] != (1, 1):
         return x.mean(axis=(1, 2))
-    return x.reshape(len(x), -1)  # a 1x1 map (a pooled layer) is its own mean: no reduction per image
+    if x.ndim == 4:  # a 1x1 map (a pooled layer) is its own mean: no reduction per image
+        return x.reshape(x.shape[0], x.shape[3])
+    return x.reshape(len(x), -1)
 
 
 def padded_call(fn, images: np.ndarray, batch_size: int) -> np.ndarray:

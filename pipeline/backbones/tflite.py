@@ -104,6 +104,8 @@ def operator_codes(data: bytes) -> list[tuple[int, bytes | None]]:
             name = None
             if custom is not None:
                 string = custom + u32(custom)
+                if string + 4 + u32(string) > len(data):
+                    raise struct.error("a custom operator's name runs past the end of the file")
                 name = bytes(data[string + 4:string + 4 + u32(string)])
             out.append((code, name))
         return out
@@ -214,6 +216,8 @@ def add_outputs(content: bytes, indices: list[int]) -> bytes | None:
 def _field(buf: bytes, table: int, slot: int) -> int | None:
     """Where field number `slot` of the flatbuffer table at `table` is stored, or None when absent."""
     vtable = table - struct.unpack_from("<i", buf, table)[0]
+    if vtable < 0:  # struct counts a negative offset from the buffer's end: a hostile file would pick the bytes
+        raise struct.error(f"a vtable at {vtable}, before the buffer's start")
     size, at = struct.unpack_from("<H", buf, vtable)[0], 4 + 2 * slot
     offset = struct.unpack_from("<H", buf, vtable + at)[0] if at < size else 0
     return table + offset if offset else None

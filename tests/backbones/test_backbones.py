@@ -254,6 +254,7 @@ def test_tflite_operator_codes_read_from_the_bytes_equal_the_schemas_and_name_cu
     """The operator check reads the flatbuffer's bytes itself (no schema module at start-up): the same
     codes as LiteRT's generated schema, custom and Flex names included; a built-in code this LiteRT does
     not know passes the check and is refused by the interpreter, naming the file."""
+    import struct
     from pathlib import Path
 
     from ai_edge_litert import schema_py_generated as schema
@@ -276,6 +277,22 @@ def test_tflite_operator_codes_read_from_the_bytes_equal_the_schemas_and_name_cu
         check_builtin_ops("custom.tflite", custom)
     with pytest.raises(ValueError, match="TFL3"):
         operator_codes(b"\0" * 64)
+    # a table whose vtable offset points before the buffer's start (struct would count it from the end, where
+    # a hostile file appends an empty vtable: the Flex op would read as ADD) is refused, not misread
+    buf = bytearray(custom)
+
+    def u32(at):
+        return struct.unpack_from("<I", buf, at)[0]
+
+    root = u32(0)
+    vtable = root - struct.unpack_from("<i", buf, root)[0]
+    codes = root + struct.unpack_from("<H", buf, vtable + 6)[0]
+    vector = codes + u32(codes)
+    table = vector + 8 + u32(vector + 8)  # OperatorCode 1, the Flex one
+    buf += struct.pack("<HH", 4, 4)  # an empty vtable as the last 4 bytes
+    struct.pack_into("<i", buf, table, table + 4)  # its vtable "at" -4
+    with pytest.raises(BackboneError, match="evil.tflite is not a usable TFLite model.*before the buffer's start"):
+        check_builtin_ops("evil.tflite", bytes(buf))
     model.operatorCodes[1].builtinCode, model.operatorCodes[1].customCode = 250, None
     unknown = tmp_path / "unknown.tflite"
     unknown.write_bytes(bytes(fb.convert_object_to_bytearray(model)))

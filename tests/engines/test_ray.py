@@ -4,7 +4,7 @@ resumable after a SIGKILL of the driver, a backbone actor killed or a whole node
 through file:// and s3:// URIs.
 
 The nodes and the driver use 127.0.0.1 only (tests/conftest.py sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0,
-which makes Ray take the loopback address as each node's address); the two-node tests at the end check it.
+which makes Ray take the loopback address as each node's address); the first Ray test checks it.
 One cluster for every test: starting one takes seconds, and two clusters at once on a 2-core machine (the
 tests of this file ran on one, the two-node tests on another) slowed both."""
 from __future__ import annotations
@@ -386,7 +386,8 @@ def test_a_worker_node_lost_mid_run_loses_nothing_once_run_again(two_nodes, tmp_
                 two_nodes.remove_node(node, allow_graceful=False)  # every process of the node SIGKILLed
                 break
             time.sleep(0.005)
-        two_nodes.add_node(num_cpus=1)  # two nodes again: for the driver's lost actor, or for the rerun
+        if committed is not None:  # two nodes again: for the driver's lost actor, or for the rerun
+            two_nodes.add_node(num_cpus=1)
         driver.wait(timeout=120)  # the run may complete on the new node, or fail: either way nothing is lost
     except subprocess.TimeoutExpired:
         pass  # a driver that waits on and on: it is killed below, the rerun finishes the store
