@@ -302,10 +302,10 @@ def describe(spec) -> str:
 def pool(x: np.ndarray) -> np.ndarray:
     """Global-average-pool a (N, H, W, C) map to (N, C); flatten anything else to (N, -1)."""
     x = np.asarray(x)
-    if x.ndim == 4 and x.shape[1:3] != (1, 1):
+    if x.ndim == 4:
+        if x.shape[1:3] == (1, 1):  # a 1x1 map (a pooled layer) is its own mean: no reduction per image
+            return x.reshape(x.shape[0], x.shape[3])
         return x.mean(axis=(1, 2))
-    if x.ndim == 4:  # a 1x1 map (a pooled layer) is its own mean: no reduction per image
-        return x.reshape(x.shape[0], x.shape[3])
     return x.reshape(len(x), -1)
 
 
