@@ -298,3 +298,16 @@ def test_tflite_operator_codes_read_from_the_bytes_equal_the_schemas_and_name_cu
     unknown.write_bytes(bytes(fb.convert_object_to_bytearray(model)))
     with pytest.raises(BackboneError, match="unknown.tflite is not a usable TFLite model.*250"):
         TFLiteBackbone(unknown)
+
+
+def test_pool_averages_a_map_and_passes_a_pooled_1x1_map_through_unchanged():
+    """A TFLite layer read after its own average pool is (N, 1, 1, C): taken as it is (its own mean), an empty
+    batch keeping its width; a wider map is averaged; anything else is flattened."""
+    from pipeline.backbones.base import pool
+
+    rng = np.random.default_rng(0)
+    pooled, wide = rng.normal(size=(3, 1, 1, 5)).astype(np.float32), rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(pool(pooled), pooled.mean(axis=(1, 2)))
+    np.testing.assert_allclose(pool(wide), wide.mean(axis=(1, 2)), rtol=1e-6)
+    assert pool(np.zeros((0, 1, 1, 4), np.float32)).shape == (0, 4)
+    assert pool(np.zeros((2, 3, 2), np.float32)).shape == (2, 6)
