@@ -252,15 +252,23 @@ def test_tflite_layer_added_as_output_in_place_reads_the_same_values_as_every_te
 
 def test_tflite_operator_codes_read_from_the_bytes_equal_the_schemas_and_name_custom_ops(tmp_path):
     """The operator check reads the flatbuffer's bytes itself (no schema module at start-up): the same
-    codes as LiteRT's generated schema, custom and Flex names included; a built-in code this LiteRT does
-    not know passes the check and is refused by the interpreter, naming the file."""
+    codes as LiteRT's generated schema, custom and Flex names included; a file whose offsets point outside
+    it is refused, not misread; a built-in code this LiteRT does not know passes the check and is refused
+    by the interpreter, naming the file."""
     import struct
     from pathlib import Path
 
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils as fb
 
-    from pipeline.backbones.tflite import BUNDLED_MODELS, CUSTOM_CODE, TFLiteBackbone, check_builtin_ops, operator_codes
+    from pipeline.backbones.tflite import (
+        BUNDLED_MODELS,
+        CUSTOM_CODE,
+        TFLiteBackbone,
+        _field,
+        check_builtin_ops,
+        operator_codes,
+    )
 
     content = Path(BUNDLED_MODELS["mobilenet_v2_quant"].path).read_bytes()
     model = fb.read_model_from_bytearray(bytearray(content))
@@ -284,9 +292,7 @@ def test_tflite_operator_codes_read_from_the_bytes_equal_the_schemas_and_name_cu
     def u32(at):
         return struct.unpack_from("<I", buf, at)[0]
 
-    root = u32(0)
-    vtable = root - struct.unpack_from("<i", buf, root)[0]
-    codes = root + struct.unpack_from("<H", buf, vtable + 6)[0]
+    codes = _field(buf, u32(0), 1)  # the Model's operator_codes vector, found before the file is altered
     vector = codes + u32(codes)
     table = vector + 8 + u32(vector + 8)  # OperatorCode 1, the Flex one
     buf += struct.pack("<HH", 4, 4)  # an empty vtable as the last 4 bytes
