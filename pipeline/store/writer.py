@@ -39,6 +39,7 @@ from .sealed import open_append, read_text
 SKIPS_FILE = "skips.json"  # the skip cache: files a run could not use, with their stat
 MERGE_ROWS = 65536  # a run's parts become a segment once they hold this many rows (or 1/8 of the store)
 ADOPT_ROWS = 2048  # at close, parts at least this big each become a segment as they are (no rewrite)
+HELD_BYTES = 16 << 20  # featurize's features not yet merged, kept in memory up to this: merged without reading back
 KEPT = "the rows committed so far are kept: run the same command again to resume from them"
 
 
@@ -57,7 +58,9 @@ class StoreWriter:
     hold MERGE_ROWS rows or an eighth of the store, and at close: long runs keep few files and
     segments grow with the store. At close, parts of ADOPT_ROWS rows or more (a fast run commits a
     second of work at a time) become segments as they are, through hard links: rewriting them
-    would cost as much as writing them did, at the end of the run when nothing overlaps it.
+    would cost as much as writing them did, at the end of the run when nothing overlaps it. Smaller
+    parts are merged from the copies :meth:`append` kept of their features (HELD_BYTES at most),
+    not read back and checked again: a short run's close only writes its segment.
 
     Rows come one dict each (:meth:`append`, featurize's, kept in memory as ``rows``) or as columns
     (:meth:`append_block`, an import's: one log line per block and nothing of it kept, so a writer of
@@ -77,6 +80,9 @@ class StoreWriter:
         self._base = self._adopt_legacy()
         self._check_segments(rows_path)
         self._next = self._recover()
+        # the features of this run's parts, in commit order, while they cover every part since the last segment
+        self._held: list[np.ndarray] | None = [] if self._next == self._base else None
+        self._held_bytes = 0
         (root / "parts").mkdir(exist_ok=True)
         self._rows_file = open_append(rows_path)  # never through a link, never a file with a second name
         self._rows_file.truncate(end)
@@ -150,6 +156,7 @@ class StoreWriter:
         held = self.rows  # read back before this batch's lines are in the log
         self._commit(x, _log_lines(rows, self._count))
         held.extend(rows)
+        self._hold(x)
         self._live = self._paths = self._labels = None
         self._merge_due()
 
@@ -171,6 +178,7 @@ class StoreWriter:
             if new_paths:
                 raise RepeatedPath(repeated)
         self._commit(x, _block_line(block, self._count))
+        self._hold(None)  # nothing of a block is kept: its parts are read back when merged
         self._rows = None
         if self._live is not None:
             self._live += len(x)
@@ -224,6 +232,15 @@ class StoreWriter:
             os.fsync(self._rows_file.fileno())
         self._count += len(x)
         self._next += len(x)
+
+    def _hold(self, x: np.ndarray | None) -> None:
+        """Keep a copy of a committed part's features (the caller may reuse its buffer) for the merge; None
+        (a part not kept: an import's block, or past HELD_BYTES) leaves the merge to read the parts back."""
+        if self._held is not None and x is not None and self._held_bytes + x.nbytes <= HELD_BYTES:
+            self._held.append(x.copy())
+            self._held_bytes += x.nbytes
+        else:
+            self._held = None
 
     def _merge_due(self) -> None:
         if self._next - self._base >= max(MERGE_ROWS, self._count // 8):
@@ -299,12 +316,17 @@ class StoreWriter:
         adopt = adopt and self._next - self._base >= ADOPT_ROWS * len(parts)
         lengths = [_piece_len(f) for _, f in parts] if adopt else []
         if adopt and min(lengths) >= ADOPT_ROWS:
+            self._held, self._held_bytes = [], 0
             return self._adopt_parts(parts, lengths, seg_dir)
-        for _, f in parts:
-            _check_part(f)
         dim = self.meta["spec"]["dim"]
         name = f"seg-{len(self.meta['segments']):06d}-{self._base:012d}.bcolz"
-        blocks = (_read_piece(f, None, dim) for _, f in parts)  # each part opened once, all its rows read
+        held, self._held, self._held_bytes = self._held, [], 0
+        if held is not None and len(held) == len(parts) and sum(map(len, held)) == self._next - self._base:
+            blocks = iter(held)  # the arrays each part was written from, one per commit, in order
+        else:
+            for _, f in parts:
+                _check_part(f)
+            blocks = (_read_piece(f, None, dim) for _, f in parts)  # each part opened once, all its rows read
         with self._writing(seg_dir / name):
             n = _write_piece(seg_dir / name, blocks, dim, chunklen_for(dim))
         self.meta["segments"].append({"name": name, "rows": n, "files": _manifest(seg_dir / name)})

@@ -61,6 +61,51 @@ def test_small_parts_are_still_merged_into_one_segment(tmp_path):
     assert len(list((root / "segments").iterdir())) == 1
 
 
+def test_a_short_run_merges_the_features_it_committed_without_reading_its_parts_back(tmp_path, monkeypatch):
+    """Close writes the segment from the copies append kept: a caller reusing its batch buffer changes nothing,
+    and the parts are neither checked nor read again (a short run's close was mostly that)."""
+    read_back = []
+    monkeypatch.setattr(writer_module, "_read_piece", lambda *a: read_back.append(a) or pytest.fail("read back"))
+    root = tmp_path / "s"
+    w = open_writer(root, REQ)
+    w.set_spec(SPEC)
+    buf, want = np.empty((2, 3), np.float32), []
+    for start in (0, 2, 4):  # one buffer for every batch, as featurize's committer reuses its batch
+        buf[:] = np.arange(3 * start, 3 * start + 6, dtype=np.float32).reshape(2, 3)
+        want.append(buf.copy())
+        w.append(buf, rows(start, 2))
+    buf[:] = -1
+    np.testing.assert_array_equal(w.close().features, np.vstack(want))
+    assert verify(root) == [] and read_back == []
+    np.testing.assert_array_equal(FeatureStore.open(root).features, np.vstack(want))
+
+
+@pytest.mark.parametrize("case", ["over the memory limit", "an earlier run's parts", "an import's block"])
+def test_parts_not_held_in_memory_are_checked_and_read_back(tmp_path, monkeypatch, case):
+    from pipeline.store.log import RowBlock
+
+    root, reads = tmp_path / "s", []
+    real = writer_module._read_piece
+    monkeypatch.setattr(writer_module, "_read_piece", lambda *a: reads.append(a) or real(*a))
+    if case == "over the memory limit":
+        monkeypatch.setattr(writer_module, "HELD_BYTES", 30)  # two batches of 2 x 3 float32 (24 bytes each): one
+        w, x = _write(root, [2, 2])
+    elif case == "an earlier run's parts":  # left by a killed run: merged by the next one, with its own rows
+        w, x1 = _write(root, [2])
+        w.abort()
+        w = open_writer(root, REQ)
+        x2 = np.full((2, 3), 7, np.float32)
+        w.append(x2, rows(2, 2))
+        x = np.vstack([x1, x2])
+    else:
+        w, x1 = _write(root, [2])
+        x2 = np.full((2, 3), 7, np.float32)
+        w.append_block(x2, RowBlock(["b/2.jpg", "b/3.jpg"], ["c", "c"], ["h2", "h3"]))
+        x = np.vstack([x1, x2])
+    np.testing.assert_array_equal(w.close().features, x)
+    assert len(reads) == 2 and verify(root) == []
+
+
 def test_long_runs_merge_their_parts_during_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(writer_module, "MERGE_ROWS", 4)
     root = tmp_path / "s"
