@@ -244,8 +244,13 @@ def cmd_serve(a):
         raise UsageError(f"serve needs FastAPI and uvicorn ({e}); pip install 'tf-feature-pipeline[serve]'") from e
     limits = ServeLimits(**{f.name: getattr(a, f.name) for f in fields(ServeLimits) if getattr(a, f.name) is not None})
     sock = bind(a.host, a.port)  # a busy port fails now, before the model loads or anything is announced
-    serve(load_predictor(a.model, trusted=a.trust_pickle, reject_ood=a.reject_ood, trust_model=a.trust_model),
-          a.host, a.port, limits, a.verbose_model, sock=sock)
+    try:
+        predictor = load_predictor(a.model, trusted=a.trust_pickle, reject_ood=a.reject_ood,
+                                   trust_model=a.trust_model)
+    except BaseException:
+        sock.close()  # a model refused or unreadable: the port is free again at once
+        raise
+    serve(predictor, a.host, a.port, limits, a.verbose_model, sock=sock)
 
 
 def cmd_demo(a):

@@ -153,6 +153,7 @@ class StoreWriter:
         x = self._batch(features, len(rows))
         if not len(x):
             return
+        x = self._holding(x, features)
         held = self.rows  # read back before this batch's lines are in the log
         self._commit(x, _log_lines(rows, self._count))
         held.extend(rows)
@@ -233,11 +234,18 @@ class StoreWriter:
         self._count += len(x)
         self._next += len(x)
 
+    def _holding(self, x: np.ndarray, given: np.ndarray) -> np.ndarray:
+        """The array to commit: when its features will be kept for the merge, an array of the writer's own
+        (a copy unless _batch made one: the caller may reuse its buffer), so the part and the copy kept are
+        one array."""
+        fits = self._held is not None and self._held_bytes + x.nbytes <= HELD_BYTES
+        return x.copy() if fits and x is given else x
+
     def _hold(self, x: np.ndarray | None) -> None:
-        """Keep a copy of a committed part's features (the caller may reuse its buffer) for the merge; None
-        (a part not kept: an import's block, or past HELD_BYTES) leaves the merge to read the parts back."""
+        """Keep a committed part's features (from :meth:`_holding`) for the merge; None (a part not kept: an
+        import's block) or one past HELD_BYTES leaves the merge to read the parts back."""
         if self._held is not None and x is not None and self._held_bytes + x.nbytes <= HELD_BYTES:
-            self._held.append(x.copy())
+            self._held.append(x)
             self._held_bytes += x.nbytes
         else:
             self._held = None
@@ -307,7 +315,8 @@ class StoreWriter:
     def _merge_parts(self, adopt: bool = False) -> None:
         """Merge this run's parts into one new immutable segment listed in meta.json (with `adopt`,
         parts of ADOPT_ROWS rows or more each become a segment as they are)."""
-        parts = [(s, f) for s, f in _parts(self.root) if s >= self._base]
+        # committed parts only: one written before a failed log append (a full disk) holds no committed row
+        parts = [(s, f) for s, f in _parts(self.root) if self._base <= s < self._next]
         if not parts:
             return
         seg_dir = self.root / "segments"
@@ -316,11 +325,13 @@ class StoreWriter:
         adopt = adopt and self._next - self._base >= ADOPT_ROWS * len(parts)
         lengths = [_piece_len(f) for _, f in parts] if adopt else []
         if adopt and min(lengths) >= ADOPT_ROWS:
-            self._held, self._held_bytes = [], 0
-            return self._adopt_parts(parts, lengths, seg_dir)
+            self._held, self._held_bytes = None, 0
+            self._adopt_parts(parts, lengths, seg_dir)
+            self._held = []
+            return
         dim = self.meta["spec"]["dim"]
         name = f"seg-{len(self.meta['segments']):06d}-{self._base:012d}.bcolz"
-        held, self._held, self._held_bytes = self._held, [], 0
+        held, self._held, self._held_bytes = self._held, None, 0  # [] again once the segment is listed
         if held is not None and len(held) == len(parts) and sum(map(len, held)) == self._next - self._base:
             blocks = iter(held)  # the arrays each part was written from, one per commit, in order
         else:
@@ -332,6 +343,7 @@ class StoreWriter:
         self.meta["segments"].append({"name": name, "rows": n, "files": _manifest(seg_dir / name)})
         self._base += n
         self._write_meta()
+        self._held = []
         for _, f in parts:
             _remove_part(f)
 

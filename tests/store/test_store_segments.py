@@ -66,11 +66,12 @@ def test_a_short_run_merges_the_features_it_committed_without_reading_its_parts_
     and the parts are neither checked nor read again (a short run's close was mostly that)."""
     read_back = []
     monkeypatch.setattr(writer_module, "_read_piece", lambda *a: read_back.append(a) or pytest.fail("read back"))
+    monkeypatch.setattr(writer_module, "_check_part", lambda *a: read_back.append(a) or pytest.fail("checked"))
     root = tmp_path / "s"
     w = open_writer(root, REQ)
     w.set_spec(SPEC)
     buf, want = np.empty((2, 3), np.float32), []
-    for start in (0, 2, 4):  # one buffer for every batch, as featurize's committer reuses its batch
+    for start in (0, 2, 4):  # one buffer for every batch: a caller may reuse its own
         buf[:] = np.arange(3 * start, 3 * start + 6, dtype=np.float32).reshape(2, 3)
         want.append(buf.copy())
         w.append(buf, rows(start, 2))
@@ -84,9 +85,10 @@ def test_a_short_run_merges_the_features_it_committed_without_reading_its_parts_
 def test_parts_not_held_in_memory_are_checked_and_read_back(tmp_path, monkeypatch, case):
     from pipeline.store.log import RowBlock
 
-    root, reads = tmp_path / "s", []
-    real = writer_module._read_piece
+    root, reads, checks = tmp_path / "s", [], []
+    real, real_check = writer_module._read_piece, writer_module._check_part
     monkeypatch.setattr(writer_module, "_read_piece", lambda *a: reads.append(a) or real(*a))
+    monkeypatch.setattr(writer_module, "_check_part", lambda *a: checks.append(a) or real_check(*a))
     if case == "over the memory limit":
         monkeypatch.setattr(writer_module, "HELD_BYTES", 30)  # two batches of 2 x 3 float32 (24 bytes each): one
         w, x = _write(root, [2, 2])
@@ -103,7 +105,58 @@ def test_parts_not_held_in_memory_are_checked_and_read_back(tmp_path, monkeypatc
         w.append_block(x2, RowBlock(["b/2.jpg", "b/3.jpg"], ["c", "c"], ["h2", "h3"]))
         x = np.vstack([x1, x2])
     np.testing.assert_array_equal(w.close().features, x)
-    assert len(reads) == 2 and verify(root) == []
+    assert len(reads) == 2 and len(checks) >= 2 and verify(root) == []
+
+
+def test_a_merge_that_failed_mid_run_is_done_again_from_the_parts(tmp_path, monkeypatch):
+    """A segment write that raised (not an I/O error: the writer goes on) leaves every part in place; the next
+    merge takes them all, read back, with the rows committed since."""
+    monkeypatch.setattr(writer_module, "MERGE_ROWS", 4)
+    real, calls = writer_module._write_piece, []
+
+    def first_segment_fails(final, *a, **k):
+        if final.parent.name == "segments" and not calls:
+            calls.append(final)
+            raise ValueError("a codec error")
+        return real(final, *a, **k)
+
+    monkeypatch.setattr(writer_module, "_write_piece", first_segment_fails)
+    root = tmp_path / "s"
+    w, x = _write(root, [2])
+    with pytest.raises(ValueError):
+        w.append(x[:2] + 100, rows(2, 2))  # committed, then the merge it made due fails
+    w.append(x[:2] + 200, rows(4, 2))  # merges all six rows
+    w.append(x[:2] + 300, rows(6, 2))
+    want = np.vstack([x, x[:2] + 100, x[:2] + 200, x[:2] + 300])
+    np.testing.assert_array_equal(w.close().features, want)
+    assert calls and verify(root) == []
+    np.testing.assert_array_equal(FeatureStore.open(root).features, want)
+
+
+def test_close_after_a_failed_log_append_keeps_only_the_committed_rows(tmp_path):
+    """A full disk as the log is appended: the batch's part is in place but none of its rows is committed.
+    Closing merges the committed parts only, and the store opens again with exactly those rows."""
+    import errno
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    root = tmp_path / "s"
+    w, x = _write(root, [2])
+    w._rows_file = FullDisk(w._rows_file)
+    with pytest.raises(StoreError, match="No space left"):
+        w.append(x[:2] + 100, rows(2, 2))
+    np.testing.assert_array_equal(w.close().features, x)
+    store = FeatureStore.open(root)
+    assert len(store) == 2 and verify(root) == []
+    np.testing.assert_array_equal(store.features, x)
 
 
 def test_long_runs_merge_their_parts_during_the_run(tmp_path, monkeypatch):
