@@ -153,11 +153,13 @@ class StoreWriter:
         x = self._batch(features, len(rows))
         if not len(x):
             return
-        x = self._holding(x, features)
+        keep = self._held is not None and self._held_bytes + x.nbytes <= HELD_BYTES
+        if keep and x is features:  # the caller may reuse its buffer: the part and the copy kept are one array
+            x = x.copy()
         held = self.rows  # read back before this batch's lines are in the log
         self._commit(x, _log_lines(rows, self._count))
         held.extend(rows)
-        self._hold(x)
+        self._hold(x if keep else None)
         self._live = self._paths = self._labels = None
         self._merge_due()
 
@@ -234,21 +236,14 @@ class StoreWriter:
         self._count += len(x)
         self._next += len(x)
 
-    def _holding(self, x: np.ndarray, given: np.ndarray) -> np.ndarray:
-        """The array to commit: when its features will be kept for the merge, an array of the writer's own
-        (a copy unless _batch made one: the caller may reuse its buffer), so the part and the copy kept are
-        one array."""
-        fits = self._held is not None and self._held_bytes + x.nbytes <= HELD_BYTES
-        return x.copy() if fits and x is given else x
-
     def _hold(self, x: np.ndarray | None) -> None:
-        """Keep a committed part's features (from :meth:`_holding`) for the merge; None (a part not kept: an
-        import's block) or one past HELD_BYTES leaves the merge to read the parts back."""
-        if self._held is not None and x is not None and self._held_bytes + x.nbytes <= HELD_BYTES:
+        """Keep a committed part's features (an array of the writer's own) for the merge; None (a part not
+        kept: an import's block, or one past HELD_BYTES) leaves the merge to read the parts back."""
+        if self._held is None or x is None:
+            self._held = None
+        else:
             self._held.append(x)
             self._held_bytes += x.nbytes
-        else:
-            self._held = None
 
     def _merge_due(self) -> None:
         if self._next - self._base >= max(MERGE_ROWS, self._count // 8):
