@@ -121,6 +121,7 @@ def test_convert_refuses_an_image_its_input_and_a_foreign_file_but_force_replace
     assert pipeline.load(notes).classes_.tolist() == ["blue", "red"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("umask, want", [(0o022, 0o644), (0o077, 0o600)])
 def test_every_output_follows_the_umask_and_temp_files_stay_private(trained, tmp_path, umask, want, monkeypatch):
     """E-NOPARTIAL (outputs written through a temp file and a rename): the final files get 0o666 & ~umask

@@ -32,6 +32,7 @@ def test_only_rgb_and_grey_jpegs_go_to_the_gpu():
     assert isinstance(png, np.ndarray) and png.shape == (20, 16, 3)  # decoded by the CPU, as without --decode gpu
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resample", ["bilinear", "bicubic", "lanczos", "nearest"])
 def test_a_mixed_batch_gets_the_cpu_decoders_pixels(resample):
     # small images (no DCT-scaled decode on the CPU side): the same pixels, in the order given

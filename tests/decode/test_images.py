@@ -117,6 +117,7 @@ def test_other_formats(fmt):
     assert decode(img_bytes("RGB", (40, 30), fmt), PRE).shape == (32, 32, 3)
 
 
+@pytest.mark.slow
 def test_large_jpeg_decoded_at_reduced_scale_stays_close():
     im = noise_image(5, (2000, 1500)).resize((200, 150)).resize((2000, 1500))  # smooth content
     full = decode(encode(im, "PNG"), PRE).astype(int)

@@ -111,6 +111,7 @@ def test_decoder_survives_a_saved_model_round_trip(tmp_path):
     assert (got == np.stack([decode(b, pre) for b in blobs])).all()
 
 
+@pytest.mark.slow
 def test_bmp_tensorflow_cannot_decode_is_refused_by_name():
     # a 1-bit BMP: TensorFlow has no decoder for it; the error says what to do instead
     buf = io.BytesIO()

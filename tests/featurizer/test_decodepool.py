@@ -114,6 +114,7 @@ def saved_model(tiny_saved_model) -> str:
     return tiny_saved_model
 
 
+@pytest.mark.slow
 def test_featurize_with_process_decode_equals_thread_decode(tmp_path, saved_model):
     from models_for_tests import SIZE
 

@@ -37,6 +37,7 @@ def test_large_pngs_on_one_worker_are_decode_bound(tmp_path, capsys):
     assert printed.startswith("stages: ") and "bottleneck: decode" in printed
 
 
+@pytest.mark.slow
 def test_tiny_jpegs_are_forward_bound(tmp_path, capsys):
     folder = tmp_path / "tiny"
     folder.mkdir()

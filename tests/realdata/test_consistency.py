@@ -109,6 +109,7 @@ def test_disk_full_while_committing_keeps_committed_rows_and_writes_the_report(t
     assert run.computed == 48 and run.reused == 32 and len(run.store) == 80
 
 
+@pytest.mark.slow
 def test_disk_full_while_closing_the_store_keeps_every_row_and_writes_the_report(tmp_path, monkeypatch):
     import pipeline.store.writer as st
 

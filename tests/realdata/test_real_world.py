@@ -126,6 +126,7 @@ def test_strict_makes_any_skip_fatal_and_still_writes_the_report(poisoned, tmp_p
     assert len(pipeline.FeatureStore.open(out).skipped) == len(bad_files())
 
 
+@pytest.mark.slow
 def test_weird_file_names_stay_valid_in_the_scoring_csv(poisoned, tmp_path):
     store = pipeline.featurize(poisoned, out=tmp_path / "feat", progress=False)
     clf = pipeline.train(store, head="logreg", C=1.0)

@@ -79,6 +79,7 @@ def test_evaluate_report_is_valid_html_with_every_image_and_the_mistake(evaluate
     assert {f: f.stat().st_mtime_ns for f in (out / "thumbs").iterdir()} == mtimes  # thumbnails made once
 
 
+@pytest.mark.slow
 def test_train_report_has_cross_validated_mistakes_learning_curve_and_clipping(evaluated, tmp_path, capsys):
     root, _ = evaluated
     out = tmp_path / "rep"
@@ -104,6 +105,7 @@ def test_learning_curve_counts_images_per_class(evaluated):
     assert curve["valid_mean"][-1] >= 0.75 and len(curve["valid_mean"]) == len(curve["per_class"])
 
 
+@pytest.mark.slow
 def test_compare_table_and_pca(evaluated, tmp_path, capsys):
     root, store = evaluated
     logits = pipeline.featurize(root / "data", layer="logits", out=tmp_path / "logits", progress=False)

@@ -533,6 +533,7 @@ def test_concurrent_large_images_stay_within_the_pixel_budget(head, monkeypatch)
     assert after.status_code == 200
 
 
+@pytest.mark.slow
 def test_a_slow_header_connection_is_closed_by_the_server(head):
     """RELIABILITY D07 (4): a slow-loris client is closed by the server's header timeout; the next request is served."""
     _, _, clf = head

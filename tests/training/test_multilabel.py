@@ -292,6 +292,7 @@ def test_logreg_tags_fitted_together_give_sklearns_one_vs_rest_decisions_on_wide
     assert coef.shape == (4, 72)
 
 
+@pytest.mark.slow
 def test_C_auto_and_thresholds_are_those_of_plain_per_tag_fits():
     """The fast path (every tag at once, on each fold's span, warm-started along C) chooses the C and the
     thresholds that one scikit-learn LogisticRegression per tag, per fold and per C, fitted from scratch, gives:

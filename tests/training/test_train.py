@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pipeline.options import HeadOptions
 from pipeline.training.train import (
@@ -36,6 +37,7 @@ def test_the_default_cross_validates_every_kind_and_keeps_the_table():
     assert list(est.predict(X)) == list(y)
 
 
+@pytest.mark.slow
 def test_beside_the_penultimate_features_class_scores_and_the_join_get_logreg_alone():
     X, y = blobs()
     P = np.abs(blobs(seed=1)[0])
