@@ -154,8 +154,8 @@ class StoreWriter:
         if not len(x):
             return
         keep = self._held is not None and self._held_bytes + x.nbytes <= HELD_BYTES
-        if keep and x is features:  # the caller may reuse its buffer: the part and the copy kept are one array
-            x = x.copy()
+        if keep and (x is features or not x.flags.owndata):  # the caller's memory (an array, a view of one, a
+            x = x.copy()  # memoryview...), which it may reuse: the part and the copy kept are one array of our own
         held = self.rows  # read back before this batch's lines are in the log
         self._commit(x, _log_lines(rows, self._count))
         held.extend(rows)
@@ -335,6 +335,9 @@ class StoreWriter:
             blocks = (_read_piece(f, None, dim) for _, f in parts)  # each part opened once, all its rows read
         with self._writing(seg_dir / name):
             n = _write_piece(seg_dir / name, blocks, dim, chunklen_for(dim))
+        if n != self._next - self._base:  # a part gone (or one too many): the rows would shift against the log
+            raise StoreError(f"{self.root}: the parts from row {self._base} on hold {n} rows but the log lists "
+                             f"{self._next - self._base}; the store is damaged: featurize again with --overwrite")
         self.meta["segments"].append({"name": name, "rows": n, "files": _manifest(seg_dir / name)})
         self._base += n
         self._write_meta()

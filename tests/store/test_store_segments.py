@@ -61,9 +61,11 @@ def test_small_parts_are_still_merged_into_one_segment(tmp_path):
     assert len(list((root / "segments").iterdir())) == 1
 
 
-def test_a_short_run_merges_the_features_it_committed_without_reading_its_parts_back(tmp_path, monkeypatch):
-    """Close writes the segment from the copies append kept: a caller reusing its batch buffer changes nothing,
-    and the parts are neither checked nor read again (a short run's close was mostly that)."""
+@pytest.mark.parametrize("given", [lambda b: b, memoryview], ids=["array", "memoryview"])
+def test_a_short_run_merges_the_features_it_committed_without_reading_its_parts_back(tmp_path, monkeypatch, given):
+    """Close writes the segment from the copies append kept: a caller reusing its batch buffer (given as an array
+    or as a memoryview of it) changes nothing, and the parts are neither checked nor read again (a short run's
+    close was mostly that)."""
     read_back = []
     monkeypatch.setattr(writer_module, "_read_piece", lambda *a: read_back.append(a) or pytest.fail("read back"))
     monkeypatch.setattr(writer_module, "_check_part", lambda *a: read_back.append(a) or pytest.fail("checked"))
@@ -74,7 +76,7 @@ def test_a_short_run_merges_the_features_it_committed_without_reading_its_parts_
     for start in (0, 2, 4):  # one buffer for every batch: a caller may reuse its own
         buf[:] = np.arange(3 * start, 3 * start + 6, dtype=np.float32).reshape(2, 3)
         want.append(buf.copy())
-        w.append(buf, rows(start, 2))
+        w.append(given(buf), rows(start, 2))
     buf[:] = -1
     np.testing.assert_array_equal(w.close().features, np.vstack(want))
     assert verify(root) == [] and read_back == []
@@ -108,6 +110,25 @@ def test_parts_not_held_in_memory_are_checked_and_read_back(tmp_path, monkeypatc
     assert len(reads) == 2 and len(checks) >= 2 and verify(root) == []
 
 
+def test_the_part_and_the_copy_kept_are_one_array(tmp_path, monkeypatch):
+    """Even a buffer the caller changes while its batch is being committed: the part is written from the writer's
+    own copy, so the part, the copy kept and the merged segment all hold what append was given."""
+    real = writer_module._write_piece
+    root, buf = tmp_path / "s", np.arange(6, dtype=np.float32).reshape(2, 3)
+
+    def write_then_reuse(final, *a, **k):
+        n = real(final, *a, **k)
+        buf[:] = -1  # the caller's next batch arrives in the same buffer
+        return n
+
+    monkeypatch.setattr(writer_module, "_write_piece", write_then_reuse)
+    w = open_writer(root, REQ)
+    w.set_spec(SPEC)
+    w.append(buf, rows(0, 2))
+    np.testing.assert_array_equal(w.close().features, np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert verify(root) == []
+
+
 def test_a_merge_that_failed_mid_run_is_done_again_from_the_parts(tmp_path, monkeypatch):
     """A segment write that raised (not an I/O error: the writer goes on) leaves every part in place; the next
     merge takes them all, read back, with the rows committed since."""
@@ -125,12 +146,28 @@ def test_a_merge_that_failed_mid_run_is_done_again_from_the_parts(tmp_path, monk
     w, x = _write(root, [2])
     with pytest.raises(ValueError):
         w.append(x[:2] + 100, rows(2, 2))  # committed, then the merge it made due fails
+    assert w._held is None  # what was kept no longer covers the parts: the next merge reads them back
     w.append(x[:2] + 200, rows(4, 2))  # merges all six rows
     w.append(x[:2] + 300, rows(6, 2))
     want = np.vstack([x, x[:2] + 100, x[:2] + 200, x[:2] + 300])
     np.testing.assert_array_equal(w.close().features, want)
     assert calls and verify(root) == []
     np.testing.assert_array_equal(FeatureStore.open(root).features, want)
+
+
+def test_a_part_gone_before_the_merge_is_refused_not_shifted(tmp_path):
+    """Parts read back (an import's) hold fewer rows than the log lists: the merge refuses, naming the store,
+    instead of writing a segment whose rows would no longer line up with the log."""
+    import shutil
+
+    from pipeline.store.log import RowBlock
+
+    root = tmp_path / "s"
+    w, _ = _write(root, [2])
+    w.append_block(np.full((2, 3), 7, np.float32), RowBlock(["b/2.jpg", "b/3.jpg"], ["c", "c"], ["h2", "h3"]))
+    shutil.rmtree(sorted((root / "parts").glob("*.bcolz"))[0])
+    with pytest.raises(StoreError, match="hold 2 rows but the log lists 4.*--overwrite"):
+        w.close()
 
 
 def test_close_after_a_failed_log_append_keeps_only_the_committed_rows(tmp_path):
