@@ -1,8 +1,10 @@
-"""Metrics of a head on labelled features, computed with scikit-learn's own functions."""
+"""Metrics of a head on labelled features, computed with scikit-learn's own functions.
+
+scikit-learn is imported where the metrics are computed, not with this module: ``evaluate`` refuses a head
+and a store of different features before it (a second or more of start-up on a small machine)."""
 from __future__ import annotations
 
 import numpy as np
-from sklearn import metrics as skm
 
 from ..errors import UsageError
 from ..heads.featuresets import head_chunks
@@ -16,6 +18,8 @@ def classification_metrics(y_true, proba: np.ndarray, classes) -> dict:
     if unknown:
         raise UsageError(f"labels {', '.join(unknown)} are not classes of this head "
                          f"({', '.join(classes)}); evaluate on features labelled with the head's classes")
+    from sklearn import metrics as skm
+
     y_pred = np.asarray(classes, dtype=object)[np.argmax(proba, axis=1)].astype(str)
     p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     out = {
@@ -128,6 +132,8 @@ def clip_suggestion(y_true, proba: np.ndarray, classes, candidates=CLIP_CANDIDAT
 
     Computed on cross-validated predictions, this is the bound to give ``score --clip``.
     """
+    from sklearn import metrics as skm
+
     classes = [str(c) for c in classes]
     table = []
     for c in candidates:
