@@ -13,6 +13,9 @@ from PIL import Image
 # Ray clusters the tests start (tests/engines/) use 127.0.0.1 only: with this, Ray takes the loopback
 # address as every node's address (binding and connecting there) instead of the machine's own address.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# and they report no usage statistics: no machine of a test run reaches the network, and Ray Data would
+# start an actor (a Python process, ~2 s of CPU) per cluster to gather them
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TFP_SHARED", REPO.parent / "shared"))

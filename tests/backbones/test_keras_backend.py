@@ -21,7 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Featurize DATA into each store on BACKEND with the weights file; report what ran, what was imported, how
 # many weights were drawn by initializers (a network whose weights come from a file needs none drawn), and
-# what asking for TensorFlow-backend Keras then says (Keras was imported on BACKEND in this process).
+# what asking for TensorFlow-backend Keras then says (Keras was imported on BACKEND in this process). Then,
+# in the same process (a Keras on JAX starting is seconds of CPU), failed_build(): what a failed weights
+# load leaves in Keras's state.
 _CHILD = """
 import json, sys
 import pipeline
@@ -38,6 +40,32 @@ def counting_keras(backend="tensorflow"):
         kb.Variable._initialize_with_initializer, kb.Variable.counted = counted, True
     return keras
 keras_apps._keras = counting_keras
+
+def failed_build(folder):
+    # a network whose weights fail to load, then one whose weights load: what is left waiting in Keras's state
+    import os
+    import numpy as np
+    from keras.src.backend.common import global_state
+    def make():
+        i = keras.Input((8,))
+        return keras.Model(i, keras.layers.Dense(3)(keras.layers.Dense(4)(i)))
+    def build(path):
+        m = make()
+        m.load_weights(path)
+        return m
+    os.makedirs(folder)
+    good = make()
+    good.save_weights(folder + "/good.weights.h5")
+    try:
+        keras_apps._loaded_undrawn(keras, lambda: build(folder + "/missing.weights.h5"))
+    except FileNotFoundError:
+        pass
+    left = len(global_state.get_global_attribute("uninitialized_variables", []))
+    model = keras_apps._loaded_undrawn(keras, lambda: build(folder + "/good.weights.h5"))
+    x = np.ones((2, 8), "float32")
+    return [left, len(global_state.get_global_attribute("uninitialized_variables", [])),
+            bool(np.allclose(model(x), good(x)))]
+
 data, model, weights, backend, *stores = sys.argv[1:]
 runs = [pipeline.featurize(data, model, weights=weights, out=s, keras_backend=backend,
                            progress=False, report=True) for s in stores]
@@ -48,9 +76,11 @@ try:
     switched = "switched"
 except Exception as e:
     switched = f"{type(e).__name__}: {e}"
-print(json.dumps({"computed": [r.computed for r in runs], "reused": [r.reused for r in runs], "drawn": len(drawn),
-                  "keras_backend": keras.backend.backend(), "tensorflow_imported": tensorflow_imported,
-                  "switched": switched}))
+report = {"computed": [r.computed for r in runs], "reused": [r.reused for r in runs], "drawn": len(drawn),
+          "keras_backend": keras.backend.backend(), "tensorflow_imported": tensorflow_imported, "switched": switched}
+if backend == "jax":
+    report["failed_build"] = failed_build(stores[0] + "-weights")
+print(json.dumps(report))
 """
 
 
@@ -89,6 +119,7 @@ def test_keras_backend_is_refused_for_tflite_backbones():
 def jax_run(tmp_path_factory):
     """Two images featurized by ResNet50 on TensorFlow (in this process) and on JAX (a child) with one weights
     file, then TensorFlow asked for in the child: (TensorFlow store, JAX store, the child's report)."""
+    pytest.importorskip("jax", reason="Keras on JAX needs jax: pip install -e '.[jax]'")
     import keras
 
     from pipeline.store import FeatureStore
@@ -184,42 +215,11 @@ def test_cli_flags_reach_the_library(tmp_path, capsys):
     assert "4 featurized" in capsys.readouterr().out
 
 
-_FAILED_BUILD_CHILD = r"""
-import sys
-import keras, numpy as np
-from keras.src.backend.common import global_state
-from pipeline.backbones.keras_apps import _loaded_undrawn
-
-def make():
-    i = keras.Input((8,))
-    return keras.Model(i, keras.layers.Dense(3)(keras.layers.Dense(4)(i)))
-
-def build(path):
-    m = make()
-    m.load_weights(path)
-    return m
-
-good = make()
-good.save_weights(sys.argv[1] + "/good.weights.h5")
-try:
-    _loaded_undrawn(keras, lambda: build(sys.argv[1] + "/missing.weights.h5"))
-except FileNotFoundError:
-    pass
-left = len(global_state.get_global_attribute("uninitialized_variables", []))
-model = _loaded_undrawn(keras, lambda: build(sys.argv[1] + "/good.weights.h5"))
-x = np.ones((2, 8), "float32")
-print(left, len(global_state.get_global_attribute("uninitialized_variables", [])),
-      bool(np.allclose(model(x), good(x))))
-"""
-
-
 @pytest.mark.slow
-def test_a_failed_weights_load_on_jax_leaves_nothing_for_the_next_build(tmp_path):
+def test_a_failed_weights_load_on_jax_leaves_nothing_for_the_next_build(jax_run):
     """An application whose weights fail to load (no ImageNet download, a wrong file) leaves none of its
     variables waiting in Keras's state: the next build in the process would otherwise draw them all (on JAX a
-    compiled program each), and hold the failed network's memory."""
-    pytest.importorskip("jax", reason="Keras on JAX needs jax: pip install -e '.[jax]'")
-    out = subprocess.run([sys.executable, "-c", _FAILED_BUILD_CHILD, str(tmp_path)], env=jax_child_env(KERAS_BACKEND="jax"),
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["0", "0", "True"]
+    compiled program each), and hold the failed network's memory. (Run in jax_run's child, after its runs.)"""
+    left_after_failure, left_after_success, same_outputs = jax_run[2]["failed_build"]
+    assert left_after_failure == 0 and left_after_success == 0
+    assert same_outputs  # the next build got the weights of its file

@@ -184,8 +184,17 @@ def test_two_nodes_write_the_local_store_row_for_row(two_nodes, cluster, tmp_pat
 
 
 def test_images_through_a_file_uri_and_score_on_ray(cluster, folder, local, tmp_path, capsys):
+    """A file:// URI featurized from the command line, then scored, on Ray. On a dozen images most of the run is
+    Ray starting its workers: the report measures it (`stages.startup_s`), and the summary says that
+    --engine local is faster for such a folder."""
     uri = folder.resolve().as_uri()  # file:///... read through pyarrow.fs, as s3:// and gs:// would be
-    store = pipeline.featurize(uri, out=tmp_path / "uri", progress=False, engine="ray", cluster=RayCluster())
+    assert main(["featurize", uri, "--engine", "ray", "--out", str(tmp_path / "uri")]) == 0
+    out = capsys.readouterr()
+    assert "--engine local is faster" in out.out + out.err
+    store = FeatureStore.open(tmp_path / "uri")
+    stages = store.report["stages"]
+    assert 0 < stages["startup_s"] <= stages["wall_s"]
+    assert "startup_s" not in local.report["stages"]
     assert store.paths == local.paths and list(store.labels) == list(local.labels)
     assert store.sha256 == local.sha256
     np.testing.assert_allclose(store.features, local.features, rtol=1e-6, atol=1e-6)
@@ -352,18 +361,6 @@ def test_cpu_clusters_decode_inside_the_backbone_actors_and_gpu_clusters_beside_
     assert actors.pop("size") == 4 and fused(actors, decode)
     actors, decode = actor_pool({"CPU": 16.0, "GPU": 2.0}, per_image=False)
     assert actors.pop("size") == 2 and actors["num_gpus"] == 1 and not fused(actors, decode)
-
-
-def test_a_small_ray_run_reports_its_start_up_and_points_to_the_local_engine(cluster, folder, local, tmp_path,
-                                                                             capsys):
-    """On a folder of a dozen images most of a Ray run is Ray starting its workers: the report measures
-    it (`stages.startup_s`) and the summary says that --engine local is faster for such a folder."""
-    assert main(["featurize", str(folder), "--engine", "ray", "--out", str(tmp_path / "s")]) == 0
-    stages = json.loads((tmp_path / "s" / "report.json").read_text())["stages"]
-    assert 0 < stages["startup_s"] <= stages["wall_s"]
-    out = capsys.readouterr()
-    assert "--engine local is faster" in out.out + out.err
-    assert "startup_s" not in local.report["stages"]
 
 
 # ---- a node lost: the engine seam across machines ------------------------------------------------------
