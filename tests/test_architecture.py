@@ -58,7 +58,6 @@ COVERED_ELSEWHERE: dict[str, str] = {
     "pipeline.featurizer.prepare": "tests/featurizer/test_decodepool.py",
     "pipeline.heads.arrayhead": "tests/heads/test_headfile.py",
     "pipeline.heads.classifier": "tests/training/test_estimator.py",
-    "pipeline.training.evaluation": "tests/reports/test_report.py",  # metrics equal scikit-learn's
     "pipeline.hints": "tests/cli/test_first_hour.py",
     "pipeline.logs": "tests/cli/test_first_hour.py",
     "pipeline.preprocess": "tests/backbones/test_registry.py",  # one preprocessing rule for every kind
