@@ -25,6 +25,7 @@ operator and would no longer compute what the quantized model computes. Export t
 """
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from pathlib import Path
@@ -97,8 +98,6 @@ def tf_features(bb):
 def _module(bb, head: ArrayHead):
     import tensorflow as tf
 
-    from ..decode.tfdecode import decode_image
-
     features = tf_features(bb)
     h, w = bb.preprocess.size
     pre = bb.preprocess
@@ -115,14 +114,28 @@ def _module(bb, head: ArrayHead):
     module.serve = tf.function(outputs, input_signature=[tf.TensorSpec([None, h, w, 3], tf.uint8, name="images")],
                                autograph=False)
 
+    decode = _decoder(pre)
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")], autograph=False)
     def predict_bytes(images):
-        decoded = tf.map_fn(lambda data: decode_image(data, pre), images,
-                            fn_output_signature=tf.TensorSpec([h, w, 3], tf.uint8))
+        decoded = tf.map_fn(decode, images, fn_output_signature=tf.TensorSpec([h, w, 3], tf.uint8))
         return outputs(decoded)
 
     module.predict_bytes = predict_bytes
     return module
+
+
+@functools.lru_cache(maxsize=8)
+def _decoder(pre):
+    """The TensorFlow decoder of `pre` as a tf.function, traced once per process: every export of that
+    preprocessing (heads of one backbone, a sweep) calls the same traced graph (its trace, thousands of ops, is
+    most of an export's time), saved into each SavedModel as a function of its own."""
+    import tensorflow as tf
+
+    from ..decode.tfdecode import decode_image
+
+    return tf.function(lambda data: decode_image(data, pre), input_signature=[tf.TensorSpec([], tf.string)],
+                       autograph=False)
 
 
 def _captured_variables(bb) -> list:

@@ -81,6 +81,29 @@ def test_saved_model_keeps_the_test_time_flip(tiny_app, tiny_head_export, tiny_i
     assert np.abs(got["probabilities"].numpy() - clf.predict_proba(list(map(str, paths)))).max() <= 1e-4
 
 
+@pytest.mark.slow
+def test_exports_of_one_preprocessing_trace_the_decoder_once_and_each_decodes(tiny_app, tiny_images, tmp_path,
+                                                                               monkeypatch):
+    # a second head over the same backbone exported in the same process reuses the traced decoder (its trace
+    # is most of an export's time), and its predict_bytes still gives predict_proba's numbers
+    import tensorflow as tf
+
+    from pipeline.decode import tfdecode
+    from pipeline.export import exporter
+
+    traced, real = [], tfdecode.decode_image
+    monkeypatch.setattr(tfdecode, "decode_image", lambda data, pre: traced.append(pre) or real(data, pre))
+    exporter._decoder.cache_clear()  # whatever this process exported before
+    paths, labels = tiny_images
+    bb = create_backbone("tiny_cnn", "penultimate", weights="random")
+    first, second = (calibrated_classifier(bb, paths, labels, head) for head in ("logreg", "linear_svm"))
+    first.export(tmp_path / "first", format="saved_model")
+    out = second.export(tmp_path / "second", format="saved_model")
+    assert len(traced) == 1
+    raw = tf.saved_model.load(str(out)).signatures["predict_bytes"](images=tf.constant([p.read_bytes() for p in paths]))
+    assert np.abs(raw["probabilities"].numpy() - second.predict_proba(list(map(str, paths)))).max() <= 1e-4
+
+
 def test_tflite_backbone_with_flip_is_refused_with_the_reason(data, tmp_path):
     paths, labels = data
     clf = calibrated_classifier(create_backbone("mobilenet_v2_quant", "penultimate", tta="flip"), paths, labels)
