@@ -1,4 +1,4 @@
-"""CPU seconds to trace predict_bytes' TensorFlow decoder (pipeline/decode/tfdecode.py), as every export does.
+"""CPU seconds to trace predict_bytes' TensorFlow decoder (pipeline/decode/tfdecode.py), as a process's first export of a preprocessing does.
 
     git show REV:pipeline/decode/tfdecode.py > /tmp/old_tfdecode.py
     .venv/bin/python bench/decoder_trace.py [--old /tmp/old_tfdecode.py] [--repeat 3]

@@ -231,7 +231,8 @@ def tiny_images(tmp_path_factory):
 def tiny_head_export(request, tmp_path_factory, tiny_images):
     """tiny_head_export(backbone, head="linear_svm", pca=None, fmt="saved_model") -> (classifier, export): a
     calibrated head trained on tiny_images over `backbone` and exported, each once per test run for every
-    test file that only reads it (an export traces the whole TensorFlow decoder: seconds each); an xdist
+    test file that only reads it (a worker's first export of a preprocessing traces the whole TensorFlow
+    decoder: seconds); an xdist
     worker finding it built by another loads the head file saved beside the export. `backbone`: "keras"
     (the tiny CNN as Keras application 'tiny_cnn'; tests that score with the classifier request the tiny_app
     fixture), "keras_flip" (the same with tta="flip"), "savedmodel" or "graphdef" (the tiny CNN as such a

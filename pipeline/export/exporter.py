@@ -127,15 +127,19 @@ def _module(bb, head: ArrayHead):
 
 @functools.lru_cache(maxsize=8)
 def _decoder(pre):
-    """The TensorFlow decoder of `pre` as a tf.function, traced once per process: every export of that
-    preprocessing (heads of one backbone, a sweep) calls the same traced graph (its trace, thousands of ops, is
-    most of an export's time), saved into each SavedModel as a function of its own."""
+    """The TensorFlow decoder of `pre` as a tf.function, traced at its first call: every later export of that
+    preprocessing in the process (heads of one backbone, a sweep) calls the same traced graph (its trace,
+    thousands of ops, is most of an export's time), saved into each SavedModel as a function of its own. The
+    key is the whole Preprocess, fields the decoder does not read included (a backbone of another scaling
+    traces its own); the 8 most recent are kept."""
     import tensorflow as tf
 
     from ..decode.tfdecode import decode_image
 
-    return tf.function(lambda data: decode_image(data, pre), input_signature=[tf.TensorSpec([], tf.string)],
-                       autograph=False)
+    def decode_one_image(data):  # its name in the saved graph
+        return decode_image(data, pre)
+
+    return tf.function(decode_one_image, input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
 
 
 def _captured_variables(bb) -> list:

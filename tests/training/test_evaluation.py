@@ -13,20 +13,21 @@ from pipeline.training.evaluation import classification_metrics, clip_suggestion
 
 
 @pytest.fixture(scope="module")
-def head_and_stores(tmp_path_factory):
-    """(a logreg head on the penultimate store, that store, a logits store of the same images)."""
+def head_and_store(tmp_path_factory):
+    """(a logreg head saved from the penultimate store of 6 images, that store)."""
     root = tmp_path_factory.mktemp("evaluation")
-    data = make_class_tree(root / "data", per_class=3)
-    pen = pipeline.featurize(data, layer="penultimate", out=root / "pen", progress=False)
-    logits = pipeline.featurize(data, layer="logits", out=root / "logits", progress=False)
+    pen = pipeline.featurize(make_class_tree(root / "data", per_class=3), layer="penultimate", out=root / "pen",
+                             progress=False)
     head = root / "head.npz"
     pipeline.train(pen, head="logreg", C=1.0).save(head)
-    return head, pen, logits
+    return head, pen
 
 
-def test_a_store_of_other_features_is_refused_before_scikit_learn_is_imported(head_and_stores):
+@pytest.mark.slow
+def test_a_store_of_other_features_is_refused_before_scikit_learn_is_imported(head_and_store, tmp_path):
     # the command a user mistyped answers at once: the spec check comes before the metrics' imports
-    head, _, logits = head_and_stores
+    head, pen = head_and_store
+    logits = pipeline.featurize(pen.meta["data_dir"], layer="logits", out=tmp_path / "logits", progress=False)
     code = ("import sys; from pipeline.cli import main; "
             f"rc = main(['evaluate', {str(head)!r}, {str(logits.root)!r}]); "
             "print(rc, 'sklearn' in sys.modules)")
@@ -35,10 +36,10 @@ def test_a_store_of_other_features_is_refused_before_scikit_learn_is_imported(he
     assert "holds mobilenet_v2_quant, layer logits" in out.stderr
 
 
-def test_evaluate_gives_scikit_learns_metrics(head_and_stores):
+def test_evaluate_gives_scikit_learns_metrics(head_and_store):
     from sklearn.metrics import accuracy_score, log_loss
 
-    head, pen, _ = head_and_stores
+    head, pen = head_and_store
     clf = pipeline.load(head)
     m = pipeline.evaluate(clf, pen)
     X, y = pen.labelled()
