@@ -55,7 +55,8 @@ from pipeline.backbones import create_backbone  # noqa: E402
 from pipeline.backbones.keras_apps import cpu_has_bf16  # noqa: E402
 from pipeline.dataset.listing import list_images  # noqa: E402
 from pipeline.decode.images import decode, read_bytes  # noqa: E402
-from pipeline.featurizer.decodepool import DecodePool, usable_cores  # noqa: E402
+from pipeline.featurizer.decodepool import DecodePool  # noqa: E402
+from pipeline.machine import usable_cores  # noqa: E402
 from pipeline.featurizer.prepare import prepare as _prepare  # noqa: E402
 from pipeline.featurizer.reader import bounded_map  # noqa: E402
 

@@ -45,7 +45,8 @@ from pipeline.backbones.keras_apps import KERAS_APPS  # noqa: E402
 from pipeline.dataset.listing import list_images  # noqa: E402
 from pipeline.decode import gpujpeg, jaxresize  # noqa: E402
 from pipeline.decode.images import crop_box, decode  # noqa: E402
-from pipeline.featurizer.decodepool import DecodePool, default_workers, usable_cores  # noqa: E402
+from pipeline.featurizer.decodepool import DecodePool, default_workers  # noqa: E402
+from pipeline.machine import usable_cores  # noqa: E402
 from pipeline.featurizer.prepare import prepare as _prepare  # noqa: E402
 from pipeline.featurizer.reader import bounded_map  # noqa: E402
 from pipeline.featurizer.stages import line as stages_line  # noqa: E402

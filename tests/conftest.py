@@ -4,7 +4,25 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 from pathlib import Path
+
+
+def _pin_worker() -> None:
+    """Each pytest-xdist worker on a core of its own when there are as many workers as cores, before numpy,
+    TensorFlow or JAX size their thread pools (they read the affinity mask, as the package does:
+    pipeline/machine.py): two workers on 2 cores, each with a pool of 2 threads, spent CPU in threads
+    waiting on each other. Children (Ray nodes, CLI runs) inherit their worker's core."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if int(count) >= len(cores) > 1:
+        os.sched_setaffinity(0, {cores[int(worker.removeprefix("gw")) % len(cores)]})
+        assert "numpy" not in sys.modules, "pinned after numpy sized its thread pool"
+
+
+_pin_worker()
 
 import numpy as np
 import pytest
@@ -130,6 +148,33 @@ def descendants_named(prefix: str, ancestor: int | None = None) -> list[int]:
         return pid == ancestor
 
     return [pid for pid, title in titles.items() if title.startswith(prefix) and below(pid)]
+
+
+def listening_addresses(pids) -> set[str]:
+    """The addresses the TCP sockets of these processes listen on ('127.0.0.1', '::1', '0.0.0.0', ...), from
+    /proc/net/tcp and tcp6 (Linux): every listening socket's inode, matched with the processes' open files."""
+    import ipaddress
+
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    found = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    raw = bytes.fromhex(fields[1].split(":")[0])
+                    # the kernel writes the address as 32-bit words in host (little-endian) order
+                    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                    address = ipaddress.ip_address(raw)
+                    found.add(str(getattr(address, "ipv4_mapped", None) or address))  # ::ffff:127.0.0.1: 127.0.0.1
+    return found
 
 
 def register_tiny_app() -> pytest.MonkeyPatch:

@@ -14,7 +14,6 @@ one, which would run a TensorFlow op (file reads and writes included) inside the
 """
 from __future__ import annotations
 
-import os
 import struct
 import threading
 import warnings
@@ -27,6 +26,7 @@ import numpy as np
 
 from ..errors import BackboneError
 from ..logs import native_output_quieted
+from ..machine import usable_cores
 from ..preprocess import Preprocess, normalize, resolve_preprocess
 from ..spec import FeatureSpec
 from .base import Backbone, BuildOptions, file_sha256, pool, resolve_layer
@@ -302,7 +302,7 @@ class TFLiteBackbone(Backbone):
         source = {"path": self.path, "sha256": file_sha256(self.path),
                   "input_dtype": self._in_dtype.name, "input_quantization": list(self._in_quant)}
         super().__init__(name or path.name, layer, pre, source, batch_size=32)
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or usable_cores()  # the cores it may use: under taskset, one thread per core
         self._local = threading.local()
         self._content = None
 

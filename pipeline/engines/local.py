@@ -20,7 +20,8 @@ from ..featurizer.gpumapper import GpuMapper, decide, runs_on_jax
 from ..featurizer.mapper import Mapper
 from ..featurizer.prepare import known_files
 from ..featurizer.reader import Reader
-from ..featurizer.stages import StageClock, bf16_pays, cores, on_gpu
+from ..featurizer.stages import StageClock, bf16_pays, on_gpu
+from ..machine import usable_cores
 from ..options import FeaturizeOptions
 from .base import Engine, account, progress
 from .report import RunReport
@@ -66,7 +67,7 @@ class LocalEngine(Engine):
         w, gpu = reader.workers, on_gpu(bb)
         run.stages = clock.report(run.computed, time.perf_counter() - start,
                                   {"read": w, "decode": w, "forward": w if bb.per_image else 1, "write": 1},
-                                  {"cores": cores(), "gpu": gpu, "per_image": bb.per_image, "kind": bb.kind,
+                                  {"cores": usable_cores(), "gpu": gpu, "per_image": bb.per_image, "kind": bb.kind,
                                    "bf16": bf16_pays(bb), "gpu_decoder": self._idle_gpu_decoder(bb, gpu)})
         if self.mode == "gpu":
             run.stages.update(decoder=bb.decoder, gpu_fallback=mapper.fell_back)

@@ -21,18 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ImageError
+from ..machine import usable_cores
 from ..preprocess import Preprocess
 
 DECODE_CHOICES = ("auto", "thread", "process", "gpu")
 PROCESS_MIN_CORES = 8  # 'auto' takes processes from here on (2 cores: threads measured faster, BENCHMARKS.md)
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask, which containers and taskset narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def default_workers(mode: str, cores: int | None = None) -> int:

@@ -12,7 +12,6 @@ main thread (one worker, whatever cores it uses); writing is the main thread's.
 """
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -21,13 +20,6 @@ from contextlib import contextmanager
 STAGES = ("read", "decode", "forward", "write")
 GPU_DECODE = "gpu_decode"  # --decode gpu: JPEG decode + resize of a batch on the GPU (the mapper's thread)
 STARTUP_SHARE = 0.25  # a Ray run whose start-up is over this share of its time says so
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def on_gpu(bb) -> bool:

@@ -23,7 +23,6 @@ checks, for models whose origin you trust.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from ..errors import ModelFileError, UsageError
 from ..export.allowed_ops import check_saved_model_ops
 from ..export.info import read_saved_model_info, read_tflite_info, without_paths
 from ..heads.ood import MISSING, check_reject_ood
+from ..machine import usable_cores
 
 log = logging.getLogger(__name__)
 REJECTED = "unknown"  # the prediction of a flagged image under reject_ood, as score writes it
@@ -176,7 +176,7 @@ class TFLitePredictor(_Exported):
         Interpreter, _ = interpreter_class()
         try:
             with native_output_quieted():  # XNNPACK's notice when tensors are allocated (shown with -v)
-                it = Interpreter(model_path=str(self.path), num_threads=os.cpu_count() or 1)
+                it = Interpreter(model_path=str(self.path), num_threads=usable_cores())
                 it.allocate_tensors()
             self._run = it.get_signature_runner("serving_default")
         except (ValueError, RuntimeError) as e:

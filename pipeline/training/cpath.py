@@ -27,7 +27,6 @@ and refits the chosen C once on every row.
 """
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 
@@ -40,6 +39,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from ..heads.kinds import KINDS
+from ..machine import usable_cores
 from . import ovrlogreg
 
 SPAN_TOLERANCE = 1e-7  # singular values below this fraction of the largest are outside the rows' span
@@ -128,7 +128,7 @@ def _joint_logreg_path(X, Y, train, test, grid, class_weight, pca) -> list:
 
 def n_workers(n_jobs: int | None, n_folds: int) -> int:
     """Processes for `n_folds` folds: `n_jobs`, or one per core; at most one per fold."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     return max(1, min(n_folds, cores if n_jobs in (None, 0) else (cores if n_jobs < 0 else n_jobs)))
 
 

@@ -4,7 +4,8 @@ resumable after a SIGKILL of the driver, a backbone actor killed or a whole node
 through file:// and s3:// URIs.
 
 The nodes and the driver use 127.0.0.1 only (tests/conftest.py sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0,
-which makes Ray take the loopback address as each node's address); the first Ray test checks it.
+which makes Ray take the loopback address as each node's address, and Ray binds its servers to it); the first
+Ray test checks the addresses and every listening socket of the cluster's processes.
 One cluster for every test: starting one takes seconds, and two clusters at once on a 2-core machine (the
 tests of this file ran on one, the two-node tests on another) slowed both."""
 from __future__ import annotations
@@ -20,7 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import descendants_named, kill_once_committed, make_class_tree, noise_class_tree, noise_image
+from conftest import (
+    descendants_named,
+    kill_once_committed,
+    listening_addresses,
+    make_class_tree,
+    noise_class_tree,
+    noise_image,
+)
 
 import pipeline
 from pipeline import FeatureStore
@@ -147,6 +155,9 @@ def test_two_nodes_write_the_local_store_row_for_row(two_nodes, cluster, tmp_pat
 
     assert two_nodes.address.startswith("127.0.0.1:") and all(
         n.node_ip_address == "127.0.0.1" for n in [two_nodes.head_node, *two_nodes.worker_nodes])
+    # and every server of the cluster (GCS, raylets, workers, agents) listens there only
+    listening = listening_addresses(descendants_named(""))
+    assert listening and listening <= {"127.0.0.1", "::1"}, listening
     folder = _folder(tmp_path)  # its own copy: this test changes files in it
     local = pipeline.featurize(folder, out=tmp_path / "local", progress=False)
     with monkeypatch.context() as m:  # the network is built in the actors only, never on the driver
