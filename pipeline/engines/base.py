@@ -22,6 +22,7 @@ from ..dataset.splits import sample_mask
 from ..errors import ImageError, PipelineError, StoreError, UsageError
 from ..featurizer.layers import PLACEHOLDER, LayerWriters, layer_slug
 from ..featurizer.mapper import Mapper
+from ..featurizer.prepare import Copy
 from ..logs import IN_SUMMARY
 from ..options import FeaturizeOptions
 from ..store import open_writer
@@ -181,13 +182,18 @@ def progress(total: int, enabled: bool, desc: str):
 
 
 def account(item, batcher: Mapper, run: RunReport) -> None:
-    """Book one prepared file ``(record, sha256, stat, result, notes)``: skipped, reused, or added to the batch."""
+    """Book one prepared file ``(record, sha256, stat, result, notes)``: skipped, reused, copied from a row of
+    the same content (committed at the run's end, :func:`commit_run`), or added to the batch."""
     record, sha, stat, result, notes = item
     run.notes += [{"path": record.relpath, "note": n} for n in notes]
     if isinstance(result, ImageError):
         run.skipped.append(_skip(record, result, stat))
     elif result is None:
         run.reused += 1
+    elif isinstance(result, Copy):
+        run.reused += 1
+        run.copied.append(({"path": record.relpath, "label": record.label, "sha256": sha, "stat": stat},
+                           result.source))
     else:
         batcher.add(result, {"path": record.relpath, "label": record.label, "sha256": sha, "stat": stat})
 
@@ -202,12 +208,15 @@ def _skip(record: ImageRecord, error: ImageError, stat) -> dict:
 
 def commit_run(writer, run: RunReport, listing, prune_keep: set | None, work, strict: bool, report: bool,
                present: set | None = None):
-    """Run `work()` (which appends to `writer`), withdraw the rows of files now unusable, prune when
-    `prune_keep` (the paths present) is given, close: the RunReport (`report`) or the store. Any engine's
-    run ends here, so they all withdraw, prune and fail alike. Without pruning, the rows kept of files
-    not in `present` are listed in the report (``not_in_folder``)."""
+    """Run `work()` (which appends to `writer`), commit the rows copied from rows of the same content (a new
+    label, a moved file: ``run.copied``), withdraw the rows of files now unusable, prune when `prune_keep` (the
+    paths present) is given, close: the RunReport (`report`) or the store. Any engine's run ends here, so
+    they all withdraw, prune and fail alike. Without pruning, the rows kept of files not in `present` are
+    listed in the report (``not_in_folder``)."""
     try:
         work()
+        if run.copied:  # before withdrawing and pruning: a moved file's source row is pruned after
+            writer.copy_rows([row for row, _ in run.copied], [source for _, source in run.copied])
         writer.remove({s["path"]: s["reason"] for s in run.skipped})  # a file unusable now loses its old row
         if prune_keep is not None:
             # rows below a folder that could not be listed are kept: their files may well exist

@@ -18,7 +18,7 @@ from ..errors import UsageError
 from ..featurizer.committer import Committer
 from ..featurizer.gpumapper import GpuMapper, decide, runs_on_jax
 from ..featurizer.mapper import Mapper
-from ..featurizer.prepare import known_files
+from ..featurizer.prepare import Copy, known_files
 from ..featurizer.reader import Reader
 from ..featurizer.stages import StageClock, bf16_pays, on_gpu
 from ..machine import usable_cores
@@ -56,7 +56,7 @@ class LocalEngine(Engine):
         with progress(len(records), o.progress, f"featurize {bb.name}") as bar:
             try:
                 for item in reader.read(records):
-                    bar.update(1, cached=item[3] is None)  # item[3] None: reused from the store
+                    bar.update(1, cached=item[3] is None or isinstance(item[3], Copy))  # reused from the store
                     account(item, mapper, run)
                 mapper.flush()
             except BaseException:

@@ -20,7 +20,8 @@ class RunReport:
     store: FeatureStore | None
     discovered: int = 0
     computed: int = 0
-    reused: int = 0
+    reused: int = 0  # rows kept as they were, and rows copied (below)
+    copied: list = field(default_factory=list)  # (row, source path): same content, new label or path
     pruned: int = 0
     skipped: list[dict] = field(default_factory=list)  # {path, reason, detail}
     notes: list[dict] = field(default_factory=list)  # {path, note}: used, with a remark (e.g. EXIF ignored)
@@ -38,7 +39,7 @@ class RunReport:
 
     def to_dict(self) -> dict:
         return {"complete": self.complete, "discovered": self.discovered, "featurized": self.computed,
-                "reused": self.reused, "pruned": self.pruned, "skipped": self.skipped, "notes": self.notes,
+                "reused": self.reused, "copied": len(self.copied), "pruned": self.pruned, "skipped": self.skipped, "notes": self.notes,
                 "ignored": [{"path": p, "reason": r} for p, r in self.ignored],
                 "links": [{"path": p, "target": t} for p, t in self.links.items()],
                 "unlabelled": self.unlabelled, "labels_without_image": len(self.unused_label_ids),
@@ -57,6 +58,12 @@ class RunReport:
         lines += [f"  skipped {s['path']}: {s['reason']} {s.get('detail', '')}".rstrip()
                   for s in (self.skipped if list_skipped else [])]
         lines += [f"  note {n['path']}: {n['note']}" for n in self.notes]
+        if self.copied:
+            row, source = self.copied[0]
+            example = (f"{row['path']} relabelled {row['label']!r}" if source == row["path"]
+                       else f"{row['path']} as {source}")
+            lines.append(f"  {len(self.copied)} rows took the features of the same image already in the store (a new "
+                         f"label, or a moved or copied file; e.g. {example}): not featurized again")
         if self.pruned:
             lines.append(f"  pruned {self.pruned} rows of files no longer in the folder")
         if self.not_in_folder and flags is not None and "--prune" not in flags:  # score: its cache, not a store

@@ -89,6 +89,7 @@ def _exit_with(parent: int, every: float = 0.5) -> None:
 
 def _work(first_slot: int, pre: Preprocess, items: list) -> list:
     """Prepare each (record, known) of a chunk; decoded images go to the ring, small tuples come back."""
+    from .prepare import Copy
     from .prepare import prepare as _prepare
     from .stages import StageClock
 
@@ -97,6 +98,8 @@ def _work(first_slot: int, pre: Preprocess, items: list) -> list:
         _, sha, stat, result, notes = _prepare(record, bb, known, clock)
         if isinstance(result, ImageError):
             result = ("error", result.reason, result.detail)
+        elif isinstance(result, Copy):
+            result = ("copy", result.source)
         elif result is not None:
             _RING[(first_slot + j) % len(_RING)] = result
             result = ("image",)
@@ -206,10 +209,15 @@ class DecodePool:
             if self.clock is not None:
                 self.clock.add(busy)
         for j, (record, (sha, stat, result, notes)) in enumerate(zip(chunk, results)):
-            if result is not None and not isinstance(result, ImageError) and result[0] == "image":
+            kind = result[0] if isinstance(result, tuple) else None  # from a worker: ("image",), ("copy", ...)
+            if kind == "image":
                 result = ring[(first + j) % len(ring)]
                 result = result if self.views else result.copy()  # the slot is reused after the next item
-            elif result is not None and not isinstance(result, ImageError):
+            elif kind == "copy":
+                from .prepare import Copy
+
+                result = Copy(result[1])
+            elif kind == "error":
                 result = ImageError(record.path, result[1], result[2])
             yield record, sha, stat, result, notes
 
@@ -234,10 +242,11 @@ def _stat_hit(record, known: dict):
     """(sha256, stat, result, notes) when the store has this file by stat (reuse, or skip as before), else None."""
     from .prepare import cached as _cached
     from .prepare import file_stat
+    from .prepare import relabelled as _relabelled
 
     try:
         stat = file_stat(record.path)
     except OSError:
         return None  # a worker reports it, as the thread path does
-    hit = _cached(record, stat, known)
+    hit = _cached(record, stat, known) or _relabelled(record, stat, known)
     return None if hit is None else (hit[0], stat, hit[1], [])

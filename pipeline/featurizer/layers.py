@@ -160,6 +160,11 @@ class LayerWriters:
         for w, a, b in zip(self.writers, edges[:-1], edges[1:]):
             w.append(features[:, a:b], rows)
 
+    def copy_rows(self, rows: list[dict], sources: list[str]) -> None:
+        """Each layer's store copies its own features of `sources` (rows every store holds alike)."""
+        for w in self.writers:
+            w.copy_rows(rows, sources)
+
     def prune(self, keep_paths: set[str]) -> int:
         return max(w.prune(keep_paths) for w in self.writers)
 

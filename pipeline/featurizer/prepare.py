@@ -1,11 +1,15 @@
 """One file's work before the network: its stat against the store's caches, then read, hash and decode.
 
 Shared by the reader's threads (:mod:`pipeline.featurizer.reader`) and the decode pool's worker
-processes (:mod:`pipeline.featurizer.decodepool`).
+processes (:mod:`pipeline.featurizer.decodepool`). A file whose content the store holds already, under
+its own path with another label (a corrected labels CSV) or under another path (a file moved to another
+class folder, or copied), is neither decoded nor featurized: its item is a :class:`Copy` of that row's
+features, committed with the file's own path, label and stat.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from ..dataset.listing import ImageRecord
 from ..decode.images import decode, read_bytes
@@ -17,6 +21,23 @@ def file_stat(path) -> list[int]:
     """[size, mtime_ns, ctime_ns, inode]: ctime changes on every write, and no tool can set it back."""
     st = os.stat(path)
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+@dataclass(frozen=True)
+class Copy:
+    """The result of a file whose content the store holds under `source` (a path with a row in force):
+    its row takes those features instead of a forward pass."""
+
+    source: str
+
+
+def content_source(record: ImageRecord, sha: str, known: dict) -> str | None:
+    """The path of a row in force holding exactly this content (sha256), the record's own first; None when
+    the store has none. Decode pool workers get no content index (``by_sha``): the reader asks again."""
+    old = known["rows"].get(record.relpath)
+    if old is not None and old[0] == sha:
+        return record.relpath
+    return known.get("by_sha", {}).get(sha)
 
 
 def known_row(record: ImageRecord, known: dict):
@@ -40,13 +61,37 @@ def cached(record: ImageRecord, stat, known: dict):
 
 
 def known_files(writer) -> dict:
-    """What the store knows: rows (path -> (sha256, stat, label)) and files it skipped (path -> entry with stat)."""
-    return {"rows": {r["path"]: (r["sha256"], r.get("stat"), r.get("label")) for r in writer.live_rows()},
-            "bad": {b["path"]: b for b in writer.skip_cache()}}
+    """What the store knows: rows (path -> (sha256, stat, label)), files it skipped (path -> entry with stat)
+    and which path holds each content (sha256 -> path, the first row in force with it)."""
+    rows = {r["path"]: (r["sha256"], r.get("stat"), r.get("label")) for r in writer.live_rows()}
+    by_sha = {}
+    for path, (sha, _, _) in rows.items():
+        by_sha.setdefault(sha, path)
+    return {"rows": rows, "bad": {b["path"]: b for b in writer.skip_cache()}, "by_sha": by_sha}
+
+
+def relabelled(record: ImageRecord, stat, known: dict):
+    """(sha256, Copy of its own row) for a file unchanged since its row (same stat) whose label is no longer
+    the row's: the features stand, the label is new. None otherwise."""
+    old = known["rows"].get(record.relpath)
+    if old is not None and old[1] == stat and old[2] != record.label:
+        return old[0], Copy(record.relpath)
+    return None
+
+
+def known_content(item, known: dict):
+    """`item` as a :class:`Copy` when it was decoded (a decode pool's worker, which knows only its own files'
+    rows) but the store holds its content under another path; else `item` as it is."""
+    record, sha, stat, result, notes = item
+    if sha is None or result is None or isinstance(result, (ImageError, Copy)):
+        return item
+    source = known["by_sha"].get(sha)
+    return item if source is None else (record, sha, stat, Copy(source), notes)
 
 
 def prepare(record: ImageRecord, bb, known: dict, clock: StageClock | None = None, gpu: bool = False):
-    """(record, sha256, stat, result, notes). result: None when cached, an ImageError, the decoded
+    """(record, sha256, stat, result, notes). result: None when cached, a :class:`Copy` when the store holds the
+    content under the same path with another label or under another path, an ImageError, the decoded
     uint8 image (H, W, 3), or, for a backbone that featurizes one image at a time in the calling
     thread (TFLite), the feature row (D,) itself. With `gpu` (``--decode gpu``) a JPEG is not decoded
     here: result is its :class:`~pipeline.decode.gpujpeg.Encoded` bytes, for the GPU. `clock` adds up
@@ -56,14 +101,17 @@ def prepare(record: ImageRecord, bb, known: dict, clock: StageClock | None = Non
     try:
         with clock.timed("read"):
             stat = file_stat(record.path)
-            hit = cached(record, stat, known)
+            hit = cached(record, stat, known) or relabelled(record, stat, known)
             if hit is None:
                 data, sha = read_bytes(record.path)
         if hit is not None:
             return record, hit[0], stat, hit[1], notes
         old = known_row(record, known)
         if old is not None and old[0] == sha:
-            return record, sha, stat, None, notes
+            return record, sha, stat, None, notes  # touched, not changed: the row stands
+        source = content_source(record, sha, known)
+        if source is not None:
+            return record, sha, stat, Copy(source), notes
         with clock.timed("decode"):
             if gpu:  # --decode gpu: a JPEG's header is checked here, its bytes decoded on the GPU
                 from ..decode.gpujpeg import inspect

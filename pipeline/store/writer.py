@@ -33,12 +33,13 @@ from .pieces import (
     _write_piece,
     chunklen_for,
 )
-from .reader import FORMAT, FeatureStore, RowSummary, read_committed, read_report, write_report
+from .reader import FORMAT, FeatureStore, RowSummary, live_chunks, read_committed, read_report, write_report
 from .sealed import open_append, read_text
 
 SKIPS_FILE = "skips.json"  # the skip cache: files a run could not use, with their stat
 MERGE_ROWS = 65536  # a run's parts become a segment once they hold this many rows (or 1/8 of the store)
 ADOPT_ROWS = 2048  # at close, parts at least this big each become a segment as they are (no rewrite)
+COPY_ROWS = 4096  # rows copied from rows of the same content (copy_rows), read back and committed at a time
 HELD_BYTES = 16 << 20  # featurize's features not yet merged, kept in memory up to this: merged without reading back
 KEPT = "the rows committed so far are kept: run the same command again to resume from them"
 
@@ -252,6 +253,23 @@ class StoreWriter:
     def live_rows(self) -> list[dict]:
         """The rows in force (the last of each path, withdrawn paths left out)."""
         return [self.rows[i] for i in live_indices(self.rows)]
+
+    def copy_rows(self, rows: list[dict], sources: list[str]) -> None:
+        """Commit `rows` with the features of the rows of the paths `sources` (one each) holding the same content
+        (sha256): files the store holds already (a new label, a moved or copied file) keep those features, even
+        where this run wrote a new row for the source path since. Read back COPY_ROWS at a time from the
+        committed pieces (checked as they come), never the whole store."""
+        index = {(r["path"], r.get("sha256")): i for i, r in enumerate(self.rows) if "removed" not in r}
+        keys = [(source, row["sha256"]) for row, source in zip(rows, sources)]
+        missing = [k for k in keys if k not in index]
+        if missing:
+            raise StoreError(f"cannot copy the features of {missing[0][0]!r}: {self.root} has no row of it with "
+                             f"sha256 {missing[0][1]}")
+        for lo in range(0, len(rows), COPY_ROWS):
+            want = np.array([index[k] for k in keys[lo:lo + COPY_ROWS]])
+            have = np.unique(want)  # sorted log indices, each read once
+            x = np.concatenate(list(live_chunks(self.root, self.meta, self._count, have, COPY_ROWS)))
+            self.append(x[np.searchsorted(have, want)], rows[lo:lo + COPY_ROWS])
 
     def remove(self, withdrawn: dict[str, str]) -> None:
         """Withdraw the rows of these paths ({path: reason}): files that can no longer be used.

@@ -134,6 +134,13 @@ def test_featurize_with_process_decode_equals_thread_decode(tmp_path, saved_mode
     again = pipeline.featurize(tmp_path / "imgs", model, "penultimate", out=tmp_path / "process", input_size=SIZE,
                                scaling="tf", decode="process", progress=False, report=True)
     assert again.computed == 0 and again.reused == len(records) - 3 and len(again.skipped) == 2  # the vanished file is no longer listed
+    # a renamed file, hashed by a worker (which knows only its own files' rows): the reader finds its content
+    (tmp_path / "imgs" / "a00.jpg").rename(tmp_path / "imgs" / "z_renamed.jpg")
+    moved = pipeline.featurize(tmp_path / "imgs", model, "penultimate", out=tmp_path / "process", input_size=SIZE,
+                               scaling="tf", decode="process", workers=2, prune=True, progress=False, report=True)
+    assert (moved.computed, len(moved.copied), moved.pruned) == (0, 1, 1)
+    rows = dict(zip(moved.store.paths, moved.store.features))
+    np.testing.assert_array_equal(rows["z_renamed.jpg"], dict(zip(t.store.paths, t.store.features))["a00.jpg"])
 
 
 def test_ring_fits_in_the_shared_memory_there_is(tmp_path):
@@ -193,7 +200,9 @@ def test_sigkill_with_process_decode_resumes_and_leaves_no_shared_memory(tmp_pat
     assert 40 <= len(partial) < n, "the run was not interrupted mid-way"
     capsys.readouterr()
     assert main(args) == 0  # the resumed run: in this process (only the killed one needs a process of its own)
-    assert f"{len(partial)} reused" in capsys.readouterr().out
+    # the rows committed are reused, and so is every other file of the same content (10 copies of each image)
+    new = (50 - len(set(partial.sha256))) * 10
+    assert f"{new} featurized, {n - new} reused" in capsys.readouterr().out
     clean = pipeline.featurize(data, model, "penultimate", out=tmp_path / "clean", input_size=SIZE, scaling="tf",
                                decode="thread", progress=False)
     store = pipeline.FeatureStore.open(tmp_path / "store")
