@@ -2,16 +2,18 @@
 every filter the presets use, on images of different sizes in one batch, through crop boxes, down and up."""
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 from PIL import Image
 
+# jaxresize imports JAX inside its functions: collecting this file (every test worker does) imports no JAX
+from pipeline.decode import jaxresize
 from pipeline.decode.images import _RESAMPLE, crop_box
 from pipeline.preprocess import RESAMPLING, Preprocess
 
-jax = pytest.importorskip("jax")
-
-from pipeline.decode import jaxresize  # noqa: E402
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
 
 
 def _pillow(image: np.ndarray, box, pre: Preprocess) -> np.ndarray:
