@@ -24,6 +24,8 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import os
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ from .base import Engine, account, progress
 from .report import RunReport
 
 log = logging.getLogger(__name__)
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray takes 127.0.0.1 as the node's address, and binds there
 IMAGES_PER_PARTITION = 1000  # default partition size when --partitions is not given
 
 
@@ -94,6 +97,10 @@ class RayEngine(Engine):
 
     @classmethod
     def cluster_from_args(cls, args) -> RayCluster:
+        if args.address is None and "ray" not in sys.modules:
+            # the command's own local cluster, shut down at its end: Ray binds its servers to 127.0.0.1 only
+            # when this is set before Ray is imported (docs/security.md; the library's callers set it themselves)
+            os.environ.setdefault(LOOPBACK_ONLY, "0")
         return RayCluster(args.address, args.partitions)
 
     def list(self, data_dir, labels):

@@ -141,6 +141,25 @@ def test_score_cache_of_a_uri_is_keyed_by_the_uri_not_the_working_directory(tmp_
     assert score_cache_path("gs://bucket/photos", request, tmp_path) != first
 
 
+def test_the_command_lines_local_cluster_listens_on_loopback_only(monkeypatch):
+    """`--engine ray` without --address starts a cluster of this machine alone: the command asks Ray for
+    127.0.0.1 (the setting the two-node cluster below runs with, whose every listening socket is checked);
+    joining a cluster, or Ray imported already (a library caller's process), leaves the environment as it is."""
+    import argparse
+    import sys
+
+    from pipeline.engines.ray import LOOPBACK_ONLY, RayEngine
+
+    monkeypatch.delenv(LOOPBACK_ONLY, raising=False)
+    RayEngine.cluster_from_args(argparse.Namespace(address="ray://head:10001", partitions=None))
+    assert LOOPBACK_ONLY not in os.environ
+    RayEngine.cluster_from_args(argparse.Namespace(address=None, partitions=None))
+    assert LOOPBACK_ONLY not in os.environ  # ray is imported in this process: too late to matter
+    monkeypatch.delitem(sys.modules, "ray")
+    assert RayEngine.cluster_from_args(argparse.Namespace(address=None, partitions=4)) == RayCluster(None, 4)
+    assert os.environ[LOOPBACK_ONLY] == "0"
+
+
 def test_partitions_are_contiguous_deterministic_and_cover_the_listing():
     assert partition_bounds(10, 3) == [(0, 3), (3, 6), (6, 10)]
     assert partition_bounds(2, 5) == [(0, 1), (1, 2)]  # never an empty partition
