@@ -3,8 +3,9 @@
 Shared by the reader's threads (:mod:`pipeline.featurizer.reader`) and the decode pool's worker
 processes (:mod:`pipeline.featurizer.decodepool`). A file whose content the store holds already, under
 its own path with another label (a corrected labels CSV) or under another path (a file moved to another
-class folder, or copied), is neither decoded nor featurized: its item is a :class:`Copy` of that row's
-features, committed with the file's own path, label and stat.
+class folder, or copied), is neither decoded nor featurized here: its item is a :class:`Copy` of that
+row's features, committed with the file's own path, label and stat. (A decode process knows only its own
+files' rows: it decodes a moved file, and the reader turns the item into a Copy, :func:`known_content`.)
 """
 from __future__ import annotations
 

@@ -71,6 +71,7 @@ class StoreWriter:
     def __init__(self, root: Path, meta: dict, lock_fd: int):
         self.root, self.meta, self._lock_fd = root, meta, lock_fd
         self.created = False  # open_writer: True when this run made the folder
+        self._merges_held = False  # True while copy_rows reads the committed pieces
         self._failed = None  # why writing failed (a full disk...): the log may end mid-batch, nothing more is added
         self.meta.setdefault("rows_file", "rows.jsonl")
         rows_path = _rows_path(root, self.meta)
@@ -247,7 +248,7 @@ class StoreWriter:
             self._held_bytes += x.nbytes
 
     def _merge_due(self) -> None:
-        if self._next - self._base >= max(MERGE_ROWS, self._count // 8):
+        if not self._merges_held and self._next - self._base >= max(MERGE_ROWS, self._count // 8):
             self._merge_parts()
 
     def live_rows(self) -> list[dict]:
@@ -257,19 +258,38 @@ class StoreWriter:
     def copy_rows(self, rows: list[dict], sources: list[str]) -> None:
         """Commit `rows` with the features of the rows of the paths `sources` (one each) holding the same content
         (sha256): files the store holds already (a new label, a moved or copied file) keep those features, even
-        where this run wrote a new row for the source path since. Read back COPY_ROWS at a time from the
-        committed pieces (checked as they come), never the whole store."""
+        where this run wrote a new row for the source path since. One pass over the committed pieces (each
+        checked as it comes, as any read): the copies are committed in the order of their sources, about
+        COPY_ROWS at a time, and memory holds one such block, never the store."""
         index = {(r["path"], r.get("sha256")): i for i, r in enumerate(self.rows) if "removed" not in r}
         keys = [(source, row["sha256"]) for row, source in zip(rows, sources)]
         missing = [k for k in keys if k not in index]
         if missing:
             raise StoreError(f"cannot copy the features of {missing[0][0]!r}: {self.root} has no row of it with "
                              f"sha256 {missing[0][1]}")
-        for lo in range(0, len(rows), COPY_ROWS):
-            want = np.array([index[k] for k in keys[lo:lo + COPY_ROWS]])
-            have = np.unique(want)  # sorted log indices, each read once
-            x = np.concatenate(list(live_chunks(self.root, self.meta, self._count, have, COPY_ROWS)))
-            self.append(x[np.searchsorted(have, want)], rows[lo:lo + COPY_ROWS])
+        want = np.array([index[k] for k in keys], np.int64)
+        order = np.argsort(want, kind="stable")
+        have = np.unique(want)  # the log indices to read, each once, in the order the pass meets them
+        block, start, done = [], 0, 0  # `start`: rows of `have` read so far; `done`: copies committed
+        self._merges_held = True  # the pass reads the pieces as they were: no merge rewrites them meanwhile
+        try:
+            for x in live_chunks(self.root, self.meta, self._count, have, COPY_ROWS):
+                read = have[start:start + len(x)]
+                end = done + int(np.searchsorted(want[order[done:]], read[-1], side="right"))
+                picked = order[done:end]
+                block.append((x[np.searchsorted(read, want[picked])], [rows[i] for i in picked]))
+                start, done = start + len(x), end
+                if sum(len(r) for _, r in block) >= COPY_ROWS:
+                    self._append_blocks(block)
+                    block = []
+            self._append_blocks(block)
+        finally:
+            self._merges_held = False
+        self._merge_due()
+
+    def _append_blocks(self, blocks: list) -> None:
+        if blocks:
+            self.append(np.concatenate([x for x, _ in blocks]), [r for _, rows in blocks for r in rows])
 
     def remove(self, withdrawn: dict[str, str]) -> None:
         """Withdraw the rows of these paths ({path: reason}): files that can no longer be used.

@@ -245,3 +245,36 @@ def test_a_reader_follows_a_run_that_merges_the_parts_while_it_reads(tmp_path, n
     np.testing.assert_array_equal(readers[0].features, x)
     np.testing.assert_array_equal(np.concatenate(list(readers[1].feature_chunks(2))), x)
     np.testing.assert_array_equal(np.concatenate([first, *chunks]), x)
+
+
+def test_copied_rows_take_their_sources_features_in_one_pass_over_the_pieces(tmp_path, monkeypatch):
+    """copy_rows (a relabelled or moved file keeps its content's features): many copies, some of one source,
+    one from a path this run rewrote since (its old row is the one of that content), across segments and
+    parts, committed a few rows at a time with merges due meanwhile: each copy holds its source's features,
+    and each piece is checked once (one pass, not one per block)."""
+    import pipeline.store.reader as reader_module
+
+    monkeypatch.setattr(writer_module, "COPY_ROWS", 3)
+    monkeypatch.setattr(writer_module, "MERGE_ROWS", 4)
+    x = np.arange(40, dtype=np.float32)[:, None] * [1.0, -1.0, 0.5]
+    w = open_writer(tmp_path / "s", REQ)
+    w.set_spec(dict(REQ, tensor="t", dim=3))
+    for start in range(0, 20, 5):
+        w.append(x[start:start + 5], rows(start, 5))
+    w.close()
+    w = open_writer(tmp_path / "s", REQ)
+    w.append(x[20:22], [*rows(20, 1), {"path": "c/3.jpg", "label": "c", "sha256": "new"}])  # c/3.jpg rewritten
+    sources = [f"c/{i}.jpg" for i in (17, 3, 0, 17, 9, 12, 1, 20, 5)]
+    shas = [f"h{i}" for i in (17, 3, 0, 17, 9, 12, 1, 20, 5)]
+    copies = [{"path": f"moved/{k}.jpg", "label": "d", "sha256": sha} for k, sha in enumerate(shas)]
+    checked = []
+    real = reader_module._check_manifest
+    monkeypatch.setattr(reader_module, "_check_manifest", lambda folder, m: (checked.append(folder.name), real(folder, m)))
+    w.copy_rows(copies, sources)
+    assert len(checked) == len(set(checked))  # every piece read once
+    store = w.close()
+    got = dict(zip(store.paths, store.features))
+    for k, i in enumerate((17, 3, 0, 17, 9, 12, 1, 20, 5)):
+        np.testing.assert_array_equal(got[f"moved/{k}.jpg"], x[i])  # c/3.jpg's old content, not its new row
+    np.testing.assert_array_equal(got["c/3.jpg"], x[21])
+    assert verify(tmp_path / "s") == []
