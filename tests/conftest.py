@@ -4,25 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import sys
 from pathlib import Path
-
-
-def _pin_worker() -> None:
-    """Each pytest-xdist worker on a core of its own when there are as many workers as cores, before numpy,
-    TensorFlow or JAX size their thread pools (they read the affinity mask, as the package does:
-    pipeline/machine.py): two workers on 2 cores, each with a pool of 2 threads, spent CPU in threads
-    waiting on each other. Children (Ray nodes, CLI runs) inherit their worker's core."""
-    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if not worker or not count or not hasattr(os, "sched_setaffinity"):
-        return
-    cores = sorted(os.sched_getaffinity(0))
-    if int(count) >= len(cores) > 1:
-        os.sched_setaffinity(0, {cores[int(worker.removeprefix("gw")) % len(cores)]})
-        assert "numpy" not in sys.modules, "pinned after numpy sized its thread pool"
-
-
-_pin_worker()
 
 import numpy as np
 import pytest

@@ -40,7 +40,7 @@ def test_every_cpu_allowed_gives_a_thread_per_cpu():
     every = set(range(os.cpu_count() or 1))
     before = os.sched_getaffinity(0)
     try:
-        os.sched_setaffinity(0, every)  # a pytest-xdist worker runs on one core of its own (tests/conftest.py)
+        os.sched_setaffinity(0, every)  # the tests may run under taskset, on fewer CPUs than the machine's
     except OSError:  # a cpuset narrower than the machine (a container): the mask cannot be widened
         pytest.skip("this process may not run on every CPU of the machine")
     try:
