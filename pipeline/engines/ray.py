@@ -41,6 +41,7 @@ from ..featurizer.mapper import Mapper
 from ..featurizer.prepare import cached as cached_row
 from ..featurizer.prepare import file_stat, known_files, known_row
 from ..featurizer.stages import StageClock
+from ..machine import usable_cores
 from ..options import FeaturizeOptions
 from ..preprocess import Preprocess
 from .base import Engine, account, progress
@@ -53,11 +54,18 @@ IMAGES_PER_PARTITION = 1000  # default partition size when --partitions is not g
 
 @dataclass(frozen=True)
 class RayCluster:
-    """Where a Ray run goes: `address` None starts a local cluster sized to this machine ("auto"
-    or "ray://HOST:PORT" joins one); `partitions` None gives one per IMAGES_PER_PARTITION images."""
+    """Where a Ray run goes: `address` None (or "local") starts a local cluster sized to the cores this process
+    may use ("auto" or "ray://HOST:PORT" joins one); `partitions` None gives one per IMAGES_PER_PARTITION
+    images. `loopback`: that local cluster listens on 127.0.0.1 only (what the command line asks for; it
+    takes effect where Ray is not imported yet, see :func:`loopback_env`)."""
 
     address: str | None = None
     partitions: int | None = None
+    loopback: bool = False
+
+    @property
+    def local(self) -> bool:
+        return self.address in (None, "", "local")
 
     def __post_init__(self):
         if self.partitions is not None and int(self.partitions) < 1:
@@ -97,11 +105,8 @@ class RayEngine(Engine):
 
     @classmethod
     def cluster_from_args(cls, args) -> RayCluster:
-        if args.address is None and "ray" not in sys.modules:
-            # the command's own local cluster, shut down at its end: Ray binds its servers to 127.0.0.1 only
-            # when this is set before Ray is imported (docs/security.md; the library's callers set it themselves)
-            os.environ.setdefault(LOOPBACK_ONLY, "0")
-        return RayCluster(args.address, args.partitions)
+        # the command's own local cluster (no --address), shut down at its end, listens on 127.0.0.1 only
+        return RayCluster(args.address, args.partitions, loopback=True)
 
     def list(self, data_dir, labels):
         if is_uri(data_dir):
@@ -191,20 +196,39 @@ class Forward:
 # --- the driver ----------------------------------------------------------------------------------
 
 @contextmanager
-def connected(cluster: RayCluster):
-    """Ray, initialised: an existing session as it is, else the cluster at `address`, else a local one."""
-    import ray
+def loopback_env(cluster: RayCluster, ray_imported: bool):
+    """While a local cluster with `loopback` is imported and started: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which
+    makes Ray take 127.0.0.1 as the node's address and bind every server there (read when Ray is imported: too
+    late once it is, and left as it is when set already). Its processes keep it; this process's environment is
+    restored after (a later `ray start` child of a program calling the CLI would refuse to join other nodes)."""
+    set_here = cluster.loopback and cluster.local and not ray_imported and LOOPBACK_ONLY not in os.environ
+    if set_here:
+        os.environ[LOOPBACK_ONLY] = "0"
+    try:
+        yield
+    finally:
+        if set_here:
+            os.environ.pop(LOOPBACK_ONLY, None)
 
-    started = not ray.is_initialized()
-    if started:
-        try:
-            if cluster.address:
-                ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
-            else:
-                ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-        except ConnectionError as e:
-            raise PipelineError(f"cannot reach the Ray cluster at {cluster.address!r}: {e}; start one with "
-                                f"`ray start --head`, or give no address= for a local one") from e
+
+@contextmanager
+def connected(cluster: RayCluster):
+    """Ray, initialised: an existing session as it is, else the cluster at `address`, else a new local one
+    with the cores this process may use (on 127.0.0.1 only with ``cluster.loopback``)."""
+    with loopback_env(cluster, "ray" in sys.modules):
+        import ray
+
+        started = not ray.is_initialized()
+        if started:
+            try:
+                if not cluster.local:
+                    ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False)
+                else:
+                    ray.init(address="local", num_cpus=usable_cores(), include_dashboard=False,
+                             logging_level=logging.WARNING, log_to_driver=False)
+            except ConnectionError as e:
+                raise PipelineError(f"cannot reach the Ray cluster at {cluster.address!r}: {e}; start one with "
+                                    f"`ray start --head`, or give no address= for a local one") from e
     try:
         yield ray
     finally:

@@ -143,21 +143,41 @@ def test_score_cache_of_a_uri_is_keyed_by_the_uri_not_the_working_directory(tmp_
 
 def test_the_command_lines_local_cluster_listens_on_loopback_only(monkeypatch):
     """`--engine ray` without --address starts a cluster of this machine alone: the command asks Ray for
-    127.0.0.1 (the setting the two-node cluster below runs with, whose every listening socket is checked);
-    joining a cluster, or Ray imported already (a library caller's process), leaves the environment as it is."""
+    127.0.0.1 (the setting the two-node cluster below runs with, whose every listening socket is checked)
+    while Ray is imported and started, and gives this process its environment back; joining a cluster, or
+    Ray imported already (too late to matter), leaves the environment as it is."""
     import argparse
-    import sys
 
-    from pipeline.engines.ray import LOOPBACK_ONLY, RayEngine
+    from pipeline.engines.ray import LOOPBACK_ONLY, RayEngine, loopback_env
 
     monkeypatch.delenv(LOOPBACK_ONLY, raising=False)
-    RayEngine.cluster_from_args(argparse.Namespace(address="ray://head:10001", partitions=None))
-    assert LOOPBACK_ONLY not in os.environ
-    RayEngine.cluster_from_args(argparse.Namespace(address=None, partitions=None))
-    assert LOOPBACK_ONLY not in os.environ  # ray is imported in this process: too late to matter
-    monkeypatch.delitem(sys.modules, "ray")
-    assert RayEngine.cluster_from_args(argparse.Namespace(address=None, partitions=4)) == RayCluster(None, 4)
-    assert os.environ[LOOPBACK_ONLY] == "0"
+    for address in (None, "local"):
+        cluster = RayEngine.cluster_from_args(argparse.Namespace(address=address, partitions=None))
+        with loopback_env(cluster, ray_imported=False):
+            assert os.environ[LOOPBACK_ONLY] == "0"
+        assert LOOPBACK_ONLY not in os.environ
+    for cluster, imported in ((RayCluster("ray://head:10001", loopback=True), False),
+                              (RayCluster(loopback=True), True), (RayCluster(), False)):
+        with loopback_env(cluster, ray_imported=imported):
+            assert LOOPBACK_ONLY not in os.environ
+
+
+def test_a_new_local_cluster_is_sized_to_the_cores_this_process_may_use(monkeypatch):
+    """Ray counts the machine's CPUs, not the affinity mask (taskset, a cpuset): the local cluster it starts
+    gets the mask's count, so as many backbone actors as cores to run them; an address joins as given."""
+    from pipeline.engines.ray import connected
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr("pipeline.engines.ray.usable_cores", lambda: 1)
+    with connected(RayCluster()):
+        pass
+    with connected(RayCluster("ray://head:10001")):
+        pass
+    assert calls[0]["address"] == "local" and calls[0]["num_cpus"] == 1
+    assert calls[1]["address"] == "ray://head:10001" and "num_cpus" not in calls[1]
 
 
 def test_partitions_are_contiguous_deterministic_and_cover_the_listing():

@@ -231,8 +231,17 @@ def test_a_tflite_export_with_a_custom_op_is_refused_before_any_interpreter(tfli
         load_predictor(evil)
     assert "--trust-model" in str(e.value)
     assert built == []
+    threads = []
+
+    def recording():  # the interpreter as served, its threads noted
+        Interpreter, resolver = real()
+        return (lambda *a, **k: threads.append(k.get("num_threads")) or Interpreter(*a, **k)), resolver
+
+    monkeypatch.setattr(tflite, "interpreter_class", recording)
+    monkeypatch.setattr("pipeline.serving.predictors.usable_cores", lambda: 1)  # as under taskset -c 0
     served = load_predictor(tflite_export)
     assert served.predict_pixels(np.zeros((1, SIZE, SIZE, 3), np.uint8)).shape == (1, len(served.classes))
+    assert threads == [1]  # a thread per core the server may use, not per CPU of the machine
 
 
 def test_a_tflite_backbone_with_a_custom_op_is_refused(tflite_export, tmp_path):
