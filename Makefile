@@ -82,6 +82,10 @@ bench-audit: install  ## audit at scale (100,000 x 1280 synthetic) and on real p
 bench-train: install  ## train time of the default head, this code against main's, side by side (BENCHMARKS.md)
 	$(PY) bench/train_speed.py $(BENCH_ARGS)
 
+.PHONY: bench-relabel
+bench-relabel: install  ## what a label fix costs: a corrected CSV, files moved between class folders, against the first run (BENCHMARKS.md)
+	$(PY) bench/relabel.py $(BENCH_ARGS)
+
 .PHONY: bench-serve
 bench-serve: install  ## load test of `serve` on loopback against batch score (figures in BENCHMARKS.md)
 	$(PY) bench/serve_bench.py $(BENCH_ARGS)
