@@ -69,6 +69,7 @@ COVERED_ELSEWHERE: dict[str, str] = {
     "pipeline.store.opening": "tests/store/test_store.py",  # a store made otherwise, another run, --overwrite
     "pipeline.store.reader": "tests/store/test_store.py",
     "pipeline.store.writer": "tests/store/test_store.py",
+    "pipeline.store.copies": "tests/store/test_store_segments.py",  # and tests/featurizer/test_reader.py
     "pipeline.serving.batcher": "tests/serving/test_serve.py",  # requests batched together, timed-out ones dropped
     "pipeline.serving.limits": "tests/serving/test_serve.py",  # every limit and its refusal
     "pipeline.serving.requests": "tests/serving/test_serve.py",  # raw and multipart bodies, budgets' shares, 422s

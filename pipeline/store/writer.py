@@ -33,7 +33,8 @@ from .pieces import (
     _write_piece,
     chunklen_for,
 )
-from .reader import FORMAT, FeatureStore, RowSummary, live_chunks, read_committed, read_report, write_report
+from .copies import copied_blocks, source_indices
+from .reader import FORMAT, FeatureStore, RowSummary, read_committed, read_report, write_report
 from .sealed import open_append, read_text
 
 SKIPS_FILE = "skips.json"  # the skip cache: files a run could not use, with their stat
@@ -256,40 +257,17 @@ class StoreWriter:
         return [self.rows[i] for i in live_indices(self.rows)]
 
     def copy_rows(self, rows: list[dict], sources: list[str]) -> None:
-        """Commit `rows` with the features of the rows of the paths `sources` (one each) holding the same content
-        (sha256): files the store holds already (a new label, a moved or copied file) keep those features, even
-        where this run wrote a new row for the source path since. One pass over the committed pieces (each
-        checked as it comes, as any read): the copies are committed in the order of their sources, about
-        COPY_ROWS at a time, and memory holds one such block, never the store."""
-        index = {(r["path"], r.get("sha256")): i for i, r in enumerate(self.rows) if "removed" not in r}
-        keys = [(source, row["sha256"]) for row, source in zip(rows, sources)]
-        missing = [k for k in keys if k not in index]
-        if missing:
-            raise StoreError(f"cannot copy the features of {missing[0][0]!r}: {self.root} has no row of it with "
-                             f"sha256 {missing[0][1]}")
-        want = np.array([index[k] for k in keys], np.int64)
-        order = np.argsort(want, kind="stable")
-        have = np.unique(want)  # the log indices to read, each once, in the order the pass meets them
-        block, start, done = [], 0, 0  # `start`: rows of `have` read so far; `done`: copies committed
-        self._merges_held = True  # the pass reads the pieces as they were: no merge rewrites them meanwhile
+        """Commit `rows` with the features of the rows of the paths `sources` (one each) holding the same content:
+        files the store holds already (a new label, a moved or copied file; pipeline/store/copies.py), read
+        back in one pass over the pieces, during which no merge rewrites them."""
+        want = source_indices(self.rows, rows, sources, self.root)
+        self._merges_held = True
         try:
-            for x in live_chunks(self.root, self.meta, self._count, have, COPY_ROWS):
-                read = have[start:start + len(x)]
-                end = done + int(np.searchsorted(want[order[done:]], read[-1], side="right"))
-                picked = order[done:end]
-                block.append((x[np.searchsorted(read, want[picked])], [rows[i] for i in picked]))
-                start, done = start + len(x), end
-                if sum(len(r) for _, r in block) >= COPY_ROWS:
-                    self._append_blocks(block)
-                    block = []
-            self._append_blocks(block)
+            for x, block in copied_blocks(self.root, self.meta, self._count, want, rows, COPY_ROWS):
+                self.append(x, block)
         finally:
             self._merges_held = False
         self._merge_due()
-
-    def _append_blocks(self, blocks: list) -> None:
-        if blocks:
-            self.append(np.concatenate([x for x, _ in blocks]), [r for _, rows in blocks for r in rows])
 
     def remove(self, withdrawn: dict[str, str]) -> None:
         """Withdraw the rows of these paths ({path: reason}): files that can no longer be used.
