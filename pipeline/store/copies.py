@@ -22,7 +22,8 @@ def source_indices(log: list[dict], rows: list[dict], sources: list[str], root: 
     missing = [k for k in keys if k not in index]
     if missing:
         raise StoreError(f"cannot copy the features of {missing[0][0]!r}: {root} has no row of it with "
-                         f"sha256 {missing[0][1]}")
+                         f"sha256 {missing[0][1]}; nothing of this run's copies was written: run the same "
+                         f"command again (it featurizes what it cannot copy), and please report this bug")
     return np.array([index[k] for k in keys], np.int64)
 
 
