@@ -7,8 +7,11 @@ The listing is today's sorted one (:func:`pipeline.dataset.listing.list_images`,
 :func:`pipeline.dataset.sources.list_uri` for ``s3://``, ``gs://``, ``file://``). Partition k holds images
 [k*n/P, (k+1)*n/P) of it, so the same command splits the same folder the same way on every run.
 The driver first asks the store what needs no work, exactly as the local engine does (a
-file whose stat is unchanged keeps its row, or is skipped again); the other files flow through
-Ray Data in listing order: ``map_batches`` tasks read, hash and decode them (1 CPU each; on a
+file whose stat is unchanged keeps its row, or is skipped again, or with a new label takes its own
+row's features); the other files flow through
+Ray Data in listing order: ``map_batches`` tasks read, hash and decode them (1 CPU each; a file whose
+content the store holds under another path, moved or copied, is hashed but not decoded, and takes
+that row's features as in-process; on a
 cluster without GPUs Ray Data fuses them into the actors, see :func:`actor_pool`), and a pool of
 actors (a callable class that builds the backbone once from its request, never pickled
 to it; one GPU each when the cluster has GPUs) featurizes the decoded images. As partition k
@@ -38,8 +41,15 @@ from ..decode.images import decode, read_bytes
 from ..errors import ImageError, PipelineError, UsageError
 from ..featurizer.committer import Committer
 from ..featurizer.mapper import Mapper
+from ..featurizer.prepare import (
+    Copy,
+    content_source,
+    file_stat,
+    known_files,
+    known_row,
+    relabelled,
+)
 from ..featurizer.prepare import cached as cached_row
-from ..featurizer.prepare import file_stat, known_files, known_row
 from ..featurizer.stages import StageClock
 from ..machine import usable_cores
 from ..options import FeaturizeOptions
@@ -130,8 +140,9 @@ def _read(uri: str | None, path: str, listed: str, into: dict):
     return read_uri(uri, path, into["stat"][0])
 
 
-def _decode_one(uri, path: str, old_sha: str, listed: str, pre: Preprocess, out: dict, j: int) -> None:
-    """Read, hash and decode one file into row j of `out` (status ok, reused or skipped)."""
+def _decode_one(uri, path: str, old_sha: str, listed: str, pre: Preprocess, shas, out: dict, j: int) -> None:
+    """Read, hash and decode one file into row j of `out` (status ok, reused, copy or skipped). A file whose
+    content the store holds under another path (`shas`, :func:`known_shas`) is not decoded: "copy"."""
     notes, t0 = [], time.perf_counter()
     status, sha, reason, detail, t1, got = "skipped", "", "", "", None, {"stat": None}
     try:
@@ -139,6 +150,8 @@ def _decode_one(uri, path: str, old_sha: str, listed: str, pre: Preprocess, out:
         t1 = time.perf_counter()
         if sha == old_sha:
             status = "reused"
+        elif _held(shas, sha):
+            status = "copy"
         else:
             out["image"][j] = decode(data, pre, path, notes)
             status = "ok"
@@ -153,14 +166,19 @@ def _decode_one(uri, path: str, old_sha: str, listed: str, pre: Preprocess, out:
         out[key].append(value)
 
 
-def decode_batch(batch: dict, pre: dict, uri: str | None) -> dict:
-    """Ray Data task: a batch of files (idx, path, old_sha, stat) -> decoded uint8 images and their status."""
+def decode_batch(batch: dict, pre: dict, uri: str | None, shas=None) -> dict:
+    """Ray Data task: a batch of files (idx, path, old_sha, stat) -> decoded uint8 images and their status.
+    `shas`: the contents the store holds (:func:`known_shas`, or a Ray reference to them), or None."""
+    if shas is not None and not isinstance(shas, np.ndarray):
+        import ray
+
+        shas = ray.get(shas)  # from the node's object store, not copied
     pre = Preprocess.from_dict(pre)
     n = len(batch["idx"])
     out = {k: [] for k in ("status", "sha", "stat", "reason", "detail", "notes", "read_s", "decode_s")}
     out["image"] = np.zeros((n, *pre.size, 3), np.uint8)
     for j, (path, old, listed) in enumerate(zip(batch["path"], batch["old_sha"], batch["stat"])):
-        _decode_one(uri, str(path), str(old), str(listed), pre, out, j)
+        _decode_one(uri, str(path), str(old), str(listed), pre, shas, out, j)
     return {"idx": np.asarray(batch["idx"], np.int64), **{k: np.asarray(v) for k, v in out.items()}}
 
 
@@ -259,16 +277,18 @@ def _plan(records, known: dict, uri: str | None, listed: dict):
     """({index: prepared item} the store settles without reading, [files for the cluster]).
 
     An object's stat is the one its listing gave (`listed`: path -> [size, mtime_ns]), so a rerun over
-    millions of objects asks the store nothing per object; a local file is stat'ed here."""
+    millions of objects asks the store nothing per object; a local file is stat'ed here. A file unchanged
+    since its row but with a new label (a corrected labels CSV) is settled as a :class:`Copy` of that row,
+    as in-process; the tasks turn a file whose content the store holds under another path into one too."""
     settled, todo = {}, []
     for i, r in enumerate(records):
         old, stat = known_row(r, known), listed.get(str(r.path))
-        if old is not None or r.relpath in known["bad"]:
+        if r.relpath in known["rows"] or r.relpath in known["bad"]:  # under another label too: relabelled
             try:
                 stat = stat or (file_stat(r.path) if uri is None else stat_uri(uri, r.path))
             except OSError:
                 stat = None  # the task reports why
-            hit = cached_row(r, stat, known) if stat is not None else None
+            hit = (cached_row(r, stat, known) or relabelled(r, stat, known)) if stat is not None else None
             if hit is not None:
                 settled[i] = (r, hit[0], stat, hit[1], [])
                 continue
@@ -277,7 +297,24 @@ def _plan(records, known: dict, uri: str | None, listed: dict):
     return settled, todo
 
 
-def _dataset(ray, todo: list[dict], blocks: int, uri, bb: Backbone):
+def known_shas(known: dict) -> np.ndarray | None:
+    """The contents the store holds (sha256 as 32 raw bytes, sorted, for :func:`np.searchsorted`), which the
+    tasks look up without a Python set per task; None for a store without rows."""
+    if not known["by_sha"]:
+        return None
+    return np.sort(np.array([bytes.fromhex(sha) for sha in known["by_sha"]], dtype="S32"))
+
+
+def _held(shas: np.ndarray | None, sha: str) -> bool:
+    """Whether `sha` (hex) is among `shas` (:func:`known_shas`)."""
+    if shas is None or not sha:
+        return False
+    key = np.array(bytes.fromhex(sha), dtype="S32")
+    i = int(np.searchsorted(shas, key))
+    return i < len(shas) and shas[i] == key
+
+
+def _dataset(ray, todo: list[dict], blocks: int, uri, bb: Backbone, shas: np.ndarray | None):
     """The Ray Data pipeline: decode tasks, then the backbone's actor pool, in listing order (on CPU
     clusters Ray Data fuses the two: see :func:`actor_pool`)."""
     ctx = ray.data.DataContext.get_current()
@@ -291,7 +328,8 @@ def _dataset(ray, todo: list[dict], blocks: int, uri, bb: Backbone):
     ds = ray.data.from_items(todo, override_num_blocks=blocks)
     # a lost worker costs time only: Ray Data reruns a decode task whose worker died, restarts a lost
     # actor and reruns its batches (its defaults; setting them goes through the deprecated ray_remote_args)
-    ds = ds.map_batches(decode_batch, fn_kwargs={"pre": bb.preprocess.to_dict(), "uri": uri},
+    shas = None if shas is None else ray.put(shas)  # once in the object store, read there by every task
+    ds = ds.map_batches(decode_batch, fn_kwargs={"pre": bb.preprocess.to_dict(), "uri": uri, "shas": shas},
                         batch_size=bb.batch_size, batch_format="numpy", num_cpus=decode_cpus)
     batches = -(-len(todo) // bb.batch_size)
     pool = ray.data.ActorPoolStrategy(size=min(actors.pop("size"), blocks, batches))  # no idle actor on tiny runs
@@ -347,13 +385,15 @@ class _Results:
         return self.rows.pop(i)
 
 
-def _item(record, row: dict):
+def _item(record, row: dict, known: dict):
     """A cluster row as the reader's prepared item: (record, sha256, stat, result, notes)."""
     stat, notes = json.loads(str(row["stat"])), json.loads(str(row["notes"]))
-    status = str(row["status"])
+    status, sha = str(row["status"]), str(row["sha"])
     if status == "skipped":
         return record, None, stat, ImageError(record.path, str(row["reason"]), str(row["detail"])), notes
-    return record, str(row["sha"]), stat, (row["features"] if status == "ok" else None), notes
+    if status == "copy":
+        return record, sha, stat, Copy(content_source(record, sha, known)), notes
+    return record, sha, stat, (row["features"] if status == "ok" else None), notes
 
 
 def _run(listing, uri, bb: Backbone, writer, cluster: RayCluster, show: bool, run: RunReport) -> None:
@@ -368,14 +408,14 @@ def _run(listing, uri, bb: Backbone, writer, cluster: RayCluster, show: bool, ru
         if todo:
             los = [lo for lo, _ in bounds]
             busy = {bisect.bisect_right(los, t["idx"]) - 1 for t in todo}  # partitions with work
-            ds, workers, gpu = _dataset(ray, todo, len(busy), uri, bb)
+            ds, workers, gpu = _dataset(ray, todo, len(busy), uri, bb, known_shas(known))
             stream = ds.iter_batches(batch_size=None, batch_format="numpy").__iter__()
         try:
             spec = _ClusterSpec(max(hi - lo for lo, hi in bounds))
             if hasattr(writer, "layers_from"):  # one store per layer: their specs as the actors loaded them
                 writer.layers_from(spec)
             results = _Results(stream, clock, spec)
-            batcher = _commit_partitions(records, bounds, settled, results,
+            batcher = _commit_partitions(records, bounds, settled, results, known,
                                          Mapper(spec, Committer(writer, run.skipped, clock), clock), run,
                                          f"featurize {bb.name} on ray" if show else None)
         finally:
@@ -391,14 +431,14 @@ def _run(listing, uri, bb: Backbone, writer, cluster: RayCluster, show: bool, ru
         run.stages["startup_s"] = round(max(0.0, results.ready - started), 4)
 
 
-def _commit_partitions(records, bounds, settled: dict, results: _Results, batcher: Mapper, run: RunReport,
+def _commit_partitions(records, bounds, settled: dict, results: _Results, known: dict, batcher: Mapper, run: RunReport,
                        title: str | None) -> Mapper:
     """Book every file in listing order and commit each partition's new rows as one part (`title`: the
     progress bar's, None for no bar)."""
     with progress(len(records), title is not None, title or "") as bar:
         for lo, hi in bounds:
             for i in range(lo, hi):
-                account(settled.pop(i) if i in settled else _item(records[i], results.get(i)), batcher, run)
+                account(settled.pop(i) if i in settled else _item(records[i], results.get(i), known), batcher, run)
             batcher.flush()  # the partition's rows: one part, one commit
             bar.update(hi - lo)
     return batcher

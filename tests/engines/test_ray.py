@@ -10,6 +10,7 @@ One cluster for every test: starting one takes seconds, and two clusters at once
 tests of this file ran on one, the two-node tests on another) slowed both."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -221,16 +222,23 @@ def test_two_nodes_write_the_local_store_row_for_row(two_nodes, cluster, tmp_pat
     assert (again.computed, again.reused, len(again.store)) == (0, 10, 10)  # nothing recomputed
     assert again.skipped[0]["path"] == "red/broken.jpg"
 
-    # a touched file keeps its row, a rewritten one gets a new row: as in-process
+    # a touched file keeps its row, a rewritten one gets a new row, one moved to the other class folder (a new
+    # path and label) takes its content's features, hashed on the cluster but not featurized: as in-process
     st = (folder / "red" / "red_0.jpg").stat()
     os.utime(folder / "red" / "red_0.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     noise_image(999, (80, 60), (230, 30, 30)).save(folder / "red" / "red_1.jpg")
+    (folder / "blue" / "blue_2.jpg").rename(folder / "red" / "was_blue_2.jpg")
     changed = pipeline.featurize(folder, out=tmp_path / "ray", progress=False, report=True, engine="ray",
                                  cluster=RayCluster(partitions=3))
     local_changed = pipeline.featurize(folder, out=tmp_path / "local", progress=False, report=True)
     assert (changed.computed, changed.reused) == (local_changed.computed, local_changed.reused) == (1, 9)
+    assert [row for row, _ in changed.copied] == [row for row, _ in local_changed.copied]
+    assert [(row["path"], row["label"], source) for row, source in changed.copied] == [
+        ("red/was_blue_2.jpg", "red", "blue/blue_2.jpg")]
     assert changed.store.rows == local_changed.store.rows
     np.testing.assert_allclose(changed.store.features, local_changed.store.features, rtol=1e-6, atol=1e-6)
+    moved = changed.store.paths.index("red/was_blue_2.jpg")
+    np.testing.assert_array_equal(changed.store.features[moved], store.features[store.paths.index("blue/blue_2.jpg")])
 
 
 def test_images_through_a_file_uri_and_score_on_ray(cluster, folder, local, tmp_path, capsys):
@@ -398,6 +406,46 @@ def test_a_cluster_task_reads_an_object_with_the_stat_its_listing_gave(s3_folder
                        Preprocess(size=(32, 32)).to_dict(), s3_folder)
     assert list(out["status"]).count("ok") == 10 and [json.loads(s) for s in out["stat"]] == [
         listing.stats[p] for p in paths]
+
+
+def test_a_relabelled_file_is_settled_by_the_driver_and_a_moved_one_by_its_task_without_decoding(tmp_path,
+                                                                                                monkeypatch):
+    """The store's rows and contents, as the Ray engine plans and its tasks read: a file unchanged since its row
+    but labelled anew is a copy of its own row before any task; a task hashes a file whose content the store
+    holds under another path and returns it undecoded, as a copy of that row (the driver names the row)."""
+    from pipeline.dataset.listing import ImageRecord
+    from pipeline.engines.ray import _item, _plan, decode_batch, known_shas
+    from pipeline.featurizer.prepare import Copy, file_stat
+    from pipeline.preprocess import Preprocess
+
+    root = make_class_tree(tmp_path / "data", per_class=2)
+    paths = sorted(root.rglob("*.jpg"))
+    sha = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+    rel = {p: p.relative_to(root).as_posix() for p in paths}
+    moved = root / "red" / "moved.jpg"
+    moved.write_bytes(paths[0].read_bytes())  # blue/blue_0.jpg's bytes under a new path
+    known = {"rows": {rel[p]: (sha[p], file_stat(p), p.parent.name) for p in paths}, "bad": {},
+             "by_sha": {sha[p]: rel[p] for p in paths}}
+    records = [ImageRecord(paths[0], rel[paths[0]], "red"),  # relabelled: its stat unchanged
+               ImageRecord(paths[1], rel[paths[1]], "blue"),  # as stored
+               ImageRecord(moved, "red/moved.jpg", "red")]
+    settled, todo = _plan(records, known, None, {})
+    assert settled[0][3] == Copy(rel[paths[0]]) and settled[0][1] == sha[paths[0]]
+    assert settled[1][3] is None  # reused as it is
+    assert [t["path"] for t in todo] == [str(moved)] and todo[0]["old_sha"] == ""
+
+    monkeypatch.setattr("pipeline.engines.ray.decode", lambda *a: pytest.fail("a known content was decoded"))
+    shas = known_shas(known)
+    out = decode_batch({"idx": np.array([2]), "path": [str(moved)], "old_sha": [""], "stat": [""]},
+                       Preprocess(size=(32, 32)).to_dict(), None, shas)
+    assert list(out["status"]) == ["copy"] and out["sha"][0] == sha[paths[0]]
+    row = {k: out[k][0] for k in ("status", "sha", "stat", "reason", "detail", "notes")}
+    assert _item(records[2], {**row, "features": None}, known)[3] == Copy(rel[paths[0]])
+    assert known_shas({"by_sha": {}}) is None
+    monkeypatch.undo()
+    other = decode_batch({"idx": np.array([2]), "path": [str(moved)], "old_sha": [""], "stat": [""]},
+                         Preprocess(size=(32, 32)).to_dict(), None, known_shas({"by_sha": {"0" * 64: "x"}}))
+    assert list(other["status"]) == ["ok"] and other["image"].any()  # a content the store lacks is decoded
 
 
 def test_cpu_clusters_decode_inside_the_backbone_actors_and_gpu_clusters_beside_them():
