@@ -28,6 +28,7 @@ import bisect
 import json
 import logging
 import os
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -60,6 +61,7 @@ from .report import RunReport
 log = logging.getLogger(__name__)
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray takes 127.0.0.1 as the node's address, and binds there
 IMAGES_PER_PARTITION = 1000  # default partition size when --partitions is not given
+_HEX64 = re.compile(r"[0-9a-f]{64}")  # a sha256 as hashlib writes it
 
 
 @dataclass(frozen=True)
@@ -298,11 +300,14 @@ def _plan(records, known: dict, uri: str | None, listed: dict):
 
 
 def known_shas(known: dict) -> np.ndarray | None:
-    """The contents the store holds (sha256 as 32 raw bytes, sorted, for :func:`np.searchsorted`), which the
-    tasks look up without a Python set per task; None for a store without rows."""
-    if not known["by_sha"]:
+    """The contents the store holds (sha256 as 32 raw bytes, sorted, for :func:`np.searchsorted`: 32 bytes a
+    row), which the tasks look up without a Python set per task; None for a store without rows. Only
+    lowercase hex digests are listed: the only kind a file read here hashes to (an imported store may hold
+    other ids, which no file matches, here or in-process)."""
+    keys = [sha for sha in known["by_sha"] if _HEX64.fullmatch(sha)]
+    if not keys:
         return None
-    return np.sort(np.array([bytes.fromhex(sha) for sha in known["by_sha"]], dtype="S32"))
+    return np.sort(np.frombuffer(bytes.fromhex("".join(keys)), dtype="S32"))
 
 
 def _held(shas: np.ndarray | None, sha: str) -> bool:

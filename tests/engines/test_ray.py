@@ -442,6 +442,8 @@ def test_a_relabelled_file_is_settled_by_the_driver_and_a_moved_one_by_its_task_
     row = {k: out[k][0] for k in ("status", "sha", "stat", "reason", "detail", "notes")}
     assert _item(records[2], {**row, "features": None}, known)[3] == Copy(rel[paths[0]])
     assert known_shas({"by_sha": {}}) is None
+    # an imported store's ids that are no lowercase sha256 match no file (as in-process), and break nothing
+    assert known_shas({"by_sha": {"img-001": "a.jpg", sha[paths[0]].upper(): "b.jpg"}}) is None
     monkeypatch.undo()
     other = decode_batch({"idx": np.array([2]), "path": [str(moved)], "old_sha": [""], "stat": [""]},
                          Preprocess(size=(32, 32)).to_dict(), None, known_shas({"by_sha": {"0" * 64: "x"}}))
