@@ -1,6 +1,7 @@
 """What a label fix costs: featurize a labelled folder, then fix labels the two ways users do, and time each run.
 
     python bench/relabel.py [--data ../shared/data/catbreeds] [--work /tmp/relabel-bench] [--repeat 1]
+                            [--engine local|ray]
 
 1. the first run: every image featurized (the bundled MobileNetV2, penultimate layer alone);
 2. a corrected labels CSV (every label changed): each row takes its stored features, no file is read;
@@ -8,7 +9,8 @@
    folder (``--prune``): each file is read and hashed, none decoded or featurized.
 
 Before this project copied the features of known content (git 8bc18d2), runs 2 and 3 featurized every
-relabelled or moved image again, as run 1 does. Prints JSON: seconds per run (best of --repeat), rows
+relabelled or moved image again, as run 1 does (the Ray engine until this session's change: --engine ray runs
+all four on a local Ray cluster, started by each run as the command line does). Prints JSON: seconds per run (best of --repeat), rows
 featurized and copied, and each fix's time as a fraction of the first run's.
 """
 from __future__ import annotations
@@ -39,8 +41,9 @@ def _timed(run) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def measure(data: Path, work: Path) -> dict:
+def measure(data: Path, work: Path, engine: str = "local") -> dict:
     import pipeline
+    from pipeline.engines.ray import RayCluster
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -50,7 +53,9 @@ def measure(data: Path, work: Path) -> dict:
         with open(path, "w", newline="") as f:
             csv.writer(f).writerows([("id", "label"), *mapping.items()])
     images, store = data / "images", work / "store"
-    args = {"layer": "penultimate", "progress": False, "report": True}
+    args = {"layer": "penultimate", "progress": False, "report": True, "engine": engine}
+    if engine == "ray":
+        args["cluster"] = RayCluster(loopback=True)
     t_first, first = _timed(lambda: pipeline.featurize(images, labels=first_csv, out=store, **args))
     t_csv, fixed = _timed(lambda: pipeline.featurize(images, labels=fixed_csv, out=store, **args))
 
@@ -67,7 +72,7 @@ def measure(data: Path, work: Path) -> dict:
             other = classes[(classes.index(label) + 1) % len(classes)]
             (folders / label / names[key]).rename(folders / other / names[key])
     t_moved, by_folder = _timed(lambda: pipeline.featurize(folders, out=work / "folder-store", prune=True, **args))
-    return {"images": len(first.store), "first_s": round(t_first, 2), "csv_fix_s": round(t_csv, 2),
+    return {"engine": engine, "images": len(first.store), "first_s": round(t_first, 2), "csv_fix_s": round(t_csv, 2),
             "first_in_folders_s": round(t_folders, 2), "move_fix_s": round(t_moved, 2),
             "csv_fix": {"featurized": fixed.computed, "copied": len(getattr(fixed, "copied", []))},
             "move_fix": {"featurized": by_folder.computed, "copied": len(getattr(by_folder, "copied", [])),
@@ -80,8 +85,9 @@ def main() -> None:
     p.add_argument("--data", default=os.environ.get("TFP_SHARED", str(REPO.parent / "shared")) + "/data/catbreeds")
     p.add_argument("--work", default="/tmp/relabel-bench")
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--engine", choices=("local", "ray"), default="local")
     a = p.parse_args()
-    runs = [measure(Path(a.data), Path(a.work)) for _ in range(a.repeat)]
+    runs = [measure(Path(a.data), Path(a.work), a.engine) for _ in range(a.repeat)]
     best = min(runs, key=lambda r: r["first_s"])
     for key in ("first_s", "csv_fix_s", "first_in_folders_s", "move_fix_s"):
         best[key] = min(r[key] for r in runs)

@@ -31,7 +31,7 @@ import os
 import re
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -406,7 +406,8 @@ def _run(listing, uri, bb: Backbone, writer, cluster: RayCluster, show: bool, ru
     settled, todo = _plan(records, known, uri, listing.stats)
     bounds = partition_bounds(len(records), cluster.partitions)
     clock, start, started = StageClock(), time.perf_counter(), time.time()
-    with connected(cluster) as ray:
+    # a run with nothing to read (a rerun, a corrected labels CSV) is settled by the driver alone: no cluster
+    with connected(cluster) if todo else nullcontext() as ray:
         workers = {"read": 1, "forward": 1}
         gpu = False
         stream = (b for b in ())

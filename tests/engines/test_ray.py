@@ -217,8 +217,10 @@ def test_two_nodes_write_the_local_store_row_for_row(two_nodes, cluster, tmp_pat
     assert _report(store) == _report(local)
     assert [s["path"] for s in run.skipped] == ["red/broken.jpg"] and run.skipped[0]["reason"] == "not_an_image"
     assert len(list((tmp_path / "ray" / "segments").iterdir())) == 1  # the partitions' parts merged at the end
-    again = pipeline.featurize(folder, out=tmp_path / "ray", progress=False, report=True, engine="ray",
-                               cluster=RayCluster(partitions=3))
+    with monkeypatch.context() as m:  # nothing to read: the driver settles the run without the cluster
+        m.setattr("pipeline.engines.ray.connected", lambda cluster: pytest.fail("the cluster was asked"))
+        again = pipeline.featurize(folder, out=tmp_path / "ray", progress=False, report=True, engine="ray",
+                                   cluster=RayCluster(partitions=3))
     assert (again.computed, again.reused, len(again.store)) == (0, 10, 10)  # nothing recomputed
     assert again.skipped[0]["path"] == "red/broken.jpg"
 
@@ -448,6 +450,29 @@ def test_a_relabelled_file_is_settled_by_the_driver_and_a_moved_one_by_its_task_
     other = decode_batch({"idx": np.array([2]), "path": [str(moved)], "old_sha": [""], "stat": [""]},
                          Preprocess(size=(32, 32)).to_dict(), None, known_shas({"by_sha": {"0" * 64: "x"}}))
     assert list(other["status"]) == ["ok"] and other["image"].any()  # a content the store lacks is decoded
+
+
+def test_a_corrected_labels_csv_on_ray_copies_every_row_without_a_cluster(tmp_path, monkeypatch):
+    """Every file unchanged, every label new: the Ray engine's driver books each file as a copy of its own row
+    and commits them, as the local engine does, and never starts or joins a cluster."""
+    data = make_class_tree(tmp_path / "data", per_class=3)
+    names = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.jpg"))
+    first, fixed = tmp_path / "first.csv", tmp_path / "fixed.csv"
+    first.write_text("id,label\n" + "".join(f"{n},{n.split('/')[0]}\n" for n in names))
+    fixed.write_text("id,label\n" + "".join(f"{n},{'cat' if i % 2 else 'dog'}\n" for i, n in enumerate(names)))
+    runs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        pipeline.featurize(data, labels=first, out=out, layer="penultimate", progress=False)
+        with monkeypatch.context() as m:
+            m.setattr("pipeline.engines.ray.connected", lambda cluster: pytest.fail("the cluster was asked"))
+            runs[engine] = pipeline.featurize(data, labels=fixed, out=out, layer="penultimate", progress=False,
+                                              report=True, engine=engine)
+    ray_run, local_run = runs["ray"], runs["local"]
+    assert (ray_run.computed, len(ray_run.copied)) == (local_run.computed, len(local_run.copied)) == (0, 6)
+    assert ray_run.copied == local_run.copied
+    assert ray_run.store.rows == local_run.store.rows and list(ray_run.store.labels)[:2] == ["dog", "cat"]
+    np.testing.assert_array_equal(ray_run.store.features, local_run.store.features)
 
 
 def test_cpu_clusters_decode_inside_the_backbone_actors_and_gpu_clusters_beside_them():
