@@ -300,10 +300,8 @@ def _plan(records, known: dict, uri: str | None, listed: dict):
 
 
 def known_shas(known: dict) -> np.ndarray | None:
-    """The contents the store holds (sha256 as 32 raw bytes, sorted, for :func:`np.searchsorted`: 32 bytes a
-    row), which the tasks look up without a Python set per task; None for a store without rows. Only
-    lowercase hex digests are listed: the only kind a file read here hashes to (an imported store may hold
-    other ids, which no file matches, here or in-process)."""
+    """The store's contents as sorted 32-byte sha256s (32 bytes a row, for :func:`np.searchsorted` in the tasks),
+    or None. Lowercase hex digests only: what a file hashes to (an imported store's other ids match no file)."""
     keys = [sha for sha in known["by_sha"] if _HEX64.fullmatch(sha)]
     if not keys:
         return None
@@ -406,7 +404,8 @@ def _run(listing, uri, bb: Backbone, writer, cluster: RayCluster, show: bool, ru
     settled, todo = _plan(records, known, uri, listing.stats)
     bounds = partition_bounds(len(records), cluster.partitions)
     clock, start, started = StageClock(), time.perf_counter(), time.time()
-    # a run with nothing to read (a rerun, a corrected labels CSV) is settled by the driver alone: no cluster
+    if not todo:  # a rerun, a corrected labels CSV: settled by the driver alone, no cluster
+        log.info("every file is settled by the store: the Ray cluster (%s) is not asked", cluster.address or "local")
     with connected(cluster) if todo else nullcontext() as ray:
         workers = {"read": 1, "forward": 1}
         gpu = False

@@ -454,7 +454,8 @@ def test_a_relabelled_file_is_settled_by_the_driver_and_a_moved_one_by_its_task_
 
 def test_a_corrected_labels_csv_on_ray_copies_every_row_without_a_cluster(tmp_path, monkeypatch):
     """Every file unchanged, every label new: the Ray engine's driver books each file as a copy of its own row
-    and commits them, as the local engine does, and never starts or joins a cluster."""
+    and commits them to both stores of the default pass, as the local engine does, and never starts or joins a
+    cluster."""
     data = make_class_tree(tmp_path / "data", per_class=3)
     names = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.jpg"))
     first, fixed = tmp_path / "first.csv", tmp_path / "fixed.csv"
@@ -463,16 +464,19 @@ def test_a_corrected_labels_csv_on_ray_copies_every_row_without_a_cluster(tmp_pa
     runs = {}
     for engine in ("local", "ray"):
         out = tmp_path / engine
-        pipeline.featurize(data, labels=first, out=out, layer="penultimate", progress=False)
+        pipeline.featurize(data, labels=first, out=out, progress=False)
         with monkeypatch.context() as m:
             m.setattr("pipeline.engines.ray.connected", lambda cluster: pytest.fail("the cluster was asked"))
-            runs[engine] = pipeline.featurize(data, labels=fixed, out=out, layer="penultimate", progress=False,
-                                              report=True, engine=engine)
+            runs[engine] = pipeline.featurize(data, labels=fixed, out=out, progress=False, report=True,
+                                              engine=engine)
     ray_run, local_run = runs["ray"], runs["local"]
     assert (ray_run.computed, len(ray_run.copied)) == (local_run.computed, len(local_run.copied)) == (0, 6)
     assert ray_run.copied == local_run.copied
     assert ray_run.store.rows == local_run.store.rows and list(ray_run.store.labels)[:2] == ["dog", "cat"]
     np.testing.assert_array_equal(ray_run.store.features, local_run.store.features)
+    scores = {e: FeatureStore.open(tmp_path / f"{e}-predictions") for e in runs}  # the class scores beside it
+    assert scores["ray"].rows == scores["local"].rows and list(scores["ray"].labels)[:2] == ["dog", "cat"]
+    np.testing.assert_array_equal(scores["ray"].features, scores["local"].features)
 
 
 def test_cpu_clusters_decode_inside_the_backbone_actors_and_gpu_clusters_beside_them():
