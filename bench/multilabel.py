@@ -56,8 +56,9 @@ def plain_ovr(X, Y, train, valid, C: float) -> dict:
             "best_threshold": best}
 
 
-def measure(catbreeds, work, heads=(("logreg", "auto"), ("linear_svm", "auto"))) -> dict:
-    """Featurize (cached in `work`), split, and return the held-out micro-F1 figures."""
+def measure(catbreeds, work, heads=(("logreg", "auto"), ("linear_svm", "auto")), reuse_from=None) -> dict:
+    """Featurize (cached in `work`; `reuse_from`: a store of the same logits to take them from), split, and
+    return the held-out micro-F1 figures."""
     import pipeline
     from pipeline.dataset.splits import validation_mask
     from pipeline.training.multilabel import tag_matrix, tags_of
@@ -66,7 +67,8 @@ def measure(catbreeds, work, heads=(("logreg", "auto"), ("linear_svm", "auto")))
     work.mkdir(parents=True, exist_ok=True)
     tags = write_tags(catbreeds, work / "tags.csv")
     store = pipeline.featurize(catbreeds / "images", "mobilenet_v2_quant", "logits", out=work / "features",
-                               labels=tags, label_column="tags", multi_label=True, progress=False)
+                               labels=tags, label_column="tags", multi_label=True, progress=False,
+                               reuse_from=reuse_from)
     X, y, rows = store.labelled(with_rows=True)
     classes = tags_of(y)
     Y = tag_matrix(y, classes)

@@ -9,6 +9,7 @@ is made, naming the parameter (``batch_size=0 must be ...``); the CLI rewrites `
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields, replace
 
 from .errors import UsageError
@@ -94,6 +95,10 @@ class FeaturizeOptions:
                                        type="sample")
     follow_links: bool = _flag(True, "do not read symlinks leading outside DATA_DIR (for folders you do not "
                                "trust)", flag="--no-follow-links", action="store_false")
+    reuse_from: tuple = _flag(None, "take the features of any image whose content STORE holds (a store of the same "
+                              "backbone, weights, layer and preprocessing: the same photos under other labels, "
+                              "in another folder...) instead of featurizing it again; repeatable",
+                              flag="--reuse-from", action="append", metavar="STORE")
     overwrite: bool = _flag(False, "replace a store made with other settings", action="store_true")
     strict: bool = _flag(False, "fail if any image had to be skipped", action="store_true")
     progress: bool = _flag(True, "no progress bar or progress lines on stderr", flag="--no-progress", action="store_false")
@@ -110,6 +115,8 @@ class FeaturizeOptions:
     def __post_init__(self):
         _positive("workers", self.workers)
         _one_of("decode", self.decode, DECODE_CHOICES)
+        reuse = self.reuse_from
+        object.__setattr__(self, "reuse_from", (reuse,) if isinstance(reuse, (str, os.PathLike)) else tuple(reuse or ()))
         _one_of("engine", self.engine, ENGINES)
         if self.sample is not None:
             _positive("sample", self.sample, integer=False)

@@ -255,6 +255,24 @@ def tiny_images(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def catbreeds_features(tmp_path_factory) -> dict:
+    """../shared's 1,000 cat-breed photos featurized once per test run (shared by the xdist workers) by the
+    bundled MobileNetV2, penultimate and logits from one forward pass, with the CSV's breed labels:
+    {layer: store path}. The tests that need these features take them with ``reuse_from`` (their own runs then
+    read and hash each photo, and featurize none): one forward pass over the set instead of one per test."""
+    import pipeline
+
+    images, labels = needs_shared("data", "catbreeds", "images"), needs_shared("data", "catbreeds", "labels.csv")
+    root = run_wide_folder(tmp_path_factory, "catbreeds")
+    with locked(root):
+        if not (root / "done").exists():
+            pipeline.featurize(images, "mobilenet_v2_quant", "penultimate,logits", out=root / "{layer}",
+                               labels=labels, progress=False)
+            (root / "done").write_text("")
+    return {layer: root / layer for layer in ("penultimate", "logits")}
+
+
+@pytest.fixture(scope="session")
 def tiny_head_export(request, tmp_path_factory, tiny_images):
     """tiny_head_export(backbone, head="linear_svm", pca=None, fmt="saved_model") -> (classifier, export): a
     calibrated head trained on tiny_images over `backbone` and exported, each once per test run for every

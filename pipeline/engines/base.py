@@ -25,7 +25,9 @@ from ..featurizer.mapper import Mapper
 from ..featurizer.prepare import Copy
 from ..logs import IN_SUMMARY
 from ..options import FeaturizeOptions
+from ..spec import FeatureSpec
 from ..store import open_writer
+from ..store.copies import open_source, take_rows
 from ..store.duplicates import duplicate_groups, label_conflicts
 from .report import RunReport, new_run
 
@@ -83,6 +85,7 @@ class Engine:
         def work():
             check_source(writer, data_dir)
             check_multi_label(writer, o.multi_label)
+            run.sources = reuse_sources(writer, o.reuse_from)
             self.work(listing, data_dir, bb, writer, run)
 
         return commit_run(writer, run, listing, present if o.prune else None, work, o.strict, report, present=present)
@@ -123,6 +126,14 @@ def default_store_path(data_dir, bb: Backbone, root: str | os.PathLike | None = 
     tag = Path(bb.name).stem if ("/" in bb.name or "." in bb.name) else bb.name
     layer = layer_slug(layer or bb.layer)
     return root / f"{name}-{tag}-{layer}{'-' + bb.tta if bb.tta else ''}"
+
+
+def reuse_sources(writer, paths) -> list:
+    """The ``--reuse-from`` stores, each checked to hold the features this run writes (every layer of it)."""
+    if not paths:
+        return []
+    wanted = {w.meta["spec"]["layer"]: FeatureSpec.of(w.meta["spec"]) for w in getattr(writer, "writers", [writer])}
+    return [open_source(path, wanted) for path in paths]
 
 
 def check_source(writer, data_dir) -> None:
@@ -192,8 +203,11 @@ def account(item, batcher: Mapper, run: RunReport) -> None:
         run.reused += 1
     elif isinstance(result, Copy):
         run.reused += 1
-        run.copied.append(({"path": record.relpath, "label": record.label, "sha256": sha, "stat": stat},
-                           result.source))
+        row = {"path": record.relpath, "label": record.label, "sha256": sha, "stat": stat}
+        if result.store is None:
+            run.copied.append((row, result.source))
+        else:
+            run.taken.append((row, result.store))
     else:
         batcher.add(result, {"path": record.relpath, "label": record.label, "sha256": sha, "stat": stat})
 
@@ -217,6 +231,10 @@ def commit_run(writer, run: RunReport, listing, prune_keep: set | None, work, st
         work()
         if run.copied:  # before withdrawing and pruning: a moved file's source row is pruned after
             writer.copy_rows([row for row, _ in run.copied], [source for _, source in run.copied])
+        for k, source in enumerate(run.sources):  # --reuse-from: each layer's store takes its own layer's rows
+            if taken := [row for row, j in run.taken if j == k]:
+                for w in getattr(writer, "writers", [writer]):
+                    take_rows(w, taken, source)
         writer.remove({s["path"]: s["reason"] for s in run.skipped})  # a file unusable now loses its old row
         if prune_keep is not None:
             # rows below a folder that could not be listed are kept: their files may well exist

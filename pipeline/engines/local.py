@@ -44,7 +44,7 @@ class LocalEngine(Engine):
     def work(self, listing, data_dir, bb: Backbone, writer, run: RunReport) -> None:
         """reader -> mapper -> committer over the listing, timed by a StageClock (the report's ``stages``)."""
         o, records, clock = self.options, listing.records, StageClock()
-        reader = Reader(bb, known_files(writer), o.workers, self.mode, clock)
+        reader = Reader(bb, known_files(writer, run.sources), o.workers, self.mode, clock)
         committer = Committer(writer, run.skipped, clock, background=True)
         if self.mode == "gpu":
             from ..decode.gpujpeg import GpuDecoder

@@ -43,7 +43,6 @@ from ..errors import ImageError, PipelineError, UsageError
 from ..featurizer.committer import Committer
 from ..featurizer.mapper import Mapper
 from ..featurizer.prepare import (
-    Copy,
     content_source,
     file_stat,
     known_files,
@@ -302,7 +301,7 @@ def _plan(records, known: dict, uri: str | None, listed: dict):
 def known_shas(known: dict) -> np.ndarray | None:
     """The store's contents as sorted 32-byte sha256s (32 bytes a row, for :func:`np.searchsorted` in the tasks),
     or None. Lowercase hex digests only: what a file hashes to (an imported store's other ids match no file)."""
-    keys = [sha for sha in known["by_sha"] if _HEX64.fullmatch(sha)]
+    keys = [sha for sha in (*known["by_sha"], *known.get("other", ())) if _HEX64.fullmatch(sha)]
     if not keys:
         return None
     return np.sort(np.frombuffer(bytes.fromhex("".join(keys)), dtype="S32"))
@@ -395,12 +394,12 @@ def _item(record, row: dict, known: dict):
     if status == "skipped":
         return record, None, stat, ImageError(record.path, str(row["reason"]), str(row["detail"])), notes
     if status == "copy":
-        return record, sha, stat, Copy(content_source(record, sha, known)), notes
+        return record, sha, stat, content_source(record, sha, known), notes
     return record, sha, stat, (row["features"] if status == "ok" else None), notes
 
 
 def _run(listing, uri, bb: Backbone, writer, cluster: RayCluster, show: bool, run: RunReport) -> None:
-    records, known = listing.records, known_files(writer)
+    records, known = listing.records, known_files(writer, run.sources)
     settled, todo = _plan(records, known, uri, listing.stats)
     bounds = partition_bounds(len(records), cluster.partitions)
     clock, start, started = StageClock(), time.perf_counter(), time.time()

@@ -22,6 +22,8 @@ class RunReport:
     computed: int = 0
     reused: int = 0  # rows kept as they were, and rows copied (below)
     copied: list = field(default_factory=list)  # (row, source path): same content, new label or path
+    taken: list = field(default_factory=list)  # (row, k): content held by the k-th --reuse-from store
+    sources: list = field(default_factory=list)  # the --reuse-from stores (pipeline.store.copies.Source)
     pruned: int = 0
     skipped: list[dict] = field(default_factory=list)  # {path, reason, detail}
     notes: list[dict] = field(default_factory=list)  # {path, note}: used, with a remark (e.g. EXIF ignored)
@@ -39,7 +41,7 @@ class RunReport:
 
     def to_dict(self) -> dict:
         return {"complete": self.complete, "discovered": self.discovered, "featurized": self.computed,
-                "reused": self.reused, "copied": len(self.copied), "pruned": self.pruned, "skipped": self.skipped, "notes": self.notes,
+                "reused": self.reused, "copied": len(self.copied), "taken": len(self.taken), "pruned": self.pruned, "skipped": self.skipped, "notes": self.notes,
                 "ignored": [{"path": p, "reason": r} for p, r in self.ignored],
                 "links": [{"path": p, "target": t} for p, t in self.links.items()],
                 "unlabelled": self.unlabelled, "labels_without_image": len(self.unused_label_ids),
@@ -64,6 +66,10 @@ class RunReport:
                        else f"{row['path']} as {source}")
             lines.append(f"  {len(self.copied)} rows took the features of the same image already in the store (a new "
                          f"label, or a moved or copied file; e.g. {example}): not featurized again")
+        if self.taken:
+            roots = sorted({str(self.sources[k].root) for _, k in self.taken}) if self.sources else []
+            lines.append(f"  {len(self.taken)} rows took the features of the same image in {', '.join(roots)} "
+                         f"(--reuse-from): not featurized again")
         if self.pruned:
             lines.append(f"  pruned {self.pruned} rows of files no longer in the folder")
         if self.not_in_folder and flags is not None and "--prune" not in flags:  # score: its cache, not a store

@@ -26,19 +26,26 @@ def file_stat(path) -> list[int]:
 
 @dataclass(frozen=True)
 class Copy:
-    """The result of a file whose content the store holds under `source` (a path with a row in force):
-    its row takes those features instead of a forward pass."""
+    """The result of a file whose content a store holds: its row takes those features instead of a forward
+    pass. `store` None: this store, under the path `source` (a row in force); else the index of the
+    ``--reuse-from`` store that holds it (found there by content)."""
 
-    source: str
+    source: str | None
+    store: int | None = None
 
 
-def content_source(record: ImageRecord, sha: str, known: dict) -> str | None:
-    """The path of a row in force holding exactly this content (sha256), the record's own first; None when
-    the store has none. Decode pool workers get no content index (``by_sha``): the reader asks again."""
+def content_source(record: ImageRecord, sha: str, known: dict) -> Copy | None:
+    """Where this content (sha256) is held: the record's own row first, then another row of this store, then a
+    ``--reuse-from`` store; None when none holds it. Decode pool workers get no content index (``by_sha``,
+    ``other``): the reader asks again."""
     old = known["rows"].get(record.relpath)
     if old is not None and old[0] == sha:
-        return record.relpath
-    return known.get("by_sha", {}).get(sha)
+        return Copy(record.relpath)
+    path = known.get("by_sha", {}).get(sha)
+    if path is not None:
+        return Copy(path)
+    k = known.get("other", {}).get(sha)
+    return None if k is None else Copy(None, k)
 
 
 def known_row(record: ImageRecord, known: dict):
@@ -61,14 +68,20 @@ def cached(record: ImageRecord, stat, known: dict):
     return None  # an I/O error (too many open files, a network mount) says nothing of the file: read it again
 
 
-def known_files(writer) -> dict:
-    """What the store knows: rows (path -> (sha256, stat, label)), files it skipped (path -> entry with stat)
-    and which path holds each content (sha256 -> path, the first row in force with it)."""
+def known_files(writer, sources=()) -> dict:
+    """What the store knows: rows (path -> (sha256, stat, label)), files it skipped (path -> entry with stat),
+    which path holds each content (sha256 -> path, the first row in force with it), and which ``--reuse-from``
+    store (`sources`, :class:`pipeline.store.copies.Source`) holds each content this store lacks (``other``)."""
     rows = {r["path"]: (r["sha256"], r.get("stat"), r.get("label")) for r in writer.live_rows()}
     by_sha = {}
     for path, (sha, _, _) in rows.items():
         by_sha.setdefault(sha, path)
-    return {"rows": rows, "bad": {b["path"]: b for b in writer.skip_cache()}, "by_sha": by_sha}
+    other = {}
+    for k, source in enumerate(sources):
+        for sha in source.contents:
+            if sha not in by_sha:
+                other.setdefault(sha, k)
+    return {"rows": rows, "bad": {b["path"]: b for b in writer.skip_cache()}, "by_sha": by_sha, "other": other}
 
 
 def relabelled(record: ImageRecord, stat, known: dict):
@@ -86,8 +99,8 @@ def known_content(item, known: dict):
     record, sha, stat, result, notes = item
     if sha is None or result is None or isinstance(result, (ImageError, Copy)):
         return item
-    source = known["by_sha"].get(sha)
-    return item if source is None else (record, sha, stat, Copy(source), notes)
+    copy = content_source(record, sha, known)
+    return item if copy is None else (record, sha, stat, copy, notes)
 
 
 def prepare(record: ImageRecord, bb, known: dict, clock: StageClock | None = None, gpu: bool = False):
@@ -110,9 +123,9 @@ def prepare(record: ImageRecord, bb, known: dict, clock: StageClock | None = Non
         old = known_row(record, known)
         if old is not None and old[0] == sha:
             return record, sha, stat, None, notes  # touched, not changed: the row stands
-        source = content_source(record, sha, known)
-        if source is not None:
-            return record, sha, stat, Copy(source), notes
+        copy = content_source(record, sha, known)
+        if copy is not None:
+            return record, sha, stat, copy, notes
         with clock.timed("decode"):
             if gpu:  # --decode gpu: a JPEG's header is checked here, its bytes decoded on the GPU
                 from ..decode.gpujpeg import inspect

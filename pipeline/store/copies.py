@@ -1,18 +1,72 @@
-"""Rows that take the features of rows the store holds already: files of known content under a new label or path.
+"""Rows that take the features of rows a store holds already: files of known content under a new label or path,
+in this store, or in another store of the same features (``featurize --reuse-from``, :class:`Source`).
 
-:meth:`~pipeline.store.writer.StoreWriter.copy_rows` commits them. :func:`source_indices` finds each copy's
+:meth:`~pipeline.store.writer.StoreWriter.copy_rows` and :meth:`~pipeline.store.writer.StoreWriter.take_rows`
+commit them. :func:`source_indices` finds each copy's
 source row by path *and* sha256 (the row of that content, even where the run wrote a new row for the path
 since); :func:`copied_blocks` reads the sources back in one pass over the committed pieces (each checked as
 it comes, as any read) and hands the copies over in the order of their sources, about `size` at a time.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import StoreError
-from .reader import live_chunks
+from ..errors import StoreError, UsageError
+from ..spec import FeatureSpec
+from .reader import FeatureStore, live_chunks
+
+
+@dataclass(frozen=True)
+class Source:
+    """Another store of the same features (``--reuse-from``): its store of each layer this run writes, and the
+    contents (sha256) every one of them holds, with the log index of each in each store."""
+
+    root: Path
+    stores: dict  # layer -> FeatureStore
+    rows: dict  # layer -> {sha256: log index of a row in force}
+
+    @property
+    def contents(self) -> set:
+        """The contents every layer's store holds (a store that missed rows in a killed run lacks some)."""
+        return set.intersection(*(set(r) for r in self.rows.values()))
+
+
+def open_source(path, wanted: dict) -> Source:
+    """The store at `path` as a :class:`Source` for the layers of `wanted` ({layer: the run's FeatureSpec}):
+    the store itself or the stores its run wrote beside it (meta ``layers``), each of the same network,
+    weights, layer and preprocessing as the run's, else a UsageError that says which and what to do."""
+    root = Path(path)
+    try:
+        main = FeatureStore.open(root)
+    except (OSError, StoreError) as e:
+        raise UsageError(f"--reuse-from {root}: not a feature store ({e})") from None
+    stores, rows = {}, {}
+    for layer, want in wanted.items():
+        rel = main.meta.get("layers", {}).get(layer)
+        store = main if main.spec.get("layer") == layer else FeatureStore.open(root / rel) if rel else None
+        if store is None:
+            raise UsageError(f"--reuse-from {root} holds no features of layer {layer!r} (it has "
+                             f"{', '.join(sorted(main.meta.get('layers') or [main.spec.get('layer')]))}): give a "
+                             f"store featurized with that layer, or featurize with --layer as that store was")
+        if want.differences(store.spec, full=False):
+            raise UsageError(f"--reuse-from {store.root} holds features of {FeatureSpec.of(store.spec).describe()}, "
+                             f"not of {want.describe()}: only features of the same network, weights, layer and "
+                             f"preprocessing can be reused; drop --reuse-from or featurize with that store's settings")
+        stores[layer] = store
+        rows[layer] = {sha: int(i) for sha, i in zip(store.sha256, store._live)}
+    return Source(root, stores, rows)
+
+
+def source_rows(source: FeatureStore, index: dict, rows: list[dict]) -> np.ndarray:
+    """The log index in `source` of each row's content (`index`: sha256 -> log index, :attr:`Source.rows`)."""
+    missing = [r["path"] for r in rows if r["sha256"] not in index]
+    if missing:
+        raise StoreError(f"{source.root} holds no row of the content of {missing[0]!r} any more; nothing "
+                         f"was taken from it: run the same command again (it featurizes what it cannot take)")
+    return np.array([index[r["sha256"]] for r in rows], np.int64)
 
 
 def source_indices(log: list[dict], rows: list[dict], sources: list[str], root: Path) -> np.ndarray:
@@ -43,3 +97,14 @@ def copied_blocks(root: Path, meta: dict, n: int, want: np.ndarray, rows: list[d
             block = []
     if block:
         yield np.concatenate([f for f, _ in block]), [r for _, b in block for r in b]
+
+
+def take_rows(writer, rows: list[dict], source: Source, size: int = 4096) -> None:
+    """Commit `rows` to `writer` (a StoreWriter) with the features `source` holds for their content, in its store
+    of the writer's layer, read in one pass over it, `size` rows at a time."""
+    layer = writer.meta["spec"]["layer"]
+    store = source.stores[layer]
+    want = source_rows(store, source.rows[layer], rows)
+    writer.set_spec(store.spec)  # a store that computed no row yet takes the spec it was checked against
+    for x, block in copied_blocks(store.root, store.meta, store.committed_rows, want, rows, size):
+        writer.append(x, block)

@@ -75,8 +75,10 @@ def test_other_shared_tflite_models_featurize(name, tmp_path):
     assert cross_val_accuracy("linear_svm", X, y, 0.01, folds="loo") >= 0.9
 
 
-def test_catbreeds_csv_labels_featurize_train_and_cross_validate(tmp_path, capsys):
-    """The 1000-image cat-breed set: CSV labels, mixed extensions, 5 files without a label."""
+def test_catbreeds_csv_labels_featurize_train_and_cross_validate(tmp_path, capsys, catbreeds_features):
+    """The 1000-image cat-breed set: CSV labels, mixed extensions, 5 files without a label. The features are
+    the run-wide ones (conftest: one forward pass, shared with tests/training/test_multilabel.py), taken
+    through --reuse-from: this run lists, labels, reads and hashes every photo, and featurizes none."""
     from pipeline.cli import main
 
     root = needs_shared("data", "catbreeds")
@@ -84,8 +86,11 @@ def test_catbreeds_csv_labels_featurize_train_and_cross_validate(tmp_path, capsy
     # penultimate only: the reference figures are on it, and with the default pass's class scores beside it
     # train would choose among three feature sets (tested on tiny stores in tests/featurizer/test_layers.py)
     assert main(["featurize", str(root / "images"), "--labels", str(root / "labels.csv"), "--out", str(out),
-                 "--layer", "penultimate", "--no-progress"]) == 0
-    assert "5 images have no label in the CSV" in capsys.readouterr().out
+                 "--layer", "penultimate", "--reuse-from", str(catbreeds_features["penultimate"]),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "5 images have no label in the CSV" in printed
+    assert "0 featurized" in printed and "1000 rows took the features of the same image in" in printed
     store = pipeline.FeatureStore.open(out)
     assert len(store) == 1000 and not store.skipped and len(store.report["unlabelled"]) == 5
     X, y = store.labelled()

@@ -237,7 +237,7 @@ def test_cli_refusals(tmp_path, capsys):
 
 # ---- measured on ../shared ----------------------------------------------------------------------------
 @pytest.mark.shared
-def test_catbreeds_breed_and_group_tags(tmp_path):
+def test_catbreeds_breed_and_group_tags(tmp_path, catbreeds_features):
     """catbreeds, tags = breed + american/non_american: tuned thresholds beat 0.5 and the best single one."""
     import importlib.util
 
@@ -252,7 +252,8 @@ def test_catbreeds_breed_and_group_tags(tmp_path):
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):  # the bench's plain scikit-learn fits too: BLAS threads spin on a busy machine
-        r = bench.measure(needs_shared("data", "catbreeds"), tmp_path, heads=(("linear_svm", 0.0001),))
+        r = bench.measure(needs_shared("data", "catbreeds"), tmp_path, heads=(("linear_svm", 0.0001),),
+                          reuse_from=catbreeds_features["logits"])  # the run-wide forward pass (conftest)
     ours = r["linear_svm_C0.0001"]["micro_f1"]
     assert r["n_valid"] > 250 and ours > r["plain_0.5"]
     assert ours > r["single_oracle"]  # even the single threshold that is best on the held-out images
