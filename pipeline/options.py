@@ -31,6 +31,13 @@ def _positive(name: str, value, *, integer: bool = True) -> None:
         raise UsageError(f"{name}={value!r} must be {'an integer >= 1' if integer else 'a positive number'}")
 
 
+def _store_path(value):
+    """A --reuse-from value as a path: a folder, or a FeatureStore's root (None for anything else)."""
+    if isinstance(value, (str, os.PathLike)):
+        return value
+    return value.root if hasattr(value, "meta") and hasattr(value, "root") else None
+
+
 def _one_of(name: str, value, choices) -> None:
     if value not in choices:
         raise UsageError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
@@ -116,7 +123,13 @@ class FeaturizeOptions:
         _positive("workers", self.workers)
         _one_of("decode", self.decode, DECODE_CHOICES)
         reuse = self.reuse_from
-        object.__setattr__(self, "reuse_from", (reuse,) if isinstance(reuse, (str, os.PathLike)) else tuple(reuse or ()))
+        single = isinstance(reuse, (str, os.PathLike)) or hasattr(reuse, "meta")  # a path, or a FeatureStore
+        paths = [_store_path(r) for r in ([reuse] if single else reuse if isinstance(reuse, (list, tuple)) else [0])]
+        if reuse is not None and None in paths:
+            raise UsageError(f"reuse_from={self.reuse_from!r} must be a feature store (or its folder), or a list "
+                             f"of them")
+        reuse = paths if reuse is not None else ()
+        object.__setattr__(self, "reuse_from", tuple(reuse or ()))
         _one_of("engine", self.engine, ENGINES)
         if self.sample is not None:
             _positive("sample", self.sample, integer=False)

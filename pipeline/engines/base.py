@@ -80,12 +80,12 @@ class Engine:
         self.check_backbone(bb)
         listing, present = self.listing(data_dir)
         run = new_run(listing)
+        run.sources = reuse_sources(bb, o.reuse_from)  # checked before the store is opened: a bad one changes nothing
         writer = open_run_writer(data_dir, bb, out, o.overwrite)
 
         def work():
             check_source(writer, data_dir)
             check_multi_label(writer, o.multi_label)
-            run.sources = reuse_sources(writer, o.reuse_from)
             self.work(listing, data_dir, bb, writer, run)
 
         return commit_run(writer, run, listing, present if o.prune else None, work, o.strict, report, present=present)
@@ -128,11 +128,11 @@ def default_store_path(data_dir, bb: Backbone, root: str | os.PathLike | None = 
     return root / f"{name}-{tag}-{layer}{'-' + bb.tta if bb.tta else ''}"
 
 
-def reuse_sources(writer, paths) -> list:
-    """The ``--reuse-from`` stores, each checked to hold the features this run writes (every layer of it)."""
+def reuse_sources(bb: Backbone, paths) -> list:
+    """The ``--reuse-from`` stores, each checked to hold the features of every layer this run writes."""
     if not paths:
         return []
-    wanted = {w.meta["spec"]["layer"]: FeatureSpec.of(w.meta["spec"]) for w in getattr(writer, "writers", [writer])}
+    wanted = {layer: FeatureSpec.of({**bb.request(), "layer": layer}) for layer in bb.layers}
     return [open_source(path, wanted) for path in paths]
 
 

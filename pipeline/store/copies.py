@@ -1,9 +1,8 @@
 """Rows that take the features of rows a store holds already: files of known content under a new label or path,
 in this store, or in another store of the same features (``featurize --reuse-from``, :class:`Source`).
 
-:meth:`~pipeline.store.writer.StoreWriter.copy_rows` and :meth:`~pipeline.store.writer.StoreWriter.take_rows`
-commit them. :func:`source_indices` finds each copy's
-source row by path *and* sha256 (the row of that content, even where the run wrote a new row for the path
+:meth:`~pipeline.store.writer.StoreWriter.copy_rows` and :func:`take_rows` commit them. :func:`source_indices` finds
+each copy's source row by path *and* sha256 (the row of that content, even where the run wrote a new row for the path
 since); :func:`copied_blocks` reads the sources back in one pass over the committed pieces (each checked as
 it comes, as any read) and hands the copies over in the order of their sources, about `size` at a time.
 """
@@ -39,24 +38,27 @@ def open_source(path, wanted: dict) -> Source:
     the store itself or the stores its run wrote beside it (meta ``layers``), each of the same network,
     weights, layer and preprocessing as the run's, else a UsageError that says which and what to do."""
     root = Path(path)
+    stores, rows = {}, {}
     try:
         main = FeatureStore.open(root)
+        beside = main.meta.get("layers") if isinstance(main.meta.get("layers"), dict) else {}
+        for layer, want in wanted.items():
+            if main.spec.get("layer") != layer and not isinstance(beside.get(layer), str):
+                raise UsageError(f"--reuse-from {root} holds no features of layer {layer!r} (it has "
+                                 f"{', '.join(sorted(beside or [str(main.spec.get('layer'))]))}): give a store "
+                                 f"featurized with that layer, or featurize with the layers that store has")
+            store = main if main.spec.get("layer") == layer else FeatureStore.open(root / beside[layer])
+            diff = want.differences(store.spec, full=False)
+            if diff:
+                theirs = FeatureSpec.of(store.spec).describe()
+                raise UsageError(f"--reuse-from {store.root} holds features of {theirs}, not of {want.describe()} "
+                                 f"(they differ in {', '.join(diff)}): only features of the same network, weights, "
+                                 f"layer and preprocessing can be reused; drop --reuse-from or featurize with that "
+                                 f"store's settings")
+            stores[layer] = store
+            rows[layer] = {sha: int(i) for sha, i in zip(store.sha256, store._live)}
     except (OSError, StoreError) as e:
-        raise UsageError(f"--reuse-from {root}: not a feature store ({e})") from None
-    stores, rows = {}, {}
-    for layer, want in wanted.items():
-        rel = main.meta.get("layers", {}).get(layer)
-        store = main if main.spec.get("layer") == layer else FeatureStore.open(root / rel) if rel else None
-        if store is None:
-            raise UsageError(f"--reuse-from {root} holds no features of layer {layer!r} (it has "
-                             f"{', '.join(sorted(main.meta.get('layers') or [main.spec.get('layer')]))}): give a "
-                             f"store featurized with that layer, or featurize with --layer as that store was")
-        if want.differences(store.spec, full=False):
-            raise UsageError(f"--reuse-from {store.root} holds features of {FeatureSpec.of(store.spec).describe()}, "
-                             f"not of {want.describe()}: only features of the same network, weights, layer and "
-                             f"preprocessing can be reused; drop --reuse-from or featurize with that store's settings")
-        stores[layer] = store
-        rows[layer] = {sha: int(i) for sha, i in zip(store.sha256, store._live)}
+        raise UsageError(f"--reuse-from {root}: cannot read it as a feature store: {e}") from None
     return Source(root, stores, rows)
 
 
@@ -64,8 +66,8 @@ def source_rows(source: FeatureStore, index: dict, rows: list[dict]) -> np.ndarr
     """The log index in `source` of each row's content (`index`: sha256 -> log index, :attr:`Source.rows`)."""
     missing = [r["path"] for r in rows if r["sha256"] not in index]
     if missing:
-        raise StoreError(f"{source.root} holds no row of the content of {missing[0]!r} any more; nothing "
-                         f"was taken from it: run the same command again (it featurizes what it cannot take)")
+        raise StoreError(f"{source.root} holds no row of the content of {missing[0]!r} any more (it changed "
+                         f"during this run)")
     return np.array([index[r["sha256"]] for r in rows], np.int64)
 
 
@@ -101,10 +103,21 @@ def copied_blocks(root: Path, meta: dict, n: int, want: np.ndarray, rows: list[d
 
 def take_rows(writer, rows: list[dict], source: Source, size: int = 4096) -> None:
     """Commit `rows` to `writer` (a StoreWriter) with the features `source` holds for their content, in its store
-    of the writer's layer, read in one pass over it, `size` rows at a time."""
-    layer = writer.meta["spec"]["layer"]
-    store = source.stores[layer]
-    want = source_rows(store, source.rows[layer], rows)
-    writer.set_spec(store.spec)  # a store that computed no row yet takes the spec it was checked against
-    for x, block in copied_blocks(store.root, store.meta, store.committed_rows, want, rows, size):
-        writer.append(x, block)
+    of the writer's layer, opened again now (it may have changed since the run began) and read in one pass.
+    The store's spec stays the run's own (its model's path), completed with the tensor and D the source read."""
+    own = FeatureSpec.of(writer.meta["spec"])
+    layer = own.layer
+    try:
+        now = open_source(source.root, {layer: own.request() if own.loaded else own})
+        store = now.stores[layer]
+        theirs = FeatureSpec.of(store.spec)
+        if own.loaded and own.differences(theirs):
+            raise UsageError(f"--reuse-from {store.root} holds features of {theirs.describe()}, but this run's "
+                             f"network gave {own.describe()}: drop --reuse-from")
+        want = source_rows(store, now.rows[layer], rows)
+        writer.set_spec(own if own.loaded else own.loaded_as(theirs.tensor, theirs.dim))
+        for x, block in copied_blocks(store.root, store.meta, store.committed_rows, want, rows, size):
+            writer.append(x, block)
+    except (OSError, StoreError) as e:
+        raise StoreError(f"--reuse-from {source.root}: reading it failed ({e}); this run's other rows are "
+                         f"committed: run the same command again to take the rest") from None

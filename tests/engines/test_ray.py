@@ -446,6 +446,7 @@ def test_a_relabelled_file_is_settled_by_the_driver_and_a_moved_one_by_its_task_
     assert known_shas({"by_sha": {}}) is None
     # an imported store's ids that are no lowercase sha256 match no file (as in-process), and break nothing
     assert known_shas({"by_sha": {"img-001": "a.jpg", sha[paths[0]].upper(): "b.jpg"}}) is None
+    assert len(known_shas({"by_sha": {}, "other": {sha[paths[0]]: 0}})) == 1  # --reuse-from stores' contents too
     monkeypatch.undo()
     other = decode_batch({"idx": np.array([2]), "path": [str(moved)], "old_sha": [""], "stat": [""]},
                          Preprocess(size=(32, 32)).to_dict(), None, known_shas({"by_sha": {"0" * 64: "x"}}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +99,43 @@ def test_the_command_line_takes_several_stores(tmp_path, capsys):
                  str(red / "store"), "--reuse-from", str(blue / "store"), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "0 featurized" in out and "4 rows took the features of the same image in" in out
+
+
+def test_only_rows_in_force_are_taken_and_the_store_keeps_its_own_spec(tmp_path):
+    """A source whose file was rewritten holds the old content in a superseded row: that content is featurized
+    again, the new one taken from the row in force. A store fed only from a source made with a copy of the model
+    records the run's own model, not the copy (which may be gone by the time a head is trained on it)."""
+    data = make_class_tree(tmp_path / "data", per_class=2)
+    model = tmp_path / "copy.tflite"
+    shutil.copy(Path(pipeline.__file__).parent / "data" / "mobilenet_v2_1.0_224_quant.tflite", model)
+    pipeline.featurize(data, str(model), "penultimate", out=tmp_path / "a", progress=False)
+    old = (data / "red" / "red_0.jpg").read_bytes()
+    noise_image(123, (80, 60)).save(data / "red" / "red_0.jpg")  # rewritten: a new row, the old one superseded
+    pipeline.featurize(data, str(model), "penultimate", out=tmp_path / "a", progress=False)
+    again = tmp_path / "again"
+    shutil.copytree(data, again)
+    (again / "red" / "was_red_0.jpg").write_bytes(old)
+    fresh = pipeline.featurize(again, layer="penultimate", out=tmp_path / "fresh", progress=False)
+    run = pipeline.featurize(again, layer="penultimate", out=tmp_path / "b", reuse_from=tmp_path / "a",
+                             progress=False, report=True)
+    assert (run.computed, len(run.taken)) == (1, 4)  # the old content is no row in force of the source
+    _assert_same(run.store, fresh)
+    assert run.store.spec == fresh.spec  # the bundled model's spec, as a run without --reuse-from records
+
+    model.unlink()  # the source's model gone: a store that only took rows never needed it
+    only = pipeline.featurize(data, layer="penultimate", out=tmp_path / "c", reuse_from=tmp_path / "a",
+                              progress=False, report=True)
+    assert (only.computed, len(only.taken)) == (0, 4) and only.store.spec == fresh.spec
+
+
+def test_a_refused_source_leaves_an_existing_store_as_it_was(tmp_path):
+    data = make_class_tree(tmp_path / "data", per_class=2)
+    (data / "red" / "broken.jpg").write_bytes(b"not an image")
+    pipeline.featurize(data, out=tmp_path / "s", layer="penultimate", progress=False)
+    before = {name: (tmp_path / "s" / name).read_bytes() for name in ("skips.json", "report.json", "rows.jsonl")}
+    with pytest.raises(UsageError, match="--reuse-from .*nothing"):
+        pipeline.featurize(data, out=tmp_path / "s", layer="penultimate", reuse_from=tmp_path / "nothing",
+                           progress=False)
+    with pytest.raises(UsageError, match="reuse_from=5 must be a feature store"):
+        pipeline.featurize(data, out=tmp_path / "s", reuse_from=5, progress=False)
+    assert {name: (tmp_path / "s" / name).read_bytes() for name in before} == before
