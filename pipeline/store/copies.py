@@ -108,7 +108,7 @@ def take_rows(writer, rows: list[dict], source: Source, size: int = 4096) -> Non
     own = FeatureSpec.of(writer.meta["spec"])
     layer = own.layer
     try:
-        now = open_source(source.root, {layer: own.request() if own.loaded else own})
+        now = open_source(source.root, {layer: own})  # checked as at the start (full=False: tensor and D below)
         store = now.stores[layer]
         theirs = FeatureSpec.of(store.spec)
         if own.loaded and own.differences(theirs):
