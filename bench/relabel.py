@@ -1,7 +1,7 @@
 """What a label fix costs: featurize a labelled folder, then fix labels the two ways users do, and time each run.
 
     python bench/relabel.py [--data ../shared/data/catbreeds] [--work /tmp/relabel-bench] [--repeat 1]
-                            [--engine local|ray]
+                            [--engine local|ray] [--backbone mobilenet_v2 --weights random --decode process]
 
 1. the first run: every image featurized (the bundled MobileNetV2, penultimate layer alone);
 2. a corrected labels CSV (every label changed): each row takes its stored features, no file is read;
@@ -9,9 +9,11 @@
    folder (``--prune``): each file is read and hashed, none decoded or featurized.
 
 Before this project copied the features of known content (git 8bc18d2), runs 2 and 3 featurized every
-relabelled or moved image again, as run 1 does (the Ray engine until this session's change: --engine ray runs
-all four on a local Ray cluster, started by each run as the command line does). Prints JSON: seconds per run (best of --repeat), rows
-featurized and copied, and each fix's time as a fraction of the first run's.
+relabelled or moved image again, as run 1 does (so did the Ray engine before 222b18a: --engine ray runs all
+four on a local Ray cluster, started by each run as the command line does). With a Keras backbone and
+``--decode process`` the files are read and hashed in worker processes, which decoded every moved file too
+until they were handed the store's contents (a TFLite backbone always reads in threads). Prints JSON: seconds
+per run (best of --repeat), rows featurized and copied, and each fix's time as a fraction of the first run's.
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ def _timed(run) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def measure(data: Path, work: Path, engine: str = "local") -> dict:
+def measure(data: Path, work: Path, engine: str = "local", backbone: str = "mobilenet_v2_quant",
+            weights: str | None = None, decode: str = "auto") -> dict:
     import pipeline
     from pipeline.engines.ray import RayCluster
 
@@ -53,7 +56,10 @@ def measure(data: Path, work: Path, engine: str = "local") -> dict:
         with open(path, "w", newline="") as f:
             csv.writer(f).writerows([("id", "label"), *mapping.items()])
     images, store = data / "images", work / "store"
-    args = {"layer": "penultimate", "progress": False, "report": True, "engine": engine}
+    args = {"backbone": backbone, "weights": weights, "layer": "penultimate", "progress": False, "report": True,
+            "engine": engine}
+    if engine == "local":
+        args["decode"] = decode
     if engine == "ray":
         args["cluster"] = RayCluster(loopback=True)
     t_first, first = _timed(lambda: pipeline.featurize(images, labels=first_csv, out=store, **args))
@@ -72,7 +78,7 @@ def measure(data: Path, work: Path, engine: str = "local") -> dict:
             other = classes[(classes.index(label) + 1) % len(classes)]
             (folders / label / names[key]).rename(folders / other / names[key])
     t_moved, by_folder = _timed(lambda: pipeline.featurize(folders, out=work / "folder-store", prune=True, **args))
-    return {"engine": engine, "images": len(first.store), "first_s": round(t_first, 2), "csv_fix_s": round(t_csv, 2),
+    return {"engine": engine, "backbone": backbone, "decode": decode, "images": len(first.store), "first_s": round(t_first, 2), "csv_fix_s": round(t_csv, 2),
             "first_in_folders_s": round(t_folders, 2), "move_fix_s": round(t_moved, 2),
             "csv_fix": {"featurized": fixed.computed, "copied": len(getattr(fixed, "copied", []))},
             "move_fix": {"featurized": by_folder.computed, "copied": len(getattr(by_folder, "copied", [])),
@@ -86,8 +92,11 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/relabel-bench")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--engine", choices=("local", "ray"), default="local")
+    p.add_argument("--backbone", default="mobilenet_v2_quant")
+    p.add_argument("--weights", default=None, help="a Keras application's weights: random runs offline")
+    p.add_argument("--decode", choices=("auto", "thread", "process"), default="auto")
     a = p.parse_args()
-    runs = [measure(Path(a.data), Path(a.work), a.engine) for _ in range(a.repeat)]
+    runs = [measure(Path(a.data), Path(a.work), a.engine, a.backbone, a.weights, a.decode) for _ in range(a.repeat)]
     best = min(runs, key=lambda r: r["first_s"])
     for key in ("first_s", "csv_fix_s", "first_in_folders_s", "move_fix_s"):
         best[key] = min(r[key] for r in runs)

@@ -28,7 +28,6 @@ import bisect
 import json
 import logging
 import os
-import re
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -43,8 +42,10 @@ from ..errors import ImageError, PipelineError, UsageError
 from ..featurizer.committer import Committer
 from ..featurizer.mapper import Mapper
 from ..featurizer.prepare import (
+    content_index,
     content_source,
     file_stat,
+    holds,
     known_files,
     known_row,
     relabelled,
@@ -60,7 +61,6 @@ from .report import RunReport
 log = logging.getLogger(__name__)
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray takes 127.0.0.1 as the node's address, and binds there
 IMAGES_PER_PARTITION = 1000  # default partition size when --partitions is not given
-_HEX64 = re.compile(r"[0-9a-f]{64}")  # a sha256 as hashlib writes it
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,8 @@ def _read(uri: str | None, path: str, listed: str, into: dict):
 
 def _decode_one(uri, path: str, old_sha: str, listed: str, pre: Preprocess, shas, out: dict, j: int) -> None:
     """Read, hash and decode one file into row j of `out` (status ok, reused, copy or skipped). A file whose
-    content the store holds under another path (`shas`, :func:`known_shas`) is not decoded: "copy"."""
+    content the store holds under another path (`shas`, :func:`~pipeline.featurizer.prepare.content_index`) is
+    not decoded: "copy"."""
     notes, t0 = [], time.perf_counter()
     status, sha, reason, detail, t1, got = "skipped", "", "", "", None, {"stat": None}
     try:
@@ -151,7 +152,7 @@ def _decode_one(uri, path: str, old_sha: str, listed: str, pre: Preprocess, shas
         t1 = time.perf_counter()
         if sha == old_sha:
             status = "reused"
-        elif _held(shas, sha):
+        elif holds(shas, sha):
             status = "copy"
         else:
             out["image"][j] = decode(data, pre, path, notes)
@@ -169,7 +170,8 @@ def _decode_one(uri, path: str, old_sha: str, listed: str, pre: Preprocess, shas
 
 def decode_batch(batch: dict, pre: dict, uri: str | None, shas=None) -> dict:
     """Ray Data task: a batch of files (idx, path, old_sha, stat) -> decoded uint8 images and their status.
-    `shas`: the contents the store holds (:func:`known_shas`, or a Ray reference to them), or None."""
+    `shas`: the contents the store holds (:func:`~pipeline.featurizer.prepare.content_index`, or a Ray reference
+    to them), or None."""
     if shas is not None and not isinstance(shas, np.ndarray):
         import ray
 
@@ -298,24 +300,6 @@ def _plan(records, known: dict, uri: str | None, listed: dict):
     return settled, todo
 
 
-def known_shas(known: dict) -> np.ndarray | None:
-    """The store's contents as sorted 32-byte sha256s (32 bytes a row, for :func:`np.searchsorted` in the tasks),
-    or None. Lowercase hex digests only: what a file hashes to (an imported store's other ids match no file)."""
-    keys = [sha for sha in (*known["by_sha"], *known.get("other", ())) if _HEX64.fullmatch(sha)]
-    if not keys:
-        return None
-    return np.sort(np.frombuffer(bytes.fromhex("".join(keys)), dtype="S32"))
-
-
-def _held(shas: np.ndarray | None, sha: str) -> bool:
-    """Whether `sha` (hex) is among `shas` (:func:`known_shas`)."""
-    if shas is None or not sha:
-        return False
-    key = np.array(bytes.fromhex(sha), dtype="S32")
-    i = int(np.searchsorted(shas, key))
-    return i < len(shas) and shas[i] == key
-
-
 def _dataset(ray, todo: list[dict], blocks: int, uri, bb: Backbone, shas: np.ndarray | None):
     """The Ray Data pipeline: decode tasks, then the backbone's actor pool, in listing order (on CPU
     clusters Ray Data fuses the two: see :func:`actor_pool`)."""
@@ -412,7 +396,7 @@ def _run(listing, uri, bb: Backbone, writer, cluster: RayCluster, show: bool, ru
         if todo:
             los = [lo for lo, _ in bounds]
             busy = {bisect.bisect_right(los, t["idx"]) - 1 for t in todo}  # partitions with work
-            ds, workers, gpu = _dataset(ray, todo, len(busy), uri, bb, known_shas(known))
+            ds, workers, gpu = _dataset(ray, todo, len(busy), uri, bb, content_index(known))
             stream = ds.iter_batches(batch_size=None, batch_format="numpy").__iter__()
         try:
             spec = _ClusterSpec(max(hi - lo for lo, hi in bounds))

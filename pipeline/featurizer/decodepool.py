@@ -63,14 +63,16 @@ class _DecodeOnly:
 
 _RING: np.ndarray | None = None  # in a worker: the shared ring of decoded images
 _SHM = None  # the worker's multiprocessing.shared_memory.SharedMemory
+_INDEX: np.ndarray | None = None  # in a worker: the contents the run can copy (prepare.content_index)
 
 
-def _attach(name: str, shape: tuple, parent: int) -> None:
-    global _RING, _SHM
+def _attach(name: str, shape: tuple, parent: int, index: np.ndarray | None = None) -> None:
+    global _RING, _SHM, _INDEX
     from multiprocessing import shared_memory
 
     _SHM = shared_memory.SharedMemory(name=name)
     _RING = np.ndarray(shape, np.uint8, buffer=_SHM.buf)
+    _INDEX = index
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
 
 
@@ -95,11 +97,12 @@ def _work(first_slot: int, pre: Preprocess, items: list) -> list:
 
     bb, out, clock = _DecodeOnly(pre), [], StageClock()
     for j, (record, known) in enumerate(items):
-        _, sha, stat, result, notes = _prepare(record, bb, known, clock)
+        # content held under another path is not decoded: it comes back as prepare.HELD, the reader finds where
+        _, sha, stat, result, notes = _prepare(record, bb, {**known, "index": _INDEX}, clock)
         if isinstance(result, ImageError):
             result = ("error", result.reason, result.detail)
         elif isinstance(result, Copy):
-            result = ("copy", result.source)
+            result = ("copy", result.source, result.store)
         elif result is not None:
             _RING[(first_slot + j) % len(_RING)] = result
             result = ("image",)
@@ -145,12 +148,15 @@ class DecodePool:
             from concurrent.futures import ProcessPoolExecutor
             from multiprocessing import shared_memory
 
+            from .prepare import content_index
+
             nonlocal shm, pool
             shm = shared_memory.SharedMemory(create=True, size=int(np.prod(shape)))
             ctx = multiprocessing.get_context("forkserver")  # never fork a process that may hold TF threads
             ctx.set_forkserver_preload(["pipeline.featurizer.prepare"])  # workers fork with the decoder already imported
+            # each worker gets the store's contents once, as 32-byte digests (1M rows: 32 MB), not per task
             pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_attach,
-                                       initargs=(shm.name, shape, os.getpid()))
+                                       initargs=(shm.name, shape, os.getpid(), content_index(known)))
             return pool, np.ndarray(shape, np.uint8, buffer=shm.buf)
 
         try:
@@ -213,10 +219,10 @@ class DecodePool:
             if kind == "image":
                 result = ring[(first + j) % len(ring)]
                 result = result if self.views else result.copy()  # the slot is reused after the next item
-            elif kind == "copy":
+            elif kind == "copy":  # its own row (a touched file, label changed), or prepare.HELD
                 from .prepare import Copy
 
-                result = Copy(result[1])
+                result = Copy(result[1], result[2])
             elif kind == "error":
                 result = ImageError(record.path, result[1], result[2])
             yield record, sha, stat, result, notes

@@ -4,13 +4,17 @@ Shared by the reader's threads (:mod:`pipeline.featurizer.reader`) and the decod
 processes (:mod:`pipeline.featurizer.decodepool`). A file whose content the store holds already, under
 its own path with another label (a corrected labels CSV) or under another path (a file moved to another
 class folder, or copied), is neither decoded nor featurized here: its item is a :class:`Copy` of that
-row's features, committed with the file's own path, label and stat. (A decode process knows only its own
-files' rows: it decodes a moved file, and the reader turns the item into a Copy, :func:`known_content`.)
+row's features, committed with the file's own path, label and stat. (A decode process knows its own files'
+rows and the store's contents as an index of digests, :func:`content_index`: a file whose content is held
+elsewhere comes back as :data:`HELD`, undecoded, and the reader finds which row holds it, :func:`known_content`.)
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..dataset.listing import ImageRecord
 from ..decode.images import decode, read_bytes
@@ -34,10 +38,37 @@ class Copy:
     store: int | None = None
 
 
+# A decode process's answer for content the store (or a --reuse-from store) holds under another path: the
+# process knows only that it is held (``known["index"]``), the reader finds where (:func:`known_content`).
+HELD = Copy(None, None)
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")  # a sha256 as hashlib writes it
+
+
+def content_index(known: dict) -> np.ndarray | None:
+    """The contents a run can copy (:func:`known_files`' ``by_sha`` and ``other``) as sorted 32-byte sha256s, for
+    processes that are not handed the whole map (decode pool workers, Ray tasks): 32 bytes a content, looked up
+    with :func:`holds`. None when there are none. Lowercase hex digests only: what a file hashes to (an
+    imported store's other ids match no file)."""
+    keys = [sha for sha in (*known.get("by_sha", ()), *known.get("other", ())) if _HEX64.fullmatch(sha)]
+    if not keys:
+        return None
+    return np.sort(np.frombuffer(bytes.fromhex("".join(keys)), dtype="S32"))
+
+
+def holds(index: np.ndarray | None, sha: str) -> bool:
+    """Whether `sha` (hex) is in `index` (:func:`content_index`)."""
+    if index is None or not sha:
+        return False
+    key = np.array(bytes.fromhex(sha), dtype="S32")
+    i = int(np.searchsorted(index, key))
+    return i < len(index) and index[i] == key
+
+
 def content_source(record: ImageRecord, sha: str, known: dict) -> Copy | None:
     """Where this content (sha256) is held: the record's own row first, then another row of this store, then a
-    ``--reuse-from`` store; None when none holds it. Decode pool workers get no content index (``by_sha``,
-    ``other``): the reader asks again."""
+    ``--reuse-from`` store; None when none holds it. A decode pool worker has its own file's row and the
+    content index (``known["index"]``) instead of the maps: :data:`HELD` when the index holds it."""
     old = known["rows"].get(record.relpath)
     if old is not None and old[0] == sha:
         return Copy(record.relpath)
@@ -45,7 +76,9 @@ def content_source(record: ImageRecord, sha: str, known: dict) -> Copy | None:
     if path is not None:
         return Copy(path)
     k = known.get("other", {}).get(sha)
-    return None if k is None else Copy(None, k)
+    if k is not None:
+        return Copy(None, k)
+    return HELD if holds(known.get("index"), sha) else None
 
 
 def known_row(record: ImageRecord, known: dict):
@@ -94,13 +127,15 @@ def relabelled(record: ImageRecord, stat, known: dict):
 
 
 def known_content(item, known: dict):
-    """`item` as a :class:`Copy` when it was decoded (a decode pool's worker, which knows only its own files'
-    rows) but the store holds its content under another path; else `item` as it is."""
+    """A decode pool worker's `item` with a :data:`HELD` result as the :class:`Copy` of the row that holds its
+    content (found in `known`, :func:`known_files`); any other item as it is."""
     record, sha, stat, result, notes = item
-    if sha is None or result is None or isinstance(result, (ImageError, Copy)):
+    if not (isinstance(result, Copy) and result == HELD):
         return item
     copy = content_source(record, sha, known)
-    return item if copy is None else (record, sha, stat, copy, notes)
+    if copy is None or copy == HELD:
+        raise AssertionError(f"{record.path}: the content index holds {sha}, the store's contents do not")
+    return record, sha, stat, copy, notes
 
 
 def prepare(record: ImageRecord, bb, known: dict, clock: StageClock | None = None, gpu: bool = False):

@@ -10,8 +10,8 @@ for training, scoring and serving alike. A bad file is an :class:`~pipeline.erro
 item, never a crash.
 
 A file whose content the store already holds (the same path with a new label, or another path: a moved or
-copied file) is not featurized: its item is a :class:`~pipeline.featurizer.prepare.Copy` of that row (a decode
-process decodes it first: it knows only its own files' rows, the reader matches the content it hashed).
+copied file) is neither decoded nor featurized: its item is a :class:`~pipeline.featurizer.prepare.Copy` of that
+row (a decode process, handed the store's contents as digests, answers ``HELD``; the reader names the row).
 
 Per-image backbones (TFLite: one interpreter per thread) are the other strategy: they featurize
 each image in the reading thread itself, so their items carry a feature row instead of pixels.

@@ -416,8 +416,8 @@ def test_a_relabelled_file_is_settled_by_the_driver_and_a_moved_one_by_its_task_
     but labelled anew is a copy of its own row before any task; a task hashes a file whose content the store
     holds under another path and returns it undecoded, as a copy of that row (the driver names the row)."""
     from pipeline.dataset.listing import ImageRecord
-    from pipeline.engines.ray import _item, _plan, decode_batch, known_shas
-    from pipeline.featurizer.prepare import Copy, file_stat
+    from pipeline.engines.ray import _item, _plan, decode_batch
+    from pipeline.featurizer.prepare import Copy, content_index, file_stat
     from pipeline.preprocess import Preprocess
 
     root = make_class_tree(tmp_path / "data", per_class=2)
@@ -437,19 +437,19 @@ def test_a_relabelled_file_is_settled_by_the_driver_and_a_moved_one_by_its_task_
     assert [t["path"] for t in todo] == [str(moved)] and todo[0]["old_sha"] == ""
 
     monkeypatch.setattr("pipeline.engines.ray.decode", lambda *a: pytest.fail("a known content was decoded"))
-    shas = known_shas(known)
+    shas = content_index(known)
     out = decode_batch({"idx": np.array([2]), "path": [str(moved)], "old_sha": [""], "stat": [""]},
                        Preprocess(size=(32, 32)).to_dict(), None, shas)
     assert list(out["status"]) == ["copy"] and out["sha"][0] == sha[paths[0]]
     row = {k: out[k][0] for k in ("status", "sha", "stat", "reason", "detail", "notes")}
     assert _item(records[2], {**row, "features": None}, known)[3] == Copy(rel[paths[0]])
-    assert known_shas({"by_sha": {}}) is None
+    assert content_index({"by_sha": {}}) is None
     # an imported store's ids that are no lowercase sha256 match no file (as in-process), and break nothing
-    assert known_shas({"by_sha": {"img-001": "a.jpg", sha[paths[0]].upper(): "b.jpg"}}) is None
-    assert len(known_shas({"by_sha": {}, "other": {sha[paths[0]]: 0}})) == 1  # --reuse-from stores' contents too
+    assert content_index({"by_sha": {"img-001": "a.jpg", sha[paths[0]].upper(): "b.jpg"}}) is None
+    assert len(content_index({"by_sha": {}, "other": {sha[paths[0]]: 0}})) == 1  # --reuse-from stores' contents too
     monkeypatch.undo()
     other = decode_batch({"idx": np.array([2]), "path": [str(moved)], "old_sha": [""], "stat": [""]},
-                         Preprocess(size=(32, 32)).to_dict(), None, known_shas({"by_sha": {"0" * 64: "x"}}))
+                         Preprocess(size=(32, 32)).to_dict(), None, content_index({"by_sha": {"0" * 64: "x"}}))
     assert list(other["status"]) == ["ok"] and other["image"].any()  # a content the store lacks is decoded
 
 

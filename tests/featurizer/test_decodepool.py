@@ -100,6 +100,31 @@ def test_changed_file_among_cached_ones_is_decoded_in_order(tmp_path):
     assert got[2][3] is None and got[4][3] is None  # neighbours reused
 
 
+def test_a_worker_hashes_a_moved_file_and_returns_it_undecoded_for_the_reader_to_copy(tmp_path):
+    """A worker is handed the store's contents once (32-byte digests), not the store: a file whose content a row
+    of the store or a --reuse-from store holds comes back undecoded, as prepare.HELD, and the reader's
+    known_content names the row. A content nobody holds is decoded as before."""
+    from pipeline.featurizer.prepare import HELD, Copy, known_content
+
+    imgs = tmp_path / "imgs"
+    records = [r for r in _folder(imgs) if r.path.exists()]
+    first = [_prepare(r, _Decoder(), NOTHING_KNOWN) for r in records if r.relpath.startswith("a")]
+    known = {"rows": {r.relpath: (sha, stat, r.label) for r, sha, stat, _, _ in first}, "bad": {},
+             "by_sha": {sha: r.relpath for r, sha, _, _, _ in first}, "other": {}}
+    (imgs / "a00.jpg").rename(imgs / "z_moved.jpg")
+    noise_image(50, (70, 50)).save(imgs / "y_elsewhere.jpg")  # held by a --reuse-from store (index 0)
+    noise_image(51, (70, 50)).save(imgs / "x_new.jpg")
+    records = {r.relpath: r for r in list_images(imgs, labelled=False).records}
+    known["other"][_prepare(records["y_elsewhere.jpg"], _Decoder(), NOTHING_KNOWN)[1]] = 0
+    got = {item[0].relpath: item for item in DecodePool(PRE, workers=2, window=4, chunk=2).map(records.values(), known)}
+    assert got["z_moved.jpg"][3] == HELD and got["y_elsewhere.jpg"][3] == HELD  # not decoded
+    assert known_content(got["z_moved.jpg"], known)[3] == Copy("a00.jpg")
+    assert known_content(got["y_elsewhere.jpg"], known)[3] == Copy(None, 0)
+    assert got["x_new.jpg"][3].dtype == np.uint8  # nobody holds it: decoded
+    _same(_prepare(records["x_new.jpg"], _Decoder(), NOTHING_KNOWN), got["x_new.jpg"])
+    assert all(got[p][3] is None for p in ("a01.jpg", "a08.jpg"))  # unchanged: answered by stat, unread
+
+
 def test_choice_of_decode_mode():
     assert choose_decode("auto", per_image=False, cores=2) == "thread"  # measured faster on 2 cores
     assert choose_decode("auto", per_image=False, cores=16) == "process"
@@ -134,7 +159,7 @@ def test_featurize_with_process_decode_equals_thread_decode(tmp_path, saved_mode
     again = pipeline.featurize(tmp_path / "imgs", model, "penultimate", out=tmp_path / "process", input_size=SIZE,
                                scaling="tf", decode="process", progress=False, report=True)
     assert again.computed == 0 and again.reused == len(records) - 3 and len(again.skipped) == 2  # the vanished file is no longer listed
-    # a renamed file, hashed by a worker (which knows only its own files' rows): the reader finds its content
+    # a renamed file, hashed by a worker and found in the contents it was handed: copied, not featurized
     (tmp_path / "imgs" / "a00.jpg").rename(tmp_path / "imgs" / "z_renamed.jpg")
     moved = pipeline.featurize(tmp_path / "imgs", model, "penultimate", out=tmp_path / "process", input_size=SIZE,
                                scaling="tf", decode="process", workers=2, prune=True, progress=False, report=True)
