@@ -1,6 +1,7 @@
 """featurize/score --engine ray on a Ray cluster of two nodes on this machine (a head and a worker node, 1 CPU
 each, started once for the module, this process its driver): the same store, report and CSV as in-process,
-resumable after a SIGKILL of the driver, a backbone actor killed or a whole node lost mid-run, images read
+resumable after a SIGKILL of the driver, a backbone actor killed or a whole node lost mid-run, features taken from
+another store (--reuse-from) as in-process, images read
 through file:// and s3:// URIs.
 
 The nodes and the driver use 127.0.0.1 only (tests/conftest.py sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0,
@@ -225,18 +226,27 @@ def test_two_nodes_write_the_local_store_row_for_row(two_nodes, cluster, tmp_pat
     assert again.skipped[0]["path"] == "red/broken.jpg"
 
     # a touched file keeps its row, a rewritten one gets a new row, one moved to the other class folder (a new
-    # path and label) takes its content's features, hashed on the cluster but not featurized: as in-process
+    # path and label) takes its content's features, hashed on the cluster but not featurized, and a new file
+    # whose content another store holds takes that store's features (--reuse-from): as in-process
     st = (folder / "red" / "red_0.jpg").stat()
     os.utime(folder / "red" / "red_0.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     noise_image(999, (80, 60), (230, 30, 30)).save(folder / "red" / "red_1.jpg")
     (folder / "blue" / "blue_2.jpg").rename(folder / "red" / "was_blue_2.jpg")
+    elsewhere = tmp_path / "elsewhere" / "blue"
+    elsewhere.mkdir(parents=True)
+    noise_image(998, (80, 60), (30, 30, 230)).save(elsewhere / "b.jpg")
+    pipeline.featurize(elsewhere.parent, out=tmp_path / "other", progress=False)  # the default pass, as this one
+    (folder / "blue" / "from_elsewhere.jpg").write_bytes((elsewhere / "b.jpg").read_bytes())
     changed = pipeline.featurize(folder, out=tmp_path / "ray", progress=False, report=True, engine="ray",
-                                 cluster=RayCluster(partitions=3))
-    local_changed = pipeline.featurize(folder, out=tmp_path / "local", progress=False, report=True)
-    assert (changed.computed, changed.reused) == (local_changed.computed, local_changed.reused) == (1, 9)
+                                 cluster=RayCluster(partitions=3), reuse_from=tmp_path / "other")
+    local_changed = pipeline.featurize(folder, out=tmp_path / "local", progress=False, report=True,
+                                       reuse_from=tmp_path / "other")
+    assert (changed.computed, changed.reused) == (local_changed.computed, local_changed.reused) == (1, 10)
     assert [row for row, _ in changed.copied] == [row for row, _ in local_changed.copied]
     assert [(row["path"], row["label"], source) for row, source in changed.copied] == [
         ("red/was_blue_2.jpg", "red", "blue/blue_2.jpg")]
+    assert changed.taken == local_changed.taken and [row["path"] for row, _ in changed.taken] == [
+        "blue/from_elsewhere.jpg"]
     assert changed.store.rows == local_changed.store.rows
     np.testing.assert_allclose(changed.store.features, local_changed.store.features, rtol=1e-6, atol=1e-6)
     moved = changed.store.paths.index("red/was_blue_2.jpg")
