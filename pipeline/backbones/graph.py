@@ -2,9 +2,11 @@
 
 Every kind becomes one frozen GraphDef (SavedModels are frozen with
 ``convert_variables_to_constants_v2``) that is imported once with ``wrap_function`` and pruned
-to (input tensor -> feature tensor): a compiled TF2 function, not a Session per image. Layers:
-``logits`` is the input of the final Softmax (or the output when there is none); ``penultimate``
-the data input of the last MatMul/Conv2D before it; any other name is a tensor name.
+to (input tensor -> feature tensor): a compiled TF2 function, not a Session per image. A graph whose ops
+reach outside its tensors (files, Python, another graph) is refused before TensorFlow builds or loads it
+(:mod:`pipeline.backbones.graph_ops`). Layers: ``logits`` is the input of the final Softmax (or the output
+when there is none); ``penultimate`` the data input of the last MatMul/Conv2D before it; any other name is a
+tensor name.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from ..logs import native_output_quieted
 from ..preprocess import Preprocess, normalize, resolve_preprocess
 from ..spec import FeatureSpec
 from .base import LAYER_ALIASES, Backbone, BuildOptions, file_sha256, padded_call, resolve_layer
+from .graph_ops import check_graph_def, check_saved_model
 
 
 @dataclass(frozen=True)
@@ -188,8 +191,10 @@ class GraphBackbone(Backbone):
 
     def _graph(self):
         if self.kind == "savedmodel":
+            check_saved_model(self.path)  # before TensorFlow loads it (a TF1 SavedModel's init ops run then)
             return _freeze_saved_model(self.path)
         gd = _read_graph_def(self.path)
+        check_graph_def(gd, self.path)
         inp = self.input_tensor
         if inp is None:
             ph = _placeholders(gd)

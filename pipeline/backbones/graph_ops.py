@@ -1,0 +1,208 @@
+"""Which TensorFlow ops a graph handed to this project may not hold: the ops that reach outside tensors.
+
+A frozen GraphDef or a SavedModel is a TensorFlow graph, and its ops run when it is loaded (a TF1
+SavedModel's init ops) and on every batch. Most ops compute on tensors in memory; a few read or write
+files (``ReadFile``, ``WriteFile``, summaries, checkpoints at a path the graph chooses), run a serialized
+graph or function (``tf.data`` datasets, ``ImportGraphDef``, XLA modules) or Python (``PyFunc``). A
+model file holding those can read or write anything the user can, so it is code, not a model.
+
+:data:`REFUSED_OPS` names those kinds. Graph backbones (:mod:`pipeline.backbones.graph`: a frozen ``.pb``,
+a SavedModel folder, a TF-Hub handle) are checked against it before TensorFlow builds or loads anything
+(:func:`check_graph_def`, :func:`check_saved_model`): any node, in the graph or in any function of its
+library, called or not, whose op, or whose function attribute (``f=ReadFile`` runs the bare op), is of a
+refused kind; and the checkpoint ops (:data:`CHECKPOINT_OPS`) anywhere but in the SavedModel's own saver
+(what TensorFlow's loader runs to restore the variables from the model's folder). The environment
+variable ``TFP_TRUST_MODEL=1`` lets such a graph run, for a model from a source you trust.
+
+``serve`` holds exports to more: the allow-list of :mod:`pipeline.export.allowed_ops`, built on the
+walkers here. Only ``saved_model.pb`` or the ``.pb`` is parsed, with the protobuf classes alone.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ..errors import ModelFileError
+
+TRUST_ENV = "TFP_TRUST_MODEL"  # "1": graph backbones run whatever ops they hold
+
+# Checkpoint reads and writes at a path the graph chooses: allowed in the saver's own functions only.
+CHECKPOINT_OPS = frozenset({"SaveV2", "RestoreV2", "MergeV2Checkpoints", "Save", "SaveSlices", "Restore",
+                            "RestoreSlice"})
+
+# Ops refused in any model file, with the reason a refusal gives (and never on serve's allow-list: a test).
+REFUSED_OPS: dict[str, str] = {
+    r".*Dataset.*|.*Iterator.*|DatasetToSingleElement|DatasetFromGraph": "runs a tf.data pipeline (a graph of its own)",
+    r".*FromGraph|ImportGraphDef|.*Function.*|RemoteCall|.*Xla.*": "runs a serialized graph or function",
+    r".*Reader.*|ReadFile|WriteFile|MatchingFiles|.*Summary.*|.*Checkpoint.*|Save.*|Restore.*|MergeV2Checkpoints":
+        "reads or writes files",
+    r".*CandidateSampler|.*TextFile.*|.*Vocab.*|LoadAndRemapMatrix": "reads a file it is given the name of",
+    r".*PyFunc.*|EagerPyFunc|ImmutableConst|.*Debug.*|PrintV2|Print|.*Proto.*": "runs Python, maps a file or prints",
+}
+_REFUSED = [(re.compile(pattern), why) for pattern, why in REFUSED_OPS.items()]
+
+
+def refused_kind(op: str) -> str | None:
+    """Why `op` is refused in any model file (its REFUSED_OPS reason), or None."""
+    return next((why for pattern, why in _REFUSED if pattern.fullmatch(op)), None)
+
+
+def trusted() -> bool:
+    """Whether the user lets graph backbones run whatever they hold (``TFP_TRUST_MODEL=1``)."""
+    return os.environ.get(TRUST_ENV, "") == "1"
+
+
+def check_graph_def(graph_def, where) -> None:
+    """Refuse (ModelFileError naming the ops) a frozen GraphDef backbone with an op of a refused kind or a
+    checkpoint op, in the graph or in any function of its library."""
+    if trusted():
+        return
+    fns = {f.signature.name for f in graph_def.library.function}
+    bad = {op: refused_kind(op) or "reads or writes checkpoint files" for op in _ops_named(graph_def, fns)
+           if refused_kind(op) or op in CHECKPOINT_OPS}
+    _refuse(bad, where, "graph")
+
+
+def check_saved_model(folder) -> None:
+    """Refuse (ModelFileError naming the ops) a SavedModel backbone with an op of a refused kind anywhere, or
+    a checkpoint op that anything but its saver reaches. Nothing is loaded: only saved_model.pb is parsed."""
+    if trusted():
+        return
+    folder = Path(folder)
+    sm = parse_saved_model(folder, "use the model's original SavedModel folder")
+    bad: dict[str, str] = {}
+    for mg in sm.meta_graphs:
+        fns = {f.signature.name: f for f in mg.graph_def.library.function}
+        for op in _ops_named(mg.graph_def, fns) - CHECKPOINT_OPS:
+            if why := refused_kind(op):
+                bad[op] = why
+        for op in ops_outside_saver(mg, fns, saver_inputs=True) & CHECKPOINT_OPS:
+            bad[op] = "reads or writes checkpoint files, outside the saver's own functions"
+    _refuse(bad, folder, "SavedModel")
+
+
+def _ops_named(graph_def, fns) -> set[str]:
+    """Every op a node of the graph or of a library function runs: its op (not a call of a library function by
+    name) and the bare ops its function attributes name."""
+    by_name = {name for name in fns if not registered(name)}  # a function named like an op is no call
+    ops = set()
+    for node in every_node(graph_def):
+        if node.op not in by_name:
+            ops.add(node.op)
+        ops.update(name for name in function_attrs(node) if name not in fns)
+    return ops
+
+
+def _refuse(bad: dict, where, what: str) -> None:
+    if bad:
+        named = "; ".join(f"{op} ({why})" for op, why in sorted(bad.items()))
+        raise ModelFileError(f"{where}: the {what} holds ops that reach outside its tensors: {named}. A backbone's "
+                             f"graph runs as it is, so such a file is code, not a model (pipeline/backbones/"
+                             f"graph_ops.py); use a model from a source you trust, and set {TRUST_ENV}=1 to run "
+                             f"this one anyway")
+
+
+def registered(name: str) -> bool:
+    """True when `name` is a TensorFlow op (a node with that op runs the op, whatever a function says)."""
+    from tensorflow.python.framework import op_def_registry
+
+    return op_def_registry.get(name) is not None
+
+
+def parse_saved_model(folder: Path, what_to_do: str):
+    """The SavedModel protobuf of `folder` (ModelFileError naming the file and `what_to_do` when it cannot be)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    try:
+        sm.ParseFromString((folder / "saved_model.pb").read_bytes())
+    except Exception as e:  # noqa: BLE001 - a malformed protobuf raises DecodeError and others
+        raise ModelFileError(f"{folder}/saved_model.pb cannot be parsed ({type(e).__name__}: {e}); "
+                             f"{what_to_do}") from None
+    if not sm.meta_graphs:
+        raise ModelFileError(f"{folder}/saved_model.pb holds no graph; {what_to_do}")
+    return sm
+
+
+def every_node(graph_def):
+    """The nodes of the graph and of every function of its library."""
+    yield from graph_def.node
+    for fn in graph_def.library.function:
+        yield from fn.node_def
+
+
+def ops_outside_saver(mg, fns: dict, saver_inputs: bool = False) -> set[str]:
+    """The ops of every graph node and function that anything but the saver reaches: the signatures, every
+    node of the graph other than the saver's, and every function the object graph names. The saver is its
+    two nodes (a TF2 SavedModel's save and restore calls); with `saver_inputs`, every node they read too (a
+    TF1 SavedModel's saver is a subgraph of RestoreV2, Assign... nodes), walked only when something else
+    reaches them."""
+    saver = {mg.saver_def.save_tensor_name.split(":")[0], mg.saver_def.restore_op_name.split(":")[0]} - {""}
+    nodes = {n.name: n for n in mg.graph_def.node}
+    if saver_inputs:
+        saver = _inputs_closure(nodes, saver)
+    todo = [name for name in nodes if name not in saver]  # a saver node reached from elsewhere is walked too
+    todo += [t.name for sig in mg.signature_def.values() for t in (*sig.inputs.values(), *sig.outputs.values())]
+    calls = list(_object_graph_functions(mg.object_graph_def))
+    ops, seen_nodes, seen_fns = set(), set(), set()
+    while todo:
+        name = todo.pop().lstrip("^").split(":")[0]
+        if name in seen_nodes or name not in nodes:
+            continue
+        seen_nodes.add(name)
+        node = nodes[name]
+        ops.add(node.op)
+        todo += list(node.input)
+        calls += _called(node, fns)
+    while calls:
+        f = calls.pop()
+        if f in fns and f not in seen_fns:
+            seen_fns.add(f)
+            for inner in fns[f].node_def:
+                ops.add(inner.op)
+                calls += _called(inner, fns)
+    return ops
+
+
+def _inputs_closure(nodes: dict, names: set[str]) -> set[str]:
+    """`names` and every node they read, directly or not (data and control inputs)."""
+    seen, todo = set(), list(names)
+    while todo:
+        name = todo.pop().lstrip("^").split(":")[0]
+        if name not in seen and name in nodes:
+            seen.add(name)
+            todo += list(nodes[name].input)
+    return seen | names
+
+
+def _object_graph_functions(og) -> set[str]:
+    """Every concrete function the object graph names (functions, bare functions, saveables' functions)."""
+    names = set(og.concrete_functions)
+    for node in og.nodes:
+        kind = node.WhichOneof("kind")
+        if kind == "function":
+            names.update(node.function.concrete_functions)
+        elif kind == "bare_concrete_function":
+            names.add(node.bare_concrete_function.concrete_function_name)
+    return names
+
+
+def _called(node, fns: dict) -> list[str]:
+    """The functions a node calls: its op when that names a library function (a call by name), and every
+    function-valued attribute (PartitionedCall's f, If/While branches, nested function attributes)."""
+    return ([node.op] if node.op in fns else []) + function_attrs(node)
+
+
+def function_attrs(node) -> list[str]:
+    """The names in a node's function-valued attributes, nested ones included."""
+    names, todo = [], list(node.attr.values())
+    while todo:
+        attr = todo.pop()
+        if attr.HasField("func"):
+            names.append(attr.func.name)
+            todo += list(attr.func.attr.values())
+        for f in attr.list.func:
+            names.append(f.name)
+            todo += list(f.attr.values())
+    return names
