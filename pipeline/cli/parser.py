@@ -27,6 +27,9 @@ class Parser(argparse.ArgumentParser):
         # added (argparse builds a formatter for each: ~180 terminal queries per start)
         kwargs.setdefault("formatter_class", functools.partial(argparse.HelpFormatter,
                                                                width=shutil.get_terminal_size().columns - 2))
+        # flags by their exact names only: argparse would take any unambiguous prefix (--lay for --layer), and a
+        # script written so would break, or change meaning, the day a flag sharing the prefix is added
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def parse_args(self, args=None, namespace=None):

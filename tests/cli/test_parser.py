@@ -26,6 +26,19 @@ def test_a_misspelled_flag_gets_the_commands_usage_and_the_closest_flag(tmp_path
     assert "predict-imagenet" not in r.stderr and "COMMAND" not in r.stderr  # not the usage of every command
 
 
+def test_a_flag_is_taken_by_its_exact_name_only_and_a_prefix_gets_the_full_one(tmp_path, capsys):
+    """argparse would take --lay for --layer (and --no for nothing, being ambiguous): a script written with a
+    prefix breaks, or changes meaning, the day another flag shares it. Refused, naming the flag meant."""
+    for given, meant in (("--lay", "--layer"), ("--ou", "--out"), ("--reuse", "--reuse-from")):
+        with pytest.raises(SystemExit) as e:
+            main(["featurize", str(tmp_path), given, "x"])
+        assert e.value.code == 2
+        assert f"{given}: did you mean {meant}?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", str(tmp_path), "--out", "m.joblib", "--hea", "logreg"])  # every command's parser
+    assert "--hea: did you mean --head?" in capsys.readouterr().err
+
+
 def test_a_misspelled_command_gets_did_you_mean():
     r = run_cli("featurise", "photos")
     assert r.returncode == 2
