@@ -78,7 +78,7 @@ def measure(data: Path, work: Path, engine: str = "local", backbone: str = "mobi
             other = classes[(classes.index(label) + 1) % len(classes)]
             (folders / label / names[key]).rename(folders / other / names[key])
     t_moved, by_folder = _timed(lambda: pipeline.featurize(folders, out=work / "folder-store", prune=True, **args))
-    return {"engine": engine, "backbone": backbone, "decode": decode, "images": len(first.store), "first_s": round(t_first, 2), "csv_fix_s": round(t_csv, 2),
+    return {"engine": engine, "backbone": backbone, "decode": decode if engine == "local" else None, "images": len(first.store), "first_s": round(t_first, 2), "csv_fix_s": round(t_csv, 2),
             "first_in_folders_s": round(t_folders, 2), "move_fix_s": round(t_moved, 2),
             "csv_fix": {"featurized": fixed.computed, "copied": len(getattr(fixed, "copied", []))},
             "move_fix": {"featurized": by_folder.computed, "copied": len(getattr(by_folder, "copied", [])),

@@ -129,7 +129,8 @@ class DecodePool:
         self.views = False
 
     def map(self, records, known: dict, views: bool = False):
-        """Yield (record, sha256, stat, result, notes) per record, in order, like reader.prepare.
+        """Yield (record, sha256, stat, result, notes) per record, in order, like reader.prepare (a worker's
+        :data:`~pipeline.featurizer.prepare.HELD` is named here: the Copy of the row that holds the content).
 
         Files the store already has by stat are answered here without a worker; the workers (and
         the shared memory) are started at the first file that must be read. With `views`, a decoded
@@ -154,7 +155,9 @@ class DecodePool:
             shm = shared_memory.SharedMemory(create=True, size=int(np.prod(shape)))
             ctx = multiprocessing.get_context("forkserver")  # never fork a process that may hold TF threads
             ctx.set_forkserver_preload(["pipeline.featurizer.prepare"])  # workers fork with the decoder already imported
-            # each worker gets the store's contents once, as 32-byte digests (1M rows: 32 MB), not per task
+            # each worker gets the store's contents once, as 32-byte digests, not per task: 32 MB per worker for
+            # 1M contents (15 workers: ~480 MB), pickled, not in shared memory: /dev/shm is often 64 MiB in
+            # containers, and the ring takes up to half of it
             pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_attach,
                                        initargs=(shm.name, shape, os.getpid(), content_index(known)))
             return pool, np.ndarray(shape, np.uint8, buffer=shm.buf)
@@ -180,7 +183,7 @@ class DecodePool:
         def release(force_room: int = 0):  # yield the head entries that are ready, or must go to make room
             while pending and (pending[0][1] is None or pending[0][2].done() or len(pending) > self.slots
                                or in_flight() + force_room > self.slots):
-                yield from self._drain(pending.popleft(), ring)
+                yield from self._drain(pending.popleft(), ring, known)
 
         def submit():
             nonlocal pool, ring, next_slot, chunk
@@ -206,9 +209,11 @@ class DecodePool:
         if chunk:
             yield from submit()
         while pending:
-            yield from self._drain(pending.popleft(), ring)
+            yield from self._drain(pending.popleft(), ring, known)
 
-    def _drain(self, entry, ring):
+    def _drain(self, entry, ring, known: dict):
+        from .prepare import Copy, known_content
+
         chunk, first, results = entry
         if first is not None:
             results, busy = results.result()
@@ -219,10 +224,9 @@ class DecodePool:
             if kind == "image":
                 result = ring[(first + j) % len(ring)]
                 result = result if self.views else result.copy()  # the slot is reused after the next item
-            elif kind == "copy":  # its own row (a touched file, label changed), or prepare.HELD
-                from .prepare import Copy
-
-                result = Copy(result[1], result[2])
+            elif kind == "copy":  # its own row (a touched file, label changed), or prepare.HELD: named here
+                yield known_content((record, sha, stat, Copy(result[1], result[2]), notes), known)
+                continue
             elif kind == "error":
                 result = ImageError(record.path, result[1], result[2])
             yield record, sha, stat, result, notes

@@ -6,7 +6,8 @@ its own path with another label (a corrected labels CSV) or under another path (
 class folder, or copied), is neither decoded nor featurized here: its item is a :class:`Copy` of that
 row's features, committed with the file's own path, label and stat. (A decode process knows its own files'
 rows and the store's contents as an index of digests, :func:`content_index`: a file whose content is held
-elsewhere comes back as :data:`HELD`, undecoded, and the reader finds which row holds it, :func:`known_content`.)
+elsewhere comes back as :data:`HELD`, undecoded, and the pool names the row that holds it,
+:func:`known_content`.)
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ class Copy:
 
 
 # A decode process's answer for content the store (or a --reuse-from store) holds under another path: the
-# process knows only that it is held (``known["index"]``), the reader finds where (:func:`known_content`).
+# process knows only that it is held (``known["index"]``), the pool's parent finds where (:func:`known_content`).
 HELD = Copy(None, None)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")  # a sha256 as hashlib writes it

@@ -11,7 +11,7 @@ item, never a crash.
 
 A file whose content the store already holds (the same path with a new label, or another path: a moved or
 copied file) is neither decoded nor featurized: its item is a :class:`~pipeline.featurizer.prepare.Copy` of that
-row (a decode process, handed the store's contents as digests, answers ``HELD``; the reader names the row).
+row (a decode process, handed the store's contents as digests, answers ``HELD``; the pool names the row).
 
 Per-image backbones (TFLite: one interpreter per thread) are the other strategy: they featurize
 each image in the reading thread itself, so their items carry a feature row instead of pixels.
@@ -22,7 +22,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from .decodepool import DecodePool, choose_decode, default_workers
-from .prepare import known_content, prepare
+from .prepare import prepare
 from .stages import StageClock
 
 
@@ -58,6 +58,6 @@ class Reader:
         if self.mode == "process":  # the workers' read/decode time comes back to the clock
             # a ring of 4 batches: the workers decode on while the network holds both batch buffers
             pool = DecodePool(self.bb.preprocess, self.workers, 2 * window, chunk=16, clock=self.clock)
-            return (known_content(item, self.known) for item in pool.map(records, self.known, views=True))
+            return pool.map(records, self.known, views=True)
         gpu = self.mode == "gpu"
         return bounded_map(lambda r: prepare(r, self.bb, self.known, self.clock, gpu), records, self.workers, window)

@@ -102,9 +102,9 @@ def test_changed_file_among_cached_ones_is_decoded_in_order(tmp_path):
 
 def test_a_worker_hashes_a_moved_file_and_returns_it_undecoded_for_the_reader_to_copy(tmp_path):
     """A worker is handed the store's contents once (32-byte digests), not the store: a file whose content a row
-    of the store or a --reuse-from store holds comes back undecoded, as prepare.HELD, and the reader's
-    known_content names the row. A content nobody holds is decoded as before."""
-    from pipeline.featurizer.prepare import HELD, Copy, known_content
+    of the store or a --reuse-from store holds comes back undecoded (prepare.HELD), and the pool names the row
+    that holds it, as the thread path does. A content nobody holds is decoded as before."""
+    from pipeline.featurizer.prepare import Copy
 
     imgs = tmp_path / "imgs"
     records = [r for r in _folder(imgs) if r.path.exists()]
@@ -117,9 +117,10 @@ def test_a_worker_hashes_a_moved_file_and_returns_it_undecoded_for_the_reader_to
     records = {r.relpath: r for r in list_images(imgs, labelled=False).records}
     known["other"][_prepare(records["y_elsewhere.jpg"], _Decoder(), NOTHING_KNOWN)[1]] = 0
     got = {item[0].relpath: item for item in DecodePool(PRE, workers=2, window=4, chunk=2).map(records.values(), known)}
-    assert got["z_moved.jpg"][3] == HELD and got["y_elsewhere.jpg"][3] == HELD  # not decoded
-    assert known_content(got["z_moved.jpg"], known)[3] == Copy("a00.jpg")
-    assert known_content(got["y_elsewhere.jpg"], known)[3] == Copy(None, 0)
+    assert got["z_moved.jpg"][3] == Copy("a00.jpg")  # not pixels: not decoded
+    assert got["y_elsewhere.jpg"][3] == Copy(None, 0)
+    threads = {r: _prepare(records[r], _Decoder(), known)[3] for r in ("z_moved.jpg", "y_elsewhere.jpg")}
+    assert threads == {r: got[r][3] for r in threads}
     assert got["x_new.jpg"][3].dtype == np.uint8  # nobody holds it: decoded
     _same(_prepare(records["x_new.jpg"], _Decoder(), NOTHING_KNOWN), got["x_new.jpg"])
     assert all(got[p][3] is None for p in ("a01.jpg", "a08.jpg"))  # unchanged: answered by stat, unread
