@@ -191,7 +191,8 @@ class GraphBackbone(Backbone):
 
     def _graph(self):
         if self.kind == "savedmodel":
-            check_saved_model(self.path)  # before TensorFlow loads it (a TF1 SavedModel's init ops run then)
+            # before TensorFlow loads it; a TF-Hub model named by its handle, and the folder it was cached in
+            check_saved_model(self.path, f"{self.name} ({self.path})" if self.name.startswith("hub:") else None)
             return _freeze_saved_model(self.path)
         gd = _read_graph_def(self.path)
         check_graph_def(gd, self.path)

@@ -10,9 +10,14 @@ model file holding those can read or write anything the user can, so it is code,
 a SavedModel folder, a TF-Hub handle) are checked against it before TensorFlow builds or loads anything
 (:func:`check_graph_def`, :func:`check_saved_model`): any node, in the graph or in any function of its
 library, called or not, whose op, or whose function attribute (``f=ReadFile`` runs the bare op), is of a
-refused kind; and the checkpoint ops (:data:`CHECKPOINT_OPS`) anywhere but in the SavedModel's own saver
-(what TensorFlow's loader runs to restore the variables from the model's folder). The environment
-variable ``TFP_TRUST_MODEL=1`` lets such a graph run, for a model from a source you trust.
+refused kind; the checkpoint ops (:data:`CHECKPOINT_OPS`) anywhere in a frozen graph, and in a SavedModel
+anywhere but in its two saver calls (which TensorFlow 2's loader never runs: it restores the variables
+itself); and a TensorFlow 1 SavedModel (no object graph, or several meta graphs), whose loader runs the
+saver and init ops the file names, which no check of the file can vouch for. The list is a deny-list:
+tests/backbones/test_graph_ops.py goes through every op TensorFlow registers and fails on one whose
+arguments name a file, a folder, a pattern, a host or a graph that the list does not refuse and no one
+has reviewed. The environment variable ``TFP_TRUST_MODEL=1`` lets any graph run, for a model from a source
+you trust.
 
 ``serve`` holds exports to more: the allow-list of :mod:`pipeline.export.allowed_ops`, built on the
 walkers here. Only ``saved_model.pb`` or the ``.pb`` is parsed, with the protobuf classes alone.
@@ -39,6 +44,9 @@ REFUSED_OPS: dict[str, str] = {
         "reads or writes files",
     r".*CandidateSampler|.*TextFile.*|.*Vocab.*|LoadAndRemapMatrix": "reads a file it is given the name of",
     r".*PyFunc.*|EagerPyFunc|ImmutableConst|.*Debug.*|PrintV2|Print|.*Proto.*": "runs Python, maps a file or prints",
+    r"DumpTensor|CalibrationStatistics.*|RecordInput|Skipgram|DistributedSave|DTensor.*|FileSystem.*|ImportEvent":
+        "reads or writes files",
+    r".*Rpc.*|Collective.*|_?Nccl.*|.*TPU.*|_?(Host)?(Send|Recv)": "talks to other hosts or devices",
 }
 _REFUSED = [(re.compile(pattern), why) for pattern, why in REFUSED_OPS.items()]
 
@@ -64,22 +72,27 @@ def check_graph_def(graph_def, where) -> None:
     _refuse(bad, where, "graph")
 
 
-def check_saved_model(folder) -> None:
-    """Refuse (ModelFileError naming the ops) a SavedModel backbone with an op of a refused kind anywhere, or
-    a checkpoint op that anything but its saver reaches. Nothing is loaded: only saved_model.pb is parsed."""
+def check_saved_model(folder, where=None) -> None:
+    """Refuse (ModelFileError naming the ops) a SavedModel backbone with an op of a refused kind anywhere, a
+    checkpoint op that anything but its saver calls reaches, or no TensorFlow 2 object graph. Nothing is
+    loaded: only saved_model.pb is parsed. `where`: how the refusal names it (default: the folder)."""
     if trusted():
         return
     folder = Path(folder)
+    where = where or folder
     sm = parse_saved_model(folder, "use the model's original SavedModel folder")
-    bad: dict[str, str] = {}
-    for mg in sm.meta_graphs:
-        fns = {f.signature.name: f for f in mg.graph_def.library.function}
-        for op in _ops_named(mg.graph_def, fns) - CHECKPOINT_OPS:
-            if why := refused_kind(op):
-                bad[op] = why
-        for op in ops_outside_saver(mg, fns, saver_inputs=True) & CHECKPOINT_OPS:
-            bad[op] = "reads or writes checkpoint files, outside the saver's own functions"
-    _refuse(bad, folder, "SavedModel")
+    if len(sm.meta_graphs) != 1 or not sm.meta_graphs[0].object_graph_def.nodes:
+        raise ModelFileError(f"{where}: a TensorFlow 1 SavedModel ({len(sm.meta_graphs)} meta graph(s), "
+                             f"{'no ' if not sm.meta_graphs[0].object_graph_def.nodes else ''}object graph): "
+                             f"TensorFlow's loader runs the saver and init ops it names, which no check of the file "
+                             f"can vouch for; save it again with TensorFlow 2 (tf.saved_model.save), or set "
+                             f"{TRUST_ENV}=1 if you trust where it came from")
+    mg = sm.meta_graphs[0]
+    fns = {f.signature.name: f for f in mg.graph_def.library.function}
+    bad = {op: why for op in _ops_named(mg.graph_def, fns) - CHECKPOINT_OPS if (why := refused_kind(op))}
+    for op in ops_outside_saver(mg, fns) & CHECKPOINT_OPS:
+        bad[op] = "reads or writes checkpoint files, outside the saver's own functions"
+    _refuse(bad, where, "SavedModel")
 
 
 def _ops_named(graph_def, fns) -> set[str]:
@@ -132,16 +145,12 @@ def every_node(graph_def):
         yield from fn.node_def
 
 
-def ops_outside_saver(mg, fns: dict, saver_inputs: bool = False) -> set[str]:
+def ops_outside_saver(mg, fns: dict) -> set[str]:
     """The ops of every graph node and function that anything but the saver reaches: the signatures, every
-    node of the graph other than the saver's, and every function the object graph names. The saver is its
-    two nodes (a TF2 SavedModel's save and restore calls); with `saver_inputs`, every node they read too (a
-    TF1 SavedModel's saver is a subgraph of RestoreV2, Assign... nodes), walked only when something else
-    reaches them."""
+    node of the graph other than the saver's two calls (a TensorFlow 2 SavedModel's save and restore), and
+    every function the object graph names."""
     saver = {mg.saver_def.save_tensor_name.split(":")[0], mg.saver_def.restore_op_name.split(":")[0]} - {""}
     nodes = {n.name: n for n in mg.graph_def.node}
-    if saver_inputs:
-        saver = _inputs_closure(nodes, saver)
     todo = [name for name in nodes if name not in saver]  # a saver node reached from elsewhere is walked too
     todo += [t.name for sig in mg.signature_def.values() for t in (*sig.inputs.values(), *sig.outputs.values())]
     calls = list(_object_graph_functions(mg.object_graph_def))
@@ -163,17 +172,6 @@ def ops_outside_saver(mg, fns: dict, saver_inputs: bool = False) -> set[str]:
                 ops.add(inner.op)
                 calls += _called(inner, fns)
     return ops
-
-
-def _inputs_closure(nodes: dict, names: set[str]) -> set[str]:
-    """`names` and every node they read, directly or not (data and control inputs)."""
-    seen, todo = set(), list(names)
-    while todo:
-        name = todo.pop().lstrip("^").split(":")[0]
-        if name not in seen and name in nodes:
-            seen.add(name)
-            todo += list(nodes[name].input)
-    return seen | names
 
 
 def _object_graph_functions(og) -> set[str]:
