@@ -9,10 +9,12 @@ model file holding those can read or write anything the user can, so it is code,
 :data:`REFUSED_OPS` names those kinds. Graph backbones (:mod:`pipeline.backbones.graph`: a frozen ``.pb``,
 a SavedModel folder, a TF-Hub handle) are checked against it before TensorFlow builds or loads anything
 (:func:`check_graph_def`, :func:`check_saved_model`): any node, in the graph or in any function of its
-library, called or not, whose op, or whose function attribute (``f=ReadFile`` runs the bare op), is of a
+library, called or not, whose op, or a bare op a function attribute names (``f=ReadFile``), is of a
 refused kind; the checkpoint ops (:data:`CHECKPOINT_OPS`) anywhere in a frozen graph, and in a SavedModel
-anywhere but in its two saver calls (which TensorFlow 2's loader never runs: it restores the variables
-itself); and a TensorFlow 1 SavedModel (no object graph, or several meta graphs), whose loader runs the
+anywhere but in the functions its two saver calls run (which TensorFlow 2's loader never runs: it restores
+the variables itself), none of which may carry ``api_implements`` (Grappler's implementation selector may
+run any library function of the same ``api_implements`` in place of a call, called or not: a checkpoint op
+in any other function is refused, reached or not); and a TensorFlow 1 SavedModel (no object graph, or several meta graphs), whose loader runs the
 saver and init ops the file names, which no check of the file can vouch for. The list is a deny-list:
 tests/backbones/test_graph_ops.py goes through every op TensorFlow registers and fails on one whose
 arguments name a file, a folder, a pattern, a host or a graph that the list does not refuse and no one
@@ -47,7 +49,10 @@ REFUSED_OPS: dict[str, str] = {
     r"DumpTensor|CalibrationStatistics.*|RecordInput|Skipgram|DistributedSave|DTensor.*|FileSystem.*|ImportEvent":
         "reads or writes files",
     r".*Rpc.*|Collective.*|_?Nccl.*|.*TPU.*|_?(Host)?(Send|Recv)": "talks to other hosts or devices",
+    r"Abort|Sleep.*|.*Exit.*": "ends or stalls the process",
 }
+# Function attributes under which Grappler runs a library function in place of another (implementation selection)
+SELECTOR_ATTRS = ("api_implements", "forward_function_name", "backward_function_name")
 _REFUSED = [(re.compile(pattern), why) for pattern, why in REFUSED_OPS.items()]
 
 
@@ -90,8 +95,7 @@ def check_saved_model(folder, where=None) -> None:
     mg = sm.meta_graphs[0]
     fns = {f.signature.name: f for f in mg.graph_def.library.function}
     bad = {op: why for op in _ops_named(mg.graph_def, fns) - CHECKPOINT_OPS if (why := refused_kind(op))}
-    for op in ops_outside_saver(mg, fns) & CHECKPOINT_OPS:
-        bad[op] = "reads or writes checkpoint files, outside the saver's own functions"
+    bad.update(saver_problems(mg, fns))
     _refuse(bad, where, "SavedModel")
 
 
@@ -145,11 +149,48 @@ def every_node(graph_def):
         yield from fn.node_def
 
 
+def saver_problems(mg, fns: dict) -> dict[str, str]:
+    """{op or function: why} for the checkpoint ops of a TensorFlow 2 SavedModel that something but its saver
+    could run: reached from a signature, the graph or the object graph (:func:`ops_outside_saver`), or held by a
+    library function the saver calls do not run (Grappler's implementation selector may run any function in
+    place of one of the same ``api_implements``, whether anything names it or not); and the saver's functions
+    that carry such an attribute themselves."""
+    saver = _saver_nodes(mg)
+    own = _functions_from([f for node in mg.graph_def.node if node.name in saver for f in _called(node, fns)], fns)
+    bad = {op: "reads or writes checkpoint files, outside the saver's own functions"
+           for op in ops_outside_saver(mg, fns) & CHECKPOINT_OPS}
+    for name, fn in fns.items():
+        if name not in own:
+            for op in {n.op for n in fn.node_def} & CHECKPOINT_OPS:  # reached from outside: said so above
+                bad.setdefault(op, f"reads or writes checkpoint files, in function {name}, which the saver does "
+                                   f"not run")
+        elif any(attr in fn.attr for attr in SELECTOR_ATTRS):
+            bad[name] = ("a function of the saver that TensorFlow may run in place of another "
+                         f"({', '.join(a for a in SELECTOR_ATTRS if a in fn.attr)})")
+    return bad
+
+
+def _saver_nodes(mg) -> set[str]:
+    """The names of the SavedModel's two saver calls (its saver_def's save and restore)."""
+    return {mg.saver_def.save_tensor_name.split(":")[0], mg.saver_def.restore_op_name.split(":")[0]} - {""}
+
+
+def _functions_from(names, fns: dict) -> set[str]:
+    """`names` and every library function they call, directly or not."""
+    seen, todo = set(), list(names)
+    while todo:
+        f = todo.pop()
+        if f in fns and f not in seen:
+            seen.add(f)
+            todo += [g for node in fns[f].node_def for g in _called(node, fns)]
+    return seen
+
+
 def ops_outside_saver(mg, fns: dict) -> set[str]:
     """The ops of every graph node and function that anything but the saver reaches: the signatures, every
     node of the graph other than the saver's two calls (a TensorFlow 2 SavedModel's save and restore), and
     every function the object graph names."""
-    saver = {mg.saver_def.save_tensor_name.split(":")[0], mg.saver_def.restore_op_name.split(":")[0]} - {""}
+    saver = _saver_nodes(mg)
     nodes = {n.name: n for n in mg.graph_def.node}
     todo = [name for name in nodes if name not in saver]  # a saver node reached from elsewhere is walked too
     todo += [t.name for sig in mg.signature_def.values() for t in (*sig.inputs.values(), *sig.outputs.values())]
@@ -175,7 +216,8 @@ def ops_outside_saver(mg, fns: dict) -> set[str]:
 
 
 def _object_graph_functions(og) -> set[str]:
-    """Every concrete function the object graph names (functions, bare functions, saveables' functions)."""
+    """Every concrete function the object graph names (functions, bare functions, captured tensors' functions,
+    saveables' functions)."""
     names = set(og.concrete_functions)
     for node in og.nodes:
         kind = node.WhichOneof("kind")
@@ -183,6 +225,8 @@ def _object_graph_functions(og) -> set[str]:
             names.update(node.function.concrete_functions)
         elif kind == "bare_concrete_function":
             names.add(node.bare_concrete_function.concrete_function_name)
+        elif kind == "captured_tensor":
+            names.add(node.captured_tensor.concrete_function)
     return names
 
 

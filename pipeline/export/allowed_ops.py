@@ -17,7 +17,9 @@ refuses, naming the ops:
 * the checkpoint ops (:data:`CHECKPOINT_OPS`: ``SaveV2``, ``RestoreV2``...) anywhere but in the saver's
   own functions (those the SavedModel's ``saver_def`` runs and nothing else reaches: called only by
   TensorFlow's save and restore, never by a signature): a signature, the graph, a function of the object
-  graph or a node calling a function by name that reaches them is refused;
+  graph or a node calling a function by name that reaches them is refused, and so is a checkpoint op in any
+  other library function, reached or not, or a saver function with ``api_implements`` (Grappler's
+  implementation selector may run a function in place of another of the same ``api_implements``);
 * a SavedModel without an object graph (a TF1 one, whose loader runs its init and restore ops).
 """
 from __future__ import annotations
@@ -29,10 +31,10 @@ from ..backbones.graph_ops import (  # noqa: F401 - CHECKPOINT_OPS, REFUSED_OPS:
     REFUSED_OPS,
     every_node,
     function_attrs,
-    ops_outside_saver,
     parse_saved_model,
     refused_kind,
     registered,
+    saver_problems,
 )
 from ..errors import ModelFileError
 
@@ -85,11 +87,10 @@ def check_saved_model_ops(folder) -> None:
         for node in every_node(mg.graph_def):
             if node.op not in ALLOWED_OPS and node.op not in by_name and node.op not in CHECKPOINT_OPS:
                 bad[node.op] = refusal_reason(node.op)
-            for name in function_attrs(node):  # f=ReadFile: TensorFlow runs a bare op given as a function
+            for name in function_attrs(node):  # f=ReadFile: a bare op named as a function
                 if name not in fns and name not in ALLOWED_OPS:
                     bad[name] = refusal_reason(name)
-        for op in ops_outside_saver(mg, fns) & CHECKPOINT_OPS:
-            bad[op] = "reads or writes checkpoint files, outside the saver's own functions"
+        bad.update(saver_problems(mg, fns))  # checkpoint ops: in the saver's own functions only
     if bad:
         named = "; ".join(f"{op} ({why})" for op, why in sorted(bad.items()))
         raise ModelFileError(f"{folder}: the SavedModel holds ops that are not served: {named}. Only the pure "

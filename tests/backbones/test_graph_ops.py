@@ -141,6 +141,84 @@ def test_ops_that_dump_tensors_or_call_other_hosts_are_refused(tiny_frozen_graph
         check_graph_def(gd, "dump.pb")
 
 
+def _with_swappable_writer(folder: Path, target: Path, in_saver: bool) -> Path:
+    """A SavedModel whose signature calls a function of api_implements "feat", with a second function of the
+    same api_implements in its library that writes `target` (a checkpoint op): Grappler's implementation
+    selector may run the second in place of the first, though nothing names it (a reviewer's script wrote
+    the file through tf.saved_model.load and through this project's backbone). `in_saver`: the writer is
+    also called from the SavedModel's own save function, so that it counts as the saver's."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    feat = tf.TensorSpec([None, 3], tf.float32)
+
+    @tf.function(experimental_attributes={"api_implements": "feat", "api_preferred_device": "GPU"}, autograph=False)
+    def plain(x):
+        return x * 2.0
+
+    @tf.function(experimental_attributes={"api_implements": "feat", "api_preferred_device": "CPU"}, autograph=False)
+    def writer(x):
+        s = tf.raw_ops.Save(filename=tf.constant(str(target)), tensor_names=tf.constant(["t"]),
+                            data=[tf.constant(["written by a model file"])])
+        with tf.control_dependencies([s]):
+            return x * 2.0
+
+    class Model(tf.Module):
+        def __init__(self):
+            self.w = tf.Variable(tf.ones([3]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32)], autograph=False)
+        def serve(self, x):
+            return {"features": plain(tf.reduce_mean(x, axis=[1, 2]) * self.w)}
+
+    model = Model()
+    tf.saved_model.save(model, str(folder), signatures={"serving_default": model.serve})
+    fdef = writer.get_concrete_function(feat).function_def
+    sm = saved_model_pb2.SavedModel.FromString((folder / "saved_model.pb").read_bytes())
+    library = sm.meta_graphs[0].graph_def.library
+    library.function.add().CopyFrom(fdef)
+    if in_saver:
+        save = next(f for f in library.function if "_traced_save" in f.signature.name)
+        const = save.node_def.add()
+        const.name, const.op = "ones", "Const"
+        const.attr["dtype"].type = tf.float32.as_datatype_enum
+        const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.ones([1, 3], np.float32)))
+        call = save.node_def.add()
+        call.name, call.op = "also_write", "StatefulPartitionedCall"
+        call.input.append("ones:output:0")
+        call.attr["f"].func.name = fdef.signature.name
+        call.attr["Tin"].list.type.append(tf.float32.as_datatype_enum)
+        call.attr["Tout"].list.type.append(tf.float32.as_datatype_enum)
+    (folder / "saved_model.pb").write_bytes(sm.SerializeToString())
+    return folder
+
+
+@pytest.mark.parametrize("in_saver", [False, True], ids=["named-by-nothing", "called-by-the-saver"])
+def test_a_checkpoint_writer_that_tensorflow_may_swap_in_is_refused_by_both_checks(tmp_path, in_saver):
+    """Checkpoint ops are allowed in the saver's own functions only, and none of those may carry api_implements:
+    refused by the backbone check and by serve's allow-list (which shares the saver rule), naming the function."""
+    from pipeline.export.allowed_ops import check_saved_model_ops
+
+    folder = _with_swappable_writer(tmp_path / "swap", tmp_path / "written.txt", in_saver)
+    why = "which the saver does not run" if not in_saver else "a function of the saver that TensorFlow may run"
+    for check in (check_saved_model, check_saved_model_ops):
+        with pytest.raises(ModelFileError, match=why):
+            check(folder)
+    assert not (tmp_path / "written.txt").exists()
+
+
+def test_an_op_that_ends_or_stalls_the_process_is_refused(tiny_frozen_graph):
+    """Abort(exit_without_error=True) ends a featurize run with exit status 0, as if it had finished."""
+    import tensorflow as tf
+
+    gd = tf.compat.v1.GraphDef.FromString(Path(tiny_frozen_graph[0]).read_bytes())
+    for name, op in (("abort", "Abort"), ("sleep", "SleepOp")):
+        node = gd.node.add()
+        node.name, node.op = name, op
+    with pytest.raises(ModelFileError, match=r"Abort \(ends or stalls the process\); SleepOp \(ends or stalls"):
+        check_graph_def(gd, "abort.pb")
+
+
 # Registered ops whose name, arguments or attributes look like a file, folder, pattern, host or graph, reviewed:
 # they compute on tensors in memory (image channels, regex patterns, cuDNN directions and host-side buffers, the
 # fused kernels' host arguments, device copies, the saver's file *names* as strings, graph version numbers,
@@ -153,7 +231,8 @@ REVIEWED = {"CudnnRNN", "CudnnRNNBackprop", "CudnnRNNBackpropV2", "CudnnRNNBackp
             "GraphDefVersion", "RequiresOlderGraphVersion", "_FusedQuantizedConv2D", "_FusedQuantizedDepthwiseConv2D",
             "_QuantizedMatMul", "CTCBeamSearchDecoder"}
 OUTWARD_ARG = r"file|path|(^|_)dir(_|$)|directory|pattern|address|url|prefix|graph|(^|_)host(_|$)|port$|socket|server"
-OUTWARD_OP = r"File|Dir|Path|Rpc|Socket|Http|Url|Dump|Event|Record|Summary|Graph|Save|Restore|Checkpoint|Send|Recv|Host"
+OUTWARD_OP = (r"File|Dir|Path|Rpc|Socket|Http|Url|Dump|Event|Record|Summary|Graph|Save|Restore|Checkpoint|Send|Recv|"
+              r"Host|Abort|Exit|Sleep")
 
 
 def test_every_registered_op_that_names_a_file_or_host_is_refused_or_reviewed():
