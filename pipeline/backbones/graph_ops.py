@@ -11,10 +11,10 @@ a SavedModel folder, a TF-Hub handle) are checked against it before TensorFlow b
 (:func:`check_graph_def`, :func:`check_saved_model`): any node, in the graph or in any function of its
 library, called or not, whose op, or a bare op a function attribute names (``f=ReadFile``), is of a
 refused kind; the checkpoint ops (:data:`CHECKPOINT_OPS`) anywhere in a frozen graph, and in a SavedModel
-anywhere but in the functions its two saver calls run (which TensorFlow 2's loader never runs: it restores
-the variables itself), none of which may carry ``api_implements`` (Grappler's implementation selector may
-run any library function of the same ``api_implements`` in place of a call, called or not: a checkpoint op
-in any other function is refused, reached or not); and a TensorFlow 1 SavedModel (no object graph, or several meta graphs), whose loader runs the
+anywhere but in functions that nothing but its two saver calls reaches (TensorFlow 2's loader never runs
+them: it restores the variables itself), none of which may carry ``api_implements`` (Grappler's
+implementation selector may run any library function of the same ``api_implements`` in place of a call,
+named or not, so every library function counts as run: :func:`saver_problems`); and a TensorFlow 1 SavedModel (no object graph, or several meta graphs), whose loader runs the
 saver and init ops the file names, which no check of the file can vouch for. The list is a deny-list:
 tests/backbones/test_graph_ops.py goes through every op TensorFlow registers and fails on one whose
 arguments name a file, a folder, a pattern, a host or a graph that the list does not refuse and no one
@@ -151,22 +151,27 @@ def every_node(graph_def):
 
 def saver_problems(mg, fns: dict) -> dict[str, str]:
     """{op or function: why} for the checkpoint ops of a TensorFlow 2 SavedModel that something but its saver
-    could run: reached from a signature, the graph or the object graph (:func:`ops_outside_saver`), or held by a
-    library function the saver calls do not run (Grappler's implementation selector may run any function in
-    place of one of the same ``api_implements``, whether anything names it or not); and the saver's functions
-    that carry such an attribute themselves."""
+    could run. Grappler's implementation selector may run any library function in place of a call of one with the
+    same ``api_implements``, whether anything names it or not; so every library function counts as run, and a
+    checkpoint op is allowed only in a function that nothing but the saver's two calls reaches: not from a
+    signature, the graph or the object graph (:func:`ops_outside_saver`), not from any other library function,
+    called or not, and not named as a bare op by a function attribute. The saver's own functions may not carry
+    ``api_implements`` themselves."""
     saver = _saver_nodes(mg)
     own = _functions_from([f for node in mg.graph_def.node if node.name in saver for f in _called(node, fns)], fns)
     bad = {op: "reads or writes checkpoint files, outside the saver's own functions"
            for op in ops_outside_saver(mg, fns) & CHECKPOINT_OPS}
-    for name, fn in fns.items():
-        if name not in own:
-            for op in {n.op for n in fn.node_def} & CHECKPOINT_OPS:  # reached from outside: said so above
-                bad.setdefault(op, f"reads or writes checkpoint files, in function {name}, which the saver does "
-                                   f"not run")
-        elif any(attr in fn.attr for attr in SELECTOR_ATTRS):
+    for name in sorted(_functions_from([f for f in fns if f not in own], fns)):  # every other function, and all
+        for op in {n.op for n in fns[name].node_def} & CHECKPOINT_OPS:          # it may call, saver's or not
+            bad.setdefault(op, f"reads or writes checkpoint files, in function {name}, which more than the "
+                               f"saver may run")
+    for node in every_node(mg.graph_def):
+        for op in set(function_attrs(node)) & CHECKPOINT_OPS:
+            bad.setdefault(op, "reads or writes checkpoint files, named as a bare op by a function attribute")
+    for name in own:
+        if any(attr in fns[name].attr for attr in SELECTOR_ATTRS):
             bad[name] = ("a function of the saver that TensorFlow may run in place of another "
-                         f"({', '.join(a for a in SELECTOR_ATTRS if a in fn.attr)})")
+                         f"({', '.join(a for a in SELECTOR_ATTRS if a in fns[name].attr)})")
     return bad
 
 

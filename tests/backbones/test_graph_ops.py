@@ -141,12 +141,13 @@ def test_ops_that_dump_tensors_or_call_other_hosts_are_refused(tiny_frozen_graph
         check_graph_def(gd, "dump.pb")
 
 
-def _with_swappable_writer(folder: Path, target: Path, in_saver: bool) -> Path:
+def _with_swappable_writer(folder: Path, target: Path, how: str) -> Path:
     """A SavedModel whose signature calls a function of api_implements "feat", with a second function of the
     same api_implements in its library that writes `target` (a checkpoint op): Grappler's implementation
     selector may run the second in place of the first, though nothing names it (a reviewer's script wrote
-    the file through tf.saved_model.load and through this project's backbone). `in_saver`: the writer is
-    also called from the SavedModel's own save function, so that it counts as the saver's."""
+    the file through tf.saved_model.load and through this project's backbone). `how`: "alone" (named by nothing),
+    "in-saver" (also called from the SavedModel's own save function, so that it counts as the saver's), or
+    "via-saver-function" (the twin holds no checkpoint op: it calls a function of the saver's that does)."""
     import tensorflow as tf
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -156,12 +157,16 @@ def _with_swappable_writer(folder: Path, target: Path, in_saver: bool) -> Path:
     def plain(x):
         return x * 2.0
 
-    @tf.function(experimental_attributes={"api_implements": "feat", "api_preferred_device": "CPU"}, autograph=False)
-    def writer(x):
+    def write(x):
         s = tf.raw_ops.Save(filename=tf.constant(str(target)), tensor_names=tf.constant(["t"]),
                             data=[tf.constant(["written by a model file"])])
         with tf.control_dependencies([s]):
             return x * 2.0
+
+    saver_fn = tf.function(write, autograph=False).get_concrete_function(feat)  # no api_implements
+    twin = {"api_implements": "feat", "api_preferred_device": "CPU"}
+    writer = tf.function(saver_fn if how == "via-saver-function" else write, experimental_attributes=twin,
+                         autograph=False)
 
     class Model(tf.Module):
         def __init__(self):
@@ -177,7 +182,10 @@ def _with_swappable_writer(folder: Path, target: Path, in_saver: bool) -> Path:
     sm = saved_model_pb2.SavedModel.FromString((folder / "saved_model.pb").read_bytes())
     library = sm.meta_graphs[0].graph_def.library
     library.function.add().CopyFrom(fdef)
-    if in_saver:
+    if how == "via-saver-function":
+        library.function.add().CopyFrom(saver_fn.function_def)
+        fdef = saver_fn.function_def  # what the save function calls
+    if how != "alone":
         save = next(f for f in library.function if "_traced_save" in f.signature.name)
         const = save.node_def.add()
         const.name, const.op = "ones", "Const"
@@ -193,14 +201,16 @@ def _with_swappable_writer(folder: Path, target: Path, in_saver: bool) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("in_saver", [False, True], ids=["named-by-nothing", "called-by-the-saver"])
-def test_a_checkpoint_writer_that_tensorflow_may_swap_in_is_refused_by_both_checks(tmp_path, in_saver):
-    """Checkpoint ops are allowed in the saver's own functions only, and none of those may carry api_implements:
-    refused by the backbone check and by serve's allow-list (which shares the saver rule), naming the function."""
+@pytest.mark.parametrize("how,why", [("alone", "which more than the saver may run"),
+                                     ("in-saver", "a function of the saver that TensorFlow may run"),
+                                     ("via-saver-function", "which more than the saver may run")])
+def test_a_checkpoint_writer_that_tensorflow_may_swap_in_is_refused_by_both_checks(tmp_path, how, why):
+    """Checkpoint ops are allowed only in functions that nothing but the saver's calls reaches (every library
+    function counts as run), none of them with api_implements: refused by the backbone check and by serve's
+    allow-list (which shares the saver rule), naming the function. Reviewers' scripts wrote the file each way."""
     from pipeline.export.allowed_ops import check_saved_model_ops
 
-    folder = _with_swappable_writer(tmp_path / "swap", tmp_path / "written.txt", in_saver)
-    why = "which the saver does not run" if not in_saver else "a function of the saver that TensorFlow may run"
+    folder = _with_swappable_writer(tmp_path / "swap", tmp_path / "written.txt", how)
     for check in (check_saved_model, check_saved_model_ops):
         with pytest.raises(ModelFileError, match=why):
             check(folder)
