@@ -66,10 +66,7 @@ def refusal_reason(op: str) -> str:
 
 def graph_ops(graph_def) -> set[str]:
     """The op of every node of a GraphDef and of every function of its library (calls by name included)."""
-    ops = {n.op for n in graph_def.node}
-    for fn in graph_def.library.function:
-        ops.update(n.op for n in fn.node_def)
-    return ops
+    return {n.op for n in every_node(graph_def)}
 
 
 def check_saved_model_ops(folder) -> None:

@@ -97,7 +97,7 @@ def _work(first_slot: int, pre: Preprocess, items: list) -> list:
 
     bb, out, clock = _DecodeOnly(pre), [], StageClock()
     for j, (record, known) in enumerate(items):
-        # content held under another path is not decoded: it comes back as prepare.HELD, the reader finds where
+        # content held under another path is not decoded: it comes back as prepare.HELD, _drain names the row
         _, sha, stat, result, notes = _prepare(record, bb, {**known, "index": _INDEX}, clock)
         if isinstance(result, ImageError):
             result = ("error", result.reason, result.detail)
